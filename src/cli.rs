@@ -1,0 +1,343 @@
+//! The `quickv` command line: argument parsing and one library call per subcommand.
+//!
+//! Exit status: 0 on success; 1 when the server refused the operation or could not confirm it
+//! (exists, not found, unavailable, indeterminate), with one line on stderr saying why; 2 on usage,
+//! connection or TLS errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{Client, ClientConfig, ClientError};
+use crate::config::{self, FileConfig, Role, ServerConfig};
+use crate::protocol::Limits;
+use crate::server::Server;
+use crate::tls;
+
+/// quickv: an in-memory key-value server with synchronous primary/backup replication over QUIC.
+#[derive(Debug, Parser)]
+#[command(name = "quickv", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Server to talk to (client commands).
+    #[arg(long, global = true, env = "QUICKV_SERVER", default_value = config::DEFAULT_PRIMARY_ADDR)]
+    server: String,
+    /// Certificate directory (ca.pem, client.pem/key; server.pem/key for servers).
+    #[arg(long, global = true, env = "QUICKV_CERTS", default_value = config::DEFAULT_CERTS_DIR)]
+    certs: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the main job locally: create certs/ if absent and start the server, until Ctrl-C.
+    Up(UpArgs),
+    /// Run one server.
+    Server(ServerArgs),
+    /// Write a CA, a server/peer certificate and a client certificate (PEM) into --dir.
+    Certs(CertsArgs),
+    /// Insert a new key (fails if it exists).
+    Insert { key: String, value: String },
+    /// Replace the value of an existing key (fails if absent).
+    Update { key: String, value: String },
+    /// Delete a key and print its old value.
+    Delete { key: String },
+    /// Print the value of a key.
+    Get { key: String },
+    /// Print the number of keys.
+    Count,
+    /// Print every pair as one JSON object.
+    Dump,
+    /// Print the server's role, replication state and counters.
+    Status {
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Round trip to the server; prints the time taken.
+    Ping,
+    /// Ask the server to stop gracefully.
+    Shutdown,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Address of the local server.
+    #[arg(long, default_value = config::DEFAULT_PRIMARY_ADDR)]
+    listen: SocketAddr,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Args)]
+struct RuntimeArgs {
+    /// Tokio worker threads; 1 runs a current-thread runtime (fastest on small machines).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// standalone, primary or backup.
+    #[arg(long, default_value = "standalone")]
+    role: Role,
+    /// UDP address to listen on (default: from --config, else the role's default address).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The other server of the pair (required for primary and backup unless in --config).
+    #[arg(long)]
+    peer: Option<SocketAddr>,
+    /// TOML file naming both servers of the pair (see docs/operations.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Largest key accepted, in bytes.
+    #[arg(long)]
+    max_key: Option<usize>,
+    /// Largest value accepted, in bytes.
+    #[arg(long)]
+    max_value: Option<usize>,
+    /// Concurrent client connections.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Concurrent streams per client connection.
+    #[arg(long)]
+    max_streams: Option<u32>,
+    /// Idle timeout of client connections, in milliseconds.
+    #[arg(long)]
+    idle_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Debug, Args)]
+struct CertsArgs {
+    /// Directory to write into (default: the global --certs).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Extra subject alternative name for the server certificate (host name or IP); repeatable.
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    /// Overwrite existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Parses the command line, runs it, and maps the outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    let server_like = matches!(cli.command, Command::Up(_) | Command::Server(_));
+    init_tracing(if server_like { "info" } else { "warn" });
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let refused = e.downcast_ref::<ClientError>().is_some_and(ClientError::is_refusal);
+            eprintln!("quickv: {e:#}");
+            ExitCode::from(if refused { 1 } else { 2 })
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Certs(args) => {
+            let dir = args.dir.unwrap_or(cli.certs);
+            let out = tls::generate(&dir, &args.sans, args.force)?;
+            for p in &out.written {
+                println!("wrote {}", p.display());
+            }
+            for p in &out.kept {
+                println!("kept  {} (use --force to replace)", p.display());
+            }
+            Ok(())
+        }
+        Command::Server(args) => {
+            let workers = args.runtime.workers;
+            let cfg = server_config(args, cli.certs)?;
+            runtime(workers)?.block_on(serve(cfg))
+        }
+        Command::Up(args) => {
+            if tls::ensure(&cli.certs)? {
+                println!("created certificates in {}", cli.certs.display());
+            }
+            let mut cfg = ServerConfig::new(Role::Standalone, args.listen);
+            cfg.certs_dir = cli.certs.clone();
+            println!("quickv standalone server on {} (UDP)", args.listen);
+            println!(
+                "try: quickv --server {} --certs {} insert hello world",
+                args.listen,
+                cli.certs.display()
+            );
+            println!("stop with Ctrl-C");
+            runtime(args.runtime.workers)?.block_on(serve(cfg))
+        }
+        command => {
+            let rt = runtime(1)?;
+            rt.block_on(client_command(&cli.server, cli.certs, command))
+        }
+    }
+}
+
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let rt = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    Ok(rt)
+}
+
+fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => FileConfig::load(path)?.server_config(args.role)?,
+        None => {
+            let default = match args.role {
+                Role::Backup => config::DEFAULT_BACKUP_ADDR,
+                _ => config::DEFAULT_PRIMARY_ADDR,
+            };
+            let mut cfg = ServerConfig::new(args.role, default.parse()?);
+            cfg.certs_dir = certs;
+            cfg
+        }
+    };
+    if let Some(listen) = args.listen {
+        cfg.listen = listen;
+    }
+    if args.peer.is_some() {
+        cfg.peer = args.peer;
+    }
+    if args.max_key.is_some() || args.max_value.is_some() {
+        cfg.limits = Limits::new(
+            args.max_key.unwrap_or(cfg.limits.max_key),
+            args.max_value.unwrap_or(cfg.limits.max_value),
+        );
+    }
+    cfg.max_connections = args.max_connections.unwrap_or(cfg.max_connections);
+    cfg.max_streams = args.max_streams.unwrap_or(cfg.max_streams);
+    if let Some(ms) = args.idle_timeout_ms {
+        cfg.idle_timeout = Duration::from_millis(ms);
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// Runs a server until SIGINT/SIGTERM or a `shutdown` request.
+async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
+    let server = Server::bind(cfg)?;
+    let addr = server.local_addr()?;
+    println!("quickv: listening on {addr}");
+    server.run(stop_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyhow::Result<()> {
+    let client = Client::connect(server, &ClientConfig::new(&certs))
+        .await
+        .with_context(|| format!("cannot reach {server}"))?;
+    let shown = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    match command {
+        Command::Insert { key, value } => client.insert(key, value).await?,
+        Command::Update { key, value } => client.update(key, value).await?,
+        Command::Delete { key } => println!("{}", shown(&client.delete(key).await?)),
+        Command::Get { key } => match client.get(key).await? {
+            Some(v) => println!("{}", shown(&v)),
+            None => return Err(ClientError::NotFound.into()),
+        },
+        Command::Count => println!("{}", client.count().await?),
+        Command::Dump => {
+            let map: serde_json::Map<String, serde_json::Value> = client
+                .dump()
+                .await?
+                .iter()
+                .map(|(k, v)| (shown(k), serde_json::Value::String(shown(v))))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&map)?);
+        }
+        Command::Status { json } => {
+            let status = client.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Ping => {
+            let started = std::time::Instant::now();
+            client.ping(Bytes::from_static(b"ping")).await?;
+            println!("pong from {} in {:?}", client.server_info(), started.elapsed());
+        }
+        Command::Shutdown => {
+            client.shutdown().await?;
+            println!("{server} is shutting down");
+        }
+        Command::Up(_) | Command::Server(_) | Command::Certs(_) => {}
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn print_status(status: &serde_json::Value) {
+    let field = |name: &str| match status.get(name) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    };
+    println!("role:   {}", field("role"));
+    println!("state:  {}", field("state"));
+    println!("keys:   {}", field("keys"));
+    println!("listen: {}", field("listen"));
+    println!("peer:   {}", field("peer"));
+    if let Some(obj) = status.as_object() {
+        for (k, v) in obj {
+            if !["role", "state", "keys", "listen", "peer"].contains(&k.as_str()) {
+                println!("{k}: {v}");
+            }
+        }
+    }
+}

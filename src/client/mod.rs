@@ -1,0 +1,500 @@
+//! The public async client library.
+//!
+//! A [`Client`] holds one QUIC connection with a few long-lived bidirectional streams ("lanes").
+//! Calls from any number of tasks are spread over the lanes round-robin and pipelined: each lane
+//! has a writer task that batches queued requests into one write and a reader task that matches
+//! answers to callers by request id, so answers may arrive in any order. `Client` is cheap to clone
+//! and every clone shares the connection.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), quickv::client::ClientError> {
+//! use quickv::client::{Client, ClientConfig};
+//!
+//! let client = Client::connect("127.0.0.1:4470", &ClientConfig::new("certs")).await?;
+//! client.insert("greeting", "hello").await?;
+//! assert_eq!(client.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//! let old = client.delete("greeting").await?;
+//! assert_eq!(&old[..], b"hello");
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::protocol::{
+    decode_response, encode_request, ErrorCode, Limits, Op, Reply, Request, PROTOCOL_VERSION,
+};
+use crate::tls::{self, CertPaths, Identity};
+
+/// Default number of long-lived streams per client connection.
+pub const DEFAULT_STREAMS: usize = 4;
+/// Default time allowed for the QUIC/TLS handshake plus the hello, in milliseconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Longest [`Client::close`] waits for the close to reach the server.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// Calls queued per lane before callers wait (backpressure).
+const LANE_QUEUE: usize = 1024;
+/// Bytes read from a stream per read call.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How to reach and authenticate to a server.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Directory with `ca.pem`, `client.pem` and `client.key`.
+    pub certs_dir: PathBuf,
+    /// Long-lived streams to open; requests are spread over them.
+    pub streams: usize,
+    /// Time allowed to connect and exchange the hello.
+    pub connect_timeout: Duration,
+    /// Connection idle timeout (keep-alives are sent at a third of it).
+    pub idle_timeout: Duration,
+    /// Size limits applied to answers.
+    pub limits: Limits,
+}
+
+impl ClientConfig {
+    /// Defaults with certificates from `certs_dir`.
+    pub fn new(certs_dir: impl Into<PathBuf>) -> ClientConfig {
+        ClientConfig {
+            certs_dir: certs_dir.into(),
+            streams: DEFAULT_STREAMS,
+            connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
+            idle_timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Why a call did not succeed. The first four are answers from the server about the operation;
+/// the rest mean the call could not be carried out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// `insert` of a key that exists.
+    #[error("the key already exists")]
+    Exists,
+    /// `update`/`delete` of a key that does not exist.
+    #[error("the key does not exist")]
+    NotFound,
+    /// The server refused the operation; it did not take effect.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The write may or may not have taken effect.
+    #[error("indeterminate: {0}")]
+    Indeterminate(String),
+    /// The server rejected the request as invalid.
+    #[error("server error ({code}): {message}")]
+    Server {
+        /// Machine-readable kind.
+        code: ErrorCode,
+        /// The server's sentence.
+        message: String,
+    },
+    /// Connecting, TLS, or the connection broke; the message is a plain sentence.
+    #[error("{0}")]
+    Connection(String),
+    /// The server's answer did not fit the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// True when the server answered about the operation itself (exists, not found, unavailable,
+    /// indeterminate): the CLI exits 1 for these and 2 for everything else.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Exists
+                | ClientError::NotFound
+                | ClientError::Unavailable(_)
+                | ClientError::Indeterminate(_)
+        )
+    }
+}
+
+/// A connection to one quickv server. Clone it freely; clones share the connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Kept so the UDP socket lives as long as the client.
+    endpoint: quinn::Endpoint,
+    /// The connection, to close it.
+    conn: quinn::Connection,
+    /// One queue per lane.
+    lanes: Vec<mpsc::Sender<Call>>,
+    /// Round-robin cursor over `lanes`.
+    next_lane: AtomicUsize,
+    /// The hello answer, e.g. "quickv 0.1.0 role=primary"; set once the hello is answered.
+    server: OnceLock<String>,
+}
+
+/// A request waiting to be written.
+struct Call {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, ClientError>>,
+}
+
+/// Requests written on a lane and not yet answered.
+#[derive(Default)]
+struct Owed {
+    /// Answer channels by request id, with the dump entries gathered so far.
+    calls: HashMap<u64, (oneshot::Sender<Result<Reply, ClientError>>, Vec<(Bytes, Bytes)>)>,
+    /// Set once the lane is dead; later calls fail with it at once.
+    broken: Option<ClientError>,
+}
+
+impl Owed {
+    fn fail_all(&mut self, err: ClientError) {
+        for (_, (tx, _)) in self.calls.drain() {
+            let _ = tx.send(Err(err.clone()));
+        }
+        self.broken.get_or_insert(err);
+    }
+}
+
+impl Client {
+    /// Connects, authenticates with the client certificate, and exchanges the protocol hello.
+    ///
+    /// Succeeds only after the server answered the hello, so a refused certificate (which TLS 1.3
+    /// reports only on first use) is an error here, in plain words.
+    pub async fn connect(addr: &str, config: &ClientConfig) -> Result<Client, ClientError> {
+        let client_cfg = tls::client_config(
+            &CertPaths::new(&config.certs_dir),
+            Identity::Client,
+            config.idle_timeout,
+            config.idle_timeout / 3,
+        )
+        .map_err(|e| ClientError::Connection(e.to_string()))?;
+        Client::connect_with(addr, client_cfg, config).await
+    }
+
+    /// Connects with an explicit quinn client config (used to test refusals of bad certificates).
+    pub async fn connect_with(
+        addr: &str,
+        client_cfg: quinn::ClientConfig,
+        config: &ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let (sock, name) = resolve(addr).await?;
+        let bind: SocketAddr = if sock.is_ipv4() {
+            "0.0.0.0:0".parse().map_err(|_| ClientError::Connection("bad bind".into()))?
+        } else {
+            "[::]:0".parse().map_err(|_| ClientError::Connection("bad bind".into()))?
+        };
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        let attempt = async {
+            let connecting = endpoint
+                .connect_with(client_cfg, sock, &name)
+                .map_err(|e| ClientError::Connection(format!("cannot connect to {addr}: {e}")))?;
+            let conn = connecting
+                .await
+                .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
+            let mut lanes = Vec::with_capacity(config.streams.max(1));
+            for _ in 0..config.streams.max(1) {
+                lanes.push(open_lane(&conn, config.limits).await?);
+            }
+            let client = Client {
+                inner: Arc::new(Inner {
+                    endpoint: endpoint.clone(),
+                    conn,
+                    lanes,
+                    next_lane: AtomicUsize::new(0),
+                    server: OnceLock::new(),
+                }),
+            };
+            match client.call(Op::Hello { version: PROTOCOL_VERSION }).await? {
+                Reply::Hello { server, .. } => {
+                    let _ = client.inner.server.set(server);
+                    Ok(client)
+                }
+                other => Err(unexpected(other)),
+            }
+        };
+        tokio::time::timeout(config.connect_timeout, attempt)
+            .await
+            .map_err(|_| {
+                ClientError::Connection(format!(
+                    "no answer from {addr} within {:?}: is the server running and reachable over UDP?",
+                    config.connect_timeout
+                ))
+            })?
+    }
+
+    /// The server's hello line, e.g. `quickv 0.1.0 role=primary`.
+    pub fn server_info(&self) -> &str {
+        self.inner.server.get().map(String::as_str).unwrap_or_default()
+    }
+
+    /// Sends one request and waits for its answer. A dump's chunks are merged into a single
+    /// `DumpChunk { last: true }`. Errors here are transport errors only; the reply is raw.
+    pub async fn call(&self, op: Op) -> Result<Reply, ClientError> {
+        let lanes = &self.inner.lanes;
+        let i = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
+        let (tx, rx) = oneshot::channel();
+        lanes[i]
+            .send(Call { op, reply: tx })
+            .await
+            .map_err(|_| ClientError::Connection("the connection is closed".into()))?;
+        rx.await
+            .map_err(|_| ClientError::Connection("the connection is closed".into()))?
+    }
+
+    /// Inserts a new key; fails with [`ClientError::Exists`] if it is present.
+    pub async fn insert(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), ClientError> {
+        let op = Op::Insert { key: key.into(), value: value.into() };
+        expect_ok(self.call(op).await?)
+    }
+
+    /// Replaces the value of an existing key; fails with [`ClientError::NotFound`] if absent.
+    pub async fn update(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), ClientError> {
+        let op = Op::Update { key: key.into(), value: value.into() };
+        expect_ok(self.call(op).await?)
+    }
+
+    /// Deletes a key and returns its old value; fails with [`ClientError::NotFound`] if absent.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        match self.call(Op::Delete { key: key.into() }).await? {
+            Reply::Value(v) => Ok(v),
+            other => Err(refusal(other)),
+        }
+    }
+
+    /// Reads a key; `None` if absent.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
+        match self.call(Op::Get { key: key.into() }).await? {
+            Reply::Value(v) => Ok(Some(v)),
+            Reply::NotFound => Ok(None),
+            other => Err(refusal(other)),
+        }
+    }
+
+    /// Number of keys on the server.
+    pub async fn count(&self) -> Result<u64, ClientError> {
+        match self.call(Op::Count).await? {
+            Reply::Count(n) => Ok(n),
+            other => Err(refusal(other)),
+        }
+    }
+
+    /// Every pair on the server, sorted by key.
+    pub async fn dump(&self) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
+        match self.call(Op::Dump).await? {
+            Reply::DumpChunk { mut entries, .. } => {
+                entries.sort();
+                Ok(entries)
+            }
+            other => Err(refusal(other)),
+        }
+    }
+
+    /// The server's status document.
+    pub async fn status(&self) -> Result<serde_json::Value, ClientError> {
+        match self.call(Op::Status).await? {
+            Reply::Status(text) => serde_json::from_str(&text)
+                .map_err(|e| ClientError::Protocol(format!("status is not JSON: {e}"))),
+            other => Err(refusal(other)),
+        }
+    }
+
+    /// Round trip with an echoed payload.
+    pub async fn ping(&self, payload: impl Into<Bytes>) -> Result<Bytes, ClientError> {
+        match self.call(Op::Ping(payload.into())).await? {
+            Reply::Value(v) => Ok(v),
+            other => Err(refusal(other)),
+        }
+    }
+
+    /// Asks the server to stop gracefully.
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
+        expect_ok(self.call(Op::Shutdown).await?)
+    }
+
+    /// Closes the connection now (calls in flight fail) and waits briefly until the server has
+    /// been told, so a short-lived process does not leave a half-open connection behind.
+    pub async fn close(&self) {
+        self.inner.conn.close(0u32.into(), b"client closed");
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+fn expect_ok(reply: Reply) -> Result<(), ClientError> {
+    match reply {
+        Reply::Ok => Ok(()),
+        other => Err(refusal(other)),
+    }
+}
+
+/// Maps a non-success answer to its error.
+fn refusal(reply: Reply) -> ClientError {
+    match reply {
+        Reply::Exists => ClientError::Exists,
+        Reply::NotFound => ClientError::NotFound,
+        Reply::Unavailable(r) => ClientError::Unavailable(r),
+        Reply::Indeterminate(r) => ClientError::Indeterminate(r),
+        Reply::Error { code, message } => ClientError::Server { code, message },
+        other => unexpected(other),
+    }
+}
+
+fn unexpected(reply: Reply) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {reply:?}"))
+}
+
+/// Resolves `host:port`; the host part is the TLS server name (IP literals work as IP SANs).
+async fn resolve(addr: &str) -> Result<(SocketAddr, String), ClientError> {
+    if let Ok(sock) = addr.parse::<SocketAddr>() {
+        return Ok((sock, sock.ip().to_string()));
+    }
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .ok_or_else(|| ClientError::Connection(format!("{addr:?} is not HOST:PORT")))?;
+    let sock = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| ClientError::Connection(format!("cannot resolve {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Connection(format!("{addr} resolves to no address")))?;
+    Ok((sock, host))
+}
+
+/// Opens one stream and starts its writer and reader tasks.
+async fn open_lane(conn: &quinn::Connection, limits: Limits) -> Result<mpsc::Sender<Call>, ClientError> {
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
+    let owed = Arc::new(Mutex::new(Owed::default()));
+    let (tx, rx) = mpsc::channel(LANE_QUEUE);
+    tokio::spawn(write_lane(send, rx, owed.clone(), conn.clone()));
+    tokio::spawn(read_lane(recv, owed, limits, conn.clone()));
+    Ok(tx)
+}
+
+/// Writes queued calls in batches, registering each before it is written.
+async fn write_lane(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Call>,
+    owed: Arc<Mutex<Owed>>,
+    conn: quinn::Connection,
+) {
+    let mut next_id: u64 = 1;
+    let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        {
+            let Ok(mut owed) = owed.lock() else { return };
+            while let Some(call) = next.take() {
+                if let Some(err) = &owed.broken {
+                    let _ = call.reply.send(Err(err.clone()));
+                } else {
+                    let id = next_id;
+                    next_id += 1;
+                    encode_request(&Request { id, op: call.op }, &mut out);
+                    owed.calls.insert(id, (call.reply, Vec::new()));
+                }
+                if out.len() < READ_CHUNK_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+        }
+        if out.is_empty() {
+            continue;
+        }
+        if let Err(e) = send.write_all(&out).await {
+            let err = match conn.close_reason() {
+                Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
+                None => ClientError::Connection(format!("cannot send: {e}")),
+            };
+            if let Ok(mut owed) = owed.lock() {
+                owed.fail_all(err);
+            }
+            return;
+        }
+        out.clear();
+    }
+    let _ = send.finish();
+}
+
+/// Reads answers and hands each to its caller.
+async fn read_lane(mut recv: quinn::RecvStream, owed: Arc<Mutex<Owed>>, limits: Limits, conn: quinn::Connection) {
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let err = loop {
+        match recv.read_buf(&mut inbuf).await {
+            Ok(0) => {
+                break ClientError::Connection(
+                    "the server ended the stream (it may be shutting down)".into(),
+                )
+            }
+            Ok(_) => {}
+            Err(e) => {
+                break match conn.close_reason() {
+                    Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
+                    None => ClientError::Connection(format!("connection lost: {e}")),
+                }
+            }
+        }
+        let decoded = deliver(&mut inbuf, &owed, &limits);
+        if let Err(e) = decoded {
+            break e;
+        }
+        if inbuf.capacity() - inbuf.len() < READ_CHUNK_BYTES / 4 {
+            inbuf.reserve(READ_CHUNK_BYTES);
+        }
+    };
+    if let Ok(mut owed) = owed.lock() {
+        owed.fail_all(err);
+    }
+}
+
+/// Decodes every complete answer in `inbuf` and completes its call.
+fn deliver(inbuf: &mut BytesMut, owed: &Mutex<Owed>, limits: &Limits) -> Result<(), ClientError> {
+    let Ok(mut owed) = owed.lock() else {
+        return Err(ClientError::Protocol("lane state poisoned".into()));
+    };
+    loop {
+        let resp = match decode_response(inbuf, limits) {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        };
+        if resp.id == 0 {
+            // A stream-level complaint from the server (our bytes were unreadable).
+            return Err(match resp.reply {
+                Reply::Error { code, message } => ClientError::Server { code, message },
+                other => unexpected(other),
+            });
+        }
+        match resp.reply {
+            Reply::DumpChunk { entries, last: false } => {
+                if let Some((_, gathered)) = owed.calls.get_mut(&resp.id) {
+                    gathered.extend(entries);
+                }
+            }
+            reply => {
+                let Some((tx, gathered)) = owed.calls.remove(&resp.id) else {
+                    return Err(ClientError::Protocol(format!("answer to unknown request {}", resp.id)));
+                };
+                let reply = match reply {
+                    Reply::DumpChunk { entries, .. } if !gathered.is_empty() => {
+                        let mut all = gathered;
+                        all.extend(entries);
+                        Reply::DumpChunk { entries: all, last: true }
+                    }
+                    other => other,
+                };
+                let _ = tx.send(Ok(reply));
+            }
+        }
+    }
+}

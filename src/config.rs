@@ -1,0 +1,292 @@
+//! Typed configuration. Every default lives here, in one place, with its unit.
+//!
+//! A server is configured by flags, optionally on top of a TOML file (`--config quickv.toml`) that
+//! names both servers of a pair, so the same file can be copied to both hosts:
+//!
+//! ```toml
+//! certs = "certs"                 # directory with ca.pem, server.pem/key, client.pem/key
+//! [primary]
+//! listen = "10.0.0.1:4470"
+//! [backup]
+//! listen = "10.0.0.2:4471"
+//! [limits]                        # all optional
+//! max_key = 65536
+//! max_value = 16777216
+//! ```
+//! With `--role primary` the server listens on `primary.listen` and peers with `backup.listen`, and the
+//! other way round with `--role backup`. Flags given on the command line win over the file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::protocol::Limits;
+
+/// Where the local primary listens by default (UDP).
+pub const DEFAULT_PRIMARY_ADDR: &str = "127.0.0.1:4470";
+/// Where the local backup listens by default (UDP).
+pub const DEFAULT_BACKUP_ADDR: &str = "127.0.0.1:4471";
+/// Default certificate directory, relative to the working directory.
+pub const DEFAULT_CERTS_DIR: &str = "certs";
+/// Default cap on concurrent client connections per server.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default cap on concurrently open bidirectional streams per connection.
+pub const DEFAULT_MAX_STREAMS: u32 = 256;
+/// Default cap on requests in flight (read but not yet answered) per stream; reading pauses above it.
+pub const DEFAULT_MAX_INFLIGHT_PER_STREAM: usize = 4096;
+/// Default idle timeout of a connection with no traffic at all, in milliseconds.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Default keep-alive interval on every connection, in milliseconds (well under the idle timeout).
+pub const DEFAULT_KEEP_ALIVE_MS: u64 = 5_000;
+/// Default keep-alive interval of the peer link, in milliseconds.
+pub const DEFAULT_PEER_KEEP_ALIVE_MS: u64 = 250;
+/// Default idle timeout of the peer link, in milliseconds: a silent peer is declared lost after this.
+pub const DEFAULT_PEER_IDLE_TIMEOUT_MS: u64 = 1_000;
+/// Default time the primary waits for the backup's ack of a write before leaving sync, in milliseconds.
+pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 1_000;
+/// Default time a graceful shutdown waits for in-flight work before closing anyway, in milliseconds.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
+
+/// The part a server plays in a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A single server with no peer: serves reads and writes on its own.
+    Standalone,
+    /// Serves client writes; every write is acknowledged by the backup before the client hears back.
+    Primary,
+    /// Applies the primary's writes; serves reads and admin ops, refuses client writes.
+    Backup,
+}
+
+impl Role {
+    /// The lowercase name used in flags, config, logs and `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Role> {
+        match s {
+            "standalone" => Ok(Role::Standalone),
+            "primary" => Ok(Role::Primary),
+            "backup" => Ok(Role::Backup),
+            other => Err(Error::Config(format!(
+                "unknown role {other:?}: expected standalone, primary or backup"
+            ))),
+        }
+    }
+}
+
+/// Everything a server process needs to run.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Standalone, primary or backup.
+    pub role: Role,
+    /// UDP address the QUIC endpoint binds (clients and the peer link share it; ALPN tells them apart).
+    pub listen: SocketAddr,
+    /// The other server of the pair; required for primary and backup.
+    pub peer: Option<SocketAddr>,
+    /// Directory holding `ca.pem`, `server.pem`, `server.key` (and client certs for tools).
+    pub certs_dir: PathBuf,
+    /// Frame, key and value size limits enforced before allocation.
+    pub limits: Limits,
+    /// Concurrent client connections accepted; more are refused at the handshake.
+    pub max_connections: usize,
+    /// Concurrent bidirectional streams a client may open on one connection (QUIC flow control).
+    pub max_streams: u32,
+    /// Requests in flight per stream before the server stops reading that stream (backpressure).
+    pub max_inflight_per_stream: usize,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// Keep-alive interval sent on client connections.
+    pub keep_alive: Duration,
+    /// Keep-alive interval on the peer link; must be well under `peer_idle_timeout`.
+    pub peer_keep_alive: Duration,
+    /// Silence after which the peer link is declared lost.
+    pub peer_idle_timeout: Duration,
+    /// How long the primary waits for the backup's ack before leaving sync.
+    pub ack_timeout: Duration,
+    /// How long a graceful shutdown waits for in-flight work.
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// A config with every default, for the given role and address.
+    pub fn new(role: Role, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            role,
+            listen,
+            peer: None,
+            certs_dir: PathBuf::from(DEFAULT_CERTS_DIR),
+            limits: Limits::default(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_inflight_per_stream: DEFAULT_MAX_INFLIGHT_PER_STREAM,
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+            keep_alive: Duration::from_millis(DEFAULT_KEEP_ALIVE_MS),
+            peer_keep_alive: Duration::from_millis(DEFAULT_PEER_KEEP_ALIVE_MS),
+            peer_idle_timeout: Duration::from_millis(DEFAULT_PEER_IDLE_TIMEOUT_MS),
+            ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
+            drain_timeout: Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS),
+        }
+    }
+
+    /// Checks the combination of settings; a primary or backup needs a peer distinct from itself.
+    pub fn validate(&self) -> Result<()> {
+        match (self.role, self.peer) {
+            (Role::Standalone, Some(_)) => Err(Error::Config(
+                "a standalone server has no peer; drop --peer or pick --role primary|backup".into(),
+            )),
+            (Role::Primary | Role::Backup, None) => Err(Error::Config(format!(
+                "a {} needs --peer ADDR (the other server of the pair)",
+                self.role
+            ))),
+            (_, Some(peer)) if peer == self.listen => Err(Error::Config(format!(
+                "--peer {peer} is this server's own --listen address"
+            ))),
+            _ if self.max_streams == 0 || self.max_connections == 0 => Err(Error::Config(
+                "max-streams and max-connections must be at least 1".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The TOML file that describes a pair (see the module docs).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Certificate directory; relative paths are taken from the working directory.
+    pub certs: Option<PathBuf>,
+    /// The primary's addresses.
+    pub primary: Option<NodeSection>,
+    /// The backup's addresses.
+    pub backup: Option<NodeSection>,
+    /// Optional size limits.
+    pub limits: Option<LimitsSection>,
+    /// Optional timeouts in milliseconds.
+    pub timeouts: Option<TimeoutsSection>,
+}
+
+/// One server's section of the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Address this server binds and its peer dials.
+    pub listen: SocketAddr,
+}
+
+/// `[limits]`: sizes in bytes and counts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest key accepted, in bytes.
+    pub max_key: Option<usize>,
+    /// Largest value accepted, in bytes.
+    pub max_value: Option<usize>,
+    /// Concurrent client connections.
+    pub max_connections: Option<usize>,
+    /// Concurrent streams per connection.
+    pub max_streams: Option<u32>,
+}
+
+/// `[timeouts]`: all in milliseconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// Client connection idle timeout.
+    pub idle_ms: Option<u64>,
+    /// Backup ack timeout.
+    pub ack_ms: Option<u64>,
+    /// Peer link idle timeout.
+    pub peer_idle_ms: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Builds a server config for `role` from the file alone.
+    pub fn server_config(&self, role: Role) -> Result<ServerConfig> {
+        let addr_of = |section: &Option<NodeSection>, name: &str| {
+            section.as_ref().map(|s| s.listen).ok_or_else(|| {
+                Error::Config(format!("the config file has no [{name}] listen address"))
+            })
+        };
+        let (listen, peer) = match role {
+            Role::Primary => (addr_of(&self.primary, "primary")?, Some(addr_of(&self.backup, "backup")?)),
+            Role::Backup => (addr_of(&self.backup, "backup")?, Some(addr_of(&self.primary, "primary")?)),
+            Role::Standalone => (addr_of(&self.primary, "primary")?, None),
+        };
+        let mut cfg = ServerConfig::new(role, listen);
+        cfg.peer = peer;
+        if let Some(dir) = &self.certs {
+            cfg.certs_dir = dir.clone();
+        }
+        if let Some(l) = &self.limits {
+            cfg.limits = Limits::new(
+                l.max_key.unwrap_or(cfg.limits.max_key),
+                l.max_value.unwrap_or(cfg.limits.max_value),
+            );
+            cfg.max_connections = l.max_connections.unwrap_or(cfg.max_connections);
+            cfg.max_streams = l.max_streams.unwrap_or(cfg.max_streams);
+        }
+        if let Some(t) = &self.timeouts {
+            let ms = Duration::from_millis;
+            cfg.idle_timeout = t.idle_ms.map(ms).unwrap_or(cfg.idle_timeout);
+            cfg.ack_timeout = t.ack_ms.map(ms).unwrap_or(cfg.ack_timeout);
+            cfg.peer_idle_timeout = t.peer_idle_ms.map(ms).unwrap_or(cfg.peer_idle_timeout);
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_config_names_both_servers() {
+        let file: FileConfig = toml::from_str(
+            "certs = \"/etc/quickv\"\n[primary]\nlisten = \"10.0.0.1:4470\"\n[backup]\nlisten = \"10.0.0.2:4471\"\n[timeouts]\nack_ms = 300\n",
+        )
+        .expect("valid toml");
+        let b = file.server_config(Role::Backup).expect("backup config");
+        assert_eq!(b.listen.to_string(), "10.0.0.2:4471");
+        assert_eq!(b.peer.map(|p| p.to_string()).as_deref(), Some("10.0.0.1:4470"));
+        assert_eq!(b.certs_dir, PathBuf::from("/etc/quickv"));
+        assert_eq!(b.ack_timeout, Duration::from_millis(300));
+        b.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_peer_are_errors() {
+        assert!(toml::from_str::<FileConfig>("colour = 1").is_err());
+        let cfg = ServerConfig::new(Role::Primary, "127.0.0.1:1".parse().expect("addr"));
+        let err = cfg.validate().expect_err("primary without peer");
+        assert!(err.to_string().contains("--peer"), "{err}");
+        assert!("leader".parse::<Role>().is_err());
+    }
+}

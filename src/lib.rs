@@ -1,0 +1,44 @@
+//! # quickv
+//!
+//! An in-memory key-value server whose clients and primary→backup replication both speak QUIC
+//! (quinn + rustls, mutual TLS everywhere).
+//!
+//! # Layout
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`protocol`] | sans-IO codec: frames, requests, answers; limits checked before allocation |
+//! | [`store`] | the table: 32 flurry buckets, per-bucket counts and order-independent digests |
+//! | [`tls`] | certificate generation (rcgen), PEM loading, rustls/quinn configs, ALPN |
+//! | [`config`] | typed config and every default, in one place |
+//! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown |
+//! | [`client`] | the public async client library, pipelined over long-lived streams |
+//! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
+//! | [`error`] | typed errors |
+//!
+//! # The path of a request
+//!
+//! A client ([`client::Client`]) queues a call on one of its lanes (long-lived bidirectional
+//! streams). The lane's writer encodes it with [`protocol::encode_request`] — a length-prefixed
+//! frame carrying a request id — batching whatever else is queued into the same write. On the
+//! server, [`server::session`] reads the stream, decodes frames with
+//! [`protocol::decode_request`] (which tells *incomplete* from *invalid* and checks lengths before
+//! allocating), and hands each request to [`server::router::handle`]. A GET is answered from the
+//! [`store::Store`] at once; an INSERT on a standalone server is applied to its bucket
+//! (`BucketId::of(key)`), updating the bucket's digest in O(1). The answer is queued to the
+//! stream's writer task, which batches answers into one write; the client's lane reader matches it
+//! to the waiting caller by id, so answers may come back in any order.
+//!
+//! See `docs/architecture.md` for the same walk with file names, and `docs/protocol.md` for bytes.
+
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod tls;
+
+pub use client::{Client, ClientConfig, ClientError};
+pub use error::{Error, Result};

@@ -1,0 +1,154 @@
+//! The server: a QUIC endpoint whose connections are client sessions (ALPN `quickv/1`) or the peer
+//! link (ALPN `quickv-peer/1`).
+//!
+//! [`Server::bind`] opens the endpoint; [`Server::run`] accepts until the `shutdown` future
+//! completes (production passes ctrl-c/SIGTERM, tests their own) or a client sends `shutdown`.
+//! Stopping is graceful: no new connections or requests are taken, answers already owed are
+//! delivered (bounded by `drain_timeout`), then every connection is closed with application code
+//! [`session::CLOSE_SHUTDOWN`] and the endpoint waits until idle.
+
+pub mod node;
+pub mod router;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::server::node::{Node, Stats};
+use crate::tls::{self, CertPaths, TransportLimits};
+
+pub use node::Node as ServerNode;
+
+/// A bound server, ready to run.
+pub struct Server {
+    /// The shared state of this process.
+    node: Arc<Node>,
+    /// The QUIC endpoint (one UDP socket for clients and the peer link).
+    endpoint: quinn::Endpoint,
+}
+
+impl Server {
+    /// Loads certificates and binds the UDP socket.
+    pub fn bind(config: ServerConfig) -> Result<Server> {
+        config.validate()?;
+        let paths = CertPaths::new(&config.certs_dir);
+        let server_cfg = tls::server_config(
+            &paths,
+            TransportLimits {
+                max_streams: config.max_streams,
+                idle_timeout: config.idle_timeout,
+                keep_alive: config.keep_alive,
+            },
+        )?;
+        let endpoint = quinn::Endpoint::server(server_cfg, config.listen).map_err(|e| {
+            Error::Io(std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))
+        })?;
+        Ok(Server {
+            node: Arc::new(Node::new(config)),
+            endpoint,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The shared state, for embedding and tests.
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serves until `shutdown` completes or a client asks the server to stop, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let Server { node, endpoint } = self;
+        let tracker = TaskTracker::new();
+        info!(role = %node.config.role, listen = %endpoint.local_addr()?, "serving");
+        tokio::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                i = endpoint.accept() => i,
+                _ = &mut shutdown => break,
+                _ = node.shutdown.cancelled() => break,
+            };
+            let Some(incoming) = incoming else { break };
+            let open = node.stats.connections.load(std::sync::atomic::Ordering::Relaxed);
+            if open >= node.config.max_connections as u64 {
+                Stats::bump(&node.stats.connections_refused);
+                warn!(remote = %incoming.remote_address(), open, "connection refused: max_connections reached");
+                incoming.refuse();
+                continue;
+            }
+            // Counted from the first packet, so a burst of handshakes cannot overshoot the cap.
+            node.stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let node = node.clone();
+            tracker.spawn(async move {
+                accept(node.clone(), incoming).await;
+                node.stats.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+        info!("shutting down: draining in-flight requests");
+        node.shutdown.cancel();
+        tracker.close();
+        if tokio::time::timeout(node.config.drain_timeout, tracker.wait()).await.is_err() {
+            warn!("drain timeout passed; closing connections with requests still in flight");
+        }
+        endpoint.close(session::CLOSE_SHUTDOWN.into(), b"server shutting down");
+        let _ = tokio::time::timeout(node.config.drain_timeout, endpoint.wait_idle()).await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes the handshake and dispatches on ALPN.
+async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!(%remote, reason = %tls::explain_connection_error(&e), "handshake failed");
+            return;
+        }
+    };
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    match alpn.as_deref() {
+        Some(p) if p == tls::PEER_ALPN => {
+            warn!(%remote, "peer link refused: this server has no peer link yet");
+            conn.close(session::CLOSE_SHUTDOWN.into(), b"no peer link on this server");
+        }
+        _ => {
+            Stats::bump(&node.stats.connections_total);
+            session::serve_connection(node, conn).await;
+        }
+    }
+}
+
+/// The `status` document: JSON with at least `role`, `state`, `keys`.
+pub fn status_json(node: &Node) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &node.stats;
+    serde_json::json!({
+        "role": node.config.role.as_str(),
+        "state": "serving",
+        "keys": node.store.count(),
+        "listen": node.config.listen.to_string(),
+        "peer": node.config.peer.map(|p| p.to_string()),
+        "run_id": format!("{:016x}", node.run_id),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": node.started.elapsed().as_secs(),
+        "connections": s.connections.load(Relaxed),
+        "connections_total": s.connections_total.load(Relaxed),
+        "connections_refused": s.connections_refused.load(Relaxed),
+        "requests": s.requests.load(Relaxed),
+        "bad_frames": s.bad_frames.load(Relaxed),
+    })
+}

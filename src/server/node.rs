@@ -1,0 +1,74 @@
+//! The state one server process shares between its sessions: config, store, identity, counters and
+//! the stop signal.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::store::Store;
+
+/// Shared by every session of a server; cheap to clone through `Arc`.
+#[derive(Debug)]
+pub struct Node {
+    /// The configuration the server was started with.
+    pub config: ServerConfig,
+    /// The table itself.
+    pub store: Arc<Store>,
+    /// Random identity of this process, so a peer can tell a restart from a reconnect.
+    pub run_id: u64,
+    /// When the process started, for `uptime` in status.
+    pub started: Instant,
+    /// Cancelled when the server should stop (signal, `shutdown` op); everything watches it.
+    pub shutdown: CancellationToken,
+    /// Counters shown in `status` and later in metrics.
+    pub stats: Stats,
+}
+
+/// Monotonic counters; relaxed atomics because they are only read for reporting.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Client connections currently open.
+    pub connections: AtomicU64,
+    /// Client connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections refused because `max_connections` was reached.
+    pub connections_refused: AtomicU64,
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Frames rejected as malformed or over a limit.
+    pub bad_frames: AtomicU64,
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Node {
+    /// A fresh node with an empty store.
+    pub fn new(config: ServerConfig) -> Node {
+        Node {
+            config,
+            store: Arc::new(Store::new()),
+            run_id: fresh_run_id(),
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            stats: Stats::default(),
+        }
+    }
+}
+
+/// A run id unlikely to repeat across restarts: time and pid mixed through the store hash.
+fn fresh_run_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let seed = format!("{nanos}:{}", std::process::id());
+    xxhash_rust::xxh3::xxh3_64(seed.as_bytes())
+}

@@ -1,0 +1,77 @@
+//! Request routing: one decoded request in, one answer out. No I/O here beyond handing replicated
+//! writes to the replicator; sessions own the streams.
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::config::Role;
+use crate::protocol::{ErrorCode, Op, Reply, PROTOCOL_VERSION};
+use crate::server::node::Node;
+
+/// How a request is answered.
+#[derive(Debug)]
+pub enum Handled {
+    /// The answer is known now.
+    Now(Reply),
+    /// The answer comes later (a replicated write waiting for the backup's ack). A dropped sender
+    /// means the write's fate is unknown, and the session answers `indeterminate`.
+    Later(oneshot::Receiver<Reply>),
+    /// A dump: every entry, to be sent as one or more chunks.
+    Dump(Vec<(Bytes, Bytes)>),
+    /// Answer `Ok`, then start a graceful shutdown of the whole server.
+    Shutdown,
+}
+
+/// Answers one request against the node's store, role and replication state.
+pub fn handle(node: &Node, op: Op) -> Handled {
+    match op {
+        Op::Hello { version } if version == PROTOCOL_VERSION => Handled::Now(Reply::Hello {
+            version: PROTOCOL_VERSION,
+            server: format!("quickv {} role={}", env!("CARGO_PKG_VERSION"), node.config.role),
+        }),
+        Op::Hello { version } => Handled::Now(Reply::Error {
+            code: ErrorCode::UnsupportedVersion,
+            message: format!(
+                "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+            ),
+        }),
+        Op::Ping(payload) => Handled::Now(Reply::Value(payload)),
+        Op::Status => Handled::Now(Reply::Status(crate::server::status_json(node).to_string())),
+        Op::Shutdown => Handled::Shutdown,
+        Op::Count => Handled::Now(Reply::Count(node.store.count())),
+        Op::Dump => Handled::Dump(node.store.dump()),
+        Op::Get { key } => Handled::Now(match node.store.get(&key) {
+            Some(value) => Reply::Value(value),
+            None => Reply::NotFound,
+        }),
+        write @ (Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. }) => match node.config.role {
+            Role::Standalone => Handled::Now(apply_write(node, write)),
+            Role::Backup => Handled::Now(Reply::Unavailable("this server is the backup".into())),
+            Role::Primary => Handled::Now(Reply::Unavailable(
+                "not in sync with the backup".into(),
+            )),
+        },
+    }
+}
+
+/// Applies a write directly to the store (standalone servers, no replication).
+fn apply_write(node: &Node, op: Op) -> Reply {
+    match op {
+        Op::Insert { key, value } => match node.store.insert(key, value) {
+            true => Reply::Ok,
+            false => Reply::Exists,
+        },
+        Op::Update { key, value } => match node.store.update(key, value) {
+            Some(_) => Reply::Ok,
+            None => Reply::NotFound,
+        },
+        Op::Delete { key } => match node.store.delete(&key) {
+            Some(old) => Reply::Value(old),
+            None => Reply::NotFound,
+        },
+        _ => Reply::Error {
+            code: ErrorCode::Internal,
+            message: "not a write".into(),
+        },
+    }
+}

@@ -1,0 +1,214 @@
+//! One client connection: accept its bidirectional streams and serve each as a pipeline.
+//!
+//! Each stream gets a reader (decode → route → answer) and a writer (batch answers → send). They
+//! are split so that a client which writes a lot before reading cannot deadlock us, and a semaphore
+//! bounds the answers owed per stream: when a client stops reading, we stop reading it.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, Semaphore};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::protocol::{
+    decode_request, encode_response, encoded_len_entry, DecodeError, ErrorCode, Reply, Response,
+};
+use crate::server::node::{Node, Stats};
+use crate::server::router::{self, Handled};
+
+/// Bytes asked of the QUIC stream per read.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Target size of one dump chunk frame, in bytes (a single larger entry gets a chunk of its own).
+const DUMP_CHUNK_BYTES: usize = 1024 * 1024;
+/// Application close code sent when the server shuts down.
+pub const CLOSE_SHUTDOWN: u32 = 1;
+/// Application stream error code sent when a stream carried an invalid frame.
+pub const STREAM_BAD_FRAME: u32 = 2;
+
+/// Serves one client connection until it closes or the server stops.
+pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection) {
+    let span = info_span!("conn", remote = %conn.remote_address(), id = conn.stable_id());
+    async move {
+        debug!("client connected");
+        loop {
+            let stream = tokio::select! {
+                s = conn.accept_bi() => s,
+                _ = node.shutdown.cancelled() => break,
+            };
+            match stream {
+                Ok((send, recv)) => {
+                    let node = node.clone();
+                    let sid = send.id();
+                    tokio::spawn(
+                        serve_stream(node, send, recv).instrument(info_span!("stream", id = %sid)),
+                    );
+                }
+                Err(e) => {
+                    debug!(reason = %e, "client connection ended");
+                    break;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serves one pipelined request stream.
+async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let credit = Arc::new(Semaphore::new(node.config.max_inflight_per_stream));
+    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+    let writer = tokio::spawn(write_responses(send, rx, credit.clone()));
+    let limits = node.config.limits;
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut pending = FuturesUnordered::new();
+    let mut eof = false;
+    let mut stop_reading = false;
+
+    loop {
+        // Answer everything already buffered, one credit per request.
+        while !stop_reading {
+            let Ok(permit) = credit.clone().try_acquire_owned() else { break };
+            match decode_request(&mut inbuf, &limits) {
+                Ok(Some(req)) => {
+                    permit.forget();
+                    Stats::bump(&node.stats.requests);
+                    match router::handle(&node, req.op) {
+                        Handled::Now(reply) => send_reply(&tx, req.id, reply),
+                        Handled::Later(rx) => {
+                            let id = req.id;
+                            pending.push(async move { (id, rx.await) });
+                        }
+                        Handled::Dump(entries) => {
+                            send_dump(&tx, req.id, entries);
+                        }
+                        Handled::Shutdown => {
+                            send_reply(&tx, req.id, Reply::Ok);
+                            node.shutdown.cancel();
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(DecodeError::Rejected { id, code, message }) => {
+                    permit.forget();
+                    Stats::bump(&node.stats.bad_frames);
+                    debug!(%message, "request rejected");
+                    send_reply(&tx, id, Reply::Error { code, message });
+                }
+                Err(DecodeError::Invalid(message)) => {
+                    permit.forget();
+                    Stats::bump(&node.stats.bad_frames);
+                    warn!(%message, "invalid frame; closing stream");
+                    send_reply(&tx, 0, Reply::Error { code: ErrorCode::BadFrame, message });
+                    let _ = recv.stop(STREAM_BAD_FRAME.into());
+                    stop_reading = true;
+                }
+            }
+        }
+        if (eof || stop_reading) && pending.is_empty() {
+            if eof && !stop_reading && !inbuf.is_empty() {
+                send_reply(&tx, 0, Reply::Error {
+                    code: ErrorCode::BadFrame,
+                    message: format!("stream ended inside a frame ({} bytes left over)", inbuf.len()),
+                });
+            }
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some((id, outcome)) = pending.next(), if !pending.is_empty() => {
+                let reply = outcome.unwrap_or_else(|_| {
+                    Reply::Indeterminate("the server lost track of this write".into())
+                });
+                send_reply(&tx, id, reply);
+            }
+            read = recv.read_buf(&mut inbuf), if !eof && !stop_reading && credit.available_permits() > 0 => {
+                match read {
+                    Ok(0) => eof = true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(reason = %e, "stream read ended");
+                        stop_reading = true;
+                    }
+                }
+                if inbuf.capacity() - inbuf.len() < READ_CHUNK_BYTES / 4 {
+                    inbuf.reserve(READ_CHUNK_BYTES);
+                }
+            }
+            _ = credit.acquire(), if !eof && !stop_reading && credit.available_permits() == 0 => {}
+            _ = node.shutdown.cancelled(), if !stop_reading => {
+                // Stop taking new requests; answers already owed are still delivered.
+                stop_reading = true;
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// One frame for the writer, and whether writing it settles a request (returns its credit).
+struct Outgoing {
+    /// The frame.
+    resp: Response,
+    /// True for the last (usually only) frame of an answer.
+    settles: bool,
+}
+
+fn send_reply(tx: &mpsc::UnboundedSender<Outgoing>, id: u64, reply: Reply) {
+    // The writer only goes away when the stream is dead; nothing useful to do with the answer then.
+    let _ = tx.send(Outgoing {
+        resp: Response { id, reply },
+        settles: true,
+    });
+}
+
+/// Sends a dump as chunks of about `DUMP_CHUNK_BYTES`; only the last settles the request.
+fn send_dump(tx: &mpsc::UnboundedSender<Outgoing>, id: u64, entries: Vec<(Bytes, Bytes)>) {
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    for (k, v) in entries {
+        size += encoded_len_entry(&k, &v);
+        chunk.push((k, v));
+        if size >= DUMP_CHUNK_BYTES {
+            let reply = Reply::DumpChunk {
+                entries: std::mem::take(&mut chunk),
+                last: false,
+            };
+            let _ = tx.send(Outgoing {
+                resp: Response { id, reply },
+                settles: false,
+            });
+            size = 0;
+        }
+    }
+    send_reply(tx, id, Reply::DumpChunk { entries: chunk, last: true });
+}
+
+/// Writes answers as they come, batching whatever is queued into one write.
+async fn write_responses(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    credit: Arc<Semaphore>,
+) {
+    let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    while let Some(first) = rx.recv().await {
+        let mut n = 0;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            encode_response(&item.resp, &mut out);
+            n += usize::from(item.settles);
+            if out.len() < READ_CHUNK_BYTES {
+                next = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = send.write_all(&out).await {
+            debug!(reason = %e, "client stopped reading answers");
+            return;
+        }
+        out.clear();
+        credit.add_permits(n);
+    }
+    let _ = send.finish();
+}

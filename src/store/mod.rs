@@ -1,0 +1,592 @@
+//! The in-memory key space: 32 logical buckets of lock-free hash maps.
+//!
+//! # Buckets
+//!
+//! Every key belongs to exactly one of [`BUCKETS`] logical buckets, chosen by
+//! [`BucketId::of`]. The bucket, not the key and not the whole store, is the
+//! unit the replication layer reasons about:
+//!
+//! - **Ordering.** Writes to one bucket are replicated in order; writes to
+//!   different buckets are independent, so they can travel on separate lanes
+//!   without head-of-line blocking.
+//! - **Integrity.** Each bucket carries a [`Digest`] of its contents that the
+//!   primary and the backup compare to detect divergence without shipping data.
+//! - **Resync.** A bucket whose digests disagree is repaired on its own
+//!   ([`Store::bucket_snapshot`] on one side, [`Store::replace_bucket`] on the
+//!   other), so a partial resync costs ~1/32 of a full one.
+//!
+//! Thirty-two is enough lanes to keep two cores busy and to make a resync
+//! small, and few enough that a full digest exchange is 512 bytes.
+//!
+//! # The bucket hash is fixed
+//!
+//! `BucketId::of(key) = xxh3_64(key) % 32`, with no seed. Both servers must map
+//! every key to the same bucket or their per-bucket digests mean nothing, so
+//! this function is part of the replication protocol: changing it requires a
+//! protocol version bump. (Inside a bucket, flurry uses its own randomly seeded
+//! hash, which never leaves the process.)
+//!
+//! # The digest
+//!
+//! A bucket's digest is an order-independent sum of per-entry hashes (see
+//! [`Digest`] for the exact definition). Each write adds the hash
+//! of the entry it stored and subtracts the hash of the entry it replaced or
+//! removed, using the old value flurry hands back atomically, so the digest
+//! costs O(1) per write, needs no lock, and is exact once writers are
+//! quiescent, whatever the interleaving of concurrent writes.
+//! [`Store::recompute_digest`] recomputes it from scratch to check that claim.
+//!
+//! # Consistency
+//!
+//! Single-key operations are atomic. Counts, sizes and digests are updated
+//! just after the map itself, so a reader racing writers may see them lag by
+//! the writes in flight; they are exact whenever no write is in progress.
+
+mod digest;
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use bytes::Bytes;
+use xxhash_rust::xxh3::xxh3_64;
+
+pub use self::digest::Digest;
+use self::digest::DigestCell;
+
+/// Number of logical buckets; part of the replication protocol, like the
+/// bucket hash.
+pub const BUCKETS: usize = 32;
+
+/// A logical bucket, `0..BUCKETS`: the unit of replication ordering, integrity
+/// checking and resync.
+///
+/// Only constructible for valid indices, so holders never need to re-check.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketId(u8);
+
+impl BucketId {
+    /// The bucket that holds `key`: `xxh3_64(key) % 32`, unseeded.
+    ///
+    /// Fixed forever: the primary and the backup must agree on it for digests
+    /// and resyncs to line up, so never change it without a protocol version
+    /// bump.
+    pub fn of(key: &[u8]) -> BucketId {
+        // The remainder is below BUCKETS = 32, so it fits a u8.
+        BucketId((xxh3_64(key) % BUCKETS as u64) as u8)
+    }
+
+    /// The bucket with index `i`, or `None` if `i >= BUCKETS`; parses bucket
+    /// numbers that arrive from a peer.
+    pub fn new(i: usize) -> Option<BucketId> {
+        u8::try_from(i)
+            .ok()
+            .filter(|&i| usize::from(i) < BUCKETS)
+            .map(BucketId)
+    }
+
+    /// The bucket's index, `0..BUCKETS`, for indexing per-bucket arrays.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
+    /// Every bucket in index order, for sweeps such as digest exchanges.
+    pub fn all() -> impl Iterator<Item = BucketId> {
+        // BUCKETS = 32 fits a u8.
+        (0..BUCKETS as u8).map(BucketId)
+    }
+}
+
+impl fmt::Display for BucketId {
+    /// The bare index, as used in logs and resync reports.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The whole key space: [`BUCKETS`] flurry maps, each with a running entry
+/// count, payload size and [`Digest`].
+///
+/// All operations take `&self` and are safe from any number of threads; share
+/// it with an `Arc`.
+pub struct Store {
+    /// Indexed by [`BucketId::index`]; a fixed array, as the bucket count is
+    /// part of the protocol.
+    buckets: [Bucket; BUCKETS],
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Store {
+        Store {
+            buckets: std::array::from_fn(|_| Bucket::default()),
+        }
+    }
+
+    /// Stores `key → value` only if `key` is absent (the client's INSERT);
+    /// returns whether it was stored.
+    pub fn insert(&self, key: Bytes, value: Bytes) -> bool {
+        let bucket = self.bucket(&key);
+        let footprint = Footprint::of(&key, &value);
+        let inserted = bucket.map.pin().try_insert(key, value).is_ok();
+        if inserted {
+            bucket.add(footprint);
+        }
+        inserted
+    }
+
+    /// Replaces the value of `key` only if it is present (the client's
+    /// UPDATE); returns the old value, or `None` and changes nothing if absent.
+    ///
+    /// Atomic per key: the check and the replacement happen under flurry's
+    /// bin lock, so a concurrent delete cannot slip in between.
+    pub fn update(&self, key: Bytes, value: Bytes) -> Option<Bytes> {
+        let bucket = self.bucket(&key);
+        let new = Footprint::of(&key, &value);
+        let mut replaced = None;
+        bucket.map.pin().compute_if_present(&key, |_, old| {
+            replaced = Some(old.clone());
+            Some(value)
+        });
+        let old = replaced?;
+        bucket.sub(Footprint::of(&key, &old));
+        bucket.add(new);
+        Some(old)
+    }
+
+    /// Removes `key` (the client's DELETE); returns the old value.
+    pub fn delete(&self, key: &[u8]) -> Option<Bytes> {
+        let bucket = self.bucket(key);
+        let old = bucket.map.pin().remove(key).cloned()?;
+        bucket.sub(Footprint::of(key, &old));
+        Some(old)
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.bucket(key).map.pin().get(key).cloned()
+    }
+
+    /// Sets `key → value` whether or not `key` exists; returns the old value.
+    /// The backup applies replicated writes with this, since the primary has
+    /// already decided their outcome.
+    pub fn put(&self, key: Bytes, value: Bytes) -> Option<Bytes> {
+        let bucket = self.bucket(&key);
+        let new = Footprint::of(&key, &value);
+        // Cloning `Bytes` shares the buffer; the clone lets us hash the
+        // replaced entry after the map has taken ownership of `key`.
+        let old = bucket.map.pin().insert(key.clone(), value).cloned();
+        if let Some(old) = &old {
+            bucket.sub(Footprint::of(&key, old));
+        }
+        bucket.add(new);
+        old
+    }
+
+    /// Removes `key` whether or not it exists; returns the old value. Same
+    /// semantics as [`Store::delete`], named for the replication stream's
+    /// put/remove vocabulary.
+    pub fn remove(&self, key: &[u8]) -> Option<Bytes> {
+        self.delete(key)
+    }
+
+    /// Number of entries in the whole store.
+    pub fn count(&self) -> u64 {
+        BucketId::all().map(|b| self.bucket_len(b)).sum()
+    }
+
+    /// Number of entries in bucket `b`.
+    pub fn bucket_len(&self, b: BucketId) -> u64 {
+        non_negative(&self.buckets[b.index()].len)
+    }
+
+    /// The running digest of bucket `b`.
+    pub fn digest(&self, b: BucketId) -> Digest {
+        self.buckets[b.index()].digest.load()
+    }
+
+    /// The running digests of all buckets, indexed by [`BucketId::index`];
+    /// what the servers exchange to find diverged buckets.
+    pub fn digests(&self) -> [Digest; BUCKETS] {
+        std::array::from_fn(|i| self.buckets[i].digest.load())
+    }
+
+    /// Bucket `b`'s digest computed from scratch by a full scan, to verify
+    /// the running one in tests and integrity checks.
+    pub fn recompute_digest(&self, b: BucketId) -> Digest {
+        Digest::of_entries(self.buckets[b.index()].map.pin().iter())
+    }
+
+    /// A copy of bucket `b`'s entries, in no particular order; the resync
+    /// source.
+    ///
+    /// Weakly consistent, like flurry iteration: under concurrent writes it
+    /// reflects each key at some moment during the scan, not one instant for
+    /// the whole bucket. Quiesce writers (or replay the writes made during the
+    /// scan) if an exact image is needed.
+    pub fn bucket_snapshot(&self, b: BucketId) -> Vec<(Bytes, Bytes)> {
+        let map = self.buckets[b.index()].map.pin();
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Every entry, sorted by key; for tests, debugging and comparing
+    /// servers. Weakly consistent like [`Store::bucket_snapshot`].
+    pub fn dump(&self) -> Vec<(Bytes, Bytes)> {
+        let mut entries: Vec<_> = BucketId::all()
+            .flat_map(|b| self.bucket_snapshot(b))
+            .collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries
+    }
+
+    /// Makes bucket `b` hold exactly `entries` (a later duplicate key wins),
+    /// recomputing its count, size and digest; the resync sink.
+    ///
+    /// Callers must ensure no concurrent writes to bucket `b` while this
+    /// runs, or the running totals may miss them. Every key should belong to
+    /// `b`; a key that does not is stored in its own bucket, so lookups still
+    /// find it and every digest still describes its bucket's contents.
+    pub fn replace_bucket(&self, b: BucketId, entries: Vec<(Bytes, Bytes)>) {
+        self.buckets[b.index()].clear();
+        for (key, value) in entries {
+            self.put(key, value);
+        }
+    }
+
+    /// Removes every entry. Like [`Store::replace_bucket`], exact only if no
+    /// writes run concurrently.
+    pub fn clear(&self) {
+        for bucket in &self.buckets {
+            bucket.clear();
+        }
+    }
+
+    /// Sum of key and value lengths over all entries; the basis of the
+    /// memory limit. Excludes map overhead, hence approximate.
+    pub fn approx_bytes(&self) -> u64 {
+        self.buckets.iter().map(|b| non_negative(&b.bytes)).sum()
+    }
+
+    fn bucket(&self, key: &[u8]) -> &Bucket {
+        &self.buckets[BucketId::of(key).index()]
+    }
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store::new()
+    }
+}
+
+impl fmt::Debug for Store {
+    /// Totals only: the contents may be gigabytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("count", &self.count())
+            .field("approx_bytes", &self.approx_bytes())
+            .finish()
+    }
+}
+
+/// One logical bucket: its entries and the running totals over them.
+#[derive(Default)]
+struct Bucket {
+    /// The entries.
+    map: flurry::HashMap<Bytes, Bytes>,
+    /// Running digest of `map`.
+    digest: DigestCell,
+    /// Number of entries. Signed because a remove may be accounted before
+    /// the put of the entry it removed; readers clamp at zero.
+    len: AtomicI64,
+    /// Sum of key and value lengths; signed for the same reason as `len`.
+    bytes: AtomicI64,
+}
+
+impl Bucket {
+    /// Accounts for an entry that was stored.
+    fn add(&self, entry: Footprint) {
+        self.digest.add(entry.digest);
+        self.len.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(entry.bytes, Ordering::Relaxed);
+    }
+
+    /// Accounts for an entry that was replaced or removed.
+    fn sub(&self, entry: Footprint) {
+        self.digest.sub(entry.digest);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(entry.bytes, Ordering::Relaxed);
+    }
+
+    /// Empties the bucket and zeroes its totals; exact only without
+    /// concurrent writers.
+    fn clear(&self) {
+        self.map.pin().clear();
+        self.digest.reset();
+        self.len.store(0, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
+    }
+}
+
+/// What one entry contributes to its bucket's running totals, computed
+/// outside the map so no hashing happens under flurry's bin lock.
+#[derive(Copy, Clone)]
+struct Footprint {
+    /// The entry's [`Digest::of_entry`].
+    digest: Digest,
+    /// Key plus value length in bytes.
+    bytes: i64,
+}
+
+impl Footprint {
+    fn of(key: &[u8], value: &[u8]) -> Footprint {
+        Footprint {
+            digest: Digest::of_entry(key, value),
+            // Allocations never exceed isize::MAX bytes, so this is lossless.
+            bytes: (key.len() + value.len()) as i64,
+        }
+    }
+}
+
+/// Reads a running total that may dip below zero while writes race.
+fn non_negative(total: &AtomicI64) -> u64 {
+    u64::try_from(total.load(Ordering::Relaxed)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use xxhash_rust::xxh3::xxh3_128;
+
+    use super::*;
+
+    /// One client or replication operation, over a small key space so that
+    /// histories revisit keys.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(Vec<u8>, Vec<u8>),
+        Update(Vec<u8>, Vec<u8>),
+        Delete(Vec<u8>),
+        Put(Vec<u8>, Vec<u8>),
+        Remove(Vec<u8>),
+        Get(Vec<u8>),
+    }
+
+    /// 21 keys: every byte string of length 0..=2 over a 4-letter alphabet.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(b'a'..=b'd', 0..=2)
+    }
+
+    /// 3 values (`""`, `"x"`, `"y"`), so two histories often agree.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(b'x'..=b'y', 0..=1)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (key(), value()).prop_map(|(k, v)| Op::Insert(k, v)),
+            (key(), value()).prop_map(|(k, v)| Op::Update(k, v)),
+            key().prop_map(Op::Delete),
+            (key(), value()).prop_map(|(k, v)| Op::Put(k, v)),
+            key().prop_map(Op::Remove),
+            key().prop_map(Op::Get),
+        ]
+    }
+
+    fn history() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(op(), 0..200)
+    }
+
+    type Model = HashMap<Vec<u8>, Vec<u8>>;
+
+    /// Applies `op` to both, asserting that the store returns what the model
+    /// says it should.
+    fn apply(store: &Store, model: &mut Model, op: Op) {
+        let bytes = |v: Option<Vec<u8>>| v.map(Bytes::from);
+        match op {
+            Op::Insert(k, v) => {
+                let inserted = !model.contains_key(&k);
+                if inserted {
+                    model.insert(k.clone(), v.clone());
+                }
+                assert_eq!(store.insert(k.into(), v.into()), inserted);
+            }
+            Op::Update(k, v) => {
+                let old = model
+                    .get_mut(&k)
+                    .map(|slot| std::mem::replace(slot, v.clone()));
+                assert_eq!(store.update(k.into(), v.into()), bytes(old));
+            }
+            Op::Delete(k) => assert_eq!(store.delete(&k), bytes(model.remove(&k))),
+            Op::Put(k, v) => {
+                let old = model.insert(k.clone(), v.clone());
+                assert_eq!(store.put(k.into(), v.into()), bytes(old));
+            }
+            Op::Remove(k) => assert_eq!(store.remove(&k), bytes(model.remove(&k))),
+            Op::Get(k) => assert_eq!(store.get(&k), bytes(model.get(&k).cloned())),
+        }
+    }
+
+    fn run(ops: Vec<Op>) -> (Store, Model) {
+        let store = Store::new();
+        let mut model = Model::new();
+        for op in ops {
+            apply(&store, &mut model, op);
+        }
+        (store, model)
+    }
+
+    /// Checks every running total against a full scan.
+    fn assert_totals_exact(store: &Store) {
+        let dump = store.dump();
+        assert_eq!(store.count(), dump.len() as u64);
+        let payload: usize = dump.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(store.approx_bytes(), payload as u64);
+        for b in BucketId::all() {
+            assert_eq!(store.digest(b), store.recompute_digest(b), "bucket {b}");
+            assert_eq!(store.bucket_len(b), store.bucket_snapshot(b).len() as u64);
+        }
+    }
+
+    fn sorted_snapshot(store: &Store, b: BucketId) -> Vec<(Bytes, Bytes)> {
+        let mut entries = store.bucket_snapshot(b);
+        entries.sort_unstable();
+        entries
+    }
+
+    proptest! {
+        #[test]
+        fn matches_hash_map_model(ops in history()) {
+            let (store, model) = run(ops);
+            let mut expected: Vec<_> = model
+                .into_iter()
+                .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+                .collect();
+            expected.sort_unstable();
+            prop_assert_eq!(store.dump(), expected);
+            assert_totals_exact(&store);
+        }
+
+        #[test]
+        fn digests_equal_iff_contents_equal(a in history(), b in history()) {
+            let ((left, _), (right, _)) = (run(a), run(b));
+            for bucket in BucketId::all() {
+                let same_contents = sorted_snapshot(&left, bucket) == sorted_snapshot(&right, bucket);
+                let same_digest = left.digest(bucket) == right.digest(bucket);
+                prop_assert_eq!(same_digest, same_contents, "bucket {}", bucket);
+            }
+        }
+
+        #[test]
+        fn replace_bucket_matches_fresh_store(ops in history(), source in history(), b in 0..BUCKETS) {
+            let bucket = BucketId::new(b).expect("b < BUCKETS");
+            let (store, _) = run(ops);
+            let (source, _) = run(source);
+            let others: Vec<_> = BucketId::all()
+                .filter(|&o| o != bucket)
+                .map(|o| (o, store.digest(o)))
+                .collect();
+
+            let entries = source.bucket_snapshot(bucket);
+            let fresh = Store::new();
+            for (k, v) in entries.clone() {
+                fresh.put(k, v);
+            }
+            store.replace_bucket(bucket, entries);
+
+            prop_assert_eq!(store.digest(bucket), fresh.digest(bucket));
+            prop_assert_eq!(store.bucket_len(bucket), fresh.bucket_len(bucket));
+            prop_assert_eq!(sorted_snapshot(&store, bucket), sorted_snapshot(&fresh, bucket));
+            for (o, digest) in others {
+                prop_assert_eq!(store.digest(o), digest, "bucket {} untouched", o);
+            }
+            assert_totals_exact(&store);
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_keep_totals_exact() {
+        const THREADS: u64 = 4;
+        const OPS_PER_THREAD: u64 = 50_000;
+        const KEYS: u64 = 8;
+        let store = Arc::new(Store::new());
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    // xorshift64: cheap, deterministic per thread.
+                    let mut state = 0x9e37_79b9_7f4a_7c15 ^ (t + 1);
+                    for _ in 0..OPS_PER_THREAD {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        let key = Bytes::from(format!("k{}", state % KEYS));
+                        let value = Bytes::from(format!("v{t}-{}", state % 5));
+                        match (state >> 32) % 4 {
+                            0 => drop(store.put(key, value)),
+                            1 => drop(store.remove(&key)),
+                            2 => drop(store.insert(key, value)),
+                            _ => drop(store.update(key, value)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().expect("worker panicked");
+        }
+        assert_totals_exact(&store);
+    }
+
+    #[test]
+    fn bucket_of_is_the_documented_hash() {
+        // Regression guard: these are part of the replication protocol.
+        let fixed: [(&[u8], usize); 5] = [
+            (b"", 2),
+            (b"a", 31),
+            (b"hello", 29),
+            (b"user:42", 10),
+            (b"quickv", 3),
+        ];
+        for (key, bucket) in fixed {
+            assert_eq!(BucketId::of(key).index(), bucket, "{key:?}");
+            assert_eq!(bucket as u64, xxh3_64(key) % 32);
+        }
+    }
+
+    #[test]
+    fn bucket_ids_cover_exactly_the_buckets() {
+        let all: Vec<_> = BucketId::all().collect();
+        assert_eq!(all.len(), BUCKETS);
+        for (i, b) in all.into_iter().enumerate() {
+            assert_eq!(BucketId::new(i), Some(b));
+            assert_eq!(b.index(), i);
+            assert_eq!(b.to_string(), i.to_string());
+        }
+        assert_eq!(BucketId::new(BUCKETS), None);
+        assert_eq!(BucketId::new(256), None);
+    }
+
+    #[test]
+    fn entry_digest_is_length_prefixed_xxh3_128() {
+        let mut framed = 2u32.to_le_bytes().to_vec();
+        framed.extend_from_slice(b"abc");
+        assert_eq!(Digest::of_entry(b"ab", b"c"), Digest(xxh3_128(&framed)));
+        assert_ne!(Digest::of_entry(b"ab", b"c"), Digest::of_entry(b"a", b"bc"));
+        assert_eq!(Digest::default().to_string(), "0".repeat(32));
+    }
+
+    #[test]
+    fn clear_empties_every_bucket() {
+        let store = Store::new();
+        for i in 0..100u32 {
+            store.put(Bytes::from(i.to_string()), Bytes::from_static(b"v"));
+        }
+        store.clear();
+        assert_eq!(store.count(), 0);
+        assert_eq!(store.approx_bytes(), 0);
+        assert_eq!(store.digests(), [Digest::default(); BUCKETS]);
+        assert!(store.dump().is_empty());
+    }
+}

@@ -1,0 +1,446 @@
+//! Certificates and TLS: generation with rcgen, PEM loading, and the rustls/quinn configs of both
+//! links.
+//!
+//! One private CA signs everything. Files written by [`generate`] into the certificate directory:
+//!
+//! | file | what | used by |
+//! |---|---|---|
+//! | `ca.pem` / `ca.key` | the cluster CA (key kept to sign more certificates later) | everyone trusts `ca.pem` |
+//! | `server.pem` / `server.key` | the server/peer certificate, SANs `localhost`, `127.0.0.1`, `::1` + `--san` | both servers of a pair, as server *and* as peer client |
+//! | `client.pem` / `client.key` | a client certificate | CLI, client library, tester, bench |
+//!
+//! Mutual TLS is mandatory: a server demands a client certificate chaining to `ca.pem`. On the peer
+//! link ([`PEER_ALPN`]) it also demands that the certificate *is* the pair's server certificate, so a
+//! client certificate cannot pose as the peer. Only TLS 1.3 and only the ring provider are used, passed
+//! explicitly (with two providers compiled in, rustls cannot pick one on its own).
+//!
+//! With TLS 1.3 a client whose certificate is refused still sees `connect()` succeed; the refusal comes
+//! as an alert on first use. [`explain_connection_error`] turns those alerts into plain sentences.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+use crate::error::{Error, Result};
+use crate::protocol::ALPN;
+
+/// ALPN of the primary↔backup link; the client ALPN is [`crate::protocol::ALPN`].
+pub const PEER_ALPN: &[u8] = b"quickv-peer/1";
+/// Validity of the generated CA, in days from generation.
+pub const CA_VALIDITY_DAYS: i64 = 3650;
+/// Validity of generated server and client certificates, in days from generation.
+pub const LEAF_VALIDITY_DAYS: i64 = 825;
+/// Backdating of `not_before`, in days, to tolerate small clock differences between hosts.
+pub const BACKDATE_DAYS: i64 = 1;
+
+/// The file names inside a certificate directory.
+#[derive(Clone, Debug)]
+pub struct CertPaths {
+    /// The directory itself.
+    pub dir: PathBuf,
+}
+
+impl CertPaths {
+    /// Paths inside `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> CertPaths {
+        CertPaths { dir: dir.into() }
+    }
+    /// The CA certificate everyone trusts.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    /// The CA private key (only needed to sign more certificates).
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+    /// The server/peer certificate.
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.join("server.pem")
+    }
+    /// The server/peer private key.
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.join("server.key")
+    }
+    /// The client certificate.
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.pem")
+    }
+    /// The client private key.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
+    }
+    /// True when every file a server and a client need is present.
+    pub fn complete(&self) -> bool {
+        [
+            self.ca_cert(),
+            self.server_cert(),
+            self.server_key(),
+            self.client_cert(),
+            self.client_key(),
+        ]
+        .iter()
+        .all(|p| p.exists())
+    }
+}
+
+/// What [`generate`] did, for the CLI to print.
+#[derive(Debug)]
+pub struct Generated {
+    /// Files written.
+    pub written: Vec<PathBuf>,
+    /// Files that existed and were kept (no `--force`).
+    pub kept: Vec<PathBuf>,
+}
+
+/// Writes a CA, a server/peer certificate and a client certificate into `dir`.
+///
+/// The server certificate carries the SANs `localhost`, `127.0.0.1`, `::1` and every name in `sans`
+/// (IP addresses become IP SANs). Existing files are kept unless `force`; if the CA is kept, new leaf
+/// certificates are signed with the existing CA key. Private keys are written with mode 0600.
+pub fn generate(dir: &Path, sans: &[String], force: bool) -> Result<Generated> {
+    fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    let paths = CertPaths::new(dir);
+    let mut out = Generated {
+        written: Vec::new(),
+        kept: Vec::new(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let not_before = now - time::Duration::days(BACKDATE_DAYS);
+
+    let issuer = if !force && paths.ca_cert().exists() && paths.ca_key().exists() {
+        out.kept.extend([paths.ca_cert(), paths.ca_key()]);
+        let key = KeyPair::from_pem(&read_text(&paths.ca_key())?).map_err(cert_err)?;
+        Issuer::from_ca_cert_pem(&read_text(&paths.ca_cert())?, key).map_err(cert_err)?
+    } else {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.distinguished_name.push(DnType::CommonName, "quickv cluster CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = not_before;
+        params.not_after = now + time::Duration::days(CA_VALIDITY_DAYS);
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = params.self_signed(&key).map_err(cert_err)?;
+        write_file(&paths.ca_cert(), cert.pem().as_bytes(), false)?;
+        write_file(&paths.ca_key(), key.serialize_pem().as_bytes(), true)?;
+        out.written.extend([paths.ca_cert(), paths.ca_key()]);
+        Issuer::new(params, key)
+    };
+
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for san in sans {
+        if !names.contains(san) {
+            names.push(san.clone());
+        }
+    }
+    let leaves = [
+        (
+            paths.server_cert(),
+            paths.server_key(),
+            "quickv server",
+            names.clone(),
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        ),
+        (
+            paths.client_cert(),
+            paths.client_key(),
+            "quickv client",
+            Vec::new(),
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        ),
+    ];
+    for (cert_path, key_path, cn, sans, ekus) in leaves {
+        if !force && cert_path.exists() && key_path.exists() {
+            out.kept.extend([cert_path, key_path]);
+            continue;
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        params.subject_alt_names = sans.iter().map(|n| san_of(n)).collect::<Result<_>>()?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = ekus;
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before;
+        params.not_after = now + time::Duration::days(LEAF_VALIDITY_DAYS);
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
+        write_file(&cert_path, cert.pem().as_bytes(), false)?;
+        write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+        out.written.extend([cert_path, key_path]);
+    }
+    Ok(out)
+}
+
+/// Creates the certificates in `dir` unless they are all there already; returns true if it made them.
+pub fn ensure(dir: &Path) -> Result<bool> {
+    if CertPaths::new(dir).complete() {
+        return Ok(false);
+    }
+    generate(dir, &[], false)?;
+    Ok(true)
+}
+
+/// Transport knobs shared by the server endpoint configs.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportLimits {
+    /// Concurrent bidirectional streams the remote side may open.
+    pub max_streams: u32,
+    /// Silence after which the connection is dropped.
+    pub idle_timeout: Duration,
+    /// Interval of keep-alive packets.
+    pub keep_alive: Duration,
+}
+
+impl TransportLimits {
+    fn transport_config(&self) -> Result<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(self.max_streams.into());
+        t.max_concurrent_uni_streams(0u32.into());
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|_| Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout)))?;
+        t.max_idle_timeout(Some(idle));
+        t.keep_alive_interval(Some(self.keep_alive));
+        Ok(t)
+    }
+}
+
+/// The server endpoint config: TLS 1.3, mandatory client certificates from the CA, both ALPNs.
+pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = Arc::new(load_roots(&paths.ca_cert())?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+    let chain = load_certs(&paths.server_cert())?;
+    let key = load_key(&paths.server_key())?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(cert_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(cert_err)?;
+    tls.alpn_protocols = vec![ALPN.to_vec(), PEER_ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(cert_err)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(limits.transport_config()?));
+    Ok(cfg)
+}
+
+/// Which certificate a dialing side presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Identity {
+    /// `client.pem`: CLI, library, tools.
+    Client,
+    /// `server.pem`: a server dialing its peer.
+    Peer,
+}
+
+/// A client endpoint config presenting `identity`, trusting only the cluster CA.
+pub fn client_config(
+    paths: &CertPaths,
+    identity: Identity,
+    idle_timeout: Duration,
+    keep_alive: Duration,
+) -> Result<quinn::ClientConfig> {
+    let (cert, key, alpn) = match identity {
+        Identity::Client => (paths.client_cert(), paths.client_key(), ALPN),
+        Identity::Peer => (paths.server_cert(), paths.server_key(), PEER_ALPN),
+    };
+    client_config_from_files(&paths.ca_cert(), Some((&cert, &key)), alpn, idle_timeout, keep_alive)
+}
+
+/// A client config from explicit files; `identity = None` presents no certificate (used by tests
+/// that check the refusal).
+pub fn client_config_from_files(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    alpn: &[u8],
+    idle_timeout: Duration,
+    keep_alive: Duration,
+) -> Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(cert_err)?
+        .with_root_certificates(load_roots(ca)?);
+    let mut tls = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+            .map_err(cert_err)?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(cert_err)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(idle_timeout)
+        .map_err(|_| Error::Config(format!("idle timeout {idle_timeout:?} is too large")))?;
+    transport.max_idle_timeout(Some(idle));
+    transport.keep_alive_interval(Some(keep_alive));
+    transport.max_concurrent_uni_streams(0u32.into());
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// The certificate chain a remote presented on `conn`, if any.
+pub fn peer_certificates(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
+    conn.peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|b| *b)
+        .unwrap_or_default()
+}
+
+/// Reads the first certificate of a PEM file (the pair's own server certificate, to recognise the peer).
+pub fn own_server_cert(paths: &CertPaths) -> Result<CertificateDer<'static>> {
+    load_certs(&paths.server_cert())?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Certificate(format!("{}: no certificate", paths.server_cert().display())))
+}
+
+/// Turns a QUIC/TLS connection failure into a sentence a user can act on.
+pub fn explain_connection_error(err: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as E;
+    let alert = |code: quinn::TransportErrorCode| {
+        let code = u64::from(code);
+        (0x100..0x200).contains(&code).then(|| (code - 0x100) as u8)
+    };
+    match err {
+        E::ConnectionClosed(close) => match alert(close.error_code) {
+            Some(a) => format!("the server refused this client's certificate: {}", alert_text(a)),
+            None => format!("the server closed the connection: {close}"),
+        },
+        E::TransportError(te) => match alert(te.code) {
+            Some(a) => format!("TLS handshake failed: {} ({})", alert_text(a), te.reason),
+            None => format!("connection failed: {te}"),
+        },
+        E::ApplicationClosed(close) => format!("the server closed the connection: {close}"),
+        E::TimedOut => "no answer from the server (timed out): is it running and reachable over UDP?".into(),
+        E::Reset => "the server reset the connection (it may have restarted)".into(),
+        other => format!("connection failed: {other}"),
+    }
+}
+
+fn alert_text(alert: u8) -> String {
+    match alert {
+        116 => "no client certificate".into(),
+        48 => "unknown CA".into(),
+        42 => "bad certificate".into(),
+        45 => "certificate expired".into(),
+        46 => "certificate unknown".into(),
+        49 => "access denied".into(),
+        120 => "no common application protocol (ALPN)".into(),
+        other => format!("TLS alert {other}"),
+    }
+}
+
+fn san_of(name: &str) -> Result<SanType> {
+    Ok(match name.parse::<IpAddr>() {
+        Ok(ip) => SanType::IpAddress(ip),
+        Err(_) => SanType::DnsName(name.try_into().map_err(cert_err)?),
+    })
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(cert_err)?;
+    }
+    Ok(roots)
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| Error::Certificate(format!("{}: {e} (run `quickv certs`)", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Certificate(format!("{}: no certificate in file", path.display())));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| Error::Certificate(format!("{}: {e} (run `quickv certs`)", path.display())))
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(|e| Error::file(path, e))
+}
+
+fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(path).map_err(|e| Error::file(path, e))?;
+    #[cfg(unix)]
+    if private {
+        // An existing file keeps its old mode on open; force 0600 on keys regardless.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::file(path, e))?;
+    }
+    file.write_all(contents).map_err(|e| Error::file(path, e))
+}
+
+fn cert_err(e: impl std::fmt::Display) -> Error {
+    Error::Certificate(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generate_writes_private_keys_0600_and_keeps_existing_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = generate(dir.path(), &["db1.example".into(), "10.1.2.3".into()], false)
+            .expect("generate");
+        assert_eq!(first.written.len(), 6);
+        let paths = CertPaths::new(dir.path());
+        assert!(paths.complete());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for key in [paths.ca_key(), paths.server_key(), paths.client_key()] {
+                let mode = fs::metadata(&key).expect("meta").permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", key.display());
+            }
+        }
+        let before = fs::read(paths.server_cert()).expect("read");
+        let second = generate(dir.path(), &[], false).expect("again");
+        assert!(second.written.is_empty());
+        assert_eq!(before, fs::read(paths.server_cert()).expect("read"));
+        let forced = generate(dir.path(), &[], true).expect("force");
+        assert_eq!(forced.written.len(), 6);
+        assert_ne!(before, fs::read(paths.server_cert()).expect("read"));
+        // The configs build from what was written.
+        let limits = TransportLimits {
+            max_streams: 8,
+            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(1),
+        };
+        server_config(&paths, limits).expect("server config");
+        client_config(&paths, Identity::Client, Duration::from_secs(5), Duration::from_secs(1))
+            .expect("client config");
+    }
+}
