@@ -133,7 +133,11 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let server_like = matches!(cli.command, Command::Up(_) | Command::Server(_));
@@ -141,7 +145,9 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let refused = e.downcast_ref::<ClientError>().is_some_and(ClientError::is_refusal);
+            let refused = e
+                .downcast_ref::<ClientError>()
+                .is_some_and(ClientError::is_refusal);
             eprintln!("quickv: {e:#}");
             ExitCode::from(if refused { 1 } else { 2 })
         }
@@ -200,7 +206,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let rt = if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -310,7 +318,11 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
         Command::Ping => {
             let started = std::time::Instant::now();
             client.ping(Bytes::from_static(b"ping")).await?;
-            println!("pong from {} in {:?}", client.server_info(), started.elapsed());
+            println!(
+                "pong from {} in {:?}",
+                client.server_info(),
+                started.elapsed()
+            );
         }
         Command::Shutdown => {
             client.shutdown().await?;

@@ -236,8 +236,14 @@ impl FileConfig {
             })
         };
         let (listen, peer) = match role {
-            Role::Primary => (addr_of(&self.primary, "primary")?, Some(addr_of(&self.backup, "backup")?)),
-            Role::Backup => (addr_of(&self.backup, "backup")?, Some(addr_of(&self.primary, "primary")?)),
+            Role::Primary => (
+                addr_of(&self.primary, "primary")?,
+                Some(addr_of(&self.backup, "backup")?),
+            ),
+            Role::Backup => (
+                addr_of(&self.backup, "backup")?,
+                Some(addr_of(&self.primary, "primary")?),
+            ),
             Role::Standalone => (addr_of(&self.primary, "primary")?, None),
         };
         let mut cfg = ServerConfig::new(role, listen);
@@ -275,7 +281,10 @@ mod tests {
         .expect("valid toml");
         let b = file.server_config(Role::Backup).expect("backup config");
         assert_eq!(b.listen.to_string(), "10.0.0.2:4471");
-        assert_eq!(b.peer.map(|p| p.to_string()).as_deref(), Some("10.0.0.1:4470"));
+        assert_eq!(
+            b.peer.map(|p| p.to_string()).as_deref(),
+            Some("10.0.0.1:4470")
+        );
         assert_eq!(b.certs_dir, PathBuf::from("/etc/quickv"));
         assert_eq!(b.ack_timeout, Duration::from_millis(300));
         b.validate().expect("valid");

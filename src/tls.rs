@@ -127,7 +127,13 @@ pub fn generate(dir: &Path, sans: &[String], force: bool) -> Result<Generated> {
     } else {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.distinguished_name.push(DnType::CommonName, "quickv cluster CA");
+        // A unique name per CA: two clusters' CAs must not look alike, or a foreign certificate would
+        // be matched to our CA by name and fail on its signature instead of as "unknown CA".
+        let tag =
+            xxhash_rust::xxh3::xxh3_64(&KeyPair::generate().map_err(cert_err)?.serialize_der());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("quickv cluster CA {tag:016x}"));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.not_before = not_before;
         params.not_after = now + time::Duration::days(CA_VALIDITY_DAYS);
@@ -211,8 +217,9 @@ impl TransportLimits {
         let mut t = quinn::TransportConfig::default();
         t.max_concurrent_bidi_streams(self.max_streams.into());
         t.max_concurrent_uni_streams(0u32.into());
-        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
-            .map_err(|_| Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout)))?;
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            Error::Config(format!("idle timeout {:?} is too large", self.idle_timeout))
+        })?;
         t.max_idle_timeout(Some(idle));
         t.keep_alive_interval(Some(self.keep_alive));
         Ok(t)
@@ -261,7 +268,13 @@ pub fn client_config(
         Identity::Client => (paths.client_cert(), paths.client_key(), ALPN),
         Identity::Peer => (paths.server_cert(), paths.server_key(), PEER_ALPN),
     };
-    client_config_from_files(&paths.ca_cert(), Some((&cert, &key)), alpn, idle_timeout, keep_alive)
+    client_config_from_files(
+        &paths.ca_cert(),
+        Some((&cert, &key)),
+        alpn,
+        idle_timeout,
+        keep_alive,
+    )
 }
 
 /// A client config from explicit files; `identity = None` presents no certificate (used by tests
@@ -310,7 +323,9 @@ pub fn own_server_cert(paths: &CertPaths) -> Result<CertificateDer<'static>> {
     load_certs(&paths.server_cert())?
         .into_iter()
         .next()
-        .ok_or_else(|| Error::Certificate(format!("{}: no certificate", paths.server_cert().display())))
+        .ok_or_else(|| {
+            Error::Certificate(format!("{}: no certificate", paths.server_cert().display()))
+        })
 }
 
 /// Turns a QUIC/TLS connection failure into a sentence a user can act on.
@@ -322,7 +337,10 @@ pub fn explain_connection_error(err: &quinn::ConnectionError) -> String {
     };
     match err {
         E::ConnectionClosed(close) => match alert(close.error_code) {
-            Some(a) => format!("the server refused this client's certificate: {}", alert_text(a)),
+            Some(a) => format!(
+                "the server refused this client's certificate: {}",
+                alert_text(a)
+            ),
             None => format!("the server closed the connection: {close}"),
         },
         E::TransportError(te) => match alert(te.code) {
@@ -330,7 +348,9 @@ pub fn explain_connection_error(err: &quinn::ConnectionError) -> String {
             None => format!("connection failed: {te}"),
         },
         E::ApplicationClosed(close) => format!("the server closed the connection: {close}"),
-        E::TimedOut => "no answer from the server (timed out): is it running and reachable over UDP?".into(),
+        E::TimedOut => {
+            "no answer from the server (timed out): is it running and reachable over UDP?".into()
+        }
         E::Reset => "the server reset the connection (it may have restarted)".into(),
         other => format!("connection failed: {other}"),
     }
@@ -344,6 +364,7 @@ fn alert_text(alert: u8) -> String {
         45 => "certificate expired".into(),
         46 => "certificate unknown".into(),
         49 => "access denied".into(),
+        51 => "signature check failed (certificate from another CA?)".into(),
         120 => "no common application protocol (ALPN)".into(),
         other => format!("TLS alert {other}"),
     }
@@ -369,7 +390,10 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| Error::Certificate(format!("{}: {e} (run `quickv certs`)", path.display())))?;
     if certs.is_empty() {
-        return Err(Error::Certificate(format!("{}: no certificate in file", path.display())));
+        return Err(Error::Certificate(format!(
+            "{}: no certificate in file",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -413,8 +437,12 @@ mod tests {
     #[test]
     fn generate_writes_private_keys_0600_and_keeps_existing_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = generate(dir.path(), &["db1.example".into(), "10.1.2.3".into()], false)
-            .expect("generate");
+        let first = generate(
+            dir.path(),
+            &["db1.example".into(), "10.1.2.3".into()],
+            false,
+        )
+        .expect("generate");
         assert_eq!(first.written.len(), 6);
         let paths = CertPaths::new(dir.path());
         assert!(paths.complete());
@@ -440,7 +468,12 @@ mod tests {
             keep_alive: Duration::from_secs(1),
         };
         server_config(&paths, limits).expect("server config");
-        client_config(&paths, Identity::Client, Duration::from_secs(5), Duration::from_secs(1))
-            .expect("client config");
+        client_config(
+            &paths,
+            Identity::Client,
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+        )
+        .expect("client config");
     }
 }

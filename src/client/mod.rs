@@ -148,16 +148,41 @@ struct Call {
 /// Requests written on a lane and not yet answered.
 #[derive(Default)]
 struct Owed {
-    /// Answer channels by request id, with the dump entries gathered so far.
-    calls: HashMap<u64, (oneshot::Sender<Result<Reply, ClientError>>, Vec<(Bytes, Bytes)>)>,
+    /// The calls written and not yet answered, by request id.
+    calls: HashMap<u64, Waiting>,
     /// Set once the lane is dead; later calls fail with it at once.
     broken: Option<ClientError>,
 }
 
+/// One call written on a lane and not yet answered.
+struct Waiting {
+    /// Where the answer goes.
+    reply: oneshot::Sender<Result<Reply, ClientError>>,
+    /// Writes become indeterminate, not failed, if the connection dies.
+    is_write: bool,
+    /// Dump entries from chunks received so far.
+    gathered: Vec<(Bytes, Bytes)>,
+}
+
 impl Owed {
+    /// Fails every call in flight: a write that was sent may have been applied, so it is
+    /// indeterminate; anything else failed with `err`.
     fn fail_all(&mut self, err: ClientError) {
-        for (_, (tx, _)) in self.calls.drain() {
-            let _ = tx.send(Err(err.clone()));
+        for (
+            _,
+            Waiting {
+                reply, is_write, ..
+            },
+        ) in self.calls.drain()
+        {
+            let outcome = if is_write {
+                Ok(Reply::Indeterminate(format!(
+                    "the write was sent but no answer came: {err}"
+                )))
+            } else {
+                Err(err.clone())
+            };
+            let _ = reply.send(outcome);
         }
         self.broken.get_or_insert(err);
     }
@@ -187,9 +212,13 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let (sock, name) = resolve(addr).await?;
         let bind: SocketAddr = if sock.is_ipv4() {
-            "0.0.0.0:0".parse().map_err(|_| ClientError::Connection("bad bind".into()))?
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| ClientError::Connection("bad bind".into()))?
         } else {
-            "[::]:0".parse().map_err(|_| ClientError::Connection("bad bind".into()))?
+            "[::]:0"
+                .parse()
+                .map_err(|_| ClientError::Connection("bad bind".into()))?
         };
         let endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
@@ -213,7 +242,12 @@ impl Client {
                     server: OnceLock::new(),
                 }),
             };
-            match client.call(Op::Hello { version: PROTOCOL_VERSION }).await? {
+            match client
+                .call(Op::Hello {
+                    version: PROTOCOL_VERSION,
+                })
+                .await?
+            {
                 Reply::Hello { server, .. } => {
                     let _ = client.inner.server.set(server);
                     Ok(client)
@@ -233,7 +267,11 @@ impl Client {
 
     /// The server's hello line, e.g. `quickv 0.1.0 role=primary`.
     pub fn server_info(&self) -> &str {
-        self.inner.server.get().map(String::as_str).unwrap_or_default()
+        self.inner
+            .server
+            .get()
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 
     /// Sends one request and waits for its answer. A dump's chunks are merged into a single
@@ -251,14 +289,28 @@ impl Client {
     }
 
     /// Inserts a new key; fails with [`ClientError::Exists`] if it is present.
-    pub async fn insert(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), ClientError> {
-        let op = Op::Insert { key: key.into(), value: value.into() };
+    pub async fn insert(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let op = Op::Insert {
+            key: key.into(),
+            value: value.into(),
+        };
         expect_ok(self.call(op).await?)
     }
 
     /// Replaces the value of an existing key; fails with [`ClientError::NotFound`] if absent.
-    pub async fn update(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<(), ClientError> {
-        let op = Op::Update { key: key.into(), value: value.into() };
+    pub async fn update(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let op = Op::Update {
+            key: key.into(),
+            value: value.into(),
+        };
         expect_ok(self.call(op).await?)
     }
 
@@ -369,7 +421,10 @@ async fn resolve(addr: &str) -> Result<(SocketAddr, String), ClientError> {
 }
 
 /// Opens one stream and starts its writer and reader tasks.
-async fn open_lane(conn: &quinn::Connection, limits: Limits) -> Result<mpsc::Sender<Call>, ClientError> {
+async fn open_lane(
+    conn: &quinn::Connection,
+    limits: Limits,
+) -> Result<mpsc::Sender<Call>, ClientError> {
     let (send, recv) = conn
         .open_bi()
         .await
@@ -400,8 +455,16 @@ async fn write_lane(
                 } else {
                     let id = next_id;
                     next_id += 1;
+                    let is_write = call.op.is_write();
                     encode_request(&Request { id, op: call.op }, &mut out);
-                    owed.calls.insert(id, (call.reply, Vec::new()));
+                    owed.calls.insert(
+                        id,
+                        Waiting {
+                            reply: call.reply,
+                            is_write,
+                            gathered: Vec::new(),
+                        },
+                    );
                 }
                 if out.len() < READ_CHUNK_BYTES {
                     next = rx.try_recv().ok();
@@ -427,7 +490,12 @@ async fn write_lane(
 }
 
 /// Reads answers and hands each to its caller.
-async fn read_lane(mut recv: quinn::RecvStream, owed: Arc<Mutex<Owed>>, limits: Limits, conn: quinn::Connection) {
+async fn read_lane(
+    mut recv: quinn::RecvStream,
+    owed: Arc<Mutex<Owed>>,
+    limits: Limits,
+    conn: quinn::Connection,
+) {
     let mut inbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let err = loop {
         match recv.read_buf(&mut inbuf).await {
@@ -476,20 +544,34 @@ fn deliver(inbuf: &mut BytesMut, owed: &Mutex<Owed>, limits: &Limits) -> Result<
             });
         }
         match resp.reply {
-            Reply::DumpChunk { entries, last: false } => {
-                if let Some((_, gathered)) = owed.calls.get_mut(&resp.id) {
+            Reply::DumpChunk {
+                entries,
+                last: false,
+            } => {
+                if let Some(Waiting { gathered, .. }) = owed.calls.get_mut(&resp.id) {
                     gathered.extend(entries);
                 }
             }
             reply => {
-                let Some((tx, gathered)) = owed.calls.remove(&resp.id) else {
-                    return Err(ClientError::Protocol(format!("answer to unknown request {}", resp.id)));
+                let Some(Waiting {
+                    reply: tx,
+                    gathered,
+                    ..
+                }) = owed.calls.remove(&resp.id)
+                else {
+                    return Err(ClientError::Protocol(format!(
+                        "answer to unknown request {}",
+                        resp.id
+                    )));
                 };
                 let reply = match reply {
                     Reply::DumpChunk { entries, .. } if !gathered.is_empty() => {
                         let mut all = gathered;
                         all.extend(entries);
-                        Reply::DumpChunk { entries: all, last: true }
+                        Reply::DumpChunk {
+                            entries: all,
+                            last: true,
+                        }
                     }
                     other => other,
                 };

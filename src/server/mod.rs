@@ -47,7 +47,10 @@ impl Server {
             },
         )?;
         let endpoint = quinn::Endpoint::server(server_cfg, config.listen).map_err(|e| {
-            Error::Io(std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen)))
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", config.listen),
+            ))
         })?;
         Ok(Server {
             node: Arc::new(Node::new(config)),
@@ -78,7 +81,10 @@ impl Server {
                 _ = node.shutdown.cancelled() => break,
             };
             let Some(incoming) = incoming else { break };
-            let open = node.stats.connections.load(std::sync::atomic::Ordering::Relaxed);
+            let open = node
+                .stats
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed);
             if open >= node.config.max_connections as u64 {
                 Stats::bump(&node.stats.connections_refused);
                 warn!(remote = %incoming.remote_address(), open, "connection refused: max_connections reached");
@@ -86,17 +92,24 @@ impl Server {
                 continue;
             }
             // Counted from the first packet, so a burst of handshakes cannot overshoot the cap.
-            node.stats.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            node.stats
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let node = node.clone();
             tracker.spawn(async move {
                 accept(node.clone(), incoming).await;
-                node.stats.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                node.stats
+                    .connections
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             });
         }
         info!("shutting down: draining in-flight requests");
         node.shutdown.cancel();
         tracker.close();
-        if tokio::time::timeout(node.config.drain_timeout, tracker.wait()).await.is_err() {
+        if tokio::time::timeout(node.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("drain timeout passed; closing connections with requests still in flight");
         }
         endpoint.close(session::CLOSE_SHUTDOWN.into(), b"server shutting down");
@@ -123,7 +136,10 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
     match alpn.as_deref() {
         Some(p) if p == tls::PEER_ALPN => {
             warn!(%remote, "peer link refused: this server has no peer link yet");
-            conn.close(session::CLOSE_SHUTDOWN.into(), b"no peer link on this server");
+            conn.close(
+                session::CLOSE_SHUTDOWN.into(),
+                b"no peer link on this server",
+            );
         }
         _ => {
             Stats::bump(&node.stats.connections_total);

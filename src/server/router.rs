@@ -27,7 +27,11 @@ pub fn handle(node: &Node, op: Op) -> Handled {
     match op {
         Op::Hello { version } if version == PROTOCOL_VERSION => Handled::Now(Reply::Hello {
             version: PROTOCOL_VERSION,
-            server: format!("quickv {} role={}", env!("CARGO_PKG_VERSION"), node.config.role),
+            server: format!(
+                "quickv {} role={}",
+                env!("CARGO_PKG_VERSION"),
+                node.config.role
+            ),
         }),
         Op::Hello { version } => Handled::Now(Reply::Error {
             code: ErrorCode::UnsupportedVersion,
@@ -44,12 +48,13 @@ pub fn handle(node: &Node, op: Op) -> Handled {
             Some(value) => Reply::Value(value),
             None => Reply::NotFound,
         }),
-        write @ (Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. }) => match node.config.role {
+        write @ (Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. }) => match node
+            .config
+            .role
+        {
             Role::Standalone => Handled::Now(apply_write(node, write)),
             Role::Backup => Handled::Now(Reply::Unavailable("this server is the backup".into())),
-            Role::Primary => Handled::Now(Reply::Unavailable(
-                "not in sync with the backup".into(),
-            )),
+            Role::Primary => Handled::Now(Reply::Unavailable("not in sync with the backup".into())),
         },
     }
 }

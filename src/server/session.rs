@@ -70,7 +70,9 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
     loop {
         // Answer everything already buffered, one credit per request.
         while !stop_reading {
-            let Ok(permit) = credit.clone().try_acquire_owned() else { break };
+            let Ok(permit) = credit.clone().try_acquire_owned() else {
+                break;
+            };
             match decode_request(&mut inbuf, &limits) {
                 Ok(Some(req)) => {
                     permit.forget();
@@ -101,7 +103,14 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
                     permit.forget();
                     Stats::bump(&node.stats.bad_frames);
                     warn!(%message, "invalid frame; closing stream");
-                    send_reply(&tx, 0, Reply::Error { code: ErrorCode::BadFrame, message });
+                    send_reply(
+                        &tx,
+                        0,
+                        Reply::Error {
+                            code: ErrorCode::BadFrame,
+                            message,
+                        },
+                    );
                     let _ = recv.stop(STREAM_BAD_FRAME.into());
                     stop_reading = true;
                 }
@@ -109,10 +118,18 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
         }
         if (eof || stop_reading) && pending.is_empty() {
             if eof && !stop_reading && !inbuf.is_empty() {
-                send_reply(&tx, 0, Reply::Error {
-                    code: ErrorCode::BadFrame,
-                    message: format!("stream ended inside a frame ({} bytes left over)", inbuf.len()),
-                });
+                Stats::bump(&node.stats.bad_frames);
+                send_reply(
+                    &tx,
+                    0,
+                    Reply::Error {
+                        code: ErrorCode::BadFrame,
+                        message: format!(
+                            "stream ended inside a frame ({} bytes left over)",
+                            inbuf.len()
+                        ),
+                    },
+                );
             }
             break;
         }
@@ -139,7 +156,11 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
             }
             _ = credit.acquire(), if !eof && !stop_reading && credit.available_permits() == 0 => {}
             _ = node.shutdown.cancelled(), if !stop_reading => {
-                // Stop taking new requests; answers already owed are still delivered.
+                // Stop taking new requests: those already buffered are refused (they never take
+                // effect), answers already owed are still delivered.
+                while let Ok(Some(req)) = decode_request(&mut inbuf, &limits) {
+                    send_reply(&tx, req.id, Reply::Unavailable("the server is shutting down".into()));
+                }
                 stop_reading = true;
             }
         }
@@ -183,7 +204,14 @@ fn send_dump(tx: &mpsc::UnboundedSender<Outgoing>, id: u64, entries: Vec<(Bytes,
             size = 0;
         }
     }
-    send_reply(tx, id, Reply::DumpChunk { entries: chunk, last: true });
+    send_reply(
+        tx,
+        id,
+        Reply::DumpChunk {
+            entries: chunk,
+            last: true,
+        },
+    );
 }
 
 /// Writes answers as they come, batching whatever is queued into one write.
