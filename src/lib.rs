@@ -11,6 +11,7 @@
 //! | [`store`] | the table: 32 flurry buckets, per-bucket counts and order-independent digests |
 //! | [`tls`] | certificate generation (rcgen), PEM loading, rustls/quinn configs, ALPN |
 //! | [`config`] | typed config and every default, in one place |
+//! | [`replication`] | primary/backup: sans-IO state machine, lanes, peer link drivers |
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
@@ -36,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod store;
 pub mod tls;

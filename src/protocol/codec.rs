@@ -335,7 +335,7 @@ fn end_frame(dst: &mut BytesMut, start: usize) {
 }
 
 /// Writes a byte string: its length as `u32`, then the bytes.
-fn put_bytes(dst: &mut BytesMut, bytes: &[u8]) {
+pub(super) fn put_bytes(dst: &mut BytesMut, bytes: &[u8]) {
     dst.put_u32(wire_len(bytes.len()));
     dst.put_slice(bytes);
 }
@@ -345,7 +345,7 @@ fn put_bytes(dst: &mut BytesMut, bytes: &[u8]) {
 /// # Panics
 /// Above `u32::MAX`: only a caller bug gets here (no limit allows it), and writing a truncated length
 /// would corrupt the stream for the peer, which is worse.
-fn wire_len(len: usize) -> u32 {
+pub(super) fn wire_len(len: usize) -> u32 {
     u32::try_from(len)
         .unwrap_or_else(|_| panic!("{len} bytes do not fit the u32 length of a quickv frame"))
 }
@@ -444,7 +444,7 @@ fn decode_dump_chunk(reader: &mut Reader) -> Result<Reply, DecodeError> {
 
 /// A cursor over one frame's body that refuses to read past its end. Byte strings come out as
 /// zero-copy slices of the body.
-struct Reader {
+pub(super) struct Reader {
     /// The frame body (after the length prefix), shared with the byte strings sliced out of it.
     body: Bytes,
     /// Offset of the next unread byte in `body`.
@@ -452,12 +452,12 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(body: Bytes) -> Self {
+    pub(super) fn new(body: Bytes) -> Self {
         Reader { body, pos: 0 }
     }
 
     /// Bytes not read yet.
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.body.len() - self.pos
     }
 
@@ -472,7 +472,7 @@ impl Reader {
         Ok(out)
     }
 
-    fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
+    pub(super) fn u8(&mut self, what: &str) -> Result<u8, DecodeError> {
         self.array::<1>(what).map(|[b]| b)
     }
 
@@ -480,16 +480,16 @@ impl Reader {
         self.array(what).map(u16::from_be_bytes)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
+    pub(super) fn u32(&mut self, what: &str) -> Result<u32, DecodeError> {
         self.array(what).map(u32::from_be_bytes)
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
+    pub(super) fn u64(&mut self, what: &str) -> Result<u64, DecodeError> {
         self.array(what).map(u64::from_be_bytes)
     }
 
     /// A byte string: a `u32` length, checked against the bytes left, then a slice of the body.
-    fn bytes(&mut self, what: &str) -> Result<Bytes, DecodeError> {
+    pub(super) fn bytes(&mut self, what: &str) -> Result<Bytes, DecodeError> {
         let declared = self.u32(what)?;
         let len = usize::try_from(declared).unwrap_or(usize::MAX);
         if len > self.remaining() {
@@ -501,7 +501,7 @@ impl Reader {
     }
 
     /// A byte string that must be UTF-8.
-    fn string(&mut self, what: &str) -> Result<String, DecodeError> {
+    pub(super) fn string(&mut self, what: &str) -> Result<String, DecodeError> {
         let bytes = self.bytes(what)?;
         match std::str::from_utf8(&bytes) {
             Ok(text) => Ok(text.to_owned()),
@@ -511,7 +511,7 @@ impl Reader {
 
     /// Succeeds only if the whole body was read: trailing bytes mean the peer and we disagree on the
     /// layout, so nothing after them can be trusted.
-    fn finish(self) -> Result<(), DecodeError> {
+    pub(super) fn finish(self) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
             extra => Err(DecodeError::Invalid(format!(

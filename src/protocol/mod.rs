@@ -56,6 +56,7 @@
 
 mod codec;
 mod frame;
+pub mod peer;
 
 pub use codec::{
     decode_request, decode_response, encode_request, encode_response, encoded_len_entry,

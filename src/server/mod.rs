@@ -73,6 +73,9 @@ impl Server {
         let Server { node, endpoint } = self;
         let tracker = TaskTracker::new();
         info!(role = %node.config.role, listen = %endpoint.local_addr()?, "serving");
+        if let Some(repl) = &node.repl {
+            repl.start(endpoint.clone());
+        }
         tokio::pin!(shutdown);
         loop {
             let incoming = tokio::select! {
@@ -135,11 +138,14 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
         Some(p) if p == tls::PEER_ALPN => {
-            warn!(%remote, "peer link refused: this server has no peer link yet");
-            conn.close(
-                session::CLOSE_SHUTDOWN.into(),
-                b"no peer link on this server",
-            );
+            if let Err(why) = peer_allowed(&node, &conn) {
+                warn!(%remote, reason = why, "peer link refused");
+                conn.close(CLOSE_PEER_REFUSED.into(), why.as_bytes());
+                return;
+            }
+            if let Some(repl) = node.repl.clone() {
+                crate::replication::backup::serve(repl, conn, node.shutdown.clone()).await;
+            }
         }
         _ => {
             Stats::bump(&node.stats.connections_total);
@@ -148,11 +154,28 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
     }
 }
 
+/// Application close code for a refused peer link.
+pub const CLOSE_PEER_REFUSED: u32 = 3;
+
+/// Only a backup accepts the peer link, and only from the holder of the pair's server certificate
+/// (a client certificate from the same CA cannot pose as the primary).
+fn peer_allowed(node: &Node, conn: &quinn::Connection) -> Result<(), &'static str> {
+    if node.config.role != crate::config::Role::Backup {
+        return Err("only a backup accepts a peer link");
+    }
+    let own = tls::own_server_cert(&CertPaths::new(&node.config.certs_dir))
+        .map_err(|_| "cannot read our own server certificate")?;
+    match tls::peer_certificates(conn).first() {
+        Some(cert) if *cert == own => Ok(()),
+        _ => Err("the peer's certificate is not this pair's server certificate"),
+    }
+}
+
 /// The `status` document: JSON with at least `role`, `state`, `keys`.
 pub fn status_json(node: &Node) -> serde_json::Value {
     use std::sync::atomic::Ordering::Relaxed;
     let s = &node.stats;
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "role": node.config.role.as_str(),
         "state": "serving",
         "keys": node.store.count(),
@@ -166,5 +189,11 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         "connections_refused": s.connections_refused.load(Relaxed),
         "requests": s.requests.load(Relaxed),
         "bad_frames": s.bad_frames.load(Relaxed),
-    })
+    });
+    if let (Some(repl), Some(obj)) = (&node.repl, doc.as_object_mut()) {
+        if let serde_json::Value::Object(extra) = repl.status() {
+            obj.extend(extra);
+        }
+    }
+    doc
 }

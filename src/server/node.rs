@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ServerConfig;
+use crate::config::{Role, ServerConfig};
+use crate::replication::Replication;
 use crate::store::Store;
 
 /// Shared by every session of a server; cheap to clone through `Arc`.
@@ -25,6 +26,8 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Counters shown in `status` and later in metrics.
     pub stats: Stats,
+    /// Replication, for a primary or a backup; `None` for a standalone server.
+    pub repl: Option<Arc<Replication>>,
 }
 
 /// Monotonic counters; relaxed atomics because they are only read for reporting.
@@ -52,13 +55,22 @@ impl Stats {
 impl Node {
     /// A fresh node with an empty store.
     pub fn new(config: ServerConfig) -> Node {
+        let store = Arc::new(Store::new());
+        let run_id = fresh_run_id();
+        let repl = match config.role {
+            Role::Standalone => None,
+            Role::Primary | Role::Backup => {
+                Some(Replication::new(store.clone(), config.clone(), run_id))
+            }
+        };
         Node {
             config,
-            store: Arc::new(Store::new()),
-            run_id: fresh_run_id(),
+            store,
+            run_id,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             stats: Stats::default(),
+            repl,
         }
     }
 }

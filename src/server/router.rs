@@ -42,20 +42,33 @@ pub fn handle(node: &Node, op: Op) -> Handled {
         Op::Ping(payload) => Handled::Now(Reply::Value(payload)),
         Op::Status => Handled::Now(Reply::Status(crate::server::status_json(node).to_string())),
         Op::Shutdown => Handled::Shutdown,
-        Op::Count => Handled::Now(Reply::Count(node.store.count())),
-        Op::Dump => Handled::Dump(node.store.dump()),
-        Op::Get { key } => Handled::Now(match node.store.get(&key) {
-            Some(value) => Reply::Value(value),
-            None => Reply::NotFound,
-        }),
-        write @ (Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. }) => match node
-            .config
-            .role
-        {
-            Role::Standalone => Handled::Now(apply_write(node, write)),
-            Role::Backup => Handled::Now(Reply::Unavailable("this server is the backup".into())),
-            Role::Primary => Handled::Now(Reply::Unavailable("not in sync with the backup".into())),
-        },
+        read @ (Op::Count | Op::Dump | Op::Get { .. }) => {
+            if node.repl.as_ref().is_some_and(|r| !r.reads_allowed()) {
+                return Handled::Now(Reply::Unavailable(
+                    "not yet synced: this server restarted and has not caught up with its peer"
+                        .into(),
+                ));
+            }
+            match read {
+                Op::Count => Handled::Now(Reply::Count(node.store.count())),
+                Op::Dump => Handled::Dump(node.store.dump()),
+                Op::Get { key } => Handled::Now(match node.store.get(&key) {
+                    Some(value) => Reply::Value(value),
+                    None => Reply::NotFound,
+                }),
+                other => Handled::Now(not_a(&other)),
+            }
+        }
+        write @ (Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. }) => {
+            match (node.config.role, &node.repl) {
+                (Role::Standalone, _) => Handled::Now(apply_write(node, write)),
+                (Role::Backup, _) => Handled::Now(Reply::Unavailable(
+                    "this server is the backup; send writes to the primary".into(),
+                )),
+                (Role::Primary, Some(repl)) => repl.submit(write),
+                (Role::Primary, None) => Handled::Now(not_a(&write)),
+            }
+        }
     }
 }
 
@@ -74,9 +87,14 @@ fn apply_write(node: &Node, op: Op) -> Reply {
             Some(old) => Reply::Value(old),
             None => Reply::NotFound,
         },
-        _ => Reply::Error {
-            code: ErrorCode::Internal,
-            message: "not a write".into(),
-        },
+        other => not_a(&other),
+    }
+}
+
+/// The answer to a request routed to the wrong arm: a bug, reported rather than panicking.
+fn not_a(op: &Op) -> Reply {
+    Reply::Error {
+        code: ErrorCode::Internal,
+        message: format!("internal routing error for {}", op.name()),
     }
 }

@@ -1,0 +1,446 @@
+//! The peer protocol: what the primary and the backup say to each other, as a sans-IO codec.
+//!
+//! Same framing as the client protocol (`u32` big-endian length, then a one-byte tag), without a
+//! request id: the peer link is not request/response but two ordered conversations.
+//!
+//! - The **control stream** (the first bidirectional stream the primary opens) carries the warm-start
+//!   handshake ([`PeerMsg::Hello`] both ways), the bucket transfer of a bootstrap
+//!   (`BucketBegin`, `BucketChunk`…, `BucketEnd` per bucket, then `TransferDone`, answered by
+//!   `TransferAck`), the switch to steady state (`Synced`) and the farewell (`Goodbye`).
+//! - One **lane stream** per bucket, opened by the primary after the handshake, starting with
+//!   `LaneStart`. It carries that bucket's writes in order, each with its lane offset (`Put`,
+//!   `Remove`), integrity checks (`Check`) and single-bucket resyncs (`ReplaceBegin`,
+//!   `BucketChunk`…, `ReplaceEnd`). The backup answers on the same stream with cumulative `Ack`s and
+//!   `Mismatch` reports.
+//!
+//! Tags `0x40..` are used so that a client frame sent to the peer port (or the other way round)
+//! never decodes as something else. Every length is checked against [`Limits`] before allocating.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::codec::{put_bytes, wire_len, Reader};
+use super::{DecodeError, Limits, LEN_PREFIX};
+use crate::store::{BucketId, Digest, BUCKETS};
+
+/// Per-lane sequence number of a replicated write; starts at 1 on each new link, 0 means "none yet".
+pub type ReplOffset = u64;
+
+/// What one side tells the other in the warm-start handshake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerHello {
+    /// True for the primary.
+    pub primary: bool,
+    /// Random id of the sender's process: a new id means it restarted.
+    pub run_id: u64,
+    /// Whether the sender's store is known current: it has reached sync in this process's life.
+    /// A restarted (empty) server is not; this is what decides who holds the data.
+    pub synced: bool,
+    /// Keys held, for logs and status.
+    pub keys: u64,
+    /// The 32 bucket digests, to resend only the buckets that differ.
+    pub digests: [Digest; BUCKETS],
+}
+
+/// One message on the peer link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerMsg {
+    /// Warm start: who I am and what I hold.
+    Hello(Box<PeerHello>),
+    /// A bucket's snapshot follows (bootstrap).
+    BucketBegin(BucketId),
+    /// Some entries of the bucket being sent (bootstrap or lane resync).
+    BucketChunk(Vec<(Bytes, Bytes)>),
+    /// End of a bucket's snapshot, with what the receiver must end up with.
+    BucketEnd {
+        /// The bucket.
+        bucket: BucketId,
+        /// Entries sent.
+        count: u64,
+        /// Digest of the entries sent.
+        digest: Digest,
+    },
+    /// Every bucket of the transfer was sent.
+    TransferDone,
+    /// The receiver's verdict on the whole transfer.
+    TransferAck {
+        /// False if a digest or count did not match.
+        ok: bool,
+        /// Why not, for the log.
+        reason: String,
+    },
+    /// The primary has opened the lanes: steady state begins.
+    Synced,
+    /// The sender is shutting down gracefully.
+    Goodbye(String),
+    /// First frame of a lane stream: which bucket it carries.
+    LaneStart(BucketId),
+    /// Set a key (insert or update on the primary).
+    Put {
+        /// Lane offset.
+        offset: ReplOffset,
+        /// The key.
+        key: Bytes,
+        /// The new value.
+        value: Bytes,
+    },
+    /// Remove a key.
+    Remove {
+        /// Lane offset.
+        offset: ReplOffset,
+        /// The key.
+        key: Bytes,
+    },
+    /// Integrity check: after applying everything up to `offset`, the bucket's digest should be this.
+    Check {
+        /// Lane offset the check follows.
+        offset: ReplOffset,
+        /// The primary's digest of the bucket at that point.
+        digest: Digest,
+    },
+    /// A single-bucket resync follows on this lane (chunks, then `ReplaceEnd`).
+    ReplaceBegin,
+    /// End of a lane resync: replace the bucket with the chunks received, acknowledge `offset`.
+    ReplaceEnd {
+        /// Lane offset of the resync.
+        offset: ReplOffset,
+        /// Digest the bucket must have afterwards.
+        digest: Digest,
+    },
+    /// Backup → primary: everything up to `offset` on this lane is applied.
+    Ack(ReplOffset),
+    /// Backup → primary: a check at `offset` found a different digest.
+    Mismatch {
+        /// The check's offset.
+        offset: ReplOffset,
+        /// The backup's digest.
+        digest: Digest,
+    },
+}
+
+/// Smallest encoding of one snapshot entry: two empty byte strings.
+const MIN_ENTRY_BYTES: usize = 8;
+
+impl PeerMsg {
+    fn tag(&self) -> u8 {
+        match self {
+            PeerMsg::Hello(_) => 0x40,
+            PeerMsg::BucketBegin(_) => 0x41,
+            PeerMsg::BucketChunk(_) => 0x42,
+            PeerMsg::BucketEnd { .. } => 0x43,
+            PeerMsg::TransferDone => 0x44,
+            PeerMsg::TransferAck { .. } => 0x45,
+            PeerMsg::Synced => 0x46,
+            PeerMsg::Goodbye(_) => 0x47,
+            PeerMsg::LaneStart(_) => 0x50,
+            PeerMsg::Put { .. } => 0x51,
+            PeerMsg::Remove { .. } => 0x52,
+            PeerMsg::Check { .. } => 0x53,
+            PeerMsg::ReplaceBegin => 0x54,
+            PeerMsg::ReplaceEnd { .. } => 0x55,
+            PeerMsg::Ack(_) => 0x60,
+            PeerMsg::Mismatch { .. } => 0x61,
+        }
+    }
+
+    /// Appends the frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u8(self.tag());
+        match self {
+            PeerMsg::Hello(h) => {
+                dst.put_u8(u8::from(h.primary));
+                dst.put_u64(h.run_id);
+                dst.put_u8(u8::from(h.synced));
+                dst.put_u64(h.keys);
+                for d in &h.digests {
+                    dst.put_u128(d.0);
+                }
+            }
+            PeerMsg::BucketBegin(b) | PeerMsg::LaneStart(b) => dst.put_u8(b.index() as u8),
+            PeerMsg::BucketChunk(entries) => {
+                dst.put_u32(wire_len(entries.len()));
+                for (k, v) in entries {
+                    put_bytes(dst, k);
+                    put_bytes(dst, v);
+                }
+            }
+            PeerMsg::BucketEnd {
+                bucket,
+                count,
+                digest,
+            } => {
+                dst.put_u8(bucket.index() as u8);
+                dst.put_u64(*count);
+                dst.put_u128(digest.0);
+            }
+            PeerMsg::TransferDone | PeerMsg::Synced | PeerMsg::ReplaceBegin => {}
+            PeerMsg::TransferAck { ok, reason } => {
+                dst.put_u8(u8::from(*ok));
+                put_bytes(dst, reason.as_bytes());
+            }
+            PeerMsg::Goodbye(reason) => put_bytes(dst, reason.as_bytes()),
+            PeerMsg::Put { offset, key, value } => {
+                dst.put_u64(*offset);
+                put_bytes(dst, key);
+                put_bytes(dst, value);
+            }
+            PeerMsg::Remove { offset, key } => {
+                dst.put_u64(*offset);
+                put_bytes(dst, key);
+            }
+            PeerMsg::Check { offset, digest }
+            | PeerMsg::ReplaceEnd { offset, digest }
+            | PeerMsg::Mismatch { offset, digest } => {
+                dst.put_u64(*offset);
+                dst.put_u128(digest.0);
+            }
+            PeerMsg::Ack(offset) => dst.put_u64(*offset),
+        }
+        let len = wire_len(dst.len() - start - LEN_PREFIX);
+        dst[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// Decodes one frame from `src`: `Ok(None)` if incomplete (nothing consumed). Any error is
+    /// [`DecodeError::Invalid`]: a peer that breaks the protocol loses the link, never the process.
+    pub fn decode(src: &mut BytesMut, limits: &Limits) -> Result<Option<PeerMsg>, DecodeError> {
+        let Some(prefix) = src.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let mut be = [0u8; LEN_PREFIX];
+        be.copy_from_slice(prefix);
+        let len = usize::try_from(u32::from_be_bytes(be)).unwrap_or(usize::MAX);
+        if len > limits.max_frame {
+            return Err(invalid(format!(
+                "peer frame of {len} bytes exceeds the limit of {} bytes",
+                limits.max_frame
+            )));
+        }
+        if len == 0 {
+            return Err(invalid("empty peer frame".into()));
+        }
+        if src.len() - LEN_PREFIX < len {
+            return Ok(None);
+        }
+        src.advance(LEN_PREFIX);
+        let mut r = Reader::new(src.split_to(len).freeze());
+        let tag = r.u8("tag")?;
+        let msg = match tag {
+            0x40 => {
+                let primary = flag(r.u8("role")?)?;
+                let run_id = r.u64("run id")?;
+                let synced = flag(r.u8("synced")?)?;
+                let keys = r.u64("keys")?;
+                let mut digests = [Digest::default(); BUCKETS];
+                for d in digests.iter_mut() {
+                    *d = digest(&mut r)?;
+                }
+                PeerMsg::Hello(Box::new(PeerHello {
+                    primary,
+                    run_id,
+                    synced,
+                    keys,
+                    digests,
+                }))
+            }
+            0x41 => PeerMsg::BucketBegin(bucket(&mut r)?),
+            0x42 => {
+                let n = usize::try_from(r.u32("entry count")?).unwrap_or(usize::MAX);
+                if n > r.remaining() / MIN_ENTRY_BYTES {
+                    return Err(invalid(format!(
+                        "bucket chunk claims {n} entries in {} bytes",
+                        r.remaining()
+                    )));
+                }
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = r.bytes("key")?;
+                    let v = r.bytes("value")?;
+                    if k.len() > limits.max_key || v.len() > limits.max_value {
+                        return Err(invalid("snapshot entry over the size limits".into()));
+                    }
+                    entries.push((k, v));
+                }
+                PeerMsg::BucketChunk(entries)
+            }
+            0x43 => PeerMsg::BucketEnd {
+                bucket: bucket(&mut r)?,
+                count: r.u64("count")?,
+                digest: digest(&mut r)?,
+            },
+            0x44 => PeerMsg::TransferDone,
+            0x45 => PeerMsg::TransferAck {
+                ok: flag(r.u8("ok")?)?,
+                reason: r.string("reason")?,
+            },
+            0x46 => PeerMsg::Synced,
+            0x47 => PeerMsg::Goodbye(r.string("reason")?),
+            0x50 => PeerMsg::LaneStart(bucket(&mut r)?),
+            0x51 => {
+                let offset = r.u64("offset")?;
+                let key = r.bytes("key")?;
+                let value = r.bytes("value")?;
+                if key.len() > limits.max_key || value.len() > limits.max_value {
+                    return Err(invalid("replicated write over the size limits".into()));
+                }
+                PeerMsg::Put { offset, key, value }
+            }
+            0x52 => PeerMsg::Remove {
+                offset: r.u64("offset")?,
+                key: r.bytes("key")?,
+            },
+            0x53 => PeerMsg::Check {
+                offset: r.u64("offset")?,
+                digest: digest(&mut r)?,
+            },
+            0x54 => PeerMsg::ReplaceBegin,
+            0x55 => PeerMsg::ReplaceEnd {
+                offset: r.u64("offset")?,
+                digest: digest(&mut r)?,
+            },
+            0x60 => PeerMsg::Ack(r.u64("offset")?),
+            0x61 => PeerMsg::Mismatch {
+                offset: r.u64("offset")?,
+                digest: digest(&mut r)?,
+            },
+            other => return Err(invalid(format!("unknown peer message tag {other:#04x}"))),
+        };
+        r.finish()?;
+        Ok(Some(msg))
+    }
+}
+
+fn invalid(message: String) -> DecodeError {
+    DecodeError::Invalid(message)
+}
+
+fn flag(b: u8) -> Result<bool, DecodeError> {
+    match b {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(invalid(format!("flag byte is {other}, not 0 or 1"))),
+    }
+}
+
+fn bucket(r: &mut Reader) -> Result<BucketId, DecodeError> {
+    let b = r.u8("bucket")?;
+    BucketId::new(usize::from(b))
+        .ok_or_else(|| invalid(format!("bucket {b} is not below {BUCKETS}")))
+}
+
+fn digest(r: &mut Reader) -> Result<Digest, DecodeError> {
+    let hi = r.u64("digest")?;
+    let lo = r.u64("digest")?;
+    Ok(Digest((u128::from(hi) << 64) | u128::from(lo)))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn any_bytes() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from)
+    }
+
+    fn any_msg() -> impl Strategy<Value = PeerMsg> {
+        let bucket = (0..BUCKETS).prop_map(|i| BucketId::new(i).expect("in range"));
+        let digest = any::<u128>().prop_map(Digest);
+        prop_oneof![
+            (
+                any::<bool>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<u128>()
+            )
+                .prop_map(|(primary, run_id, synced, keys, d)| PeerMsg::Hello(
+                    Box::new(PeerHello {
+                        primary,
+                        run_id,
+                        synced,
+                        keys,
+                        digests: std::array::from_fn(|i| Digest(d.wrapping_add(i as u128))),
+                    })
+                )),
+            bucket.clone().prop_map(PeerMsg::BucketBegin),
+            proptest::collection::vec((any_bytes(), any_bytes()), 0..5)
+                .prop_map(PeerMsg::BucketChunk),
+            (bucket.clone(), any::<u64>(), digest.clone()).prop_map(|(bucket, count, digest)| {
+                PeerMsg::BucketEnd {
+                    bucket,
+                    count,
+                    digest,
+                }
+            }),
+            Just(PeerMsg::TransferDone),
+            (any::<bool>(), "[a-z ]{0,20}")
+                .prop_map(|(ok, reason)| PeerMsg::TransferAck { ok, reason }),
+            Just(PeerMsg::Synced),
+            "[a-z ]{0,20}".prop_map(PeerMsg::Goodbye),
+            bucket.prop_map(PeerMsg::LaneStart),
+            (any::<u64>(), any_bytes(), any_bytes())
+                .prop_map(|(offset, key, value)| PeerMsg::Put { offset, key, value }),
+            (any::<u64>(), any_bytes()).prop_map(|(offset, key)| PeerMsg::Remove { offset, key }),
+            (any::<u64>(), digest.clone())
+                .prop_map(|(offset, digest)| PeerMsg::Check { offset, digest }),
+            Just(PeerMsg::ReplaceBegin),
+            (any::<u64>(), digest.clone())
+                .prop_map(|(offset, digest)| PeerMsg::ReplaceEnd { offset, digest }),
+            any::<u64>().prop_map(PeerMsg::Ack),
+            (any::<u64>(), digest)
+                .prop_map(|(offset, digest)| PeerMsg::Mismatch { offset, digest }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip_and_prefixes_are_incomplete(msgs in proptest::collection::vec(any_msg(), 1..6)) {
+            let limits = Limits::default();
+            let mut buf = BytesMut::new();
+            for m in &msgs {
+                m.encode(&mut buf);
+            }
+            for cut in 0..buf.len().min(64) {
+                let mut prefix = BytesMut::from(&buf[..cut]);
+                let mut n = 0;
+                while PeerMsg::decode(&mut prefix, &limits).expect("valid prefix").is_some() {
+                    n += 1;
+                }
+                prop_assert!(n < msgs.len());
+            }
+            for m in &msgs {
+                prop_assert_eq!(PeerMsg::decode(&mut buf, &limits).expect("valid"), Some(m.clone()));
+            }
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = PeerMsg::decode(&mut buf, &Limits::default()) {}
+        }
+    }
+
+    #[test]
+    fn oversized_and_lying_frames_are_invalid_without_allocation() {
+        let limits = Limits::new(16, 16);
+        let mut huge = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert!(PeerMsg::decode(&mut huge, &limits).is_err());
+        // A chunk claiming a billion entries in a 9-byte frame.
+        let mut lying = BytesMut::new();
+        lying.put_u32(5);
+        lying.put_u8(0x42);
+        lying.put_u32(1_000_000_000);
+        assert!(PeerMsg::decode(&mut lying, &limits).is_err());
+        let mut big_put = BytesMut::new();
+        PeerMsg::Put {
+            offset: 1,
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![0u8; 17]),
+        }
+        .encode(&mut big_put);
+        assert!(PeerMsg::decode(&mut big_put, &limits).is_err());
+    }
+}

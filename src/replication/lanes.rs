@@ -1,0 +1,419 @@
+//! The primary's 32 replication lanes: deciding writes, sending them in lane order, applying them
+//! when the backup acknowledges.
+//!
+//! A write is decided (exists? not found? old value?) against the lane's *overlay* of writes sent
+//! but not yet acknowledged, falling back to the store. It is then given the lane's next offset,
+//! sent to the backup, and queued. Nothing touches the primary's store until the backup's
+//! cumulative ack covers the write: then it is applied and the client is answered. Readers on the
+//! primary therefore never see a value the backup has not applied.
+//!
+//! A refusal that depended on an unacknowledged write (insert of a key whose insert is in flight)
+//! waits in the queue behind that write, so it is answered only once what it depended on is known;
+//! if the link fails first it is indeterminate too. When the link is lost every queued write becomes
+//! indeterminate and the overlay is dropped: those writes were not applied here, and the next warm
+//! start makes the backup agree with this store (the primary's data wins after a link loss).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::protocol::peer::{PeerMsg, ReplOffset};
+use crate::protocol::{Op, Reply};
+use crate::replication::link::chunks;
+use crate::server::router::Handled;
+use crate::store::{BucketId, Digest, Store, BUCKETS};
+
+/// One lane per bucket.
+#[derive(Debug)]
+pub struct Lanes {
+    lanes: Vec<Mutex<Lane>>,
+    /// Signalled whenever a lane's queue becomes empty (graceful stops wait on it).
+    pub drained: Notify,
+}
+
+/// A lane's state; guarded by its mutex, held only for short, non-blocking sections.
+#[derive(Debug, Default)]
+struct Lane {
+    /// Frames for the current link's lane writer; `None` when writes are not accepted.
+    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    /// Last offset assigned on this link.
+    next: ReplOffset,
+    /// Highest offset the backup acknowledged on this link.
+    acked: ReplOffset,
+    /// Writes sent and not yet acknowledged, in offset order, plus refusals waiting behind them.
+    queue: VecDeque<Queued>,
+    /// Per key with writes in flight: its value after the last of them (`None` = deleted) and that
+    /// write's offset.
+    overlay: HashMap<Bytes, (Option<Bytes>, ReplOffset)>,
+    /// A digest check failed: resend the bucket once the queue is empty.
+    resync_wanted: bool,
+}
+
+/// A queued answer.
+#[derive(Debug)]
+struct Queued {
+    /// Completes when the ack reaches this offset.
+    offset: ReplOffset,
+    /// What to do to the store then.
+    effect: Effect,
+    /// The client's answer, if a client is waiting.
+    reply: Option<(oneshot::Sender<Reply>, Reply)>,
+    /// When it was sent, for the ack timeout.
+    sent: Instant,
+}
+
+#[derive(Debug)]
+enum Effect {
+    Put(Bytes, Bytes),
+    Remove(Bytes),
+    /// A refusal or a resync: nothing to apply.
+    Nothing,
+}
+
+/// Per-lane figures for `status`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LaneStatus {
+    /// Last offset sent.
+    pub offset: ReplOffset,
+    /// Last offset acknowledged.
+    pub acked: ReplOffset,
+    /// Entries waiting for an ack.
+    pub pending: usize,
+}
+
+impl Default for Lanes {
+    fn default() -> Self {
+        Lanes {
+            lanes: (0..BUCKETS).map(|_| Mutex::new(Lane::default())).collect(),
+            drained: Notify::new(),
+        }
+    }
+}
+
+/// What a digest check on one lane asks the driver to do.
+pub enum CheckOutcome {
+    /// Nothing (lane busy or disabled).
+    Skipped,
+    /// A check frame was queued.
+    Sent,
+}
+
+impl Lanes {
+    fn lane(&self, b: BucketId) -> std::sync::MutexGuard<'_, Lane> {
+        // A panic while holding a lane lock would be a bug; keep serving with the data as it is.
+        self.lanes[b.index()]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens every lane for writes on a new link, offsets from zero.
+    pub fn enable(&self, senders: Vec<mpsc::UnboundedSender<Bytes>>) {
+        for (b, tx) in BucketId::all().zip(senders) {
+            let mut l = self.lane(b);
+            *l = Lane {
+                tx: Some(tx),
+                ..Lane::default()
+            };
+        }
+    }
+
+    /// Stops taking writes (graceful stop or peer goodbye); queued writes still complete on ack.
+    pub fn refuse_new(&self) {
+        for b in BucketId::all() {
+            self.lane(b).tx = None;
+        }
+    }
+
+    /// The link is gone: nothing queued will be acknowledged. Every waiting write is indeterminate.
+    pub fn fail_all(&self, reason: &str) {
+        for b in BucketId::all() {
+            let mut l = self.lane(b);
+            l.tx = None;
+            l.overlay.clear();
+            l.resync_wanted = false;
+            for q in l.queue.drain(..) {
+                if let Some((tx, _)) = q.reply {
+                    let _ = tx.send(Reply::Indeterminate(format!(
+                        "sent to the backup, but no ack came: {reason}"
+                    )));
+                }
+            }
+        }
+        self.drained.notify_waiters();
+    }
+
+    /// Decides a client write and, if it changes anything, sends it down its lane.
+    pub fn submit(&self, store: &Store, op: Op, refusal: impl FnOnce() -> String) -> Handled {
+        let Some(key) = op.key().cloned() else {
+            return Handled::Now(Reply::Unavailable("not a write".into()));
+        };
+        let bucket = BucketId::of(&key);
+        let mut guard = self.lane(bucket);
+        let l = &mut *guard;
+        let Some(tx) = l.tx.as_ref() else {
+            return Handled::Now(Reply::Unavailable(refusal()));
+        };
+        let in_flight = l.overlay.get(&key);
+        let current = match in_flight {
+            Some((v, _)) => v.clone(),
+            None => store.get(&key),
+        };
+        let (effect, answer) = match (op, current) {
+            (Op::Insert { .. }, Some(_)) => (Effect::Nothing, Reply::Exists),
+            (Op::Insert { key, value }, None) => (Effect::Put(key, value), Reply::Ok),
+            (Op::Update { .. }, None) => (Effect::Nothing, Reply::NotFound),
+            (Op::Update { key, value }, Some(_)) => (Effect::Put(key, value), Reply::Ok),
+            (Op::Delete { .. }, None) => (Effect::Nothing, Reply::NotFound),
+            (Op::Delete { key }, Some(old)) => (Effect::Remove(key), Reply::Value(old)),
+            _ => (Effect::Nothing, Reply::Unavailable("not a write".into())),
+        };
+        let frame_for = |offset| match &effect {
+            Effect::Put(key, value) => Some(PeerMsg::Put {
+                offset,
+                key: key.clone(),
+                value: value.clone(),
+            }),
+            Effect::Remove(key) => Some(PeerMsg::Remove {
+                offset,
+                key: key.clone(),
+            }),
+            Effect::Nothing => None,
+        };
+        let offset = l.next + 1;
+        let Some(frame) = frame_for(offset) else {
+            if in_flight.is_none() {
+                return Handled::Now(answer);
+            }
+            // The refusal rests on a write not yet acknowledged: answer it after that one.
+            let (reply_tx, rx) = oneshot::channel();
+            let offset = l.next;
+            l.queue.push_back(Queued {
+                offset,
+                effect,
+                reply: Some((reply_tx, answer)),
+                sent: Instant::now(),
+            });
+            return Handled::Later(rx);
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        if tx.send(buf.freeze()).is_err() {
+            return Handled::Now(Reply::Unavailable(
+                "the link to the backup just closed".into(),
+            ));
+        }
+        l.next = offset;
+        let after = match &effect {
+            Effect::Put(_, v) => Some(v.clone()),
+            _ => None,
+        };
+        l.overlay.insert(key, (after, offset));
+        let (reply_tx, rx) = oneshot::channel();
+        l.queue.push_back(Queued {
+            offset,
+            effect,
+            reply: Some((reply_tx, answer)),
+            sent: Instant::now(),
+        });
+        Handled::Later(rx)
+    }
+
+    /// The backup applied everything up to `offset` on lane `b`: apply and answer in order.
+    pub fn handle_ack(&self, store: &Store, b: BucketId, offset: ReplOffset) -> Result<(), String> {
+        let mut guard = self.lane(b);
+        let l = &mut *guard;
+        if offset > l.next {
+            return Err(format!(
+                "lane {b}: ack for offset {offset} beyond the last sent ({})",
+                l.next
+            ));
+        }
+        l.acked = l.acked.max(offset);
+        while l.queue.front().is_some_and(|q| q.offset <= l.acked) {
+            let Some(q) = l.queue.pop_front() else { break };
+            let key = match q.effect {
+                Effect::Put(key, value) => {
+                    store.put(key.clone(), value);
+                    Some(key)
+                }
+                Effect::Remove(key) => {
+                    store.remove(&key);
+                    Some(key)
+                }
+                Effect::Nothing => None,
+            };
+            if let Some(key) = key {
+                if l.overlay.get(&key).is_some_and(|(_, o)| *o == q.offset) {
+                    l.overlay.remove(&key);
+                }
+            }
+            if let Some((tx, answer)) = q.reply {
+                let _ = tx.send(answer);
+            }
+        }
+        if l.queue.is_empty() && l.resync_wanted {
+            l.resync_wanted = false;
+            Self::send_resync(l, store, b);
+        }
+        if l.queue.is_empty() {
+            self.drained.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Sends an integrity check on an idle lane: the backup compares its digest at this point.
+    pub fn check(&self, store: &Store, b: BucketId) -> CheckOutcome {
+        let l = self.lane(b);
+        match &l.tx {
+            Some(tx) if l.queue.is_empty() => {
+                let mut buf = BytesMut::new();
+                PeerMsg::Check {
+                    offset: l.next,
+                    digest: store.digest(b),
+                }
+                .encode(&mut buf);
+                let _ = tx.send(buf.freeze());
+                CheckOutcome::Sent
+            }
+            _ => CheckOutcome::Skipped,
+        }
+    }
+
+    /// The backup's digest of lane `b` differed: resend that bucket (now, or once the lane is idle).
+    pub fn handle_mismatch(&self, store: &Store, b: BucketId) {
+        let mut guard = self.lane(b);
+        let l = &mut *guard;
+        if l.queue.is_empty() {
+            Self::send_resync(l, store, b);
+        } else {
+            l.resync_wanted = true;
+        }
+    }
+
+    /// Sends the whole bucket down the lane; the primary's store is exact here because the queue is
+    /// empty and the lane lock is held (the only writer of this bucket on the primary).
+    fn send_resync(l: &mut Lane, store: &Store, b: BucketId) {
+        let Some(tx) = &l.tx else { return };
+        let entries = store.bucket_snapshot(b);
+        let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
+        let offset = l.next + 1;
+        let mut buf = BytesMut::new();
+        PeerMsg::ReplaceBegin.encode(&mut buf);
+        for chunk in chunks(entries) {
+            chunk.encode(&mut buf);
+        }
+        PeerMsg::ReplaceEnd { offset, digest }.encode(&mut buf);
+        if tx.send(buf.freeze()).is_ok() {
+            l.next = offset;
+            l.queue.push_back(Queued {
+                offset,
+                effect: Effect::Nothing,
+                reply: None,
+                sent: Instant::now(),
+            });
+        }
+    }
+
+    /// The oldest unacknowledged entry's age, over all lanes (for the ack timeout).
+    pub fn oldest_unacked(&self) -> Option<Duration> {
+        BucketId::all()
+            .filter_map(|b| self.lane(b).queue.front().map(|q| q.sent.elapsed()))
+            .max()
+    }
+
+    /// True when no lane has anything waiting.
+    pub fn idle(&self) -> bool {
+        BucketId::all().all(|b| self.lane(b).queue.is_empty())
+    }
+
+    /// Per-lane figures.
+    pub fn status(&self) -> Vec<LaneStatus> {
+        BucketId::all()
+            .map(|b| {
+                let l = self.lane(b);
+                LaneStatus {
+                    offset: l.next,
+                    acked: l.acked,
+                    pending: l.queue.len(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply_now(h: Handled) -> Reply {
+        match h {
+            Handled::Now(r) => r,
+            other => panic!("expected an immediate answer, got {other:?}"),
+        }
+    }
+
+    fn lanes_with_links() -> (Lanes, Vec<mpsc::UnboundedReceiver<Bytes>>) {
+        let lanes = Lanes::default();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
+        lanes.enable(txs);
+        (lanes, rxs)
+    }
+
+    fn insert(k: &'static str, v: &'static str) -> Op {
+        Op::Insert {
+            key: Bytes::from(k),
+            value: Bytes::from(v),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_become_visible_only_when_acknowledged() {
+        let store = Store::new();
+        let (lanes, mut rxs) = lanes_with_links();
+        let b = BucketId::of(b"k");
+        let Handled::Later(first) = lanes.submit(&store, insert("k", "1"), String::new) else {
+            panic!("insert must wait for the ack");
+        };
+        // A second insert of the same key depends on the first: it waits too.
+        let Handled::Later(second) = lanes.submit(&store, insert("k", "2"), String::new) else {
+            panic!("dependent refusal must wait");
+        };
+        assert_eq!(store.get(b"k"), None, "not visible before the ack");
+        let frame = rxs[b.index()].try_recv().expect("sent to the lane");
+        let mut buf = BytesMut::from(&frame[..]);
+        let msg = PeerMsg::decode(&mut buf, &Default::default())
+            .expect("valid")
+            .expect("whole");
+        assert!(matches!(msg, PeerMsg::Put { offset: 1, .. }), "{msg:?}");
+        lanes.handle_ack(&store, b, 1).expect("ack");
+        assert_eq!(first.await.expect("answered"), Reply::Ok);
+        assert_eq!(second.await.expect("answered"), Reply::Exists);
+        assert_eq!(store.get(b"k"), Some(Bytes::from("1")));
+        // With nothing in flight, a refusal is immediate.
+        assert_eq!(
+            reply_now(lanes.submit(&store, insert("k", "3"), String::new)),
+            Reply::Exists
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_link_makes_waiting_writes_indeterminate_and_applies_nothing() {
+        let store = Store::new();
+        let (lanes, _rxs) = lanes_with_links();
+        let Handled::Later(w) = lanes.submit(&store, insert("a", "1"), String::new) else {
+            panic!("must wait");
+        };
+        lanes.fail_all("test");
+        assert!(matches!(
+            w.await.expect("answered"),
+            Reply::Indeterminate(_)
+        ));
+        assert_eq!(store.get(b"a"), None);
+        let refused = reply_now(lanes.submit(&store, insert("a", "1"), || "not in sync".into()));
+        assert_eq!(refused, Reply::Unavailable("not in sync".into()));
+        assert!(lanes.handle_ack(&store, BucketId::of(b"a"), 5).is_err());
+    }
+}

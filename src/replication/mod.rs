@@ -1,0 +1,255 @@
+//! Replication: two servers, one truth.
+//!
+//! A primary and a backup run the same binary. The primary dials the backup over QUIC with mutual
+//! TLS (ALPN `quickv-peer/1`, and the peer must present the pair's own server certificate). On the
+//! first bidirectional stream, the *control stream*, the two exchange a [`PeerHello`]: role, run
+//! id, whether their store is known current, key count and the 32 bucket digests. From the two
+//! hellos both compute the same [`state::Plan`] ([`state::decide`]): whose data wins, and which
+//! buckets differ. The side holding the data streams those buckets (bootstrap), the receiver checks
+//! each bucket's count and digest, and then the primary opens one *lane* stream per bucket and the
+//! pair is in `Sync`.
+//!
+//! In `Sync`, a client write on the primary is decided against the store plus the writes still in
+//! flight, given the next offset of its lane, sent, and answered only when the backup's cumulative
+//! ack for that lane covers it — only then is it applied to the primary's store (see [`lanes`]).
+//! Lanes are independent, so writes to different buckets proceed in parallel and many writes
+//! pipeline within a lane. Idle lanes are checked periodically: the primary sends its bucket digest
+//! in lane order, the backup compares, and a mismatch resends that bucket only (counted in status).
+//!
+//! Failure detection: keep-alives and a short idle timeout on the peer connection, and an ack
+//! timeout on the oldest unacknowledged write. Either one takes the primary out of `Sync` at once,
+//! so later writes are refused (`unavailable`) immediately, and writes in flight answer
+//! `indeterminate`. The primary redials with backoff; the next warm start repairs the difference.
+//!
+//! Who holds the data after a failure: a server is *current* once it reached `Sync` in this process.
+//! A restarted server is empty and not current; it refuses reads until it has synced. If the primary
+//! restarted and the backup is current, the backup's data wins; in every other case the primary's.
+//!
+//! States are in [`state`], a sans-IO machine; [`primary`] and [`backup`] are the tokio drivers.
+
+pub mod backup;
+pub mod lanes;
+pub mod link;
+pub mod primary;
+pub mod state;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{Role, ServerConfig};
+use crate::protocol::peer::PeerHello;
+use crate::protocol::Op;
+use crate::server::router::Handled;
+use crate::store::{Store, BUCKETS};
+use lanes::Lanes;
+use state::{Machine, State, Transition};
+
+/// The replication side of one server (primary or backup), shared by its sessions and drivers.
+#[derive(Debug)]
+pub struct Replication {
+    /// The node's store.
+    store: Arc<Store>,
+    /// The node's config (role, peer, timeouts).
+    config: ServerConfig,
+    /// This process's run id.
+    run_id: u64,
+    /// The state machine; locked briefly, never across an await.
+    machine: Mutex<MachineView>,
+    /// The primary's lanes (unused on the backup).
+    lanes: Lanes,
+    /// Counters for status.
+    counters: Counters,
+    /// Cancelled to end the peer link for good (graceful stop finished).
+    stop: CancellationToken,
+    /// Backup: the current link from the primary and its generation (a newer link replaces it).
+    backup_link: Mutex<Option<(u64, quinn::Connection)>>,
+    /// Backup: last offset applied per lane on the current link.
+    backup_applied: [AtomicU64; BUCKETS],
+}
+
+/// The machine plus what status shows about it.
+#[derive(Debug)]
+struct MachineView {
+    machine: Machine,
+    /// The peer's run id while linked.
+    peer_run_id: Option<u64>,
+    /// Whether a peer connection is up.
+    link_up: bool,
+    /// The latest transition, for status.
+    last: Option<Transition>,
+}
+
+/// Monotonic counters shown in status.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Links established since start.
+    pub links: AtomicU64,
+    /// Bootstraps (transfers of at least one bucket) completed.
+    pub bootstraps: AtomicU64,
+    /// Buckets copied by bootstraps.
+    pub buckets_transferred: AtomicU64,
+    /// Single-bucket resyncs sent after a digest mismatch.
+    pub resyncs: AtomicU64,
+    /// Digest checks that found a difference.
+    pub digest_mismatches: AtomicU64,
+    /// Digest checks sent (primary) or verified (backup).
+    pub digest_checks: AtomicU64,
+}
+
+impl Replication {
+    /// Replication for a primary or backup node.
+    pub fn new(store: Arc<Store>, config: ServerConfig, run_id: u64) -> Arc<Replication> {
+        let primary = config.role == Role::Primary;
+        Arc::new(Replication {
+            store,
+            config,
+            run_id,
+            machine: Mutex::new(MachineView {
+                machine: Machine::new(primary),
+                peer_run_id: None,
+                link_up: false,
+                last: None,
+            }),
+            lanes: Lanes::default(),
+            counters: Counters::default(),
+            stop: CancellationToken::new(),
+            backup_link: Mutex::new(None),
+            backup_applied: std::array::from_fn(|_| AtomicU64::new(0)),
+        })
+    }
+
+    /// Runs `f` on the machine and logs every transition it made.
+    fn with_machine<T>(&self, f: impl FnOnce(&mut MachineView) -> T) -> T {
+        let mut view = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut view);
+        while let Some(t) = view.machine.poll_transition() {
+            info!(role = %self.config.role, from = %t.from, to = %t.to, cause = %t.cause, "replication state");
+            view.last = Some(t);
+        }
+        out
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.with_machine(|v| v.machine.state().clone())
+    }
+
+    /// Whether reads may be answered from the local store.
+    pub fn reads_allowed(&self) -> bool {
+        self.with_machine(|v| v.machine.reads_allowed())
+    }
+
+    /// A client write: on the primary in sync it is replicated; otherwise refused.
+    pub fn submit(&self, op: Op) -> Handled {
+        self.lanes.submit(&self.store, op, || {
+            let state = self.state();
+            format!(
+                "the backup is not in sync (state {state}); writes are refused, reads still work"
+            )
+        })
+    }
+
+    /// Our hello for a warm start.
+    fn hello(&self) -> PeerHello {
+        PeerHello {
+            primary: self.config.role == Role::Primary,
+            run_id: self.run_id,
+            synced: self.with_machine(|v| v.machine.synced_once()),
+            keys: self.store.count(),
+            digests: self.store.digests(),
+        }
+    }
+
+    /// The link went down (or never came up): leave sync, fail what was in flight.
+    fn link_lost(&self, cause: &str) {
+        self.lanes.fail_all(cause);
+        self.with_machine(|v| {
+            v.link_up = false;
+            v.peer_run_id = None;
+            v.machine.handle_link_lost(cause.to_string());
+        });
+    }
+
+    /// Starts the role's driver: the primary dials the backup (the backup is dialed; see
+    /// [`backup::serve`]).
+    pub fn start(self: &Arc<Self>, endpoint: quinn::Endpoint) {
+        if self.config.role == Role::Primary {
+            tokio::spawn(primary::run(self.clone(), endpoint));
+        }
+    }
+
+    /// Marks the start of a graceful stop (status shows `shutting_down`).
+    pub fn begin_shutdown(&self) {
+        self.with_machine(|v| v.machine.handle_shutdown());
+    }
+
+    /// Finishes a graceful stop: lets queued writes complete (bounded), tells the peer, ends the link.
+    pub async fn finish_shutdown(&self) {
+        self.lanes.refuse_new();
+        self.wait_lanes_idle(self.config.ack_timeout).await;
+        self.stop.cancel();
+    }
+
+    /// Waits until no lane has a write waiting for its ack, or `limit` passes.
+    async fn wait_lanes_idle(&self, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let drained = self.lanes.drained.notified();
+                tokio::pin!(drained);
+                drained.as_mut().enable();
+                if self.lanes.idle() {
+                    return;
+                }
+                drained.await;
+            }
+        })
+        .await;
+    }
+
+    /// The replication part of `status`.
+    pub fn status(&self) -> serde_json::Value {
+        let (state, link_up, peer_run, synced, last) = self.with_machine(|v| {
+            (
+                v.machine.state().name(),
+                v.link_up,
+                v.peer_run_id,
+                v.machine.synced_once(),
+                v.last.clone(),
+            )
+        });
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let lanes = match self.config.role {
+            Role::Backup => self
+                .backup_applied
+                .iter()
+                .map(|a| lanes::LaneStatus {
+                    offset: get(a),
+                    acked: get(a),
+                    pending: 0,
+                })
+                .collect(),
+            _ => self.lanes.status(),
+        };
+        serde_json::json!({
+            "state": state,
+            "link_up": link_up,
+            "peer_run_id": peer_run.map(|r| format!("{r:016x}")),
+            "current": synced,
+            "last_transition": last.map(|t| serde_json::json!({
+                "from": t.from.name(), "to": t.to.name(), "cause": t.cause,
+            })),
+            "lag": lanes.iter().map(|l| l.pending).sum::<usize>(),
+            "lanes": lanes,
+            "links": get(&c.links),
+            "bootstraps": get(&c.bootstraps),
+            "buckets_transferred": get(&c.buckets_transferred),
+            "resyncs": get(&c.resyncs),
+            "digest_checks": get(&c.digest_checks),
+            "digest_mismatches": get(&c.digest_mismatches),
+        })
+    }
+}

@@ -1,0 +1,237 @@
+//! The primary's driver: dial the backup with backoff, warm start, bootstrap, open the lanes, then
+//! watch acks, the ack timeout and the periodic digest checks until the link ends.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::protocol::peer::PeerMsg;
+use crate::replication::link::{receive_buckets, send_buckets, send_msgs, LinkError, PeerReader};
+use crate::replication::state::Source;
+use crate::replication::Replication;
+use crate::store::BucketId;
+use crate::tls::{self, CertPaths, Identity};
+
+/// First redial delay after a failed attempt or a lost link.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest redial delay.
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// Interval between digest checks of idle lanes.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Dials the backup until the replication is stopped; one link at a time.
+pub async fn run(repl: Arc<Replication>, endpoint: quinn::Endpoint) {
+    let Some(peer) = repl.config.peer else { return };
+    let client_cfg = match tls::client_config(
+        &CertPaths::new(&repl.config.certs_dir),
+        Identity::Peer,
+        repl.config.peer_idle_timeout,
+        repl.config.peer_keep_alive,
+    ) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            warn!(reason = %e, "cannot build the peer link TLS config; replication disabled");
+            return;
+        }
+    };
+    let mut backoff = BACKOFF_MIN;
+    let mut announced = false;
+    while !repl.stop.is_cancelled() {
+        let attempt = async {
+            let connecting = endpoint
+                .connect_with(client_cfg.clone(), peer, &peer.ip().to_string())
+                .map_err(LinkError::new)?;
+            connecting
+                .await
+                .map_err(|e| LinkError(tls::explain_connection_error(&e)))
+        };
+        let conn = tokio::select! {
+            c = attempt => c,
+            _ = repl.stop.cancelled() => break,
+        };
+        match conn {
+            Ok(conn) => {
+                backoff = BACKOFF_MIN;
+                announced = false;
+                let cause = match run_link(&repl, &conn).await {
+                    Ok(cause) => cause,
+                    Err(e) => e.0,
+                };
+                conn.close(1u32.into(), cause.as_bytes());
+                repl.link_lost(&cause);
+                warn!(%peer, %cause, "peer link lost");
+            }
+            Err(e) => {
+                if !announced {
+                    info!(%peer, reason = %e, "backup not reachable; retrying with backoff");
+                    announced = true;
+                }
+                debug!(%peer, reason = %e, "dial failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = repl.stop.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One link's life; returns why it ended.
+async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<String, LinkError> {
+    let (mut ctl_send, ctl_recv) = conn.open_bi().await.map_err(LinkError::new)?;
+    let mut ctl = PeerReader::new(ctl_recv, repl.config.limits);
+    repl.with_machine(|v| {
+        v.link_up = true;
+        v.machine.handle_link_up();
+    });
+    repl.counters.links.fetch_add(1, Ordering::Relaxed);
+    let ours = repl.hello();
+    send_msgs(&mut ctl_send, &[PeerMsg::Hello(Box::new(ours.clone()))]).await?;
+    let theirs = match ctl.next().await? {
+        PeerMsg::Hello(h) if !h.primary => h,
+        PeerMsg::Hello(_) => return Err(LinkError("the peer is also a primary".into())),
+        other => {
+            return Err(LinkError(format!(
+                "expected the backup's hello, got {other:?}"
+            )))
+        }
+    };
+    info!(peer_run_id = %format!("{:016x}", theirs.run_id), peer_keys = theirs.keys, peer_current = theirs.synced, "warm start");
+    let plan = repl.with_machine(|v| {
+        v.peer_run_id = Some(theirs.run_id);
+        v.machine.handle_hellos(&ours, &theirs)
+    });
+    if !plan.buckets.is_empty() {
+        match plan.source {
+            Source::Primary => {
+                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets).await?
+            }
+            Source::Backup => receive_buckets(&mut ctl_send, &mut ctl, &repl.store).await?,
+        }
+        repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
+        repl.counters
+            .buckets_transferred
+            .fetch_add(plan.buckets.len() as u64, Ordering::Relaxed);
+    }
+
+    // Open the lanes, then declare sync: `sync` in status means writes are accepted.
+    let lane_failed = tokio_util::sync::CancellationToken::new();
+    let _cancel_readers_on_exit = lane_failed.clone().drop_guard();
+    let mut senders = Vec::new();
+    for b in BucketId::all() {
+        let (mut send, recv) = conn.open_bi().await.map_err(LinkError::new)?;
+        send_msgs(&mut send, &[PeerMsg::LaneStart(b)]).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        tokio::spawn(write_lane(send, rx));
+        let reader = PeerReader::new(recv, repl.config.limits);
+        tokio::spawn(read_acks(repl.clone(), b, reader, lane_failed.clone()));
+    }
+    repl.lanes.enable(senders);
+    send_msgs(&mut ctl_send, &[PeerMsg::Synced]).await?;
+    repl.with_machine(|v| v.machine.handle_synced());
+
+    let mut tick = tokio::time::interval(repl.config.ack_timeout / 4);
+    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            msg = ctl.next() => match msg {
+                Ok(PeerMsg::Goodbye(reason)) => {
+                    // Stop taking writes at once; let what is in flight finish before closing.
+                    repl.with_machine(|v| v.machine.handle_link_lost(format!("backup is shutting down: {reason}")));
+                    repl.lanes.refuse_new();
+                    repl.wait_lanes_idle(repl.config.ack_timeout).await;
+                    return Ok(format!("backup said goodbye: {reason}"));
+                }
+                Ok(other) => return Err(LinkError(format!("unexpected {other:?} on the control stream"))),
+                Err(e) => return Err(e),
+            },
+            _ = tick.tick() => {
+                if let Some(age) = repl.lanes.oldest_unacked() {
+                    if age > repl.config.ack_timeout {
+                        return Err(LinkError(format!(
+                            "no ack from the backup within {:?}", repl.config.ack_timeout
+                        )));
+                    }
+                }
+            }
+            _ = check.tick() => {
+                for b in BucketId::all() {
+                    if let crate::replication::lanes::CheckOutcome::Sent = repl.lanes.check(&repl.store, b) {
+                        repl.counters.digest_checks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            _ = lane_failed.cancelled() => {
+                return Err(LinkError("a lane of the peer link failed".into()));
+            }
+            e = conn.closed() => return Err(LinkError(format!("connection closed: {e}"))),
+            _ = repl.stop.cancelled() => {
+                send_msgs(&mut ctl_send, &[PeerMsg::Goodbye("primary shutting down".into())]).await?;
+                let _ = ctl_send.finish();
+                return Ok("primary shutting down".into());
+            }
+        }
+    }
+}
+
+/// Writes a lane's frames in order, batching what is queued.
+async fn write_lane(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    let mut out = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        out.extend_from_slice(&first);
+        while out.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => out.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if send.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+}
+
+/// Applies a lane's acks and mismatch reports until the stream ends or fails; then fails the link
+/// it belongs to (and only that one).
+async fn read_acks(
+    repl: Arc<Replication>,
+    b: BucketId,
+    mut reader: PeerReader,
+    link_failed: tokio_util::sync::CancellationToken,
+) {
+    let outcome = loop {
+        let next = tokio::select! {
+            m = reader.next() => m,
+            _ = link_failed.cancelled() => return,
+        };
+        let msg = match next {
+            Ok(m) => m,
+            Err(e) => break e.0,
+        };
+        match msg {
+            PeerMsg::Ack(offset) => {
+                if let Err(e) = repl.lanes.handle_ack(&repl.store, b, offset) {
+                    break e;
+                }
+            }
+            PeerMsg::Mismatch { offset, digest } => {
+                warn!(bucket = %b, offset, backup_digest = %digest, "digest mismatch; resyncing the bucket");
+                repl.counters
+                    .digest_mismatches
+                    .fetch_add(1, Ordering::Relaxed);
+                repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                repl.lanes.handle_mismatch(&repl.store, b);
+            }
+            other => break format!("unexpected {other:?} on lane {b}"),
+        }
+    };
+    debug!(bucket = %b, %outcome, "lane reader ended");
+    link_failed.cancel();
+}
