@@ -35,7 +35,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the main job locally: create certs/ if absent and start the server, until Ctrl-C.
+    /// Run the main job locally: create certs/ if absent, start a primary and a backup, until Ctrl-C.
     Up(UpArgs),
     /// Run one server.
     Server(ServerArgs),
@@ -67,9 +67,15 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct UpArgs {
-    /// Address of the local server.
+    /// Address of the primary.
     #[arg(long, default_value = config::DEFAULT_PRIMARY_ADDR)]
-    listen: SocketAddr,
+    primary: SocketAddr,
+    /// Address of the backup.
+    #[arg(long, default_value = config::DEFAULT_BACKUP_ADDR)]
+    backup: SocketAddr,
+    /// Run one standalone server on --primary instead of a pair.
+    #[arg(long)]
+    standalone: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -78,7 +84,7 @@ struct UpArgs {
 struct RuntimeArgs {
     /// Tokio worker threads; 1 runs a current-thread runtime (fastest on small machines).
     #[arg(long, default_value_t = 1)]
-    workers: usize,
+    threads: usize,
 }
 
 #[derive(Debug, Args)]
@@ -178,24 +184,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Server(args) => {
-            let workers = args.runtime.workers;
+            let threads = args.runtime.threads;
             let cfg = server_config(args, cli.certs)?;
-            runtime(workers)?.block_on(serve(cfg))
+            runtime(threads)?.block_on(serve(cfg))
         }
         Command::Up(args) => {
             if tls::ensure(&cli.certs)? {
                 println!("created certificates in {}", cli.certs.display());
             }
-            let mut cfg = ServerConfig::new(Role::Standalone, args.listen);
-            cfg.certs_dir = cli.certs.clone();
-            println!("quickv standalone server on {} (UDP)", args.listen);
-            println!(
-                "try: quickv --server {} --certs {} insert hello world",
-                args.listen,
-                cli.certs.display()
-            );
-            println!("stop with Ctrl-C");
-            runtime(args.runtime.workers)?.block_on(serve(cfg))
+            if args.standalone {
+                let mut cfg = ServerConfig::new(Role::Standalone, args.primary);
+                cfg.certs_dir = cli.certs.clone();
+                println!(
+                    "quickv standalone server on {} (UDP); stop with Ctrl-C",
+                    args.primary
+                );
+                return runtime(args.runtime.threads)?.block_on(serve(cfg));
+            }
+            runtime(1)?.block_on(crate::up::run_pair(crate::up::Pair {
+                primary: args.primary,
+                backup: args.backup,
+                certs: cli.certs,
+                threads: args.runtime.threads,
+            }))
         }
         command => {
             let rt = runtime(1)?;
@@ -204,14 +215,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let rt = if workers <= 1 {
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let rt = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
+            .worker_threads(threads)
             .enable_all()
             .build()?
     };

@@ -15,6 +15,7 @@
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
+//! | [`up`] | `quickv up`: the local pair as supervised child processes |
 //! | [`error`] | typed errors |
 //!
 //! # The path of a request
@@ -41,6 +42,7 @@ pub mod replication;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod up;
 
 pub use client::{Client, ClientConfig, ClientError};
 pub use error::{Error, Result};

@@ -146,7 +146,7 @@ async fn accept_lanes(
                 _ = failed.cancelled() => return,
             };
             if let Err(e) = outcome {
-                warn!(reason = %e, "lane failed");
+                tracing::debug!(reason = %e, "lane ended");
             }
             failed.cancel();
         });

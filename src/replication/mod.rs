@@ -250,6 +250,7 @@ impl Replication {
             "resyncs": get(&c.resyncs),
             "digest_checks": get(&c.digest_checks),
             "digest_mismatches": get(&c.digest_mismatches),
+            "digests": self.store.digests().iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         })
     }
 }

@@ -145,3 +145,127 @@ pub fn cli(server: SocketAddr, certs: &Path, args: &[&str]) -> (i32, String, Str
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A primary + backup pair on free loopback ports sharing one certificate directory.
+pub struct Pair {
+    pub certs: tempfile::TempDir,
+    pub primary_addr: SocketAddr,
+    pub backup_addr: SocketAddr,
+    pub primary: Option<ServerProc>,
+    pub backup: Option<ServerProc>,
+    /// Extra flags for both servers.
+    pub extra: Vec<String>,
+}
+
+impl Pair {
+    /// Starts both servers and waits until both report `sync`.
+    pub async fn start(extra: &[&str]) -> Pair {
+        let mut pair = Pair {
+            certs: fresh_certs(),
+            primary_addr: free_addr(),
+            backup_addr: free_addr(),
+            primary: None,
+            backup: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        pair.start_primary();
+        pair.start_backup();
+        pair.wait_sync().await;
+        pair
+    }
+
+    pub fn start_primary(&mut self) {
+        let peer = self.backup_addr.to_string();
+        let mut args = vec!["--peer", &peer];
+        args.extend(self.extra.iter().map(String::as_str));
+        self.primary = Some(ServerProc::start(
+            "primary",
+            self.primary_addr,
+            self.certs.path(),
+            &args,
+        ));
+    }
+
+    pub fn start_backup(&mut self) {
+        let peer = self.primary_addr.to_string();
+        let mut args = vec!["--peer", &peer];
+        args.extend(self.extra.iter().map(String::as_str));
+        self.backup = Some(ServerProc::start(
+            "backup",
+            self.backup_addr,
+            self.certs.path(),
+            &args,
+        ));
+    }
+
+    pub fn kill_primary(&mut self) {
+        if let Some(mut p) = self.primary.take() {
+            p.kill();
+        }
+    }
+
+    pub fn kill_backup(&mut self) {
+        if let Some(mut b) = self.backup.take() {
+            b.kill();
+        }
+    }
+
+    pub async fn primary_client(&self) -> Client {
+        connect(self.primary_addr, self.certs.path()).await
+    }
+
+    pub async fn backup_client(&self) -> Client {
+        connect(self.backup_addr, self.certs.path()).await
+    }
+
+    /// Waits (polling status, bounded) until both servers report `sync`.
+    pub async fn wait_sync(&self) {
+        for addr in [self.primary_addr, self.backup_addr] {
+            wait_state(addr, self.certs.path(), "sync").await;
+        }
+    }
+
+    /// Both dumps and all 32 digests, which must be equal at quiescence.
+    pub async fn assert_converged(&self) -> Vec<(bytes::Bytes, bytes::Bytes)> {
+        let p = self.primary_client().await;
+        let b = self.backup_client().await;
+        let pd = p.dump().await.expect("primary dump");
+        let bd = b.dump().await.expect("backup dump");
+        assert_eq!(pd, bd, "primary and backup dumps differ");
+        let ps = p.status().await.expect("status");
+        let bs = b.status().await.expect("status");
+        assert_eq!(ps["digests"], bs["digests"], "bucket digests differ");
+        assert_eq!(ps["digests"].as_array().map(Vec::len), Some(32));
+        pd
+    }
+}
+
+/// Connects with the cluster's client certificate.
+pub async fn connect(addr: SocketAddr, certs: &Path) -> Client {
+    Client::connect(&addr.to_string(), &ClientConfig::new(certs))
+        .await
+        .expect("connect")
+}
+
+/// Polls `status` until the server reports `state`, failing after 20 s.
+pub async fn wait_state(addr: SocketAddr, certs: &Path, state: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = serde_json::Value::Null;
+    let mut client: Option<Client> = None;
+    while Instant::now() < deadline {
+        if client.is_none() {
+            client = Client::connect(&addr.to_string(), &ClientConfig::new(certs))
+                .await
+                .ok();
+        }
+        if let Some(c) = &client {
+            match c.status().await {
+                Ok(s) if s["state"] == state => return s,
+                Ok(s) => last = s,
+                Err(_) => client = None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{addr} did not reach {state} within 20 s; last status {last}");
+}
