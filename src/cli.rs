@@ -176,10 +176,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = args.dir.unwrap_or(cli.certs);
             let out = tls::generate(&dir, &args.sans, args.force)?;
             for p in &out.written {
-                println!("wrote {}", p.display());
+                say!("wrote {}", p.display());
             }
             for p in &out.kept {
-                println!("kept  {} (use --force to replace)", p.display());
+                say!("kept  {} (use --force to replace)", p.display());
             }
             Ok(())
         }
@@ -190,12 +190,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Up(args) => {
             if tls::ensure(&cli.certs)? {
-                println!("created certificates in {}", cli.certs.display());
+                say!("created certificates in {}", cli.certs.display());
             }
             if args.standalone {
                 let mut cfg = ServerConfig::new(Role::Standalone, args.primary);
                 cfg.certs_dir = cli.certs.clone();
-                println!(
+                say!(
                     "quickv standalone server on {} (UDP); stop with Ctrl-C",
                     args.primary
                 );
@@ -267,7 +267,7 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
 async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     let server = Server::bind(cfg)?;
     let addr = server.local_addr()?;
-    println!("quickv: listening on {addr}");
+    say!("quickv: listening on {addr}");
     server.run(stop_signal()).await?;
     Ok(())
 }
@@ -303,12 +303,12 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
     match command {
         Command::Insert { key, value } => client.insert(key, value).await?,
         Command::Update { key, value } => client.update(key, value).await?,
-        Command::Delete { key } => println!("{}", shown(&client.delete(key).await?)),
+        Command::Delete { key } => say!("{}", shown(&client.delete(key).await?)),
         Command::Get { key } => match client.get(key).await? {
-            Some(v) => println!("{}", shown(&v)),
+            Some(v) => say!("{}", shown(&v)),
             None => return Err(ClientError::NotFound.into()),
         },
-        Command::Count => println!("{}", client.count().await?),
+        Command::Count => say!("{}", client.count().await?),
         Command::Dump => {
             let map: serde_json::Map<String, serde_json::Value> = client
                 .dump()
@@ -316,12 +316,12 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
                 .iter()
                 .map(|(k, v)| (shown(k), serde_json::Value::String(shown(v))))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&map)?);
+            say!("{}", serde_json::to_string_pretty(&map)?);
         }
         Command::Status { json } => {
             let status = client.status().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                say!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print_status(&status);
             }
@@ -329,7 +329,7 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
         Command::Ping => {
             let started = std::time::Instant::now();
             client.ping(Bytes::from_static(b"ping")).await?;
-            println!(
+            say!(
                 "pong from {} in {:?}",
                 client.server_info(),
                 started.elapsed()
@@ -337,7 +337,7 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
         }
         Command::Shutdown => {
             client.shutdown().await?;
-            println!("{server} is shutting down");
+            say!("{server} is shutting down");
         }
         Command::Up(_) | Command::Server(_) | Command::Certs(_) => {}
     }
@@ -351,15 +351,15 @@ fn print_status(status: &serde_json::Value) {
         Some(serde_json::Value::Null) | None => "-".into(),
         Some(other) => other.to_string(),
     };
-    println!("role:   {}", field("role"));
-    println!("state:  {}", field("state"));
-    println!("keys:   {}", field("keys"));
-    println!("listen: {}", field("listen"));
-    println!("peer:   {}", field("peer"));
+    say!("role:   {}", field("role"));
+    say!("state:  {}", field("state"));
+    say!("keys:   {}", field("keys"));
+    say!("listen: {}", field("listen"));
+    say!("peer:   {}", field("peer"));
     if let Some(obj) = status.as_object() {
         for (k, v) in obj {
             if !["role", "state", "keys", "listen", "peer"].contains(&k.as_str()) {
-                println!("{k}: {v}");
+                say!("{k}: {v}");
             }
         }
     }

@@ -33,6 +33,15 @@
 //!
 //! See `docs/architecture.md` for the same walk with file names, and `docs/protocol.md` for bytes.
 
+/// Prints a line to stdout, ignoring a closed pipe (`quickv status | head` must not panic).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -60,7 +60,7 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
     };
     let mut primary = spawn("primary")?;
     let mut backup = spawn("backup")?;
-    println!(
+    say!(
         "primary on {} (UDP), backup on {} (UDP); certificates in {}",
         pair.primary,
         pair.backup,
@@ -68,26 +68,26 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
     );
     match wait_for_sync(&pair).await {
         Ok(keys) => {
-            println!("pair in sync ({keys} keys). Try:");
-            println!("  quickv insert hello world && quickv get hello && quickv status");
-            println!("Ctrl-C stops both servers.");
+            say!("pair in sync ({keys} keys). Try:");
+            say!("  quickv insert hello world && quickv get hello && quickv status");
+            say!("Ctrl-C stops both servers.");
         }
-        Err(e) => println!("the pair is not in sync yet ({e}); see the servers' logs above"),
+        Err(e) => say!("the pair is not in sync yet ({e}); see the servers' logs above"),
     }
     loop {
         tokio::select! {
             status = primary.wait() => {
-                println!("primary exited ({}); restarting it - it will re-sync from the backup", describe(status));
+                say!("primary exited ({}); restarting it - it will re-sync from the backup", describe(status));
                 primary = spawn("primary")?;
             }
             status = backup.wait() => {
-                println!("backup exited ({}); restarting it - it will re-sync from the primary", describe(status));
+                say!("backup exited ({}); restarting it - it will re-sync from the primary", describe(status));
                 backup = spawn("backup")?;
             }
             _ = crate::cli::stop_signal() => break,
         }
     }
-    println!("stopping both servers");
+    say!("stopping both servers");
     for child in [&mut primary, &mut backup] {
         if let Some(pid) = child.id() {
             // SIGTERM asks for the graceful stop.
