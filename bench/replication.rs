@@ -24,7 +24,9 @@ const VALUE_BYTES: usize = 100;
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let keys: usize = if quick { 100_000 } else { 1_000_000 };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(keys))
 }
 
@@ -41,19 +43,35 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn server(role: &str, listen: SocketAddr, peer: Option<SocketAddr>, certs: &Path) -> anyhow::Result<Proc> {
+fn server(
+    role: &str,
+    listen: SocketAddr,
+    peer: Option<SocketAddr>,
+    certs: &Path,
+) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quickv"));
-    cmd.args(["server", "--role", role, "--listen", &listen.to_string(), "--certs"])
-        .arg(certs)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null());
+    cmd.args([
+        "server",
+        "--role",
+        role,
+        "--listen",
+        &listen.to_string(),
+        "--certs",
+    ])
+    .arg(certs)
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::null());
     if let Some(peer) = peer {
         cmd.args(["--peer", &peer.to_string()]);
     }
     Ok(Proc(cmd.spawn()?))
 }
 
-async fn wait_state(addr: SocketAddr, certs: &Path, state: &str) -> anyhow::Result<serde_json::Value> {
+async fn wait_state(
+    addr: SocketAddr,
+    certs: &Path,
+    state: &str,
+) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(c) = Client::connect(&addr.to_string(), &ClientConfig::new(certs)).await {
@@ -136,7 +154,11 @@ async fn run(keys: usize) -> anyhow::Result<()> {
     backup = server("backup", ba, Some(pa), dir)?;
     let status = wait_state(ba, dir, "sync").await?;
     let secs = t.elapsed().as_secs_f64();
-    anyhow::ensure!(status["keys"].as_u64() == Some(keys as u64), "backup has {} keys", status["keys"]);
+    anyhow::ensure!(
+        status["keys"].as_u64() == Some(keys as u64),
+        "backup has {} keys",
+        status["keys"]
+    );
     let payload_mb = keys as f64 * (16 + VALUE_BYTES) as f64 / 1e6;
     drop(backup);
 
@@ -148,7 +170,10 @@ async fn run(keys: usize) -> anyhow::Result<()> {
     );
     for p in [50.0, 99.0] {
         let (a, b) = (pct(&solo_lat, p), pct(&repl_lat, p));
-        println!("| insert p{p} µs | {a} | {b} | {:.2} |", b as f64 / a.max(1) as f64);
+        println!(
+            "| insert p{p} µs | {a} | {b} | {:.2} |",
+            b as f64 / a.max(1) as f64
+        );
     }
     println!();
     println!(

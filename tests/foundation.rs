@@ -77,8 +77,10 @@ async fn every_op_and_result_kind() {
     assert_eq!(c.count().await.expect("count after errors"), 1);
 }
 
+/// A backup whose primary never came: it refuses writes, and refuses reads too, because its store
+/// is not known to be current (it has never synced).
 #[tokio::test]
-async fn a_backup_refuses_client_writes_but_serves_reads() {
+async fn a_lone_backup_refuses_writes_and_unsynced_reads() {
     let certs = fresh_certs();
     let peer = free_addr();
     let server = ServerProc::start(
@@ -92,7 +94,13 @@ async fn a_backup_refuses_client_writes_but_serves_reads() {
         Err(ClientError::Unavailable(reason)) => assert!(reason.contains("backup"), "{reason}"),
         other => panic!("expected unavailable, got {other:?}"),
     }
-    assert_eq!(c.count().await.expect("count"), 0);
+    match c.count().await {
+        Err(ClientError::Unavailable(reason)) => {
+            assert!(reason.contains("not yet synced"), "{reason}")
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    assert_eq!(c.status().await.expect("status")["state"], "cold_start");
 }
 
 #[tokio::test]
