@@ -303,7 +303,7 @@ impl KeyHistory {
 #[tokio::test]
 async fn hammer_with_kills_of_backup_and_primary_loses_no_acknowledged_write() {
     const KEYS: usize = 24;
-    const OPS_PER_KEY: usize = 400;
+    const OPS_PER_KEY: usize = 1000;
     let mut pair = Pair::start(&[]).await;
     let addr = pair.primary_addr;
     let certs = pair.certs.path().to_path_buf();
@@ -382,17 +382,17 @@ async fn hammer_with_kills_of_backup_and_primary_loses_no_acknowledged_write() {
         }));
     }
     for _ in 0..3 {
-        wait_for_progress(addr, &certs, 300).await;
+        wait_for_progress(addr, &certs, 1000).await;
         pair.kill_backup();
         wait_state(addr, &certs, "cold_start").await;
         pair.start_backup();
         pair.wait_sync().await;
     }
-    wait_for_progress(addr, &certs, 300).await;
+    wait_for_progress(addr, &certs, 1000).await;
     pair.kill_primary();
     pair.start_primary();
     pair.wait_sync().await;
-    wait_for_progress(addr, &certs, 300).await;
+    wait_for_progress(addr, &certs, 1000).await;
     stop.cancel();
     let mut total_acked = 0;
     let mut histories = HashMap::new();

@@ -38,6 +38,9 @@ use crate::tls::{self, CertPaths, Identity};
 pub const DEFAULT_STREAMS: usize = 4;
 /// Default time allowed for the QUIC/TLS handshake plus the hello, in milliseconds.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default idle timeout, in milliseconds: a server silent this long (dead, partitioned) fails the
+/// calls in flight (writes as indeterminate). Keep-alives go out at a third of it.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5_000;
 /// Longest [`Client::close`] waits for the close to reach the server.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Calls queued per lane before callers wait (backpressure).
@@ -67,7 +70,7 @@ impl ClientConfig {
             certs_dir: certs_dir.into(),
             streams: DEFAULT_STREAMS,
             connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
             limits: Limits::default(),
         }
     }
