@@ -116,6 +116,12 @@ struct ServerArgs {
     /// Idle timeout of client connections, in milliseconds.
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
+    /// Close a stream that holds an unfinished frame this long, in milliseconds (slowloris).
+    #[arg(long)]
+    frame_timeout_ms: Option<u64>,
+    /// Refuse writes that add data once keys+values exceed this many bytes (reads go on).
+    #[arg(long)]
+    max_memory: Option<u64>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -259,6 +265,10 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
     if let Some(ms) = args.idle_timeout_ms {
         cfg.idle_timeout = Duration::from_millis(ms);
     }
+    if let Some(ms) = args.frame_timeout_ms {
+        cfg.frame_timeout = Duration::from_millis(ms);
+    }
+    cfg.max_memory = args.max_memory.or(cfg.max_memory);
     cfg.validate()?;
     Ok(cfg)
 }

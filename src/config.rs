@@ -49,6 +49,8 @@ pub const DEFAULT_PEER_KEEP_ALIVE_MS: u64 = 250;
 pub const DEFAULT_PEER_IDLE_TIMEOUT_MS: u64 = 1_000;
 /// Default time the primary waits for the backup's ack of a write before leaving sync, in milliseconds.
 pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 1_000;
+/// Default time a stream may hold a partial frame before it is closed (slowloris), in milliseconds.
+pub const DEFAULT_FRAME_TIMEOUT_MS: u64 = 10_000;
 /// Default time a graceful shutdown waits for in-flight work before closing anyway, in milliseconds.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
 
@@ -127,6 +129,13 @@ pub struct ServerConfig {
     pub ack_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight work.
     pub drain_timeout: Duration,
+    /// A stream that started a frame and did not finish it within this time is closed (slow or
+    /// stalled senders must not pin buffers). Idle streams between frames are fine: clients keep
+    /// long-lived streams, bounded by `max_streams`.
+    pub frame_timeout: Duration,
+    /// Writes that add data are refused (`unavailable`) once the stored keys and values exceed
+    /// this many bytes; reads and deletes go on. `None` = no limit.
+    pub max_memory: Option<u64>,
 }
 
 impl ServerConfig {
@@ -147,6 +156,8 @@ impl ServerConfig {
             peer_idle_timeout: Duration::from_millis(DEFAULT_PEER_IDLE_TIMEOUT_MS),
             ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
             drain_timeout: Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS),
+            frame_timeout: Duration::from_millis(DEFAULT_FRAME_TIMEOUT_MS),
+            max_memory: None,
         }
     }
 
@@ -207,6 +218,8 @@ pub struct LimitsSection {
     pub max_connections: Option<usize>,
     /// Concurrent streams per connection.
     pub max_streams: Option<u32>,
+    /// Bytes of keys+values above which writes are refused.
+    pub max_memory: Option<u64>,
 }
 
 /// `[timeouts]`: all in milliseconds.
@@ -219,6 +232,8 @@ pub struct TimeoutsSection {
     pub ack_ms: Option<u64>,
     /// Peer link idle timeout.
     pub peer_idle_ms: Option<u64>,
+    /// Partial-frame (slowloris) timeout.
+    pub frame_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -258,12 +273,14 @@ impl FileConfig {
             );
             cfg.max_connections = l.max_connections.unwrap_or(cfg.max_connections);
             cfg.max_streams = l.max_streams.unwrap_or(cfg.max_streams);
+            cfg.max_memory = l.max_memory.or(cfg.max_memory);
         }
         if let Some(t) = &self.timeouts {
             let ms = Duration::from_millis;
             cfg.idle_timeout = t.idle_ms.map(ms).unwrap_or(cfg.idle_timeout);
             cfg.ack_timeout = t.ack_ms.map(ms).unwrap_or(cfg.ack_timeout);
             cfg.peer_idle_timeout = t.peer_idle_ms.map(ms).unwrap_or(cfg.peer_idle_timeout);
+            cfg.frame_timeout = t.frame_ms.map(ms).unwrap_or(cfg.frame_timeout);
         }
         Ok(cfg)
     }

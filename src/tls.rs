@@ -175,21 +175,59 @@ pub fn generate(dir: &Path, sans: &[String], force: bool) -> Result<Generated> {
             out.kept.extend([cert_path, key_path]);
             continue;
         }
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-        params.subject_alt_names = sans.iter().map(|n| san_of(n)).collect::<Result<_>>()?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = ekus;
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = not_before;
-        params.not_after = now + time::Duration::days(LEAF_VALIDITY_DAYS);
-        let key = KeyPair::generate().map_err(cert_err)?;
-        let cert = params.signed_by(&key, &issuer).map_err(cert_err)?;
-        write_file(&cert_path, cert.pem().as_bytes(), false)?;
-        write_file(&key_path, key.serialize_pem().as_bytes(), true)?;
+        let validity = (not_before, now + time::Duration::days(LEAF_VALIDITY_DAYS));
+        sign_leaf(&issuer, cn, &sans, ekus, validity, &cert_path, &key_path)?;
         out.written.extend([cert_path, key_path]);
     }
     Ok(out)
+}
+
+/// Issues another client certificate from the cluster CA in `paths` (which must hold `ca.key`),
+/// valid from `not_before` to `not_after`; writes `cert_out` and `key_out` (0600).
+pub fn issue_client_cert(
+    paths: &CertPaths,
+    name: &str,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    cert_out: &Path,
+    key_out: &Path,
+) -> Result<()> {
+    let key = KeyPair::from_pem(&read_text(&paths.ca_key())?).map_err(cert_err)?;
+    let issuer = Issuer::from_ca_cert_pem(&read_text(&paths.ca_cert())?, key).map_err(cert_err)?;
+    let ekus = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    sign_leaf(
+        &issuer,
+        name,
+        &[],
+        ekus,
+        (not_before, not_after),
+        cert_out,
+        key_out,
+    )
+}
+
+/// Makes a key pair and a certificate signed by `issuer`, and writes both as PEM.
+fn sign_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    cn: &str,
+    sans: &[String],
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+    (not_before, not_after): (time::OffsetDateTime, time::OffsetDateTime),
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<()> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    params.subject_alt_names = sans.iter().map(|n| san_of(n)).collect::<Result<_>>()?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = ekus;
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let cert = params.signed_by(&key, issuer).map_err(cert_err)?;
+    write_file(cert_path, cert.pem().as_bytes(), false)?;
+    write_file(key_path, key.serialize_pem().as_bytes(), true)
 }
 
 /// Creates the certificates in `dir` unless they are all there already; returns true if it made them.
@@ -341,6 +379,9 @@ pub fn explain_connection_error(err: &quinn::ConnectionError) -> String {
                 "the server refused this client's certificate: {}",
                 alert_text(a)
             ),
+            None if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+                "the server refused the connection (it is at its connection limit)".into()
+            }
             None => format!("the server closed the connection: {close}"),
         },
         E::TransportError(te) => match alert(te.code) {

@@ -60,6 +60,9 @@ pub fn handle(node: &Node, op: Op) -> Handled {
             }
         }
         write @ (Op::Insert { .. } | Op::Update { .. } | Op::Delete { .. }) => {
+            if let Some(refusal) = over_memory(node, &write) {
+                return Handled::Now(refusal);
+            }
             match (node.config.role, &node.repl) {
                 (Role::Standalone, _) => Handled::Now(apply_write(node, write)),
                 (Role::Backup, _) => Handled::Now(Reply::Unavailable(
@@ -70,6 +73,18 @@ pub fn handle(node: &Node, op: Op) -> Handled {
             }
         }
     }
+}
+
+/// Refuses a write that adds data when the store is over `max_memory`; deletes always pass (they
+/// are how an operator gets back under the limit).
+fn over_memory(node: &Node, op: &Op) -> Option<Reply> {
+    let limit = node.config.max_memory?;
+    let used = node.store.approx_bytes();
+    (used >= limit && !matches!(op, Op::Delete { .. })).then(|| {
+        Reply::Unavailable(format!(
+            "memory limit reached: {used} bytes stored, limit {limit} (--max-memory); delete keys or raise the limit"
+        ))
+    })
 }
 
 /// Applies a write directly to the store (standalone servers, no replication).

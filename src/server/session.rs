@@ -66,8 +66,11 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
     let mut pending = FuturesUnordered::new();
     let mut eof = false;
     let mut stop_reading = false;
+    // When the buffered bytes started an unfinished frame (slowloris guard).
+    let mut partial_since: Option<tokio::time::Instant> = None;
 
     loop {
+        let mut completed_frame = false;
         // Answer everything already buffered, one credit per request.
         while !stop_reading {
             let Ok(permit) = credit.clone().try_acquire_owned() else {
@@ -75,6 +78,7 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
             };
             match decode_request(&mut inbuf, &limits) {
                 Ok(Some(req)) => {
+                    completed_frame = true;
                     permit.forget();
                     Stats::bump(&node.stats.requests);
                     match router::handle(&node, req.op) {
@@ -133,6 +137,21 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
             }
             break;
         }
+        // The clock runs from the moment the buffer holds only an unfinished frame; every
+        // completed frame restarts it, so a busy pipelined stream never trips it.
+        partial_since = match (inbuf.is_empty(), completed_frame, partial_since) {
+            (true, _, _) => None,
+            (false, true, _) | (false, false, None) => Some(tokio::time::Instant::now()),
+            (false, false, since) => since,
+        };
+        let frame_deadline = async {
+            match partial_since {
+                Some(t) if !stop_reading => {
+                    tokio::time::sleep_until(t + node.config.frame_timeout).await
+                }
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             Some((id, outcome)) = pending.next(), if !pending.is_empty() => {
@@ -155,6 +174,19 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
                 }
             }
             _ = credit.acquire(), if !eof && !stop_reading && credit.available_permits() == 0 => {}
+            _ = frame_deadline => {
+                Stats::bump(&node.stats.bad_frames);
+                let message = format!(
+                    "frame not completed within {:?} ({} bytes buffered); closing the stream",
+                    node.config.frame_timeout,
+                    inbuf.len()
+                );
+                warn!(%message, "slow or stalled sender");
+                send_reply(&tx, 0, Reply::Error { code: ErrorCode::BadFrame, message });
+                let _ = recv.stop(STREAM_BAD_FRAME.into());
+                stop_reading = true;
+                inbuf.clear();
+            }
             _ = node.shutdown.cancelled(), if !stop_reading => {
                 // Stop taking new requests: those already buffered are refused (they never take
                 // effect), answers already owed are still delivered.
