@@ -142,19 +142,8 @@ async fn fifty_tasks_pipeline_two_hundred_ops_each_through_one_client() {
 
 /// Opens a raw stream with the real client certificate and writes `bytes`; returns what came back.
 async fn raw_exchange(server: &ServerProc, bytes: &[u8]) -> Vec<protocol::Response> {
-    let cfg = tls::client_config(
-        &CertPaths::new(&server.certs),
-        tls::Identity::Client,
-        Duration::from_secs(5),
-        Duration::from_secs(1),
-    )
-    .expect("client config");
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let conn = endpoint
-        .connect_with(cfg, server.addr, "localhost")
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let cfg = common::raw_client_config(&server.certs, tls::Identity::Client);
+    let (_endpoint, conn) = common::raw_connection(server.addr, cfg).await;
     let (mut send, mut recv) = conn.open_bi().await.expect("open");
     send.write_all(bytes).await.expect("write");
     let _ = send.finish();

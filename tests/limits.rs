@@ -12,24 +12,9 @@ use quickv::tls::{self, CertPaths};
 
 use common::{free_addr, fresh_certs, ServerProc};
 
-fn raw_config(server: &ServerProc) -> quinn::ClientConfig {
-    tls::client_config(
-        &CertPaths::new(&server.certs),
-        tls::Identity::Client,
-        Duration::from_secs(5),
-        Duration::from_secs(1),
-    )
-    .expect("client config")
-}
-
 async fn raw_connect(server: &ServerProc) -> (quinn::Endpoint, quinn::Connection) {
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let conn = endpoint
-        .connect_with(raw_config(server), server.addr, "localhost")
-        .expect("connect")
-        .await
-        .expect("handshake");
-    (endpoint, conn)
+    let cfg = common::raw_client_config(&server.certs, tls::Identity::Client);
+    common::raw_connection(server.addr, cfg).await
 }
 
 #[tokio::test]

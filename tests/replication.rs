@@ -204,12 +204,8 @@ async fn a_client_certificate_cannot_pose_as_the_primary_on_the_peer_port() {
         Duration::from_secs(1),
     )
     .expect("config");
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let conn = endpoint
-        .connect_with(cfg, pair.backup_addr, "localhost")
-        .expect("connect")
-        .await
-        .expect("the TLS handshake itself succeeds: the certificate is from the cluster CA");
+    // The TLS handshake itself succeeds: the certificate is from the cluster CA.
+    let (_endpoint, conn) = common::raw_connection(pair.backup_addr, cfg).await;
     let reason = tokio::time::timeout(Duration::from_secs(5), conn.closed())
         .await
         .expect("closed");
@@ -454,20 +450,8 @@ async fn raw_peer_garbage_does_not_disturb_the_pair() {
     // A stranger with the real peer certificate sending garbage on the peer port: the link it
     // opens fails, the backup lives on and accepts the real primary again.
     let pair = Pair::start(&[]).await;
-    let paths = CertPaths::new(pair.certs.path());
-    let cfg = tls::client_config(
-        &paths,
-        tls::Identity::Peer,
-        Duration::from_secs(5),
-        Duration::from_secs(1),
-    )
-    .expect("config");
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    let conn = endpoint
-        .connect_with(cfg, pair.backup_addr, "localhost")
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let cfg = common::raw_client_config(pair.certs.path(), tls::Identity::Peer);
+    let (_endpoint, conn) = common::raw_connection(pair.backup_addr, cfg).await;
     let (mut send, _recv) = conn.open_bi().await.expect("open");
     send.write_all(&[0, 0, 0, 3, 0xEE, 1, 2])
         .await

@@ -269,3 +269,28 @@ pub async fn wait_state(addr: SocketAddr, certs: &Path, state: &str) -> serde_js
     }
     panic!("{addr} did not reach {state} within 20 s; last status {last}");
 }
+
+/// A raw QUIC connection to `addr` with an explicit TLS config (for tests that speak bytes).
+pub async fn raw_connection(
+    addr: SocketAddr,
+    cfg: quinn::ClientConfig,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let conn = endpoint
+        .connect_with(cfg, addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("the TLS handshake completes (refusals come on first use)");
+    (endpoint, conn)
+}
+
+/// Client-side TLS settings used by raw tests: 5 s idle timeout, 1 s keep-alive.
+pub fn raw_client_config(certs: &Path, identity: quickv::tls::Identity) -> quinn::ClientConfig {
+    quickv::tls::client_config(
+        &quickv::tls::CertPaths::new(certs),
+        identity,
+        Duration::from_secs(5),
+        Duration::from_secs(1),
+    )
+    .expect("client config")
+}
