@@ -6,15 +6,28 @@
 //! answers to callers by request id, so answers may arrive in any order. `Client` is cheap to clone
 //! and every clone shares the connection.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), quickv::client::ClientError> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use quickv::client::{Client, ClientConfig};
+//! # use quickv::config::{Role, ServerConfig};
+//! # // A throw-away standalone server on a free loopback port, with fresh certificates.
+//! # let certs = tempfile::tempdir()?;
+//! # quickv::tls::generate(certs.path(), &[], false)?;
+//! # let mut cfg = ServerConfig::new(Role::Standalone, "127.0.0.1:0".parse()?);
+//! # cfg.certs_dir = certs.path().to_path_buf();
+//! # let server = quickv::server::Server::bind(cfg)?;
+//! # let addr = server.local_addr()?.to_string();
+//! # tokio::spawn(server.run(std::future::pending()));
+//! # let certs_dir = certs.path();
 //!
-//! let client = Client::connect("127.0.0.1:4470", &ClientConfig::new("certs")).await?;
+//! // `addr` is e.g. "127.0.0.1:4470"; `certs_dir` holds ca.pem, client.pem, client.key.
+//! let client = Client::connect(&addr, &ClientConfig::new(certs_dir)).await?;
 //! client.insert("greeting", "hello").await?;
 //! assert_eq!(client.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
 //! let old = client.delete("greeting").await?;
 //! assert_eq!(&old[..], b"hello");
+//! assert_eq!(client.get("greeting").await?, None);
 //! # Ok(()) }
 //! ```
 
