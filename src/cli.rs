@@ -116,6 +116,14 @@ struct ServerArgs {
     /// Idle timeout of client connections, in milliseconds.
     #[arg(long)]
     idle_timeout_ms: Option<u64>,
+    /// Also serve the HTTP/JSON gateway and /metrics on this TCP address (off by default;
+    /// 127.0.0.1:8080 is the usual choice; see docs/http.md).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Serve the HTTP gateway over TLS with the pair's certificates, requiring a client
+    /// certificate from the cluster CA.
+    #[arg(long)]
+    http_tls: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -259,6 +267,10 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
     if let Some(ms) = args.idle_timeout_ms {
         cfg.idle_timeout = Duration::from_millis(ms);
     }
+    if args.http.is_some() {
+        cfg.http = args.http;
+    }
+    cfg.http_tls |= args.http_tls;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -267,6 +279,15 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
 async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     let server = Server::bind(cfg)?;
     let addr = server.local_addr()?;
+    // Printed before "listening on", which tools wait for: by then the gateway's socket is bound.
+    if let Some(http) = server.http_addr() {
+        let scheme = if server.node().config.http_tls {
+            "https"
+        } else {
+            "http"
+        };
+        say!("quickv: http gateway on {scheme}://{http}");
+    }
     say!("quickv: listening on {addr}");
     server.run(stop_signal()).await?;
     Ok(())
