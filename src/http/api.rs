@@ -378,11 +378,15 @@ fn success() -> Answer {
 /// API had it.
 #[derive(Serialize)]
 struct Verdict<'a> {
+    /// `"true"` or `"false"`: a string, because classic clients compare it as one.
     success: &'static str,
+    /// The value read (get) or removed (delete).
     #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<&'a str>,
+    /// A stable code for programs, on 4xx/5xx answers only.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    /// Why it failed, for humans.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
 }
@@ -403,6 +407,7 @@ impl Verdict<'_> {
 /// `/kvman/countkey`: the count as a string, as the classic API had it.
 #[derive(Serialize)]
 struct Count {
+    /// The number of keys, in decimal.
     result: String,
 }
 
@@ -447,8 +452,11 @@ fn allow(req: &Request<Incoming>, want: &Method) -> Result<(), Answer> {
 
 /// A response about to be sent.
 struct Answer {
+    /// 200 whenever the request was understood (see the module docs).
     status: StatusCode,
+    /// JSON everywhere but `/metrics`.
     content_type: &'static str,
+    /// The encoded document.
     body: Bytes,
     /// The `Allow` header of a 405.
     allow: Option<&'static str>,
