@@ -122,6 +122,14 @@ struct ServerArgs {
     /// Refuse writes that add data once keys+values exceed this many bytes (reads go on).
     #[arg(long)]
     max_memory: Option<u64>,
+    /// Also serve the HTTP/JSON gateway and /metrics on this TCP address (off by default;
+    /// 127.0.0.1:8080 is the usual choice; see docs/http.md).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Serve the HTTP gateway over TLS with the pair's certificates, requiring a client
+    /// certificate from the cluster CA.
+    #[arg(long)]
+    http_tls: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -269,6 +277,10 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
         cfg.frame_timeout = Duration::from_millis(ms);
     }
     cfg.max_memory = args.max_memory.or(cfg.max_memory);
+    if args.http.is_some() {
+        cfg.http = args.http;
+    }
+    cfg.http_tls |= args.http_tls;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -277,6 +289,15 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
 async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     let server = Server::bind(cfg)?;
     let addr = server.local_addr()?;
+    // Printed before "listening on", which tools wait for: by then the gateway's socket is bound.
+    if let Some(http) = server.http_addr() {
+        let scheme = if server.node().config.http_tls {
+            "https"
+        } else {
+            "http"
+        };
+        say!("quickv: http gateway on {scheme}://{http}");
+    }
     say!("quickv: listening on {addr}");
     server.run(stop_signal()).await?;
     Ok(())

@@ -7,6 +7,7 @@
 //! certs = "certs"                 # directory with ca.pem, server.pem/key, client.pem/key
 //! [primary]
 //! listen = "10.0.0.1:4470"
+//! http = "127.0.0.1:8080"        # optional HTTP/JSON gateway and /metrics (TCP); off if absent
 //! [backup]
 //! listen = "10.0.0.2:4471"
 //! [limits]                        # all optional
@@ -53,6 +54,9 @@ pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_FRAME_TIMEOUT_MS: u64 = 10_000;
 /// Default time a graceful shutdown waits for in-flight work before closing anyway, in milliseconds.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
+/// The address suggested for the HTTP gateway (`--http`). The gateway is off unless an address is
+/// given; loopback because plain HTTP has no client authentication (see `--http-tls`).
+pub const SUGGESTED_HTTP_ADDR: &str = "127.0.0.1:8080";
 
 /// The part a server plays in a pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -136,6 +140,11 @@ pub struct ServerConfig {
     /// Writes that add data are refused (`unavailable`) once the stored keys and values exceed
     /// this many bytes; reads and deletes go on. `None` = no limit.
     pub max_memory: Option<u64>,
+    /// TCP address of the HTTP/JSON gateway and `/metrics`; `None` (the default) serves no HTTP.
+    pub http: Option<SocketAddr>,
+    /// Serve the gateway over TLS with the pair's certificates, demanding a client certificate
+    /// from the cluster CA, like the QUIC side. Off by default (plain HTTP, meant for loopback).
+    pub http_tls: bool,
 }
 
 impl ServerConfig {
@@ -158,6 +167,8 @@ impl ServerConfig {
             drain_timeout: Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS),
             frame_timeout: Duration::from_millis(DEFAULT_FRAME_TIMEOUT_MS),
             max_memory: None,
+            http: None,
+            http_tls: false,
         }
     }
 
@@ -176,6 +187,9 @@ impl ServerConfig {
             ))),
             _ if self.max_streams == 0 || self.max_connections == 0 => Err(Error::Config(
                 "max-streams and max-connections must be at least 1".into(),
+            )),
+            _ if self.http_tls && self.http.is_none() => Err(Error::Config(
+                "--http-tls needs --http ADDR (the gateway's TCP address)".into(),
             )),
             _ => Ok(()),
         }
@@ -204,6 +218,10 @@ pub struct FileConfig {
 pub struct NodeSection {
     /// Address this server binds and its peer dials.
     pub listen: SocketAddr,
+    /// TCP address of this server's HTTP gateway; absent = no HTTP.
+    pub http: Option<SocketAddr>,
+    /// Whether that gateway speaks TLS with mandatory client certificates.
+    pub http_tls: Option<bool>,
 }
 
 /// `[limits]`: sizes in bytes and counts.
@@ -263,6 +281,14 @@ impl FileConfig {
         };
         let mut cfg = ServerConfig::new(role, listen);
         cfg.peer = peer;
+        let own = match role {
+            Role::Backup => &self.backup,
+            Role::Primary | Role::Standalone => &self.primary,
+        };
+        if let Some(section) = own {
+            cfg.http = section.http;
+            cfg.http_tls = section.http_tls.unwrap_or(false);
+        }
         if let Some(dir) = &self.certs {
             cfg.certs_dir = dir.clone();
         }
@@ -304,7 +330,32 @@ mod tests {
         );
         assert_eq!(b.certs_dir, PathBuf::from("/etc/quickv"));
         assert_eq!(b.ack_timeout, Duration::from_millis(300));
+        assert_eq!(b.http, None, "the gateway is off unless configured");
         b.validate().expect("valid");
+    }
+
+    #[test]
+    fn each_server_takes_its_own_http_address() {
+        let file: FileConfig = toml::from_str(
+            "[primary]\nlisten = \"10.0.0.1:4470\"\nhttp = \"127.0.0.1:8080\"\nhttp_tls = true\n[backup]\nlisten = \"10.0.0.2:4471\"\nhttp = \"127.0.0.1:8081\"\n",
+        )
+        .expect("valid toml");
+        let p = file.server_config(Role::Primary).expect("primary config");
+        assert_eq!(
+            p.http.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert!(p.http_tls);
+        let b = file.server_config(Role::Backup).expect("backup config");
+        assert_eq!(
+            b.http.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:8081")
+        );
+        assert!(!b.http_tls);
+        assert!(toml::from_str::<FileConfig>(
+            "[primary]\nlisten = \"10.0.0.1:1\"\nhttp = \"nonsense\"\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! | [`tls`] | certificate generation (rcgen), PEM loading, rustls/quinn configs, ALPN |
 //! | [`config`] | typed config and every default, in one place |
 //! | [`replication`] | primary/backup: sans-IO state machine, lanes, peer link drivers |
-//! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown |
+//! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown, op metrics |
+//! | [`http`] | optional HTTP/JSON gateway (the classic API) and Prometheus `/metrics`, via the router |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`up`] | `quickv up`: the local pair as supervised child processes |
@@ -31,6 +32,9 @@
 //! stream's writer task, which batches answers into one write; the client's lane reader matches it
 //! to the waiting caller by id, so answers may come back in any order.
 //!
+//! An HTTP request to the optional gateway ([`http`]) becomes the same [`protocol::Op`] and takes
+//! the same [`server::router::handle`], so it gets the same answers and replication guarantees.
+//!
 //! See `docs/architecture.md` for the same walk with file names, and `docs/protocol.md` for bytes.
 
 /// Prints a line to stdout, ignoring a closed pipe (`quickv status | head` must not panic).
@@ -46,6 +50,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod protocol;
 pub mod replication;
 pub mod server;

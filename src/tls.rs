@@ -286,6 +286,28 @@ pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn
     Ok(cfg)
 }
 
+/// The HTTP gateway's TLS config (`--http-tls`): the pair's server certificate, client
+/// certificates from the cluster CA mandatory as on the QUIC side, ALPN `http/1.1`. TLS 1.2 is
+/// allowed here (unlike QUIC, which is 1.3 by definition) because older HTTP tools may need it.
+pub fn http_server_config(paths: &CertPaths) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = Arc::new(load_roots(&paths.ca_cert())?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(cert_err)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            load_certs(&paths.server_cert())?,
+            load_key(&paths.server_key())?,
+        )
+        .map_err(cert_err)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
 /// Which certificate a dialing side presents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Identity {

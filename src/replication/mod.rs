@@ -222,18 +222,7 @@ impl Replication {
         });
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let lanes = match self.config.role {
-            Role::Backup => self
-                .backup_applied
-                .iter()
-                .map(|a| lanes::LaneStatus {
-                    offset: get(a),
-                    acked: get(a),
-                    pending: 0,
-                })
-                .collect(),
-            _ => self.lanes.status(),
-        };
+        let lanes = self.lane_status();
         serde_json::json!({
             "state": state,
             "link_up": link_up,
@@ -253,4 +242,70 @@ impl Replication {
             "digests": self.store.digests().iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         })
     }
+
+    /// Per-lane offsets: sent/acked/pending on the primary, applied on the backup.
+    fn lane_status(&self) -> Vec<lanes::LaneStatus> {
+        match self.config.role {
+            Role::Backup => self
+                .backup_applied
+                .iter()
+                .map(|a| {
+                    let applied = a.load(Ordering::Relaxed);
+                    lanes::LaneStatus {
+                        offset: applied,
+                        acked: applied,
+                        pending: 0,
+                    }
+                })
+                .collect(),
+            _ => self.lanes.status(),
+        }
+    }
+
+    /// The figures of [`Replication::status`] as a typed value, for the metrics page (which must
+    /// not parse JSON nor recompute the 32 digests on every scrape).
+    pub fn snapshot(&self) -> Snapshot {
+        let (state, link_up, current) =
+            self.with_machine(|v| (v.machine.state().name(), v.link_up, v.machine.synced_once()));
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            state,
+            link_up,
+            current,
+            lanes: self.lane_status(),
+            links: get(&c.links),
+            bootstraps: get(&c.bootstraps),
+            buckets_transferred: get(&c.buckets_transferred),
+            resyncs: get(&c.resyncs),
+            digest_checks: get(&c.digest_checks),
+            digest_mismatches: get(&c.digest_mismatches),
+        }
+    }
+}
+
+/// Replication figures at one moment; see [`Replication::snapshot`]. Field meanings are those of
+/// the same-named `status` fields (docs/operations.md).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The state's name ([`State::name`]).
+    pub state: &'static str,
+    /// Whether a peer connection is up.
+    pub link_up: bool,
+    /// Whether this store is known current.
+    pub current: bool,
+    /// Per-lane offsets, indexed by bucket.
+    pub lanes: Vec<lanes::LaneStatus>,
+    /// Links established since start.
+    pub links: u64,
+    /// Bootstraps completed.
+    pub bootstraps: u64,
+    /// Buckets copied by bootstraps.
+    pub buckets_transferred: u64,
+    /// Single-bucket resyncs after a digest mismatch.
+    pub resyncs: u64,
+    /// Digest checks sent or verified.
+    pub digest_checks: u64,
+    /// Digest checks that found a difference.
+    pub digest_mismatches: u64,
 }

@@ -1,12 +1,14 @@
 //! The server: a QUIC endpoint whose connections are client sessions (ALPN `quickv/1`) or the peer
 //! link (ALPN `quickv-peer/1`).
 //!
-//! [`Server::bind`] opens the endpoint; [`Server::run`] accepts until the `shutdown` future
-//! completes (production passes ctrl-c/SIGTERM, tests their own) or a client sends `shutdown`.
+//! [`Server::bind`] opens the endpoint (and the HTTP gateway's TCP socket when configured, see
+//! [`crate::http`]); [`Server::run`] accepts until the `shutdown` future completes (production
+//! passes ctrl-c/SIGTERM, tests their own) or a client sends `shutdown` (QUIC or HTTP).
 //! Stopping is graceful: no new connections or requests are taken, answers already owed are
 //! delivered (bounded by `drain_timeout`), then every connection is closed with application code
 //! [`session::CLOSE_SHUTDOWN`] and the endpoint waits until idle.
 
+pub mod metrics;
 pub mod node;
 pub mod router;
 pub mod session;
@@ -20,6 +22,7 @@ use tracing::{info, warn};
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
+use crate::http;
 use crate::server::node::{Node, Stats};
 use crate::tls::{self, CertPaths, TransportLimits};
 
@@ -31,11 +34,13 @@ pub struct Server {
     node: Arc<Node>,
     /// The QUIC endpoint (one UDP socket for clients and the peer link).
     endpoint: quinn::Endpoint,
+    /// The HTTP gateway's bound socket, when `config.http` asks for one.
+    http: Option<http::Listener>,
 }
 
 impl Server {
-    /// Loads certificates and binds the UDP socket.
-    pub fn bind(config: ServerConfig) -> Result<Server> {
+    /// Loads certificates and binds the UDP socket (and the gateway's TCP socket, if configured).
+    pub fn bind(mut config: ServerConfig) -> Result<Server> {
         config.validate()?;
         let paths = CertPaths::new(&config.certs_dir);
         let server_cfg = tls::server_config(
@@ -52,10 +57,21 @@ impl Server {
                 format!("cannot listen on {}: {e}", config.listen),
             ))
         })?;
+        let http = http::Listener::bind(&config)?;
+        // With port 0 the config would say ":0"; status should show where the gateway really is.
+        if let Some(h) = &http {
+            config.http = Some(h.local_addr());
+        }
         Ok(Server {
             node: Arc::new(Node::new(config)),
             endpoint,
+            http,
         })
+    }
+
+    /// The HTTP gateway's bound address, if it is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(http::Listener::local_addr)
     }
 
     /// The address actually bound (useful with port 0).
@@ -70,11 +86,19 @@ impl Server {
 
     /// Serves until `shutdown` completes or a client asks the server to stop, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let Server { node, endpoint } = self;
+        let Server {
+            node,
+            endpoint,
+            http,
+        } = self;
         let tracker = TaskTracker::new();
         info!(role = %node.config.role, listen = %endpoint.local_addr()?, "serving");
         if let Some(repl) = &node.repl {
             repl.start(endpoint.clone());
+        }
+        // The gateway's tasks join the same tracker, so the drain below covers HTTP requests too.
+        if let Some(listener) = http {
+            tracker.spawn(http::serve(node.clone(), listener, tracker.clone()));
         }
         tokio::pin!(shutdown);
         loop {
@@ -181,6 +205,7 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         "keys": node.store.count(),
         "listen": node.config.listen.to_string(),
         "peer": node.config.peer.map(|p| p.to_string()),
+        "http": node.config.http.map(|a| a.to_string()),
         "run_id": format!("{:016x}", node.run_id),
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": node.started.elapsed().as_secs(),

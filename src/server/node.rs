@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Role, ServerConfig};
 use crate::replication::Replication;
+use crate::server::metrics::OpMetrics;
 use crate::store::Store;
 
 /// Shared by every session of a server; cheap to clone through `Arc`.
@@ -24,8 +25,10 @@ pub struct Node {
     pub started: Instant,
     /// Cancelled when the server should stop (signal, `shutdown` op); everything watches it.
     pub shutdown: CancellationToken,
-    /// Counters shown in `status` and later in metrics.
+    /// Counters shown in `status` and on the metrics page.
     pub stats: Stats,
+    /// Answered requests by operation and outcome, and latency histograms (QUIC and HTTP alike).
+    pub metrics: OpMetrics,
     /// Replication, for a primary or a backup; `None` for a standalone server.
     pub repl: Option<Arc<Replication>>,
 }
@@ -43,12 +46,38 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Frames rejected as malformed or over a limit.
     pub bad_frames: AtomicU64,
+    /// Client request streams currently open (QUIC).
+    pub streams: AtomicU64,
+    /// Client request streams opened since start (QUIC).
+    pub streams_total: AtomicU64,
+    /// HTTP gateway connections currently open.
+    pub http_connections: AtomicU64,
+    /// HTTP gateway connections accepted since start.
+    pub http_connections_total: AtomicU64,
+    /// HTTP responses sent, by status class: index 0 is 1xx … index 4 is 5xx.
+    pub http_responses: [AtomicU64; 5],
 }
 
 impl Stats {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds one to a gauge and takes it back off when the guard drops, however the task ends.
+    pub fn open(gauge: &AtomicU64) -> Open<'_> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Open(gauge)
+    }
+}
+
+/// A unit held in a gauge (an open stream, an open connection); see [`Stats::open`].
+#[derive(Debug)]
+pub struct Open<'a>(&'a AtomicU64);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -70,6 +99,7 @@ impl Node {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             stats: Stats::default(),
+            metrics: OpMetrics::default(),
             repl,
         }
     }

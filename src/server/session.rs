@@ -5,6 +5,7 @@
 //! bounds the answers owed per stream: when a client stops reading, we stop reading it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -15,6 +16,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::protocol::{
     decode_request, encode_response, encoded_len_entry, DecodeError, ErrorCode, Reply, Response,
 };
+use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
 
@@ -41,8 +43,13 @@ pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection) {
                 Ok((send, recv)) => {
                     let node = node.clone();
                     let sid = send.id();
+                    Stats::bump(&node.stats.streams_total);
                     tokio::spawn(
-                        serve_stream(node, send, recv).instrument(info_span!("stream", id = %sid)),
+                        async move {
+                            let _open = Stats::open(&node.stats.streams);
+                            serve_stream(node.clone(), send, recv).await;
+                        }
+                        .instrument(info_span!("stream", id = %sid)),
                     );
                 }
                 Err(e) => {
@@ -81,16 +88,26 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
                     completed_frame = true;
                     permit.forget();
                     Stats::bump(&node.stats.requests);
+                    // Metrics: recorded when the answer is known, with the time since routing.
+                    let kind = OpKind::of(&req.op);
+                    let started = Instant::now();
                     match router::handle(&node, req.op) {
-                        Handled::Now(reply) => send_reply(&tx, req.id, reply),
+                        Handled::Now(reply) => {
+                            node.metrics.record(kind, &reply, started.elapsed());
+                            send_reply(&tx, req.id, reply);
+                        }
                         Handled::Later(rx) => {
                             let id = req.id;
-                            pending.push(async move { (id, rx.await) });
+                            pending.push(async move { (id, kind, started, rx.await) });
                         }
                         Handled::Dump(entries) => {
+                            node.metrics
+                                .record_outcome(kind, Outcome::OK, started.elapsed());
                             send_dump(&tx, req.id, entries);
                         }
                         Handled::Shutdown => {
+                            node.metrics
+                                .record_outcome(kind, Outcome::OK, started.elapsed());
                             send_reply(&tx, req.id, Reply::Ok);
                             node.shutdown.cancel();
                         }
@@ -154,10 +171,11 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
         };
         tokio::select! {
             biased;
-            Some((id, outcome)) = pending.next(), if !pending.is_empty() => {
+            Some((id, kind, started, outcome)) = pending.next(), if !pending.is_empty() => {
                 let reply = outcome.unwrap_or_else(|_| {
                     Reply::Indeterminate("the server lost track of this write".into())
                 });
+                node.metrics.record(kind, &reply, started.elapsed());
                 send_reply(&tx, id, reply);
             }
             read = recv.read_buf(&mut inbuf), if !eof && !stop_reading && credit.available_permits() > 0 => {

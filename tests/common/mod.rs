@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -30,6 +30,12 @@ pub fn fresh_certs() -> tempfile::TempDir {
 /// A loopback UDP address that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    sock.local_addr().expect("local addr")
+}
+
+/// A loopback TCP address that was free a moment ago (for `--http`).
+pub fn free_tcp_addr() -> SocketAddr {
+    let sock = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
     sock.local_addr().expect("local addr")
 }
 
@@ -155,11 +161,24 @@ pub struct Pair {
     pub backup: Option<ServerProc>,
     /// Extra flags for both servers.
     pub extra: Vec<String>,
+    /// The primary's HTTP gateway (`--http`), if the pair was started with one.
+    pub primary_http: Option<SocketAddr>,
+    /// The backup's HTTP gateway, if any.
+    pub backup_http: Option<SocketAddr>,
 }
 
 impl Pair {
     /// Starts both servers and waits until both report `sync`.
     pub async fn start(extra: &[&str]) -> Pair {
+        Pair::launch(extra, false).await
+    }
+
+    /// As [`Pair::start`], each server also serving the HTTP gateway on a free TCP port.
+    pub async fn start_with_http(extra: &[&str]) -> Pair {
+        Pair::launch(extra, true).await
+    }
+
+    async fn launch(extra: &[&str], http: bool) -> Pair {
         let mut pair = Pair {
             certs: fresh_certs(),
             primary_addr: free_addr(),
@@ -167,6 +186,8 @@ impl Pair {
             primary: None,
             backup: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            primary_http: http.then(free_tcp_addr),
+            backup_http: http.then(free_tcp_addr),
         };
         pair.start_primary();
         pair.start_backup();
@@ -176,7 +197,11 @@ impl Pair {
 
     pub fn start_primary(&mut self) {
         let peer = self.backup_addr.to_string();
+        let http = self.primary_http.map(|a| a.to_string());
         let mut args = vec!["--peer", &peer];
+        if let Some(http) = &http {
+            args.extend(["--http", http]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         self.primary = Some(ServerProc::start(
             "primary",
@@ -188,7 +213,11 @@ impl Pair {
 
     pub fn start_backup(&mut self) {
         let peer = self.primary_addr.to_string();
+        let http = self.backup_http.map(|a| a.to_string());
         let mut args = vec!["--peer", &peer];
+        if let Some(http) = &http {
+            args.extend(["--http", http]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         self.backup = Some(ServerProc::start(
             "backup",

@@ -1,0 +1,555 @@
+//! The classic API: one HTTP request → one [`Op`] → [`router::handle`] → one JSON answer.
+//!
+//! Everything an operation can do goes through the router, exactly as a QUIC request does, so the
+//! answers mean the same: the backup refuses writes, a restarted server refuses reads until it has
+//! synced, a write on the primary is answered only after the backup's ack (or `indeterminate` if
+//! the link fails first). This module only translates.
+//!
+//! HTTP status codes say whether the request was *understood*; the JSON says how it *ended*. A
+//! refusal by the store or the pair (exists, not found, unavailable, indeterminate) is a 200 with
+//! `"success":"false"` and a `"reason"`, as the classic API answered; a request we could not make
+//! sense of is a 4xx with `"error"` (a stable code) and `"reason"`; a server fault is a 500.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::http::form::{Form, FormError};
+use crate::http::metrics;
+use crate::protocol::{ErrorCode, Limits, Op, Reply};
+use crate::server::metrics::{OpKind, Outcome};
+use crate::server::node::{Node, Stats};
+use crate::server::router::{self, Handled};
+
+/// Room in a form body beyond its key and value, in bytes: field names, `=` and `&`, and any
+/// extra fields a tool sends along.
+pub const FORM_SLACK_BYTES: usize = 4 * 1024;
+/// Worst-case growth of percent-encoding: every byte as `%XX`.
+const PERCENT_ENCODING_FACTOR: usize = 3;
+const JSON: &str = "application/json";
+
+/// The largest form body accepted: a key and a value at their limits, percent-encoded at worst,
+/// plus [`FORM_SLACK_BYTES`]. Anything a QUIC client may store can be stored through a form.
+pub fn max_body(limits: &Limits) -> usize {
+    limits
+        .max_key
+        .saturating_add(limits.max_value)
+        .saturating_mul(PERCENT_ENCODING_FACTOR)
+        .saturating_add(FORM_SLACK_BYTES)
+}
+
+/// The longest query string accepted (`/kv/get?key=…`): a key at its limit, percent-encoded.
+pub fn max_query(limits: &Limits) -> usize {
+    limits
+        .max_key
+        .saturating_mul(PERCENT_ENCODING_FACTOR)
+        .saturating_add(FORM_SLACK_BYTES)
+}
+
+/// Answers one HTTP request; never fails (every problem is an answer).
+pub async fn respond(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let answer = route(node, req).await;
+    let class = usize::from(answer.status.as_u16() / 100).saturating_sub(1);
+    if let Some(counter) = node.stats.http_responses.get(class) {
+        Stats::bump(counter);
+    }
+    answer.into_response()
+}
+
+/// Dispatches on the path, then the method.
+async fn route(node: &Node, req: Request<Incoming>) -> Answer {
+    let (post, get) = (&Method::POST, &Method::GET);
+    match req.uri().path() {
+        "/kv/insert" => match allow(&req, post) {
+            Ok(()) => write(node, req, Write::Insert).await,
+            Err(refused) => refused,
+        },
+        "/kv/update" => match allow(&req, post) {
+            Ok(()) => write(node, req, Write::Update).await,
+            Err(refused) => refused,
+        },
+        "/kv/delete" => match allow(&req, post) {
+            Ok(()) => write(node, req, Write::Delete).await,
+            Err(refused) => refused,
+        },
+        "/kv/get" => match allow(&req, get) {
+            Ok(()) => read_key(node, req.uri().query().unwrap_or("")).await,
+            Err(refused) => refused,
+        },
+        "/kvman/countkey" => match allow(&req, get) {
+            Ok(()) => match call(node, Op::Count).await {
+                Routed::Reply(Reply::Count(n)) => Answer::json(&Count {
+                    result: n.to_string(),
+                }),
+                other => refusal(other),
+            },
+            Err(refused) => refused,
+        },
+        "/kvman/dump" => match allow(&req, get) {
+            Ok(()) => match call(node, Op::Dump).await {
+                Routed::Dump(entries) => dump(entries),
+                other => refusal(other),
+            },
+            Err(refused) => refused,
+        },
+        "/kvman/status" => match allow(&req, get) {
+            Ok(()) => match call(node, Op::Status).await {
+                // Already a JSON document: sent as the router wrote it.
+                Routed::Reply(Reply::Status(text)) => Answer {
+                    status: StatusCode::OK,
+                    content_type: JSON,
+                    body: Bytes::from(text),
+                    allow: None,
+                },
+                other => refusal(other),
+            },
+            Err(refused) => refused,
+        },
+        "/kvman/shutdown" => match allow(&req, get) {
+            Ok(()) => match call(node, Op::Shutdown).await {
+                Routed::Shutdown => {
+                    // The answer is still delivered: the connection is shut down gracefully.
+                    node.shutdown.cancel();
+                    success()
+                }
+                other => refusal(other),
+            },
+            Err(refused) => refused,
+        },
+        "/metrics" => match allow(&req, get) {
+            Ok(()) => Answer {
+                status: StatusCode::OK,
+                content_type: metrics::CONTENT_TYPE,
+                body: Bytes::from(metrics::render(node)),
+                allow: None,
+            },
+            Err(refused) => refused,
+        },
+        path => Answer::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no endpoint {path}; see docs/http.md"),
+        ),
+    }
+}
+
+/// The write endpoints.
+#[derive(Clone, Copy)]
+enum Write {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// `POST /kv/insert|update|delete` with a form body.
+async fn write(node: &Node, req: Request<Incoming>, kind: Write) -> Answer {
+    let limits = node.config.limits;
+    let form = match form_body(node, req).await {
+        Ok(form) => form,
+        Err(answer) => return answer,
+    };
+    let fields = || -> Result<Op, Answer> {
+        let key = form.required("key").map_err(bad_form)?;
+        check_key(&key, &limits)?;
+        let value = |form: &Form| -> Result<Bytes, Answer> {
+            let value = form.required("value").map_err(bad_form)?;
+            if value.len() > limits.max_value {
+                return Err(Answer::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "value_too_large",
+                    format!(
+                        "value of {} bytes exceeds the limit of {} bytes",
+                        value.len(),
+                        limits.max_value
+                    ),
+                ));
+            }
+            Ok(value)
+        };
+        Ok(match kind {
+            Write::Insert => Op::Insert {
+                key,
+                value: value(&form)?,
+            },
+            Write::Update => Op::Update {
+                key,
+                value: value(&form)?,
+            },
+            Write::Delete => Op::Delete { key },
+        })
+    };
+    match fields() {
+        Ok(op) => outcome(call(node, op).await),
+        Err(answer) => answer,
+    }
+}
+
+/// `GET /kv/get?key=K`.
+async fn read_key(node: &Node, query: &str) -> Answer {
+    let limits = node.config.limits;
+    if query.len() > max_query(&limits) {
+        return Answer::error(
+            StatusCode::URI_TOO_LONG,
+            "too_large",
+            format!(
+                "query string of {} bytes exceeds the limit of {} bytes",
+                query.len(),
+                max_query(&limits)
+            ),
+        );
+    }
+    let key = match Form::parse(query.as_bytes()).and_then(|f| f.required("key")) {
+        Ok(key) => key,
+        Err(e) => return bad_form(e),
+    };
+    if let Err(answer) = check_key(&key, &limits) {
+        return answer;
+    }
+    outcome(call(node, Op::Get { key }).await)
+}
+
+/// Reads and decodes a form body, bounded in size ([`max_body`]) and time (the idle timeout).
+async fn form_body(node: &Node, req: Request<Incoming>) -> Result<Form, Answer> {
+    let cap = max_body(&node.config.limits);
+    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+        let form_type = ct
+            .to_str()
+            .ok()
+            .and_then(|s| s.split(';').next())
+            .map(str::trim);
+        if !form_type.is_some_and(|t| t.eq_ignore_ascii_case("application/x-www-form-urlencoded")) {
+            return Err(Answer::error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "expected an application/x-www-form-urlencoded body, got {}",
+                    String::from_utf8_lossy(ct.as_bytes())
+                ),
+            ));
+        }
+    }
+    let too_large = |n: u64| {
+        Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body of {n} bytes or more exceeds the limit of {cap} bytes"),
+        )
+    };
+    let mut body = req.into_body();
+    // A declared Content-Length over the cap is refused before a byte of the body is read.
+    let declared = body.size_hint().lower();
+    if declared > u64::try_from(cap).unwrap_or(u64::MAX) {
+        return Err(too_large(declared));
+    }
+    let deadline = tokio::time::Instant::now() + node.config.idle_timeout;
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(Answer::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the request body did not arrive in time".into(),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(Answer::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            let total = buf.len().saturating_add(data.len());
+            if total > cap {
+                return Err(too_large(u64::try_from(total).unwrap_or(u64::MAX)));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Form::parse(&buf).map_err(bad_form)
+}
+
+/// Refuses a key over `max_key`, as the QUIC decoder does.
+fn check_key(key: &Bytes, limits: &Limits) -> Result<(), Answer> {
+    if key.len() > limits.max_key {
+        return Err(Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "key_too_large",
+            format!(
+                "key of {} bytes exceeds the limit of {} bytes",
+                key.len(),
+                limits.max_key
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What the router said, once known.
+enum Routed {
+    /// An answer (for a replicated write: after the ack, or `Indeterminate`).
+    Reply(Reply),
+    /// Every entry.
+    Dump(Vec<(Bytes, Bytes)>),
+    /// The shutdown was accepted; the caller starts it after answering.
+    Shutdown,
+}
+
+/// Routes one op and waits for its answer, recording it in the metrics like a QUIC request.
+async fn call(node: &Node, op: Op) -> Routed {
+    Stats::bump(&node.stats.requests);
+    let kind = OpKind::of(&op);
+    let started = Instant::now();
+    let routed = match router::handle(node, op) {
+        Handled::Now(reply) => Routed::Reply(reply),
+        Handled::Later(rx) => Routed::Reply(rx.await.unwrap_or_else(|_| {
+            Reply::Indeterminate("the server lost track of this write".into())
+        })),
+        Handled::Dump(entries) => Routed::Dump(entries),
+        Handled::Shutdown => Routed::Shutdown,
+    };
+    match &routed {
+        Routed::Reply(reply) => node.metrics.record(kind, reply, started.elapsed()),
+        Routed::Dump(_) | Routed::Shutdown => {
+            node.metrics
+                .record_outcome(kind, Outcome::OK, started.elapsed())
+        }
+    }
+    routed
+}
+
+/// The JSON of a key-value operation's answer.
+fn outcome(routed: Routed) -> Answer {
+    match routed {
+        Routed::Reply(Reply::Ok) => success(),
+        Routed::Reply(Reply::Value(v)) => Answer::json(&Verdict {
+            value: Some(&String::from_utf8_lossy(&v)),
+            ..Verdict::TRUE
+        }),
+        other => refusal(other),
+    }
+}
+
+/// The JSON of a refusal, or of an answer that does not fit the endpoint (a bug: 500).
+fn refusal(routed: Routed) -> Answer {
+    let refused = |reason: String| {
+        Answer::json(&Verdict {
+            reason: Some(&reason),
+            ..Verdict::FALSE
+        })
+    };
+    match routed {
+        Routed::Reply(Reply::NotFound) => refused("the key does not exist".into()),
+        Routed::Reply(Reply::Exists) => refused("the key already exists".into()),
+        Routed::Reply(Reply::Unavailable(why)) => refused(format!("unavailable: {why}")),
+        Routed::Reply(Reply::Indeterminate(why)) => refused(format!("indeterminate: {why}")),
+        Routed::Reply(Reply::Error { code, message }) => {
+            let status = match code {
+                ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Answer::error(status, "server_error", format!("{code}: {message}"))
+        }
+        Routed::Reply(_) | Routed::Dump(_) | Routed::Shutdown => Answer::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the router gave an answer this endpoint does not expect".into(),
+        ),
+    }
+}
+
+/// `{"success":"true"}`.
+fn success() -> Answer {
+    Answer::json(&Verdict::TRUE)
+}
+
+/// The classic answer document, fields in the classic order: `success` first, then whichever of
+/// `value`, `error`, `reason` apply. `success` is the *string* `"true"`/`"false"`, as the classic
+/// API had it.
+#[derive(Serialize)]
+struct Verdict<'a> {
+    /// `"true"` or `"false"`: a string, because classic clients compare it as one.
+    success: &'static str,
+    /// The value read (get) or removed (delete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a str>,
+    /// A stable code for programs, on 4xx/5xx answers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    /// Why it failed, for humans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl Verdict<'_> {
+    const TRUE: Verdict<'static> = Verdict {
+        success: "true",
+        value: None,
+        error: None,
+        reason: None,
+    };
+    const FALSE: Verdict<'static> = Verdict {
+        success: "false",
+        ..Verdict::TRUE
+    };
+}
+
+/// `/kvman/countkey`: the count as a string, as the classic API had it.
+#[derive(Serialize)]
+struct Count {
+    /// The number of keys, in decimal.
+    result: String,
+}
+
+/// All pairs as one JSON object, sorted by key. Keys and values that are not UTF-8 are shown with
+/// U+FFFD in place of bad bytes (this API is for text; binary data belongs on QUIC).
+fn dump(mut entries: Vec<(Bytes, Bytes)>) -> Answer {
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let map: serde_json::Map<String, Value> = entries
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                Value::String(String::from_utf8_lossy(v).into_owned()),
+            )
+        })
+        .collect();
+    Answer::json(&map)
+}
+
+/// A 400 for a form or query string we could not read.
+fn bad_form(e: FormError) -> Answer {
+    Answer::error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+}
+
+/// Refuses any method but `want` with a 405 naming the allowed one.
+fn allow(req: &Request<Incoming>, want: &Method) -> Result<(), Answer> {
+    if req.method() == want {
+        return Ok(());
+    }
+    let mut answer = Answer::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} {} is not served; use {want}",
+            req.method(),
+            req.uri().path()
+        ),
+    );
+    answer.allow = Some(if *want == Method::POST { "POST" } else { "GET" });
+    Err(answer)
+}
+
+/// A response about to be sent.
+struct Answer {
+    /// 200 whenever the request was understood (see the module docs).
+    status: StatusCode,
+    /// JSON everywhere but `/metrics`.
+    content_type: &'static str,
+    /// The encoded document.
+    body: Bytes,
+    /// The `Allow` header of a 405.
+    allow: Option<&'static str>,
+}
+
+impl Answer {
+    /// A 200 with a JSON body.
+    fn json(doc: &impl Serialize) -> Answer {
+        match serde_json::to_vec(doc) {
+            Ok(body) => Answer {
+                status: StatusCode::OK,
+                content_type: JSON,
+                body: Bytes::from(body),
+                allow: None,
+            },
+            // Only maps with non-string keys fail to serialize; ours have none.
+            Err(e) => Answer {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                content_type: "text/plain; charset=utf-8",
+                body: Bytes::from(format!("cannot encode the answer: {e}")),
+                allow: None,
+            },
+        }
+    }
+
+    /// A 4xx/5xx with `{"success":"false","error":code,"reason":reason}`.
+    fn error(status: StatusCode, code: &str, reason: String) -> Answer {
+        Answer {
+            status,
+            ..Answer::json(&Verdict {
+                error: Some(code),
+                reason: Some(&reason),
+                ..Verdict::FALSE
+            })
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        if let Some(allow) = self.allow {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn caps_cover_a_fully_escaped_key_and_value() {
+        let limits = Limits::new(10, 100);
+        assert_eq!(max_body(&limits), 330 + FORM_SLACK_BYTES);
+        assert_eq!(max_query(&limits), 30 + FORM_SLACK_BYTES);
+        assert_eq!(max_body(&Limits::new(usize::MAX, 1)), usize::MAX);
+    }
+
+    #[test]
+    fn refusals_keep_the_classic_shape() {
+        let body = |a: Answer| serde_json::from_slice::<Value>(&a.body).expect("json");
+        let a = refusal(Routed::Reply(Reply::Indeterminate("link lost".into())));
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(
+            std::str::from_utf8(&a.body).expect("utf-8"),
+            r#"{"success":"false","reason":"indeterminate: link lost"}"#,
+            "success comes first, as in the classic API"
+        );
+        let a = outcome(Routed::Reply(Reply::Value(Bytes::from_static(b"v"))));
+        assert_eq!(body(a), json!({"success": "true", "value": "v"}));
+        let a = refusal(Routed::Shutdown);
+        assert_eq!(a.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let a = refusal(Routed::Reply(Reply::Error {
+            code: ErrorCode::UnsupportedVersion,
+            message: "x".into(),
+        }));
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn dump_is_one_object() {
+        let a = dump(vec![
+            (Bytes::from_static(b"b"), Bytes::from_static(b"2")),
+            (Bytes::from_static(b"a"), Bytes::from_static(b"\xff")),
+        ]);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&a.body).expect("json"),
+            json!({"a": "\u{fffd}", "b": "2"})
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! `GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
+//!
+//! The format is small enough that a metrics crate would cost more compile time than it saves:
+//! per family a `# HELP` and a `# TYPE` line, then `name{label="value",…} number` samples.
+//! Histograms are `_bucket{le="…"}` samples, cumulative and ending in `le="+Inf"`, then `_sum`
+//! and `_count`. Every known label combination is always present (zero until it happens), so a
+//! rate over it never starts from a missing series.
+//!
+//! Rendering reads the relaxed counters of [`crate::server::node::Stats`] and
+//! [`crate::server::metrics::OpMetrics`], one replication [`crate::replication::Snapshot`] (one
+//! short lock) and the process's resident memory; it allocates, which is fine off the hot path.
+
+use std::fmt::{Display, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::replication::lanes::LaneStatus;
+use crate::server::metrics::{LATENCY_BOUNDS_US, OP_NAMES, OUTCOME_NAMES};
+use crate::server::node::Node;
+
+/// The content type Prometheus expects for this format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every replication state name, for the one-hot `quickv_replication_state` gauge (kept equal to
+/// [`crate::replication::state::State::name`] by a test).
+pub const REPLICATION_STATES: [&str; 5] = [
+    "cold_start",
+    "warm_start",
+    "bootstrap",
+    "sync",
+    "shutting_down",
+];
+
+/// Renders the whole page.
+pub fn render(node: &Node) -> String {
+    let mut page = Page::default();
+    let s = &node.stats;
+    let get = |a: &AtomicU64| a.load(Relaxed);
+
+    page.family(
+        "quickv_info",
+        "gauge",
+        "Constant 1, labelled with this server's role, version and run id.",
+    );
+    let run_id = format!("{:016x}", node.run_id);
+    page.sample(
+        "quickv_info",
+        &[
+            ("role", node.config.role.as_str()),
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("run_id", &run_id),
+        ],
+        1,
+    );
+    page.gauge(
+        "quickv_uptime_seconds",
+        "Seconds since this server process started.",
+        node.started.elapsed().as_secs_f64(),
+    );
+
+    page.family(
+        "quickv_ops_total",
+        "counter",
+        "Requests answered (QUIC and HTTP), by operation and outcome.",
+    );
+    for (op, op_name) in OP_NAMES.iter().enumerate() {
+        for (outcome, outcome_name) in OUTCOME_NAMES.iter().enumerate() {
+            page.sample(
+                "quickv_ops_total",
+                &[("op", op_name), ("result", outcome_name)],
+                node.metrics.answered(op, outcome),
+            );
+        }
+    }
+    page.family(
+        "quickv_op_duration_seconds",
+        "histogram",
+        "Time from routing a request to knowing its answer (a replicated write: until the backup's ack).",
+    );
+    for (op, op_name) in OP_NAMES.iter().enumerate() {
+        let Some(h) = node.metrics.latency(op) else {
+            continue;
+        };
+        for (bound, count) in LATENCY_BOUNDS_US.iter().zip(h.cumulative) {
+            let le = seconds_from_us(*bound);
+            page.sample(
+                "quickv_op_duration_seconds_bucket",
+                &[("op", op_name), ("le", &le)],
+                count,
+            );
+        }
+        page.sample(
+            "quickv_op_duration_seconds_bucket",
+            &[("op", op_name), ("le", "+Inf")],
+            h.count(),
+        );
+        page.sample(
+            "quickv_op_duration_seconds_sum",
+            &[("op", op_name)],
+            h.sum.as_secs_f64(),
+        );
+        page.sample(
+            "quickv_op_duration_seconds_count",
+            &[("op", op_name)],
+            h.count(),
+        );
+    }
+
+    page.gauge(
+        "quickv_connections",
+        "QUIC client connections open.",
+        get(&s.connections),
+    );
+    page.counter(
+        "quickv_connections_total",
+        "QUIC client connections accepted.",
+        get(&s.connections_total),
+    );
+    page.counter(
+        "quickv_connections_refused_total",
+        "QUIC client connections refused at max_connections.",
+        get(&s.connections_refused),
+    );
+    page.gauge(
+        "quickv_streams",
+        "QUIC request streams open.",
+        get(&s.streams),
+    );
+    page.counter(
+        "quickv_streams_total",
+        "QUIC request streams opened.",
+        get(&s.streams_total),
+    );
+    page.counter(
+        "quickv_bad_frames_total",
+        "QUIC frames rejected as malformed or over a limit.",
+        get(&s.bad_frames),
+    );
+    page.gauge(
+        "quickv_http_connections",
+        "HTTP gateway connections open.",
+        get(&s.http_connections),
+    );
+    page.counter(
+        "quickv_http_connections_total",
+        "HTTP gateway connections accepted.",
+        get(&s.http_connections_total),
+    );
+    page.family(
+        "quickv_http_responses_total",
+        "counter",
+        "HTTP gateway responses, by status class.",
+    );
+    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+        page.sample(
+            "quickv_http_responses_total",
+            &[("class", class)],
+            get(&s.http_responses[i]),
+        );
+    }
+
+    page.gauge(
+        "quickv_store_keys",
+        "Entries in the store.",
+        node.store.count(),
+    );
+    page.gauge(
+        "quickv_store_bytes",
+        "Sum of key and value lengths in the store (excludes map overhead).",
+        node.store.approx_bytes(),
+    );
+    if let Some(rss) = resident_bytes() {
+        page.gauge(
+            "process_resident_memory_bytes",
+            "Resident set size of this process.",
+            rss,
+        );
+    }
+
+    if let Some(repl) = &node.repl {
+        replication(&mut page, &repl.snapshot());
+    }
+    page.out
+}
+
+/// The replication families (primary and backup only).
+fn replication(page: &mut Page, r: &crate::replication::Snapshot) {
+    page.family(
+        "quickv_replication_state",
+        "gauge",
+        "1 for the replication state this server is in, 0 for the others.",
+    );
+    for state in REPLICATION_STATES {
+        page.sample(
+            "quickv_replication_state",
+            &[("state", state)],
+            u8::from(r.state == state),
+        );
+    }
+    page.gauge(
+        "quickv_replication_link_up",
+        "1 while the peer link is up.",
+        u8::from(r.link_up),
+    );
+    page.gauge(
+        "quickv_replication_current",
+        "1 once this store is known current (synced in this process's life).",
+        u8::from(r.current),
+    );
+    page.gauge(
+        "quickv_replication_lag",
+        "Writes sent to the backup and not yet acknowledged, all lanes.",
+        r.lanes.iter().map(|l| l.pending).sum::<usize>(),
+    );
+    let lanes: Vec<String> = (0..r.lanes.len()).map(|i| i.to_string()).collect();
+    type Pick = fn(&LaneStatus) -> u64;
+    let per_lane: [(&str, &str, Pick); 3] = [
+        (
+            "quickv_replication_lane_pending",
+            "Writes waiting for the backup's ack, per lane (always 0 on the backup).",
+            |l| u64::try_from(l.pending).unwrap_or(u64::MAX),
+        ),
+        (
+            "quickv_replication_lane_offset",
+            "Last offset sent (primary) or applied (backup), per lane, on the current link.",
+            |l| l.offset,
+        ),
+        (
+            "quickv_replication_lane_acked",
+            "Last offset acknowledged (primary) or applied (backup), per lane, on the current link.",
+            |l| l.acked,
+        ),
+    ];
+    for (name, help, pick) in per_lane {
+        page.family(name, "gauge", help);
+        for (lane, status) in lanes.iter().zip(&r.lanes) {
+            page.sample(name, &[("lane", lane)], pick(status));
+        }
+    }
+    page.counter(
+        "quickv_replication_links_total",
+        "Peer links established.",
+        r.links,
+    );
+    page.counter(
+        "quickv_replication_bootstraps_total",
+        "Bootstraps (transfers of at least one bucket) completed.",
+        r.bootstraps,
+    );
+    page.counter(
+        "quickv_replication_buckets_transferred_total",
+        "Buckets copied by bootstraps.",
+        r.buckets_transferred,
+    );
+    page.counter(
+        "quickv_replication_resyncs_total",
+        "Single-bucket resyncs after a digest mismatch.",
+        r.resyncs,
+    );
+    page.counter(
+        "quickv_replication_digest_checks_total",
+        "Bucket digest checks sent (primary) or verified (backup).",
+        r.digest_checks,
+    );
+    page.counter(
+        "quickv_replication_digest_mismatches_total",
+        "Bucket digest checks that found a difference.",
+        r.digest_mismatches,
+    );
+}
+
+/// A page being written.
+#[derive(Default)]
+struct Page {
+    out: String,
+}
+
+impl Page {
+    /// Starts a metric family: its HELP and TYPE lines.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample line.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (label, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                self.out.push_str(label);
+                self.out.push_str("=\"");
+                for c in v.chars() {
+                    match c {
+                        '\\' => self.out.push_str("\\\\"),
+                        '"' => self.out.push_str("\\\""),
+                        '\n' => self.out.push_str("\\n"),
+                        c => self.out.push(c),
+                    }
+                }
+                self.out.push('"');
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A family with one unlabelled gauge sample.
+    fn gauge(&mut self, name: &str, help: &str, value: impl Display) {
+        self.family(name, "gauge", help);
+        self.sample(name, &[], value);
+    }
+
+    /// A family with one unlabelled counter sample.
+    fn counter(&mut self, name: &str, help: &str, value: impl Display) {
+        self.family(name, "counter", help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// A bucket bound in seconds, exactly (`25` µs → `"0.000025"`), without float rounding noise.
+fn seconds_from_us(us: u64) -> String {
+    let (whole, frac) = (us / 1_000_000, us % 1_000_000);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let frac = format!("{frac:06}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// The process's resident set size in bytes, from `VmRSS` in `/proc/self/status` (the same
+/// figure as `resident` in `/proc/self/statm`, but in kB, so no page-size lookup — which would
+/// need `unsafe` sysconf — is needed). `None` where there is no procfs.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::state::State;
+
+    #[test]
+    fn bounds_render_as_exact_seconds() {
+        assert_eq!(seconds_from_us(25), "0.000025");
+        assert_eq!(seconds_from_us(2_500), "0.0025");
+        assert_eq!(seconds_from_us(1_000_000), "1");
+        assert_eq!(seconds_from_us(2_500_000), "2.5");
+    }
+
+    #[test]
+    fn the_state_list_matches_the_machine() {
+        let states = [
+            State::ColdStart,
+            State::WarmStart,
+            State::Bootstrap {
+                sending: true,
+                buckets: 1,
+            },
+            State::Sync,
+            State::ShuttingDown,
+        ];
+        let names: Vec<_> = states.iter().map(State::name).collect();
+        assert_eq!(names, REPLICATION_STATES);
+    }
+
+    #[test]
+    fn labels_and_help_are_escaped() {
+        let mut page = Page::default();
+        page.family("m", "gauge", "a \\ b\nc");
+        page.sample("m", &[("l", "q\"x\\y\nz")], 1);
+        page.sample("m", &[], 2.5);
+        assert_eq!(
+            page.out,
+            "# HELP m a \\\\ b\\nc\n# TYPE m gauge\nm{l=\"q\\\"x\\\\y\\nz\"} 1\nm 2.5\n"
+        );
+    }
+
+    #[test]
+    fn resident_memory_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(resident_bytes().is_some_and(|b| b > 0));
+        }
+    }
+}

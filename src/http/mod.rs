@@ -1,0 +1,214 @@
+//! The HTTP/JSON gateway: the classic key-value API and `/metrics`, beside the QUIC endpoint.
+//!
+//! QUIC is the fast path; this is the path for curl, browsers, Prometheus and the test tools that
+//! speak the API quickv descends from. It is off unless `--http ADDR` (or `http = "…"` in the
+//! config file) names a TCP address, and loopback is the suggested one: plain HTTP has no client
+//! authentication, so anyone who can reach the port can write and shut the server down.
+//! `--http-tls` serves it over TLS with the pair's certificates and *demands* a client
+//! certificate from the cluster CA, as the QUIC side does.
+//!
+//! # Shape
+//!
+//! [`Listener::bind`] binds the TCP socket while the server is being set up (so a bad address
+//! fails at start, and the socket accepts as soon as the server says it is listening).
+//! [`serve`] runs on the server's tokio runtime, in the server's task tracker: it accepts
+//! connections (at most `max_connections` at once, waiting for a free slot rather than
+//! accepting and dropping), and drives each with hyper's HTTP/1.1 server. When the node's
+//! shutdown token fires — a signal, a QUIC `shutdown`, or `GET /kvman/shutdown` — it stops
+//! accepting and shuts each connection down gracefully: the response in flight is finished, then
+//! the connection closes, and [`crate::server::Server::run`]'s drain waits for that.
+//!
+//! # The request path
+//!
+//! [`api`] turns each request into one [`crate::protocol::Op`] and hands it to
+//! [`crate::server::router::handle`] — the very function every QUIC request goes through — so the
+//! replication guarantees are the same by construction. A replicated write's answer
+//! (`Handled::Later`) is awaited in the request's task. Keys and values are bounded by the
+//! server's `limits` (checked before routing, as the QUIC decoder does), bodies by
+//! [`api::max_body`], query strings by [`api::max_query`], headers by hyper's buffer (sized to
+//! fit the query limit), and slow clients by a header-read timeout and the idle timeout.
+//!
+//! [`form`] decodes form bodies and query strings; [`metrics`] renders the Prometheus page.
+
+pub mod api;
+pub mod form;
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::server::node::{Node, Stats};
+use crate::tls::{self, CertPaths};
+
+/// How long a client may take to send a request's headers, from connect or from the end of the
+/// previous response (slowloris guard).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// hyper's own default read-buffer cap, in bytes; raised when long keys need longer query strings.
+const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
+
+/// The gateway's bound TCP socket, made before the runtime serves it.
+pub struct Listener {
+    /// Bound and non-blocking, handed to tokio in [`serve`].
+    socket: std::net::TcpListener,
+    /// The bound address (the real port when asked for port 0).
+    addr: SocketAddr,
+    /// Present with `--http-tls`.
+    tls: Option<TlsAcceptor>,
+}
+
+impl Listener {
+    /// Binds `config.http` if set (and loads the TLS certificates with `http_tls`).
+    pub fn bind(config: &ServerConfig) -> Result<Option<Listener>> {
+        let Some(addr) = config.http else {
+            return Ok(None);
+        };
+        let socket = std::net::TcpListener::bind(addr).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (http): {e}"),
+            ))
+        })?;
+        socket.set_nonblocking(true)?;
+        let tls = match config.http_tls {
+            true => Some(TlsAcceptor::from(tls::http_server_config(
+                &CertPaths::new(&config.certs_dir),
+            )?)),
+            false => None,
+        };
+        Ok(Some(Listener {
+            addr: socket.local_addr()?,
+            socket,
+            tls,
+        }))
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl std::fmt::Debug for Listener {
+    /// The acceptor has no `Debug`; whether TLS is on is what matters.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Accepts and serves HTTP connections until the node shuts down. Connection tasks are spawned on
+/// `tracker` so the server's drain waits for them.
+pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker) {
+    let Listener { socket, addr, tls } = listener;
+    let socket = match TcpListener::from_std(socket) {
+        Ok(socket) => socket,
+        Err(e) => {
+            warn!(%addr, reason = %e, "http gateway cannot start");
+            return;
+        }
+    };
+    info!(%addr, tls = tls.is_some(), "http gateway serving");
+    let slots = Arc::new(Semaphore::new(node.config.max_connections));
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = node.shutdown.cancelled() => break,
+        };
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            a = socket.accept() => a,
+            _ = node.shutdown.cancelled() => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(reason = %e, "http accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        Stats::bump(&node.stats.http_connections_total);
+        let node = node.clone();
+        let tls = tls.clone();
+        tracker.spawn(
+            async move {
+                let _open = Stats::open(&node.stats.http_connections);
+                connection(node.clone(), stream, tls).await;
+                drop(slot);
+            }
+            .instrument(info_span!("http", %remote)),
+        );
+    }
+    debug!("http gateway stopped accepting");
+}
+
+/// One connection: the optional TLS handshake, then HTTP/1.1.
+async fn connection(node: Arc<Node>, stream: TcpStream, tls: Option<TlsAcceptor>) {
+    // Answers are small and written whole; Nagle would only add delay.
+    let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return drive(node, stream).await;
+    };
+    let handshake = tokio::select! {
+        h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h,
+        _ = node.shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => drive(node, stream).await,
+        Ok(Err(e)) => debug!(reason = %e, "http tls handshake failed"),
+        Err(_) => debug!("http tls handshake timed out"),
+    }
+}
+
+/// Serves HTTP/1.1 requests on `io` until the client closes or the node shuts down.
+async fn drive<I>(node: Arc<Node>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let for_requests = node.clone();
+    let service = service_fn(move |req| {
+        let node = for_requests.clone();
+        async move { Ok::<_, Infallible>(api::respond(&node, req).await) }
+    });
+    let max_buf =
+        HYPER_DEFAULT_MAX_BUF.max(api::max_query(&node.config.limits).saturating_add(8192));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(max_buf);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = node.shutdown.cancelled() => {
+            // Finish the response in flight (e.g. the answer to /kvman/shutdown), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(reason = %e, "http connection ended with an error");
+    }
+}
