@@ -13,6 +13,7 @@
 //! | [`config`] | typed config and every default, in one place |
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
+//! | [`tester`] | scenario scripts: parser, model of the table, judge, runner (`quickv test`) |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`error`] | typed errors |
 //!
@@ -38,6 +39,7 @@ pub mod error;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod tester;
 pub mod tls;
 
 pub use client::{Client, ClientConfig, ClientError};
