@@ -28,7 +28,9 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use tempfile::TempDir;
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::oneshot;
 
 use crate::client::{Client, ClientConfig};
 use crate::protocol::Op;
@@ -193,6 +195,65 @@ struct Managed {
     logs: [PathBuf; 2],
     /// The running (or exited, not yet reaped) server processes.
     children: [Option<Child>; 2],
+}
+
+impl Managed {
+    /// Starts `server` and returns a receiver that completes once the process reports
+    /// `listening on` (its socket is bound). Status polls start only then: a QUIC handshake sent
+    /// before the bind is retransmitted into the new server after the client gave up on it, and
+    /// the server then waits out that abandoned connection when it is stopped.
+    fn spawn(
+        &mut self,
+        server: Server,
+        addrs: &[String; 2],
+        certs: &Path,
+    ) -> anyhow::Result<oneshot::Receiver<()>> {
+        let i = server.index();
+        let log = append(&self.logs[i])?;
+        let mut child = Command::new(&self.binary)
+            .args(["server", "--role", server.as_str(), "--listen", &addrs[i]])
+            .args(["--peer", &addrs[server.other().index()]])
+            .arg("--certs")
+            .arg(certs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log.try_clone()?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", self.binary.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("the {server}'s stdout is not piped"))?;
+        let (listening, heard) = oneshot::channel();
+        tokio::spawn(copy_stdout(
+            stdout,
+            tokio::fs::File::from_std(log),
+            listening,
+        ));
+        self.children[i] = Some(child);
+        Ok(heard)
+    }
+}
+
+/// Copies a server's stdout into its log, signalling the `listening on` line.
+async fn copy_stdout(
+    stdout: ChildStdout,
+    mut log: tokio::fs::File,
+    listening: oneshot::Sender<()>,
+) {
+    let mut listening = Some(listening);
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.contains("listening on") {
+            if let Some(tx) = listening.take() {
+                let _ = tx.send(());
+            }
+        }
+        if log.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+            break;
+        }
+    }
 }
 
 /// Everything one script run needs.
@@ -422,20 +483,16 @@ impl<'o> Runner<'o> {
             }
         } else if let Servers::Managed(managed) = &mut self.servers {
             if managed.children[i].is_none() {
-                let peer = &self.addrs[server.other().index()];
-                let log = append(&managed.logs[i])?;
-                let child = Command::new(&managed.binary)
-                    .args(["server", "--role", server.as_str()])
-                    .args(["--listen", &self.addrs[i], "--peer", peer])
-                    .arg("--certs")
-                    .arg(&self.certs)
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone()?)
-                    .stderr(log)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .with_context(|| format!("cannot run {}", managed.binary.display()))?;
-                managed.children[i] = Some(child);
+                let listening = managed.spawn(server, &self.addrs, &self.certs)?;
+                let heard = tokio::time::timeout_at(deadline.into(), listening).await;
+                if heard.is_err() {
+                    bail!(
+                        "the {server} did not report `listening on` within {} s",
+                        self.options.sync_timeout.as_secs_f64()
+                    );
+                }
+                // A closed channel means stdout ended without the line: the process exited.
+                self.check_alive()?;
             }
         }
         self.running[i] = true;
@@ -540,7 +597,7 @@ impl<'o> Runner<'o> {
         let (command, args) = argv
             .split_first()
             .ok_or_else(|| anyhow!("Exec without a command"))?;
-        let log_path = self.work.path().join("exec.log");
+        let log_path = self.work.path().join("commands.log");
         let log = append(&log_path)?;
         let mut child = Command::new(command)
             .args(args)
@@ -603,21 +660,26 @@ impl<'o> Runner<'o> {
             .replace("{port}", port)
             .replace("{peer}", &self.addrs[server.other().index()])
             .replace("{certs}", &self.certs.to_string_lossy());
+        // Output goes to a file, not a pipe: a command that leaves a server running in the
+        // background would hold a pipe open and make the wait last as long as the server.
+        let log_path = self.work.path().join("commands.log");
+        let log = append(&log_path)?;
         let run = Command::new("sh")
             .arg("-c")
             .arg(&command)
             .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
             .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), run)
+            .status();
+        let status = tokio::time::timeout_at(deadline.into(), run)
             .await
             .map_err(|_| anyhow!("`{command}` did not finish in time"))?
             .with_context(|| format!("cannot run `{command}`"))?;
-        if !output.status.success() {
+        if !status.success() {
             bail!(
-                "`{command}` exited with {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
+                "`{command}` exited with {status}; output:\n{}",
+                tail(&log_path)
             );
         }
         Ok(())
@@ -768,7 +830,8 @@ impl<'o> Runner<'o> {
     fn trace_at(&mut self, at: At, text: &str, answer: &dyn std::fmt::Display, since: Instant) {
         if self.options.verbose {
             self.transcript.push(format!(
-                "{at:>8}  {text} -> {answer} ({:.3} s)",
+                "{:>8}  {text} -> {answer} ({:.3} s)",
+                at.to_string(),
                 since.elapsed().as_secs_f64()
             ));
         }
