@@ -178,8 +178,11 @@ pub fn main() -> ExitCode {
     };
     let server_like = matches!(cli.command, Command::Up(_) | Command::Server(_));
     init_tracing(if server_like { "info" } else { "warn" });
+    if let Command::Test(args) = cli.command {
+        return test_command(args, cli.certs);
+    }
     match run(cli) {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let refused = e
                 .downcast_ref::<ClientError>()
@@ -200,9 +203,8 @@ fn init_tracing(default: &str) {
         .try_init();
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Test(args) => runtime(1)?.block_on(test(args, cli.certs)),
         Command::Certs(args) => {
             let dir = args.dir.unwrap_or(cli.certs);
             let out = tls::generate(&dir, &args.sans, args.force)?;
@@ -212,13 +214,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for p in &out.kept {
                 println!("kept  {} (use --force to replace)", p.display());
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Command::Server(args) => {
             let workers = args.runtime.workers;
             let cfg = server_config(args, cli.certs)?;
-            runtime(workers)?.block_on(serve(cfg))?;
-            Ok(ExitCode::SUCCESS)
+            runtime(workers)?.block_on(serve(cfg))
         }
         Command::Up(args) => {
             if tls::ensure(&cli.certs)? {
@@ -233,13 +234,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.certs.display()
             );
             println!("stop with Ctrl-C");
-            runtime(args.runtime.workers)?.block_on(serve(cfg))?;
-            Ok(ExitCode::SUCCESS)
+            runtime(args.runtime.workers)?.block_on(serve(cfg))
         }
         command => {
             let rt = runtime(1)?;
-            rt.block_on(client_command(&cli.server, cli.certs, command))?;
-            Ok(ExitCode::SUCCESS)
+            rt.block_on(client_command(&cli.server, cli.certs, command))
         }
     }
 }
@@ -374,8 +373,19 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
     Ok(())
 }
 
-/// `quickv test`: runs every script, prints one verdict per script and a final count; exit status 0
-/// only if every script passed.
+/// `quickv test`: exit status 0 only if every script passed, 1 if one failed, 2 if the run itself
+/// could not be set up (a directory that cannot be listed, no runtime).
+fn test_command(args: TestArgs, certs: PathBuf) -> ExitCode {
+    match runtime(1).and_then(|rt| rt.block_on(test(args, certs))) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("quickv: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs every script, printing one verdict per script and a final count.
 async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
     let pair = if args.external {
         let (Some(primary), Some(backup)) = (args.primary, args.backup) else {
