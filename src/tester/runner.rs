@@ -335,7 +335,7 @@ impl<'o> Runner<'o> {
                 Instruction::Op(op) => {
                     let started = Instant::now();
                     let answer = self.request(op).await;
-                    self.trace(step.line, &step.text, &answer, started);
+                    self.trace(step.line, &step.text, &answer, started.elapsed());
                     self.judge.operation(&as_step(step, op), &answer);
                 }
                 Instruction::Action(action) => {
@@ -344,7 +344,7 @@ impl<'o> Runner<'o> {
                     self.act(step.line, &step.text, action)
                         .await
                         .with_context(at)?;
-                    self.trace(step.line, &step.text, &"done", started);
+                    self.trace(step.line, &step.text, &"done", started.elapsed());
                 }
                 Instruction::Block(block) => self.block(block).await.with_context(at)?,
             }
@@ -354,7 +354,6 @@ impl<'o> Runner<'o> {
 
     /// Sends the block's operations all at once while its actions run in order.
     async fn block(&mut self, block: &Block) -> anyhow::Result<()> {
-        let started = Instant::now();
         let client = if block.ops.is_empty() {
             Err(Answer::Unreachable("no operations".into()))
         } else {
@@ -363,37 +362,47 @@ impl<'o> Runner<'o> {
         let requests = async {
             match &client {
                 Ok(client) => {
-                    join_all(
-                        block
-                            .ops
-                            .iter()
-                            .map(|s| call(client.clone(), s.item.to_op())),
-                    )
+                    join_all(block.ops.iter().map(|s| async {
+                        let sent = Instant::now();
+                        let answer = call(client.clone(), s.item.to_op()).await;
+                        (answer, sent.elapsed())
+                    }))
                     .await
                 }
-                Err(answer) => vec![answer.clone(); block.ops.len()],
+                Err(answer) => vec![(answer.clone(), Duration::ZERO); block.ops.len()],
             }
         };
+        let mut acted_in = Vec::with_capacity(block.actions.len());
         let actions = async {
             for step in &block.actions {
+                let began = Instant::now();
                 self.act(step.line, &step.text, &step.item)
                     .await
                     .with_context(|| format!("line {} ({})", step.line, step.text))?;
+                acted_in.push(began.elapsed());
             }
             anyhow::Ok(())
         };
         let (answers, acted) = tokio::join!(requests, actions);
         self.ops += block.ops.len();
-        if answers.iter().any(|a| matches!(a, Answer::NoAnswer(_))) {
+        if answers
+            .iter()
+            .any(|(a, _)| matches!(a, Answer::NoAnswer(_)))
+        {
             self.reset(Server::Primary);
         }
-        for (step, answer) in block.ops.iter().zip(&answers) {
-            self.trace(step.line, &step.text, answer, started);
+        for (step, (answer, took)) in block.ops.iter().zip(&answers) {
+            self.trace(step.line, &step.text, answer, *took);
         }
-        for step in &block.actions {
-            self.trace(step.line, &step.text, &"done", started);
+        for (step, took) in block.actions.iter().zip(acted_in) {
+            self.trace(step.line, &step.text, &"done", took);
         }
-        let outcomes: Vec<(&Step<KvOp>, Answer)> = block.ops.iter().zip(answers).collect();
+        let outcomes: Vec<(&Step<KvOp>, Answer)> = block
+            .ops
+            .iter()
+            .zip(answers)
+            .map(|(step, (answer, _))| (step, answer))
+            .collect();
         let actions: Vec<&Action> = block.actions.iter().map(|s| &s.item).collect();
         self.judge.block(&outcomes, &actions);
         acted
@@ -496,10 +505,9 @@ impl<'o> Runner<'o> {
             }
         }
         self.running[i] = true;
-        let peer = server.other();
-        if self.running[peer.index()] {
-            self.wait_for(deadline, &[(server, Want::Synced), (peer, Want::Synced)])
-                .await
+        if self.running[server.other().index()] {
+            let both = Server::BOTH.map(|s| (s, Want::Synced));
+            self.wait_for(deadline, &both).await
         } else {
             self.wait_for(deadline, &[(server, Want::Answers)]).await
         }
@@ -635,7 +643,7 @@ impl<'o> Runner<'o> {
         let deadline = Instant::now() + self.options.sync_timeout;
         match self.judge.up() {
             Up::Both => {
-                let both = [(server, Want::Synced), (server.other(), Want::Synced)];
+                let both = Server::BOTH.map(|s| (s, Want::Synced));
                 self.wait_for(deadline, &both).await
             }
             up if up.contains(server) => self.wait_for(deadline, &[(server, Want::Answers)]).await,
@@ -800,7 +808,8 @@ impl<'o> Runner<'o> {
                 Ok(entries) => format!("{} keys", entries.len()),
                 Err(answer) => answer.to_string(),
             };
-            self.trace_at(At::End, &format!("dump of the {server}"), &shown, started);
+            let took = started.elapsed();
+            self.trace_at(At::End, &format!("dump of the {server}"), &shown, took);
             self.judge.dump(server, dump.as_deref());
         }
         Ok(())
@@ -823,16 +832,17 @@ impl<'o> Runner<'o> {
         }
     }
 
-    fn trace(&mut self, line: usize, text: &str, answer: &dyn std::fmt::Display, since: Instant) {
-        self.trace_at(At::Line(line), text, answer, since);
+    /// Records one instruction, its answer and how long it took, when verbose.
+    fn trace(&mut self, line: usize, text: &str, answer: &dyn std::fmt::Display, took: Duration) {
+        self.trace_at(At::Line(line), text, answer, took);
     }
 
-    fn trace_at(&mut self, at: At, text: &str, answer: &dyn std::fmt::Display, since: Instant) {
+    fn trace_at(&mut self, at: At, text: &str, answer: &dyn std::fmt::Display, took: Duration) {
         if self.options.verbose {
             self.transcript.push(format!(
                 "{:>8}  {text} -> {answer} ({:.3} s)",
                 at.to_string(),
-                since.elapsed().as_secs_f64()
+                took.as_secs_f64()
             ));
         }
     }
