@@ -157,6 +157,9 @@ async fn external_pair_through_command_templates() {
     let pids = tempfile::tempdir().expect("tempdir");
     let pid_file = pids.path().join("{role}.pid");
     let pid_file = pid_file.display();
+    // Every pid ever started is kept for the cleanup; the last one is the server to stop.
+    let all_pids = pids.path().join("all.pids");
+    let all_pids = all_pids.display();
     let primary = free_addr().to_string();
     let quickv = bin();
     // Like `systemctl start|stop`: start returns once launched, stop once the process is gone
@@ -167,7 +170,7 @@ async fn external_pair_through_command_templates() {
         certs: certs.path().to_path_buf(),
         start_cmd: Some(format!(
             "'{quickv}' server --role {{role}} --listen {{addr}} --peer {{peer}} --certs \
-             '{{certs}}' >/dev/null 2>&1 & echo $! > '{pid_file}'"
+             '{{certs}}' >/dev/null 2>&1 & echo $! > '{pid_file}'; echo $! >> '{all_pids}'"
         )),
         stop_cmd: Some(format!(
             "pid=$(cat '{pid_file}'); kill -TERM $pid; \
@@ -182,18 +185,21 @@ async fn external_pair_through_command_templates() {
     };
     let script = Script::parse(
         "external.test",
-        "Start primary\nInsert a 1\nGet a\nStop primary\nGet a\nStart primary\nKill primary\n",
+        // The second Start finds the primary running and must not start another.
+        "Start primary\nStart primary\nInsert a 1\nGet a\nStop primary\nGet a\nStart primary\n\
+         Kill primary\n",
     )
     .expect("parses");
     let report = tester::run(&script, &options).await;
     // Whatever happened, leave no server behind.
-    if let Ok(pid) = std::fs::read_to_string(pids.path().join("primary.pid")) {
-        let _ = Command::new("kill").arg(pid.trim()).status();
+    let started = std::fs::read_to_string(pids.path().join("all.pids")).unwrap_or_default();
+    for pid in started.split_whitespace() {
+        let _ = Command::new("kill").arg(pid).status();
     }
     assert_eq!(report.violations, vec![], "{report:#?}");
     let aborted = report.aborted.expect("Kill without --kill-cmd aborts");
     assert!(
-        aborted.starts_with("line 7 (Kill primary)") && aborted.contains("--kill-cmd"),
+        aborted.starts_with("line 8 (Kill primary)") && aborted.contains("--kill-cmd"),
         "{aborted}"
     );
     assert_eq!(report.ops, 3);

@@ -258,9 +258,11 @@ async fn copy_stdout(
 
 /// Everything one script run needs.
 struct Runner<'o> {
+    /// Timeouts and verbosity.
     options: &'o RunOptions,
-    /// Holds certificates, logs and `Exec` output; removed when the run ends.
+    /// Holds certificates, logs and command output; removed when the run ends.
     work: TempDir,
+    /// The processes, or how to reach someone else's.
     servers: Servers<'o>,
     /// `[primary, backup]` addresses as clients dial them.
     addrs: [String; 2],
@@ -275,6 +277,7 @@ struct Runner<'o> {
     background: Vec<Child>,
     /// Where `Exec` runs.
     script_dir: PathBuf,
+    /// The model, the beliefs, and the violations found.
     judge: Judge,
     /// Client operations sent so far.
     ops: usize,
@@ -355,13 +358,13 @@ impl<'o> Runner<'o> {
     /// Sends the block's operations all at once while its actions run in order.
     async fn block(&mut self, block: &Block) -> anyhow::Result<()> {
         let client = if block.ops.is_empty() {
-            Err(Answer::Unreachable("no operations".into()))
+            None
         } else {
-            self.client(Server::Primary).await
+            Some(self.client(Server::Primary).await)
         };
         let requests = async {
             match &client {
-                Ok(client) => {
+                Some(Ok(client)) => {
                     join_all(block.ops.iter().map(|s| async {
                         let sent = Instant::now();
                         let answer = call(client.clone(), s.item.to_op()).await;
@@ -369,7 +372,8 @@ impl<'o> Runner<'o> {
                     }))
                     .await
                 }
-                Err(answer) => vec![(answer.clone(), Duration::ZERO); block.ops.len()],
+                Some(Err(answer)) => vec![(answer.clone(), Duration::ZERO); block.ops.len()],
+                None => Vec::new(),
             }
         };
         let mut acted_in = Vec::with_capacity(block.actions.len());
@@ -480,7 +484,8 @@ impl<'o> Runner<'o> {
         self.reset(server);
         let i = server.index();
         if let Some(external) = self.external() {
-            if self.running[i] || self.poll_status(server).await.is_err() {
+            // Started by this script and not stopped since, or started by someone else: leave it.
+            if !self.running[i] && self.poll_status(server).await.is_err() {
                 let template = external.start_cmd.as_deref().ok_or_else(|| {
                     anyhow!(
                         "the {server} at {} does not answer, and without --start-cmd the tester \
