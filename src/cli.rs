@@ -1,8 +1,8 @@
 //! The `quickv` command line: argument parsing and one library call per subcommand.
 //!
 //! Exit status: 0 on success; 1 when the server refused the operation or could not confirm it
-//! (exists, not found, unavailable, indeterminate), with one line on stderr saying why; 2 on usage,
-//! connection or TLS errors.
+//! (exists, not found, unavailable, indeterminate), with one line on stderr saying why, and when
+//! a `quickv test` script failed; 2 on usage, connection or TLS errors.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use crate::client::{Client, ClientConfig, ClientError};
 use crate::config::{self, FileConfig, Role, ServerConfig};
 use crate::protocol::Limits;
 use crate::server::Server;
+use crate::tester::{self, PairSpec, RunOptions, Script};
 use crate::tls;
 
 /// quickv: an in-memory key-value server with synchronous primary/backup replication over QUIC.
@@ -63,6 +64,8 @@ enum Command {
     Ping,
     /// Ask the server to stop gracefully.
     Shutdown,
+    /// Run scenario scripts against a real pair and judge every answer (see docs/tester.md).
+    Test(TestArgs),
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +138,39 @@ struct ServerArgs {
 }
 
 #[derive(Debug, Args)]
+struct TestArgs {
+    /// Script files, or directories whose `*.test` files run in name order.
+    #[arg(required = true)]
+    scripts: Vec<PathBuf>,
+    /// Print every instruction and its answer.
+    #[arg(long)]
+    verbose: bool,
+    /// Run against servers someone else started (--primary, --backup, and the global --certs)
+    /// instead of a fresh pair per script.
+    #[arg(long, requires_all = ["primary", "backup"])]
+    external: bool,
+    /// Address of the external primary (HOST:PORT).
+    #[arg(long, requires = "external")]
+    primary: Option<String>,
+    /// Address of the external backup (HOST:PORT).
+    #[arg(long, requires = "external")]
+    backup: Option<String>,
+    /// Shell command that starts an external server; {role} {addr} {host} {port} {peer} {certs}
+    /// are replaced.
+    #[arg(long, requires = "external")]
+    start_cmd: Option<String>,
+    /// Shell command that stops an external server gracefully (same placeholders).
+    #[arg(long, requires = "external")]
+    stop_cmd: Option<String>,
+    /// Shell command that kills an external server abruptly (same placeholders).
+    #[arg(long, requires = "external")]
+    kill_cmd: Option<String>,
+    /// Longest wait for a server to answer, for the pair to sync, or for a server to stop, in ms.
+    #[arg(long, default_value_t = tester::runner::DEFAULT_SYNC_TIMEOUT_MS)]
+    sync_timeout_ms: u64,
+}
+
+#[derive(Debug, Args)]
 struct CertsArgs {
     /// Directory to write into (default: the global --certs).
     #[arg(long)]
@@ -162,6 +198,9 @@ pub fn main() -> ExitCode {
     };
     let server_like = matches!(cli.command, Command::Up(_) | Command::Server(_));
     init_tracing(if server_like { "info" } else { "warn" });
+    if let Command::Test(args) = cli.command {
+        return test_command(args, cli.certs);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -370,10 +409,115 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
             client.shutdown().await?;
             say!("{server} is shutting down");
         }
-        Command::Up(_) | Command::Server(_) | Command::Certs(_) => {}
+        Command::Up(_) | Command::Server(_) | Command::Certs(_) | Command::Test(_) => {}
     }
     client.close().await;
     Ok(())
+}
+
+/// `quickv test`: exit status 0 only if every script passed, 1 if one failed, 2 if the run itself
+/// could not be set up (a directory that cannot be listed, no runtime).
+fn test_command(args: TestArgs, certs: PathBuf) -> ExitCode {
+    match runtime(1).and_then(|rt| rt.block_on(test(args, certs))) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("quickv: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs every script, printing one verdict per script and a final count.
+async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
+    let pair = if args.external {
+        let (Some(primary), Some(backup)) = (args.primary, args.backup) else {
+            anyhow::bail!("--external needs --primary and --backup");
+        };
+        PairSpec::External(tester::External {
+            primary,
+            backup,
+            certs,
+            start_cmd: args.start_cmd,
+            stop_cmd: args.stop_cmd,
+            kill_cmd: args.kill_cmd,
+        })
+    } else {
+        let binary = std::env::current_exe().context("cannot find the quickv executable")?;
+        PairSpec::Managed { binary }
+    };
+    let options = RunOptions {
+        pair,
+        sync_timeout: Duration::from_millis(args.sync_timeout_ms),
+        verbose: args.verbose,
+    };
+    let (mut passed, mut failed) = (0usize, 0usize);
+    for path in script_paths(&args.scripts)? {
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let verdict = match Script::load(&path) {
+            Err(e) => Err(vec![e.to_string()]),
+            Ok(script) => {
+                let report = tester::run(&script, &options).await;
+                for line in &report.transcript {
+                    println!("{line}");
+                }
+                if report.passed() {
+                    Ok(format!(
+                        "PASS {name} ({} ops, {:.1} s)",
+                        report.ops,
+                        report.elapsed.as_secs_f64()
+                    ))
+                } else {
+                    let mut lines: Vec<String> =
+                        report.violations.iter().map(|v| v.to_string()).collect();
+                    lines.extend(report.aborted.iter().map(|a| format!("aborted: {a}")));
+                    Err(lines)
+                }
+            }
+        };
+        match verdict {
+            Ok(line) => {
+                passed += 1;
+                println!("{line}");
+            }
+            Err(lines) => {
+                failed += 1;
+                println!("FAIL {name}");
+                for line in lines {
+                    for part in line.lines() {
+                        println!("  {part}");
+                    }
+                }
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Expands directories into their `*.test` files, in name order; files are taken as given.
+fn script_paths(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for arg in args {
+        if arg.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(arg)
+                .with_context(|| format!("cannot list {}", arg.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "test"))
+                .collect();
+            found.sort();
+            paths.extend(found);
+        } else {
+            paths.push(arg.clone());
+        }
+    }
+    Ok(paths)
 }
 
 fn print_status(status: &serde_json::Value) {

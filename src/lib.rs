@@ -15,6 +15,7 @@
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown, op metrics |
 //! | [`http`] | optional HTTP/JSON gateway (the classic API) and Prometheus `/metrics`, via the router |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
+//! | [`tester`] | scenario scripts: parser, model of the table, judge, runner (`quickv test`) |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`up`] | `quickv up`: the local pair as supervised child processes |
 //! | [`error`] | typed errors |
@@ -55,6 +56,7 @@ pub mod protocol;
 pub mod replication;
 pub mod server;
 pub mod store;
+pub mod tester;
 pub mod tls;
 pub mod up;
 

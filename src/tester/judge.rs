@@ -1,0 +1,766 @@
+//! The judge: compares every answer with what the model allows, records violations, and keeps the
+//! model up to date. It does no I/O, so it is tested on fabricated answers.
+//!
+//! Two questions are asked of each answer (DESIGN §5):
+//! 1. *May a server in this state answer like that at all?* With both servers up only a definite
+//!    answer (ok, a value, not found, exists) will do; with the backup down a write must be
+//!    refused (`unavailable`/`indeterminate`) and a read may be refused or answered; with the
+//!    primary down the request must fail.
+//! 2. *Does a definite answer agree with the model?* Insert succeeds iff the key may be absent,
+//!    update and remove iff it may be present (remove returns one of the model's values), get
+//!    returns one of them.
+//!
+//! Then the model takes what the answer teaches: a definite answer settles the key, a refusal
+//! leaves it alone, an indeterminate write (or one without an answer) adds its effect to the
+//! possibilities. A wrong answer to a write leaves the key uncertain, so one fault is reported
+//! once rather than again at every later read.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::client::ClientError;
+use crate::protocol::Reply;
+use crate::tester::model::{Model, Possible, Up};
+use crate::tester::script::{Action, KvOp, Server, Step};
+
+/// What a server (or the attempt to reach it) answered to one operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Insert or update took effect.
+    Ok,
+    /// Get read this value, or remove removed it.
+    Value(Bytes),
+    /// The key is absent.
+    NotFound,
+    /// Insert of a key that exists.
+    Exists,
+    /// Refused before it took effect anywhere.
+    Unavailable(String),
+    /// A write that may or may not have taken effect.
+    Indeterminate(String),
+    /// An error answer, or an answer that does not fit the operation.
+    Error(String),
+    /// No connection: the request was never sent.
+    Unreachable(String),
+    /// Sent, but nothing came back in time; a write may have taken effect.
+    NoAnswer(Duration),
+}
+
+impl Answer {
+    /// A definite answer about the data (the request was served).
+    pub fn is_definite(&self) -> bool {
+        matches!(
+            self,
+            Answer::Ok | Answer::Value(_) | Answer::NotFound | Answer::Exists
+        )
+    }
+
+    /// The answer to a call that returned a reply.
+    pub fn from_reply(reply: Reply) -> Answer {
+        match reply {
+            Reply::Ok => Answer::Ok,
+            Reply::Value(v) => Answer::Value(v),
+            Reply::NotFound => Answer::NotFound,
+            Reply::Exists => Answer::Exists,
+            Reply::Unavailable(r) => Answer::Unavailable(r),
+            Reply::Indeterminate(r) => Answer::Indeterminate(r),
+            Reply::Error { code, message } => Answer::Error(format!("{code}: {message}")),
+            other => Answer::Error(format!("unexpected answer {other:?}")),
+        }
+    }
+}
+
+impl From<ClientError> for Answer {
+    fn from(e: ClientError) -> Answer {
+        match e {
+            ClientError::Exists => Answer::Exists,
+            ClientError::NotFound => Answer::NotFound,
+            ClientError::Unavailable(r) => Answer::Unavailable(r),
+            ClientError::Indeterminate(r) => Answer::Indeterminate(r),
+            ClientError::Connection(r) => Answer::Unreachable(r),
+            e @ (ClientError::Server { .. } | ClientError::Protocol(_)) => {
+                Answer::Error(e.to_string())
+            }
+        }
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Ok => f.write_str("ok"),
+            Answer::Value(v) => write!(f, "value {:?}", String::from_utf8_lossy(v)),
+            Answer::NotFound => f.write_str("not found"),
+            Answer::Exists => f.write_str("exists"),
+            Answer::Unavailable(r) => write!(f, "unavailable ({r})"),
+            Answer::Indeterminate(r) => write!(f, "indeterminate ({r})"),
+            Answer::Error(r) => write!(f, "error ({r})"),
+            Answer::Unreachable(r) => write!(f, "no connection ({r})"),
+            Answer::NoAnswer(after) => write!(f, "no answer within {} s", after.as_secs_f64()),
+        }
+    }
+}
+
+/// Where in the script a violation happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum At {
+    /// At this 1-based line.
+    Line(usize),
+    /// In the final comparison of dumps with the model, after the last line.
+    End,
+}
+
+impl fmt::Display for At {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Line(n) => write!(f, "line {n}"),
+            At::End => f.write_str("end"),
+        }
+    }
+}
+
+/// One expectation the servers did not meet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The line (or the final check) it belongs to.
+    pub at: At,
+    /// The instruction as written, or what the final check looked at.
+    pub instruction: String,
+    /// What the server answered.
+    pub answer: String,
+    /// What the model expected.
+    pub expected: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: answered {}; expected {}",
+            self.at, self.instruction, self.answer, self.expected
+        )
+    }
+}
+
+/// The model, the beliefs about the servers, and the violations found so far.
+#[derive(Debug)]
+pub struct Judge {
+    /// What the table should hold.
+    model: Model,
+    /// Which servers are believed up.
+    up: Up,
+    /// Whether beliefs change only through `Switch` (see [`Up::after`]).
+    uses_switch: bool,
+    /// Everything found wrong, in the order found.
+    violations: Vec<Violation>,
+}
+
+impl Judge {
+    /// A judge for a script that starts with both servers down and the table empty.
+    pub fn new(uses_switch: bool) -> Judge {
+        Judge {
+            model: Model::default(),
+            up: Up::Neither,
+            uses_switch,
+            violations: Vec::new(),
+        }
+    }
+
+    /// Which servers are believed up.
+    pub fn up(&self) -> Up {
+        self.up
+    }
+
+    /// The model as it stands.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Everything found wrong so far.
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+
+    /// Gives up the violations (the judge is done).
+    pub fn into_violations(self) -> Vec<Violation> {
+        self.violations
+    }
+
+    /// Records a failure the runner saw itself (a server that did not stop cleanly, a command
+    /// that failed).
+    pub fn record(&mut self, violation: Violation) {
+        self.violations.push(violation);
+    }
+
+    /// Judges one sequential operation.
+    pub fn operation(&mut self, step: &Step<KvOp>, answer: &Answer) {
+        let after = self.judge(step, answer, &[self.up]);
+        self.model.set(step.item.key(), after);
+    }
+
+    /// Judges the operations of a block, which ran concurrently with `actions` (in that order).
+    ///
+    /// An operation may have been served at any point of the action sequence, so an answer is
+    /// acceptable if the servers could have given it in any of the states the block went through.
+    /// The keys are distinct, so every operation is judged against the model as it was before the
+    /// block; the model takes their effects first and the actions' belief changes after (a block
+    /// that takes both servers down empties the model even of its own writes: they went to the
+    /// old primary, whose connection was closed when it went down).
+    pub fn block(&mut self, outcomes: &[(&Step<KvOp>, Answer)], actions: &[&Action]) {
+        let mut phases = vec![self.up];
+        for action in actions {
+            let next = self.up_after(phases[phases.len() - 1], action);
+            phases.push(next);
+        }
+        let settled: Vec<(&str, Possible)> = outcomes
+            .iter()
+            .map(|(step, answer)| (step.item.key(), self.judge(step, answer, &phases)))
+            .collect();
+        for (key, possible) in settled {
+            self.model.set(key, possible);
+        }
+        for action in actions {
+            self.action(action);
+        }
+    }
+
+    /// Updates beliefs after a server action; both servers down empties the model.
+    pub fn action(&mut self, action: &Action) {
+        self.up = self.up_after(self.up, action);
+        if self.up == Up::Neither {
+            self.model.clear();
+        }
+    }
+
+    /// Judges the final dump of `server` (sorted or not): every key must hold one of the model's
+    /// values, and every key the model is sure of must be there. Dumping the primary first
+    /// settles uncertain keys, so a backup that differs from the primary is caught too.
+    pub fn dump(&mut self, server: Server, answer: Result<&[(Bytes, Bytes)], &Answer>) {
+        let entries = match answer {
+            Ok(entries) => entries,
+            Err(refusal) => {
+                // A server alone may not know it is current (DESIGN §3 invariant 6).
+                let excused =
+                    matches!(refusal, Answer::Unavailable(_)) && !self.up.contains(server.other());
+                if !excused {
+                    self.violations.push(Violation {
+                        at: At::End,
+                        instruction: format!("dump of the {server}"),
+                        answer: refusal.to_string(),
+                        expected: format!("every pair (the {server} is up)"),
+                    });
+                }
+                return;
+            }
+        };
+        let mut seen = BTreeSet::new();
+        for (key, value) in entries {
+            let shown = String::from_utf8_lossy(key);
+            let possible = match std::str::from_utf8(key) {
+                Ok(key) => self.model.possible(key),
+                Err(_) => Possible::absent(),
+            };
+            if possible.may_hold(value) {
+                self.model
+                    .set(&shown, Possible::value(String::from_utf8_lossy(value)));
+            } else {
+                self.violations.push(Violation {
+                    at: At::End,
+                    instruction: format!("dump of the {server}, key {shown:?}"),
+                    answer: format!("value {:?}", String::from_utf8_lossy(value)),
+                    expected: possible.to_string(),
+                });
+            }
+            seen.insert(shown.into_owned());
+        }
+        let missing: Vec<(String, Possible)> = self
+            .model
+            .entries()
+            .filter(|(key, _)| !seen.contains(*key))
+            .map(|(key, possible)| (key.to_string(), possible.clone()))
+            .collect();
+        for (key, possible) in missing {
+            if possible.may_be_absent() {
+                self.model.set(&key, Possible::absent());
+            } else {
+                self.violations.push(Violation {
+                    at: At::End,
+                    instruction: format!("dump of the {server}, key {key:?}"),
+                    answer: "absent".into(),
+                    expected: possible.to_string(),
+                });
+            }
+        }
+    }
+
+    fn up_after(&self, up: Up, action: &Action) -> Up {
+        up.after(action, self.uses_switch)
+    }
+
+    /// Checks one answer against every state in `phases`, records a violation if it fits none
+    /// or contradicts the model, and returns what the key may hold afterwards.
+    fn judge(&mut self, step: &Step<KvOp>, answer: &Answer, phases: &[Up]) -> Possible {
+        let op = &step.item;
+        let before = self.model.possible(op.key());
+        let learned = learn(op, answer, &before);
+        let permitted = phases.iter().any(|up| permitted(op, answer, *up));
+        if !permitted || learned.is_none() {
+            let mut expected: Vec<String> = Vec::new();
+            for up in phases {
+                let e = expectation(op, &before, *up);
+                if !expected.contains(&e) {
+                    expected.push(e);
+                }
+            }
+            self.violations.push(Violation {
+                at: At::Line(step.line),
+                instruction: step.text.clone(),
+                answer: answer.to_string(),
+                expected: expected.join("; or "),
+            });
+        }
+        learned.unwrap_or_else(|| {
+            if op.is_write() {
+                before.maybe_after(op)
+            } else {
+                before
+            }
+        })
+    }
+}
+
+/// Whether a server in state `up` may answer `op` with `answer` (regardless of the model).
+fn permitted(op: &KvOp, answer: &Answer, up: Up) -> bool {
+    match (up.contains(Server::Primary), up.contains(Server::Backup)) {
+        (false, _) => !answer.is_definite(),
+        (true, true) => answer.is_definite(),
+        (true, false) if op.is_write() => {
+            matches!(answer, Answer::Unavailable(_) | Answer::Indeterminate(_))
+        }
+        (true, false) => answer.is_definite() || matches!(answer, Answer::Unavailable(_)),
+    }
+}
+
+/// What the key may hold after `answer`, or `None` if a definite answer contradicts `before`.
+fn learn(op: &KvOp, answer: &Answer, before: &Possible) -> Option<Possible> {
+    let fits = |ok: bool, then: Possible| ok.then_some(then);
+    match (op, answer) {
+        (KvOp::Insert { value, .. }, Answer::Ok) => {
+            fits(before.may_be_absent(), Possible::value(value.clone()))
+        }
+        (KvOp::Insert { .. }, Answer::Exists) => fits(before.may_be_present(), before.present()),
+        (KvOp::Update { value, .. }, Answer::Ok) => {
+            fits(before.may_be_present(), Possible::value(value.clone()))
+        }
+        (KvOp::Remove { .. }, Answer::Value(v)) => fits(before.may_hold(v), Possible::absent()),
+        (KvOp::Get { .. }, Answer::Value(v)) => fits(
+            before.may_hold(v),
+            Possible::value(String::from_utf8_lossy(v)),
+        ),
+        (KvOp::Update { .. } | KvOp::Remove { .. } | KvOp::Get { .. }, Answer::NotFound) => {
+            fits(before.may_be_absent(), Possible::absent())
+        }
+        (_, Answer::Unavailable(_) | Answer::Error(_) | Answer::Unreachable(_)) => {
+            Some(before.clone())
+        }
+        (_, Answer::Indeterminate(_) | Answer::NoAnswer(_)) => Some(before.maybe_after(op)),
+        // A definite answer that does not fit the operation at all (e.g. `exists` to a get).
+        _ => None,
+    }
+}
+
+/// The answers a server in state `up` may give, in words.
+fn expectation(op: &KvOp, before: &Possible, up: Up) -> String {
+    match (up.contains(Server::Primary), up.contains(Server::Backup)) {
+        (false, _) => format!("a failure ({up})"),
+        (true, true) => definite_answers(op, before),
+        (true, false) if op.is_write() => format!("unavailable or indeterminate ({up})"),
+        (true, false) => format!("{} or unavailable ({up})", definite_answers(op, before)),
+    }
+}
+
+/// The definite answers the model allows, e.g. `ok or exists` for an insert of an uncertain key.
+fn definite_answers(op: &KvOp, before: &Possible) -> String {
+    let mut answers: Vec<String> = Vec::new();
+    for v in before.iter() {
+        let answer = match (op, v) {
+            (KvOp::Insert { .. }, None) | (KvOp::Update { .. }, Some(_)) => "ok".to_string(),
+            (KvOp::Insert { .. }, Some(_)) => "exists".to_string(),
+            (_, None) => "not found".to_string(),
+            (KvOp::Remove { .. } | KvOp::Get { .. }, Some(v)) => format!("value {v:?}"),
+        };
+        if !answers.contains(&answer) {
+            answers.push(answer);
+        }
+    }
+    answers.join(" or ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(line: usize, text: &str) -> Step<KvOp> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let key = words[1].to_string();
+        let item = match words[0] {
+            "Insert" => KvOp::Insert {
+                key,
+                value: words[2].into(),
+            },
+            "Update" => KvOp::Update {
+                key,
+                value: words[2].into(),
+            },
+            "Remove" => KvOp::Remove { key },
+            "Get" => KvOp::Get { key },
+            other => panic!("not an op: {other}"),
+        };
+        Step {
+            line,
+            text: text.into(),
+            item,
+        }
+    }
+
+    fn value(v: &str) -> Answer {
+        Answer::Value(Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    fn unavailable() -> Answer {
+        Answer::Unavailable("backup down".into())
+    }
+
+    /// A judge with both servers up.
+    fn pair() -> Judge {
+        let mut judge = Judge::new(false);
+        judge.action(&Action::Start(Server::Primary));
+        judge.action(&Action::Start(Server::Backup));
+        judge
+    }
+
+    fn lines(judge: &Judge) -> Vec<At> {
+        judge.violations().iter().map(|v| v.at).collect()
+    }
+
+    fn pairs(entries: &[(&str, &str)]) -> Vec<(Bytes, Bytes)> {
+        entries
+            .iter()
+            .map(|(k, v)| {
+                (
+                    Bytes::copy_from_slice(k.as_bytes()),
+                    Bytes::copy_from_slice(v.as_bytes()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exact_answers_with_both_up_pass() {
+        let mut j = pair();
+        j.operation(&step(3, "Insert a 1"), &Answer::Ok);
+        j.operation(&step(4, "Insert a 2"), &Answer::Exists);
+        j.operation(&step(5, "Get a"), &value("1"));
+        j.operation(&step(6, "Update a 3"), &Answer::Ok);
+        j.operation(&step(7, "Update b 3"), &Answer::NotFound);
+        j.operation(&step(8, "Remove a"), &value("3"));
+        j.operation(&step(9, "Remove a"), &Answer::NotFound);
+        j.operation(&step(10, "Get a"), &Answer::NotFound);
+        j.operation(&step(11, "Insert c 9"), &Answer::Ok);
+        let dump = pairs(&[("c", "9")]);
+        j.dump(Server::Primary, Ok(&dump));
+        j.dump(Server::Backup, Ok(&dump));
+        assert_eq!(j.violations(), &[]);
+    }
+
+    #[test]
+    fn a_wrong_value_is_reported_on_its_line() {
+        let mut j = pair();
+        j.operation(&step(2, "Insert a 1"), &Answer::Ok);
+        j.operation(&step(3, "Get a"), &value("2"));
+        assert_eq!(lines(&j), vec![At::Line(3)]);
+        let v = &j.violations()[0];
+        assert_eq!(v.instruction, "Get a");
+        assert_eq!(v.answer, "value \"2\"");
+        assert_eq!(v.expected, "value \"1\"");
+        assert_eq!(
+            v.to_string(),
+            "line 3: Get a: answered value \"2\"; expected value \"1\""
+        );
+    }
+
+    #[test]
+    fn remove_returning_the_wrong_old_value_is_reported() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a old"), &Answer::Ok);
+        j.operation(&step(2, "Update a new"), &Answer::Ok);
+        j.operation(&step(3, "Remove a"), &value("old"));
+        assert_eq!(lines(&j), vec![At::Line(3)]);
+        assert_eq!(j.violations()[0].expected, "value \"new\"");
+    }
+
+    #[test]
+    fn wrong_outcomes_with_both_up_are_reported() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Exists);
+        j.operation(&step(2, "Update missing 1"), &Answer::Ok);
+        j.operation(&step(3, "Get other"), &Answer::Exists);
+        j.operation(&step(4, "Insert b 1"), &unavailable());
+        j.operation(&step(5, "Get b"), &Answer::Unreachable("down".into()));
+        assert_eq!(
+            lines(&j),
+            vec![
+                At::Line(1),
+                At::Line(2),
+                At::Line(3),
+                At::Line(4),
+                At::Line(5)
+            ]
+        );
+        assert_eq!(j.violations()[0].expected, "ok");
+        assert_eq!(j.violations()[3].expected, "ok");
+    }
+
+    #[test]
+    fn a_success_while_the_backup_is_down_is_reported() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.action(&Action::Kill(Server::Backup));
+        j.operation(&step(3, "Insert b 2"), &unavailable());
+        j.operation(&step(4, "Update a 5"), &Answer::Ok);
+        j.operation(
+            &step(5, "Remove a"),
+            &Answer::Indeterminate("no ack".into()),
+        );
+        j.operation(&step(6, "Get b"), &unavailable());
+        j.operation(&step(7, "Get b"), &Answer::NotFound);
+        assert_eq!(lines(&j), vec![At::Line(4)]);
+        let v = &j.violations()[0];
+        assert_eq!(v.answer, "ok");
+        assert_eq!(v.expected, "unavailable or indeterminate (the backup down)");
+    }
+
+    #[test]
+    fn a_read_with_the_backup_down_must_match() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.action(&Action::Stop(Server::Backup));
+        j.operation(&step(3, "Get a"), &value("1"));
+        j.operation(&step(4, "Get a"), &Answer::NotFound);
+        assert_eq!(lines(&j), vec![At::Line(4)]);
+        assert_eq!(
+            j.violations()[0].expected,
+            "value \"1\" or unavailable (the backup down)"
+        );
+    }
+
+    #[test]
+    fn a_read_succeeding_while_the_primary_is_down_is_reported() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.action(&Action::Kill(Server::Primary));
+        j.operation(&step(3, "Get a"), &Answer::Unreachable("gone".into()));
+        j.operation(
+            &step(4, "Insert b 1"),
+            &Answer::NoAnswer(Duration::from_secs(5)),
+        );
+        j.operation(&step(5, "Get a"), &value("1"));
+        assert_eq!(lines(&j), vec![At::Line(5)]);
+        assert_eq!(j.violations()[0].expected, "a failure (the primary down)");
+    }
+
+    #[test]
+    fn both_down_empties_the_model() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.action(&Action::Kill(Server::Backup));
+        j.action(&Action::Kill(Server::Primary));
+        j.action(&Action::Start(Server::Primary));
+        j.action(&Action::Start(Server::Backup));
+        j.operation(&step(6, "Get a"), &value("1"));
+        j.operation(&step(7, "Get a"), &Answer::NotFound);
+        assert_eq!(lines(&j), vec![At::Line(6)]);
+        assert_eq!(j.violations()[0].expected, "not found");
+    }
+
+    #[test]
+    fn one_server_down_keeps_the_model() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.action(&Action::Kill(Server::Primary));
+        j.action(&Action::Start(Server::Primary));
+        j.operation(&step(4, "Get a"), &Answer::NotFound);
+        assert_eq!(lines(&j), vec![At::Line(4)]);
+    }
+
+    #[test]
+    fn an_indeterminate_write_may_have_happened_until_a_read_settles_it() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.action(&Action::Kill(Server::Backup));
+        j.operation(
+            &step(3, "Update a 2"),
+            &Answer::Indeterminate("no ack".into()),
+        );
+        j.action(&Action::Start(Server::Backup));
+        assert_eq!(j.model().possible("a").to_string(), "\"1\" or \"2\"");
+        j.operation(&step(5, "Get a"), &value("2"));
+        assert_eq!(j.model().possible("a"), Possible::value("2"));
+        // Settled: the old value is no longer acceptable.
+        j.operation(&step(6, "Get a"), &value("1"));
+        assert_eq!(lines(&j), vec![At::Line(6)]);
+        assert_eq!(j.violations()[0].expected, "value \"2\"");
+    }
+
+    #[test]
+    fn an_insert_after_an_indeterminate_insert_may_succeed_or_exist() {
+        let mut j = pair();
+        j.action(&Action::Stop(Server::Backup));
+        j.operation(
+            &step(2, "Insert a 1"),
+            &Answer::Indeterminate("no ack".into()),
+        );
+        j.action(&Action::Start(Server::Backup));
+        j.operation(&step(4, "Insert a 7"), &Answer::Exists);
+        assert_eq!(j.model().possible("a"), Possible::value("1"));
+        j.operation(&step(5, "Get a"), &Answer::NotFound);
+        assert_eq!(lines(&j), vec![At::Line(5)]);
+        assert_eq!(j.violations()[0].expected, "value \"1\"");
+    }
+
+    #[test]
+    fn a_wrong_write_leaves_the_key_uncertain_instead_of_cascading() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.operation(&step(2, "Remove a"), &value("9"));
+        j.operation(&step(3, "Get a"), &Answer::NotFound);
+        assert_eq!(lines(&j), vec![At::Line(2)]);
+    }
+
+    #[test]
+    fn block_answers_may_come_from_any_state_the_block_passed_through() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        let ops = [
+            step(3, "Insert b 1"),
+            step(4, "Insert c 1"),
+            step(5, "Update a 2"),
+            step(6, "Get a"),
+        ];
+        let kill = Action::Kill(Server::Backup);
+        j.block(
+            &[
+                (&ops[0], Answer::Ok),
+                (&ops[1], Answer::Indeterminate("no ack".into())),
+                (&ops[2], unavailable()),
+                (&ops[3], value("1")),
+            ],
+            &[&kill],
+        );
+        assert_eq!(j.violations(), &[]);
+        assert_eq!(j.up(), Up::PrimaryOnly);
+        assert_eq!(j.model().possible("b"), Possible::value("1"));
+        assert_eq!(j.model().possible("c").to_string(), "absent or \"1\"");
+        assert_eq!(j.model().possible("a"), Possible::value("1"));
+
+        // Without a server change in the block, only the pair's exact answers will do.
+        let mut j = pair();
+        let ops = [step(2, "Insert b 1"), step(3, "Insert c 1")];
+        j.block(&[(&ops[0], Answer::Ok), (&ops[1], unavailable())], &[]);
+        assert_eq!(lines(&j), vec![At::Line(3)]);
+    }
+
+    #[test]
+    fn block_operations_are_judged_against_the_model_before_the_block() {
+        let mut j = pair();
+        let ops = [step(2, "Insert a 1"), step(3, "Get b")];
+        j.block(&[(&ops[0], Answer::Ok), (&ops[1], value("1"))], &[]);
+        assert_eq!(lines(&j), vec![At::Line(3)]);
+        assert_eq!(j.model().possible("a"), Possible::value("1"));
+    }
+
+    #[test]
+    fn a_missing_key_in_the_final_dump_is_reported() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.operation(&step(2, "Insert b 2"), &Answer::Ok);
+        j.dump(Server::Primary, Ok(&pairs(&[("a", "1")])));
+        assert_eq!(lines(&j), vec![At::End]);
+        let v = &j.violations()[0];
+        assert_eq!(v.instruction, "dump of the primary, key \"b\"");
+        assert_eq!(v.answer, "absent");
+        assert_eq!(v.expected, "\"2\"");
+    }
+
+    #[test]
+    fn an_extra_key_in_the_final_dump_is_reported() {
+        let mut j = pair();
+        j.dump(Server::Backup, Ok(&pairs(&[("ghost", "1")])));
+        assert_eq!(lines(&j), vec![At::End]);
+        assert_eq!(j.violations()[0].expected, "absent");
+    }
+
+    #[test]
+    fn a_stale_backup_dump_is_reported() {
+        let mut j = pair();
+        j.operation(&step(1, "Insert a 1"), &Answer::Ok);
+        j.operation(&step(2, "Update a 2"), &Answer::Ok);
+        j.dump(Server::Primary, Ok(&pairs(&[("a", "2")])));
+        j.dump(Server::Backup, Ok(&pairs(&[("a", "1")])));
+        assert_eq!(j.violations().len(), 1);
+        let v = &j.violations()[0];
+        assert_eq!(v.instruction, "dump of the backup, key \"a\"");
+        assert_eq!(v.answer, "value \"1\"");
+        assert_eq!(v.expected, "\"2\"");
+    }
+
+    #[test]
+    fn the_primary_dump_settles_uncertain_keys_for_the_backup() {
+        let mut j = pair();
+        j.action(&Action::Kill(Server::Backup));
+        j.operation(
+            &step(2, "Insert a 1"),
+            &Answer::Indeterminate("no ack".into()),
+        );
+        j.action(&Action::Start(Server::Backup));
+        j.dump(Server::Primary, Ok(&[]));
+        assert_eq!(j.violations(), &[]);
+        j.dump(Server::Backup, Ok(&pairs(&[("a", "1")])));
+        assert_eq!(lines(&j), vec![At::End]);
+    }
+
+    #[test]
+    fn a_refused_dump_is_excused_only_for_a_lone_server() {
+        let mut j = pair();
+        j.dump(Server::Primary, Err(&unavailable()));
+        assert_eq!(lines(&j), vec![At::End]);
+        let mut j = pair();
+        j.action(&Action::Kill(Server::Backup));
+        j.dump(Server::Primary, Err(&unavailable()));
+        j.dump(
+            Server::Primary,
+            Err(&Answer::Unreachable("connection refused".into())),
+        );
+        assert_eq!(lines(&j), vec![At::End]);
+    }
+
+    #[test]
+    fn answers_from_the_client_library_map_to_answers() {
+        assert_eq!(
+            Answer::from(ClientError::Connection("x".into())),
+            Answer::Unreachable("x".into())
+        );
+        assert_eq!(
+            Answer::from(ClientError::Indeterminate("y".into())),
+            Answer::Indeterminate("y".into())
+        );
+        assert_eq!(Answer::from_reply(Reply::Exists), Answer::Exists);
+        assert!(matches!(
+            Answer::from_reply(Reply::Count(3)),
+            Answer::Error(_)
+        ));
+    }
+}

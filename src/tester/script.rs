@@ -1,0 +1,692 @@
+//! Scenario scripts: the text a user writes, parsed into steps that keep their line numbers.
+//!
+//! One instruction per line, words separated by whitespace; blank lines and lines starting with
+//! `--` or `#` are comments. Instruction names and server names are matched without regard to
+//! case. Parsing collects every error in the file, each with its line, so a script is fixed in one
+//! pass rather than one error at a time; nothing unknown or malformed is ever skipped silently.
+//!
+//! Keys and values are single words (no whitespace). Everything the runner needs to know about a
+//! script is decided here: which lines are operations, which change the servers, which run
+//! concurrently (`Block` … `Endblock`, each key at most once, checked now rather than at run
+//! time), and whether the script tracks server liveness through `Switch` (see
+//! [`Script::uses_switch`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::protocol::Op;
+
+/// One of the two servers of a pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Server {
+    /// Serves client operations and replicates writes to the backup.
+    Primary,
+    /// Holds the replica; takes over the data when the primary restarts empty.
+    Backup,
+}
+
+impl Server {
+    /// Both servers, primary first (the order dumps are compared in).
+    pub const BOTH: [Server; 2] = [Server::Primary, Server::Backup];
+
+    /// The lowercase name used in scripts, flags and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Server::Primary => "primary",
+            Server::Backup => "backup",
+        }
+    }
+
+    /// The other server of the pair (its peer).
+    pub fn other(self) -> Server {
+        match self {
+            Server::Primary => Server::Backup,
+            Server::Backup => Server::Primary,
+        }
+    }
+
+    /// Position in per-server arrays (`[primary, backup]`).
+    pub fn index(self) -> usize {
+        match self {
+            Server::Primary => 0,
+            Server::Backup => 1,
+        }
+    }
+}
+
+impl fmt::Display for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A client operation on one key, always sent to the primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvOp {
+    /// `Insert K V`: create the key; refused with `exists` if present.
+    Insert {
+        /// The key to create.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// `Update K V`: replace the value; refused with `not found` if absent.
+    Update {
+        /// The key to change.
+        key: String,
+        /// The new value.
+        value: String,
+    },
+    /// `Remove K`: delete the key, answering its old value.
+    Remove {
+        /// The key to delete.
+        key: String,
+    },
+    /// `Get K`: read the key.
+    Get {
+        /// The key to read.
+        key: String,
+    },
+}
+
+impl KvOp {
+    /// The key the operation addresses (a block may name each key once).
+    pub fn key(&self) -> &str {
+        match self {
+            KvOp::Insert { key, .. }
+            | KvOp::Update { key, .. }
+            | KvOp::Remove { key }
+            | KvOp::Get { key } => key,
+        }
+    }
+
+    /// True for insert, update and remove: the operations that must be replicated, and that a
+    /// primary without its backup must refuse.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, KvOp::Get { .. })
+    }
+
+    /// The protocol request for this operation.
+    pub fn to_op(&self) -> Op {
+        let bytes = |s: &String| Bytes::from(s.clone());
+        match self {
+            KvOp::Insert { key, value } => Op::Insert {
+                key: bytes(key),
+                value: bytes(value),
+            },
+            KvOp::Update { key, value } => Op::Update {
+                key: bytes(key),
+                value: bytes(value),
+            },
+            KvOp::Remove { key } => Op::Delete { key: bytes(key) },
+            KvOp::Get { key } => Op::Get { key: bytes(key) },
+        }
+    }
+}
+
+/// An instruction that changes the servers, the runner's beliefs about them, or just time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// `Start S` (or the classic `Exec bin/start_server -p|-b`): make sure the server runs, then
+    /// wait until it answers and, with its peer running, until the pair is in sync.
+    Start(Server),
+    /// `Stop S` (or the classic `Exec bin/stop_server -p|-b`): graceful stop (SIGTERM).
+    Stop(Server),
+    /// `Kill S`: SIGKILL, no goodbye to the peer or the clients.
+    Kill(Server),
+    /// `Exec CMD ARGS…`: run a command (not through a shell), wait up to a second for it.
+    Exec(Vec<String>),
+    /// `Switch S`: flip the belief that the server is up (classic scripts that start servers
+    /// with `Exec`).
+    Switch(Server),
+    /// `Sleep MS`: wait.
+    Sleep(Duration),
+}
+
+/// The operations and actions between `Block` and `Endblock`, split at parse time: all operations
+/// are sent at once, while the actions run in order alongside them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Block {
+    /// Operations sent concurrently; no two address the same key.
+    pub ops: Vec<Step<KvOp>>,
+    /// Server actions performed in order while the operations are in flight.
+    pub actions: Vec<Step<Action>>,
+}
+
+/// What one top-level line of a script asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Instruction {
+    /// A single operation, answered before the next line runs.
+    Op(KvOp),
+    /// A server or timing action.
+    Action(Action),
+    /// A concurrent block (its line is the `Block` line).
+    Block(Block),
+}
+
+/// One parsed line with where it came from, so every report can name the line and show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step<T> {
+    /// 1-based line number in the script.
+    pub line: usize,
+    /// The line as written, whitespace normalised; shown in reports.
+    pub text: String,
+    /// What the line means.
+    pub item: T,
+}
+
+/// A parsed scenario script.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Script {
+    /// The name reports use (the file name).
+    pub name: String,
+    /// The directory `Exec` commands run in (the script's own, so relative paths work).
+    pub dir: PathBuf,
+    /// The top-level steps in order.
+    pub steps: Vec<Step<Instruction>>,
+    /// True when the script contains `Switch`: beliefs about which servers are up then change
+    /// only through `Switch` (classic style), otherwise `Start`/`Stop`/`Kill` update them.
+    pub uses_switch: bool,
+}
+
+/// A line that could not be understood.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+/// Why a script could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The script file.
+        path: PathBuf,
+        /// The underlying failure.
+        source: io::Error,
+    },
+    /// One or more lines are malformed; every one is listed.
+    #[error("{}", lines(.0))]
+    Parse(Vec<ParseError>),
+}
+
+fn lines(errors: &[ParseError]) -> String {
+    errors
+        .iter()
+        .map(ParseError::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A `Block` whose `Endblock` has not been seen yet.
+struct OpenBlock {
+    /// Line of the `Block` instruction, for errors and reports.
+    line: usize,
+    /// What has been parsed inside it so far.
+    block: Block,
+    /// First line each key appeared on, to reject a second use.
+    keys: HashMap<String, usize>,
+}
+
+impl Script {
+    /// Reads and parses a script file; its name is the file name.
+    pub fn load(path: &Path) -> Result<Script, ScriptError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScriptError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let mut script = Script::parse(&name, &text)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            script.dir = dir.to_path_buf();
+        }
+        Ok(script)
+    }
+
+    /// Parses script text. Every malformed line is reported, not just the first.
+    pub fn parse(name: &str, text: &str) -> Result<Script, ScriptError> {
+        let mut errors = Vec::new();
+        let mut steps = Vec::new();
+        let mut open: Option<OpenBlock> = None;
+        let mut uses_switch = false;
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let words: Vec<&str> = raw.split_whitespace().collect();
+            let Some((first, args)) = words.split_first() else {
+                continue;
+            };
+            if first.starts_with("--") || first.starts_with('#') {
+                continue;
+            }
+            let text = words.join(" ");
+            let mut fail = |message: String| errors.push(ParseError { line, message });
+            match first.to_ascii_lowercase().as_str() {
+                "block" => {
+                    if !args.is_empty() {
+                        fail("Block takes no arguments".into());
+                    } else if let Some(outer) = &open {
+                        fail(format!(
+                            "Block inside the Block opened on line {}; blocks do not nest",
+                            outer.line
+                        ));
+                    } else {
+                        open = Some(OpenBlock {
+                            line,
+                            block: Block::default(),
+                            keys: HashMap::new(),
+                        });
+                    }
+                }
+                "endblock" => {
+                    if !args.is_empty() {
+                        fail("Endblock takes no arguments".into());
+                    } else if let Some(done) = open.take() {
+                        steps.push(Step {
+                            line: done.line,
+                            text: "Block".into(),
+                            item: Instruction::Block(done.block),
+                        });
+                    } else {
+                        fail("Endblock without a Block".into());
+                    }
+                }
+                _ => match parse_instruction(first, args) {
+                    Err(message) => fail(message),
+                    Ok(item) => {
+                        if matches!(item, Instruction::Action(Action::Switch(_))) {
+                            uses_switch = true;
+                        }
+                        match &mut open {
+                            None => steps.push(Step { line, text, item }),
+                            Some(outer) => {
+                                if let Err(message) = outer.add(Step { line, text, item }) {
+                                    fail(message);
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        if let Some(unclosed) = open {
+            errors.push(ParseError {
+                line: unclosed.line,
+                message: "Block is never closed by Endblock".into(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(Script {
+                name: name.to_string(),
+                dir: PathBuf::from("."),
+                steps,
+                uses_switch,
+            })
+        } else {
+            Err(ScriptError::Parse(errors))
+        }
+    }
+
+    /// Number of client operations the script sends (the `N ops` of a report).
+    pub fn op_count(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|step| match &step.item {
+                Instruction::Op(_) => 1,
+                Instruction::Block(block) => block.ops.len(),
+                Instruction::Action(_) => 0,
+            })
+            .sum()
+    }
+}
+
+impl OpenBlock {
+    /// Adds a parsed line to the block, enforcing the block rules.
+    fn add(&mut self, step: Step<Instruction>) -> Result<(), String> {
+        let Step { line, text, item } = step;
+        match item {
+            Instruction::Op(op) => {
+                if let Some(first) = self.keys.get(op.key()) {
+                    return Err(format!(
+                        "key {:?} is already used on line {first} of the Block opened on line {}; \
+                         a key may appear once per block",
+                        op.key(),
+                        self.line
+                    ));
+                }
+                self.keys.insert(op.key().to_string(), line);
+                self.block.ops.push(Step {
+                    line,
+                    text,
+                    item: op,
+                });
+            }
+            Instruction::Action(Action::Switch(_)) => {
+                return Err(
+                    "Switch is not allowed inside a Block: it records a belief, not a concurrent \
+                     event"
+                        .into(),
+                )
+            }
+            Instruction::Action(action) => self.block.actions.push(Step {
+                line,
+                text,
+                item: action,
+            }),
+            Instruction::Block(_) => return Err("blocks do not nest".into()),
+        }
+        Ok(())
+    }
+}
+
+/// Parses one instruction other than `Block`/`Endblock`.
+fn parse_instruction(name: &str, args: &[&str]) -> Result<Instruction, String> {
+    let op = |op| Ok(Instruction::Op(op));
+    let action = |action| Ok(Instruction::Action(action));
+    match name.to_ascii_lowercase().as_str() {
+        "insert" => {
+            let [key, value] = exactly(name, args, "KEY VALUE")?;
+            op(KvOp::Insert { key, value })
+        }
+        "update" => {
+            let [key, value] = exactly(name, args, "KEY VALUE")?;
+            op(KvOp::Update { key, value })
+        }
+        "remove" => {
+            let [key] = exactly(name, args, "KEY")?;
+            op(KvOp::Remove { key })
+        }
+        "get" => {
+            let [key] = exactly(name, args, "KEY")?;
+            op(KvOp::Get { key })
+        }
+        "start" => action(Action::Start(server(name, args)?)),
+        "stop" => action(Action::Stop(server(name, args)?)),
+        "kill" => action(Action::Kill(server(name, args)?)),
+        "switch" => action(Action::Switch(server(name, args)?)),
+        "sleep" => {
+            let [ms] = exactly(name, args, "MILLISECONDS")?;
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| format!("{name} needs a whole number of milliseconds, got {ms:?}"))?;
+            action(Action::Sleep(Duration::from_millis(ms)))
+        }
+        "exec" => {
+            if args.is_empty() {
+                return Err(format!("{name} needs a command"));
+            }
+            action(
+                classic_exec(args)
+                    .unwrap_or_else(|| Action::Exec(args.iter().map(|a| a.to_string()).collect())),
+            )
+        }
+        _ => Err(format!(
+            "unknown instruction {name:?}; known: Insert, Update, Remove, Get, Block, Endblock, \
+             Start, Stop, Kill, Exec, Switch, Sleep"
+        )),
+    }
+}
+
+/// The classic tester's server scripts, `bin/start_server -p|-b` and `bin/stop_server -p|-b`
+/// (any directory), mean `Start`/`Stop`, so classic scripts run unchanged against real processes.
+fn classic_exec(args: &[&str]) -> Option<Action> {
+    let [command, flag] = args else { return None };
+    let server = match *flag {
+        "-p" => Server::Primary,
+        "-b" => Server::Backup,
+        _ => return None,
+    };
+    match Path::new(command).file_name()?.to_str()? {
+        "start_server" => Some(Action::Start(server)),
+        "stop_server" => Some(Action::Stop(server)),
+        _ => None,
+    }
+}
+
+/// Exactly `N` arguments, or an error showing the expected form.
+fn exactly<const N: usize>(name: &str, args: &[&str], usage: &str) -> Result<[String; N], String> {
+    <[&str; N]>::try_from(args)
+        .map(|words| words.map(str::to_string))
+        .map_err(|_| {
+            format!(
+                "expected `{name} {usage}`, got {} argument{}",
+                args.len(),
+                if args.len() == 1 { "" } else { "s" }
+            )
+        })
+}
+
+/// The single `primary|backup` argument of a server instruction.
+fn server(name: &str, args: &[&str]) -> Result<Server, String> {
+    let [which] = exactly(name, args, "primary|backup")?;
+    match which.to_ascii_lowercase().as_str() {
+        "primary" => Ok(Server::Primary),
+        "backup" => Ok(Server::Backup),
+        _ => Err(format!("{name} needs `primary` or `backup`, got {which:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Script {
+        Script::parse("t", text).expect("script parses")
+    }
+
+    fn errors(text: &str) -> Vec<ParseError> {
+        match Script::parse("t", text) {
+            Err(ScriptError::Parse(errors)) => errors,
+            other => panic!("expected parse errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_instruction_with_its_line() {
+        let script = parse(
+            "-- a comment\n\
+             # another\n\
+             \n\
+             Start primary\n\
+             start BACKUP\n\
+             Insert k v\n\
+             Update k w\n\
+             Get k\n\
+             Remove k\n\
+             Sleep 5\n\
+             Exec touch   some-file\n\
+             Stop backup\n\
+             Kill primary\n",
+        );
+        let lines: Vec<(usize, &str)> = script
+            .steps
+            .iter()
+            .map(|s| (s.line, s.text.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                (4, "Start primary"),
+                (5, "start BACKUP"),
+                (6, "Insert k v"),
+                (7, "Update k w"),
+                (8, "Get k"),
+                (9, "Remove k"),
+                (10, "Sleep 5"),
+                (11, "Exec touch some-file"),
+                (12, "Stop backup"),
+                (13, "Kill primary"),
+            ]
+        );
+        assert_eq!(
+            script.steps[1].item,
+            Instruction::Action(Action::Start(Server::Backup))
+        );
+        assert_eq!(
+            script.steps[2].item,
+            Instruction::Op(KvOp::Insert {
+                key: "k".into(),
+                value: "v".into()
+            })
+        );
+        assert_eq!(
+            script.steps[6].item,
+            Instruction::Action(Action::Sleep(Duration::from_millis(5)))
+        );
+        assert_eq!(
+            script.steps[7].item,
+            Instruction::Action(Action::Exec(vec!["touch".into(), "some-file".into()]))
+        );
+        assert!(!script.uses_switch);
+        assert_eq!(script.op_count(), 4);
+    }
+
+    #[test]
+    fn classic_exec_lines_mean_start_and_stop() {
+        let script = parse(
+            "Exec bin/start_server -p\n\
+             Exec ./bin/start_server -b\n\
+             Exec bin/stop_server -p\n\
+             Exec stop_server -b\n\
+             Exec bin/start_server -x\n\
+             Exec bin/start_server -p extra\n\
+             Switch primary\n",
+        );
+        let items: Vec<&Instruction> = script.steps.iter().map(|s| &s.item).collect();
+        assert_eq!(
+            items,
+            vec![
+                &Instruction::Action(Action::Start(Server::Primary)),
+                &Instruction::Action(Action::Start(Server::Backup)),
+                &Instruction::Action(Action::Stop(Server::Primary)),
+                &Instruction::Action(Action::Stop(Server::Backup)),
+                &Instruction::Action(Action::Exec(vec!["bin/start_server".into(), "-x".into()])),
+                &Instruction::Action(Action::Exec(vec![
+                    "bin/start_server".into(),
+                    "-p".into(),
+                    "extra".into()
+                ])),
+                &Instruction::Action(Action::Switch(Server::Primary)),
+            ]
+        );
+        assert_eq!(script.steps[0].text, "Exec bin/start_server -p");
+        assert!(script.uses_switch);
+    }
+
+    #[test]
+    fn blocks_split_operations_from_actions() {
+        let script = parse(
+            "Block\n\
+             Insert a 1\n\
+             Kill backup\n\
+             Get b\n\
+             Sleep 10\n\
+             Endblock\n\
+             Get a\n",
+        );
+        assert_eq!(script.steps.len(), 2);
+        assert_eq!(script.steps[0].line, 1);
+        let Instruction::Block(block) = &script.steps[0].item else {
+            panic!("expected a block, got {:?}", script.steps[0].item);
+        };
+        let op_lines: Vec<usize> = block.ops.iter().map(|s| s.line).collect();
+        let action_lines: Vec<usize> = block.actions.iter().map(|s| s.line).collect();
+        assert_eq!(op_lines, vec![2, 4]);
+        assert_eq!(action_lines, vec![3, 5]);
+        assert_eq!(script.steps[1].line, 7);
+        assert_eq!(script.op_count(), 3);
+    }
+
+    #[test]
+    fn a_key_twice_in_a_block_is_an_error_on_the_second_line() {
+        let errs = errors(
+            "Block\n\
+             Insert a 1\n\
+             Get b\n\
+             Update a 2\n\
+             Endblock\n\
+             Block\n\
+             Get a\n\
+             Endblock\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 4);
+        assert!(errs[0].message.contains("\"a\""), "{}", errs[0].message);
+        assert!(errs[0].message.contains("line 2"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn every_malformed_line_is_reported_with_its_line() {
+        let errs = errors(
+            "Start primary\n\
+             Frobnicate x\n\
+             Insert only-key\n\
+             Get a b\n\
+             Start middle\n\
+             Sleep soon\n\
+             Exec\n\
+             Endblock\n\
+             Block now\n\
+             Insert fine value\n",
+        );
+        let got: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(got, vec![2, 3, 4, 5, 6, 7, 8, 9]);
+        assert!(errs[0]
+            .message
+            .contains("unknown instruction \"Frobnicate\""));
+        assert!(
+            errs[1].message.contains("Insert KEY VALUE"),
+            "{}",
+            errs[1].message
+        );
+        assert!(
+            errs[1].message.contains("1 argument"),
+            "{}",
+            errs[1].message
+        );
+        assert!(errs[4].message.contains("\"soon\""));
+        let shown = ScriptError::Parse(errs).to_string();
+        assert!(shown.starts_with("line 2: unknown instruction"), "{shown}");
+        assert_eq!(shown.lines().count(), 8);
+    }
+
+    #[test]
+    fn block_structure_errors() {
+        let errs = errors("Block\nBlock\nGet a\nEndblock\nBlock\nGet b\n");
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.message.as_str())).collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, 2);
+        assert!(got[0].1.contains("opened on line 1"));
+        assert_eq!(got[1], (5, "Block is never closed by Endblock"));
+
+        let errs = errors("Block\nSwitch backup\nEndblock\n");
+        assert_eq!(errs[0].line, 2);
+        assert!(errs[0].message.contains("Switch"));
+    }
+
+    #[test]
+    fn load_names_the_script_and_its_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.test");
+        std::fs::write(&path, "Get a\n").expect("write");
+        let script = Script::load(&path).expect("load");
+        assert_eq!(script.name, "x.test");
+        assert_eq!(script.dir, dir.path());
+        match Script::load(&dir.path().join("missing.test")) {
+            Err(ScriptError::Read { path, .. }) => assert!(path.ends_with("missing.test")),
+            other => panic!("expected a read error, got {other:?}"),
+        }
+    }
+}
