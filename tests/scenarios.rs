@@ -28,7 +28,6 @@ fn scripts() -> Vec<PathBuf> {
 }
 
 #[tokio::test]
-#[ignore = "needs replication (issue 3)"]
 async fn every_scenario_script_passes() {
     let options = RunOptions::managed(bin());
     let mut failures = Vec::new();
