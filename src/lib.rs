@@ -13,6 +13,7 @@
 //! | [`config`] | typed config and every default, in one place |
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
+//! | [`bench`] | `quickv bench`: the load generator, HDR histograms, plots, comparison tables |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`error`] | typed errors |
 //!
@@ -31,6 +32,7 @@
 //!
 //! See `docs/architecture.md` for the same walk with file names, and `docs/protocol.md` for bytes.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
