@@ -5,7 +5,8 @@
 //! `quickv`, `redis`, `quickv-t2`). Rows are keyed by workload (the mix) and requests in flight;
 //! the main table puts the base series beside the other with the ratio base/other per row; the
 //! ceiling table puts each depth's `get` beside its `ping` for the base series; every extra series
-//! gets a table against the base.
+//! gets a table against the base. Ratios are always base/other: above 1 means the base series did
+//! more operations per second (or, for p99, had the *slower* tail).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -217,20 +218,20 @@ pub fn tables(rows: &[Row], base: &str, other: &str, extra: &[String]) -> String
         keys.sort_by_key(|(w, n)| (workload_rank(w), *n));
         let _ = writeln!(
             out,
-            "\n| workload | in flight | {base} ops/s | p99 µs | {name} ops/s | p99 µs | ops/s {name}/{base} |"
+            "\n| workload | in flight | {base} ops/s | p99 µs | {name} ops/s | p99 µs | ops/s {base}/{name} | p99 {base}/{name} |"
         );
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for key in keys {
             let (rb, re) = (b.get(&key), e.get(&key));
             let [b_ops, _, b_p99] = cells(rb);
             let [e_ops, _, e_p99] = cells(re);
-            let r = match (rb, re) {
-                (Some(x), Some(y)) => ratio(y.ops, x.ops),
-                _ => "–".into(),
+            let (r_ops, r_p99) = match (rb, re) {
+                (Some(x), Some(y)) => (ratio(x.ops, y.ops), ratio(x.p99, y.p99)),
+                _ => ("–".into(), "–".into()),
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {b_ops} | {b_p99} | {e_ops} | {e_p99} | {r} |",
+                "| {} | {} | {b_ops} | {b_p99} | {e_ops} | {e_p99} | {r_ops} | {r_p99} |",
                 key.0, key.1
             );
         }
@@ -283,7 +284,7 @@ mod tests {
         assert!(g < u && u < p, "{md}");
         assert!(md.contains("| 64 | 500000 | 600000 | 0.83 |"), "{md}");
         assert!(
-            md.contains("| get | 64 | 500000 | 400 | 250000 | 900 | 0.50 |"),
+            md.contains("| get | 64 | 500000 | 400 | 250000 | 900 | 2.00 | 0.44 |"),
             "{md}"
         );
     }

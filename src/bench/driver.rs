@@ -36,6 +36,8 @@ use super::BenchConfig;
 
 /// Longest the preload phase may take before the run gives up.
 pub const PRELOAD_LIMIT: Duration = Duration::from_secs(300);
+/// Fewest requests the preload keeps in flight.
+const PRELOAD_TASKS: usize = 64;
 /// Extra time, past `end + timeout`, that workers get to finish before they are aborted.
 const DRAIN_SLACK: Duration = Duration::from_secs(1);
 /// Longest the open-loop pacer sleeps between checks, so it notices `end` promptly.
@@ -150,7 +152,9 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     let workers = cfg.in_flight();
 
     let preload = if cfg.preload && cfg.mix.kinds().any(OpKind::needs_preload) {
-        Some(preload(&target, cfg, &value, workers.min(1024)).await?)
+        // At least PRELOAD_TASKS in flight however shallow the run, so a depth-1 run does not
+        // spend most of its time preloading one key at a time.
+        Some(preload(&target, cfg, &value, workers.clamp(PRELOAD_TASKS, 1024)).await?)
     } else {
         None
     };
@@ -184,6 +188,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
             None
         }
         Some(rate) => {
+            let cfg_timeout = cfg.timeout;
             let schedule = OpenLoop::new(rate, cfg.warmup + cfg.duration)
                 .ok_or_else(|| anyhow::anyhow!("--rate must be positive"))?;
             let (tx, rx) = mpsc::channel::<Ticket>(workers.saturating_mul(4).max(1024));
@@ -193,7 +198,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
             }
             let pacer = std::thread::Builder::new()
                 .name("quickv-bench-pacer".into())
-                .spawn(move || pace(schedule, t0, end, tx))?;
+                .spawn(move || pace(schedule, t0, end + cfg_timeout, tx))?;
             Some((schedule, pacer))
         }
     };
@@ -232,7 +237,10 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
 
     // Drain: requests started before `end` may still be answered; bounded by their timeout.
     progress.update_phase(Phase::Drain);
-    let drain_deadline = end + cfg.timeout + DRAIN_SLACK;
+    // Closed loop: the last request started before `end`. Open loop: one may start as late as
+    // `end + timeout` (a backlog), and then gets its own timeout.
+    let last_start = if cfg.rate.is_some() { end + cfg.timeout } else { end };
+    let drain_deadline = last_start + cfg.timeout + DRAIN_SLACK;
     let mut aborted = 0usize;
     loop {
         match tokio::time::timeout_at(drain_deadline.into(), tasks.join_next()).await {
@@ -320,8 +328,9 @@ async fn open_loop(
         };
         let Some(ticket) = ticket else { break };
         let sent = Instant::now();
-        if sent >= shared.end {
-            // Due before the end but not sent by then: the generator fell behind; it shows as
+        if sent >= shared.end + shared.timeout {
+            // Every request is due before `end`; one still queued a whole timeout after it is
+            // one the generator could not send at all (every slot busy all along). It shows as
             // the gap between scheduled and sent in the report.
             break;
         }
@@ -343,13 +352,14 @@ async fn open_loop(
 /// at its scheduled time, in order, until `end`. A request is handed to whichever worker is free;
 /// if none is, it waits in the queue and its wait counts as latency. Returns how many requests it
 /// made due.
-fn pace(schedule: OpenLoop, t0: Instant, end: Instant, tx: mpsc::Sender<Ticket>) -> u64 {
+fn pace(schedule: OpenLoop, t0: Instant, stop_at: Instant, tx: mpsc::Sender<Ticket>) -> u64 {
     let mut next: u64 = 0;
     loop {
-        let now = Instant::now();
-        if now >= end || next >= schedule.total() {
+        // The schedule ends before `end`; `stop_at` only bounds a pacer stuck on a full queue.
+        if next >= schedule.total() || Instant::now() >= stop_at {
             return next;
         }
+        let now = Instant::now();
         let due = schedule.due_by(now - t0);
         while next < due {
             let ticket = Ticket {

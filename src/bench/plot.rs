@@ -239,6 +239,7 @@ where
     builder
         .caption(&opts.title, ("sans-serif", 26))
         .margin(20)
+        .margin_right(50)
         .x_label_area_size(50)
         .y_label_area_size(80);
     let x_range = 0.0..max_x;

@@ -289,10 +289,14 @@ impl Report {
         }
         for op in &ops {
             let missed = op.counts.not_found + op.counts.exists;
-            if missed * 100 > op.counts.answered() && op.op != "delete" {
+            if missed * 100 > op.counts.answered() {
+                let hint = if op.op == "delete" {
+                    "deletes walk the keyspace once; raise --keys to cover the run"
+                } else {
+                    "is the keyspace preloaded?"
+                };
                 warnings.push(format!(
-                    "{}: {missed} of {} answers were not-found/exists, not the success path \
-                     (is the keyspace preloaded?)",
+                    "{}: {missed} of {} answers were not-found/exists, not the success path ({hint})",
                     op.op,
                     op.counts.answered()
                 ));
