@@ -20,6 +20,7 @@
 #      redis-benchmark -c N), Redis pipelined (Redis's best shape: up to 16 commands pipelined per
 #      connection, N/16 connections) and, when the server has a thread flag, quickv on 2 server
 #      threads (the server flag is detected: --threads, else --workers);
+#      (all servers up at once; each cell's series run back to back);
 #   6. writes the tables, plots and exact commands into docs/benchmarks.md (between the
 #      compare.sh markers; the rest of the file is kept).
 # Every process it starts is stopped on exit (trap), by PID.
@@ -231,37 +232,33 @@ run() {
     loud "bench $series $workload $n failed: $(tail -n 1 "$OUT/logs/bench-$series-$workload-$n.txt")"
   fi
 }
-# Runs every workload at every depth against one quickv series.
-matrix_quickv() {
-  local series=$1 w n s d
-  for w in $WORKLOADS; do for n in $DEPTHS; do
-    read -r s d <<<"$(shape "$n")"
-    run "$series" "127.0.0.1:$P1" "$w" "$n" "$s" "$d"
-  done; done
-}
-
-T0=$(date +%s)
+# All servers run side by side (an idle pair costs nothing), and every cell of the matrix runs
+# its series back to back, so a change in the machine's background load hits all of them alike
+# instead of skewing one series.
 quickv_start
 QUICKV_FIRST_MODE=$QUICKV_MODE
-matrix_quickv quickv
-
-RTARGET="rediss://127.0.0.1:$R1"
-for w in $WORKLOADS; do for n in $DEPTHS; do
-  # One TLS connection per request in flight (redis-benchmark -c N), writes paired with WAIT 1.
-  run redis "$RTARGET" "$w" "$n" "$n" 1 --redis-wait 1 --redis-wait-ms 1000
-  read -r s d <<<"$(deep "$n")"
-  run redis-pipelined "$RTARGET" "$w" "$n" "$s" "$d" --redis-wait 1 --redis-wait-ms 1000
-done; done
-
+QV1="127.0.0.1:$P1"
 ALSO=(--also redis-pipelined)
+QV2=""
 if [ -n "$THREADS_FLAG" ]; then
-  stop_pids "${QUICKV_PIDS[@]}"
   quickv_start "$THREADS_FLAG" 2
-  matrix_quickv quickv-t2
+  QV2="127.0.0.1:$P1"
   ALSO+=(--also quickv-t2)
 else
   say "the server has no thread-count flag: skipping the 2-thread series"
 fi
+RTARGET="rediss://127.0.0.1:$R1"
+
+T0=$(date +%s)
+for w in $WORKLOADS; do for n in $DEPTHS; do
+  read -r s d <<<"$(shape "$n")"
+  run quickv "$QV1" "$w" "$n" "$s" "$d"
+  # One TLS connection per request in flight (redis-benchmark -c N), writes paired with WAIT 1.
+  run redis "$RTARGET" "$w" "$n" "$n" 1 --redis-wait 1 --redis-wait-ms 1000
+  read -r rs rd <<<"$(deep "$n")"
+  run redis-pipelined "$RTARGET" "$w" "$n" "$rs" "$rd" --redis-wait 1 --redis-wait-ms 1000
+  if [ -n "$QV2" ]; then run quickv-t2 "$QV2" "$w" "$n" "$s" "$d"; fi
+done; done
 ELAPSED=$(( $(date +%s) - T0 ))
 
 # ---------------------------------------------------------------- tables, plots, docs
