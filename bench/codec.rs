@@ -64,9 +64,7 @@ fn main() -> anyhow::Result<()> {
         ("unavailable", Reply::Unavailable("not in sync".into())),
     ];
 
-    println!(
-        "{BATCH}-frame batches × {batches}, best of {ROUNDS} rounds; {KEY_BYTES} B keys\n"
-    );
+    println!("{BATCH}-frame batches × {batches}, best of {ROUNDS} rounds; {KEY_BYTES} B keys\n");
     println!("| frame | bytes | encode ns | decode ns |");
     println!("|---|---:|---:|---:|");
     for (name, op) in requests {

@@ -239,7 +239,11 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     progress.update_phase(Phase::Drain);
     // Closed loop: the last request started before `end`. Open loop: one may start as late as
     // `end + timeout` (a backlog), and then gets its own timeout.
-    let last_start = if cfg.rate.is_some() { end + cfg.timeout } else { end };
+    let last_start = if cfg.rate.is_some() {
+        end + cfg.timeout
+    } else {
+        end
+    };
     let drain_deadline = last_start + cfg.timeout + DRAIN_SLACK;
     let mut aborted = 0usize;
     loop {
