@@ -13,7 +13,7 @@
 //! | [`config`] | typed config and every default, in one place |
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
-//! | [`bench`] | `quickv bench`: the load generator, HDR histograms, plots, comparison tables |
+//! | [`bench`](mod@bench) | `quickv bench`: the load generator, HDR histograms, plots, comparison tables |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`error`] | typed errors |
 //!

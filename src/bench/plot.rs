@@ -130,7 +130,7 @@ fn read_curve(path: &Path, label: String) -> anyhow::Result<Curve> {
     Ok(Curve { label, points })
 }
 
-/// Where a quantile sits on the x axis: `log10(1 / (1 - q))`, capped at [`MAX_NINES`].
+/// Where a quantile sits on the x axis: `log10(1 / (1 - q))`, capped at 6 (99.9999 %).
 pub fn x_of(quantile: f64) -> f64 {
     if quantile >= 1.0 {
         return MAX_NINES;
