@@ -193,7 +193,8 @@ quickv_start() {
     say "quickv primary :$P1, backup :$P2 in sync ($*)"
     return
   fi
-  loud "quickv pair not in sync within ${SYNC_TIMEOUT_S}s (state: $(state_of "127.0.0.1:$P1" || true)/$(state_of "127.0.0.1:$P2" || true)): FALLING BACK TO A STANDALONE quickv server — writes are NOT replicated and write rows are NOT comparable to Redis+WAIT"
+  [ "${QUICKV_FELL_BACK:-0}" = 1 ] || loud "quickv pair not in sync within ${SYNC_TIMEOUT_S}s (state: $(state_of "127.0.0.1:$P1" || true)/$(state_of "127.0.0.1:$P2" || true)): FALLING BACK TO A STANDALONE quickv server — writes are NOT replicated and write rows are NOT comparable to Redis+WAIT"
+  [ "${QUICKV_FELL_BACK:-0}" = 1 ] && loud "again FALLING BACK TO A STANDALONE quickv server ($*)"
   QUICKV_FELL_BACK=1
   stop_pids "${QUICKV_PIDS[@]}"
   # shellcheck disable=SC2086

@@ -162,6 +162,9 @@ struct BenchRunArgs {
     /// Skip the preload (the keyspace is already there, e.g. from a previous run).
     #[arg(long)]
     no_preload: bool,
+    /// Stop after this many requests even if --duration has not passed.
+    #[arg(long, default_value_t = bench::DEFAULT_MAX_REQUESTS)]
+    max_requests: u64,
     /// PRNG seed (worker w uses seed + w).
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -379,6 +382,7 @@ fn run_bench(args: BenchArgs, server: String, certs: PathBuf) -> anyhow::Result<
             cfg.warmup = a.warmup;
             cfg.timeout = a.timeout;
             cfg.preload = !a.no_preload;
+            cfg.max_requests = a.max_requests;
             cfg.seed = a.seed;
             cfg.redis_wait = a.redis_wait;
             cfg.redis_wait_ms = a.redis_wait_ms;

@@ -70,6 +70,10 @@ struct Shared {
     end: Instant,
     /// Open loop: requests taken off the schedule and sent.
     sent: AtomicU64,
+    /// Closed loop: requests started so far, checked against `max_requests`.
+    started: AtomicU64,
+    /// Hard cap on requests per run, whatever the duration (a second bound besides time).
+    max_requests: u64,
     /// The run's seed.
     seed: u64,
 }
@@ -176,6 +180,8 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
         measure_start,
         end,
         sent: AtomicU64::new(0),
+        started: AtomicU64::new(0),
+        max_requests: cfg.max_requests,
         seed: cfg.seed,
     });
 
@@ -191,6 +197,13 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
             let cfg_timeout = cfg.timeout;
             let schedule = OpenLoop::new(rate, cfg.warmup + cfg.duration)
                 .ok_or_else(|| anyhow::anyhow!("--rate must be positive"))?;
+            anyhow::ensure!(
+                schedule.total() <= cfg.max_requests,
+                "--rate × (--warmup + --duration) schedules {} requests, more than \
+                 --max-requests {}",
+                schedule.total(),
+                cfg.max_requests
+            );
             let (tx, rx) = mpsc::channel::<Ticket>(workers.saturating_mul(4).max(1024));
             let rx = Arc::new(AsyncMutex::new(rx));
             for w in 0..workers {
@@ -287,6 +300,13 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     };
 
     let mut warnings = Vec::new();
+    if cfg.rate.is_none() && shared.started.load(Ordering::Relaxed) >= cfg.max_requests {
+        warnings.push(format!(
+            "the run stopped at --max-requests {} before --duration ended: ops/s is divided by \
+             the full duration and understates the rate",
+            cfg.max_requests
+        ));
+    }
     if aborted > 0 {
         warnings.push(format!(
             "{aborted} worker(s) still had a request in flight {:?} after the end and were \
@@ -307,7 +327,9 @@ async fn closed_loop(shared: Arc<Shared>, worker: usize, mut handle: Handle) {
     let mut rng = SplitMix64::new(shared.seed.wrapping_add(worker as u64));
     loop {
         let start = Instant::now();
-        if start >= shared.end {
+        if start >= shared.end
+            || shared.started.fetch_add(1, Ordering::Relaxed) >= shared.max_requests
+        {
             break;
         }
         shared

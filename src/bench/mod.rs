@@ -64,6 +64,10 @@ pub use workload::{Mix, OpKind};
 /// bounds the generator's memory (one task per slot).
 pub const MAX_IN_FLIGHT: usize = 16_384;
 
+/// Default cap on requests per run: far more than any run on one machine sends in its duration
+/// (a billion is ~50 minutes at 300 k/s), so it only stops a runaway.
+pub const DEFAULT_MAX_REQUESTS: u64 = 1_000_000_000;
+
 /// Everything a run needs, as given on the command line. Serialized into `--json` reports so a
 /// result always says how it was produced.
 #[derive(Clone, Debug, Serialize)]
@@ -103,6 +107,8 @@ pub struct BenchConfig {
     pub timeout: Duration,
     /// Preload the keyspace before the run (when the mix reads or changes existing keys).
     pub preload: bool,
+    /// Most requests the run may send (warmup included), a bound besides the duration.
+    pub max_requests: u64,
     /// Seed of every worker's PRNG (worker `w` uses `seed + w`), so runs are reproducible.
     pub seed: u64,
     /// Redis only: follow each write with `WAIT n <redis_wait_ms>`.
@@ -142,6 +148,7 @@ impl BenchConfig {
             warmup: Duration::from_secs(2),
             timeout: Duration::from_secs(5),
             preload: true,
+            max_requests: DEFAULT_MAX_REQUESTS,
             seed: 1,
             redis_wait: None,
             redis_wait_ms: 1_000,
