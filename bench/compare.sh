@@ -225,7 +225,7 @@ run() {
   local cmd=("$Q" --certs "$CERTS" bench --target "$target" --workload "$workload" --keys "$KEYS"
     --value-size "$VALUE" --connections 1 --streams "$s" --pipeline "$d" --warmup "$WARMUP"
     --duration "$DURATION" --progress off --label "$series" --hdr-out "$dir" "$@")
-  echo "${cmd[*]}" | sed "s|$ROOT/||g; s|$OUT/|\$OUT/|g" >>"$COMMANDS_FILE"
+  echo "${cmd[*]}" | sed "s|$OUT/|\$OUT/|g; s|$ROOT/||g" >>"$COMMANDS_FILE"
   if "${cmd[@]}" >"$OUT/logs/bench-$series-$workload-$n.txt" 2>&1; then
     awk -v s="$series" -v w="$workload" -v n="$n" '$1==w {printf "  %-16s %-7s %4s in flight: %10s ops/s  p50 %8s µs  p99 %8s µs  errors %s\n", s, w, n, $2, $3, $5, $12}' \
       "$OUT/logs/bench-$series-$workload-$n.txt" >&2
