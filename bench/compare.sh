@@ -63,7 +63,11 @@ PIDS=()
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT="$ROOT/bench/results/$STAMP"
 mkdir -p "$OUT/runs" "$OUT/logs"
+MAIN_PID=$BASHPID
 cleanup() {
+  # A background child killed before it exec'd its program still carries these traps: only the
+  # script itself cleans up (a child doing it would kill its siblings and delete the certs).
+  [ "$BASHPID" = "$MAIN_PID" ] || return 0
   local pid
   for pid in "${PIDS[@]:-}"; do
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
@@ -74,7 +78,7 @@ cleanup() {
   if [ "$KEEP" = 0 ]; then rm -rf "$OUT/certs" "$OUT/redis"; fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap '[ "$BASHPID" = "$MAIN_PID" ] && exit 130; exit 143' INT TERM
 
 # Stops the processes whose PIDs are given and drops them from PIDS.
 stop_pids() {
@@ -132,7 +136,8 @@ redis_start() { # port [replicaof-port]
   redis-server --port 0 --tls-port "$port" --bind 127.0.0.1 \
     --tls-cert-file "$CERTS/server.pem" --tls-key-file "$CERTS/server.key" \
     --tls-ca-cert-file "$CERTS/ca.pem" --tls-auth-clients yes --tls-replication yes \
-    --save '' --appendonly no --dir "$OUT/redis" --daemonize no \
+    --save '' --appendonly no --repl-diskless-sync yes --repl-diskless-load on-empty-db \
+    --dir "$OUT/redis" --daemonize no \
     --logfile "$OUT/logs/redis-$port.log" "${args[@]}" &
   PIDS+=($!)
 }
@@ -170,6 +175,11 @@ state_of() { "$Q" --server "$1" --certs "$CERTS" status --json 2>/dev/null | gre
 # Starts the pair with extra flags "$@"; falls back to a standalone server. Sets QUICKV_MODE.
 quickv_start() {
   free_port P1; free_port P2
+  if [ "${QUICKV_FELL_BACK:-0}" = 1 ]; then
+    loud "this build's pair did not sync before: AGAIN A STANDALONE quickv server ($*)"
+    quickv_standalone "$@"
+    return
+  fi
   # shellcheck disable=SC2086
   "$Q" server --role primary --listen "127.0.0.1:$P1" --peer "127.0.0.1:$P2" --certs "$CERTS" $SERVER_ARGS "$@" \
     >"$OUT/logs/quickv-primary-$P1.log" 2>&1 &
@@ -180,9 +190,7 @@ quickv_start() {
   local b=$!; PIDS+=($b)
   QUICKV_PIDS=("$p" "$b")
   local synced=0
-  if [ "${QUICKV_FELL_BACK:-0}" = 1 ]; then
-    say "this build's pair did not sync before: not waiting again"
-  elif wait_listening "$OUT/logs/quickv-primary-$P1.log" "$p" && wait_listening "$OUT/logs/quickv-backup-$P2.log" "$b"; then
+  if wait_listening "$OUT/logs/quickv-primary-$P1.log" "$p" && wait_listening "$OUT/logs/quickv-backup-$P2.log" "$b"; then
     for _ in $(seq 1 $((SYNC_TIMEOUT_S * 5))); do
       if [ "$(state_of "127.0.0.1:$P1")" = sync ] && [ "$(state_of "127.0.0.1:$P2")" = sync ]; then synced=1; break; fi
       sleep 0.2
@@ -193,10 +201,14 @@ quickv_start() {
     say "quickv primary :$P1, backup :$P2 in sync ($*)"
     return
   fi
-  [ "${QUICKV_FELL_BACK:-0}" = 1 ] || loud "quickv pair not in sync within ${SYNC_TIMEOUT_S}s (state: $(state_of "127.0.0.1:$P1" || true)/$(state_of "127.0.0.1:$P2" || true)): FALLING BACK TO A STANDALONE quickv server — writes are NOT replicated and write rows are NOT comparable to Redis+WAIT"
-  [ "${QUICKV_FELL_BACK:-0}" = 1 ] && loud "again FALLING BACK TO A STANDALONE quickv server ($*)"
+  loud "quickv pair not in sync within ${SYNC_TIMEOUT_S}s (state: $(state_of "127.0.0.1:$P1" || true)/$(state_of "127.0.0.1:$P2" || true)): FALLING BACK TO A STANDALONE quickv server — writes are NOT replicated and write rows are NOT comparable to Redis+WAIT"
   QUICKV_FELL_BACK=1
   stop_pids "${QUICKV_PIDS[@]}"
+  quickv_standalone "$@"
+}
+# Starts a standalone server on P1 with extra flags "$@".
+quickv_standalone() {
+  local p
   # shellcheck disable=SC2086
   "$Q" server --role standalone --listen "127.0.0.1:$P1" --certs "$CERTS" $SERVER_ARGS "$@" \
     >"$OUT/logs/quickv-standalone-$P1.log" 2>&1 &
@@ -317,7 +329,7 @@ SECTION="$OUT/section.md"
   echo '```'
   echo "bench/compare.sh$MODE_FLAG${SERVER_ARGS:+ --server-args \"$SERVER_ARGS\"}"
   echo "# servers"
-  echo "redis-server --port 0 --tls-port R1 --bind 127.0.0.1 --tls-cert-file certs/server.pem --tls-key-file certs/server.key --tls-ca-cert-file certs/ca.pem --tls-auth-clients yes --tls-replication yes --save '' --appendonly no"
+  echo "redis-server --port 0 --tls-port R1 --bind 127.0.0.1 --tls-cert-file certs/server.pem --tls-key-file certs/server.key --tls-ca-cert-file certs/ca.pem --tls-auth-clients yes --tls-replication yes --save '' --appendonly no --repl-diskless-sync yes --repl-diskless-load on-empty-db"
   echo "redis-server (same flags) --tls-port R2 --replicaof 127.0.0.1 R1"
   echo "quickv server --role primary --listen 127.0.0.1:P1 --peer 127.0.0.1:P2 --certs certs $SERVER_ARGS"
   echo "quickv server --role backup  --listen 127.0.0.1:P2 --peer 127.0.0.1:P1 --certs certs $SERVER_ARGS"
