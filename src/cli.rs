@@ -13,6 +13,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench;
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::config::{self, FileConfig, Role, ServerConfig};
 use crate::protocol::Limits;
@@ -66,6 +67,134 @@ enum Command {
     Shutdown,
     /// Run scenario scripts against a real pair and judge every answer (see docs/tester.md).
     Test(TestArgs),
+    /// Load generator with HDR latency histograms (quickv, or Redis with `--features redis`);
+    /// `bench plot` draws percentile curves, `bench table` writes comparison tables.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    action: Option<BenchAction>,
+    #[command(flatten)]
+    run: BenchRunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchAction {
+    /// Draw latency-by-percentile curves (one per run) from .hgrm files or --hdr-out directories,
+    /// to OUT.svg and OUT.png.
+    Plot {
+        /// Run directories (every .hgrm inside) or .hgrm files.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Output path; written as .svg and .png.
+        #[arg(long)]
+        out: PathBuf,
+        /// Chart title.
+        #[arg(long, default_value = "Latency by percentile")]
+        title: String,
+        /// Logarithmic latency axis (for curves orders of magnitude apart).
+        #[arg(long)]
+        log_y: bool,
+    },
+    /// Print markdown tables comparing series of runs (report.json files from --hdr-out).
+    Table {
+        /// Directories holding report.json files (searched two levels deep).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The series the ratios are about (a run's --label).
+        #[arg(long, default_value = "quickv")]
+        base: String,
+        /// The series it is compared with.
+        #[arg(long, default_value = "redis")]
+        other: String,
+        /// More series to compare with the base, one table each (e.g. quickv-t2).
+        #[arg(long = "also")]
+        also: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct BenchRunArgs {
+    /// quickv HOST:PORT, or a redis:// / rediss:// URL (default: the global --server). Loopback
+    /// only.
+    #[arg(long)]
+    target: Option<String>,
+    /// One operation kind: get, insert, update, delete or ping.
+    #[arg(long, conflicts_with = "mix")]
+    workload: Option<bench::OpKind>,
+    /// Weighted mix, e.g. get=90,update=10.
+    #[arg(long)]
+    mix: Option<bench::Mix>,
+    /// Keyspace size (preloaded for get/update/delete).
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Value size in bytes (also the ping payload).
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Key distribution: uniform or zipfian.
+    #[arg(long, default_value = "uniform")]
+    dist: bench::DistKind,
+    /// Zipfian skew.
+    #[arg(long, default_value_t = bench::dist::Zipfian::DEFAULT_THETA)]
+    zipf_theta: f64,
+    /// QUIC connections (Redis: see --streams).
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Streams per connection (Redis: connections per --connections).
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+    /// Requests in flight per stream.
+    #[arg(long, default_value_t = 16)]
+    pipeline: usize,
+    /// Open loop at this many requests per second (latency from intended start); default closed
+    /// loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured time, e.g. 10s, 500ms, 1m.
+    #[arg(long, default_value = "10s", value_parser = bench::parse_duration)]
+    duration: Duration,
+    /// Unmeasured time before it.
+    #[arg(long, default_value = "2s", value_parser = bench::parse_duration)]
+    warmup: Duration,
+    /// A request with no answer after this counts as a timeout.
+    #[arg(long, default_value = "5s", value_parser = bench::parse_duration)]
+    timeout: Duration,
+    /// Skip the preload (the keyspace is already there, e.g. from a previous run).
+    #[arg(long)]
+    no_preload: bool,
+    /// Stop after this many requests even if --duration has not passed.
+    #[arg(long, default_value_t = bench::DEFAULT_MAX_REQUESTS)]
+    max_requests: u64,
+    /// PRNG seed (worker w uses seed + w).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Redis: follow each write with WAIT N <--redis-wait-ms> on the same connection.
+    #[arg(long)]
+    redis_wait: Option<u32>,
+    /// Redis: the WAIT timeout in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    redis_wait_ms: u64,
+    /// Worker threads of the generator's runtime (1 = current-thread).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Progress display: auto, bar, lines or off.
+    #[arg(long, default_value = "auto")]
+    progress: bench::ProgressMode,
+    /// Progress and .hlog interval.
+    #[arg(long, default_value = "1s", value_parser = bench::parse_duration)]
+    interval: Duration,
+    /// Write <op>.hgrm, <op>.hlog and report.json into this directory.
+    #[arg(long)]
+    hdr_out: Option<PathBuf>,
+    /// Name of the run in reports, plots and tables.
+    #[arg(long)]
+    label: Option<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -261,9 +390,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 threads: args.runtime.threads,
             }))
         }
+        Command::Bench(args) => run_bench(args, cli.server, cli.certs),
         command => {
             let rt = runtime(1)?;
             rt.block_on(client_command(&cli.server, cli.certs, command))
+        }
+    }
+}
+
+/// `quickv bench`: a run, a plot or a table.
+fn run_bench(args: BenchArgs, server: String, certs: PathBuf) -> anyhow::Result<()> {
+    match args.action {
+        Some(BenchAction::Plot {
+            inputs,
+            out,
+            title,
+            log_y,
+        }) => {
+            let curves = bench::plot::load_curves(&inputs)?;
+            let written =
+                bench::plot::plot(&curves, &bench::plot::PlotOptions { out, title, log_y })?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Some(BenchAction::Table {
+            dirs,
+            base,
+            other,
+            also,
+        }) => {
+            let rows = bench::compare::load_rows(&dirs)?;
+            anyhow::ensure!(!rows.is_empty(), "no report.json found");
+            print!("{}", bench::compare::tables(&rows, &base, &other, &also));
+            Ok(())
+        }
+        None => {
+            let a = args.run;
+            let mut cfg = bench::BenchConfig::new(a.target.unwrap_or(server), certs);
+            cfg.mix = match (a.mix, a.workload) {
+                (Some(mix), _) => mix,
+                (None, Some(kind)) => bench::Mix::single(kind),
+                (None, None) => bench::Mix::single(bench::OpKind::Get),
+            };
+            cfg.keys = a.keys;
+            cfg.value_size = a.value_size;
+            cfg.dist = a.dist;
+            cfg.zipf_theta = a.zipf_theta;
+            cfg.connections = a.connections;
+            cfg.streams = a.streams;
+            cfg.pipeline = a.pipeline;
+            cfg.rate = a.rate;
+            cfg.duration = a.duration;
+            cfg.warmup = a.warmup;
+            cfg.timeout = a.timeout;
+            cfg.preload = !a.no_preload;
+            cfg.max_requests = a.max_requests;
+            cfg.seed = a.seed;
+            cfg.redis_wait = a.redis_wait;
+            cfg.redis_wait_ms = a.redis_wait_ms;
+            cfg.client_threads = a.client_threads.max(1);
+            cfg.progress = a.progress;
+            cfg.interval = a.interval;
+            cfg.hdr_out = a.hdr_out;
+            cfg.label = a.label;
+            let report = runtime(cfg.client_threads)?.block_on(bench::run(&cfg))?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            anyhow::ensure!(
+                report.total.counts.answered() > 0,
+                "no request was answered in the measured phase"
+            );
+            Ok(())
         }
     }
 }
@@ -409,7 +611,11 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
             client.shutdown().await?;
             say!("{server} is shutting down");
         }
-        Command::Up(_) | Command::Server(_) | Command::Certs(_) | Command::Test(_) => {}
+        Command::Up(_)
+        | Command::Server(_)
+        | Command::Certs(_)
+        | Command::Test(_)
+        | Command::Bench(_) => {}
     }
     client.close().await;
     Ok(())

@@ -16,6 +16,7 @@
 //! | [`http`] | optional HTTP/JSON gateway (the classic API) and Prometheus `/metrics`, via the router |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
 //! | [`tester`] | scenario scripts: parser, model of the table, judge, runner (`quickv test`) |
+//! | [`bench`](mod@bench) | `quickv bench`: the load generator, HDR histograms, plots, comparison tables |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`up`] | `quickv up`: the local pair as supervised child processes |
 //! | [`error`] | typed errors |
@@ -47,6 +48,7 @@ macro_rules! say {
     }};
 }
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1,0 +1,328 @@
+//! The systems under test, behind one interface, so quickv and Redis share the load model.
+//!
+//! A [`Target`] is a set of connections; a [`Handle`] is one worker's cheap clone of one of them.
+//! The mapping of concurrency onto each system:
+//!
+//! | flag | quickv | Redis |
+//! |---|---|---|
+//! | `--connections C` | C QUIC connections | — |
+//! | `--streams S` | S long-lived streams per connection | C × S TCP+TLS connections |
+//! | `--pipeline D` | D requests in flight per stream | D commands in flight per connection |
+//!
+//! so `C × S × D` requests are in flight on both. (quickv's client spreads calls over its streams
+//! round-robin, so D per stream holds on average.)
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+
+use bytes::Bytes;
+
+use super::recorder::Outcome;
+use super::workload::OpKind;
+use crate::client::{Client, ClientConfig, ClientError};
+use crate::protocol::{Op, Reply};
+
+/// What to connect to, parsed from `--target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// A quickv server at `HOST:PORT`.
+    Quickv(String),
+    /// A Redis server: the `redis://` or `rediss://` URL as given.
+    Redis(String),
+}
+
+impl TargetSpec {
+    /// `redis://…`/`rediss://…` is Redis; anything else is a quickv `HOST:PORT` (an optional
+    /// `quic://` prefix is accepted and dropped).
+    pub fn parse(s: &str) -> TargetSpec {
+        if s.starts_with("redis://") || s.starts_with("rediss://") {
+            TargetSpec::Redis(s.to_owned())
+        } else {
+            TargetSpec::Quickv(s.strip_prefix("quic://").unwrap_or(s).to_owned())
+        }
+    }
+
+    /// `quickv` or `redis`, for reports.
+    pub fn system(&self) -> &'static str {
+        match self {
+            TargetSpec::Quickv(_) => "quickv",
+            TargetSpec::Redis(_) => "redis",
+        }
+    }
+
+    /// The `HOST:PORT` part.
+    pub fn host_port(&self) -> &str {
+        match self {
+            TargetSpec::Quickv(addr) => addr,
+            TargetSpec::Redis(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                rest.split(['/', '?']).next().unwrap_or(rest)
+            }
+        }
+    }
+
+    /// Refuses any target that does not resolve to loopback only. The generator can saturate a
+    /// link and a server; pointing it anywhere else by mistake is not a benchmark. Redis URLs
+    /// without a port use 6379.
+    pub fn check_loopback(&self) -> Result<(), String> {
+        let host_port = self.host_port();
+        let with_port = if matches!(self, TargetSpec::Redis(_)) && !has_port(host_port) {
+            format!("{host_port}:6379")
+        } else {
+            host_port.to_owned()
+        };
+        let addrs: Vec<SocketAddr> = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {with_port}: {e}"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{with_port} resolves to no address"));
+        }
+        if let Some(remote) = addrs.iter().find(|a| !is_loopback(a.ip())) {
+            return Err(format!(
+                "{with_port} resolves to {remote}, which is not a loopback address: \
+                 quickv bench only sends load to this machine (127.0.0.0/8 or ::1)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// True when `host_port` ends in a port (`host:1`, `[::1]:1`), false for a bare host or `[::1]`.
+fn has_port(host_port: &str) -> bool {
+    match host_port.strip_prefix('[') {
+        Some(rest) => rest
+            .split_once(']')
+            .is_some_and(|(_, after)| after.starts_with(':')),
+        None => host_port.contains(':'),
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Connections to the system under test.
+pub enum Target {
+    /// quickv: one [`Client`] per `--connections`, each with `--streams` streams.
+    Quickv {
+        /// The connections.
+        clients: Vec<Client>,
+    },
+    /// Redis over TLS, one multiplexed connection per quickv stream.
+    #[cfg(feature = "redis")]
+    Redis(super::redis_target::RedisTarget),
+}
+
+/// How to open a [`Target`], from the run's config.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions<'a> {
+    /// What to connect to.
+    pub spec: &'a TargetSpec,
+    /// Directory with `ca.pem`, `client.pem`, `client.key` (used for both systems).
+    pub certs_dir: &'a Path,
+    /// QUIC connections (quickv).
+    pub connections: usize,
+    /// Streams per connection (quickv), or connections per `--connections` (Redis).
+    pub streams: usize,
+    /// `Some(n)`: follow every Redis write with `WAIT n <redis_wait_ms>`.
+    pub redis_wait: Option<u32>,
+    /// The `WAIT` timeout, milliseconds.
+    pub redis_wait_ms: u64,
+}
+
+impl Target {
+    /// Opens every connection (concurrently), or fails with the first error.
+    pub async fn connect(opts: &ConnectOptions<'_>) -> anyhow::Result<Target> {
+        match opts.spec {
+            TargetSpec::Quickv(addr) => {
+                let mut config = ClientConfig::new(opts.certs_dir);
+                config.streams = opts.streams.max(1);
+                let attempts = (0..opts.connections.max(1)).map(|_| Client::connect(addr, &config));
+                let clients = futures_util::future::try_join_all(attempts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot connect to quickv at {addr}: {e}"))?;
+                Ok(Target::Quickv { clients })
+            }
+            #[cfg(feature = "redis")]
+            TargetSpec::Redis(url) => Ok(Target::Redis(
+                super::redis_target::RedisTarget::connect(url, opts).await?,
+            )),
+            #[cfg(not(feature = "redis"))]
+            TargetSpec::Redis(url) => anyhow::bail!(
+                "{url}: this quickv was built without Redis support; rebuild with `--features redis`"
+            ),
+        }
+    }
+
+    /// Who answered, e.g. `quickv 0.1.0 role=standalone` or `redis 7.0.15 role=master`.
+    pub fn server_info(&self) -> String {
+        match self {
+            Target::Quickv { clients } => clients
+                .first()
+                .map(|c| c.server_info().to_owned())
+                .unwrap_or_default(),
+            #[cfg(feature = "redis")]
+            Target::Redis(r) => r.server_info(),
+        }
+    }
+
+    /// The handle worker `worker` uses: workers are spread evenly over the connections.
+    pub fn handle(&self, worker: usize) -> Handle {
+        match self {
+            Target::Quickv { clients } => Handle::Quickv(clients[worker % clients.len()].clone()),
+            #[cfg(feature = "redis")]
+            Target::Redis(r) => Handle::Redis(r.handle(worker)),
+        }
+    }
+
+    /// Closes the connections politely, so servers log clean disconnects.
+    pub async fn close(self) {
+        match self {
+            Target::Quickv { clients } => {
+                for c in clients {
+                    c.close().await;
+                }
+            }
+            #[cfg(feature = "redis")]
+            Target::Redis(_) => {}
+        }
+    }
+}
+
+/// One worker's way to send requests; cheap to clone.
+#[derive(Clone)]
+pub enum Handle {
+    /// A clone of one quickv [`Client`].
+    Quickv(Client),
+    /// A clone of one Redis multiplexed connection.
+    #[cfg(feature = "redis")]
+    Redis(super::redis_target::RedisHandle),
+}
+
+impl Handle {
+    /// Sends one request of `kind` on `key` (with `value` for writes; ping echoes `value`) and
+    /// classifies the answer. The message explains failing outcomes.
+    pub async fn execute(
+        &mut self,
+        kind: OpKind,
+        key: Bytes,
+        value: Bytes,
+    ) -> (Outcome, Option<String>) {
+        match self {
+            Handle::Quickv(client) => {
+                let op = match kind {
+                    OpKind::Get => Op::Get { key },
+                    OpKind::Insert => Op::Insert { key, value },
+                    OpKind::Update => Op::Update { key, value },
+                    OpKind::Delete => Op::Delete { key },
+                    OpKind::Ping => Op::Ping(value),
+                };
+                classify_quickv(kind, client.call(op).await)
+            }
+            #[cfg(feature = "redis")]
+            Handle::Redis(r) => r.execute(kind, key, value).await,
+        }
+    }
+
+    /// Stores `key` = `value` for the preload phase: an insert on quickv (an `exists` answer means
+    /// a previous run left it there, which is as good), a plain `SET` on Redis (no `WAIT`: reads
+    /// go to the primary).
+    pub async fn preload(&mut self, key: Bytes, value: Bytes) -> (Outcome, Option<String>) {
+        match self {
+            Handle::Quickv(client) => {
+                classify_quickv(OpKind::Insert, client.call(Op::Insert { key, value }).await)
+            }
+            #[cfg(feature = "redis")]
+            Handle::Redis(r) => r.preload(key, value).await,
+        }
+    }
+}
+
+/// Maps a quickv answer to an [`Outcome`].
+fn classify_quickv(kind: OpKind, answer: Result<Reply, ClientError>) -> (Outcome, Option<String>) {
+    match answer {
+        Ok(Reply::Ok) if matches!(kind, OpKind::Insert | OpKind::Update) => (Outcome::Ok, None),
+        Ok(Reply::Value(_)) if matches!(kind, OpKind::Get | OpKind::Delete | OpKind::Ping) => {
+            (Outcome::Ok, None)
+        }
+        Ok(Reply::NotFound) if kind != OpKind::Insert && kind != OpKind::Ping => {
+            (Outcome::NotFound, None)
+        }
+        Ok(Reply::Exists) if kind == OpKind::Insert => (Outcome::Exists, None),
+        Ok(Reply::Unavailable(why)) => (Outcome::Unavailable, Some(why)),
+        Ok(Reply::Indeterminate(why)) => (Outcome::Indeterminate, Some(why)),
+        Ok(Reply::Error { code, message }) => (
+            Outcome::Other,
+            Some(format!("server error ({code}): {message}")),
+        ),
+        Ok(other) => (
+            Outcome::Other,
+            Some(format!("unexpected answer to {kind}: {other:?}")),
+        ),
+        Err(e) => (Outcome::Other, Some(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_by_scheme() {
+        assert_eq!(
+            TargetSpec::parse("127.0.0.1:4470"),
+            TargetSpec::Quickv("127.0.0.1:4470".into())
+        );
+        assert_eq!(
+            TargetSpec::parse("quic://[::1]:4470"),
+            TargetSpec::Quickv("[::1]:4470".into())
+        );
+        let redis = TargetSpec::parse("rediss://user:pw@127.0.0.1:6380/0");
+        assert_eq!(redis.system(), "redis");
+        assert_eq!(redis.host_port(), "127.0.0.1:6380");
+    }
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        assert!(TargetSpec::parse("127.0.0.1:4470").check_loopback().is_ok());
+        assert!(TargetSpec::parse("127.0.0.2:4470").check_loopback().is_ok());
+        assert!(TargetSpec::parse("[::1]:4470").check_loopback().is_ok());
+        assert!(TargetSpec::parse("rediss://127.0.0.1")
+            .check_loopback()
+            .is_ok());
+        assert!(TargetSpec::parse("10.0.0.1:4470").check_loopback().is_err());
+        assert!(TargetSpec::parse("rediss://192.168.1.1:6379")
+            .check_loopback()
+            .is_err());
+        assert!(TargetSpec::parse("not an address")
+            .check_loopback()
+            .is_err());
+    }
+
+    #[test]
+    fn quickv_answers_are_classified() {
+        let ok = |k, r| classify_quickv(k, Ok(r)).0;
+        assert_eq!(ok(OpKind::Insert, Reply::Ok), Outcome::Ok);
+        assert_eq!(ok(OpKind::Insert, Reply::Exists), Outcome::Exists);
+        assert_eq!(ok(OpKind::Get, Reply::NotFound), Outcome::NotFound);
+        assert_eq!(
+            ok(OpKind::Update, Reply::Unavailable("x".into())),
+            Outcome::Unavailable
+        );
+        assert_eq!(
+            ok(OpKind::Delete, Reply::Indeterminate("x".into())),
+            Outcome::Indeterminate
+        );
+        // An answer of the wrong shape is an error, not a success.
+        assert_eq!(ok(OpKind::Get, Reply::Ok), Outcome::Other);
+        let err = classify_quickv(OpKind::Get, Err(ClientError::Connection("gone".into())));
+        assert_eq!(err, (Outcome::Other, Some("gone".into())));
+    }
+}
