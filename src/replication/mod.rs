@@ -68,6 +68,8 @@ pub struct Replication {
     backup_link: Mutex<Option<(u64, quinn::Connection)>>,
     /// Backup: last offset applied per lane on the current link.
     backup_applied: [AtomicU64; BUCKETS],
+    /// Primary: the dialing driver's task, awaited at the end of a graceful stop.
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The machine plus what status shows about it.
@@ -118,6 +120,7 @@ impl Replication {
             stop: CancellationToken::new(),
             backup_link: Mutex::new(None),
             backup_applied: std::array::from_fn(|_| AtomicU64::new(0)),
+            driver: Mutex::new(None),
         })
     }
 
@@ -177,7 +180,8 @@ impl Replication {
     /// [`backup::serve`]).
     pub fn start(self: &Arc<Self>, endpoint: quinn::Endpoint) {
         if self.config.role == Role::Primary {
-            tokio::spawn(primary::run(self.clone(), endpoint));
+            let driver = tokio::spawn(primary::run(self.clone(), endpoint));
+            *self.driver.lock().unwrap_or_else(|p| p.into_inner()) = Some(driver);
         }
     }
 
@@ -191,6 +195,11 @@ impl Replication {
         self.lanes.refuse_new();
         self.wait_lanes_idle(self.config.ack_timeout).await;
         self.stop.cancel();
+        // Let the primary's driver send its goodbye and close the link before the endpoint goes.
+        let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(driver) = driver {
+            let _ = tokio::time::timeout(self.config.ack_timeout, driver).await;
+        }
     }
 
     /// Waits until no lane has a write waiting for its ack, or `limit` passes.

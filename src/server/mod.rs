@@ -132,12 +132,19 @@ impl Server {
         }
         info!("shutting down: draining in-flight requests");
         node.shutdown.cancel();
+        if let Some(repl) = &node.repl {
+            repl.begin_shutdown();
+        }
         tracker.close();
         if tokio::time::timeout(node.config.drain_timeout, tracker.wait())
             .await
             .is_err()
         {
             warn!("drain timeout passed; closing connections with requests still in flight");
+        }
+        // Sessions are drained (their replicated writes were acked or failed); now tell the peer.
+        if let Some(repl) = &node.repl {
+            repl.finish_shutdown().await;
         }
         endpoint.close(session::CLOSE_SHUTDOWN.into(), b"server shutting down");
         // The close frames go out at once; waiting out every connection's draining period (3 PTOs,

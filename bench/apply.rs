@@ -1,0 +1,102 @@
+//! Replication apply-path micro benchmark, without I/O: nanoseconds per write for
+//!
+//! - the primary's side: `Lanes::submit` (decide against overlay + store, encode the peer frame,
+//!   queue it) followed by `Lanes::handle_ack` (apply to the store, answer the client), and
+//! - the backup's side: decoding a lane's `Put` frames and applying them (`LaneApplier::handle`),
+//!
+//! next to a plain `Store::insert` of the same keys as the reference (ratios in one run).
+//! `cargo bench --bench apply` (add `-- --quick` for a smoke run). Best of 3 rounds.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+use quickv::config::{Role, ServerConfig};
+use quickv::protocol::peer::PeerMsg;
+use quickv::protocol::{Limits, Op};
+use quickv::replication::backup::LaneApplier;
+use quickv::replication::lanes::Lanes;
+use quickv::replication::Replication;
+use quickv::server::router::Handled;
+use quickv::store::{BucketId, Store, BUCKETS};
+
+/// Rounds per figure; the best counts.
+const ROUNDS: usize = 3;
+
+fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let n: usize = if quick { 20_000 } else { 200_000 };
+    let keys: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("key-{i:012}"))).collect();
+    let value = Bytes::from(vec![b'v'; 100]);
+
+    let reference = best(|| {
+        let store = Store::new();
+        let t = Instant::now();
+        for k in &keys {
+            store.insert(k.clone(), value.clone());
+        }
+        t.elapsed().as_nanos() as f64 / n as f64
+    });
+
+    let primary = best(|| {
+        let store = Store::new();
+        let lanes = Lanes::default();
+        let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
+        lanes.enable(txs);
+        let mut last = [0u64; BUCKETS];
+        let t = Instant::now();
+        for k in &keys {
+            let op = Op::Insert { key: k.clone(), value: value.clone() };
+            if let Handled::Later(_) = lanes.submit(&store, op, String::new) {
+                last[BucketId::of(k).index()] += 1;
+            }
+        }
+        for b in BucketId::all() {
+            // One cumulative ack per lane, as after a batch.
+            let _ = lanes.handle_ack(&store, b, last[b.index()]);
+        }
+        let ns = t.elapsed().as_nanos() as f64 / n as f64;
+        assert_eq!(store.count(), n as u64);
+        ns
+    });
+
+    // Pre-encoded lane streams, one per bucket, as the backup reads them.
+    let mut streams: Vec<BytesMut> = (0..BUCKETS).map(|_| BytesMut::new()).collect();
+    let mut offsets = [0u64; BUCKETS];
+    for k in &keys {
+        let b = BucketId::of(k).index();
+        offsets[b] += 1;
+        PeerMsg::Put { offset: offsets[b], key: k.clone(), value: value.clone() }.encode(&mut streams[b]);
+    }
+    let limits = Limits::default();
+    let backup = best(|| {
+        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let repl = Replication::new(Arc::new(Store::new()), ServerConfig::new(Role::Backup, addr), 1);
+        let mut input: Vec<BytesMut> = streams.clone();
+        let t = Instant::now();
+        for (i, buf) in input.iter_mut().enumerate() {
+            let Some(b) = BucketId::new(i) else { continue };
+            let mut lane = LaneApplier::new(b);
+            while let Ok(Some(msg)) = PeerMsg::decode(buf, &limits) {
+                let _ = lane.handle(msg, &repl);
+            }
+        }
+        t.elapsed().as_nanos() as f64 / n as f64
+    });
+
+    println!("{n} inserts, 16 B keys, 100 B values, best of {ROUNDS}");
+    println!();
+    println!("| path | ns per write | vs Store::insert |");
+    println!("|---|---:|---:|");
+    println!("| Store::insert (reference) | {reference:.0} | 1.00 |");
+    println!("| primary: submit + ack apply | {primary:.0} | {:.2} |", primary / reference);
+    println!("| backup: decode + apply | {backup:.0} | {:.2} |", backup / reference);
+    Ok(())
+}
+
+fn best(mut f: impl FnMut() -> f64) -> f64 {
+    (0..ROUNDS).map(|_| f()).fold(f64::INFINITY, f64::min)
+}
