@@ -14,6 +14,7 @@
 //! | [`replication`] | primary/backup: sans-IO state machine, lanes, peer link drivers |
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown |
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
+//! | [`history`] | recorded client histories, a recorded load, and the per-key linearizability checker |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`up`] | `quickv up`: the local pair as supervised child processes |
 //! | [`error`] | typed errors |
@@ -46,6 +47,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod protocol;
 pub mod replication;
 pub mod server;
