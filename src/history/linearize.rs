@@ -4,7 +4,7 @@
 //! an outcome. It is *linearizable* if the operations can be put in one sequence that (a) respects
 //! real time — an operation that completed before another was invoked comes first — and (b) makes
 //! every definite answer the one the model gives in that sequence. The model is a register that
-//! may be absent ([`Model`]): insert succeeds only on an absent key (else `exists`), update only on
+//! may be absent: insert succeeds only on an absent key (else `exists`), update only on
 //! a present one (else `not found`), delete answers the old value (or `not found`), get answers the
 //! value (or `not found`).
 //!
