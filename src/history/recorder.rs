@@ -32,6 +32,9 @@ struct Inner {
     refused: AtomicU64,
     /// Writes that ended indeterminate so far.
     indeterminate: AtomicU64,
+    /// Operations without an answer so far (unsent writes, failed reads): a client cut off from
+    /// the server shows here.
+    failed: AtomicU64,
 }
 
 impl Default for Recorder {
@@ -52,6 +55,7 @@ impl Recorder {
                 acknowledged: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 indeterminate: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
             }),
         }
     }
@@ -118,6 +122,11 @@ impl Recorder {
         self.inner.indeterminate.load(Ordering::Relaxed)
     }
 
+    /// Operations that got no answer so far (writes never sent, reads that failed).
+    pub fn failed_operations(&self) -> u64 {
+        self.inner.failed.load(Ordering::Relaxed)
+    }
+
     /// A copy of everything recorded so far.
     pub fn history(&self) -> History {
         History {
@@ -127,6 +136,9 @@ impl Recorder {
     }
 
     fn record(&self, op: Operation) {
+        if matches!(op.outcome, Outcome::Failed(_)) {
+            self.inner.failed.fetch_add(1, Ordering::Relaxed);
+        }
         if op.kind.is_write() {
             let counter = match op.outcome {
                 Outcome::Refused(_) => Some(&self.inner.refused),
