@@ -204,6 +204,38 @@ async fn primary_sigkill_under_load_then_restart_and_bootstrap_from_the_backup()
     assert!(report.faults[0].recovery.is_some(), "{report}");
 }
 
+/// The sharpest test of "acknowledged means on the backup": freeze the backup so replication
+/// stalls with writes in flight, then kill the primary before the ack timeout gives up on them.
+/// Whatever the primary answered must be on the backup, which the restarted primary then takes.
+/// (A server that answered before the backup's ack loses every write of that window here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_sigkill_while_replication_is_stalled_loses_no_acknowledged_write() {
+    let mut run = Run::start("primary SIGKILL while the backup is frozen", 17).await;
+    run.progress(PROGRESS).await;
+    let pid = run.pair.backup.as_ref().expect("backup").child.id();
+    run.rec.mark_fault("backup SIGSTOP, then primary SIGKILL");
+    let invoked = run.rec.invoked_writes();
+    let stopped = Instant::now();
+    signal(pid, "STOP");
+    run.wait_for("writes in flight", || {
+        run.rec.invoked_writes() >= invoked + 6
+    })
+    .await;
+    run.pair.kill_primary();
+    let window = stopped.elapsed();
+    signal(pid, "CONT");
+    println!(
+        "primary killed {} ms after the backup froze, {} writes invoked meanwhile",
+        window.as_millis(),
+        run.rec.invoked_writes() - invoked
+    );
+    wait_state(run.pair.backup_addr, run.certs(), "cold_start").await;
+    run.pair.start_primary();
+    run.pair.wait_sync().await;
+    run.progress(PROGRESS).await;
+    run.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_killed_the_pair_restarts_empty_and_serves() {
     let mut run = Run::start("both SIGKILLed", 13).await;

@@ -26,6 +26,8 @@ struct Inner {
     marks: Mutex<Vec<Mark>>,
     /// Source of unique write values.
     next_value: AtomicU64,
+    /// Writes invoked so far (answered or not): a test can tell that clients are waiting.
+    invoked: AtomicU64,
     /// Writes with a definite answer so far: tests wait on it to know load is flowing.
     acknowledged: AtomicU64,
     /// Writes answered `unavailable` so far.
@@ -52,6 +54,7 @@ impl Recorder {
                 ops: Mutex::new(Vec::new()),
                 marks: Mutex::new(Vec::new()),
                 next_value: AtomicU64::new(1),
+                invoked: AtomicU64::new(0),
                 acknowledged: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 indeterminate: AtomicU64::new(0),
@@ -76,6 +79,9 @@ impl Recorder {
     /// guard is dropped unfinished (the task was cancelled mid-call), the operation is recorded as
     /// indeterminate (a write that may still arrive) or failed (a read), never forgotten.
     pub fn begin(&self, client: ClientId, key: Bytes, kind: Kind) -> Invocation {
+        if kind.is_write() {
+            self.inner.invoked.fetch_add(1, Ordering::Relaxed);
+        }
         Invocation {
             recorder: self.clone(),
             op: Some((client, key, kind, self.now())),
@@ -105,6 +111,11 @@ impl Recorder {
     fn mark(&self, kind: MarkKind, label: String) {
         let at = self.now();
         lock(&self.inner.marks).push(Mark { at, kind, label });
+    }
+
+    /// Writes invoked so far, answered or not.
+    pub fn invoked_writes(&self) -> u64 {
+        self.inner.invoked.load(Ordering::Relaxed)
     }
 
     /// Writes that got a definite answer so far.
