@@ -36,7 +36,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use quickv::client::ClientConfig;
-use quickv::history::{check, History, Operation, Outcome, Recorder, Report, Workload};
+use quickv::history::{
+    check, History, Kind, Operation, Outcome, Recorder, Report, Workload, WorkloadFigures,
+};
 use tokio_util::sync::CancellationToken;
 
 use common::{connect, wait_state};
@@ -67,6 +69,11 @@ fn netlab_duplication_and_reordering() {
 #[test]
 fn netlab_partition_between_primary_and_backup() {
     outer("part", "inner_partition_between_primary_and_backup");
+}
+
+#[test]
+fn netlab_primary_killed_during_a_peer_partition() {
+    outer("pkill", "inner_primary_killed_during_a_peer_partition");
 }
 
 #[test]
@@ -292,11 +299,14 @@ struct LabRun {
     name: &'static str,
     inside: Inside,
     certs: tempfile::TempDir,
-    _primary: LabServer,
+    primary: Option<LabServer>,
     _backup: LabServer,
     rec: Recorder,
     stop: CancellationToken,
-    load: tokio::task::JoinHandle<quickv::history::WorkloadFigures>,
+    /// The load task, until it is stopped.
+    load: Option<tokio::task::JoinHandle<WorkloadFigures>>,
+    /// The load's figures once it stopped.
+    figures: WorkloadFigures,
     started: Instant,
 }
 
@@ -345,11 +355,12 @@ impl LabRun {
             name,
             inside,
             certs,
-            _primary: primary,
+            primary: Some(primary),
             _backup: backup,
             rec,
             stop,
-            load,
+            load: Some(load),
+            figures: WorkloadFigures::default(),
             started,
         }
     }
@@ -370,6 +381,26 @@ impl LabRun {
         }
     }
 
+    /// Stops the load (calls in flight end first) and keeps its figures.
+    async fn stop_load(&mut self) {
+        self.stop.cancel();
+        if let Some(load) = self.load.take() {
+            self.figures = load.await.expect("load");
+        }
+    }
+
+    /// Starts the primary again in h1 (after it was killed).
+    fn restart_primary(&mut self) {
+        self.primary = Some(LabServer::start(
+            &self.inside,
+            "h1",
+            "primary",
+            PRIMARY,
+            BACKUP,
+            self.certs.path(),
+        ));
+    }
+
     async fn progress(&self, n: u64) {
         let target = self.rec.acknowledged_writes() + n;
         self.wait_for("acknowledged writes", || {
@@ -386,10 +417,10 @@ impl LabRun {
     }
 
     /// Stops the load, heals everything, waits for sync, checks against both dumps, prints.
-    async fn finish(self) -> (Report, History) {
+    async fn finish(mut self) -> (Report, History) {
         // Load first: the figures must describe the impaired network only.
-        self.stop.cancel();
-        let figures = self.load.await.expect("load");
+        self.stop_load().await;
+        let figures = self.figures;
         self.inside.run(&["heal"]);
         for a in [PRIMARY, BACKUP] {
             wait_state(addr(a), self.certs.path(), "sync").await;
@@ -576,4 +607,58 @@ async fn inner_partition_of_the_clients_from_the_primary() {
     run.progress(PROGRESS).await;
     let (report, _) = run.finish().await;
     assert!(report.indeterminate + report.failed >= 4, "{report}");
+}
+
+/// Writes in flight when the peer link is cut cannot reach the backup; the primary is killed
+/// before the ack timeout gives up on them. Whatever it acknowledged must be on the backup, which
+/// the restarted primary takes. The load stops at the kill, so the final dump is taken before any
+/// later write could overwrite the evidence: a server that answered before the backup's ack loses
+/// the last writes of this window, and the dump shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "runs inside the lab; started by netlab_primary_killed_during_a_peer_partition"]
+async fn inner_primary_killed_during_a_peer_partition() {
+    let Some(inside) = Inside::get() else { return };
+    let mut run = LabRun::start(
+        inside,
+        "primary SIGKILL during a primary/backup partition",
+        25,
+    )
+    .await;
+    run.progress(3 * PROGRESS).await;
+    run.rec
+        .mark_fault("primary/backup partition, then primary SIGKILL");
+    let invoked = run.rec.invoked_writes();
+    let cut = Instant::now();
+    run.inside.run(&["partition", "h1", "h2"]);
+    // Kill once every client waits on an answer (the correct server holds their writes until an
+    // ack that cannot come). A server that answers without waiting rarely has all four waiting at
+    // once: it gets until 40 writes were acknowledged across the cut.
+    let acked = run.rec.acknowledged_writes();
+    run.wait_for("all clients waiting", || {
+        run.rec.in_flight() >= 4 || run.rec.acknowledged_writes() >= acked + 40
+    })
+    .await;
+    run.primary = None;
+    println!(
+        "primary killed {} ms after the cut; {} writes invoked, {} acknowledged meanwhile",
+        cut.elapsed().as_millis(),
+        run.rec.invoked_writes() - invoked,
+        run.rec.acknowledged_writes() - acked
+    );
+    run.stop_load().await;
+    run.inside.run(&["heal"]);
+    wait_state(addr(BACKUP), run.certs.path(), "cold_start").await;
+    run.restart_primary();
+    for a in [PRIMARY, BACKUP] {
+        wait_state(addr(a), run.certs.path(), "sync").await;
+    }
+    // The restarted pair serves writes again (recorded like any other operation).
+    let c = connect(addr(PRIMARY), run.certs.path()).await;
+    let value = run.rec.unique_value(99);
+    let probe = run
+        .rec
+        .call(99, &c, "probe".into(), Kind::Insert(value))
+        .await;
+    assert_eq!(probe, Outcome::Ok);
+    run.finish().await;
 }

@@ -26,8 +26,10 @@ struct Inner {
     marks: Mutex<Vec<Mark>>,
     /// Source of unique write values.
     next_value: AtomicU64,
-    /// Writes invoked so far (answered or not): a test can tell that clients are waiting.
+    /// Writes invoked so far (answered or not).
     invoked: AtomicU64,
+    /// Operations invoked and not yet finished: a test can tell that every client is waiting.
+    in_flight: AtomicU64,
     /// Writes with a definite answer so far: tests wait on it to know load is flowing.
     acknowledged: AtomicU64,
     /// Writes answered `unavailable` so far.
@@ -55,6 +57,7 @@ impl Recorder {
                 marks: Mutex::new(Vec::new()),
                 next_value: AtomicU64::new(1),
                 invoked: AtomicU64::new(0),
+                in_flight: AtomicU64::new(0),
                 acknowledged: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
                 indeterminate: AtomicU64::new(0),
@@ -82,6 +85,7 @@ impl Recorder {
         if kind.is_write() {
             self.inner.invoked.fetch_add(1, Ordering::Relaxed);
         }
+        self.inner.in_flight.fetch_add(1, Ordering::Relaxed);
         Invocation {
             recorder: self.clone(),
             op: Some((client, key, kind, self.now())),
@@ -111,6 +115,11 @@ impl Recorder {
     fn mark(&self, kind: MarkKind, label: String) {
         let at = self.now();
         lock(&self.inner.marks).push(Mark { at, kind, label });
+    }
+
+    /// Operations invoked and not yet finished.
+    pub fn in_flight(&self) -> u64 {
+        self.inner.in_flight.load(Ordering::Relaxed)
     }
 
     /// Writes invoked so far, answered or not.
@@ -147,6 +156,7 @@ impl Recorder {
     }
 
     fn record(&self, op: Operation) {
+        self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
         if matches!(op.outcome, Outcome::Failed(_)) {
             self.inner.failed.fetch_add(1, Ordering::Relaxed);
         }
