@@ -438,7 +438,7 @@ impl LabRun {
         let history = self.rec.history();
         let report = check(&history, Some(&pd), Some(&bd));
         println!(
-            "== {} ({:.1} s, {} operations issued, {} connects, {} failed connects, median acknowledged write {} ms)\n{report}",
+            "== {} ({:.1} s, {} operations issued, {} connects, {} failed connects, median acknowledged write {:.1} ms)\n{report}",
             self.name,
             self.started.elapsed().as_secs_f64(),
             figures.operations,
@@ -454,14 +454,16 @@ impl LabRun {
     }
 }
 
-fn median_write_ms(ops: &[Operation]) -> u128 {
+fn median_write_ms(ops: &[Operation]) -> f64 {
     let mut lat: Vec<Duration> = ops
         .iter()
         .filter(|o| o.kind.is_write() && o.outcome.is_definite())
         .map(|o| o.complete.saturating_sub(o.invoke))
         .collect();
     lat.sort();
-    lat.get(lat.len() / 2).map(Duration::as_millis).unwrap_or(0)
+    lat.get(lat.len() / 2)
+        .map(|d| d.as_secs_f64() * 1e3)
+        .unwrap_or(0.0)
 }
 
 fn count(s: &serde_json::Value, field: &str) -> u64 {
