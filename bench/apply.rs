@@ -29,7 +29,9 @@ const ROUNDS: usize = 3;
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let n: usize = if quick { 20_000 } else { 200_000 };
-    let keys: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("key-{i:012}"))).collect();
+    let keys: Vec<Bytes> = (0..n)
+        .map(|i| Bytes::from(format!("key-{i:012}")))
+        .collect();
     let value = Bytes::from(vec![b'v'; 100]);
 
     let reference = best(|| {
@@ -49,7 +51,10 @@ fn main() -> anyhow::Result<()> {
         let mut last = [0u64; BUCKETS];
         let t = Instant::now();
         for k in &keys {
-            let op = Op::Insert { key: k.clone(), value: value.clone() };
+            let op = Op::Insert {
+                key: k.clone(),
+                value: value.clone(),
+            };
             if let Handled::Later(_) = lanes.submit(&store, op, String::new) {
                 last[BucketId::of(k).index()] += 1;
             }
@@ -69,12 +74,21 @@ fn main() -> anyhow::Result<()> {
     for k in &keys {
         let b = BucketId::of(k).index();
         offsets[b] += 1;
-        PeerMsg::Put { offset: offsets[b], key: k.clone(), value: value.clone() }.encode(&mut streams[b]);
+        PeerMsg::Put {
+            offset: offsets[b],
+            key: k.clone(),
+            value: value.clone(),
+        }
+        .encode(&mut streams[b]);
     }
     let limits = Limits::default();
     let backup = best(|| {
         let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let repl = Replication::new(Arc::new(Store::new()), ServerConfig::new(Role::Backup, addr), 1);
+        let repl = Replication::new(
+            Arc::new(Store::new()),
+            ServerConfig::new(Role::Backup, addr),
+            1,
+        );
         let mut input: Vec<BytesMut> = streams.clone();
         let t = Instant::now();
         for (i, buf) in input.iter_mut().enumerate() {
@@ -92,8 +106,14 @@ fn main() -> anyhow::Result<()> {
     println!("| path | ns per write | vs Store::insert |");
     println!("|---|---:|---:|");
     println!("| Store::insert (reference) | {reference:.0} | 1.00 |");
-    println!("| primary: submit + ack apply | {primary:.0} | {:.2} |", primary / reference);
-    println!("| backup: decode + apply | {backup:.0} | {:.2} |", backup / reference);
+    println!(
+        "| primary: submit + ack apply | {primary:.0} | {:.2} |",
+        primary / reference
+    );
+    println!(
+        "| backup: decode + apply | {backup:.0} | {:.2} |",
+        backup / reference
+    );
     Ok(())
 }
 

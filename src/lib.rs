@@ -17,6 +17,7 @@
 //! | [`client`] | the public async client library, pipelined over long-lived streams |
 //! | [`tester`] | scenario scripts: parser, model of the table, judge, runner (`quickv test`) |
 //! | [`bench`](mod@bench) | `quickv bench`: the load generator, HDR histograms, plots, comparison tables |
+//! | [`history`] | recorded client histories, a recorded load, and the per-key linearizability checker |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`up`] | `quickv up`: the local pair as supervised child processes |
 //! | [`error`] | typed errors |
@@ -53,6 +54,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod http;
 pub mod protocol;
 pub mod replication;
