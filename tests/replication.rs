@@ -175,6 +175,14 @@ async fn a_graceful_backup_stop_refuses_writes_at_once_and_loses_nothing() {
     pair.backup = None;
     let status = wait_state(pair.primary_addr, pair.certs.path(), "cold_start").await;
     assert_eq!(status["link_up"], false);
+    let cause = status["last_transition"]["cause"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        cause.contains("backup is shutting down"),
+        "the backup must say goodbye first: {cause}"
+    );
     assert!(matches!(
         p.insert("late", "v").await,
         Err(ClientError::Unavailable(_))
@@ -190,6 +198,26 @@ async fn a_graceful_backup_stop_refuses_writes_at_once_and_loses_nothing() {
     for k in acked {
         assert!(keys.contains(k.as_bytes()), "acknowledged write {k} lost");
     }
+}
+
+#[tokio::test]
+async fn a_primary_stopped_gracefully_tells_the_backup_and_exits_zero() {
+    let mut pair = Pair::start(&[]).await;
+    pair.primary_client()
+        .await
+        .insert("k", "v")
+        .await
+        .expect("insert");
+    let status = pair.primary.as_mut().expect("primary").terminate();
+    assert!(status.success(), "primary exit status {status:?}");
+    pair.primary = None;
+    let b = wait_state(pair.backup_addr, pair.certs.path(), "cold_start").await;
+    let cause = b["last_transition"]["cause"].as_str().unwrap_or_default();
+    assert!(cause.contains("primary said goodbye"), "{b}");
+    assert_eq!(
+        pair.backup_client().await.get("k").await.expect("get"),
+        Some(Bytes::from("v"))
+    );
 }
 
 #[tokio::test]

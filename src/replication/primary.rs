@@ -174,6 +174,9 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             _ = repl.stop.cancelled() => {
                 send_msgs(&mut ctl_send, &[PeerMsg::Goodbye("primary shutting down".into())]).await?;
                 let _ = ctl_send.finish();
+                // The backup closes the link once it has read the goodbye; closing first could
+                // discard the goodbye still in flight.
+                let _ = tokio::time::timeout(repl.config.ack_timeout, conn.closed()).await;
                 return Ok("primary shutting down".into());
             }
         }
