@@ -2,7 +2,7 @@
 //!
 //! - the primary's side: `Lanes::submit` (decide against overlay + store, encode the peer frame,
 //!   queue it) followed by `Lanes::handle_ack` (apply to the store, answer the client), and
-//! - the backup's side: decoding a lane's `Put` frames and applying them (`LaneApplier::handle`),
+//! - the backup's side: decoding a data stream's `Put` frames and applying them (`StreamApplier::handle`),
 //!
 //! next to a plain `Store::insert` of the same keys as the reference (ratios in one run).
 //! `cargo bench --bench apply` (add `-- --quick` for a smoke run). Best of 3 rounds.
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use quickv::config::{Role, ServerConfig};
 use quickv::protocol::peer::PeerMsg;
 use quickv::protocol::{Limits, Op};
-use quickv::replication::backup::LaneApplier;
+use quickv::replication::backup::StreamApplier;
 use quickv::replication::lanes::Lanes;
 use quickv::replication::Replication;
 use quickv::server::router::Handled;
@@ -68,8 +68,8 @@ fn main() -> anyhow::Result<()> {
         ns
     });
 
-    // Pre-encoded lane streams, one per bucket, as the backup reads them.
-    let mut streams: Vec<BytesMut> = (0..BUCKETS).map(|_| BytesMut::new()).collect();
+    // One pre-encoded data stream carrying every lane, as the backup reads it.
+    let mut stream = BytesMut::new();
     let mut offsets = [0u64; BUCKETS];
     for k in &keys {
         let b = BucketId::of(k).index();
@@ -79,26 +79,22 @@ fn main() -> anyhow::Result<()> {
             key: k.clone(),
             value: value.clone(),
         }
-        .encode(&mut streams[b]);
+        .encode(&mut stream);
     }
     let limits = Limits::default();
     let backup = best(|| {
         let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let repl = Replication::new(
-            Arc::new(Store::new()),
-            ServerConfig::new(Role::Backup, addr),
-            1,
-        );
-        let mut input: Vec<BytesMut> = streams.clone();
+        let store = Arc::new(Store::new());
+        let repl = Replication::new(store.clone(), ServerConfig::new(Role::Backup, addr), 1);
+        let mut input = stream.clone();
+        let mut lanes = StreamApplier::default();
         let t = Instant::now();
-        for (i, buf) in input.iter_mut().enumerate() {
-            let Some(b) = BucketId::new(i) else { continue };
-            let mut lane = LaneApplier::new(b);
-            while let Ok(Some(msg)) = PeerMsg::decode(buf, &limits) {
-                let _ = lane.handle(msg, &repl);
-            }
+        while let Ok(Some(msg)) = PeerMsg::decode(&mut input, &limits) {
+            let _ = lanes.handle(msg, &repl);
         }
-        t.elapsed().as_nanos() as f64 / n as f64
+        let ns = t.elapsed().as_nanos() as f64 / n as f64;
+        assert_eq!(store.count(), n as u64);
+        ns
     });
 
     println!("{n} inserts, 16 B keys, 100 B values, best of {ROUNDS}");

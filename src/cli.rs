@@ -254,6 +254,9 @@ struct ServerArgs {
     /// Refuse writes that add data once keys+values exceed this many bytes (reads go on).
     #[arg(long)]
     max_memory: Option<u64>,
+    /// Primary: QUIC streams the 32 replication lanes share on the peer link (1-32).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=32))]
+    peer_streams: Option<u16>,
     /// Also serve the HTTP/JSON gateway and /metrics on this TCP address (off by default;
     /// 127.0.0.1:8080 is the usual choice; see docs/http.md).
     #[arg(long, value_name = "ADDR")]
@@ -518,6 +521,9 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
         cfg.frame_timeout = Duration::from_millis(ms);
     }
     cfg.max_memory = args.max_memory.or(cfg.max_memory);
+    if let Some(n) = args.peer_streams {
+        cfg.peer_streams = usize::from(n);
+    }
     if args.http.is_some() {
         cfg.http = args.http;
     }

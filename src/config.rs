@@ -50,6 +50,10 @@ pub const DEFAULT_PEER_KEEP_ALIVE_MS: u64 = 250;
 pub const DEFAULT_PEER_IDLE_TIMEOUT_MS: u64 = 1_000;
 /// Default time the primary waits for the backup's ack of a write before leaving sync, in milliseconds.
 pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 1_000;
+/// Default number of peer data streams the 32 lanes share (lane b on stream b mod n). One stream
+/// batches best on a machine where the link is latency-bound; more avoid head-of-line blocking
+/// across lanes on a lossy network. See docs/benchmarks.md for the measurement.
+pub const DEFAULT_PEER_STREAMS: usize = 1;
 /// Default time a stream may hold a partial frame before it is closed (slowloris), in milliseconds.
 pub const DEFAULT_FRAME_TIMEOUT_MS: u64 = 10_000;
 /// Default time a graceful shutdown waits for in-flight work before closing anyway, in milliseconds.
@@ -133,6 +137,8 @@ pub struct ServerConfig {
     pub ack_timeout: Duration,
     /// How long a graceful shutdown waits for in-flight work.
     pub drain_timeout: Duration,
+    /// Peer data streams the primary opens for the 32 lanes (1..=32).
+    pub peer_streams: usize,
     /// A stream that started a frame and did not finish it within this time is closed (slow or
     /// stalled senders must not pin buffers). Idle streams between frames are fine: clients keep
     /// long-lived streams, bounded by `max_streams`.
@@ -165,6 +171,7 @@ impl ServerConfig {
             peer_idle_timeout: Duration::from_millis(DEFAULT_PEER_IDLE_TIMEOUT_MS),
             ack_timeout: Duration::from_millis(DEFAULT_ACK_TIMEOUT_MS),
             drain_timeout: Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS),
+            peer_streams: DEFAULT_PEER_STREAMS,
             frame_timeout: Duration::from_millis(DEFAULT_FRAME_TIMEOUT_MS),
             max_memory: None,
             http: None,

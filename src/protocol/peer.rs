@@ -7,10 +7,12 @@
 //!   handshake ([`PeerMsg::Hello`] both ways), the bucket transfer of a bootstrap
 //!   (`BucketBegin`, `BucketChunk`…, `BucketEnd` per bucket, then `TransferDone`, answered by
 //!   `TransferAck`), the switch to steady state (`Synced`) and the farewell (`Goodbye`).
-//! - One **lane stream** per bucket, opened by the primary after the handshake, starting with
-//!   `LaneStart`. It carries that bucket's writes in order, each with its lane offset (`Put`,
-//!   `Remove`), integrity checks (`Check`) and single-bucket resyncs (`ReplaceBegin`,
-//!   `BucketChunk`…, `ReplaceEnd`). The backup answers on the same stream with cumulative `Ack`s and
+//! - A few **data streams**, opened by the primary after the handshake. Each of the 32 lanes
+//!   (buckets) is carried by exactly one of them (lane `b` on stream `b mod streams`), so a lane's
+//!   messages stay in order while a burst of writes to many lanes travels in one write. A data
+//!   stream carries writes with their lane offset (`Put`, `Remove`: the lane is the key's bucket),
+//!   integrity checks (`Check`) and single-bucket resyncs (`ReplaceBegin`, `BucketChunk`…,
+//!   `ReplaceEnd`). The backup answers on the same stream with cumulative per-lane `Ack`s and
 //!   `Mismatch` reports.
 //!
 //! Tags `0x40..` are used so that a client frame sent to the peer port (or the other way round)
@@ -72,8 +74,6 @@ pub enum PeerMsg {
     Synced,
     /// The sender is shutting down gracefully.
     Goodbye(String),
-    /// First frame of a lane stream: which bucket it carries.
-    LaneStart(BucketId),
     /// Set a key (insert or update on the primary).
     Put {
         /// Lane offset.
@@ -92,24 +92,36 @@ pub enum PeerMsg {
     },
     /// Integrity check: after applying everything up to `offset`, the bucket's digest should be this.
     Check {
+        /// The lane.
+        bucket: BucketId,
         /// Lane offset the check follows.
         offset: ReplOffset,
         /// The primary's digest of the bucket at that point.
         digest: Digest,
     },
-    /// A single-bucket resync follows on this lane (chunks, then `ReplaceEnd`).
-    ReplaceBegin,
+    /// A single-bucket resync of this lane follows (chunks, then `ReplaceEnd`), contiguous on its
+    /// stream.
+    ReplaceBegin(BucketId),
     /// End of a lane resync: replace the bucket with the chunks received, acknowledge `offset`.
     ReplaceEnd {
+        /// The lane.
+        bucket: BucketId,
         /// Lane offset of the resync.
         offset: ReplOffset,
         /// Digest the bucket must have afterwards.
         digest: Digest,
     },
     /// Backup → primary: everything up to `offset` on this lane is applied.
-    Ack(ReplOffset),
+    Ack {
+        /// The lane.
+        bucket: BucketId,
+        /// Highest offset applied.
+        offset: ReplOffset,
+    },
     /// Backup → primary: a check at `offset` found a different digest.
     Mismatch {
+        /// The lane.
+        bucket: BucketId,
         /// The check's offset.
         offset: ReplOffset,
         /// The backup's digest.
@@ -131,13 +143,12 @@ impl PeerMsg {
             PeerMsg::TransferAck { .. } => 0x45,
             PeerMsg::Synced => 0x46,
             PeerMsg::Goodbye(_) => 0x47,
-            PeerMsg::LaneStart(_) => 0x50,
             PeerMsg::Put { .. } => 0x51,
             PeerMsg::Remove { .. } => 0x52,
             PeerMsg::Check { .. } => 0x53,
-            PeerMsg::ReplaceBegin => 0x54,
+            PeerMsg::ReplaceBegin(_) => 0x54,
             PeerMsg::ReplaceEnd { .. } => 0x55,
-            PeerMsg::Ack(_) => 0x60,
+            PeerMsg::Ack { .. } => 0x60,
             PeerMsg::Mismatch { .. } => 0x61,
         }
     }
@@ -157,7 +168,7 @@ impl PeerMsg {
                     dst.put_u128(d.0);
                 }
             }
-            PeerMsg::BucketBegin(b) | PeerMsg::LaneStart(b) => dst.put_u8(b.index() as u8),
+            PeerMsg::BucketBegin(b) | PeerMsg::ReplaceBegin(b) => dst.put_u8(b.index() as u8),
             PeerMsg::BucketChunk(entries) => {
                 dst.put_u32(wire_len(entries.len()));
                 for (k, v) in entries {
@@ -174,7 +185,7 @@ impl PeerMsg {
                 dst.put_u64(*count);
                 dst.put_u128(digest.0);
             }
-            PeerMsg::TransferDone | PeerMsg::Synced | PeerMsg::ReplaceBegin => {}
+            PeerMsg::TransferDone | PeerMsg::Synced => {}
             PeerMsg::TransferAck { ok, reason } => {
                 dst.put_u8(u8::from(*ok));
                 put_bytes(dst, reason.as_bytes());
@@ -189,13 +200,29 @@ impl PeerMsg {
                 dst.put_u64(*offset);
                 put_bytes(dst, key);
             }
-            PeerMsg::Check { offset, digest }
-            | PeerMsg::ReplaceEnd { offset, digest }
-            | PeerMsg::Mismatch { offset, digest } => {
+            PeerMsg::Check {
+                bucket,
+                offset,
+                digest,
+            }
+            | PeerMsg::ReplaceEnd {
+                bucket,
+                offset,
+                digest,
+            }
+            | PeerMsg::Mismatch {
+                bucket,
+                offset,
+                digest,
+            } => {
+                dst.put_u8(bucket.index() as u8);
                 dst.put_u64(*offset);
                 dst.put_u128(digest.0);
             }
-            PeerMsg::Ack(offset) => dst.put_u64(*offset),
+            PeerMsg::Ack { bucket, offset } => {
+                dst.put_u8(bucket.index() as u8);
+                dst.put_u64(*offset);
+            }
         }
         let len = wire_len(dst.len() - start - LEN_PREFIX);
         dst[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
@@ -275,7 +302,6 @@ impl PeerMsg {
             },
             0x46 => PeerMsg::Synced,
             0x47 => PeerMsg::Goodbye(r.string("reason")?),
-            0x50 => PeerMsg::LaneStart(bucket(&mut r)?),
             0x51 => {
                 let offset = r.u64("offset")?;
                 let key = r.bytes("key")?;
@@ -290,16 +316,22 @@ impl PeerMsg {
                 key: r.bytes("key")?,
             },
             0x53 => PeerMsg::Check {
+                bucket: bucket(&mut r)?,
                 offset: r.u64("offset")?,
                 digest: digest(&mut r)?,
             },
-            0x54 => PeerMsg::ReplaceBegin,
+            0x54 => PeerMsg::ReplaceBegin(bucket(&mut r)?),
             0x55 => PeerMsg::ReplaceEnd {
+                bucket: bucket(&mut r)?,
                 offset: r.u64("offset")?,
                 digest: digest(&mut r)?,
             },
-            0x60 => PeerMsg::Ack(r.u64("offset")?),
+            0x60 => PeerMsg::Ack {
+                bucket: bucket(&mut r)?,
+                offset: r.u64("offset")?,
+            },
             0x61 => PeerMsg::Mismatch {
+                bucket: bucket(&mut r)?,
                 offset: r.u64("offset")?,
                 digest: digest(&mut r)?,
             },
@@ -379,18 +411,33 @@ mod tests {
                 .prop_map(|(ok, reason)| PeerMsg::TransferAck { ok, reason }),
             Just(PeerMsg::Synced),
             "[a-z ]{0,20}".prop_map(PeerMsg::Goodbye),
-            bucket.prop_map(PeerMsg::LaneStart),
             (any::<u64>(), any_bytes(), any_bytes())
                 .prop_map(|(offset, key, value)| PeerMsg::Put { offset, key, value }),
             (any::<u64>(), any_bytes()).prop_map(|(offset, key)| PeerMsg::Remove { offset, key }),
-            (any::<u64>(), digest.clone())
-                .prop_map(|(offset, digest)| PeerMsg::Check { offset, digest }),
-            Just(PeerMsg::ReplaceBegin),
-            (any::<u64>(), digest.clone())
-                .prop_map(|(offset, digest)| PeerMsg::ReplaceEnd { offset, digest }),
-            any::<u64>().prop_map(PeerMsg::Ack),
-            (any::<u64>(), digest)
-                .prop_map(|(offset, digest)| PeerMsg::Mismatch { offset, digest }),
+            (bucket.clone(), any::<u64>(), digest.clone()).prop_map(|(bucket, offset, digest)| {
+                PeerMsg::Check {
+                    bucket,
+                    offset,
+                    digest,
+                }
+            }),
+            bucket.clone().prop_map(PeerMsg::ReplaceBegin),
+            (bucket.clone(), any::<u64>(), digest.clone()).prop_map(|(bucket, offset, digest)| {
+                PeerMsg::ReplaceEnd {
+                    bucket,
+                    offset,
+                    digest,
+                }
+            }),
+            (bucket.clone(), any::<u64>())
+                .prop_map(|(bucket, offset)| PeerMsg::Ack { bucket, offset }),
+            (bucket, any::<u64>(), digest).prop_map(|(bucket, offset, digest)| {
+                PeerMsg::Mismatch {
+                    bucket,
+                    offset,
+                    digest,
+                }
+            }),
         ]
     }
 

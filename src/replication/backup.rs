@@ -11,7 +11,7 @@ use crate::protocol::peer::{PeerMsg, ReplOffset};
 use crate::replication::link::{receive_buckets, send_buckets, send_msgs, LinkError, PeerReader};
 use crate::replication::state::Source;
 use crate::replication::Replication;
-use crate::store::{BucketId, Digest};
+use crate::store::{BucketId, Digest, BUCKETS};
 
 /// Serves one link from the primary until it ends. A newer link replaces an older one: the
 /// primary redials after a restart before the old connection has timed out.
@@ -142,7 +142,7 @@ async fn accept_lanes(
         let failed = link_failed.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
-                r = apply_lane(&repl, send, reader) => r,
+                r = apply_stream(&repl, send, reader) => r,
                 _ = failed.cancelled() => return,
             };
             if let Err(e) = outcome {
@@ -153,29 +153,32 @@ async fn accept_lanes(
     }
 }
 
-/// Applies one lane's writes in order and acknowledges after each batch read.
-async fn apply_lane(
+/// Applies one data stream's writes in lane order and acknowledges, after each batch read, every
+/// lane the batch advanced (one write for all of them).
+async fn apply_stream(
     repl: &Replication,
     mut send: quinn::SendStream,
     mut reader: PeerReader,
 ) -> Result<(), LinkError> {
-    let b = match reader.next().await? {
-        PeerMsg::LaneStart(b) => b,
-        other => return Err(LinkError(format!("expected a lane start, got {other:?}"))),
-    };
-    let mut lane = LaneApplier::new(b);
-    let mut acked: ReplOffset = 0;
+    let mut lanes = StreamApplier::default();
+    let mut acked = [0 as ReplOffset; BUCKETS];
     loop {
         let mut out = Vec::new();
         while let Some(msg) = reader.buffered()? {
-            if let Some(reply) = lane.handle(msg, repl)? {
-                out.push(reply);
+            if let Some(report) = lanes.handle(msg, repl)? {
+                out.push(report);
             }
         }
-        if lane.applied > acked {
-            acked = lane.applied;
-            out.push(PeerMsg::Ack(acked));
-            repl.backup_applied[b.index()].store(acked, Ordering::Relaxed);
+        for b in BucketId::all() {
+            let applied = lanes.applied[b.index()];
+            if applied > acked[b.index()] {
+                acked[b.index()] = applied;
+                out.push(PeerMsg::Ack {
+                    bucket: b,
+                    offset: applied,
+                });
+                repl.backup_applied[b.index()].store(applied, Ordering::Relaxed);
+            }
         }
         if !out.is_empty() {
             send_msgs(&mut send, &out).await?;
@@ -186,35 +189,26 @@ async fn apply_lane(
     }
 }
 
-/// The backup's side of one lane, without I/O: applies messages in order and says what to answer.
-#[derive(Debug)]
-pub struct LaneApplier {
-    /// The lane's bucket; every key must belong to it.
-    bucket: BucketId,
-    /// Highest offset applied (the next ack).
-    pub applied: ReplOffset,
-    /// Entries of a single-bucket resync being received.
-    replacing: Option<Vec<(bytes::Bytes, bytes::Bytes)>>,
+/// The backup's side of one data stream, without I/O: applies each lane's messages in offset
+/// order and says what to report. A lane is carried by one stream per link, so the offsets here
+/// are the lane's.
+#[derive(Debug, Default)]
+pub struct StreamApplier {
+    /// Highest offset applied per lane (the next ack).
+    pub applied: [ReplOffset; BUCKETS],
+    /// A single-bucket resync being received: its lane and the entries so far.
+    replacing: Option<(BucketId, Vec<(bytes::Bytes, bytes::Bytes)>)>,
 }
 
-impl LaneApplier {
-    /// A lane at offset 0.
-    pub fn new(bucket: BucketId) -> LaneApplier {
-        LaneApplier {
-            bucket,
-            applied: 0,
-            replacing: None,
-        }
-    }
-
-    fn next(&mut self, offset: ReplOffset) -> Result<(), LinkError> {
-        if offset != self.applied + 1 {
+impl StreamApplier {
+    fn next(&mut self, b: BucketId, offset: ReplOffset) -> Result<(), LinkError> {
+        let applied = &mut self.applied[b.index()];
+        if offset != *applied + 1 {
             return Err(LinkError(format!(
-                "lane {}: offset {offset} after {}",
-                self.bucket, self.applied
+                "lane {b}: offset {offset} after {applied}"
             )));
         }
-        self.applied = offset;
+        *applied = offset;
         Ok(())
     }
 
@@ -225,52 +219,67 @@ impl LaneApplier {
         msg: PeerMsg,
         repl: &Replication,
     ) -> Result<Option<PeerMsg>, LinkError> {
-        let b = self.bucket;
         let store = &repl.store;
         match msg {
-            PeerMsg::Put { offset, key, value } if BucketId::of(&key) == b => {
-                self.next(offset)?;
+            PeerMsg::Put { offset, key, value } => {
+                self.next(BucketId::of(&key), offset)?;
                 store.put(key, value);
             }
-            PeerMsg::Remove { offset, key } if BucketId::of(&key) == b => {
-                self.next(offset)?;
+            PeerMsg::Remove { offset, key } => {
+                self.next(BucketId::of(&key), offset)?;
                 store.remove(&key);
             }
-            PeerMsg::Check { offset, digest } => {
+            PeerMsg::Check {
+                bucket,
+                offset,
+                digest,
+            } => {
                 repl.counters.digest_checks.fetch_add(1, Ordering::Relaxed);
-                let ours = store.digest(b);
-                if offset == self.applied && ours != digest {
+                let ours = store.digest(bucket);
+                if offset == self.applied[bucket.index()] && ours != digest {
                     repl.counters
                         .digest_mismatches
                         .fetch_add(1, Ordering::Relaxed);
-                    warn!(bucket = %b, offset, ours = %ours, primary = %digest, "digest mismatch");
+                    warn!(%bucket, offset, ours = %ours, primary = %digest, "digest mismatch");
                     return Ok(Some(PeerMsg::Mismatch {
+                        bucket,
                         offset,
                         digest: ours,
                     }));
                 }
             }
-            PeerMsg::ReplaceBegin => self.replacing = Some(Vec::new()),
+            PeerMsg::ReplaceBegin(b) => self.replacing = Some((b, Vec::new())),
             PeerMsg::BucketChunk(entries) => match self.replacing.as_mut() {
-                Some(gathered) if entries.iter().all(|(k, _)| BucketId::of(k) == b) => {
+                Some((b, gathered)) if entries.iter().all(|(k, _)| BucketId::of(k) == *b) => {
                     gathered.extend(entries)
                 }
-                _ => return Err(LinkError(format!("lane {b}: stray bucket chunk"))),
+                _ => return Err(LinkError("stray or foreign bucket chunk".into())),
             },
-            PeerMsg::ReplaceEnd { offset, digest } => {
-                self.next(offset)?;
-                let entries = self.replacing.take().unwrap_or_default();
+            PeerMsg::ReplaceEnd {
+                bucket,
+                offset,
+                digest,
+            } => {
+                let entries = match self.replacing.take() {
+                    Some((b, entries)) if b == bucket => entries,
+                    _ => {
+                        return Err(LinkError(format!(
+                            "lane {bucket}: resync end without begin"
+                        )))
+                    }
+                };
+                self.next(bucket, offset)?;
                 let got = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
                 if got != digest {
                     return Err(LinkError(format!(
-                        "lane {b}: resync digest {got} != {digest}"
+                        "lane {bucket}: resync digest {got} != {digest}"
                     )));
                 }
-                store.replace_bucket(b, entries);
+                store.replace_bucket(bucket, entries);
                 repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                info!(bucket = %b, "bucket resynced from the primary");
+                info!(%bucket, "bucket resynced from the primary");
             }
-            other => return Err(LinkError(format!("lane {b}: unexpected {other:?}"))),
+            other => return Err(LinkError(format!("unexpected {other:?} on a data stream"))),
         }
         Ok(None)
     }
@@ -320,7 +329,7 @@ mod tests {
         lanes.enable(txs);
         let backup = backup();
         let b = BucketId::of(b"k1");
-        let mut applier = LaneApplier::new(b);
+        let mut applier = StreamApplier::default();
 
         let Handled::Later(done) = lanes.submit(
             &primary,
@@ -335,7 +344,9 @@ mod tests {
         for msg in drain(&mut rxs[b.index()]) {
             assert_eq!(applier.handle(msg, &backup).expect("apply"), None);
         }
-        lanes.handle_ack(&primary, b, applier.applied).expect("ack");
+        lanes
+            .handle_ack(&primary, b, applier.applied[b.index()])
+            .expect("ack");
         assert_eq!(done.await.expect("answered"), crate::protocol::Reply::Ok);
         assert_eq!(primary.digest(b), backup.store.digest(b));
 
@@ -364,7 +375,7 @@ mod tests {
             assert_eq!(applier.handle(msg, &backup).expect("resync"), None);
         }
         lanes
-            .handle_ack(&primary, b, applier.applied)
+            .handle_ack(&primary, b, applier.applied[b.index()])
             .expect("ack resync");
         assert_eq!(backup.store.digest(b), primary.digest(b), "bucket repaired");
         assert_eq!(backup.store.get(stray.as_bytes()), None);
@@ -379,29 +390,38 @@ mod tests {
     }
 
     #[test]
-    fn gaps_and_foreign_keys_on_a_lane_are_refused() {
+    fn lanes_are_ordered_independently_and_gaps_are_refused() {
         let backup = backup();
         let b = BucketId::of(b"k");
-        let mut applier = LaneApplier::new(b);
-        let put = |offset| PeerMsg::Put {
+        let mut applier = StreamApplier::default();
+        let put = |key: &str, offset| PeerMsg::Put {
             offset,
-            key: Bytes::from("k"),
+            key: Bytes::from(key.to_string()),
             value: Bytes::from("v"),
         };
-        assert!(applier.handle(put(2), &backup).is_err(), "offset gap");
-        assert!(applier.handle(put(1), &backup).is_ok());
-        let foreign = (0u32..)
+        assert!(applier.handle(put("k", 2), &backup).is_err(), "offset gap");
+        assert!(applier.handle(put("k", 1), &backup).is_ok());
+        let other = (0u32..)
             .map(|i| format!("f{i}"))
             .find(|k| BucketId::of(k.as_bytes()) != b)
             .expect("a key elsewhere");
-        let wrong = PeerMsg::Put {
-            offset: 2,
-            key: Bytes::from(foreign),
-            value: Bytes::new(),
-        };
         assert!(
-            applier.handle(wrong, &backup).is_err(),
-            "key from another bucket"
+            applier.handle(put(&other, 1), &backup).is_ok(),
+            "another lane starts at 1"
+        );
+        assert!(
+            applier.handle(put(&other, 3), &backup).is_err(),
+            "gap in that lane"
+        );
+        assert_eq!(applier.applied[b.index()], 1);
+        // A resync's chunk must hold keys of the bucket being replaced.
+        applier
+            .handle(PeerMsg::ReplaceBegin(b), &backup)
+            .expect("begin");
+        let chunk = PeerMsg::BucketChunk(vec![(Bytes::from(other), Bytes::new())]);
+        assert!(
+            applier.handle(chunk, &backup).is_err(),
+            "foreign key in a resync"
         );
     }
 }

@@ -271,6 +271,7 @@ impl Lanes {
             Some(tx) if l.queue.is_empty() => {
                 let mut buf = BytesMut::new();
                 PeerMsg::Check {
+                    bucket: b,
                     offset: l.next,
                     digest: store.digest(b),
                 }
@@ -301,11 +302,16 @@ impl Lanes {
         let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
         let offset = l.next + 1;
         let mut buf = BytesMut::new();
-        PeerMsg::ReplaceBegin.encode(&mut buf);
+        PeerMsg::ReplaceBegin(b).encode(&mut buf);
         for chunk in chunks(entries) {
             chunk.encode(&mut buf);
         }
-        PeerMsg::ReplaceEnd { offset, digest }.encode(&mut buf);
+        PeerMsg::ReplaceEnd {
+            bucket: b,
+            offset,
+            digest,
+        }
+        .encode(&mut buf);
         if tx.send(buf.freeze()).is_ok() {
             l.next = offset;
             l.queue.push_back(Queued {

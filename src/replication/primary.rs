@@ -13,7 +13,7 @@ use crate::protocol::peer::PeerMsg;
 use crate::replication::link::{receive_buckets, send_buckets, send_msgs, LinkError, PeerReader};
 use crate::replication::state::Source;
 use crate::replication::Replication;
-use crate::store::BucketId;
+use crate::store::{BucketId, BUCKETS};
 use crate::tls::{self, CertPaths, Identity};
 
 /// First redial delay after a failed attempt or a lost link.
@@ -119,19 +119,24 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             .fetch_add(plan.buckets.len() as u64, Ordering::Relaxed);
     }
 
-    // Open the lanes, then declare sync: `sync` in status means writes are accepted.
+    // Open the data streams, then declare sync: `sync` in status means writes are accepted.
+    // Lane b rides stream b mod n: each lane stays ordered, and a burst of writes to many lanes
+    // leaves in one write and comes back as one batch of acks.
     let lane_failed = tokio_util::sync::CancellationToken::new();
     let _cancel_readers_on_exit = lane_failed.clone().drop_guard();
-    let mut senders = Vec::new();
-    for b in BucketId::all() {
-        let (mut send, recv) = conn.open_bi().await.map_err(LinkError::new)?;
-        send_msgs(&mut send, &[PeerMsg::LaneStart(b)]).await?;
+    let streams = repl.config.peer_streams.clamp(1, BUCKETS);
+    let mut stream_senders = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let (send, recv) = conn.open_bi().await.map_err(LinkError::new)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        senders.push(tx);
+        stream_senders.push(tx);
         tokio::spawn(write_lane(send, rx));
         let reader = PeerReader::new(recv, repl.config.limits);
-        tokio::spawn(read_acks(repl.clone(), b, reader, lane_failed.clone()));
+        tokio::spawn(read_acks(repl.clone(), reader, lane_failed.clone()));
     }
+    let senders = BucketId::all()
+        .map(|b| stream_senders[b.index() % streams].clone())
+        .collect();
     repl.lanes.enable(senders);
     send_msgs(&mut ctl_send, &[PeerMsg::Synced]).await?;
     repl.with_machine(|v| v.machine.handle_synced());
@@ -201,11 +206,10 @@ async fn write_lane(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
     }
 }
 
-/// Applies a lane's acks and mismatch reports until the stream ends or fails; then fails the link
-/// it belongs to (and only that one).
+/// Applies a data stream's acks and mismatch reports until the stream ends or fails; then fails
+/// the link it belongs to (and only that one).
 async fn read_acks(
     repl: Arc<Replication>,
-    b: BucketId,
     mut reader: PeerReader,
     link_failed: tokio_util::sync::CancellationToken,
 ) {
@@ -219,22 +223,26 @@ async fn read_acks(
             Err(e) => break e.0,
         };
         match msg {
-            PeerMsg::Ack(offset) => {
-                if let Err(e) = repl.lanes.handle_ack(&repl.store, b, offset) {
+            PeerMsg::Ack { bucket, offset } => {
+                if let Err(e) = repl.lanes.handle_ack(&repl.store, bucket, offset) {
                     break e;
                 }
             }
-            PeerMsg::Mismatch { offset, digest } => {
-                warn!(bucket = %b, offset, backup_digest = %digest, "digest mismatch; resyncing the bucket");
+            PeerMsg::Mismatch {
+                bucket,
+                offset,
+                digest,
+            } => {
+                warn!(%bucket, offset, backup_digest = %digest, "digest mismatch; resyncing the bucket");
                 repl.counters
                     .digest_mismatches
                     .fetch_add(1, Ordering::Relaxed);
                 repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                repl.lanes.handle_mismatch(&repl.store, b);
+                repl.lanes.handle_mismatch(&repl.store, bucket);
             }
-            other => break format!("unexpected {other:?} on lane {b}"),
+            other => break format!("unexpected {other:?} on a data stream"),
         }
     };
-    debug!(bucket = %b, %outcome, "lane reader ended");
+    debug!(%outcome, "data stream reader ended");
     link_failed.cancel();
 }
