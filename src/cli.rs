@@ -732,21 +732,44 @@ fn script_paths(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-fn print_status(status: &serde_json::Value) {
+/// Human status: the headline fields first, then counters; per-lane and per-bucket arrays are
+/// summarised (they are in `--json`).
+pub fn print_status(status: &serde_json::Value) {
     let field = |name: &str| match status.get(name) {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(serde_json::Value::Null) | None => "-".into(),
         Some(other) => other.to_string(),
     };
-    say!("role:   {}", field("role"));
-    say!("state:  {}", field("state"));
-    say!("keys:   {}", field("keys"));
-    say!("listen: {}", field("listen"));
-    say!("peer:   {}", field("peer"));
+    const HEADLINE: [&str; 7] = [
+        "role", "state", "keys", "listen", "peer", "link_up", "current",
+    ];
+    for name in HEADLINE {
+        if status.get(name).is_some() {
+            say!("{:<22}{}", format!("{name}:"), field(name));
+        }
+    }
+    if let Some(t) = status.get("last_transition").filter(|t| !t.is_null()) {
+        say!(
+            "{:<22}{} -> {} ({})",
+            "last transition:",
+            t["from"].as_str().unwrap_or("?"),
+            t["to"].as_str().unwrap_or("?"),
+            t["cause"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(lanes) = status.get("lanes").and_then(|l| l.as_array()) {
+        let behind = lanes.iter().filter(|l| l["offset"] != l["acked"]).count();
+        say!(
+            "{:<22}{} lanes, {behind} with writes awaiting an ack",
+            "lanes:",
+            lanes.len()
+        );
+    }
+    let skip = ["last_transition", "lanes", "digests"];
     if let Some(obj) = status.as_object() {
         for (k, v) in obj {
-            if !["role", "state", "keys", "listen", "peer"].contains(&k.as_str()) {
-                say!("{k}: {v}");
+            if !HEADLINE.contains(&k.as_str()) && !skip.contains(&k.as_str()) {
+                say!("{:<22}{v}", format!("{k}:"));
             }
         }
     }

@@ -67,9 +67,25 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
         pair.certs.display()
     );
     match wait_for_sync(&pair).await {
-        Ok(keys) => {
-            say!("pair in sync ({keys} keys). Try:");
-            say!("  quickv insert hello world && quickv get hello && quickv status");
+        Ok(statuses) => {
+            for status in &statuses {
+                say!(
+                    "  {} {}: {}, {} keys",
+                    status["role"].as_str().unwrap_or("?"),
+                    status["listen"].as_str().unwrap_or("?"),
+                    status["state"].as_str().unwrap_or("?"),
+                    status["keys"]
+                );
+            }
+            say!("pair in sync. Try:");
+            let mut cli = String::from("quickv");
+            if pair.primary.to_string() != crate::config::DEFAULT_PRIMARY_ADDR {
+                cli.push_str(&format!(" --server {}", pair.primary));
+            }
+            if pair.certs != std::path::Path::new(crate::config::DEFAULT_CERTS_DIR) {
+                cli.push_str(&format!(" --certs {}", pair.certs.display()));
+            }
+            say!("  {cli} insert hello world && {cli} get hello && {cli} status");
             say!("Ctrl-C stops both servers.");
         }
         Err(e) => say!("the pair is not in sync yet ({e}); see the servers' logs above"),
@@ -115,24 +131,22 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Polls both servers' status until both report `sync`; returns the key count.
-async fn wait_for_sync(pair: &Pair) -> anyhow::Result<u64> {
+/// Polls both servers' status until both report `sync`; returns both status documents.
+async fn wait_for_sync(pair: &Pair) -> anyhow::Result<Vec<serde_json::Value>> {
     let config = ClientConfig::new(&pair.certs);
     let deadline = tokio::time::Instant::now() + SYNC_WAIT;
     loop {
-        let mut keys = None;
-        let mut in_sync = 0;
+        let mut statuses = Vec::new();
         for addr in [pair.primary, pair.backup] {
             if let Ok(client) = Client::connect(&addr.to_string(), &config).await {
                 if let Ok(status) = client.status().await {
-                    in_sync += usize::from(status["state"] == "sync");
-                    keys = keys.or(status["keys"].as_u64());
+                    statuses.push(status);
                 }
                 client.close().await;
             }
         }
-        if in_sync == 2 {
-            return Ok(keys.unwrap_or_default());
+        if statuses.len() == 2 && statuses.iter().all(|s| s["state"] == "sync") {
+            return Ok(statuses);
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
