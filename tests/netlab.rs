@@ -253,7 +253,6 @@ impl LabServer {
         peer: &str,
         certs: &Path,
     ) -> LabServer {
-        use std::io::{BufRead, BufReader};
         let mut child = Command::new(&inside.script)
             .args([
                 "exec",
@@ -273,16 +272,7 @@ impl LabServer {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn the server in the lab");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("listening on") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("{role} exited before listening: {:?}", child.wait()),
-            }
-        }
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        common::await_listening(&mut child, role);
         LabServer { child }
     }
 }

@@ -39,6 +39,21 @@ pub fn free_tcp_addr() -> SocketAddr {
     sock.local_addr().expect("local addr")
 }
 
+/// Reads a just-spawned server's stdout (piped) until it says it listens, then keeps draining it
+/// in a thread so the child never blocks on a full pipe. No sleeping: the line is the event.
+pub fn await_listening(child: &mut Child, what: &str) {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("listening on") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("{what} exited before listening: {:?}", child.wait()),
+        }
+    }
+    std::thread::spawn(move || for _ in lines.by_ref() {});
+}
+
 /// A running server process; SIGKILLed when dropped.
 pub struct ServerProc {
     pub child: Child,
@@ -69,17 +84,7 @@ impl ServerProc {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn quickv server");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("listening on") => break,
-                Some(Ok(_)) => continue,
-                _ => panic!("server exited before listening: {:?}", child.wait()),
-            }
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.by_ref() {});
+        await_listening(&mut child, role);
         ServerProc {
             child,
             addr,
