@@ -125,7 +125,7 @@ async fn run_link(
     }
 }
 
-/// Accepts the primary's lane streams for one link.
+/// Accepts the primary's data streams for one link.
 async fn accept_lanes(
     repl: Arc<Replication>,
     conn: quinn::Connection,

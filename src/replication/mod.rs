@@ -6,7 +6,8 @@
 //! id, whether their store is known current, key count and the 32 bucket digests. From the two
 //! hellos both compute the same [`state::Plan`] ([`state::decide`]): whose data wins, and which
 //! buckets differ. The side holding the data streams those buckets (bootstrap), the receiver checks
-//! each bucket's count and digest, and then the primary opens one *lane* stream per bucket and the
+//! each bucket's count and digest, and then the primary opens its data streams (the 32 *lanes*,
+//! one per bucket, each with its own offsets, share `peer_streams` of them) and the
 //! pair is in `Sync`.
 //!
 //! In `Sync`, a client write on the primary is decided against the store plus the writes still in
