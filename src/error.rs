@@ -7,12 +7,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading or writing a file (certificates, config) failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     File {
         /// The file we were working on, so the message names it.
         path: PathBuf,
-        /// The underlying I/O failure.
-        source: io::Error,
+        /// The underlying I/O failure (in the message, not chained: printed once).
+        error: io::Error,
     },
     /// A certificate or key could not be generated, parsed or used.
     #[error("certificate error: {0}")]
@@ -36,10 +36,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Wraps an I/O error with the path it concerns.
-    pub fn file(path: impl Into<PathBuf>, source: io::Error) -> Error {
+    pub fn file(path: impl Into<PathBuf>, error: io::Error) -> Error {
         Error::File {
             path: path.into(),
-            source,
+            error,
         }
     }
 }
