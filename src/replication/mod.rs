@@ -157,11 +157,23 @@ impl Replication {
     }
 
     /// Our hello for a warm start.
+    ///
+    /// A store that is not current but holds keys is what an interrupted bootstrap leaves behind:
+    /// some buckets copied, others not. It is never the truth, so it is dropped here, before it can
+    /// be offered as data (a pair whose only full copy died then restarts empty, not half-full).
     fn hello(&self) -> PeerHello {
+        let synced = self.with_machine(|v| v.machine.synced_once());
+        if !synced && self.store.count() > 0 {
+            tracing::warn!(
+                keys = self.store.count(),
+                "discarding a partial copy left by an interrupted bootstrap"
+            );
+            self.store.clear();
+        }
         PeerHello {
             primary: self.config.role == Role::Primary,
             run_id: self.run_id,
-            synced: self.with_machine(|v| v.machine.synced_once()),
+            synced,
             keys: self.store.count(),
             digests: self.store.digests(),
         }
@@ -318,4 +330,47 @@ pub struct Snapshot {
     pub digest_checks: u64,
     /// Digest checks that found a difference.
     pub digest_mismatches: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn replication(role: Role) -> Arc<Replication> {
+        let addr = "127.0.0.1:1".parse().expect("addr");
+        let mut config = ServerConfig::new(role, addr);
+        config.peer = Some("127.0.0.1:2".parse().expect("addr"));
+        Replication::new(Arc::new(Store::new()), config, 1)
+    }
+
+    #[test]
+    fn a_partial_copy_from_an_interrupted_bootstrap_is_never_offered_as_data() {
+        let repl = replication(Role::Primary);
+        repl.store.put(Bytes::from("half"), Bytes::from("copied"));
+        let hello = repl.hello();
+        assert!(!hello.synced);
+        assert_eq!(
+            hello.keys, 0,
+            "a store that is not current must not be offered"
+        );
+        assert_eq!(repl.store.count(), 0);
+    }
+
+    #[test]
+    fn a_current_store_is_offered_as_it_is() {
+        let repl = replication(Role::Backup);
+        let empty = repl.hello();
+        repl.with_machine(|v| {
+            v.machine.handle_link_up();
+            v.machine.handle_hellos(&empty, &empty);
+            v.machine.handle_synced();
+        });
+        repl.store.put(Bytes::from("k"), Bytes::from("v"));
+        let hello = repl.hello();
+        assert!(hello.synced);
+        assert_eq!(hello.keys, 1);
+        assert_eq!(repl.status()["state"], "sync");
+    }
 }
