@@ -574,7 +574,10 @@ pub async fn stop_signal() {
 }
 
 async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyhow::Result<()> {
-    let client = Client::connect(server, &ClientConfig::new(&certs))
+    // One request per invocation: one stream is enough.
+    let mut config = ClientConfig::new(&certs);
+    config.streams = 1;
+    let client = Client::connect(server, &config)
         .await
         .with_context(|| format!("cannot reach {server}"))?;
     let shown = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
