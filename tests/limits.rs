@@ -304,3 +304,49 @@ async fn randomized_garbage_streams_never_take_the_server_down() {
         Some(Bytes::from("alive"))
     );
 }
+
+/// A client that goes silent (no requests, no keep-alives: dead or stuck) is dropped by the
+/// connection idle timeout. Idle *streams* on a live connection are the design's long-lived lanes
+/// and stay; they are bounded by `--max-streams` and `--max-connections`.
+#[tokio::test]
+async fn a_silent_client_connection_is_closed_by_the_idle_timeout() {
+    let certs = fresh_certs();
+    let server = ServerProc::start(
+        "standalone",
+        free_addr(),
+        certs.path(),
+        &["--idle-timeout-ms", "300"],
+    );
+    let paths = CertPaths::new(certs.path());
+    // No keep-alives from this client (an hour between them), a long idle timeout of its own: the
+    // server's 300 ms is what applies.
+    let cfg = tls::client_config_from_files(
+        &paths.ca_cert(),
+        Some((&paths.client_cert(), &paths.client_key())),
+        protocol::ALPN,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
+    .expect("config");
+    let (_endpoint, conn) = common::raw_connection(server.addr, cfg).await;
+    let started = std::time::Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the silent connection must be closed");
+    assert!(
+        matches!(reason, quinn::ConnectionError::TimedOut),
+        "{reason}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed only after {:?}",
+        started.elapsed()
+    );
+    // The server itself is fine.
+    server
+        .client()
+        .await
+        .ping("still here")
+        .await
+        .expect("ping");
+}
