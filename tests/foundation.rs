@@ -371,3 +371,39 @@ fn cli_exit_codes_and_output() {
     let (code, _, stderr) = cli(free_addr(), dir, &["count"]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+#[tokio::test]
+async fn a_client_reconnects_by_itself_after_the_server_restarts() {
+    let certs = fresh_certs();
+    let addr = free_addr();
+    let mut server = ServerProc::start("standalone", addr, certs.path(), &[]);
+    let mut cfg = ClientConfig::new(certs.path());
+    cfg.idle_timeout = Duration::from_secs(2);
+    cfg.connect_timeout = Duration::from_millis(500);
+    let c = Client::connect(&addr.to_string(), &cfg)
+        .await
+        .expect("connect");
+    c.insert("before", "restart").await.expect("insert");
+    server.kill();
+    let _restarted = ServerProc::start("standalone", addr, certs.path(), &[]);
+    // The first calls may fail (the old connection is found dead on use); the same Client must
+    // then dial again by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut failures = 0;
+    let count = loop {
+        match c.count().await {
+            Ok(n) => break n,
+            Err(ClientError::Connection(_)) => failures += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reconnected ({failures} failures)"
+        );
+    };
+    assert_eq!(count, 0, "a restarted standalone server is empty");
+    c.insert("after", "restart")
+        .await
+        .expect("writes work on the new connection");
+    assert!(failures <= 3, "reconnection took {failures} failed calls");
+}

@@ -136,6 +136,10 @@ impl ClientError {
 }
 
 /// A connection to one quickv server. Clone it freely; clones share the connection.
+///
+/// If the connection is lost (server restarted, network cut), calls in flight fail — writes as
+/// [`ClientError::Indeterminate`], since they may have been applied — and the next call dials
+/// again by itself. A call is retried on a new connection only if it was never sent.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -143,16 +147,59 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    /// Kept so the UDP socket lives as long as the client.
+    /// Kept so the UDP socket lives as long as the client; every reconnection reuses it.
     endpoint: quinn::Endpoint,
-    /// The connection, to close it.
+    /// Where the server is, and the TLS server name to check.
+    target: (SocketAddr, String),
+    /// TLS settings, reused to reconnect.
+    client_cfg: quinn::ClientConfig,
+    /// Streams, limits and timeouts.
+    config: ClientConfig,
+    /// The current connection and its lanes; replaced when it is found dead.
+    session: std::sync::Mutex<Arc<Session>>,
+    /// Serialises reconnection so concurrent callers dial once; holds the last failed dial, so
+    /// callers that waited behind it get its answer at once.
+    redial: tokio::sync::Mutex<Option<(tokio::time::Instant, ClientError)>>,
+    /// Set by [`Client::close`]: no more reconnecting.
+    closed: std::sync::atomic::AtomicBool,
+    /// The hello answer, e.g. "quickv 0.1.0 role=primary"; set once the hello is answered.
+    server: OnceLock<String>,
+}
+
+/// One QUIC connection with its lanes.
+#[derive(Debug)]
+struct Session {
+    /// The connection, to close it and to see whether it died.
     conn: quinn::Connection,
     /// One queue per lane.
     lanes: Vec<mpsc::Sender<Call>>,
     /// Round-robin cursor over `lanes`.
     next_lane: AtomicUsize,
-    /// The hello answer, e.g. "quickv 0.1.0 role=primary"; set once the hello is answered.
-    server: OnceLock<String>,
+}
+
+impl Session {
+    /// Opens the lanes on a fresh connection.
+    async fn open(conn: quinn::Connection, config: &ClientConfig) -> Result<Session, ClientError> {
+        let mut lanes = Vec::with_capacity(config.streams.max(1));
+        for _ in 0..config.streams.max(1) {
+            lanes.push(open_lane(&conn, config.limits).await?);
+        }
+        Ok(Session {
+            conn,
+            lanes,
+            next_lane: AtomicUsize::new(0),
+        })
+    }
+
+    /// Queues a call on the next lane; gives it back if the lane is gone (never sent).
+    async fn send(&self, call: Call) -> Result<(), Call> {
+        let i = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
+        self.lanes[i].send(call).await.map_err(|e| e.0)
+    }
+
+    fn dead(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
 }
 
 /// A request waiting to be written.
@@ -238,26 +285,21 @@ impl Client {
         };
         let endpoint = quinn::Endpoint::client(bind)
             .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
-        let attempt = async {
-            let connecting = endpoint
-                .connect_with(client_cfg, sock, &name)
-                .map_err(|e| ClientError::Connection(format!("cannot connect to {addr}: {e}")))?;
-            let conn = connecting
-                .await
-                .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
-            let mut lanes = Vec::with_capacity(config.streams.max(1));
-            for _ in 0..config.streams.max(1) {
-                lanes.push(open_lane(&conn, config.limits).await?);
-            }
-            let client = Client {
-                inner: Arc::new(Inner {
-                    endpoint: endpoint.clone(),
-                    conn,
-                    lanes,
-                    next_lane: AtomicUsize::new(0),
-                    server: OnceLock::new(),
-                }),
-            };
+        let target = (sock, name);
+        let session = dial(&endpoint, &target, &client_cfg, config).await?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                target,
+                client_cfg,
+                config: config.clone(),
+                session: std::sync::Mutex::new(Arc::new(session)),
+                redial: tokio::sync::Mutex::new(None),
+                closed: std::sync::atomic::AtomicBool::new(false),
+                server: OnceLock::new(),
+            }),
+        };
+        let hello = async {
             match client
                 .call(Op::Hello {
                     version: PROTOCOL_VERSION,
@@ -266,19 +308,15 @@ impl Client {
             {
                 Reply::Hello { server, .. } => {
                     let _ = client.inner.server.set(server);
-                    Ok(client)
+                    Ok(())
                 }
                 other => Err(unexpected(other)),
             }
         };
-        tokio::time::timeout(config.connect_timeout, attempt)
+        tokio::time::timeout(config.connect_timeout, hello)
             .await
-            .map_err(|_| {
-                ClientError::Connection(format!(
-                    "no answer from {addr} within {:?}: is the server running and reachable over UDP?",
-                    config.connect_timeout
-                ))
-            })?
+            .map_err(|_| no_answer(addr, config))??;
+        Ok(client)
     }
 
     /// The server's hello line, e.g. `quickv 0.1.0 role=primary`.
@@ -293,15 +331,81 @@ impl Client {
     /// Sends one request and waits for its answer. A dump's chunks are merged into a single
     /// `DumpChunk { last: true }`. Errors here are transport errors only; the reply is raw.
     pub async fn call(&self, op: Op) -> Result<Reply, ClientError> {
-        let lanes = &self.inner.lanes;
-        let i = self.inner.next_lane.fetch_add(1, Ordering::Relaxed) % lanes.len();
         let (tx, rx) = oneshot::channel();
-        lanes[i]
-            .send(Call { op, reply: tx })
-            .await
-            .map_err(|_| ClientError::Connection("the connection is closed".into()))?;
+        let mut call = Call { op, reply: tx };
+        let mut session = self.session().await?;
+        // At most one retry, and only of a call that never left this process.
+        for attempt in 0..2 {
+            match session.send(call).await {
+                Ok(()) => break,
+                Err(unsent) if attempt == 0 => {
+                    call = unsent;
+                    session = self.redial(&session).await?;
+                }
+                Err(_) => return Err(ClientError::Connection("the connection is closed".into())),
+            }
+        }
         rx.await
             .map_err(|_| ClientError::Connection("the connection is closed".into()))?
+    }
+
+    /// The current session, redialled first if it is known dead.
+    async fn session(&self) -> Result<Arc<Session>, ClientError> {
+        let current = self
+            .inner
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if current.dead() {
+            return self.redial(&current).await;
+        }
+        Ok(current)
+    }
+
+    /// Replaces a dead session (once, however many callers notice it).
+    async fn redial(&self, dead: &Arc<Session>) -> Result<Arc<Session>, ClientError> {
+        if self.inner.closed.load(Ordering::Relaxed) {
+            return Err(ClientError::Connection("the client was closed".into()));
+        }
+        let waiting_since = tokio::time::Instant::now();
+        let mut last_failure = self.inner.redial.lock().await;
+        // Someone dialled and failed while we waited: share that answer instead of queueing up
+        // one more connect timeout per caller.
+        if let Some((when, err)) = last_failure.as_ref() {
+            if *when >= waiting_since {
+                return Err(err.clone());
+            }
+        }
+        let current = self
+            .inner
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !Arc::ptr_eq(&current, dead) && !current.dead() {
+            return Ok(current);
+        }
+        let inner = &self.inner;
+        match dial(
+            &inner.endpoint,
+            &inner.target,
+            &inner.client_cfg,
+            &inner.config,
+        )
+        .await
+        {
+            Ok(session) => {
+                let fresh = Arc::new(session);
+                *inner.session.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+                *last_failure = None;
+                Ok(fresh)
+            }
+            Err(err) => {
+                *last_failure = Some((tokio::time::Instant::now(), err.clone()));
+                Err(err)
+            }
+        }
     }
 
     /// Inserts a new key; fails with [`ClientError::Exists`] if it is present.
@@ -391,9 +495,44 @@ impl Client {
     /// Closes the connection now (calls in flight fail) and waits briefly until the server has
     /// been told, so a short-lived process does not leave a half-open connection behind.
     pub async fn close(&self) {
-        self.inner.conn.close(0u32.into(), b"client closed");
+        self.inner.closed.store(true, Ordering::Relaxed);
+        let session = self
+            .inner
+            .session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        session.conn.close(0u32.into(), b"client closed");
         let _ = tokio::time::timeout(CLOSE_WAIT, self.inner.endpoint.wait_idle()).await;
     }
+}
+
+/// Dials the server and opens the lanes, within the connect timeout.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    (sock, name): &(SocketAddr, String),
+    client_cfg: &quinn::ClientConfig,
+    config: &ClientConfig,
+) -> Result<Session, ClientError> {
+    let attempt = async {
+        let connecting = endpoint
+            .connect_with(client_cfg.clone(), *sock, name)
+            .map_err(|e| ClientError::Connection(format!("cannot connect to {sock}: {e}")))?;
+        let conn = connecting
+            .await
+            .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
+        Session::open(conn, config).await
+    };
+    tokio::time::timeout(config.connect_timeout, attempt)
+        .await
+        .map_err(|_| no_answer(&sock.to_string(), config))?
+}
+
+fn no_answer(addr: &str, config: &ClientConfig) -> ClientError {
+    ClientError::Connection(format!(
+        "no answer from {addr} within {:?}: is the server running and reachable over UDP?",
+        config.connect_timeout
+    ))
 }
 
 fn expect_ok(reply: Reply) -> Result<(), ClientError> {
@@ -488,7 +627,9 @@ async fn write_lane(
             }
         }
         if out.is_empty() {
-            continue;
+            // Only calls refused because the lane broke: close the queue, so later calls see the
+            // lane gone and go to a new connection instead.
+            return;
         }
         if let Err(e) = send.write_all(&out).await {
             let err = match conn.close_reason() {
