@@ -349,14 +349,18 @@ impl Client {
             .map_err(|_| ClientError::Connection("the connection is closed".into()))?
     }
 
-    /// The current session, redialled first if it is known dead.
-    async fn session(&self) -> Result<Arc<Session>, ClientError> {
-        let current = self
-            .inner
+    /// The session in use (maybe dead; see [`Client::session`]).
+    fn current_session(&self) -> Arc<Session> {
+        self.inner
             .session
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .clone()
+    }
+
+    /// The current session, redialled first if it is known dead.
+    async fn session(&self) -> Result<Arc<Session>, ClientError> {
+        let current = self.current_session();
         if current.dead() {
             return self.redial(&current).await;
         }
@@ -377,12 +381,7 @@ impl Client {
                 return Err(err.clone());
             }
         }
-        let current = self
-            .inner
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let current = self.current_session();
         if !Arc::ptr_eq(&current, dead) && !current.dead() {
             return Ok(current);
         }
@@ -496,12 +495,7 @@ impl Client {
     /// been told, so a short-lived process does not leave a half-open connection behind.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
-        let session = self
-            .inner
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let session = self.current_session();
         session.conn.close(0u32.into(), b"client closed");
         let _ = tokio::time::timeout(CLOSE_WAIT, self.inner.endpoint.wait_idle()).await;
     }
