@@ -56,7 +56,7 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod http;
-pub mod protocol;
+pub use quickv_proto as protocol;
 pub mod replication;
 pub mod server;
 pub mod store;

@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::protocol::ALPN;
 
 /// ALPN of the primary↔backup link; the client ALPN is [`crate::protocol::ALPN`].
-pub const PEER_ALPN: &[u8] = b"quickv-peer/1";
+pub use crate::protocol::PEER_ALPN;
 /// Validity of the generated CA, in days from generation.
 pub const CA_VALIDITY_DAYS: i64 = 3650;
 /// Validity of generated server and client certificates, in days from generation.

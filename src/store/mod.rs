@@ -48,60 +48,12 @@ use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::Bytes;
-use xxhash_rust::xxh3::xxh3_64;
 
 pub use self::digest::Digest;
 use self::digest::DigestCell;
 
-/// Number of logical buckets; part of the replication protocol, like the
-/// bucket hash.
-pub const BUCKETS: usize = 32;
-
-/// A logical bucket, `0..BUCKETS`: the unit of replication ordering, integrity
-/// checking and resync.
-///
-/// Only constructible for valid indices, so holders never need to re-check.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BucketId(u8);
-
-impl BucketId {
-    /// The bucket that holds `key`: `xxh3_64(key) % 32`, unseeded.
-    ///
-    /// Fixed forever: the primary and the backup must agree on it for digests
-    /// and resyncs to line up, so never change it without a protocol version
-    /// bump.
-    pub fn of(key: &[u8]) -> BucketId {
-        // The remainder is below BUCKETS = 32, so it fits a u8.
-        BucketId((xxh3_64(key) % BUCKETS as u64) as u8)
-    }
-
-    /// The bucket with index `i`, or `None` if `i >= BUCKETS`; parses bucket
-    /// numbers that arrive from a peer.
-    pub fn new(i: usize) -> Option<BucketId> {
-        u8::try_from(i)
-            .ok()
-            .filter(|&i| usize::from(i) < BUCKETS)
-            .map(BucketId)
-    }
-
-    /// The bucket's index, `0..BUCKETS`, for indexing per-bucket arrays.
-    pub fn index(self) -> usize {
-        usize::from(self.0)
-    }
-
-    /// Every bucket in index order, for sweeps such as digest exchanges.
-    pub fn all() -> impl Iterator<Item = BucketId> {
-        // BUCKETS = 32 fits a u8.
-        (0..BUCKETS as u8).map(BucketId)
-    }
-}
-
-impl fmt::Display for BucketId {
-    /// The bare index, as used in logs and resync reports.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+/// Bucket identity is part of the wire protocol; it lives in `quickv-proto`.
+pub use quickv_proto::{BucketId, BUCKETS};
 
 /// The whole key space: [`BUCKETS`] flurry maps, each with a running entry
 /// count, payload size and [`Digest`].
@@ -357,7 +309,7 @@ mod tests {
     use std::sync::Arc;
 
     use proptest::prelude::*;
-    use xxhash_rust::xxh3::xxh3_128;
+    use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
     use super::*;
 

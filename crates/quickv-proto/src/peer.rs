@@ -21,8 +21,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{put_bytes, wire_len, Reader};
-use super::{DecodeError, Limits, LEN_PREFIX};
-use crate::store::{BucketId, Digest, BUCKETS};
+use super::{BucketId, DecodeError, Digest, Limits, BUCKETS, LEN_PREFIX};
 
 /// Per-lane sequence number of a replicated write; starts at 1 on each new link, 0 means "none yet".
 pub type ReplOffset = u64;

@@ -1,6 +1,12 @@
-//! The client protocol: how requests and responses travel over QUIC streams, as a sans-IO codec.
+//! The quickv wire protocol as a sans-IO codec: how requests and responses travel over QUIC streams
+//! ([`encode_request`], [`decode_response`], …), what the primary and the backup say to each other
+//! ([`peer`]), and the bucket identity both servers must agree on ([`BucketId`], [`Digest`]).
 //!
-//! This module turns [`Request`]s and [`Response`]s into bytes and back. It never touches a socket, a
+//! This crate depends on `bytes`, `thiserror` and `xxhash-rust` only: no tokio, no quinn, so the
+//! compiler itself keeps it free of I/O. The client (`quickv-client`) and the server (`quickv`) both
+//! build on it.
+//!
+//! This crate turns [`Request`]s and [`Response`]s into bytes and back. It never touches a socket, a
 //! stream or a clock, so the client, the server and the tests all drive the same code with whatever
 //! I/O they have: the caller appends what it read to a [`bytes::BytesMut`] and asks for frames; it
 //! encodes frames into a `BytesMut` and writes them out. The byte-level layout is in
@@ -54,16 +60,20 @@
 //!
 //! Encoding cannot fail: the encoder trusts its caller to respect the peer's limits.
 
+mod bucket;
 mod codec;
 mod frame;
 pub mod peer;
+
+pub use bucket::{BucketId, Digest, BUCKETS};
 
 pub use codec::{
     decode_request, decode_response, encode_request, encode_response, encoded_len_entry,
     DecodeError, DUMP_CHUNK_HEADER, FRAME_HEADER,
 };
 pub use frame::{
-    ErrorCode, Limits, Op, Reply, Request, RequestId, Response, ALPN, LEN_PREFIX, PROTOCOL_VERSION,
+    ErrorCode, Limits, Op, Reply, Request, RequestId, Response, ALPN, LEN_PREFIX, PEER_ALPN,
+    PROTOCOL_VERSION,
 };
 
 #[cfg(test)]

@@ -20,6 +20,10 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// fail before a single frame is exchanged.
 pub const ALPN: &[u8] = b"quickv/1";
 
+/// ALPN of the primary↔backup link (the [`crate::peer`] protocol); a server tells the two kinds of
+/// connection apart by it.
+pub const PEER_ALPN: &[u8] = b"quickv-peer/1";
+
 /// Bytes of the length prefix that starts every frame (a big-endian `u32`).
 pub const LEN_PREFIX: usize = 4;
 
