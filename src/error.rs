@@ -43,3 +43,13 @@ impl Error {
         }
     }
 }
+
+impl From<quickv_client::tls::TlsError> for Error {
+    /// Same variants, same messages: the client crate's TLS loading failed.
+    fn from(e: quickv_client::tls::TlsError) -> Error {
+        match e {
+            quickv_client::tls::TlsError::Certificate(m) => Error::Certificate(m),
+            quickv_client::tls::TlsError::Config(m) => Error::Config(m),
+        }
+    }
+}

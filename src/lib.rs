@@ -51,7 +51,7 @@ macro_rules! say {
 
 pub mod bench;
 pub mod cli;
-pub mod client;
+pub use quickv_client as client;
 pub mod config;
 pub mod error;
 pub mod history;

@@ -1,5 +1,6 @@
 //! Certificates and TLS: generation with rcgen, PEM loading, and the rustls/quinn configs of both
-//! links.
+//! links. The client half (certificate file names, PEM loading, client configs, refusal sentences)
+//! lives in `quickv-client` so that applications get it without the server; it is re-exported here.
 //!
 //! One private CA signs everything. Files written by [`generate`] into the certificate directory:
 //!
@@ -24,18 +25,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quickv_client::tls::{load_certs, load_key, load_roots};
+use quinn::crypto::rustls::QuicServerConfig;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
-use rustls::RootCertStore;
 
 use crate::error::{Error, Result};
 use crate::protocol::ALPN;
+
+/// The client side of TLS (file names, PEM loading, client configs, refusal sentences) lives in
+/// `quickv-client`; re-exported here so both sides are found in one place.
+pub use quickv_client::tls::{
+    client_config, client_config_from_files, explain_connection_error, CertPaths, Identity,
+    TlsError,
+};
 
 /// ALPN of the primary↔backup link; the client ALPN is [`crate::protocol::ALPN`].
 pub use crate::protocol::PEER_ALPN;
@@ -45,56 +52,6 @@ pub const CA_VALIDITY_DAYS: i64 = 3650;
 pub const LEAF_VALIDITY_DAYS: i64 = 825;
 /// Backdating of `not_before`, in days, to tolerate small clock differences between hosts.
 pub const BACKDATE_DAYS: i64 = 1;
-
-/// The file names inside a certificate directory.
-#[derive(Clone, Debug)]
-pub struct CertPaths {
-    /// The directory itself.
-    pub dir: PathBuf,
-}
-
-impl CertPaths {
-    /// Paths inside `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> CertPaths {
-        CertPaths { dir: dir.into() }
-    }
-    /// The CA certificate everyone trusts.
-    pub fn ca_cert(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-    /// The CA private key (only needed to sign more certificates).
-    pub fn ca_key(&self) -> PathBuf {
-        self.dir.join("ca.key")
-    }
-    /// The server/peer certificate.
-    pub fn server_cert(&self) -> PathBuf {
-        self.dir.join("server.pem")
-    }
-    /// The server/peer private key.
-    pub fn server_key(&self) -> PathBuf {
-        self.dir.join("server.key")
-    }
-    /// The client certificate.
-    pub fn client_cert(&self) -> PathBuf {
-        self.dir.join("client.pem")
-    }
-    /// The client private key.
-    pub fn client_key(&self) -> PathBuf {
-        self.dir.join("client.key")
-    }
-    /// True when every file a server and a client need is present.
-    pub fn complete(&self) -> bool {
-        [
-            self.ca_cert(),
-            self.server_cert(),
-            self.server_key(),
-            self.client_cert(),
-            self.client_key(),
-        ]
-        .iter()
-        .all(|p| p.exists())
-    }
-}
 
 /// What [`generate`] did, for the CLI to print.
 #[derive(Debug)]
@@ -308,68 +265,6 @@ pub fn http_server_config(paths: &CertPaths) -> Result<Arc<rustls::ServerConfig>
     Ok(Arc::new(tls))
 }
 
-/// Which certificate a dialing side presents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Identity {
-    /// `client.pem`: CLI, library, tools.
-    Client,
-    /// `server.pem`: a server dialing its peer.
-    Peer,
-}
-
-/// A client endpoint config presenting `identity`, trusting only the cluster CA.
-pub fn client_config(
-    paths: &CertPaths,
-    identity: Identity,
-    idle_timeout: Duration,
-    keep_alive: Duration,
-) -> Result<quinn::ClientConfig> {
-    let (cert, key, alpn) = match identity {
-        Identity::Client => (paths.client_cert(), paths.client_key(), ALPN),
-        Identity::Peer => (paths.server_cert(), paths.server_key(), PEER_ALPN),
-    };
-    client_config_from_files(
-        &paths.ca_cert(),
-        Some((&cert, &key)),
-        alpn,
-        idle_timeout,
-        keep_alive,
-    )
-}
-
-/// A client config from explicit files; `identity = None` presents no certificate (used by tests
-/// that check the refusal).
-pub fn client_config_from_files(
-    ca: &Path,
-    identity: Option<(&Path, &Path)>,
-    alpn: &[u8],
-    idle_timeout: Duration,
-    keep_alive: Duration,
-) -> Result<quinn::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(cert_err)?
-        .with_root_certificates(load_roots(ca)?);
-    let mut tls = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(cert_err)?,
-        None => builder.with_no_client_auth(),
-    };
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = QuicClientConfig::try_from(tls).map_err(cert_err)?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    let mut transport = quinn::TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(idle_timeout)
-        .map_err(|_| Error::Config(format!("idle timeout {idle_timeout:?} is too large")))?;
-    transport.max_idle_timeout(Some(idle));
-    transport.keep_alive_interval(Some(keep_alive));
-    transport.max_concurrent_uni_streams(0u32.into());
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
-}
-
 /// The certificate chain a remote presented on `conn`, if any.
 pub fn peer_certificates(conn: &quinn::Connection) -> Vec<CertificateDer<'static>> {
     conn.peer_identity()
@@ -388,82 +283,11 @@ pub fn own_server_cert(paths: &CertPaths) -> Result<CertificateDer<'static>> {
         })
 }
 
-/// Turns a QUIC/TLS connection failure into a sentence a user can act on.
-pub fn explain_connection_error(err: &quinn::ConnectionError) -> String {
-    use quinn::ConnectionError as E;
-    let alert = |code: quinn::TransportErrorCode| {
-        let code = u64::from(code);
-        (0x100..0x200).contains(&code).then(|| (code - 0x100) as u8)
-    };
-    match err {
-        E::ConnectionClosed(close) => match alert(close.error_code) {
-            Some(a) => format!(
-                "the server refused this client's certificate: {}",
-                alert_text(a)
-            ),
-            None if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
-                "the server refused the connection (it is at its connection limit)".into()
-            }
-            None => format!("the server closed the connection: {close}"),
-        },
-        E::TransportError(te) => match alert(te.code) {
-            Some(a) => format!("TLS handshake failed: {} ({})", alert_text(a), te.reason),
-            None => format!("connection failed: {te}"),
-        },
-        E::ApplicationClosed(close) => format!("the server closed the connection: {close}"),
-        E::TimedOut => {
-            "no answer from the server (timed out): is it running and reachable over UDP?".into()
-        }
-        E::Reset => "the server reset the connection (it may have restarted)".into(),
-        other => format!("connection failed: {other}"),
-    }
-}
-
-fn alert_text(alert: u8) -> String {
-    match alert {
-        116 => "no client certificate".into(),
-        48 => "unknown CA".into(),
-        42 => "bad certificate".into(),
-        45 => "certificate expired".into(),
-        46 => "certificate unknown".into(),
-        49 => "access denied".into(),
-        51 => "signature check failed (certificate from another CA?)".into(),
-        120 => "no common application protocol (ALPN)".into(),
-        other => format!("TLS alert {other}"),
-    }
-}
-
 fn san_of(name: &str) -> Result<SanType> {
     Ok(match name.parse::<IpAddr>() {
         Ok(ip) => SanType::IpAddress(ip),
         Err(_) => SanType::DnsName(name.try_into().map_err(cert_err)?),
     })
-}
-
-fn load_roots(path: &Path) -> Result<RootCertStore> {
-    let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
-        roots.add(cert).map_err(cert_err)?;
-    }
-    Ok(roots)
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Error::Certificate(format!("{}: {e} (run `quickv certs`)", path.display())))?;
-    if certs.is_empty() {
-        return Err(Error::Certificate(format!(
-            "{}: no certificate in file",
-            path.display()
-        )));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| Error::Certificate(format!("{}: {e} (run `quickv certs`)", path.display())))
 }
 
 fn read_text(path: &Path) -> Result<String> {

@@ -1,4 +1,10 @@
-//! The public async client library.
+//! The quickv client library: what an application depends on to talk to a quickv server.
+//!
+//! This crate carries no server: QUIC (quinn), TLS (rustls, ring), tokio with the few features it
+//! uses, and the sans-IO wire protocol (`quickv-proto`, re-exported as [`protocol`]). Its modules:
+//! [`tls`] loads the cluster's certificates and builds the client TLS config, [`net`] holds the
+//! framed reader and batching writer of a stream. The server (`quickv`) re-exports this crate as
+//! `quickv::client`.
 //!
 //! A [`Client`] holds one QUIC connection with a few long-lived bidirectional streams ("lanes").
 //! Calls from any number of tasks are spread over the lanes round-robin and pipelined: each lane
@@ -9,7 +15,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use quickv::client::{Client, ClientConfig};
+//! use quickv_client::{Client, ClientConfig};
 //! # use quickv::config::{Role, ServerConfig};
 //! # // A throw-away standalone server on a free loopback port, with fresh certificates.
 //! # let certs = tempfile::tempdir()?;
@@ -39,13 +45,20 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::net::{BatchWriter, FramedReader};
 use crate::protocol::{
     decode_response, encode_request, ErrorCode, Limits, Op, Reply, Request, PROTOCOL_VERSION,
 };
-use crate::tls::{self, CertPaths, Identity};
+use crate::tls::{CertPaths, Identity};
+
+pub mod net;
+pub mod tls;
+
+/// The wire protocol the client speaks ([`Op`], [`Reply`], [`Limits`], …), re-exported so that an
+/// application needs no second dependency.
+pub use quickv_proto as protocol;
 
 /// Default number of long-lived streams per client connection.
 pub const DEFAULT_STREAMS: usize = 4;
@@ -58,8 +71,6 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5_000;
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Calls queued per lane before callers wait (backpressure).
 const LANE_QUEUE: usize = 1024;
-/// Bytes read from a stream per read call.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// How to reach and authenticate to a server.
 #[derive(Clone, Debug)]
@@ -587,25 +598,28 @@ async fn open_lane(
 
 /// Writes queued calls in batches, registering each before it is written.
 async fn write_lane(
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut rx: mpsc::Receiver<Call>,
     owed: Arc<Mutex<Owed>>,
     conn: quinn::Connection,
 ) {
     let mut next_id: u64 = 1;
-    let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut writer = BatchWriter::new(send);
     while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
         {
             let Ok(mut owed) = owed.lock() else { return };
-            while let Some(call) = next.take() {
-                if let Some(err) = &owed.broken {
-                    let _ = call.reply.send(Err(err.clone()));
-                } else {
+            writer.batch(
+                first,
+                || rx.try_recv().ok(),
+                |call, out| {
+                    if let Some(err) = &owed.broken {
+                        let _ = call.reply.send(Err(err.clone()));
+                        return;
+                    }
                     let id = next_id;
                     next_id += 1;
                     let is_write = call.op.is_write();
-                    encode_request(&Request { id, op: call.op }, &mut out);
+                    encode_request(&Request { id, op: call.op }, out);
                     owed.calls.insert(
                         id,
                         Waiting {
@@ -614,18 +628,15 @@ async fn write_lane(
                             gathered: Vec::new(),
                         },
                     );
-                }
-                if out.len() < READ_CHUNK_BYTES {
-                    next = rx.try_recv().ok();
-                }
-            }
+                },
+            );
         }
-        if out.is_empty() {
+        if writer.is_empty() {
             // Only calls refused because the lane broke: close the queue, so later calls see the
             // lane gone and go to a new connection instead.
             return;
         }
-        if let Err(e) = send.write_all(&out).await {
+        if let Err(e) = writer.flush().await {
             let err = match conn.close_reason() {
                 Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
                 None => ClientError::Connection(format!("cannot send: {e}")),
@@ -635,27 +646,26 @@ async fn write_lane(
             }
             return;
         }
-        out.clear();
     }
-    let _ = send.finish();
+    writer.finish();
 }
 
 /// Reads answers and hands each to its caller.
 async fn read_lane(
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     owed: Arc<Mutex<Owed>>,
     limits: Limits,
     conn: quinn::Connection,
 ) {
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut reader = FramedReader::new(recv);
     let err = loop {
-        match recv.read_buf(&mut inbuf).await {
-            Ok(0) => {
+        match reader.fill().await {
+            Ok(false) => {
                 break ClientError::Connection(
                     "the server ended the stream (it may be shutting down)".into(),
                 )
             }
-            Ok(_) => {}
+            Ok(true) => {}
             Err(e) => {
                 break match conn.close_reason() {
                     Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
@@ -663,12 +673,9 @@ async fn read_lane(
                 }
             }
         }
-        let decoded = deliver(&mut inbuf, &owed, &limits);
+        let decoded = deliver(reader.buffer(), &owed, &limits);
         if let Err(e) = decoded {
             break e;
-        }
-        if inbuf.capacity() - inbuf.len() < READ_CHUNK_BYTES / 4 {
-            inbuf.reserve(READ_CHUNK_BYTES);
         }
     };
     if let Ok(mut owed) = owed.lock() {
