@@ -5,16 +5,20 @@
 //!
 //! # Layout
 //!
+//! This is the server library of a Cargo workspace (see `docs/architecture.md`): the wire protocol
+//! is the `quickv-proto` crate and the client the `quickv-client` crate, re-exported here as
+//! [`protocol`] and [`client`] so that their old paths still work.
+//!
 //! | module | concern |
 //! |---|---|
-//! | [`protocol`] | sans-IO codec: frames, requests, answers; limits checked before allocation |
+//! | [`protocol`] | `quickv-proto`, the sans-IO codec: frames, requests, answers, peer messages, bucket identity |
 //! | [`store`] | the table: 32 flurry buckets, per-bucket counts and order-independent digests |
-//! | [`tls`] | certificate generation (rcgen), PEM loading, rustls/quinn configs, ALPN |
+//! | [`tls`] | certificate generation (rcgen), server rustls/quinn configs; re-exports the client side |
 //! | [`config`] | typed config and every default, in one place |
 //! | [`replication`] | primary/backup: sans-IO state machine, lanes, peer link drivers |
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown, op metrics |
 //! | [`http`] | optional HTTP/JSON gateway (the classic API) and Prometheus `/metrics`, via the router |
-//! | [`client`] | the public async client library, pipelined over long-lived streams |
+//! | [`client`] | `quickv-client`, the public async client library, pipelined over long-lived streams |
 //! | [`tester`] | scenario scripts: parser, model of the table, judge, runner (`quickv test`) |
 //! | [`bench`](mod@bench) | `quickv bench`: the load generator, HDR histograms, plots, comparison tables |
 //! | [`history`] | recorded client histories, a recorded load, and the per-key linearizability checker |
