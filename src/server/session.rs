@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use quickv_client::net::BatchWriter;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
@@ -266,27 +267,26 @@ fn send_dump(tx: &mpsc::UnboundedSender<Outgoing>, id: u64, entries: Vec<(Bytes,
 
 /// Writes answers as they come, batching whatever is queued into one write.
 async fn write_responses(
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     credit: Arc<Semaphore>,
 ) {
-    let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    let mut writer = BatchWriter::new(send);
     while let Some(first) = rx.recv().await {
         let mut n = 0;
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            encode_response(&item.resp, &mut out);
-            n += usize::from(item.settles);
-            if out.len() < READ_CHUNK_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
-        if let Err(e) = send.write_all(&out).await {
+        writer.batch(
+            first,
+            || rx.try_recv().ok(),
+            |item, out| {
+                encode_response(&item.resp, out);
+                n += usize::from(item.settles);
+            },
+        );
+        if let Err(e) = writer.flush().await {
             debug!(reason = %e, "client stopped reading answers");
             return;
         }
-        out.clear();
         credit.add_permits(n);
     }
-    let _ = send.finish();
+    writer.finish();
 }

@@ -10,9 +10,10 @@
 //!   burst of small frames costs one stream write rather than one each; a batch stops growing at
 //!   [`READ_CHUNK_BYTES`], so a steady stream of work never delays the first frame for long.
 //!
-//! The client's lanes use both. The server's session (`quickv::server::session`) and the peer
-//! link (`quickv::replication::link`) still carry their own copies of the same loops; they are
-//! meant to move onto these types (issue 12, phase 2).
+//! The client's lanes use both, and the server session's answer writer uses [`BatchWriter`]. The
+//! session's request reader (`quickv::server::session::serve_stream`) and the peer link
+//! (`quickv::replication::link`, `primary`) still carry their own copies of the same loops; they
+//! are meant to move onto these types (issue 12, phase 2).
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
