@@ -1,9 +1,11 @@
 //! The client crate stands alone: a project outside the workspace that depends only on
 //! `quickv-client` (examples/hello-client) builds, and talks to a real pair.
 //!
-//! The example is built with the same cargo, offline (every crate it needs is one the workspace
-//! already fetched), into a target directory of its own under `target/tmp`, so the first run
-//! compiles quinn/rustls/tokio once for it and later runs only relink.
+//! The example is built with the same cargo, offline, into a target directory of its own under
+//! `target/tmp`, so the first run compiles quinn/rustls/tokio once for it and later runs only
+//! relink. Its lock file (git-ignored, like any generated one) is seeded from the workspace's
+//! before each build, so it resolves to exactly the versions the workspace already fetched: cargo
+//! keeps the entries the example needs and drops the rest.
 
 mod common;
 
@@ -12,14 +14,26 @@ use std::process::{Command, Output};
 
 use common::Pair;
 
-/// Builds examples/hello-client and returns the path of its binary.
-fn build_hello_client() -> PathBuf {
+/// The cargo running this test.
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// The example's manifest, with its lock file seeded from the workspace's.
+fn example_manifest() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = root.join("examples/hello-client");
+    std::fs::copy(root.join("Cargo.lock"), example.join("Cargo.lock"))
+        .expect("seed the example's lock file from the workspace's");
+    example.join("Cargo.toml")
+}
+
+/// Builds examples/hello-client and returns the path of its binary.
+fn build_hello_client(manifest: &Path) -> PathBuf {
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hello-client");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
+    let out = cargo()
         .args(["build", "--offline", "--manifest-path"])
-        .arg(root.join("examples/hello-client/Cargo.toml"))
+        .arg(manifest)
         .env("CARGO_TARGET_DIR", &target)
         .output()
         .expect("run cargo build");
@@ -47,7 +61,8 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn a_project_depending_only_on_quickv_client_talks_to_a_pair() {
     // What the example links: the client crate, never the server or its tools.
-    let tree = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let manifest = example_manifest();
+    let tree = cargo()
         .args([
             "tree",
             "--offline",
@@ -57,7 +72,7 @@ async fn a_project_depending_only_on_quickv_client_talks_to_a_pair() {
             "none",
             "--manifest-path",
         ])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello-client/Cargo.toml"))
+        .arg(&manifest)
         .output()
         .expect("run cargo tree");
     assert!(tree.status.success(), "{}", text(&tree.stderr));
@@ -81,7 +96,7 @@ async fn a_project_depending_only_on_quickv_client_talks_to_a_pair() {
         );
     }
 
-    let bin = build_hello_client();
+    let bin = build_hello_client(&manifest);
     let pair = Pair::start(&[]).await;
     let addr = pair.primary_addr.to_string();
     let certs = pair.certs.path().to_str().expect("utf-8 temp path");
