@@ -18,7 +18,7 @@ use crate::client::{Client, ClientConfig, ClientError};
 use crate::config::{self, FileConfig, Role, ServerConfig};
 use crate::protocol::Limits;
 use crate::server::Server;
-use crate::tester::{self, PairSpec, RunOptions, Script};
+use crate::tester::{self, PairSpec, ParseMode, RunOptions, Script};
 use crate::tls;
 
 /// quickv: an in-memory key-value server with synchronous primary/backup replication over QUIC.
@@ -300,6 +300,10 @@ struct TestArgs {
     /// Longest wait for a server to answer, for the pair to sync, or for a server to stop, in ms.
     #[arg(long, default_value_t = tester::runner::DEFAULT_SYNC_TIMEOUT_MS)]
     sync_timeout_ms: u64,
+    /// Refuse a script with an illegal instruction (a key repeated in a block, Exec/Sleep in a
+    /// block, an unknown instruction) instead of skipping the line as the classic tester did.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Debug, Args)]
@@ -665,19 +669,35 @@ async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
         sync_timeout: Duration::from_millis(args.sync_timeout_ms),
         verbose: args.verbose,
     };
+    let mode = if args.strict {
+        ParseMode::Strict
+    } else {
+        ParseMode::Classic
+    };
     let (mut passed, mut failed) = (0usize, 0usize);
     for path in script_paths(&args.scripts)? {
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let verdict = match Script::load(&path) {
+        let mut skipped = Vec::new();
+        let verdict = match Script::load_with(&path, mode) {
             Err(e) => Err(vec![e.to_string()]),
             Ok(script) => {
                 let report = tester::run(&script, &options).await;
                 for line in &report.transcript {
                     println!("{line}");
                 }
+                skipped = report
+                    .illegal
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "line {}: illegal instruction, skipped: {}",
+                            e.line, e.message
+                        )
+                    })
+                    .collect();
                 if report.passed() {
                     Ok(format!(
                         "PASS {name} ({} ops, {:.1} s)",
@@ -696,11 +716,14 @@ async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
             Ok(line) => {
                 passed += 1;
                 println!("{line}");
+                for line in skipped {
+                    println!("  {line}");
+                }
             }
             Err(lines) => {
                 failed += 1;
                 println!("FAIL {name}");
-                for line in lines {
+                for line in skipped.into_iter().chain(lines) {
                     for part in line.lines() {
                         println!("  {part}");
                     }

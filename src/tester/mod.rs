@@ -27,4 +27,4 @@ pub mod script;
 
 pub use judge::{Answer, At, Judge, Violation};
 pub use runner::{run, External, PairSpec, Report, RunOptions};
-pub use script::{Script, ScriptError};
+pub use script::{ParseMode, Script, ScriptError};

@@ -35,8 +35,7 @@ use tokio::sync::oneshot;
 use crate::client::{Client, ClientConfig};
 use crate::protocol::Op;
 use crate::tester::judge::{Answer, At, Judge, Violation};
-use crate::tester::model::Up;
-use crate::tester::script::{Action, Block, Instruction, KvOp, Script, Server, Step};
+use crate::tester::script::{Action, Block, Instruction, KvOp, ParseError, Script, Server, Step};
 
 /// Default deadline for a server to answer and for a pair to reach sync, in milliseconds.
 pub const DEFAULT_SYNC_TIMEOUT_MS: u64 = 20_000;
@@ -131,6 +130,9 @@ pub struct Report {
     pub aborted: Option<String>,
     /// Every instruction and answer, when [`RunOptions::verbose`].
     pub transcript: Vec<String>,
+    /// Lines skipped as illegal instructions (the classic rule), each with its number; they do
+    /// not fail the script.
+    pub illegal: Vec<ParseError>,
 }
 
 impl Report {
@@ -150,6 +152,7 @@ pub async fn run(script: &Script, options: &RunOptions) -> Report {
         violations: Vec::new(),
         aborted: None,
         transcript: Vec::new(),
+        illegal: script.illegal.clone(),
     };
     match Runner::new(script, options).await {
         Err(e) => report.aborted = Some(format!("cannot set up the pair: {e:#}")),
@@ -275,6 +278,10 @@ struct Runner<'o> {
     running: [bool; 2],
     /// Commands from `Exec` still running after their wait; killed when the run ends.
     background: Vec<Child>,
+    /// A `Switch` changed the beliefs since the servers were last waited for: before the next
+    /// operation, wait for the servers believed up that are running (never for one nobody
+    /// started).
+    unsettled: bool,
     /// Where `Exec` runs.
     script_dir: PathBuf,
     /// The model, the beliefs, and the violations found.
@@ -323,6 +330,7 @@ impl<'o> Runner<'o> {
             conns: [Conn::Closed, Conn::Closed],
             running: [false, false],
             background: Vec::new(),
+            unsettled: false,
             script_dir: script.dir.clone(),
             judge: Judge::new(script.uses_switch),
             ops: 0,
@@ -336,6 +344,7 @@ impl<'o> Runner<'o> {
             let at = || format!("line {} ({})", step.line, step.text);
             match &step.item {
                 Instruction::Op(op) => {
+                    self.settle().await.with_context(at)?;
                     let started = Instant::now();
                     let answer = self.request(op).await;
                     self.trace(step.line, &step.text, &answer, started.elapsed());
@@ -349,9 +358,15 @@ impl<'o> Runner<'o> {
                         .with_context(at)?;
                     self.trace(step.line, &step.text, &"done", started.elapsed());
                 }
-                Instruction::Block(block) => self.block(block).await.with_context(at)?,
+                Instruction::Block(block) => {
+                    if !block.ops.is_empty() {
+                        self.settle().await.with_context(at)?;
+                    }
+                    self.block(block).await.with_context(at)?
+                }
             }
         }
+        self.settle().await.context("end of script")?;
         self.final_check().await.context("end of script")
     }
 
@@ -469,7 +484,10 @@ impl<'o> Runner<'o> {
             Action::Stop(server) => self.stop(*server, line, text).await,
             Action::Kill(server) => self.kill(*server).await,
             Action::Exec(argv) => self.exec(argv, line, text).await,
-            Action::Switch(server) => self.switch(*server).await,
+            Action::Switch(_) => {
+                self.switch();
+                Ok(())
+            }
             Action::Sleep(pause) => {
                 tokio::time::sleep(*pause).await;
                 Ok(())
@@ -639,20 +657,51 @@ impl<'o> Runner<'o> {
         Ok(())
     }
 
-    /// After the judge flipped its belief: drop connections and, if the server is now believed
-    /// up, wait for it the way `Start` does.
-    async fn switch(&mut self, server: Server) -> anyhow::Result<()> {
+    /// After the judge flipped its belief: drop connections, and nothing else. `Switch` only
+    /// records a belief, instantly, as the classic tester did; scripts put it before or after
+    /// the `Exec` that starts the server, so waiting here could wait for a server nobody has
+    /// started yet. The wait happens before the next operation ([`Runner::settle`]).
+    fn switch(&mut self) {
         for s in Server::BOTH {
             self.reset(s);
         }
-        let deadline = Instant::now() + self.options.sync_timeout;
-        match self.judge.up() {
-            Up::Both => {
-                let both = Server::BOTH.map(|s| (s, Want::Synced));
-                self.wait_for(deadline, &both).await
+        self.unsettled = true;
+    }
+
+    /// Before an operation, after a `Switch`: waits until every server that is believed up *and*
+    /// running answers, and until both are in sync if both are. A server nobody started (our
+    /// own child not running; for an external pair, one the script did not start and that does
+    /// not answer a first probe) is not waited for: its requests then fail as they should, and
+    /// the judge says so. Bounded by the sync timeout like every wait.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        if !std::mem::replace(&mut self.unsettled, false) {
+            return Ok(());
+        }
+        let mut ready = Vec::new();
+        for server in Server::BOTH {
+            if self.judge.up().contains(server) && self.started(server).await {
+                ready.push(server);
             }
-            up if up.contains(server) => self.wait_for(deadline, &[(server, Want::Answers)]).await,
-            _ => Ok(()),
+        }
+        let deadline = Instant::now() + self.options.sync_timeout;
+        let wants: Vec<(Server, Want)> = match ready.as_slice() {
+            [_, _] => Server::BOTH.map(|s| (s, Want::Synced)).to_vec(),
+            [one] => vec![(*one, Want::Answers)],
+            _ => Vec::new(),
+        };
+        if wants.is_empty() {
+            return Ok(());
+        }
+        self.wait_for(deadline, &wants).await
+    }
+
+    /// Whether someone started `server`: our child process runs, or (external pair) the script
+    /// started it or it answers a status probe.
+    async fn started(&mut self, server: Server) -> bool {
+        let i = server.index();
+        match &self.servers {
+            Servers::Managed(managed) => managed.children[i].is_some(),
+            Servers::External(_) => self.running[i] || self.poll_status(server).await.is_ok(),
         }
     }
 
