@@ -32,9 +32,24 @@ async fn every_scenario_script_passes() {
     let options = RunOptions::managed(bin());
     let mut failures = Vec::new();
     let paths = scripts();
-    assert!(paths.len() >= 13, "scripts missing: {paths:?}");
+    assert!(paths.len() >= 16, "scripts missing: {paths:?}");
     for path in paths {
         let script = Script::load(&path).expect("script parses");
+        // A script in the classic style may name the lines the classic rule must skip.
+        let text = std::fs::read_to_string(&path).expect("read script");
+        if let Some(listed) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("-- illegal lines:"))
+        {
+            let want: Vec<usize> = listed
+                .split_whitespace()
+                .map(|n| n.parse().expect("a line number"))
+                .collect();
+            let got: Vec<usize> = script.illegal.iter().map(|e| e.line).collect();
+            assert_eq!(got, want, "{}: {:?}", path.display(), script.illegal);
+        } else {
+            assert_eq!(script.illegal, vec![], "{}", path.display());
+        }
         let report = tester::run(&script, &options).await;
         eprintln!(
             "{} {} ({} ops, {:.1} s)",
