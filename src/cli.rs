@@ -208,6 +208,16 @@ struct UpArgs {
     /// Run one standalone server on --primary instead of a pair.
     #[arg(long)]
     standalone: bool,
+    /// Give each server the HTTP gateway (docs/http.md): the primary on --primary-http, the
+    /// backup on --backup-http (the classic API's addresses by default).
+    #[arg(long)]
+    http: bool,
+    /// The primary's HTTP gateway address (implies --http).
+    #[arg(long, value_name = "ADDR")]
+    primary_http: Option<SocketAddr>,
+    /// The backup's HTTP gateway address (implies --http).
+    #[arg(long, value_name = "ADDR")]
+    backup_http: Option<SocketAddr>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -381,9 +391,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if tls::ensure(&cli.certs)? {
                 say!("created certificates in {}", cli.certs.display());
             }
+            let http = (args.http || args.primary_http.is_some() || args.backup_http.is_some())
+                .then(|| -> anyhow::Result<[SocketAddr; 2]> {
+                    Ok([
+                        args.primary_http
+                            .unwrap_or(crate::up::DEFAULT_PRIMARY_HTTP.parse()?),
+                        args.backup_http
+                            .unwrap_or(crate::up::DEFAULT_BACKUP_HTTP.parse()?),
+                    ])
+                })
+                .transpose()?;
             if args.standalone {
                 let mut cfg = ServerConfig::new(Role::Standalone, args.primary);
                 cfg.certs_dir = cli.certs.clone();
+                cfg.http = http.map(|[primary, _]| primary);
                 say!(
                     "quickv standalone server on {} (UDP); stop with Ctrl-C",
                     args.primary
@@ -395,6 +416,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 backup: args.backup,
                 certs: cli.certs,
                 threads: args.runtime.threads,
+                http,
             }))
         }
         Command::Bench(args) => run_bench(args, cli.server, cli.certs),

@@ -424,3 +424,71 @@ async fn pressure_run_2000_clients_through_the_gateway() {
     kit.stop(BACKUP);
     reap(&mut procs);
 }
+
+/// `quickv up --http` (here with explicit addresses, as tests must not use the fixed defaults
+/// 8088/8089) gives each child its gateway: a write on the primary's is read on the backup's.
+#[tokio::test]
+async fn quickv_up_gives_each_server_a_gateway() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (p, b) = (free_addr(), free_addr());
+    let (ph, bh) = (free_tcp_addr(), free_tcp_addr());
+    let mut up = Command::new(bin())
+        .args([
+            "up",
+            "--primary",
+            &p.to_string(),
+            "--backup",
+            &b.to_string(),
+        ])
+        .args([
+            "--primary-http",
+            &ph.to_string(),
+            "--backup-http",
+            &bh.to_string(),
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn quickv up");
+    let stdout = up.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let outcome = async {
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| format!("quickv up went quiet: {seen:?}"))?;
+            seen.push(line.clone());
+            if line.contains("pair in sync") {
+                break;
+            }
+        }
+        if !seen
+            .iter()
+            .any(|l| l.contains(&format!("http://{ph}")) && l.contains(&format!("http://{bh}")))
+        {
+            return Err(format!("no gateway line: {seen:?}"));
+        }
+        let ok = json(ph, Method::POST, "/kv/insert", "key=up&value=gateway").await;
+        if ok["success"] != "true" {
+            return Err(format!("insert: {ok}"));
+        }
+        let read = json(bh, Method::POST, "/kv/get", "key=up").await;
+        if read["value"] != "gateway" {
+            return Err(format!("backup read: {read}"));
+        }
+        Ok(())
+    }
+    .await;
+    common::signal(up.id(), "TERM");
+    let status = up.wait().expect("wait");
+    outcome.expect("quickv up --http");
+    assert!(status.success(), "quickv up exit status {status:?}");
+}
