@@ -310,6 +310,16 @@ struct TestArgs {
     /// Longest wait for a server to answer, for the pair to sync, or for a server to stop, in ms.
     #[arg(long, default_value_t = tester::runner::DEFAULT_SYNC_TIMEOUT_MS)]
     sync_timeout_ms: u64,
+    /// How operations and the final dumps reach the servers: quic, or http (the gateway, the same
+    /// judge; status polls stay on QUIC).
+    #[arg(long, default_value = "quic", value_parser = ["quic", "http"])]
+    via: String,
+    /// The external primary's HTTP gateway (HOST:PORT), for --via http.
+    #[arg(long, requires = "external")]
+    primary_http: Option<String>,
+    /// The external backup's HTTP gateway (HOST:PORT), for --via http.
+    #[arg(long, requires = "external")]
+    backup_http: Option<String>,
     /// Refuse a script with an illegal instruction (a key repeated in a block, Exec/Sleep in a
     /// block, an unknown instruction) instead of skipping the line as the classic tester did.
     #[arg(long)]
@@ -681,6 +691,8 @@ async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
             start_cmd: args.start_cmd,
             stop_cmd: args.stop_cmd,
             kill_cmd: args.kill_cmd,
+            primary_http: args.primary_http,
+            backup_http: args.backup_http,
         })
     } else {
         let binary = std::env::current_exe().context("cannot find the quickv executable")?;
@@ -690,6 +702,11 @@ async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
         pair,
         sync_timeout: Duration::from_millis(args.sync_timeout_ms),
         verbose: args.verbose,
+        via: if args.via == "http" {
+            tester::Via::Http
+        } else {
+            tester::Via::Quic
+        },
     };
     let mode = if args.strict {
         ParseMode::Strict

@@ -78,6 +78,43 @@ async fn every_scenario_script_passes() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The same scripts, the same judge, with every operation and the final dumps sent over the HTTP
+/// gateway: the gateway is held to the same model as QUIC.
+#[tokio::test]
+async fn every_scenario_script_passes_via_http() {
+    let mut options = RunOptions::managed(bin());
+    options.via = tester::Via::Http;
+    let mut failures = Vec::new();
+    for path in scripts() {
+        let script = Script::load(&path).expect("script parses");
+        let report = tester::run(&script, &options).await;
+        eprintln!(
+            "{} {} via http ({} ops, {:.1} s)",
+            if report.passed() { "PASS" } else { "FAIL" },
+            report.name,
+            report.ops,
+            report.elapsed.as_secs_f64()
+        );
+        if !report.passed() {
+            failures.push(format!(
+                "{}:\n  {}{}",
+                report.name,
+                report
+                    .violations
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n  "),
+                report
+                    .aborted
+                    .map(|a| format!("\n  aborted: {a}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn every_scenario_script_parses_and_says_what_it_proves() {
     for path in scripts() {
@@ -221,11 +258,14 @@ async fn external_pair_through_command_templates() {
              while kill -0 $pid 2>/dev/null; do sleep 0.05; done"
         )),
         kill_cmd: None,
+        primary_http: None,
+        backup_http: None,
     };
     let options = RunOptions {
         pair: PairSpec::External(external),
         sync_timeout: Duration::from_secs(20),
         verbose: false,
+        via: tester::Via::Quic,
     };
     let script = Script::parse(
         "external.test",

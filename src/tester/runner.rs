@@ -67,6 +67,19 @@ pub struct RunOptions {
     pub sync_timeout: Duration,
     /// Record every instruction and answer in [`Report::transcript`].
     pub verbose: bool,
+    /// How operations and final dumps reach the servers.
+    pub via: Via,
+}
+
+/// The path operations take (status polls and waits always use QUIC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Via {
+    /// The QUIC client protocol.
+    #[default]
+    Quic,
+    /// The HTTP gateway (`/kv/*`, `/kvman/dump`), each request on its own connection, as the
+    /// classic tester's clients send them.
+    Http,
 }
 
 impl RunOptions {
@@ -78,6 +91,7 @@ impl RunOptions {
             },
             sync_timeout: Duration::from_millis(DEFAULT_SYNC_TIMEOUT_MS),
             verbose: false,
+            via: Via::Quic,
         }
     }
 }
@@ -112,6 +126,10 @@ pub struct External {
     pub stop_cmd: Option<String>,
     /// Template that kills a server abruptly.
     pub kill_cmd: Option<String>,
+    /// The primary's HTTP gateway (`HOST:PORT`), for [`Via::Http`].
+    pub primary_http: Option<String>,
+    /// The backup's HTTP gateway (`HOST:PORT`), for [`Via::Http`].
+    pub backup_http: Option<String>,
 }
 
 /// The outcome of one script.
@@ -198,6 +216,8 @@ struct Managed {
     logs: [PathBuf; 2],
     /// The running (or exited, not yet reaped) server processes.
     children: [Option<Child>; 2],
+    /// `[primary, backup]` gateway addresses given to the servers, with [`Via::Http`].
+    http: Option<[String; 2]>,
 }
 
 impl Managed {
@@ -218,6 +238,13 @@ impl Managed {
             .args(["--peer", &addrs[server.other().index()]])
             .arg("--certs")
             .arg(certs)
+            .args(
+                self.http
+                    .as_ref()
+                    .map(|http| ["--http".to_string(), http[i].clone()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log.try_clone()?)
@@ -269,6 +296,8 @@ struct Runner<'o> {
     servers: Servers<'o>,
     /// `[primary, backup]` addresses as clients dial them.
     addrs: [String; 2],
+    /// `[primary, backup]` gateway addresses when operations go over HTTP ([`Via::Http`]).
+    http: Option<[String; 2]>,
     /// Client certificates.
     certs: PathBuf,
     /// `[primary, backup]` connections.
@@ -298,34 +327,51 @@ impl<'o> Runner<'o> {
             .prefix("quickv-test-")
             .tempdir()
             .context("cannot create a temporary directory")?;
-        let (servers, addrs, certs) = match &options.pair {
+        let (servers, addrs, certs, http) = match &options.pair {
             PairSpec::Managed { binary } => {
                 let certs = work.path().join("certs");
                 make_certs(binary, &certs).await?;
                 let [primary, backup] = free_ports()?;
                 let logs = Server::BOTH.map(|s| work.path().join(format!("{s}.log")));
+                let http = match options.via {
+                    Via::Quic => None,
+                    Via::Http => Some(free_tcp_ports()?.map(|a| a.to_string())),
+                };
                 let managed = Managed {
                     binary: binary.clone(),
                     logs,
                     children: [None, None],
+                    http: http.clone(),
                 };
                 (
                     Servers::Managed(Box::new(managed)),
                     [primary.to_string(), backup.to_string()],
                     certs,
+                    http,
                 )
             }
-            PairSpec::External(external) => (
-                Servers::External(external),
-                [external.primary.clone(), external.backup.clone()],
-                external.certs.clone(),
-            ),
+            PairSpec::External(external) => {
+                let http = match (options.via, &external.primary_http, &external.backup_http) {
+                    (Via::Quic, _, _) => None,
+                    (Via::Http, Some(p), Some(b)) => Some([p.clone(), b.clone()]),
+                    (Via::Http, _, _) => {
+                        bail!("--via http against an external pair needs --primary-http and --backup-http")
+                    }
+                };
+                (
+                    Servers::External(external),
+                    [external.primary.clone(), external.backup.clone()],
+                    external.certs.clone(),
+                    http,
+                )
+            }
         };
         Ok(Runner {
             options,
             work,
             servers,
             addrs,
+            http,
             certs,
             conns: [Conn::Closed, Conn::Closed],
             running: [false, false],
@@ -372,12 +418,24 @@ impl<'o> Runner<'o> {
 
     /// Sends the block's operations all at once while its actions run in order.
     async fn block(&mut self, block: &Block) -> anyhow::Result<()> {
-        let client = if block.ops.is_empty() {
+        let gateway = self
+            .http
+            .as_ref()
+            .map(|h| h[Server::Primary.index()].clone());
+        let client = if block.ops.is_empty() || gateway.is_some() {
             None
         } else {
             Some(self.client(Server::Primary).await)
         };
         let requests = async {
+            if let Some(addr) = &gateway {
+                return join_all(block.ops.iter().map(|s| async {
+                    let sent = Instant::now();
+                    let answer = super::http::call(addr, &s.item, OP_TIMEOUT).await;
+                    (answer, sent.elapsed())
+                }))
+                .await;
+            }
             match &client {
                 Some(Ok(client)) => {
                     join_all(block.ops.iter().map(|s| async {
@@ -430,6 +488,9 @@ impl<'o> Runner<'o> {
     /// Sends one operation to the primary.
     async fn request(&mut self, op: &KvOp) -> Answer {
         self.ops += 1;
+        if let Some(http) = &self.http {
+            return super::http::call(&http[Server::Primary.index()], op, OP_TIMEOUT).await;
+        }
         let answer = match self.client(Server::Primary).await {
             Ok(client) => call(client, op.to_op()).await,
             Err(answer) => answer,
@@ -850,13 +911,17 @@ impl<'o> Runner<'o> {
                 continue;
             }
             let started = Instant::now();
-            let dump: Result<Vec<(Bytes, Bytes)>, Answer> = match self.client(server).await {
-                Ok(client) => match tokio::time::timeout(OP_TIMEOUT, client.dump()).await {
-                    Ok(Ok(entries)) => Ok(entries),
-                    Ok(Err(e)) => Err(Answer::from(e)),
-                    Err(_) => Err(Answer::NoAnswer(OP_TIMEOUT)),
-                },
-                Err(answer) => Err(answer),
+            let dump: Result<Vec<(Bytes, Bytes)>, Answer> = if let Some(http) = &self.http {
+                super::http::dump(&http[server.index()], OP_TIMEOUT).await
+            } else {
+                match self.client(server).await {
+                    Ok(client) => match tokio::time::timeout(OP_TIMEOUT, client.dump()).await {
+                        Ok(Ok(entries)) => Ok(entries),
+                        Ok(Err(e)) => Err(Answer::from(e)),
+                        Err(_) => Err(Answer::NoAnswer(OP_TIMEOUT)),
+                    },
+                    Err(answer) => Err(answer),
+                }
             };
             let shown = match &dump {
                 Ok(entries) => format!("{} keys", entries.len()),
@@ -990,6 +1055,13 @@ async fn make_certs(binary: &Path, dir: &Path) -> anyhow::Result<()> {
 fn free_ports() -> anyhow::Result<[SocketAddr; 2]> {
     let a = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket")?;
     let b = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket")?;
+    Ok([a.local_addr()?, b.local_addr()?])
+}
+
+/// Two loopback TCP addresses that were free a moment ago (for the gateways with `--via http`).
+fn free_tcp_ports() -> anyhow::Result<[SocketAddr; 2]> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket")?;
     Ok([a.local_addr()?, b.local_addr()?])
 }
 
