@@ -412,7 +412,8 @@ async fn pressure_run_2000_clients_through_the_gateway() {
         let mut took: Vec<Duration> = results.iter().map(|(_, t)| *t).collect();
         took.sort();
         eprintln!(
-            "pressure run, {CLIENTS} concurrent HTTP clients, {name}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "pressure run, {CLIENTS} concurrent HTTP clients, {name}: p50 {:.1} ms, p99 {:.1} ms, \
+             max {:.1} ms",
             percentile(&took, 50.0),
             percentile(&took, 99.0),
             percentile(&took, 100.0)

@@ -149,8 +149,9 @@ impl std::fmt::Debug for Listener {
     }
 }
 
-/// A non-blocking listening TCP socket (made inside the runtime) with `SO_REUSEADDR` (a restarted server rebinds at once,
-/// whatever connections of the previous one linger) and a deep backlog ([`LISTEN_BACKLOG`]).
+/// A non-blocking listening TCP socket (made inside the runtime) with `SO_REUSEADDR` (a restarted
+/// server rebinds at once, whatever connections of the previous one linger) and a deep backlog
+/// ([`LISTEN_BACKLOG`]).
 fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,

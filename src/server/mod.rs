@@ -101,7 +101,8 @@ impl Server {
         if let Some(repl) = &node.repl {
             repl.start(endpoint.clone());
         }
-        // The gateway's tasks join the same tracker, so the drain below covers HTTP requests too.
+        // The gateway's accept loop and its requests in flight join the same tracker, so the
+        // drain below covers HTTP requests too (and ends after its listener is closed).
         if let Some(listener) = http {
             tracker.spawn(http::serve(
                 node.clone(),

@@ -355,7 +355,10 @@ impl<'o> Runner<'o> {
                     (Via::Quic, _, _) => None,
                     (Via::Http, Some(p), Some(b)) => Some([p.clone(), b.clone()]),
                     (Via::Http, _, _) => {
-                        bail!("--via http against an external pair needs --primary-http and --backup-http")
+                        bail!(
+                            "--via http against an external pair needs --primary-http and \
+                             --backup-http"
+                        )
                     }
                 };
                 (
