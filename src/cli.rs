@@ -18,7 +18,7 @@ use crate::client::{Client, ClientConfig, ClientError};
 use crate::config::{self, FileConfig, Role, ServerConfig};
 use crate::protocol::Limits;
 use crate::server::Server;
-use crate::tester::{self, PairSpec, RunOptions, Script};
+use crate::tester::{self, PairSpec, ParseMode, RunOptions, Script};
 use crate::tls;
 
 /// quickv: an in-memory key-value server with synchronous primary/backup replication over QUIC.
@@ -208,6 +208,16 @@ struct UpArgs {
     /// Run one standalone server on --primary instead of a pair.
     #[arg(long)]
     standalone: bool,
+    /// Give each server the HTTP gateway (docs/http.md): the primary on --primary-http, the
+    /// backup on --backup-http (the classic API's addresses by default).
+    #[arg(long)]
+    http: bool,
+    /// The primary's HTTP gateway address (implies --http).
+    #[arg(long, value_name = "ADDR")]
+    primary_http: Option<SocketAddr>,
+    /// The backup's HTTP gateway address (implies --http).
+    #[arg(long, value_name = "ADDR")]
+    backup_http: Option<SocketAddr>,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -300,6 +310,20 @@ struct TestArgs {
     /// Longest wait for a server to answer, for the pair to sync, or for a server to stop, in ms.
     #[arg(long, default_value_t = tester::runner::DEFAULT_SYNC_TIMEOUT_MS)]
     sync_timeout_ms: u64,
+    /// How operations and the final dumps reach the servers: quic, or http (the gateway, the same
+    /// judge; status polls stay on QUIC).
+    #[arg(long, default_value = "quic", value_parser = ["quic", "http"])]
+    via: String,
+    /// The external primary's HTTP gateway (HOST:PORT), for --via http.
+    #[arg(long, requires = "external")]
+    primary_http: Option<String>,
+    /// The external backup's HTTP gateway (HOST:PORT), for --via http.
+    #[arg(long, requires = "external")]
+    backup_http: Option<String>,
+    /// Refuse a script with an illegal instruction (a key repeated in a block, Exec/Sleep in a
+    /// block, an unknown instruction) instead of skipping the line as the classic tester did.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Debug, Args)]
@@ -377,9 +401,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if tls::ensure(&cli.certs)? {
                 say!("created certificates in {}", cli.certs.display());
             }
+            let http = (args.http || args.primary_http.is_some() || args.backup_http.is_some())
+                .then(|| -> anyhow::Result<[SocketAddr; 2]> {
+                    Ok([
+                        args.primary_http
+                            .unwrap_or(crate::up::DEFAULT_PRIMARY_HTTP.parse()?),
+                        args.backup_http
+                            .unwrap_or(crate::up::DEFAULT_BACKUP_HTTP.parse()?),
+                    ])
+                })
+                .transpose()?;
             if args.standalone {
                 let mut cfg = ServerConfig::new(Role::Standalone, args.primary);
                 cfg.certs_dir = cli.certs.clone();
+                cfg.http = http.map(|[primary, _]| primary);
                 say!(
                     "quickv standalone server on {} (UDP); stop with Ctrl-C",
                     args.primary
@@ -391,6 +426,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 backup: args.backup,
                 certs: cli.certs,
                 threads: args.runtime.threads,
+                http,
             }))
         }
         Command::Bench(args) => run_bench(args, cli.server, cli.certs),
@@ -655,6 +691,8 @@ async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
             start_cmd: args.start_cmd,
             stop_cmd: args.stop_cmd,
             kill_cmd: args.kill_cmd,
+            primary_http: args.primary_http,
+            backup_http: args.backup_http,
         })
     } else {
         let binary = std::env::current_exe().context("cannot find the quickv executable")?;
@@ -664,6 +702,16 @@ async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
         pair,
         sync_timeout: Duration::from_millis(args.sync_timeout_ms),
         verbose: args.verbose,
+        via: if args.via == "http" {
+            tester::Via::Http
+        } else {
+            tester::Via::Quic
+        },
+    };
+    let mode = if args.strict {
+        ParseMode::Strict
+    } else {
+        ParseMode::Classic
     };
     let (mut passed, mut failed) = (0usize, 0usize);
     for path in script_paths(&args.scripts)? {
@@ -671,13 +719,24 @@ async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let verdict = match Script::load(&path) {
+        let mut skipped = Vec::new();
+        let verdict = match Script::load_with(&path, mode) {
             Err(e) => Err(vec![e.to_string()]),
             Ok(script) => {
                 let report = tester::run(&script, &options).await;
                 for line in &report.transcript {
                     println!("{line}");
                 }
+                skipped = report
+                    .illegal
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "line {}: illegal instruction, skipped: {}",
+                            e.line, e.message
+                        )
+                    })
+                    .collect();
                 if report.passed() {
                     Ok(format!(
                         "PASS {name} ({} ops, {:.1} s)",
@@ -696,11 +755,14 @@ async fn test(args: TestArgs, certs: PathBuf) -> anyhow::Result<ExitCode> {
             Ok(line) => {
                 passed += 1;
                 println!("{line}");
+                for line in skipped {
+                    println!("  {line}");
+                }
             }
             Err(lines) => {
                 failed += 1;
                 println!("FAIL {name}");
-                for line in lines {
+                for line in skipped.into_iter().chain(lines) {
                     for part in line.lines() {
                         println!("  {part}");
                     }

@@ -25,7 +25,14 @@ pub struct Pair {
     pub certs: PathBuf,
     /// Runtime threads per server.
     pub threads: usize,
+    /// `[primary, backup]` HTTP gateway addresses, when asked for (`quickv up --http`).
+    pub http: Option<[SocketAddr; 2]>,
 }
+
+/// The primary's gateway address under `quickv up --http` (the classic API's).
+pub const DEFAULT_PRIMARY_HTTP: &str = "127.0.0.1:8088";
+/// The backup's gateway address under `quickv up --http`.
+pub const DEFAULT_BACKUP_HTTP: &str = "127.0.0.1:8089";
 
 /// How long `up` waits for the pair to reach sync before saying so.
 const SYNC_WAIT: Duration = Duration::from_secs(20);
@@ -36,12 +43,16 @@ const STATUS_POLL: Duration = Duration::from_millis(100);
 pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the quickv binary")?;
     let spawn = |role: &str| -> anyhow::Result<Child> {
-        let (listen, peer) = match role {
-            "primary" => (pair.primary, pair.backup),
-            _ => (pair.backup, pair.primary),
+        let (listen, peer, http) = match role {
+            "primary" => (pair.primary, pair.backup, pair.http.map(|[p, _]| p)),
+            _ => (pair.backup, pair.primary, pair.http.map(|[_, b]| b)),
         };
-        Command::new(&exe)
-            .args(["server", "--role", role, "--listen", &listen.to_string()])
+        let mut command = Command::new(&exe);
+        command.args(["server", "--role", role, "--listen", &listen.to_string()]);
+        if let Some(http) = http {
+            command.args(["--http", &http.to_string()]);
+        }
+        command
             .args([
                 "--peer",
                 &peer.to_string(),
@@ -66,6 +77,9 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
         pair.backup,
         pair.certs.display()
     );
+    if let Some([primary, backup]) = pair.http {
+        say!("HTTP gateways: primary http://{primary}, backup http://{backup}");
+    }
     match wait_for_sync(&pair).await {
         Ok(statuses) => {
             for status in &statuses {

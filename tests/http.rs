@@ -576,6 +576,92 @@ async fn classic_api_end_to_end_on_a_pair_then_shutdown_over_http() {
     );
 }
 
+/// The classic server read parameters as Go's `FormValue` does: from a form body or the query
+/// string, whatever the method; classic clients (its tester among them) send `POST /kv/get` with a
+/// form body, and writes with the fields in the query string.
+#[tokio::test]
+async fn parameters_are_read_like_go_form_value() {
+    let pair = Pair::start_with_http(&[]).await;
+    let p = pair.primary_http.expect("primary http");
+    let b = pair.backup_http.expect("backup http");
+
+    // A write with its fields in the query string and no body.
+    let ok = request(
+        p,
+        Method::POST,
+        "/kv/insert?key=q&value=from-query",
+        None,
+        String::new(),
+    )
+    .await;
+    assert_eq!(ok.json(), json!({"success": "true"}));
+    // A write with one field in each place.
+    let ok = request(
+        p,
+        Method::POST,
+        "/kv/insert?value=mixed",
+        Some(FORM),
+        "key=m".into(),
+    )
+    .await;
+    assert_eq!(ok.json(), json!({"success": "true"}));
+    // The body wins over the query string, as in Go.
+    let ok = request(
+        p,
+        Method::POST,
+        "/kv/update?key=q&value=loser",
+        Some(FORM),
+        "value=winner".into(),
+    )
+    .await;
+    assert_eq!(ok.json(), json!({"success": "true"}));
+
+    // Reads: POST with a form body, POST with a query string, GET with a query string, on both
+    // servers.
+    for server in [p, b] {
+        let read = post(server, "/kv/get", &[("key", "q")]).await;
+        assert_eq!(read.json(), json!({"success": "true", "value": "winner"}));
+        let read = request(
+            server,
+            Method::POST,
+            "/kv/get?key=m",
+            Some(FORM),
+            String::new(),
+        )
+        .await;
+        assert_eq!(read.json(), json!({"success": "true", "value": "mixed"}));
+        let read = get(server, "/kv/get?key=m").await;
+        assert_eq!(read.json(), json!({"success": "true", "value": "mixed"}));
+        let missing = post(server, "/kv/get", &[("key", "absent")]).await;
+        assert_eq!(missing.expect_refusal(), "the key does not exist");
+        assert_eq!(
+            post(server, "/kvman/countkey", &[]).await.json(),
+            json!({"result": "2"})
+        );
+        assert_eq!(
+            post(server, "/kvman/dump", &[]).await.json(),
+            json!({"m": "mixed", "q": "winner"})
+        );
+    }
+
+    // A GET must not write; a GET's body is not read (as in Go).
+    let wrong = get(p, "/kv/insert?key=g&value=1").await;
+    assert_eq!(wrong.allow.as_deref(), Some("POST"));
+    assert_eq!(wrong.status, 405);
+    let ignored = request(p, Method::GET, "/kv/get", Some(FORM), "key=q".into()).await;
+    assert!(
+        ignored
+            .expect_error(400, "bad_request")
+            .contains("missing field `key`"),
+        "{ignored:?}"
+    );
+    // A field given twice in one place is refused rather than guessed.
+    let twice = post(p, "/kv/get", &[("key", "q"), ("key", "m")]).await;
+    assert!(twice
+        .expect_error(400, "bad_request")
+        .contains("more than once"));
+}
+
 #[tokio::test]
 async fn with_the_backup_killed_writes_are_refused_with_a_reason_and_reads_served() {
     let mut pair = Pair::start_with_http(&[]).await;
@@ -692,8 +778,8 @@ async fn malformed_and_oversized_requests_get_json_errors_and_the_server_carries
     let wrong = get(http, "/kv/insert").await;
     assert_eq!(wrong.allow.as_deref(), Some("POST"));
     expect(wrong, 405, "method_not_allowed");
-    let wrong = post(http, "/kvman/countkey", &[]).await;
-    assert_eq!(wrong.allow.as_deref(), Some("GET"));
+    let wrong = request(http, Method::PUT, "/kvman/countkey", None, String::new()).await;
+    assert_eq!(wrong.allow.as_deref(), Some("GET, POST"));
     expect(wrong, 405, "method_not_allowed");
     expect(get(http, "/kv/nothing").await, 404, "not_found");
 

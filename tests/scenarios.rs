@@ -32,12 +32,64 @@ async fn every_scenario_script_passes() {
     let options = RunOptions::managed(bin());
     let mut failures = Vec::new();
     let paths = scripts();
-    assert!(paths.len() >= 13, "scripts missing: {paths:?}");
+    assert!(paths.len() >= 16, "scripts missing: {paths:?}");
     for path in paths {
         let script = Script::load(&path).expect("script parses");
+        // A script in the classic style may name the lines the classic rule must skip.
+        let text = std::fs::read_to_string(&path).expect("read script");
+        if let Some(listed) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("-- illegal lines:"))
+        {
+            let want: Vec<usize> = listed
+                .split_whitespace()
+                .map(|n| n.parse().expect("a line number"))
+                .collect();
+            let got: Vec<usize> = script.illegal.iter().map(|e| e.line).collect();
+            assert_eq!(got, want, "{}: {:?}", path.display(), script.illegal);
+        } else {
+            assert_eq!(script.illegal, vec![], "{}", path.display());
+        }
         let report = tester::run(&script, &options).await;
         eprintln!(
             "{} {} ({} ops, {:.1} s)",
+            if report.passed() { "PASS" } else { "FAIL" },
+            report.name,
+            report.ops,
+            report.elapsed.as_secs_f64()
+        );
+        if !report.passed() {
+            failures.push(format!(
+                "{}:\n  {}{}",
+                report.name,
+                report
+                    .violations
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n  "),
+                report
+                    .aborted
+                    .map(|a| format!("\n  aborted: {a}"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The same scripts, the same judge, with every operation and the final dumps sent over the HTTP
+/// gateway: the gateway is held to the same model as QUIC.
+#[tokio::test]
+async fn every_scenario_script_passes_via_http() {
+    let mut options = RunOptions::managed(bin());
+    options.via = tester::Via::Http;
+    let mut failures = Vec::new();
+    for path in scripts() {
+        let script = Script::load(&path).expect("script parses");
+        let report = tester::run(&script, &options).await;
+        eprintln!(
+            "{} {} via http ({} ops, {:.1} s)",
             if report.passed() { "PASS" } else { "FAIL" },
             report.name,
             report.ops,
@@ -129,25 +181,55 @@ async fn runner_reports_a_failing_exec_on_its_line() {
 }
 
 #[tokio::test]
-async fn a_wait_that_times_out_aborts_with_what_the_servers_said() {
-    // The script claims both servers are up but only started the primary: the wait for sync must
-    // end at its deadline with a clear message, not hang and not pass.
+async fn switch_never_waits_for_a_server_nobody_started() {
+    // The script claims both servers are up but only started the primary. `Switch` records the
+    // belief and nothing more (the classic rule); no wait may block on the backup, which nobody
+    // started: the script runs to the end, and the judge reports the request that the pair
+    // could not have answered as a pair. (A runner that waited for sync at the Switch aborted
+    // here at its deadline.)
     let script = Script::parse(
         "sync.test",
-        "Exec bin/start_server -p\nSwitch primary\nSwitch backup\nGet a\n",
+        "Exec bin/start_server -p\nSwitch primary\nSwitch backup\nInsert a 1\n",
     )
     .expect("parses");
     let mut options = RunOptions::managed(bin());
-    options.sync_timeout = Duration::from_millis(1_500);
+    options.sync_timeout = Duration::from_millis(3_000);
     let report = tester::run(&script, &options).await;
-    let aborted = report.aborted.expect("aborted");
-    assert!(aborted.starts_with("line 3 (Switch backup)"), "{aborted}");
-    assert!(aborted.contains("timed out after 1.5 s"), "{aborted}");
+    assert_eq!(report.aborted, None, "{report:#?}");
+    assert_eq!(report.ops, 1);
+    assert!(!report.violations.is_empty(), "{report:#?}");
+    assert_eq!(report.violations[0].at, tester::At::Line(4), "{report:#?}");
     assert!(
-        aborted.contains("waiting until the backup reports state sync"),
-        "{aborted}"
+        report.violations[0].expected.contains("ok"),
+        "{:#?}",
+        report.violations
     );
-    assert_eq!(report.ops, 0, "nothing runs after an abort");
+}
+
+#[tokio::test]
+async fn switch_before_the_exec_that_starts_the_server() {
+    // The classic order: the belief first, then the command, then a pause and the requests.
+    let script = Script::parse(
+        "switch-first.test",
+        "-- classic order\n\
+         Switch primary\n\
+         Exec bin/start_server -p\n\
+         Switch backup\n\
+         Exec bin/start_server -b\n\
+         Sleep 200\n\
+         Insert k v\n\
+         Get k\n\
+         Switch backup\n\
+         Exec bin/stop_server -b\n\
+         Get k\n\
+         Insert j w\n",
+    )
+    .expect("parses");
+    let mut options = RunOptions::managed(bin());
+    options.sync_timeout = Duration::from_secs(20);
+    let report = tester::run(&script, &options).await;
+    assert!(report.passed(), "{report:#?}");
+    assert_eq!(report.ops, 4);
 }
 
 #[tokio::test]
@@ -176,11 +258,14 @@ async fn external_pair_through_command_templates() {
              while kill -0 $pid 2>/dev/null; do sleep 0.05; done"
         )),
         kill_cmd: None,
+        primary_http: None,
+        backup_http: None,
     };
     let options = RunOptions {
         pair: PairSpec::External(external),
         sync_timeout: Duration::from_secs(20),
         verbose: false,
+        via: tester::Via::Quic,
     };
     let script = Script::parse(
         "external.test",
@@ -216,7 +301,7 @@ fn quickv_test_prints_a_verdict_per_script_and_a_count() {
     std::fs::write(dir.path().join("notes.txt"), "not a script").expect("write");
 
     let out = Command::new(bin())
-        .arg("test")
+        .args(["test", "--strict"])
         .arg(dir.path())
         .output()
         .expect("run quickv test");
@@ -237,6 +322,26 @@ fn quickv_test_prints_a_verdict_per_script_and_a_count() {
         "{stdout}"
     );
     assert_eq!(lines.last(), Some(&"1 passed, 1 failed"), "{stdout}");
+
+    // The default is the classic rule: the same script runs, its illegal lines are reported
+    // with their numbers and skipped, and it passes.
+    let out = Command::new(bin())
+        .arg("test")
+        .arg(dir.path().join("b-bad.test"))
+        .output()
+        .expect("run quickv test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("PASS b-bad.test (1 ops, "), "{stdout}");
+    assert!(
+        lines[1].starts_with("  line 2: illegal instruction, skipped: unknown instruction"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("  line 5: illegal instruction, skipped: key \"a\""),
+        "{stdout}"
+    );
 
     let out = Command::new(bin())
         .args(["test", "--verbose"])

@@ -10,7 +10,7 @@
 //! `"success":"false"` and a `"reason"`, as the classic API answered; a request we could not make
 //! sense of is a 4xx with `"error"` (a stable code) and `"reason"`; a server fault is a 500.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -20,8 +20,11 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
 use crate::http::form::{Form, FormError};
 use crate::http::metrics;
+use crate::http::Release;
 use crate::protocol::{ErrorCode, Limits, Op, Reply};
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
@@ -52,9 +55,26 @@ pub fn max_query(limits: &Limits) -> usize {
         .saturating_add(FORM_SLACK_BYTES)
 }
 
-/// Answers one HTTP request; never fails (every problem is an answer).
-pub async fn respond(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Longest the answer to `/kvman/shutdown` waits, beyond the drain timeout, for the server to
+/// release its ports (it then answers anyway; the server logs why the ports are still held).
+pub const PORT_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Answers one HTTP request; never fails (every problem is an answer). `in_flight` keeps the
+/// server's drain waiting for this answer; a shutdown's answer instead lets the drain go on and
+/// waits until the server has released its ports (see [`crate::http::Release`]).
+pub async fn respond(
+    node: &Node,
+    req: Request<Incoming>,
+    in_flight: TaskTrackerToken,
+    release: &Release,
+) -> Response<Full<Bytes>> {
+    let shutdown = req.uri().path() == "/kvman/shutdown";
     let answer = route(node, req).await;
+    if shutdown && answer.status == StatusCode::OK && node.shutdown.is_cancelled() {
+        drop(in_flight);
+        let limit = node.config.drain_timeout.saturating_add(PORT_RELEASE_WAIT);
+        let _ = tokio::time::timeout(limit, release.ports_free.cancelled()).await;
+    }
     let class = usize::from(answer.status.as_u16() / 100).saturating_sub(1);
     if let Some(counter) = node.stats.http_responses.get(class) {
         Stats::bump(counter);
@@ -63,79 +83,206 @@ pub async fn respond(node: &Node, req: Request<Incoming>) -> Response<Full<Bytes
 }
 
 /// Dispatches on the path, then the method.
+///
+/// Parameters are read the way the classic server read them (Go's `FormValue`): from a form body
+/// or the query string, the body winning when both name a field. Reads (`/kv/get`, `/kvman/*`,
+/// `/metrics`) take GET or POST; writes take POST (a GET must not change data: a crawler or a
+/// browser's prefetch would).
 async fn route(node: &Node, req: Request<Incoming>) -> Answer {
-    let (post, get) = (&Method::POST, &Method::GET);
-    match req.uri().path() {
-        "/kv/insert" => match allow(&req, post) {
-            Ok(()) => write(node, req, Write::Insert).await,
-            Err(refused) => refused,
-        },
-        "/kv/update" => match allow(&req, post) {
-            Ok(()) => write(node, req, Write::Update).await,
-            Err(refused) => refused,
-        },
-        "/kv/delete" => match allow(&req, post) {
-            Ok(()) => write(node, req, Write::Delete).await,
-            Err(refused) => refused,
-        },
-        "/kv/get" => match allow(&req, get) {
-            Ok(()) => read_key(node, req.uri().query().unwrap_or("")).await,
-            Err(refused) => refused,
-        },
-        "/kvman/countkey" => match allow(&req, get) {
-            Ok(()) => match call(node, Op::Count).await {
-                Routed::Reply(Reply::Count(n)) => Answer::json(&Count {
-                    result: n.to_string(),
-                }),
-                other => refusal(other),
-            },
-            Err(refused) => refused,
-        },
-        "/kvman/dump" => match allow(&req, get) {
-            Ok(()) => match call(node, Op::Dump).await {
-                Routed::Dump(entries) => dump(entries),
-                other => refusal(other),
-            },
-            Err(refused) => refused,
-        },
-        "/kvman/status" => match allow(&req, get) {
-            Ok(()) => match call(node, Op::Status).await {
-                // Already a JSON document: sent as the router wrote it.
-                Routed::Reply(Reply::Status(text)) => Answer {
-                    status: StatusCode::OK,
-                    content_type: JSON,
-                    body: Bytes::from(text),
-                    allow: None,
-                },
-                other => refusal(other),
-            },
-            Err(refused) => refused,
-        },
-        "/kvman/shutdown" => match allow(&req, get) {
-            Ok(()) => match call(node, Op::Shutdown).await {
-                Routed::Shutdown => {
-                    // The answer is still delivered: the connection is shut down gracefully.
-                    node.shutdown.cancel();
-                    success()
+    let path = req.uri().path().to_string();
+    let (write, read) = (Allowed::Post, Allowed::GetOrPost);
+    match path.as_str() {
+        "/kv/insert" => {
+            with_params(node, req, write, |p| async move {
+                write_op(node, &p, Write::Insert).await
+            })
+            .await
+        }
+        "/kv/update" => {
+            with_params(node, req, write, |p| async move {
+                write_op(node, &p, Write::Update).await
+            })
+            .await
+        }
+        "/kv/delete" => {
+            with_params(node, req, write, |p| async move {
+                write_op(node, &p, Write::Delete).await
+            })
+            .await
+        }
+        "/kv/get" => {
+            with_params(node, req, read, |p| async move { read_key(node, &p).await }).await
+        }
+        "/kvman/countkey" => {
+            with_params(node, req, read, |_| async move {
+                match call(node, Op::Count).await {
+                    Routed::Reply(Reply::Count(n)) => Answer::json(&Count {
+                        result: n.to_string(),
+                    }),
+                    other => refusal(other),
                 }
-                other => refusal(other),
-            },
-            Err(refused) => refused,
-        },
-        "/metrics" => match allow(&req, get) {
-            Ok(()) => Answer {
-                status: StatusCode::OK,
-                content_type: metrics::CONTENT_TYPE,
-                body: Bytes::from(metrics::render(node)),
-                allow: None,
-            },
-            Err(refused) => refused,
-        },
+            })
+            .await
+        }
+        "/kvman/dump" => {
+            with_params(node, req, read, |_| async move {
+                match call(node, Op::Dump).await {
+                    Routed::Dump(entries) => dump(entries),
+                    other => refusal(other),
+                }
+            })
+            .await
+        }
+        "/kvman/status" => {
+            with_params(node, req, read, |_| async move {
+                match call(node, Op::Status).await {
+                    // Already a JSON document: sent as the router wrote it.
+                    Routed::Reply(Reply::Status(text)) => Answer {
+                        status: StatusCode::OK,
+                        content_type: JSON,
+                        body: Bytes::from(text),
+                        allow: None,
+                    },
+                    other => refusal(other),
+                }
+            })
+            .await
+        }
+        "/kvman/shutdown" => {
+            with_params(node, req, read, |_| async move {
+                match call(node, Op::Shutdown).await {
+                    Routed::Shutdown => {
+                        node.shutdown.cancel();
+                        success()
+                    }
+                    other => refusal(other),
+                }
+            })
+            .await
+        }
+        "/metrics" => {
+            with_params(node, req, read, |_| async move {
+                Answer {
+                    status: StatusCode::OK,
+                    content_type: metrics::CONTENT_TYPE,
+                    body: Bytes::from(metrics::render(node)),
+                    allow: None,
+                }
+            })
+            .await
+        }
         path => Answer::error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no endpoint {path}; see docs/http.md"),
         ),
+    }
+}
+
+/// The methods an endpoint serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Allowed {
+    /// Writes.
+    Post,
+    /// Reads and management: what the classic server served to either.
+    GetOrPost,
+}
+
+impl Allowed {
+    fn admits(self, method: &Method) -> bool {
+        match self {
+            Allowed::Post => method == Method::POST,
+            Allowed::GetOrPost => method == Method::GET || method == Method::POST,
+        }
+    }
+
+    /// The `Allow` header of a 405.
+    fn header(self) -> &'static str {
+        match self {
+            Allowed::Post => "POST",
+            Allowed::GetOrPost => "GET, POST",
+        }
+    }
+}
+
+/// A request's parameters: the form body's fields, then the query string's.
+#[derive(Debug, Default)]
+pub struct Params {
+    /// Fields of an `application/x-www-form-urlencoded` POST body.
+    body: Form,
+    /// Fields of the query string.
+    query: Form,
+}
+
+impl Params {
+    /// Decodes the query string and, for a POST, the form body; bounded in size and time.
+    async fn read(node: &Node, req: Request<Incoming>) -> Result<Params, Answer> {
+        let limits = node.config.limits;
+        let query = req.uri().query().unwrap_or("");
+        if query.len() > max_query(&limits) {
+            return Err(Answer::error(
+                StatusCode::URI_TOO_LONG,
+                "too_large",
+                format!(
+                    "query string of {} bytes exceeds the limit of {} bytes",
+                    query.len(),
+                    max_query(&limits)
+                ),
+            ));
+        }
+        let query = Form::parse(query.as_bytes()).map_err(bad_form)?;
+        // As Go's ParseForm: a body is read for POST only (a GET's body is ignored).
+        let body = if req.method() == Method::POST {
+            form_body(node, req).await?
+        } else {
+            Form::default()
+        };
+        Ok(Params { body, query })
+    }
+
+    /// The value of `name` from the body if it is there, else from the query string (as Go's
+    /// `FormValue`); a name given twice in the same place is an error rather than a guess.
+    pub fn optional(&self, name: &'static str) -> Result<Option<Bytes>, FormError> {
+        match self.body.optional(name)? {
+            Some(value) => Ok(Some(value)),
+            None => self.query.optional(name),
+        }
+    }
+
+    /// The value of `name`, which must be present.
+    pub fn required(&self, name: &'static str) -> Result<Bytes, FormError> {
+        self.optional(name)?.ok_or(FormError::Missing(name))
+    }
+}
+
+/// Checks the method, reads the parameters, then runs `serve` with them.
+async fn with_params<'n, F, Fut>(
+    node: &'n Node,
+    req: Request<Incoming>,
+    allowed: Allowed,
+    serve: F,
+) -> Answer
+where
+    F: FnOnce(Params) -> Fut,
+    Fut: std::future::Future<Output = Answer> + 'n,
+{
+    if !allowed.admits(req.method()) {
+        let mut answer = Answer::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!(
+                "{} {} is not served; use {}",
+                req.method(),
+                req.uri().path(),
+                allowed.header()
+            ),
+        );
+        answer.allow = Some(allowed.header());
+        return answer;
+    }
+    match Params::read(node, req).await {
+        Ok(params) => serve(params).await,
+        Err(answer) => answer,
     }
 }
 
@@ -147,17 +294,13 @@ enum Write {
     Delete,
 }
 
-/// `POST /kv/insert|update|delete` with a form body.
-async fn write(node: &Node, req: Request<Incoming>, kind: Write) -> Answer {
+/// `POST /kv/insert|update|delete`.
+async fn write_op(node: &Node, form: &Params, kind: Write) -> Answer {
     let limits = node.config.limits;
-    let form = match form_body(node, req).await {
-        Ok(form) => form,
-        Err(answer) => return answer,
-    };
     let fields = || -> Result<Op, Answer> {
         let key = form.required("key").map_err(bad_form)?;
         check_key(&key, &limits)?;
-        let value = |form: &Form| -> Result<Bytes, Answer> {
+        let value = |form: &Params| -> Result<Bytes, Answer> {
             let value = form.required("value").map_err(bad_form)?;
             if value.len() > limits.max_value {
                 return Err(Answer::error(
@@ -175,11 +318,11 @@ async fn write(node: &Node, req: Request<Incoming>, kind: Write) -> Answer {
         Ok(match kind {
             Write::Insert => Op::Insert {
                 key,
-                value: value(&form)?,
+                value: value(form)?,
             },
             Write::Update => Op::Update {
                 key,
-                value: value(&form)?,
+                value: value(form)?,
             },
             Write::Delete => Op::Delete { key },
         })
@@ -190,25 +333,13 @@ async fn write(node: &Node, req: Request<Incoming>, kind: Write) -> Answer {
     }
 }
 
-/// `GET /kv/get?key=K`.
-async fn read_key(node: &Node, query: &str) -> Answer {
-    let limits = node.config.limits;
-    if query.len() > max_query(&limits) {
-        return Answer::error(
-            StatusCode::URI_TOO_LONG,
-            "too_large",
-            format!(
-                "query string of {} bytes exceeds the limit of {} bytes",
-                query.len(),
-                max_query(&limits)
-            ),
-        );
-    }
-    let key = match Form::parse(query.as_bytes()).and_then(|f| f.required("key")) {
+/// `GET|POST /kv/get` with `key`.
+async fn read_key(node: &Node, params: &Params) -> Answer {
+    let key = match params.required("key") {
         Ok(key) => key,
         Err(e) => return bad_form(e),
     };
-    if let Err(answer) = check_key(&key, &limits) {
+    if let Err(answer) = check_key(&key, &node.config.limits) {
         return answer;
     }
     outcome(call(node, Op::Get { key }).await)
@@ -217,23 +348,26 @@ async fn read_key(node: &Node, query: &str) -> Answer {
 /// Reads and decodes a form body, bounded in size ([`max_body`]) and time (the idle timeout).
 async fn form_body(node: &Node, req: Request<Incoming>) -> Result<Form, Answer> {
     let cap = max_body(&node.config.limits);
-    if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+    // Another media type is refused only if a body came with it (an empty POST with any
+    // Content-Type carries its fields in the query string, which classic clients do).
+    let wrong_type = req.headers().get(CONTENT_TYPE).and_then(|ct| {
         let form_type = ct
             .to_str()
             .ok()
             .and_then(|s| s.split(';').next())
             .map(str::trim);
-        if !form_type.is_some_and(|t| t.eq_ignore_ascii_case("application/x-www-form-urlencoded")) {
-            return Err(Answer::error(
+        match form_type {
+            Some(t) if t.eq_ignore_ascii_case("application/x-www-form-urlencoded") => None,
+            _ => Some(Answer::error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!(
                     "expected an application/x-www-form-urlencoded body, got {}",
                     String::from_utf8_lossy(ct.as_bytes())
                 ),
-            ));
+            )),
         }
-    }
+    });
     let too_large = |n: u64| {
         Answer::error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -276,7 +410,10 @@ async fn form_body(node: &Node, req: Request<Incoming>) -> Result<Form, Answer> 
             buf.extend_from_slice(&data);
         }
     }
-    Form::parse(&buf).map_err(bad_form)
+    match wrong_type {
+        Some(refused) if !buf.is_empty() => Err(refused),
+        _ => Form::parse(&buf).map_err(bad_form),
+    }
 }
 
 /// Refuses a key over `max_key`, as the QUIC decoder does.
@@ -430,24 +567,6 @@ fn dump(mut entries: Vec<(Bytes, Bytes)>) -> Answer {
 /// A 400 for a form or query string we could not read.
 fn bad_form(e: FormError) -> Answer {
     Answer::error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-}
-
-/// Refuses any method but `want` with a 405 naming the allowed one.
-fn allow(req: &Request<Incoming>, want: &Method) -> Result<(), Answer> {
-    if req.method() == want {
-        return Ok(());
-    }
-    let mut answer = Answer::error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!(
-            "{} {} is not served; use {want}",
-            req.method(),
-            req.uri().path()
-        ),
-    );
-    answer.allow = Some(if *want == Method::POST { "POST" } else { "GET" });
-    Err(answer)
 }
 
 /// A response about to be sent.

@@ -12,11 +12,18 @@
 //! [`Listener::bind`] binds the TCP socket while the server is being set up (so a bad address
 //! fails at start, and the socket accepts as soon as the server says it is listening).
 //! [`serve`] runs on the server's tokio runtime, in the server's task tracker: it accepts
-//! connections (at most `max_connections` at once, waiting for a free slot rather than
+//! connections (at most [`max_connections`] at once, waiting for a free slot rather than
 //! accepting and dropping), and drives each with hyper's HTTP/1.1 server. When the node's
-//! shutdown token fires — a signal, a QUIC `shutdown`, or `GET /kvman/shutdown` — it stops
-//! accepting and shuts each connection down gracefully: the response in flight is finished, then
-//! the connection closes, and [`crate::server::Server::run`]'s drain waits for that.
+//! shutdown token fires — a signal, a QUIC `shutdown`, or `/kvman/shutdown` — it stops
+//! accepting (the listening socket is closed as `serve` returns) and shuts each connection down
+//! gracefully: the response in flight is finished, then the connection closes.
+//!
+//! Every request in flight holds a token of the server's tracker, so
+//! [`crate::server::Server::run`]'s drain waits for their answers; the connections themselves
+//! live in [`Release::connections`]. The answer to `/kvman/shutdown` is the exception: it is
+//! written only once the server has released its ports ([`Release::ports_free`]), so a harness
+//! that starts the next server the moment it has the answer finds the ports free (the classic
+//! tester does exactly that).
 //!
 //! # The request path
 //!
@@ -46,6 +53,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -64,6 +72,31 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// hyper's own default read-buffer cap, in bytes; raised when long keys need longer query strings.
 const HYPER_DEFAULT_MAX_BUF: usize = 8192 + 4096 * 100;
+/// The gateway serves this many times `max_connections` TCP connections at once: an HTTP/1.1
+/// client needs one connection per request in flight (the classic tester opens 2000 at once),
+/// where a QUIC client multiplexes. With the default `max_connections` (1024): 4096.
+pub const CONNECTIONS_PER_QUIC_CONNECTION: usize = 4;
+/// Listen backlog of the gateway's socket (the kernel caps it at `net.core.somaxconn`): a burst
+/// of connects beyond the accept rate waits here instead of being retried after a dropped SYN.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// How many HTTP connections the gateway serves at once.
+pub fn max_connections(config: &ServerConfig) -> usize {
+    config
+        .max_connections
+        .saturating_mul(CONNECTIONS_PER_QUIC_CONNECTION)
+}
+
+/// Shared between the server's stop sequence and the gateway.
+#[derive(Clone, Debug, Default)]
+pub struct Release {
+    /// Cancelled by the server once its QUIC and HTTP sockets are closed (or it gave up waiting
+    /// for that); the answer to `/kvman/shutdown` waits for it.
+    pub ports_free: CancellationToken,
+    /// The gateway's connection tasks; the server waits for them (bounded) after the ports are
+    /// free, so the shutdown answer is written before the process exits.
+    pub connections: TaskTracker,
+}
 
 /// The gateway's bound TCP socket, made before the runtime serves it.
 pub struct Listener {
@@ -81,13 +114,12 @@ impl Listener {
         let Some(addr) = config.http else {
             return Ok(None);
         };
-        let socket = std::net::TcpListener::bind(addr).map_err(|e| {
+        let socket = listen(addr).map_err(|e| {
             Error::Io(std::io::Error::new(
                 e.kind(),
                 format!("cannot listen on {addr} (http): {e}"),
             ))
         })?;
-        socket.set_nonblocking(true)?;
         let tls = match config.http_tls {
             true => Some(TlsAcceptor::from(tls::http_server_config(
                 &CertPaths::new(&config.certs_dir),
@@ -117,9 +149,25 @@ impl std::fmt::Debug for Listener {
     }
 }
 
-/// Accepts and serves HTTP connections until the node shuts down. Connection tasks are spawned on
-/// `tracker` so the server's drain waits for them.
-pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker) {
+/// A non-blocking listening TCP socket (made inside the runtime) with `SO_REUSEADDR` (a restarted
+/// server rebinds at once, whatever connections of the previous one linger) and a deep backlog
+/// ([`LISTEN_BACKLOG`]).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    // Needs the runtime (as the QUIC endpoint does); handed back as a std socket, still
+    // non-blocking, and registered again in `serve`.
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
+/// Accepts and serves HTTP connections until the node shuts down. Every request in flight holds a
+/// token of `tracker`, so the server's drain waits for its answer; connection tasks go to
+/// `release.connections`.
+pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, release: Release) {
     let Listener { socket, addr, tls } = listener;
     let socket = match TcpListener::from_std(socket) {
         Ok(socket) => socket,
@@ -129,7 +177,7 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker) {
         }
     };
     info!(%addr, tls = tls.is_some(), "http gateway serving");
-    let slots = Arc::new(Semaphore::new(node.config.max_connections));
+    let slots = Arc::new(Semaphore::new(max_connections(&node.config)));
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot,
@@ -151,10 +199,11 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker) {
         Stats::bump(&node.stats.http_connections_total);
         let node = node.clone();
         let tls = tls.clone();
-        tracker.spawn(
+        let (tracker, gate) = (tracker.clone(), release.clone());
+        release.connections.spawn(
             async move {
                 let _open = Stats::open(&node.stats.http_connections);
-                connection(node.clone(), stream, tls).await;
+                connection(node.clone(), stream, tls, tracker, gate).await;
                 drop(slot);
             }
             .instrument(info_span!("http", %remote)),
@@ -164,32 +213,40 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker) {
 }
 
 /// One connection: the optional TLS handshake, then HTTP/1.1.
-async fn connection(node: Arc<Node>, stream: TcpStream, tls: Option<TlsAcceptor>) {
+async fn connection(
+    node: Arc<Node>,
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    tracker: TaskTracker,
+    release: Release,
+) {
     // Answers are small and written whole; Nagle would only add delay.
     let _ = stream.set_nodelay(true);
     let Some(acceptor) = tls else {
-        return drive(node, stream).await;
+        return drive(node, stream, tracker, release).await;
     };
     let handshake = tokio::select! {
         h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h,
         _ = node.shutdown.cancelled() => return,
     };
     match handshake {
-        Ok(Ok(stream)) => drive(node, stream).await,
+        Ok(Ok(stream)) => drive(node, stream, tracker, release).await,
         Ok(Err(e)) => debug!(reason = %e, "http tls handshake failed"),
         Err(_) => debug!("http tls handshake timed out"),
     }
 }
 
 /// Serves HTTP/1.1 requests on `io` until the client closes or the node shuts down.
-async fn drive<I>(node: Arc<Node>, io: I)
+async fn drive<I>(node: Arc<Node>, io: I, tracker: TaskTracker, release: Release)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let for_requests = node.clone();
     let service = service_fn(move |req| {
         let node = for_requests.clone();
-        async move { Ok::<_, Infallible>(api::respond(&node, req).await) }
+        let in_flight = tracker.token();
+        let release = release.clone();
+        async move { Ok::<_, Infallible>(api::respond(&node, req, in_flight, &release).await) }
     });
     let max_buf =
         HYPER_DEFAULT_MAX_BUF.max(api::max_query(&node.config.limits).saturating_add(8192));

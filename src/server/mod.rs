@@ -6,7 +6,10 @@
 //! passes ctrl-c/SIGTERM, tests their own) or a client sends `shutdown` (QUIC or HTTP).
 //! Stopping is graceful: no new connections or requests are taken, answers already owed are
 //! delivered (bounded by `drain_timeout`), then every connection is closed with application code
-//! [`session::CLOSE_SHUTDOWN`] and the endpoint waits until idle.
+//! [`session::CLOSE_SHUTDOWN`] and the endpoint waits until idle (bounded). Then the ports are
+//! released — the UDP socket and the gateway's TCP listener are closed, which [`Server::run`]
+//! checks by binding the UDP address itself — and only then is `/kvman/shutdown` answered: a
+//! harness that starts the next server as soon as it has that answer finds the ports free.
 
 pub mod metrics;
 pub mod node;
@@ -92,13 +95,21 @@ impl Server {
             http,
         } = self;
         let tracker = TaskTracker::new();
-        info!(role = %node.config.role, listen = %endpoint.local_addr()?, "serving");
+        let release = http::Release::default();
+        let listen = endpoint.local_addr()?;
+        info!(role = %node.config.role, %listen, "serving");
         if let Some(repl) = &node.repl {
             repl.start(endpoint.clone());
         }
-        // The gateway's tasks join the same tracker, so the drain below covers HTTP requests too.
+        // The gateway's accept loop and its requests in flight join the same tracker, so the
+        // drain below covers HTTP requests too (and ends after its listener is closed).
         if let Some(listener) = http {
-            tracker.spawn(http::serve(node.clone(), listener, tracker.clone()));
+            tracker.spawn(http::serve(
+                node.clone(),
+                listener,
+                tracker.clone(),
+                release.clone(),
+            ));
         }
         tokio::pin!(shutdown);
         loop {
@@ -150,6 +161,12 @@ impl Server {
         // The close frames go out at once; waiting out every connection's draining period (3 PTOs,
         // seconds on an idle link) would only delay the exit, so bound it.
         let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
+        release_udp(endpoint, listen).await;
+        // The gateway's listener closed when its accept loop ended (the drain waited for it).
+        release.ports_free.cancel();
+        // Let the gateway write the shutdown's answer before the process goes.
+        release.connections.close();
+        let _ = tokio::time::timeout(CLOSE_LINGER, release.connections.wait()).await;
         info!("stopped");
         Ok(())
     }
@@ -186,6 +203,39 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
         }
     }
 }
+
+/// Gives up the endpoint's UDP port: connections still draining hold the socket, so the endpoint
+/// is moved to a throwaway socket twice (quinn keeps the previous one until traffic arrives on
+/// the new), then the port is checked by binding it — the only reliable sign that it is free —
+/// until [`PORT_RELEASE_LIMIT`].
+async fn release_udp(endpoint: quinn::Endpoint, listen: SocketAddr) {
+    let throwaway = SocketAddr::new(listen.ip(), 0);
+    for _ in 0..2 {
+        if let Ok(socket) = std::net::UdpSocket::bind(throwaway) {
+            let _ = endpoint.rebind(socket);
+        }
+    }
+    drop(endpoint);
+    let deadline = tokio::time::Instant::now() + PORT_RELEASE_LIMIT;
+    loop {
+        match std::net::UdpSocket::bind(listen) {
+            Ok(probe) => {
+                drop(probe);
+                return;
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                warn!(%listen, reason = %e, "the UDP port is still held; exiting anyway");
+                return;
+            }
+            Err(_) => tokio::time::sleep(PORT_PROBE_INTERVAL).await,
+        }
+    }
+}
+
+/// Longest a stopping server checks for its UDP port to be released.
+const PORT_RELEASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Pause between two checks of the UDP port.
+const PORT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How long a stopping server lingers for its close frames to be delivered.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(300);

@@ -458,6 +458,49 @@ mod tests {
             .collect()
     }
 
+    /// The classic rule: in a script with `Switch`, the belief flips at the `Switch`, before or
+    /// after the `Exec` that starts or stops the server, and the `Exec` itself changes nothing.
+    #[test]
+    fn switch_flips_the_belief_at_once_whatever_the_exec_order() {
+        let script = crate::tester::Script::parse(
+            "t",
+            "Switch primary\nExec bin/start_server -p\nExec bin/start_server -b\nSwitch backup\n\
+             Insert a 1\nExec bin/stop_server -b\nInsert b 2\nSwitch backup\nInsert c 3\n",
+        )
+        .expect("parses");
+        let mut j = Judge::new(script.uses_switch);
+        let mut seen = Vec::new();
+        for s in &script.steps {
+            match &s.item {
+                crate::tester::script::Instruction::Action(action) => j.action(action),
+                crate::tester::script::Instruction::Op(op) => {
+                    seen.push(j.up());
+                    let answer = if op.key() == "c" {
+                        unavailable()
+                    } else {
+                        Answer::Ok
+                    };
+                    j.operation(
+                        &Step {
+                            line: s.line,
+                            text: s.text.clone(),
+                            item: op.clone(),
+                        },
+                        &answer,
+                    );
+                }
+                crate::tester::script::Instruction::Block(_) => unreachable!("no block"),
+            }
+        }
+        // Line 7 still believes the backup up (its Switch comes after): the pair's answer passes;
+        // line 9 believes it down, and a refusal is what a lone primary owes.
+        assert_eq!(seen, vec![Up::Both, Up::Both, Up::PrimaryOnly]);
+        assert_eq!(j.violations(), &[]);
+        let dump = pairs(&[("a", "1"), ("b", "2")]);
+        j.dump(Server::Primary, Ok(&dump));
+        assert_eq!(j.violations(), &[]);
+    }
+
     #[test]
     fn exact_answers_with_both_up_pass() {
         let mut j = pair();

@@ -15,16 +15,18 @@
 //! | [`model`] | which servers are believed up; what each key may hold (a set, for honesty) |
 //! | [`judge`] | sans-IO: answer + model → violations and an updated model |
 //! | [`runner`] | I/O: a real pair (our own child processes, or someone else's), waits on `status` |
+//! | [`http`] | `--via http`: operations and dumps over the HTTP gateway instead of QUIC |
 //!
 //! The judge does no I/O, so its unit tests feed it fabricated answers — a wrong value, a write
 //! that succeeded while the backup was down, a stale backup dump — and check that each one is
 //! reported on the right line. A tester that cannot fail would be worse than none.
 
+pub mod http;
 pub mod judge;
 pub mod model;
 pub mod runner;
 pub mod script;
 
 pub use judge::{Answer, At, Judge, Violation};
-pub use runner::{run, External, PairSpec, Report, RunOptions};
-pub use script::{Script, ScriptError};
+pub use runner::{run, External, PairSpec, Report, RunOptions, Via};
+pub use script::{ParseMode, Script, ScriptError};

@@ -35,8 +35,7 @@ use tokio::sync::oneshot;
 use crate::client::{Client, ClientConfig};
 use crate::protocol::Op;
 use crate::tester::judge::{Answer, At, Judge, Violation};
-use crate::tester::model::Up;
-use crate::tester::script::{Action, Block, Instruction, KvOp, Script, Server, Step};
+use crate::tester::script::{Action, Block, Instruction, KvOp, ParseError, Script, Server, Step};
 
 /// Default deadline for a server to answer and for a pair to reach sync, in milliseconds.
 pub const DEFAULT_SYNC_TIMEOUT_MS: u64 = 20_000;
@@ -68,6 +67,19 @@ pub struct RunOptions {
     pub sync_timeout: Duration,
     /// Record every instruction and answer in [`Report::transcript`].
     pub verbose: bool,
+    /// How operations and final dumps reach the servers.
+    pub via: Via,
+}
+
+/// The path operations take (status polls and waits always use QUIC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Via {
+    /// The QUIC client protocol.
+    #[default]
+    Quic,
+    /// The HTTP gateway (`/kv/*`, `/kvman/dump`), each request on its own connection, as the
+    /// classic tester's clients send them.
+    Http,
 }
 
 impl RunOptions {
@@ -79,6 +91,7 @@ impl RunOptions {
             },
             sync_timeout: Duration::from_millis(DEFAULT_SYNC_TIMEOUT_MS),
             verbose: false,
+            via: Via::Quic,
         }
     }
 }
@@ -113,6 +126,10 @@ pub struct External {
     pub stop_cmd: Option<String>,
     /// Template that kills a server abruptly.
     pub kill_cmd: Option<String>,
+    /// The primary's HTTP gateway (`HOST:PORT`), for [`Via::Http`].
+    pub primary_http: Option<String>,
+    /// The backup's HTTP gateway (`HOST:PORT`), for [`Via::Http`].
+    pub backup_http: Option<String>,
 }
 
 /// The outcome of one script.
@@ -131,6 +148,9 @@ pub struct Report {
     pub aborted: Option<String>,
     /// Every instruction and answer, when [`RunOptions::verbose`].
     pub transcript: Vec<String>,
+    /// Lines skipped as illegal instructions (the classic rule), each with its number; they do
+    /// not fail the script.
+    pub illegal: Vec<ParseError>,
 }
 
 impl Report {
@@ -150,6 +170,7 @@ pub async fn run(script: &Script, options: &RunOptions) -> Report {
         violations: Vec::new(),
         aborted: None,
         transcript: Vec::new(),
+        illegal: script.illegal.clone(),
     };
     match Runner::new(script, options).await {
         Err(e) => report.aborted = Some(format!("cannot set up the pair: {e:#}")),
@@ -195,6 +216,8 @@ struct Managed {
     logs: [PathBuf; 2],
     /// The running (or exited, not yet reaped) server processes.
     children: [Option<Child>; 2],
+    /// `[primary, backup]` gateway addresses given to the servers, with [`Via::Http`].
+    http: Option<[String; 2]>,
 }
 
 impl Managed {
@@ -215,6 +238,13 @@ impl Managed {
             .args(["--peer", &addrs[server.other().index()]])
             .arg("--certs")
             .arg(certs)
+            .args(
+                self.http
+                    .as_ref()
+                    .map(|http| ["--http".to_string(), http[i].clone()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log.try_clone()?)
@@ -266,6 +296,8 @@ struct Runner<'o> {
     servers: Servers<'o>,
     /// `[primary, backup]` addresses as clients dial them.
     addrs: [String; 2],
+    /// `[primary, backup]` gateway addresses when operations go over HTTP ([`Via::Http`]).
+    http: Option<[String; 2]>,
     /// Client certificates.
     certs: PathBuf,
     /// `[primary, backup]` connections.
@@ -275,6 +307,10 @@ struct Runner<'o> {
     running: [bool; 2],
     /// Commands from `Exec` still running after their wait; killed when the run ends.
     background: Vec<Child>,
+    /// A `Switch` changed the beliefs since the servers were last waited for: before the next
+    /// operation, wait for the servers believed up that are running (never for one nobody
+    /// started).
+    unsettled: bool,
     /// Where `Exec` runs.
     script_dir: PathBuf,
     /// The model, the beliefs, and the violations found.
@@ -291,38 +327,59 @@ impl<'o> Runner<'o> {
             .prefix("quickv-test-")
             .tempdir()
             .context("cannot create a temporary directory")?;
-        let (servers, addrs, certs) = match &options.pair {
+        let (servers, addrs, certs, http) = match &options.pair {
             PairSpec::Managed { binary } => {
                 let certs = work.path().join("certs");
                 make_certs(binary, &certs).await?;
                 let [primary, backup] = free_ports()?;
                 let logs = Server::BOTH.map(|s| work.path().join(format!("{s}.log")));
+                let http = match options.via {
+                    Via::Quic => None,
+                    Via::Http => Some(free_tcp_ports()?.map(|a| a.to_string())),
+                };
                 let managed = Managed {
                     binary: binary.clone(),
                     logs,
                     children: [None, None],
+                    http: http.clone(),
                 };
                 (
                     Servers::Managed(Box::new(managed)),
                     [primary.to_string(), backup.to_string()],
                     certs,
+                    http,
                 )
             }
-            PairSpec::External(external) => (
-                Servers::External(external),
-                [external.primary.clone(), external.backup.clone()],
-                external.certs.clone(),
-            ),
+            PairSpec::External(external) => {
+                let http = match (options.via, &external.primary_http, &external.backup_http) {
+                    (Via::Quic, _, _) => None,
+                    (Via::Http, Some(p), Some(b)) => Some([p.clone(), b.clone()]),
+                    (Via::Http, _, _) => {
+                        bail!(
+                            "--via http against an external pair needs --primary-http and \
+                             --backup-http"
+                        )
+                    }
+                };
+                (
+                    Servers::External(external),
+                    [external.primary.clone(), external.backup.clone()],
+                    external.certs.clone(),
+                    http,
+                )
+            }
         };
         Ok(Runner {
             options,
             work,
             servers,
             addrs,
+            http,
             certs,
             conns: [Conn::Closed, Conn::Closed],
             running: [false, false],
             background: Vec::new(),
+            unsettled: false,
             script_dir: script.dir.clone(),
             judge: Judge::new(script.uses_switch),
             ops: 0,
@@ -336,6 +393,7 @@ impl<'o> Runner<'o> {
             let at = || format!("line {} ({})", step.line, step.text);
             match &step.item {
                 Instruction::Op(op) => {
+                    self.settle().await.with_context(at)?;
                     let started = Instant::now();
                     let answer = self.request(op).await;
                     self.trace(step.line, &step.text, &answer, started.elapsed());
@@ -349,20 +407,38 @@ impl<'o> Runner<'o> {
                         .with_context(at)?;
                     self.trace(step.line, &step.text, &"done", started.elapsed());
                 }
-                Instruction::Block(block) => self.block(block).await.with_context(at)?,
+                Instruction::Block(block) => {
+                    if !block.ops.is_empty() {
+                        self.settle().await.with_context(at)?;
+                    }
+                    self.block(block).await.with_context(at)?
+                }
             }
         }
+        self.settle().await.context("end of script")?;
         self.final_check().await.context("end of script")
     }
 
     /// Sends the block's operations all at once while its actions run in order.
     async fn block(&mut self, block: &Block) -> anyhow::Result<()> {
-        let client = if block.ops.is_empty() {
+        let gateway = self
+            .http
+            .as_ref()
+            .map(|h| h[Server::Primary.index()].clone());
+        let client = if block.ops.is_empty() || gateway.is_some() {
             None
         } else {
             Some(self.client(Server::Primary).await)
         };
         let requests = async {
+            if let Some(addr) = &gateway {
+                return join_all(block.ops.iter().map(|s| async {
+                    let sent = Instant::now();
+                    let answer = super::http::call(addr, &s.item, OP_TIMEOUT).await;
+                    (answer, sent.elapsed())
+                }))
+                .await;
+            }
             match &client {
                 Some(Ok(client)) => {
                     join_all(block.ops.iter().map(|s| async {
@@ -415,6 +491,9 @@ impl<'o> Runner<'o> {
     /// Sends one operation to the primary.
     async fn request(&mut self, op: &KvOp) -> Answer {
         self.ops += 1;
+        if let Some(http) = &self.http {
+            return super::http::call(&http[Server::Primary.index()], op, OP_TIMEOUT).await;
+        }
         let answer = match self.client(Server::Primary).await {
             Ok(client) => call(client, op.to_op()).await,
             Err(answer) => answer,
@@ -469,7 +548,10 @@ impl<'o> Runner<'o> {
             Action::Stop(server) => self.stop(*server, line, text).await,
             Action::Kill(server) => self.kill(*server).await,
             Action::Exec(argv) => self.exec(argv, line, text).await,
-            Action::Switch(server) => self.switch(*server).await,
+            Action::Switch(_) => {
+                self.switch();
+                Ok(())
+            }
             Action::Sleep(pause) => {
                 tokio::time::sleep(*pause).await;
                 Ok(())
@@ -639,20 +721,51 @@ impl<'o> Runner<'o> {
         Ok(())
     }
 
-    /// After the judge flipped its belief: drop connections and, if the server is now believed
-    /// up, wait for it the way `Start` does.
-    async fn switch(&mut self, server: Server) -> anyhow::Result<()> {
+    /// After the judge flipped its belief: drop connections, and nothing else. `Switch` only
+    /// records a belief, instantly, as the classic tester did; scripts put it before or after
+    /// the `Exec` that starts the server, so waiting here could wait for a server nobody has
+    /// started yet. The wait happens before the next operation ([`Runner::settle`]).
+    fn switch(&mut self) {
         for s in Server::BOTH {
             self.reset(s);
         }
-        let deadline = Instant::now() + self.options.sync_timeout;
-        match self.judge.up() {
-            Up::Both => {
-                let both = Server::BOTH.map(|s| (s, Want::Synced));
-                self.wait_for(deadline, &both).await
+        self.unsettled = true;
+    }
+
+    /// Before an operation, after a `Switch`: waits until every server that is believed up *and*
+    /// running answers, and until both are in sync if both are. A server nobody started (our
+    /// own child not running; for an external pair, one the script did not start and that does
+    /// not answer a first probe) is not waited for: its requests then fail as they should, and
+    /// the judge says so. Bounded by the sync timeout like every wait.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        if !std::mem::replace(&mut self.unsettled, false) {
+            return Ok(());
+        }
+        let mut ready = Vec::new();
+        for server in Server::BOTH {
+            if self.judge.up().contains(server) && self.started(server).await {
+                ready.push(server);
             }
-            up if up.contains(server) => self.wait_for(deadline, &[(server, Want::Answers)]).await,
-            _ => Ok(()),
+        }
+        let deadline = Instant::now() + self.options.sync_timeout;
+        let wants: Vec<(Server, Want)> = match ready.as_slice() {
+            [_, _] => Server::BOTH.map(|s| (s, Want::Synced)).to_vec(),
+            [one] => vec![(*one, Want::Answers)],
+            _ => Vec::new(),
+        };
+        if wants.is_empty() {
+            return Ok(());
+        }
+        self.wait_for(deadline, &wants).await
+    }
+
+    /// Whether someone started `server`: our child process runs, or (external pair) the script
+    /// started it or it answers a status probe.
+    async fn started(&mut self, server: Server) -> bool {
+        let i = server.index();
+        match &self.servers {
+            Servers::Managed(managed) => managed.children[i].is_some(),
+            Servers::External(_) => self.running[i] || self.poll_status(server).await.is_ok(),
         }
     }
 
@@ -801,13 +914,17 @@ impl<'o> Runner<'o> {
                 continue;
             }
             let started = Instant::now();
-            let dump: Result<Vec<(Bytes, Bytes)>, Answer> = match self.client(server).await {
-                Ok(client) => match tokio::time::timeout(OP_TIMEOUT, client.dump()).await {
-                    Ok(Ok(entries)) => Ok(entries),
-                    Ok(Err(e)) => Err(Answer::from(e)),
-                    Err(_) => Err(Answer::NoAnswer(OP_TIMEOUT)),
-                },
-                Err(answer) => Err(answer),
+            let dump: Result<Vec<(Bytes, Bytes)>, Answer> = if let Some(http) = &self.http {
+                super::http::dump(&http[server.index()], OP_TIMEOUT).await
+            } else {
+                match self.client(server).await {
+                    Ok(client) => match tokio::time::timeout(OP_TIMEOUT, client.dump()).await {
+                        Ok(Ok(entries)) => Ok(entries),
+                        Ok(Err(e)) => Err(Answer::from(e)),
+                        Err(_) => Err(Answer::NoAnswer(OP_TIMEOUT)),
+                    },
+                    Err(answer) => Err(answer),
+                }
             };
             let shown = match &dump {
                 Ok(entries) => format!("{} keys", entries.len()),
@@ -941,6 +1058,13 @@ async fn make_certs(binary: &Path, dir: &Path) -> anyhow::Result<()> {
 fn free_ports() -> anyhow::Result<[SocketAddr; 2]> {
     let a = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket")?;
     let b = UdpSocket::bind("127.0.0.1:0").context("cannot bind a UDP socket")?;
+    Ok([a.local_addr()?, b.local_addr()?])
+}
+
+/// Two loopback TCP addresses that were free a moment ago (for the gateways with `--via http`).
+fn free_tcp_ports() -> anyhow::Result<[SocketAddr; 2]> {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket")?;
+    let b = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a TCP socket")?;
     Ok([a.local_addr()?, b.local_addr()?])
 }
 

@@ -2,8 +2,15 @@
 //!
 //! One instruction per line, words separated by whitespace; blank lines and lines starting with
 //! `--` or `#` are comments. Instruction names and server names are matched without regard to
-//! case. Parsing collects every error in the file, each with its line, so a script is fixed in one
-//! pass rather than one error at a time; nothing unknown or malformed is ever skipped silently.
+//! case. Parsing collects every problem in the file, each with its line, so a script is fixed in
+//! one pass rather than one error at a time; nothing unknown or malformed is ever skipped
+//! silently.
+//!
+//! Two rules for those problems ([`ParseMode`]). The default is the classic tester's: a key
+//! repeated in a block, `Exec`/`Sleep`/`Switch` inside a block, an unknown or malformed line is an
+//! *illegal instruction*, reported with its line ([`Script::illegal`]) and skipped, and the rest
+//! of the script runs; suites written for the classic tester rely on that. `--strict` makes each
+//! of them an error, and the script does not run.
 //!
 //! Keys and values are single words (no whitespace). Everything the runner needs to know about a
 //! script is decided here: which lines are operations, which change the servers, which run
@@ -192,6 +199,23 @@ pub struct Script {
     /// True when the script contains `Switch`: beliefs about which servers are up then change
     /// only through `Switch` (classic style), otherwise `Start`/`Stop`/`Kill` update them.
     pub uses_switch: bool,
+    /// Lines skipped as *illegal instructions* under the classic rule ([`ParseMode::Classic`]),
+    /// each with its line number and why. They are reported, not sent, not counted, and do not
+    /// fail the script. Always empty under [`ParseMode::Strict`] (they are errors there).
+    pub illegal: Vec<ParseError>,
+}
+
+/// How a script's mistakes are treated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ParseMode {
+    /// The classic tester's rule (the default): a key repeated in a `Block`, `Exec`, `Sleep` or
+    /// `Switch` inside a block, an unknown or malformed instruction, a stray `Endblock` or a
+    /// nested `Block` are *illegal instructions*: reported with their line, skipped, and the
+    /// script goes on. A `Block` never closed is closed at the end of the file (and reported).
+    #[default]
+    Classic,
+    /// Every one of those is an error and the script does not run (`quickv test --strict`).
+    Strict,
 }
 
 /// A line that could not be understood.
@@ -238,9 +262,32 @@ struct OpenBlock {
     keys: HashMap<String, usize>,
 }
 
+impl OpenBlock {
+    fn new(line: usize) -> OpenBlock {
+        OpenBlock {
+            line,
+            block: Block::default(),
+            keys: HashMap::new(),
+        }
+    }
+
+    fn into_step(self) -> Step<Instruction> {
+        Step {
+            line: self.line,
+            text: "Block".into(),
+            item: Instruction::Block(self.block),
+        }
+    }
+}
+
 impl Script {
-    /// Reads and parses a script file; its name is the file name.
+    /// Reads and parses a script file under the classic rule; its name is the file name.
     pub fn load(path: &Path) -> Result<Script, ScriptError> {
+        Script::load_with(path, ParseMode::Classic)
+    }
+
+    /// Reads and parses a script file; its name is the file name.
+    pub fn load_with(path: &Path, mode: ParseMode) -> Result<Script, ScriptError> {
         let text = std::fs::read_to_string(path).map_err(|source| ScriptError::Read {
             path: path.to_path_buf(),
             source,
@@ -249,16 +296,24 @@ impl Script {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let mut script = Script::parse(&name, &text)?;
+        let mut script = Script::parse_with(&name, &text, mode)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             script.dir = dir.to_path_buf();
         }
         Ok(script)
     }
 
-    /// Parses script text. Every malformed line is reported, not just the first.
+    /// Parses script text under the classic rule (illegal lines are skipped and listed in
+    /// [`Script::illegal`]).
     pub fn parse(name: &str, text: &str) -> Result<Script, ScriptError> {
-        let mut errors = Vec::new();
+        Script::parse_with(name, text, ParseMode::Classic)
+    }
+
+    /// Parses script text. Under [`ParseMode::Strict`] every malformed line is an error, all of
+    /// them reported; under [`ParseMode::Classic`] they are skipped and listed in
+    /// [`Script::illegal`], and parsing never fails.
+    pub fn parse_with(name: &str, text: &str, mode: ParseMode) -> Result<Script, ScriptError> {
+        let mut problems = Vec::new();
         let mut steps = Vec::new();
         let mut open: Option<OpenBlock> = None;
         let mut uses_switch = false;
@@ -272,7 +327,7 @@ impl Script {
                 continue;
             }
             let text = words.join(" ");
-            let mut fail = |message: String| errors.push(ParseError { line, message });
+            let mut fail = |message: String| problems.push(ParseError { line, message });
             match first.to_ascii_lowercase().as_str() {
                 "block" => {
                     if !args.is_empty() {
@@ -283,34 +338,35 @@ impl Script {
                             outer.line
                         ));
                     } else {
-                        open = Some(OpenBlock {
-                            line,
-                            block: Block::default(),
-                            keys: HashMap::new(),
-                        });
+                        open = Some(OpenBlock::new(line));
                     }
                 }
                 "endblock" => {
                     if !args.is_empty() {
                         fail("Endblock takes no arguments".into());
                     } else if let Some(done) = open.take() {
-                        steps.push(Step {
-                            line: done.line,
-                            text: "Block".into(),
-                            item: Instruction::Block(done.block),
-                        });
+                        steps.push(done.into_step());
                     } else {
                         fail("Endblock without a Block".into());
                     }
                 }
+                // Checked on the word, before `Exec bin/start_server -p` is read as `Start`.
+                word @ ("exec" | "sleep") if open.is_some() => {
+                    let outer = open.as_ref().map_or(0, |o| o.line);
+                    let name = if word == "exec" { "Exec" } else { "Sleep" };
+                    fail(format!(
+                        "{name} is not allowed inside the Block opened on line {outer}"
+                    ));
+                }
                 _ => match parse_instruction(first, args) {
                     Err(message) => fail(message),
                     Ok(item) => {
-                        if matches!(item, Instruction::Action(Action::Switch(_))) {
-                            uses_switch = true;
-                        }
+                        let is_switch = matches!(item, Instruction::Action(Action::Switch(_)));
                         match &mut open {
-                            None => steps.push(Step { line, text, item }),
+                            None => {
+                                uses_switch |= is_switch;
+                                steps.push(Step { line, text, item });
+                            }
                             Some(outer) => {
                                 if let Err(message) = outer.add(Step { line, text, item }) {
                                     fail(message);
@@ -322,20 +378,26 @@ impl Script {
             }
         }
         if let Some(unclosed) = open {
-            errors.push(ParseError {
+            problems.push(ParseError {
                 line: unclosed.line,
-                message: "Block is never closed by Endblock".into(),
+                message: match mode {
+                    ParseMode::Strict => "Block is never closed by Endblock".into(),
+                    ParseMode::Classic => {
+                        "Block is never closed by Endblock; closed at the end of the file".into()
+                    }
+                },
             });
+            steps.push(unclosed.into_step());
         }
-        if errors.is_empty() {
-            Ok(Script {
+        match mode {
+            ParseMode::Strict if !problems.is_empty() => Err(ScriptError::Parse(problems)),
+            _ => Ok(Script {
                 name: name.to_string(),
                 dir: PathBuf::from("."),
                 steps,
                 uses_switch,
-            })
-        } else {
-            Err(ScriptError::Parse(errors))
+                illegal: problems,
+            }),
         }
     }
 
@@ -353,7 +415,9 @@ impl Script {
 }
 
 impl OpenBlock {
-    /// Adds a parsed line to the block, enforcing the block rules.
+    /// Adds a parsed line to the block, enforcing the block rules: each key once; no `Exec`,
+    /// `Sleep` or `Switch` (the classic tester's rule). `Start`, `Stop` and `Kill` run in order
+    /// while the block's operations are in flight.
     fn add(&mut self, step: Step<Instruction>) -> Result<(), String> {
         let Step { line, text, item } = step;
         match item {
@@ -379,6 +443,12 @@ impl OpenBlock {
                      event"
                         .into(),
                 )
+            }
+            Instruction::Action(Action::Exec(_) | Action::Sleep(_)) => {
+                return Err(format!(
+                    "{text}: not allowed inside the Block opened on line {}",
+                    self.line
+                ))
             }
             Instruction::Action(action) => self.block.actions.push(Step {
                 line,
@@ -487,7 +557,7 @@ mod tests {
     }
 
     fn errors(text: &str) -> Vec<ParseError> {
-        match Script::parse("t", text) {
+        match Script::parse_with("t", text, ParseMode::Strict) {
             Err(ScriptError::Parse(errors)) => errors,
             other => panic!("expected parse errors, got {other:?}"),
         }
@@ -592,7 +662,7 @@ mod tests {
              Insert a 1\n\
              Kill backup\n\
              Get b\n\
-             Sleep 10\n\
+             Start backup\n\
              Endblock\n\
              Get a\n",
         );
@@ -607,6 +677,7 @@ mod tests {
         assert_eq!(action_lines, vec![3, 5]);
         assert_eq!(script.steps[1].line, 7);
         assert_eq!(script.op_count(), 3);
+        assert!(script.illegal.is_empty());
     }
 
     #[test]
@@ -674,6 +745,104 @@ mod tests {
         let errs = errors("Block\nSwitch backup\nEndblock\n");
         assert_eq!(errs[0].line, 2);
         assert!(errs[0].message.contains("Switch"));
+    }
+
+    /// The classic rule: each illegal line is reported with its number and skipped; the rest of
+    /// the script, the block included, is kept.
+    #[test]
+    fn classic_rule_skips_a_repeated_key_in_a_block_and_goes_on() {
+        let script = parse(
+            "Block\n\
+             Insert a 1\n\
+             Get b\n\
+             Update a 2\n\
+             Insert c 3\n\
+             Endblock\n\
+             Get a\n",
+        );
+        assert_eq!(script.illegal.len(), 1, "{:?}", script.illegal);
+        assert_eq!(script.illegal[0].line, 4);
+        assert!(script.illegal[0].message.contains("\"a\""));
+        let Instruction::Block(block) = &script.steps[0].item else {
+            panic!("expected a block, got {:?}", script.steps[0].item);
+        };
+        let op_lines: Vec<usize> = block.ops.iter().map(|s| s.line).collect();
+        assert_eq!(op_lines, vec![2, 3, 5], "the repeated key is not sent");
+        assert_eq!(script.steps[1].line, 7);
+        assert_eq!(script.op_count(), 4, "the skipped line is not counted");
+    }
+
+    #[test]
+    fn classic_rule_skips_exec_sleep_and_switch_inside_a_block() {
+        let script = parse(
+            "Block\n\
+             Insert a 1\n\
+             Exec bin/start_server -b\n\
+             Sleep 100\n\
+             Switch backup\n\
+             Exec touch x\n\
+             Kill backup\n\
+             Endblock\n\
+             Sleep 5\n\
+             Exec bin/start_server -b\n",
+        );
+        let lines: Vec<usize> = script.illegal.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![3, 4, 5, 6], "{:?}", script.illegal);
+        assert!(script.illegal[0]
+            .message
+            .starts_with("Exec is not allowed inside the Block opened on line 1"));
+        assert!(script.illegal[1]
+            .message
+            .starts_with("Sleep is not allowed"));
+        let Instruction::Block(block) = &script.steps[0].item else {
+            panic!("expected a block");
+        };
+        assert_eq!(block.ops.len(), 1);
+        let actions: Vec<&Action> = block.actions.iter().map(|s| &s.item).collect();
+        assert_eq!(actions, vec![&Action::Kill(Server::Backup)]);
+        // Outside a block the same instructions are fine.
+        assert_eq!(script.steps.len(), 3);
+        assert_eq!(
+            script.steps[2].item,
+            Instruction::Action(Action::Start(Server::Backup))
+        );
+        assert!(!script.uses_switch, "a skipped Switch does not count");
+    }
+
+    #[test]
+    fn classic_rule_skips_unknown_and_malformed_lines() {
+        let script = parse(
+            "Start primary\n\
+             Frobnicate x\n\
+             Insert only-key\n\
+             Endblock\n\
+             Block\n\
+             Block\n\
+             Get a\n",
+        );
+        let lines: Vec<usize> = script.illegal.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 6, 5], "{:?}", script.illegal);
+        assert!(script.illegal[0]
+            .message
+            .contains("unknown instruction \"Frobnicate\""));
+        assert!(script.illegal[4]
+            .message
+            .contains("closed at the end of the file"));
+        assert_eq!(script.steps.len(), 2, "{:?}", script.steps);
+        assert_eq!(script.op_count(), 1, "the unclosed block still runs");
+    }
+
+    #[test]
+    fn strict_mode_makes_every_illegal_line_an_error() {
+        let text = "Block\nInsert a 1\nGet a\nSleep 1\nExec true\nEndblock\nFoo\n";
+        let errs = errors(text);
+        let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![3, 4, 5, 7]);
+        let classic = parse(text);
+        assert_eq!(
+            classic.illegal, errs,
+            "the classic rule reports exactly what strict refuses"
+        );
     }
 
     #[test]
