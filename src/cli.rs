@@ -263,8 +263,12 @@ struct ServerArgs {
     http: Option<SocketAddr>,
     /// Serve the HTTP gateway over TLS with the pair's certificates, requiring a client
     /// certificate from the cluster CA.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "http_insecure")]
     http_tls: bool,
+    /// Allow plain (unauthenticated) HTTP on a non-loopback --http address. Anyone who can reach
+    /// the port can then read, write and shut the server down; logged loudly at start.
+    #[arg(long)]
+    http_insecure: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -528,6 +532,7 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
         cfg.http = args.http;
     }
     cfg.http_tls |= args.http_tls;
+    cfg.http_insecure |= args.http_insecure;
     cfg.validate()?;
     Ok(cfg)
 }

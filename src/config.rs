@@ -151,6 +151,9 @@ pub struct ServerConfig {
     /// Serve the gateway over TLS with the pair's certificates, demanding a client certificate
     /// from the cluster CA, like the QUIC side. Off by default (plain HTTP, meant for loopback).
     pub http_tls: bool,
+    /// Allow plain HTTP on a non-loopback address (unauthenticated: anyone who reaches the port is
+    /// `admin`). Off by default: without it or `http_tls`, a non-loopback `http` is refused.
+    pub http_insecure: bool,
 }
 
 impl ServerConfig {
@@ -176,6 +179,7 @@ impl ServerConfig {
             max_memory: None,
             http: None,
             http_tls: false,
+            http_insecure: false,
         }
     }
 
@@ -198,6 +202,20 @@ impl ServerConfig {
             _ if self.http_tls && self.http.is_none() => Err(Error::Config(
                 "--http-tls needs --http ADDR (the gateway's TCP address)".into(),
             )),
+            _ if self.http_tls && self.http_insecure => Err(Error::Config(
+                "--http-tls and --http-insecure contradict each other; pick one".into(),
+            )),
+            _ if self
+                .http
+                .is_some_and(|a| !a.ip().is_loopback() && !self.http_tls && !self.http_insecure) =>
+            {
+                Err(Error::Config(format!(
+                    "refusing to serve plain HTTP on {}: plain HTTP has no authentication, so it may \
+                     only listen on loopback (127.0.0.1, ::1). Use --http-tls to require client \
+                     certificates, or --http-insecure to accept the risk",
+                    self.http.map(|a| a.to_string()).unwrap_or_default()
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -229,6 +247,8 @@ pub struct NodeSection {
     pub http: Option<SocketAddr>,
     /// Whether that gateway speaks TLS with mandatory client certificates.
     pub http_tls: Option<bool>,
+    /// Whether plain HTTP may listen on a non-loopback address (see `ServerConfig::http_insecure`).
+    pub http_insecure: Option<bool>,
 }
 
 /// `[limits]`: sizes in bytes and counts.
@@ -295,6 +315,7 @@ impl FileConfig {
         if let Some(section) = own {
             cfg.http = section.http;
             cfg.http_tls = section.http_tls.unwrap_or(false);
+            cfg.http_insecure = section.http_insecure.unwrap_or(false);
         }
         if let Some(dir) = &self.certs {
             cfg.certs_dir = dir.clone();

@@ -10,6 +10,7 @@
 //! | [`protocol`] | sans-IO codec: frames, requests, answers; limits checked before allocation |
 //! | [`store`] | the table: 32 flurry buckets, per-bucket counts and order-independent digests |
 //! | [`tls`] | certificate generation (rcgen), PEM loading, rustls/quinn configs, ALPN |
+//! | [`pki`] | client identities with roles, revocation (CRL), server certificate renewal |
 //! | [`config`] | typed config and every default, in one place |
 //! | [`replication`] | primary/backup: sans-IO state machine, lanes, peer link drivers |
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown, op metrics |
@@ -56,6 +57,7 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod http;
+pub mod pki;
 pub mod protocol;
 pub mod replication;
 pub mod server;

@@ -31,6 +31,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
@@ -81,6 +82,10 @@ impl CertPaths {
     /// The client private key.
     pub fn client_key(&self) -> PathBuf {
         self.dir.join("client.key")
+    }
+    /// The certificate revocation list (optional; see [`crate::pki::revoke`]).
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
     }
     /// True when every file a server and a client need is present.
     pub fn complete(&self) -> bool {
@@ -151,32 +156,41 @@ pub fn generate(dir: &Path, sans: &[String], force: bool) -> Result<Generated> {
             names.push(san.clone());
         }
     }
+    let admin = crate::pki::role_unit(crate::pki::Access::Admin);
+    let validity = (not_before, now + time::Duration::days(LEAF_VALIDITY_DAYS));
     let leaves = [
         (
             paths.server_cert(),
             paths.server_key(),
-            "quickv server",
-            names.clone(),
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
+            Leaf {
+                common_name: "quickv server",
+                role_unit: None,
+                sans: &names,
+                ekus: vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+                validity,
+            },
         ),
         (
             paths.client_cert(),
             paths.client_key(),
-            "quickv client",
-            Vec::new(),
-            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Leaf {
+                common_name: "quickv client",
+                role_unit: Some(&admin),
+                sans: &[],
+                ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
+                validity,
+            },
         ),
     ];
-    for (cert_path, key_path, cn, sans, ekus) in leaves {
+    for (cert_path, key_path, leaf) in leaves {
         if !force && cert_path.exists() && key_path.exists() {
             out.kept.extend([cert_path, key_path]);
             continue;
         }
-        let validity = (not_before, now + time::Duration::days(LEAF_VALIDITY_DAYS));
-        sign_leaf(&issuer, cn, &sans, ekus, validity, &cert_path, &key_path)?;
+        sign_leaf(&issuer, leaf, &cert_path, &key_path)?;
         out.written.extend([cert_path, key_path]);
     }
     Ok(out)
@@ -194,40 +208,61 @@ pub fn issue_client_cert(
 ) -> Result<()> {
     let key = KeyPair::from_pem(&read_text(&paths.ca_key())?).map_err(cert_err)?;
     let issuer = Issuer::from_ca_cert_pem(&read_text(&paths.ca_cert())?, key).map_err(cert_err)?;
-    let ekus = vec![ExtendedKeyUsagePurpose::ClientAuth];
     sign_leaf(
         &issuer,
-        name,
-        &[],
-        ekus,
-        (not_before, not_after),
+        Leaf {
+            common_name: name,
+            role_unit: None,
+            sans: &[],
+            ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            validity: (not_before, not_after),
+        },
         cert_out,
         key_out,
     )
 }
 
-/// Makes a key pair and a certificate signed by `issuer`, and writes both as PEM.
-fn sign_leaf(
+/// What goes into a leaf certificate besides its key.
+pub(crate) struct Leaf<'a> {
+    /// Subject common name (a client's name).
+    pub common_name: &'a str,
+    /// Subject organizational unit carrying a client's role (see [`crate::pki`]).
+    pub role_unit: Option<&'a str>,
+    /// Subject alternative names (server certificates).
+    pub sans: &'a [String],
+    /// Extended key usages.
+    pub ekus: Vec<ExtendedKeyUsagePurpose>,
+    /// `not_before`, `not_after`.
+    pub validity: (time::OffsetDateTime, time::OffsetDateTime),
+}
+
+/// Makes a key pair and a certificate signed by `issuer`, and writes both as PEM (key first, each
+/// file replaced atomically, so a server reloading meanwhile reads an old or a new file, never half
+/// of one).
+pub(crate) fn sign_leaf(
     issuer: &Issuer<'_, KeyPair>,
-    cn: &str,
-    sans: &[String],
-    ekus: Vec<ExtendedKeyUsagePurpose>,
-    (not_before, not_after): (time::OffsetDateTime, time::OffsetDateTime),
+    leaf: Leaf<'_>,
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<()> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-    params.subject_alt_names = sans.iter().map(|n| san_of(n)).collect::<Result<_>>()?;
-    params.distinguished_name.push(DnType::CommonName, cn);
+    params.subject_alt_names = leaf.sans.iter().map(|n| san_of(n)).collect::<Result<_>>()?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, leaf.common_name);
+    if let Some(unit) = leaf.role_unit {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, unit);
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = ekus;
+    params.extended_key_usages = leaf.ekus;
     params.use_authority_key_identifier_extension = true;
-    params.not_before = not_before;
-    params.not_after = not_after;
+    (params.not_before, params.not_after) = leaf.validity;
     let key = KeyPair::generate().map_err(cert_err)?;
     let cert = params.signed_by(&key, issuer).map_err(cert_err)?;
-    write_file(cert_path, cert.pem().as_bytes(), false)?;
-    write_file(key_path, key.serialize_pem().as_bytes(), true)
+    write_file(key_path, key.serialize_pem().as_bytes(), true)?;
+    write_file(cert_path, cert.pem().as_bytes(), false)
 }
 
 /// Creates the certificates in `dir` unless they are all there already; returns true if it made them.
@@ -264,13 +299,29 @@ impl TransportLimits {
     }
 }
 
-/// The server endpoint config: TLS 1.3, mandatory client certificates from the CA, both ALPNs.
-pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn::ServerConfig> {
+/// The verifier of client certificates: chains to a CA of `ca.pem` (a bundle may hold several,
+/// for a CA rotation) and is not in `crl.pem`.
+///
+/// Only the end-entity certificate is checked against the CRL; a certificate of a CA that issued no
+/// CRL counts as not revoked (so a bundle with a second CA works), and `next_update` is not enforced
+/// (an old CRL still revokes). Servers build a fresh one at start and on every reload, and use it
+/// to re-check the connections already open.
+pub fn client_verifier(paths: &CertPaths) -> Result<Arc<dyn ClientCertVerifier>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = Arc::new(load_roots(&paths.ca_cert())?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+    WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .with_crls(crate::pki::load_crls(paths)?)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .build()
-        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))
+}
+
+/// The server endpoint config: TLS 1.3, mandatory client certificates from the CA (not revoked),
+/// both ALPNs. Called again on reload; quinn gives new connections the new config.
+pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = client_verifier(paths)?;
     let chain = load_certs(&paths.server_cert())?;
     let key = load_key(&paths.server_key())?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -291,10 +342,7 @@ pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn
 /// allowed here (unlike QUIC, which is 1.3 by definition) because older HTTP tools may need it.
 pub fn http_server_config(paths: &CertPaths) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = Arc::new(load_roots(&paths.ca_cert())?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+    let verifier = client_verifier(paths)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(cert_err)?
@@ -326,7 +374,7 @@ pub fn client_config(
 ) -> Result<quinn::ClientConfig> {
     let (cert, key, alpn) = match identity {
         Identity::Client => (paths.client_cert(), paths.client_key(), ALPN),
-        Identity::Peer => (paths.server_cert(), paths.server_key(), PEER_ALPN),
+        Identity::Peer => return peer_client_config(paths, idle_timeout, keep_alive),
     };
     client_config_from_files(
         &paths.ca_cert(),
@@ -335,6 +383,166 @@ pub fn client_config(
         idle_timeout,
         keep_alive,
     )
+}
+
+/// The config a server dials its peer with.
+///
+/// It presents the pair's server certificate and accepts, from the other side, only the pair's
+/// server certificate (the one on disk now, or the one loaded when this config was built), chained
+/// to the CA and valid for the address dialed: a client certificate of the same CA cannot pose as
+/// the backup. The certificate and CA are read from disk at each dial, so a redial after a rotation
+/// (`quickv certs renew` + SIGHUP) presents and expects the new ones.
+fn peer_client_config(
+    paths: &CertPaths,
+    idle_timeout: Duration,
+    keep_alive: Duration,
+) -> Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = PairServerVerifier::new(paths, provider.clone())?;
+    let identity = PairIdentity::new(paths, provider.clone())?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(cert_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(identity));
+    tls.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    quic_client_config(tls, idle_timeout, keep_alive)
+}
+
+/// Checks the backup's certificate: the CA chain and name as usual, then that it *is* the pair's
+/// server certificate.
+#[derive(Debug)]
+struct PairServerVerifier {
+    /// Where to read the current CA and server certificate from.
+    paths: CertPaths,
+    /// For building a verifier from the current CA bundle.
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Verifier from the CA as it was when the config was built (used if the file is unreadable).
+    at_start: Arc<rustls::client::WebPkiServerVerifier>,
+    /// The server certificate as it was when the config was built.
+    own_at_start: CertificateDer<'static>,
+}
+
+impl PairServerVerifier {
+    fn new(paths: &CertPaths, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Self> {
+        Ok(PairServerVerifier {
+            at_start: Self::webpki(paths, &provider)?,
+            own_at_start: own_server_cert(paths)?,
+            paths: paths.clone(),
+            provider,
+        })
+    }
+
+    fn webpki(
+        paths: &CertPaths,
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Arc<rustls::client::WebPkiServerVerifier>> {
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(load_roots(&paths.ca_cert())?),
+            provider.clone(),
+        )
+        .build()
+        .map_err(cert_err)
+    }
+
+    fn current(&self) -> Arc<rustls::client::WebPkiServerVerifier> {
+        Self::webpki(&self.paths, &self.provider).unwrap_or_else(|_| self.at_start.clone())
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PairServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified =
+            self.current()
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let on_disk = own_server_cert(&self.paths).ok();
+        if **end_entity == *self.own_at_start || on_disk.is_some_and(|c| *c == **end_entity) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::General(
+                "the peer's certificate is not this pair's server certificate".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.at_start.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.at_start.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.at_start.supported_verify_schemes()
+    }
+}
+
+/// Presents the pair's server certificate as it is on disk at each dial (the one loaded when the
+/// config was built if the files cannot be read or do not match).
+#[derive(Debug)]
+struct PairIdentity {
+    /// Where `server.pem`/`server.key` are.
+    paths: CertPaths,
+    /// To load the key.
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The identity when the config was built.
+    at_start: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl PairIdentity {
+    fn new(paths: &CertPaths, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Self> {
+        Ok(PairIdentity {
+            at_start: Arc::new(Self::load(paths, &provider)?),
+            paths: paths.clone(),
+            provider,
+        })
+    }
+
+    fn load(
+        paths: &CertPaths,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<rustls::sign::CertifiedKey> {
+        let chain = load_certs(&paths.server_cert())?;
+        let key = load_key(&paths.server_key())?;
+        rustls::sign::CertifiedKey::from_der(chain, key, provider).map_err(cert_err)
+    }
+}
+
+impl rustls::client::ResolvesClientCert for PairIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            Self::load(&self.paths, &self.provider)
+                .map(Arc::new)
+                .unwrap_or_else(|_| self.at_start.clone()),
+        )
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// A client config from explicit files; `identity = None` presents no certificate (used by tests
@@ -358,6 +566,14 @@ pub fn client_config_from_files(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
+    quic_client_config(tls, idle_timeout, keep_alive)
+}
+
+fn quic_client_config(
+    tls: rustls::ClientConfig,
+    idle_timeout: Duration,
+    keep_alive: Duration,
+) -> Result<quinn::ClientConfig> {
     let quic = QuicClientConfig::try_from(tls).map_err(cert_err)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -424,6 +640,7 @@ fn alert_text(alert: u8) -> String {
         116 => "no client certificate".into(),
         48 => "unknown CA".into(),
         42 => "bad certificate".into(),
+        44 => "certificate revoked".into(),
         45 => "certificate expired".into(),
         46 => "certificate unknown".into(),
         49 => "access denied".into(),
@@ -448,7 +665,7 @@ fn load_roots(path: &Path) -> Result<RootCertStore> {
     Ok(roots)
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| Error::Certificate(format!("{}: {e} (run `quickv certs`)", path.display())))?;
@@ -466,11 +683,21 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
         .map_err(|e| Error::Certificate(format!("{}: {e} (run `quickv certs`)", path.display())))
 }
 
-fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| Error::file(path, e))
 }
 
-fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
+/// Writes `contents` to a temporary file beside `path`, then renames it over `path`, so readers
+/// see the old file or the new one, never a half-written one.
+pub(crate) fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    write_in_place(&tmp, contents, private)?;
+    fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+fn write_in_place(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -489,7 +716,7 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     file.write_all(contents).map_err(|e| Error::file(path, e))
 }
 
-fn cert_err(e: impl std::fmt::Display) -> Error {
+pub(crate) fn cert_err(e: impl std::fmt::Display) -> Error {
     Error::Certificate(e.to_string())
 }
 

@@ -8,6 +8,7 @@
 //! delivered (bounded by `drain_timeout`), then every connection is closed with application code
 //! [`session::CLOSE_SHUTDOWN`] and the endpoint waits until idle.
 
+pub mod auth;
 pub mod metrics;
 pub mod node;
 pub mod router;
@@ -43,14 +44,7 @@ impl Server {
     pub fn bind(mut config: ServerConfig) -> Result<Server> {
         config.validate()?;
         let paths = CertPaths::new(&config.certs_dir);
-        let server_cfg = tls::server_config(
-            &paths,
-            TransportLimits {
-                max_streams: config.max_streams,
-                idle_timeout: config.idle_timeout,
-                keep_alive: config.keep_alive,
-            },
-        )?;
+        let server_cfg = tls::server_config(&paths, transport_limits(&config))?;
         let endpoint = quinn::Endpoint::server(server_cfg, config.listen).map_err(|e| {
             Error::Io(std::io::Error::new(
                 e.kind(),
@@ -62,8 +56,12 @@ impl Server {
         if let Some(h) = &http {
             config.http = Some(h.local_addr());
         }
+        let node = Arc::new(Node::new(config));
+        if let Some(tls) = http.as_ref().and_then(http::Listener::tls_config) {
+            node.security.set_http_config(tls);
+        }
         Ok(Server {
-            node: Arc::new(Node::new(config)),
+            node,
             endpoint,
             http,
         })
@@ -96,6 +94,7 @@ impl Server {
         if let Some(repl) = &node.repl {
             repl.start(endpoint.clone());
         }
+        tokio::spawn(reload_on_hangup(node.clone(), endpoint.clone()));
         // The gateway's tasks join the same tracker, so the drain below covers HTTP requests too.
         if let Some(listener) = http {
             tracker.spawn(http::serve(node.clone(), listener, tracker.clone()));
@@ -155,6 +154,59 @@ impl Server {
     }
 }
 
+/// Reloads the certificates on every SIGHUP until the server stops (see
+/// [`reload_certificates`]). Not on Unix: nothing to listen for.
+async fn reload_on_hangup(node: Arc<Node>, endpoint: quinn::Endpoint) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(reason = %e, "cannot listen for SIGHUP; certificates will not be reloaded");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                s = hangup.recv() => if s.is_none() { break },
+                _ = node.shutdown.cancelled() => break,
+            }
+            let result = reload_certificates(&node, &endpoint);
+            node.security.note_reload(&result);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (node, endpoint);
+}
+
+/// Reloads the server certificate and key, the CA bundle and the CRL from the certificate
+/// directory: new QUIC and HTTPS connections use them; open connections (and the peer link) go on,
+/// except client connections whose certificate the new files refuse (revoked, or no longer from a
+/// CA of the bundle), which are closed. Returns how many were closed. Nothing changes on error.
+pub fn reload_certificates(node: &Node, endpoint: &quinn::Endpoint) -> Result<usize> {
+    let paths = CertPaths::new(&node.config.certs_dir);
+    let quic = tls::server_config(&paths, transport_limits(&node.config))?;
+    let https = match node.config.http_tls {
+        true => Some(tls::http_server_config(&paths)?),
+        false => None,
+    };
+    let verifier = tls::client_verifier(&paths)?;
+    endpoint.set_server_config(Some(quic));
+    if let Some(https) = https {
+        node.security.set_http_config(https);
+    }
+    Ok(node.security.recheck(verifier.as_ref()))
+}
+
+fn transport_limits(config: &ServerConfig) -> TransportLimits {
+    TransportLimits {
+        max_streams: config.max_streams,
+        idle_timeout: config.idle_timeout,
+        keep_alive: config.keep_alive,
+    }
+}
+
 /// Completes the handshake and dispatches on ALPN.
 async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
@@ -182,7 +234,25 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
         }
         _ => {
             Stats::bump(&node.stats.connections_total);
-            session::serve_connection(node, conn).await;
+            let chain = tls::peer_certificates(&conn);
+            let access = match chain.first().map(crate::pki::access_of) {
+                Some(Ok(access)) => access,
+                Some(Err(why)) => {
+                    warn!(%remote, reason = %why, "client refused");
+                    conn.close(auth::CLOSE_BAD_ROLE.into(), why.as_bytes());
+                    return;
+                }
+                None => {
+                    warn!(%remote, "client presented no certificate");
+                    conn.close(auth::CLOSE_BAD_ROLE.into(), b"no client certificate");
+                    return;
+                }
+            };
+            let registry = node.clone();
+            let _open = registry
+                .security
+                .register(chain, auth::Closer::Quic(conn.clone()));
+            session::serve_connection(node, conn, access).await;
         }
     }
 }
@@ -226,6 +296,8 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         "connections_refused": s.connections_refused.load(Relaxed),
         "requests": s.requests.load(Relaxed),
         "bad_frames": s.bad_frames.load(Relaxed),
+        "forbidden": node.security.forbidden.load(Relaxed),
+        "certificates": node.security.status(),
     });
     if let (Some(repl), Some(obj)) = (&node.repl, doc.as_object_mut()) {
         if let serde_json::Value::Object(extra) = repl.status() {
