@@ -94,9 +94,7 @@ impl Listener {
         })?;
         socket.set_nonblocking(true)?;
         let tls = match config.http_tls {
-            true => Some(tls::http_server_config(&CertPaths::new(
-                &config.certs_dir,
-            ))?),
+            true => Some(tls::http_server_config(&CertPaths::new(&config.certs_dir))?),
             false => None,
         };
         if config.http_insecure && !addr.ip().is_loopback() {
@@ -215,9 +213,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, tls: bool) {
         None => return warn!("https client presented no certificate"),
     };
     let revoked = CancellationToken::new();
-    let _open = node
-        .security
-        .register(chain, Closer::Http(revoked.clone()));
+    let _open = node.security.register(chain, Closer::Http(revoked.clone()));
     drive(node.clone(), stream, access, revoked).await;
 }
 

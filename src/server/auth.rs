@@ -108,7 +108,11 @@ impl Security {
     }
 
     /// Registers an open connection until the returned guard drops.
-    pub fn register(&self, chain: Vec<CertificateDer<'static>>, closer: Closer) -> Registration<'_> {
+    pub fn register(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        closer: Closer,
+    ) -> Registration<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, LiveClient { chain, closer });
         Registration { security: self, id }

@@ -13,10 +13,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::pki::Access;
 use crate::protocol::{
     decode_request, encode_response, encoded_len_entry, DecodeError, ErrorCode, Reply, Response,
 };
-use crate::pki::Access;
 use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
