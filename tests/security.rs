@@ -390,14 +390,9 @@ async fn each_role_over_https_gets_exactly_its_operations_and_refusals_change_no
     assert!(server.wait_exit(WAIT).success());
 }
 
-/// A raw QUIC connection presenting NAME's certificate, which has exchanged the hello (so the
-/// server has accepted and registered it).
-async fn raw_connection(
-    addr: SocketAddr,
-    certs: &Path,
-    name: &str,
-) -> (quinn::Endpoint, quinn::Connection) {
-    let cfg = quickv::tls::client_config_from_files(
+/// A client config presenting NAME's certificate on the client ALPN.
+fn quic_config(certs: &Path, name: &str) -> quinn::ClientConfig {
+    quickv::tls::client_config_from_files(
         &certs.join("ca.pem"),
         Some((
             &certs.join(format!("{name}.pem")),
@@ -407,8 +402,27 @@ async fn raw_connection(
         Duration::from_secs(10),
         Duration::from_secs(2),
     )
-    .expect("client config");
+    .expect("client config")
+}
+
+/// A raw QUIC connection presenting NAME's certificate, which has exchanged the hello (so the
+/// server has accepted and registered it).
+async fn raw_connection(
+    addr: SocketAddr,
+    certs: &Path,
+    name: &str,
+) -> (quinn::Endpoint, quinn::Connection) {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let conn = connect_hello(&endpoint, quic_config(certs, name), addr).await;
+    (endpoint, conn)
+}
+
+/// Dials `addr` from `endpoint` and exchanges the protocol hello.
+async fn connect_hello(
+    endpoint: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: SocketAddr,
+) -> quinn::Connection {
     let conn = endpoint
         .connect_with(cfg, addr, "localhost")
         .expect("connect")
@@ -437,7 +451,7 @@ async fn raw_connection(
         let n = recv.read_buf(&mut inbuf).await.expect("read");
         assert!(n > 0, "stream ended before the hello answer");
     }
-    (endpoint, conn)
+    conn
 }
 
 #[tokio::test]
@@ -594,4 +608,68 @@ fn plain_http_on_a_non_loopback_address_is_refused_naming_the_flags() {
         "{err}"
     );
     assert!(err.contains("0.0.0.0"), "{err}");
+}
+
+/// Handshake cost of the CRL check: connections per second (QUIC + TLS handshake + hello, one at
+/// a time) against a server without a CRL and against the same server after a 1000-entry CRL is
+/// loaded. A measurement, not a check; run with
+/// `cargo test --release --test security -- --ignored --nocapture crl_handshake_cost`.
+#[tokio::test]
+#[ignore = "measurement; run explicitly"]
+async fn crl_handshake_cost() {
+    const CONNECTIONS: u32 = 300;
+    const VERIFICATIONS: u32 = 2000;
+    let certs = fresh_certs();
+    let dir = certs.path();
+    issue(dir, "bench", "read");
+    let server = ServerProc::start("standalone", free_addr(), dir, &[]);
+    let cfg = quic_config(dir, "bench");
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let rate = |label: &'static str| {
+        let (addr, cfg, endpoint) = (server.addr, cfg.clone(), endpoint.clone());
+        async move {
+            // One warm-up connection, then the timed ones.
+            connect_hello(&endpoint, cfg.clone(), addr)
+                .await
+                .close(0u32.into(), b"");
+            let started = Instant::now();
+            for _ in 0..CONNECTIONS {
+                let conn = connect_hello(&endpoint, cfg.clone(), addr).await;
+                conn.close(0u32.into(), b"done");
+            }
+            let per_s = f64::from(CONNECTIONS) / started.elapsed().as_secs_f64();
+            println!(
+                "{label}: {per_s:.0} connections/s ({CONNECTIONS} sequential handshake+hello)"
+            );
+            per_s
+        }
+    };
+    // The check itself, in process: one client-certificate verification, as the handshake does.
+    let paths = quickv::tls::CertPaths::new(dir);
+    let bench_cert = CertificateDer::from_pem_file(dir.join("bench.pem")).expect("bench.pem");
+    let verify_cost = |label: &'static str| {
+        let verifier = quickv::tls::client_verifier(&paths).expect("verifier");
+        let now = rustls::pki_types::UnixTime::now();
+        let started = Instant::now();
+        for _ in 0..VERIFICATIONS {
+            verifier
+                .verify_client_cert(&bench_cert, &[], now)
+                .expect("not revoked");
+        }
+        let us = started.elapsed().as_secs_f64() * 1e6 / f64::from(VERIFICATIONS);
+        println!("{label}: {us:.1} µs per client-certificate verification");
+    };
+    verify_cost("no CRL");
+    let without = rate("no CRL").await;
+    let serials: Vec<Vec<u8>> = (1..=1000u32)
+        .map(|n| [&[0x42u8][..], &n.to_be_bytes()[..]].concat())
+        .collect();
+    let (_, newly, entries) =
+        quickv::pki::revoke_serials(&quickv::tls::CertPaths::new(dir), &serials).expect("crl");
+    assert_eq!((newly, entries), (1000, 1000));
+    signal(server.child.id(), "HUP");
+    wait_reloads(server.addr, dir, 1).await;
+    verify_cost("1000-entry CRL");
+    let with = rate("1000-entry CRL").await;
+    println!("ratio with/without: {:.2}", with / without);
 }
