@@ -8,6 +8,8 @@
 //! [primary]
 //! listen = "10.0.0.1:4470"
 //! http = "127.0.0.1:8080"        # optional HTTP/JSON gateway and /metrics (TCP); off if absent
+//! # http_tls = true               # HTTPS with client certificates (needed off loopback) ...
+//! # http_insecure = true          # ... or plain HTTP off loopback anyway (unauthenticated)
 //! [backup]
 //! listen = "10.0.0.2:4471"
 //! [limits]                        # all optional
@@ -344,6 +346,29 @@ impl FileConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn plain_http_off_loopback_needs_tls_or_an_explicit_opt_in() {
+        let mut c = ServerConfig::new(Role::Standalone, "127.0.0.1:4470".parse().expect("addr"));
+        c.http = Some("127.0.0.1:8080".parse().expect("addr"));
+        assert!(c.validate().is_ok());
+        c.http = Some("[::1]:8080".parse().expect("addr"));
+        assert!(c.validate().is_ok());
+        c.http = Some("10.1.2.3:8080".parse().expect("addr"));
+        let err = c
+            .validate()
+            .expect_err("plain http off loopback")
+            .to_string();
+        assert!(
+            err.contains("--http-tls") && err.contains("--http-insecure"),
+            "{err}"
+        );
+        c.http_tls = true;
+        assert!(c.validate().is_ok());
+        c.http_insecure = true;
+        assert!(c.validate().is_err(), "both flags contradict each other");
+        c.http_tls = false;
+        assert!(c.validate().is_ok());
+    }
     #[test]
     fn file_config_names_both_servers() {
         let file: FileConfig = toml::from_str(

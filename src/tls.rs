@@ -7,11 +7,15 @@
 //! |---|---|---|
 //! | `ca.pem` / `ca.key` | the cluster CA (key kept to sign more certificates later) | everyone trusts `ca.pem` |
 //! | `server.pem` / `server.key` | the server/peer certificate, SANs `localhost`, `127.0.0.1`, `::1` + `--san` | both servers of a pair, as server *and* as peer client |
-//! | `client.pem` / `client.key` | a client certificate | CLI, client library, tester, bench |
+//! | `client.pem` / `client.key` | a client certificate, role `admin` | CLI, client library, tester, bench |
 //!
-//! Mutual TLS is mandatory: a server demands a client certificate chaining to `ca.pem`. On the peer
-//! link ([`PEER_ALPN`]) it also demands that the certificate *is* the pair's server certificate, so a
-//! client certificate cannot pose as the peer. Only TLS 1.3 and only the ring provider are used, passed
+//! [`crate::pki`] adds named client certificates with roles, `crl.pem` and renewal.
+//!
+//! Mutual TLS is mandatory: a server demands a client certificate chaining to `ca.pem` and not
+//! listed in `crl.pem` ([`client_verifier`]). On the peer link ([`PEER_ALPN`]) both sides also
+//! demand that the other's certificate *is* the pair's server certificate, so a client certificate
+//! cannot pose as the peer (the backup checks in `server::peer_allowed`, the dialing primary in
+//! the verifier of [`client_config`] with [`Identity::Peer`]). Only TLS 1.3 and only the ring provider are used, passed
 //! explicitly (with two providers compiled in, rustls cannot pick one on its own).
 //!
 //! With TLS 1.3 a client whose certificate is refused still sees `connect()` succeed; the refusal comes

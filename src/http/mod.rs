@@ -2,10 +2,11 @@
 //!
 //! QUIC is the fast path; this is the path for curl, browsers, Prometheus and the test tools that
 //! speak the API quickv descends from. It is off unless `--http ADDR` (or `http = "…"` in the
-//! config file) names a TCP address, and loopback is the suggested one: plain HTTP has no client
-//! authentication, so anyone who can reach the port can write and shut the server down.
-//! `--http-tls` serves it over TLS with the pair's certificates and *demands* a client
-//! certificate from the cluster CA, as the QUIC side does.
+//! config file) names a TCP address. Plain HTTP has no client authentication, so it may only
+//! listen on loopback (checked in [`crate::config::ServerConfig::validate`]) and acts as `admin`
+//! there; another address needs `--http-tls` — TLS with the pair's certificates, a client
+//! certificate from the cluster CA *demanded* as on the QUIC side, and each request checked
+//! against the certificate's role ([`access`]) — or the explicit, loudly logged `--http-insecure`.
 //!
 //! # Shape
 //!

@@ -7,6 +7,11 @@
 //! Stopping is graceful: no new connections or requests are taken, answers already owed are
 //! delivered (bounded by `drain_timeout`), then every connection is closed with application code
 //! [`session::CLOSE_SHUTDOWN`] and the endpoint waits until idle.
+//!
+//! A client connection gets the role of its certificate ([`auth`]); every request is authorized
+//! before it is routed. On SIGHUP the server reloads its certificate, key, CA bundle and CRL
+//! ([`reload_certificates`]): new connections use them, open ones stay, except those whose
+//! certificate the new files refuse (a revoked client), which are closed.
 
 pub mod auth;
 pub mod metrics;
