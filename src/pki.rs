@@ -178,7 +178,7 @@ pub fn revoke(paths: &CertPaths, name: &str) -> Result<Revoked> {
         .next()
         .ok_or_else(|| Error::Certificate(format!("{}: no certificate", cert_path.display())))?;
     let serial = serial_of(&cert)?;
-    revoke_serials(paths, &[serial.clone()]).map(|(crl, newly, entries)| Revoked {
+    revoke_serials(paths, std::slice::from_ref(&serial)).map(|(crl, newly, entries)| Revoked {
         crl,
         serial: hex(&serial),
         newly: newly > 0,
