@@ -673,3 +673,53 @@ async fn crl_handshake_cost() {
     let with = rate("1000-entry CRL").await;
     println!("ratio with/without: {:.2}", with / without);
 }
+
+#[tokio::test]
+async fn the_primary_refuses_a_backup_that_shows_another_certificate_of_the_same_ca() {
+    let certs = fresh_certs();
+    // An impostor: a server certificate from the same CA, valid for 127.0.0.1, but not the pair's.
+    let impostor = tempfile::tempdir().expect("tempdir");
+    for f in ["ca.pem", "ca.key", "server.pem", "server.key"] {
+        std::fs::copy(certs.path().join(f), impostor.path().join(f)).expect("copy");
+    }
+    let out = Command::new(bin())
+        .args(["certs", "--dir"])
+        .arg(impostor.path())
+        .arg("renew")
+        .output()
+        .expect("renew");
+    assert!(out.status.success());
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(impostor.path().join("server.pem"))
+            .expect("pem")
+            .collect::<Result<_, _>>()
+            .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(impostor.path().join("server.key")).expect("key");
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server cert");
+    tls.alpn_protocols = vec![quickv::tls::PEER_ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic");
+    let fake_addr = free_addr();
+    let fake = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), fake_addr)
+        .expect("fake backup");
+
+    let peer = fake_addr.to_string();
+    let _primary = ServerProc::start("primary", free_addr(), certs.path(), &["--peer", &peer]);
+    let incoming = tokio::time::timeout(WAIT, fake.accept())
+        .await
+        .expect("the primary dials its backup")
+        .expect("endpoint open");
+    let handshake = tokio::time::timeout(WAIT, incoming)
+        .await
+        .expect("handshake ends");
+    assert!(
+        handshake.is_err(),
+        "the primary completed a peer handshake with a certificate that is not the pair's"
+    );
+}
