@@ -76,7 +76,6 @@ async fn wait_reloads(addr: SocketAddr, certs: &Path, reloads: u64) {
         if doc["certificates"]["reloads"].as_u64() >= Some(reloads) {
             return;
         }
-        assert_eq!(doc["certificates"]["reload_failures"], 0, "{doc}");
         assert!(Instant::now() < deadline, "no reload: {doc}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -504,7 +503,34 @@ async fn a_revoked_client_is_cut_off_at_reload_and_cannot_reconnect_while_others
     alice.insert("b", "2").await.expect("alice still writes");
     let doc = alice.status().await.expect("status");
     assert_eq!(doc["certificates"]["closed_revoked"], 1, "{doc}");
-    assert_eq!(doc["certificates"]["reloads"], 1, "{doc}");
+    assert!(doc["certificates"]["reloads"].as_u64() >= Some(1), "{doc}");
+}
+
+#[tokio::test]
+async fn a_changed_crl_file_is_picked_up_without_a_signal() {
+    let certs = fresh_certs();
+    let dir = certs.path();
+    issue(dir, "eve", "read");
+    let server = ServerProc::start("standalone", free_addr(), dir, &[]);
+    let (_ep, eve) = raw_connection(server.addr, dir, "eve").await;
+    let out = Command::new(bin())
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(["revoke", "eve"])
+        .output()
+        .expect("revoke");
+    assert!(out.status.success());
+    // No SIGHUP: the server notices the new crl.pem by itself.
+    let closed = tokio::time::timeout(WAIT, eve.closed())
+        .await
+        .expect("closed after the CRL file changed");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if &c.reason[..] == b"certificate revoked"),
+        "{closed:?}"
+    );
+    let eve_dir = identity_dir(dir, "eve");
+    let again = connect_as(server.addr, eve_dir.path()).await;
+    assert!(again.is_err(), "a revoked certificate connected");
 }
 
 #[tokio::test]

@@ -159,30 +159,68 @@ impl Server {
     }
 }
 
-/// Reloads the certificates on every SIGHUP until the server stops (see
-/// [`reload_certificates`]). Not on Unix: nothing to listen for.
+/// How often the certificate files are checked for changes (modification times only).
+pub const CERT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the certificates on every SIGHUP, and when the modification time of `ca.pem`,
+/// `server.pem`, `server.key` or `crl.pem` changes (checked every [`CERT_POLL_INTERVAL`]), until
+/// the server stops (see [`reload_certificates`]). A failed reload (say, a file caught half
+/// copied) is retried when the files change again, or on the next SIGHUP.
 async fn reload_on_hangup(node: Arc<Node>, endpoint: quinn::Endpoint) {
+    let paths = CertPaths::new(&node.config.certs_dir);
+    let mut seen = cert_stamps(&paths);
     #[cfg(unix)]
-    {
+    let mut hangup = {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
             Err(e) => {
-                warn!(reason = %e, "cannot listen for SIGHUP; certificates will not be reloaded");
-                return;
+                warn!(reason = %e, "cannot listen for SIGHUP; certificate files are still watched");
+                None
+            }
+        }
+    };
+    let mut poll = tokio::time::interval(CERT_POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await.is_some(),
+                None => std::future::pending().await,
             }
         };
-        loop {
-            tokio::select! {
-                s = hangup.recv() => if s.is_none() { break },
-                _ = node.shutdown.cancelled() => break,
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<bool>();
+        let stamps = tokio::select! {
+            got = hup => {
+                if !got { break }
+                cert_stamps(&paths)
             }
-            let result = reload_certificates(&node, &endpoint);
-            node.security.note_reload(&result);
-        }
+            _ = poll.tick() => {
+                let now = cert_stamps(&paths);
+                if now == seen { continue }
+                now
+            }
+            _ = node.shutdown.cancelled() => break,
+        };
+        seen = stamps;
+        let result = reload_certificates(&node, &endpoint);
+        node.security.note_reload(&result);
     }
-    #[cfg(not(unix))]
-    let _ = (node, endpoint);
+}
+
+/// Modification times of the files a reload reads (`None` for an absent file).
+fn cert_stamps(paths: &CertPaths) -> Vec<Option<std::time::SystemTime>> {
+    [
+        paths.ca_cert(),
+        paths.server_cert(),
+        paths.server_key(),
+        paths.crl(),
+    ]
+    .iter()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
 }
 
 /// Reloads the server certificate and key, the CA bundle and the CRL from the certificate
