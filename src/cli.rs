@@ -42,7 +42,8 @@ enum Command {
     Up(UpArgs),
     /// Run one server.
     Server(ServerArgs),
-    /// Write a CA, a server/peer certificate and a client certificate (PEM) into --dir.
+    /// Write a CA, a server/peer certificate and an admin client certificate (PEM) into --dir;
+    /// `client`, `revoke` and `renew` manage identities (docs/security.md).
     Certs(CertsArgs),
     /// Insert a new key (fails if it exists).
     Insert { key: String, value: String },
@@ -310,13 +311,13 @@ struct TestArgs {
 #[derive(Debug, Args)]
 struct CertsArgs {
     /// Directory to write into (default: the global --certs).
-    #[arg(long)]
+    #[arg(long, global = true)]
     dir: Option<PathBuf>,
     /// Extra subject alternative name for the server certificate (host name or IP); repeatable.
     #[arg(long = "san")]
     sans: Vec<String>,
     /// Overwrite existing files.
-    #[arg(long)]
+    #[arg(long, global = true)]
     force: bool,
     #[command(subcommand)]
     action: Option<CertsAction>,

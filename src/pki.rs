@@ -173,6 +173,13 @@ pub struct Revoked {
 pub fn revoke(paths: &CertPaths, name: &str) -> Result<Revoked> {
     check_name(name)?;
     let (cert_path, _) = client_files(paths, name);
+    if !cert_path.exists() {
+        return Err(Error::Config(format!(
+            "no certificate named {name} in {} ({} is missing)",
+            paths.dir.display(),
+            cert_path.display()
+        )));
+    }
     let cert = tls::load_certs(&cert_path)?
         .into_iter()
         .next()
