@@ -749,3 +749,59 @@ async fn the_primary_refuses_a_backup_that_shows_another_certificate_of_the_same
         "the primary completed a peer handshake with a certificate that is not the pair's"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_https_client_is_dropped_at_reload_and_refused_after() {
+    let certs = fresh_certs();
+    let dir = certs.path();
+    issue(dir, "trudy", "read");
+    let http = free_tcp_addr();
+    let http_arg = http.to_string();
+    let server = ServerProc::start(
+        "standalone",
+        free_addr(),
+        dir,
+        &["--http", &http_arg, "--http-tls"],
+    );
+    let cfg = https_config(dir, "trudy");
+    // One keep-alive connection, used once.
+    let tcp = TcpStream::connect(http).await.expect("connect");
+    let stream = tokio_rustls::TlsConnector::from(cfg.clone())
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("tls");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/kvman/countkey")
+        .header(HOST, "localhost")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("first request");
+    assert_eq!(resp.status().as_u16(), 200);
+    resp.into_body().collect().await.expect("body");
+
+    let out = Command::new(bin())
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .args(["revoke", "trudy"])
+        .output()
+        .expect("revoke");
+    assert!(out.status.success());
+    signal(server.child.id(), "HUP");
+    // The server drops the open connection: the client's connection task ends — well before
+    // the gateway would close an idle keep-alive connection on its own (header read timeout).
+    let bound = quickv::http::HEADER_READ_TIMEOUT / 2;
+    let ended = tokio::time::timeout(bound, conn)
+        .await
+        .expect("the revoked client's HTTPS connection must be dropped");
+    assert!(ended.is_ok(), "connection task panicked: {ended:?}");
+    assert!(sender.is_closed() || sender.ready().await.is_err());
+    let again = http_call(http, Some(cfg), Method::GET, "/kvman/countkey", "").await;
+    assert!(
+        again.is_err(),
+        "a revoked certificate got an answer: {again:?}"
+    );
+}
