@@ -5,7 +5,7 @@
 //! a `quickv test` script failed; 2 on usage, connection or TLS errors.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::bench;
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::config::{self, FileConfig, Role, ServerConfig};
+use crate::pki;
 use crate::protocol::Limits;
 use crate::server::Server;
 use crate::tester::{self, PairSpec, ParseMode, RunOptions, Script};
@@ -41,7 +42,8 @@ enum Command {
     Up(UpArgs),
     /// Run one server.
     Server(ServerArgs),
-    /// Write a CA, a server/peer certificate and a client certificate (PEM) into --dir.
+    /// Write a CA, a server/peer certificate and an admin client certificate (PEM) into --dir;
+    /// `client`, `revoke` and `renew` manage identities (docs/security.md).
     Certs(CertsArgs),
     /// Insert a new key (fails if it exists).
     Insert { key: String, value: String },
@@ -273,8 +275,12 @@ struct ServerArgs {
     http: Option<SocketAddr>,
     /// Serve the HTTP gateway over TLS with the pair's certificates, requiring a client
     /// certificate from the cluster CA.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "http_insecure")]
     http_tls: bool,
+    /// Allow plain (unauthenticated) HTTP on a non-loopback --http address. Anyone who can reach
+    /// the port can then read, write and shut the server down; logged loudly at start.
+    #[arg(long)]
+    http_insecure: bool,
     #[command(flatten)]
     runtime: RuntimeArgs,
 }
@@ -329,14 +335,38 @@ struct TestArgs {
 #[derive(Debug, Args)]
 struct CertsArgs {
     /// Directory to write into (default: the global --certs).
-    #[arg(long)]
+    #[arg(long, global = true)]
     dir: Option<PathBuf>,
     /// Extra subject alternative name for the server certificate (host name or IP); repeatable.
     #[arg(long = "san")]
     sans: Vec<String>,
     /// Overwrite existing files.
-    #[arg(long)]
+    #[arg(long, global = true)]
     force: bool,
+    #[command(subcommand)]
+    action: Option<CertsAction>,
+}
+
+/// What `quickv certs` does beyond creating the CA, server and default client certificates.
+#[derive(Debug, Subcommand)]
+enum CertsAction {
+    /// Issue NAME.pem / NAME.key: a client certificate for NAME with a role, signed by the CA.
+    Client {
+        /// The client's name (file name and certificate common name).
+        name: String,
+        /// What the client may do: read (get, count, dump, status, ping), write (read + insert,
+        /// update, delete) or admin (write + shutdown).
+        #[arg(long, value_parser = ["read", "write", "admin"])]
+        role: String,
+    },
+    /// Revoke NAME.pem: add it to crl.pem (servers refuse it after SIGHUP or a restart).
+    Revoke {
+        /// The client's name, as given to `certs client` (`client` for the default client.pem).
+        name: String,
+    },
+    /// Re-issue server.pem / server.key with a new key and the same names (servers use it after
+    /// SIGHUP).
+    Renew,
 }
 
 /// Parses the command line, runs it, and maps the outcome to an exit status.
@@ -383,6 +413,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Certs(args) => {
             let dir = args.dir.unwrap_or(cli.certs);
+            if let Some(action) = args.action {
+                return certs_action(&dir, action, args.force);
+            }
             let out = tls::generate(&dir, &args.sans, args.force)?;
             for p in &out.written {
                 say!("wrote {}", p.display());
@@ -564,8 +597,47 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
         cfg.http = args.http;
     }
     cfg.http_tls |= args.http_tls;
+    cfg.http_insecure |= args.http_insecure;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `quickv certs client|revoke|renew`.
+fn certs_action(dir: &Path, action: CertsAction, force: bool) -> anyhow::Result<()> {
+    let paths = tls::CertPaths::new(dir);
+    match action {
+        CertsAction::Client { name, role } => {
+            let access: pki::Access = role.parse()?;
+            let (cert, key) = pki::issue_client(&paths, &name, access, force)?;
+            say!("wrote {} (role {access})", cert.display());
+            say!("wrote {}", key.display());
+        }
+        CertsAction::Revoke { name } => {
+            let r = pki::revoke(&paths, &name)?;
+            let what = if r.newly {
+                "revoked"
+            } else {
+                "already revoked"
+            };
+            say!(
+                "{what} {name} (serial {}); {} now lists {} certificate(s)",
+                r.serial,
+                r.crl.display(),
+                r.entries
+            );
+            say!("send SIGHUP to each server (or restart it) to apply, and copy crl.pem to every server host");
+        }
+        CertsAction::Renew => {
+            let names = pki::renew_server(&paths)?;
+            say!(
+                "renewed {} for {}",
+                paths.server_cert().display(),
+                names.join(", ")
+            );
+            say!("copy server.pem/server.key to both servers, then send each SIGHUP");
+        }
+    }
+    Ok(())
 }
 
 /// Runs a server until SIGINT/SIGTERM or a `shutdown` request.

@@ -8,6 +8,8 @@
 //! [primary]
 //! listen = "10.0.0.1:4470"
 //! http = "127.0.0.1:8080"        # optional HTTP/JSON gateway and /metrics (TCP); off if absent
+//! # http_tls = true               # HTTPS with client certificates (needed off loopback) ...
+//! # http_insecure = true          # ... or plain HTTP off loopback anyway (unauthenticated)
 //! [backup]
 //! listen = "10.0.0.2:4471"
 //! [limits]                        # all optional
@@ -151,6 +153,9 @@ pub struct ServerConfig {
     /// Serve the gateway over TLS with the pair's certificates, demanding a client certificate
     /// from the cluster CA, like the QUIC side. Off by default (plain HTTP, meant for loopback).
     pub http_tls: bool,
+    /// Allow plain HTTP on a non-loopback address (unauthenticated: anyone who reaches the port is
+    /// `admin`). Off by default: without it or `http_tls`, a non-loopback `http` is refused.
+    pub http_insecure: bool,
 }
 
 impl ServerConfig {
@@ -176,6 +181,7 @@ impl ServerConfig {
             max_memory: None,
             http: None,
             http_tls: false,
+            http_insecure: false,
         }
     }
 
@@ -198,6 +204,20 @@ impl ServerConfig {
             _ if self.http_tls && self.http.is_none() => Err(Error::Config(
                 "--http-tls needs --http ADDR (the gateway's TCP address)".into(),
             )),
+            _ if self.http_tls && self.http_insecure => Err(Error::Config(
+                "--http-tls and --http-insecure contradict each other; pick one".into(),
+            )),
+            _ if self
+                .http
+                .is_some_and(|a| !a.ip().is_loopback() && !self.http_tls && !self.http_insecure) =>
+            {
+                Err(Error::Config(format!(
+                    "refusing to serve plain HTTP on {}: plain HTTP has no authentication, so it may \
+                     only listen on loopback (127.0.0.1, ::1). Use --http-tls to require client \
+                     certificates, or --http-insecure to accept the risk",
+                    self.http.map(|a| a.to_string()).unwrap_or_default()
+                )))
+            }
             _ => Ok(()),
         }
     }
@@ -229,6 +249,8 @@ pub struct NodeSection {
     pub http: Option<SocketAddr>,
     /// Whether that gateway speaks TLS with mandatory client certificates.
     pub http_tls: Option<bool>,
+    /// Whether plain HTTP may listen on a non-loopback address (see `ServerConfig::http_insecure`).
+    pub http_insecure: Option<bool>,
 }
 
 /// `[limits]`: sizes in bytes and counts.
@@ -295,6 +317,7 @@ impl FileConfig {
         if let Some(section) = own {
             cfg.http = section.http;
             cfg.http_tls = section.http_tls.unwrap_or(false);
+            cfg.http_insecure = section.http_insecure.unwrap_or(false);
         }
         if let Some(dir) = &self.certs {
             cfg.certs_dir = dir.clone();
@@ -323,6 +346,29 @@ impl FileConfig {
 mod tests {
     use super::*;
 
+    #[test]
+    fn plain_http_off_loopback_needs_tls_or_an_explicit_opt_in() {
+        let mut c = ServerConfig::new(Role::Standalone, "127.0.0.1:4470".parse().expect("addr"));
+        c.http = Some("127.0.0.1:8080".parse().expect("addr"));
+        assert!(c.validate().is_ok());
+        c.http = Some("[::1]:8080".parse().expect("addr"));
+        assert!(c.validate().is_ok());
+        c.http = Some("10.1.2.3:8080".parse().expect("addr"));
+        let err = c
+            .validate()
+            .expect_err("plain http off loopback")
+            .to_string();
+        assert!(
+            err.contains("--http-tls") && err.contains("--http-insecure"),
+            "{err}"
+        );
+        c.http_tls = true;
+        assert!(c.validate().is_ok());
+        c.http_insecure = true;
+        assert!(c.validate().is_err(), "both flags contradict each other");
+        c.http_tls = false;
+        assert!(c.validate().is_ok());
+    }
     #[test]
     fn file_config_names_both_servers() {
         let file: FileConfig = toml::from_str(

@@ -14,6 +14,7 @@
 //! | [`protocol`] | `quickv-proto`, the sans-IO codec: frames, requests, answers, peer messages, bucket identity |
 //! | [`store`] | the table: 32 flurry buckets, per-bucket counts and order-independent digests |
 //! | [`tls`] | certificate generation (rcgen), server rustls/quinn configs; re-exports the client side |
+//! | [`pki`] | client identities with roles, revocation (CRL), server certificate renewal |
 //! | [`config`] | typed config and every default, in one place |
 //! | [`replication`] | primary/backup: sans-IO state machine, lanes, peer link drivers |
 //! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown, op metrics |
@@ -60,6 +61,7 @@ pub mod config;
 pub mod error;
 pub mod history;
 pub mod http;
+pub mod pki;
 pub use quickv_proto as protocol;
 pub mod replication;
 pub mod server;

@@ -8,11 +8,15 @@
 //! |---|---|---|
 //! | `ca.pem` / `ca.key` | the cluster CA (key kept to sign more certificates later) | everyone trusts `ca.pem` |
 //! | `server.pem` / `server.key` | the server/peer certificate, SANs `localhost`, `127.0.0.1`, `::1` + `--san` | both servers of a pair, as server *and* as peer client |
-//! | `client.pem` / `client.key` | a client certificate | CLI, client library, tester, bench |
+//! | `client.pem` / `client.key` | a client certificate, role `admin` | CLI, client library, tester, bench |
 //!
-//! Mutual TLS is mandatory: a server demands a client certificate chaining to `ca.pem`. On the peer
-//! link ([`PEER_ALPN`]) it also demands that the certificate *is* the pair's server certificate, so a
-//! client certificate cannot pose as the peer. Only TLS 1.3 and only the ring provider are used, passed
+//! [`crate::pki`] adds named client certificates with roles, `crl.pem` and renewal.
+//!
+//! Mutual TLS is mandatory: a server demands a client certificate chaining to `ca.pem` and not
+//! listed in `crl.pem` ([`client_verifier`]). On the peer link ([`PEER_ALPN`]) both sides also
+//! demand that the other's certificate *is* the pair's server certificate, so a client certificate
+//! cannot pose as the peer (the backup checks in `server::peer_allowed`, the dialing primary in
+//! the verifier of [`client_config`] with [`Identity::Peer`]). Only TLS 1.3 and only the ring provider are used, passed
 //! explicitly (with two providers compiled in, rustls cannot pick one on its own).
 //!
 //! With TLS 1.3 a client whose certificate is refused still sees `connect()` succeed; the refusal comes
@@ -25,13 +29,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quickv_client::tls::{load_certs, load_key, load_roots};
+pub(crate) use quickv_client::tls::{load_certs, load_key, load_roots};
 use quinn::crypto::rustls::QuicServerConfig;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::CertificateDer;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 
 use crate::error::{Error, Result};
@@ -40,9 +45,11 @@ use crate::protocol::ALPN;
 /// The client side of TLS (file names, PEM loading, client configs, refusal sentences) lives in
 /// `quickv-client`; re-exported here so both sides are found in one place.
 pub use quickv_client::tls::{
-    client_config, client_config_from_files, explain_connection_error, CertPaths, Identity,
+    client_config_from_files, explain_connection_error, quic_client_config, CertPaths, Identity,
     TlsError,
 };
+
+mod peer;
 
 /// ALPN of the primary↔backup link; the client ALPN is [`crate::protocol::ALPN`].
 pub use crate::protocol::PEER_ALPN;
@@ -108,32 +115,41 @@ pub fn generate(dir: &Path, sans: &[String], force: bool) -> Result<Generated> {
             names.push(san.clone());
         }
     }
+    let admin = crate::pki::role_unit(crate::pki::Access::Admin);
+    let validity = (not_before, now + time::Duration::days(LEAF_VALIDITY_DAYS));
     let leaves = [
         (
             paths.server_cert(),
             paths.server_key(),
-            "quickv server",
-            names.clone(),
-            vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
+            Leaf {
+                common_name: "quickv server",
+                role_unit: None,
+                sans: &names,
+                ekus: vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
+                validity,
+            },
         ),
         (
             paths.client_cert(),
             paths.client_key(),
-            "quickv client",
-            Vec::new(),
-            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Leaf {
+                common_name: "quickv client",
+                role_unit: Some(&admin),
+                sans: &[],
+                ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
+                validity,
+            },
         ),
     ];
-    for (cert_path, key_path, cn, sans, ekus) in leaves {
+    for (cert_path, key_path, leaf) in leaves {
         if !force && cert_path.exists() && key_path.exists() {
             out.kept.extend([cert_path, key_path]);
             continue;
         }
-        let validity = (not_before, now + time::Duration::days(LEAF_VALIDITY_DAYS));
-        sign_leaf(&issuer, cn, &sans, ekus, validity, &cert_path, &key_path)?;
+        sign_leaf(&issuer, leaf, &cert_path, &key_path)?;
         out.written.extend([cert_path, key_path]);
     }
     Ok(out)
@@ -151,40 +167,61 @@ pub fn issue_client_cert(
 ) -> Result<()> {
     let key = KeyPair::from_pem(&read_text(&paths.ca_key())?).map_err(cert_err)?;
     let issuer = Issuer::from_ca_cert_pem(&read_text(&paths.ca_cert())?, key).map_err(cert_err)?;
-    let ekus = vec![ExtendedKeyUsagePurpose::ClientAuth];
     sign_leaf(
         &issuer,
-        name,
-        &[],
-        ekus,
-        (not_before, not_after),
+        Leaf {
+            common_name: name,
+            role_unit: None,
+            sans: &[],
+            ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            validity: (not_before, not_after),
+        },
         cert_out,
         key_out,
     )
 }
 
-/// Makes a key pair and a certificate signed by `issuer`, and writes both as PEM.
-fn sign_leaf(
+/// What goes into a leaf certificate besides its key.
+pub(crate) struct Leaf<'a> {
+    /// Subject common name (a client's name).
+    pub common_name: &'a str,
+    /// Subject organizational unit carrying a client's role (see [`crate::pki`]).
+    pub role_unit: Option<&'a str>,
+    /// Subject alternative names (server certificates).
+    pub sans: &'a [String],
+    /// Extended key usages.
+    pub ekus: Vec<ExtendedKeyUsagePurpose>,
+    /// `not_before`, `not_after`.
+    pub validity: (time::OffsetDateTime, time::OffsetDateTime),
+}
+
+/// Makes a key pair and a certificate signed by `issuer`, and writes both as PEM (key first, each
+/// file replaced atomically, so a server reloading meanwhile reads an old or a new file, never half
+/// of one).
+pub(crate) fn sign_leaf(
     issuer: &Issuer<'_, KeyPair>,
-    cn: &str,
-    sans: &[String],
-    ekus: Vec<ExtendedKeyUsagePurpose>,
-    (not_before, not_after): (time::OffsetDateTime, time::OffsetDateTime),
+    leaf: Leaf<'_>,
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<()> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
-    params.subject_alt_names = sans.iter().map(|n| san_of(n)).collect::<Result<_>>()?;
-    params.distinguished_name.push(DnType::CommonName, cn);
+    params.subject_alt_names = leaf.sans.iter().map(|n| san_of(n)).collect::<Result<_>>()?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, leaf.common_name);
+    if let Some(unit) = leaf.role_unit {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, unit);
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = ekus;
+    params.extended_key_usages = leaf.ekus;
     params.use_authority_key_identifier_extension = true;
-    params.not_before = not_before;
-    params.not_after = not_after;
+    (params.not_before, params.not_after) = leaf.validity;
     let key = KeyPair::generate().map_err(cert_err)?;
     let cert = params.signed_by(&key, issuer).map_err(cert_err)?;
-    write_file(cert_path, cert.pem().as_bytes(), false)?;
-    write_file(key_path, key.serialize_pem().as_bytes(), true)
+    write_file(key_path, key.serialize_pem().as_bytes(), true)?;
+    write_file(cert_path, cert.pem().as_bytes(), false)
 }
 
 /// Creates the certificates in `dir` unless they are all there already; returns true if it made them.
@@ -221,13 +258,29 @@ impl TransportLimits {
     }
 }
 
-/// The server endpoint config: TLS 1.3, mandatory client certificates from the CA, both ALPNs.
-pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn::ServerConfig> {
+/// The verifier of client certificates: chains to a CA of `ca.pem` (a bundle may hold several,
+/// for a CA rotation) and is not in `crl.pem`.
+///
+/// Only the end-entity certificate is checked against the CRL; a certificate of a CA that issued no
+/// CRL counts as not revoked (so a bundle with a second CA works), and `next_update` is not enforced
+/// (an old CRL still revokes). Servers build a fresh one at start and on every reload, and use it
+/// to re-check the connections already open.
+pub fn client_verifier(paths: &CertPaths) -> Result<Arc<dyn ClientCertVerifier>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = Arc::new(load_roots(&paths.ca_cert())?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+    WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .with_crls(crate::pki::load_crls(paths)?)
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .build()
-        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))
+}
+
+/// The server endpoint config: TLS 1.3, mandatory client certificates from the CA (not revoked),
+/// both ALPNs. Called again on reload; quinn gives new connections the new config.
+pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = client_verifier(paths)?;
     let chain = load_certs(&paths.server_cert())?;
     let key = load_key(&paths.server_key())?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -248,10 +301,7 @@ pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn
 /// allowed here (unlike QUIC, which is 1.3 by definition) because older HTTP tools may need it.
 pub fn http_server_config(paths: &CertPaths) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = Arc::new(load_roots(&paths.ca_cert())?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))?;
+    let verifier = client_verifier(paths)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(cert_err)?
@@ -263,6 +313,28 @@ pub fn http_server_config(paths: &CertPaths) -> Result<Arc<rustls::ServerConfig>
         .map_err(cert_err)?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(tls))
+}
+
+/// A client endpoint config presenting `identity`, trusting only the cluster CA.
+///
+/// A server dialing its peer ([`Identity::Peer`]) goes through [`peer::client_config`], which also
+/// demands that the remote holds the pair's server certificate; clients and tools get
+/// [`quickv_client::tls::client_config`].
+pub fn client_config(
+    paths: &CertPaths,
+    identity: Identity,
+    idle_timeout: Duration,
+    keep_alive: Duration,
+) -> Result<quinn::ClientConfig> {
+    match identity {
+        Identity::Peer => peer::client_config(paths, idle_timeout, keep_alive),
+        Identity::Client => Ok(quickv_client::tls::client_config(
+            paths,
+            identity,
+            idle_timeout,
+            keep_alive,
+        )?),
+    }
 }
 
 /// The certificate chain a remote presented on `conn`, if any.
@@ -290,11 +362,21 @@ fn san_of(name: &str) -> Result<SanType> {
     })
 }
 
-fn read_text(path: &Path) -> Result<String> {
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| Error::file(path, e))
 }
 
-fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
+/// Writes `contents` to a temporary file beside `path`, then renames it over `path`, so readers
+/// see the old file or the new one, never a half-written one.
+pub(crate) fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    write_in_place(&tmp, contents, private)?;
+    fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+fn write_in_place(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -313,7 +395,7 @@ fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     file.write_all(contents).map_err(|e| Error::file(path, e))
 }
 
-fn cert_err(e: impl std::fmt::Display) -> Error {
+pub(crate) fn cert_err(e: impl std::fmt::Display) -> Error {
     Error::Certificate(e.to_string())
 }
 

@@ -2,10 +2,11 @@
 //!
 //! QUIC is the fast path; this is the path for curl, browsers, Prometheus and the test tools that
 //! speak the API quickv descends from. It is off unless `--http ADDR` (or `http = "…"` in the
-//! config file) names a TCP address, and loopback is the suggested one: plain HTTP has no client
-//! authentication, so anyone who can reach the port can write and shut the server down.
-//! `--http-tls` serves it over TLS with the pair's certificates and *demands* a client
-//! certificate from the cluster CA, as the QUIC side does.
+//! config file) names a TCP address. Plain HTTP has no client authentication, so it may only
+//! listen on loopback (checked in [`crate::config::ServerConfig::validate`]) and acts as `admin`
+//! there; another address needs `--http-tls` — TLS with the pair's certificates, a client
+//! certificate from the cluster CA *demanded* as on the QUIC side, and each request checked
+//! against the certificate's role ([`access`]) — or the explicit, loudly logged `--http-insecure`.
 //!
 //! # Shape
 //!
@@ -37,6 +38,7 @@
 //!
 //! [`form`] decodes form bodies and query strings; [`metrics`] renders the Prometheus page.
 
+pub mod access;
 pub mod api;
 pub mod form;
 pub mod metrics;
@@ -59,6 +61,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
+use crate::pki::Access;
+use crate::server::auth::Closer;
 use crate::server::node::{Node, Stats};
 use crate::tls::{self, CertPaths};
 
@@ -104,8 +108,9 @@ pub struct Listener {
     socket: std::net::TcpListener,
     /// The bound address (the real port when asked for port 0).
     addr: SocketAddr,
-    /// Present with `--http-tls`.
-    tls: Option<TlsAcceptor>,
+    /// Present with `--http-tls`: the config loaded at start (a reload replaces it in the node's
+    /// [`crate::server::auth::Security`], where connections take it from).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Listener {
@@ -121,11 +126,16 @@ impl Listener {
             ))
         })?;
         let tls = match config.http_tls {
-            true => Some(TlsAcceptor::from(tls::http_server_config(
-                &CertPaths::new(&config.certs_dir),
-            )?)),
+            true => Some(tls::http_server_config(&CertPaths::new(&config.certs_dir))?),
             false => None,
         };
+        if config.http_insecure && !addr.ip().is_loopback() {
+            warn!(
+                %addr,
+                "SERVING PLAIN HTTP ON A NON-LOOPBACK ADDRESS (--http-insecure): anyone who can \
+                 reach this port can read, write, delete and shut down this server"
+            );
+        }
         Ok(Some(Listener {
             addr: socket.local_addr()?,
             socket,
@@ -136,6 +146,11 @@ impl Listener {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The TLS config loaded at bind time (`--http-tls`).
+    pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.clone()
     }
 }
 
@@ -176,7 +191,8 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
             return;
         }
     };
-    info!(%addr, tls = tls.is_some(), "http gateway serving");
+    let tls = tls.is_some();
+    info!(%addr, tls, "http gateway serving");
     let slots = Arc::new(Semaphore::new(max_connections(&node.config)));
     loop {
         let slot = tokio::select! {
@@ -198,7 +214,6 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
         };
         Stats::bump(&node.stats.http_connections_total);
         let node = node.clone();
-        let tls = tls.clone();
         let (tracker, gate) = (tracker.clone(), release.clone());
         release.connections.spawn(
             async move {
@@ -212,33 +227,62 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
     debug!("http gateway stopped accepting");
 }
 
-/// One connection: the optional TLS handshake, then HTTP/1.1.
+/// One connection: the optional TLS handshake, then HTTP/1.1. Plain HTTP acts as `admin` (it can
+/// only listen on loopback unless `--http-insecure`); HTTPS gets the role of the client's
+/// certificate, and is registered so a reload can close it if that certificate is revoked.
 async fn connection(
     node: Arc<Node>,
     stream: TcpStream,
-    tls: Option<TlsAcceptor>,
+    tls: bool,
     tracker: TaskTracker,
     release: Release,
 ) {
     // Answers are small and written whole; Nagle would only add delay.
     let _ = stream.set_nodelay(true);
-    let Some(acceptor) = tls else {
-        return drive(node, stream, tracker, release).await;
+    if !tls {
+        let never = CancellationToken::new();
+        return drive(node, stream, Access::Admin, never, tracker, release).await;
+    }
+    // Taken per connection, so a reload's new certificates apply from the next connection on.
+    let Some(config) = node.security.http_config() else {
+        warn!("https gateway has no TLS config; dropping the connection");
+        return;
     };
     let handshake = tokio::select! {
-        h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h,
+        h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)) => h,
         _ = node.shutdown.cancelled() => return,
     };
-    match handshake {
-        Ok(Ok(stream)) => drive(node, stream, tracker, release).await,
-        Ok(Err(e)) => debug!(reason = %e, "http tls handshake failed"),
-        Err(_) => debug!("http tls handshake timed out"),
-    }
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return debug!(reason = %e, "http tls handshake failed"),
+        Err(_) => return debug!("http tls handshake timed out"),
+    };
+    let chain: Vec<_> = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let access = match chain.first().map(crate::pki::access_of) {
+        Some(Ok(access)) => access,
+        Some(Err(why)) => return warn!(reason = %why, "https client refused"),
+        None => return warn!("https client presented no certificate"),
+    };
+    let revoked = CancellationToken::new();
+    let _open = node.security.register(chain, Closer::Http(revoked.clone()));
+    drive(node.clone(), stream, access, revoked, tracker, release).await;
 }
 
-/// Serves HTTP/1.1 requests on `io` until the client closes or the node shuts down.
-async fn drive<I>(node: Arc<Node>, io: I, tracker: TaskTracker, release: Release)
-where
+/// Serves HTTP/1.1 requests on `io` with the rights of `access` until the client closes, the node
+/// shuts down, or `revoked` fires (the connection is then dropped at once).
+async fn drive<I>(
+    node: Arc<Node>,
+    io: I,
+    access: Access,
+    revoked: CancellationToken,
+    tracker: TaskTracker,
+    release: Release,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let for_requests = node.clone();
@@ -246,7 +290,12 @@ where
         let node = for_requests.clone();
         let in_flight = tracker.token();
         let release = release.clone();
-        async move { Ok::<_, Infallible>(api::respond(&node, req, in_flight, &release).await) }
+        async move {
+            if let Some(refused) = access::refusal(&node, access, &req) {
+                return Ok::<_, Infallible>(refused);
+            }
+            Ok::<_, Infallible>(api::respond(&node, req, in_flight, &release).await)
+        }
     });
     let max_buf =
         HYPER_DEFAULT_MAX_BUF.max(api::max_query(&node.config.limits).saturating_add(8192));
@@ -259,6 +308,7 @@ where
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        _ = revoked.cancelled() => return debug!("certificate revoked; connection dropped"),
         _ = node.shutdown.cancelled() => {
             // Finish the response in flight (e.g. the answer to /kvman/shutdown), then close.
             conn.as_mut().graceful_shutdown();

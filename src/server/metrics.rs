@@ -21,13 +21,14 @@ pub const OP_NAMES: [&str; 10] = [
 ];
 
 /// Outcome names, indexed by [`Outcome`]; the `result` label of the metrics.
-pub const OUTCOME_NAMES: [&str; 6] = [
+pub const OUTCOME_NAMES: [&str; 7] = [
     "ok",
     "not_found",
     "exists",
     "unavailable",
     "indeterminate",
     "error",
+    "forbidden",
 ];
 
 /// Upper bounds of the latency buckets, in microseconds (Prometheus `le`, inclusive). From a
@@ -85,6 +86,10 @@ impl Outcome {
             Reply::Exists => 2,
             Reply::Unavailable(_) => 3,
             Reply::Indeterminate(_) => 4,
+            Reply::Error {
+                code: crate::protocol::ErrorCode::Forbidden,
+                ..
+            } => 6,
             Reply::Error { .. } => 5,
         })
     }

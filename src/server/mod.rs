@@ -10,7 +10,13 @@
 //! released — the UDP socket and the gateway's TCP listener are closed, which [`Server::run`]
 //! checks by binding the UDP address itself — and only then is `/kvman/shutdown` answered: a
 //! harness that starts the next server as soon as it has that answer finds the ports free.
+//!
+//! A client connection gets the role of its certificate ([`auth`]); every request is authorized
+//! before it is routed. On SIGHUP the server reloads its certificate, key, CA bundle and CRL
+//! ([`reload_certificates`]): new connections use them, open ones stay, except those whose
+//! certificate the new files refuse (a revoked client), which are closed.
 
+pub mod auth;
 pub mod metrics;
 pub mod node;
 pub mod router;
@@ -46,14 +52,7 @@ impl Server {
     pub fn bind(mut config: ServerConfig) -> Result<Server> {
         config.validate()?;
         let paths = CertPaths::new(&config.certs_dir);
-        let server_cfg = tls::server_config(
-            &paths,
-            TransportLimits {
-                max_streams: config.max_streams,
-                idle_timeout: config.idle_timeout,
-                keep_alive: config.keep_alive,
-            },
-        )?;
+        let server_cfg = tls::server_config(&paths, transport_limits(&config))?;
         let endpoint = quinn::Endpoint::server(server_cfg, config.listen).map_err(|e| {
             Error::Io(std::io::Error::new(
                 e.kind(),
@@ -65,8 +64,12 @@ impl Server {
         if let Some(h) = &http {
             config.http = Some(h.local_addr());
         }
+        let node = Arc::new(Node::new(config));
+        if let Some(tls) = http.as_ref().and_then(http::Listener::tls_config) {
+            node.security.set_http_config(tls);
+        }
         Ok(Server {
-            node: Arc::new(Node::new(config)),
+            node,
             endpoint,
             http,
         })
@@ -101,6 +104,7 @@ impl Server {
         if let Some(repl) = &node.repl {
             repl.start(endpoint.clone());
         }
+        tokio::spawn(reload_on_hangup(node.clone(), endpoint.clone()));
         // The gateway's accept loop and its requests in flight join the same tracker, so the
         // drain below covers HTTP requests too (and ends after its listener is closed).
         if let Some(listener) = http {
@@ -172,6 +176,97 @@ impl Server {
     }
 }
 
+/// How often the certificate files are checked for changes (modification times only).
+pub const CERT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the certificates on every SIGHUP, and when the modification time of `ca.pem`,
+/// `server.pem`, `server.key` or `crl.pem` changes (checked every [`CERT_POLL_INTERVAL`]), until
+/// the server stops (see [`reload_certificates`]). A failed reload (say, a file caught half
+/// copied) is retried when the files change again, or on the next SIGHUP.
+async fn reload_on_hangup(node: Arc<Node>, endpoint: quinn::Endpoint) {
+    let paths = CertPaths::new(&node.config.certs_dir);
+    let mut seen = cert_stamps(&paths);
+    #[cfg(unix)]
+    let mut hangup = {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!(reason = %e, "cannot listen for SIGHUP; certificate files are still watched");
+                None
+            }
+        }
+    };
+    let mut poll = tokio::time::interval(CERT_POLL_INTERVAL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await.is_some(),
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<bool>();
+        let stamps = tokio::select! {
+            got = hup => {
+                if !got { break }
+                cert_stamps(&paths)
+            }
+            _ = poll.tick() => {
+                let now = cert_stamps(&paths);
+                if now == seen { continue }
+                now
+            }
+            _ = node.shutdown.cancelled() => break,
+        };
+        seen = stamps;
+        let result = reload_certificates(&node, &endpoint);
+        node.security.note_reload(&result);
+    }
+}
+
+/// Modification times of the files a reload reads (`None` for an absent file).
+fn cert_stamps(paths: &CertPaths) -> Vec<Option<std::time::SystemTime>> {
+    [
+        paths.ca_cert(),
+        paths.server_cert(),
+        paths.server_key(),
+        paths.crl(),
+    ]
+    .iter()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
+}
+
+/// Reloads the server certificate and key, the CA bundle and the CRL from the certificate
+/// directory: new QUIC and HTTPS connections use them; open connections (and the peer link) go on,
+/// except client connections whose certificate the new files refuse (revoked, or no longer from a
+/// CA of the bundle), which are closed. Returns how many were closed. Nothing changes on error.
+pub fn reload_certificates(node: &Node, endpoint: &quinn::Endpoint) -> Result<usize> {
+    let paths = CertPaths::new(&node.config.certs_dir);
+    let quic = tls::server_config(&paths, transport_limits(&node.config))?;
+    let https = match node.config.http_tls {
+        true => Some(tls::http_server_config(&paths)?),
+        false => None,
+    };
+    let verifier = tls::client_verifier(&paths)?;
+    endpoint.set_server_config(Some(quic));
+    if let Some(https) = https {
+        node.security.set_http_config(https);
+    }
+    Ok(node.security.recheck(verifier.as_ref()))
+}
+
+fn transport_limits(config: &ServerConfig) -> TransportLimits {
+    TransportLimits {
+        max_streams: config.max_streams,
+        idle_timeout: config.idle_timeout,
+        keep_alive: config.keep_alive,
+    }
+}
+
 /// Completes the handshake and dispatches on ALPN.
 async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
@@ -199,7 +294,25 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
         }
         _ => {
             Stats::bump(&node.stats.connections_total);
-            session::serve_connection(node, conn).await;
+            let chain = tls::peer_certificates(&conn);
+            let access = match chain.first().map(crate::pki::access_of) {
+                Some(Ok(access)) => access,
+                Some(Err(why)) => {
+                    warn!(%remote, reason = %why, "client refused");
+                    conn.close(auth::CLOSE_BAD_ROLE.into(), why.as_bytes());
+                    return;
+                }
+                None => {
+                    warn!(%remote, "client presented no certificate");
+                    conn.close(auth::CLOSE_BAD_ROLE.into(), b"no client certificate");
+                    return;
+                }
+            };
+            let registry = node.clone();
+            let _open = registry
+                .security
+                .register(chain, auth::Closer::Quic(conn.clone()));
+            session::serve_connection(node, conn, access).await;
         }
     }
 }
@@ -276,6 +389,8 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         "connections_refused": s.connections_refused.load(Relaxed),
         "requests": s.requests.load(Relaxed),
         "bad_frames": s.bad_frames.load(Relaxed),
+        "forbidden": node.security.forbidden.load(Relaxed),
+        "certificates": node.security.status(),
     });
     if let (Some(repl), Some(obj)) = (&node.repl, doc.as_object_mut()) {
         if let serde_json::Value::Object(extra) = repl.status() {

@@ -31,6 +31,8 @@ pub struct Node {
     pub metrics: OpMetrics,
     /// Replication, for a primary or a backup; `None` for a standalone server.
     pub repl: Option<Arc<Replication>>,
+    /// Reloadable TLS state, open authenticated connections, and refusal counters.
+    pub security: crate::server::auth::Security,
 }
 
 /// Monotonic counters; relaxed atomics because they are only read for reporting.
@@ -101,6 +103,7 @@ impl Node {
             stats: Stats::default(),
             metrics: OpMetrics::default(),
             repl,
+            security: Default::default(),
         }
     }
 }

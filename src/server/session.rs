@@ -14,9 +14,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::pki::Access;
 use crate::protocol::{
     decode_request, encode_response, encoded_len_entry, DecodeError, ErrorCode, Reply, Response,
 };
+use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
@@ -31,7 +33,8 @@ pub const CLOSE_SHUTDOWN: u32 = 1;
 pub const STREAM_BAD_FRAME: u32 = 2;
 
 /// Serves one client connection until it closes or the server stops.
-pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection) {
+/// Every request is authorized against `access`, the role of the client's certificate.
+pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, access: Access) {
     let span = info_span!("conn", remote = %conn.remote_address(), id = conn.stable_id());
     async move {
         debug!("client connected");
@@ -48,7 +51,7 @@ pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection) {
                     tokio::spawn(
                         async move {
                             let _open = Stats::open(&node.stats.streams);
-                            serve_stream(node.clone(), send, recv).await;
+                            serve_stream(node.clone(), send, recv, access).await;
                         }
                         .instrument(info_span!("stream", id = %sid)),
                     );
@@ -65,7 +68,12 @@ pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection) {
 }
 
 /// Serves one pipelined request stream.
-async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_stream(
+    node: Arc<Node>,
+    send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    access: Access,
+) {
     let credit = Arc::new(Semaphore::new(node.config.max_inflight_per_stream));
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(write_responses(send, rx, credit.clone()));
@@ -92,6 +100,12 @@ async fn serve_stream(node: Arc<Node>, send: quinn::SendStream, mut recv: quinn:
                     // Metrics: recorded when the answer is known, with the time since routing.
                     let kind = OpKind::of(&req.op);
                     let started = Instant::now();
+                    if let Some(refused) = auth::refusal(access, &req.op) {
+                        node.security.count_forbidden();
+                        node.metrics.record(kind, &refused, started.elapsed());
+                        send_reply(&tx, req.id, refused);
+                        continue;
+                    }
                     match router::handle(&node, req.op) {
                         Handled::Now(reply) => {
                             node.metrics.record(kind, &reply, started.elapsed());

@@ -81,9 +81,9 @@ impl From<ClientError> for Answer {
             ClientError::Unavailable(r) => Answer::Unavailable(r),
             ClientError::Indeterminate(r) => Answer::Indeterminate(r),
             ClientError::Connection(r) => Answer::Unreachable(r),
-            e @ (ClientError::Server { .. } | ClientError::Protocol(_)) => {
-                Answer::Error(e.to_string())
-            }
+            e @ (ClientError::Server { .. }
+            | ClientError::Protocol(_)
+            | ClientError::Forbidden(_)) => Answer::Error(e.to_string()),
         }
     }
 }

@@ -116,6 +116,10 @@ pub enum ClientError {
     /// The write may or may not have taken effect.
     #[error("indeterminate: {0}")]
     Indeterminate(String),
+    /// The client's certificate does not grant this operation (its role is too low); it did not
+    /// take effect.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// The server rejected the request as invalid.
     #[error("server error ({code}): {message}")]
     Server {
@@ -134,7 +138,7 @@ pub enum ClientError {
 
 impl ClientError {
     /// True when the server answered about the operation itself (exists, not found, unavailable,
-    /// indeterminate): the CLI exits 1 for these and 2 for everything else.
+    /// indeterminate, forbidden): the CLI exits 1 for these and 2 for everything else.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
@@ -142,6 +146,7 @@ impl ClientError {
                 | ClientError::NotFound
                 | ClientError::Unavailable(_)
                 | ClientError::Indeterminate(_)
+                | ClientError::Forbidden(_)
         )
     }
 }
@@ -554,6 +559,10 @@ fn refusal(reply: Reply) -> ClientError {
         Reply::NotFound => ClientError::NotFound,
         Reply::Unavailable(r) => ClientError::Unavailable(r),
         Reply::Indeterminate(r) => ClientError::Indeterminate(r),
+        Reply::Error {
+            code: ErrorCode::Forbidden,
+            message,
+        } => ClientError::Forbidden(message),
         Reply::Error { code, message } => ClientError::Server { code, message },
         other => unexpected(other),
     }

@@ -67,6 +67,11 @@ impl CertPaths {
     pub fn client_key(&self) -> PathBuf {
         self.dir.join("client.key")
     }
+    /// The certificate revocation list (optional; servers refuse the client certificates it
+    /// lists; made by `quickv certs revoke`).
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
     /// True when every file a server and a client need is present.
     pub fn complete(&self) -> bool {
         [
@@ -131,6 +136,16 @@ pub fn client_config_from_files(
         None => builder.with_no_client_auth(),
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
+    quic_client_config(tls, idle_timeout, keep_alive)
+}
+
+/// Wraps a rustls client config for QUIC with quickv's transport settings (idle timeout,
+/// keep-alive, no unidirectional streams); servers use it for their peer-link config.
+pub fn quic_client_config(
+    tls: rustls::ClientConfig,
+    idle_timeout: Duration,
+    keep_alive: Duration,
+) -> Result<quinn::ClientConfig, TlsError> {
     let quic = QuicClientConfig::try_from(tls).map_err(cert_err)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
@@ -179,6 +194,7 @@ fn alert_text(alert: u8) -> String {
         116 => "no client certificate".into(),
         48 => "unknown CA".into(),
         42 => "bad certificate".into(),
+        44 => "certificate revoked".into(),
         45 => "certificate expired".into(),
         46 => "certificate unknown".into(),
         49 => "access denied".into(),

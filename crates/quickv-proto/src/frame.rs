@@ -257,6 +257,10 @@ pub enum ErrorCode {
     /// The request is valid but not permitted here (e.g. a write on the backup, a request before
     /// hello, a second hello).
     NotAllowed = 8,
+    /// The client's certificate does not grant this operation (its role is too low); the request
+    /// never took effect. Only certificates with a restricted role (`read`, `write`) ever get it,
+    /// so clients that predate roles, which hold `admin` certificates, never see it.
+    Forbidden = 9,
 }
 
 impl ErrorCode {
@@ -271,6 +275,7 @@ impl ErrorCode {
             6 => ErrorCode::TooManyRequests,
             7 => ErrorCode::Internal,
             8 => ErrorCode::NotAllowed,
+            9 => ErrorCode::Forbidden,
             _ => return None,
         })
     }
@@ -287,6 +292,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::Internal => "internal",
             ErrorCode::NotAllowed => "not allowed",
+            ErrorCode::Forbidden => "forbidden",
         })
     }
 }
@@ -316,7 +322,8 @@ mod tests {
             }
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(9), None);
+        assert_eq!(ErrorCode::from_u16(9), Some(ErrorCode::Forbidden));
+        assert_eq!(ErrorCode::from_u16(10), None);
         assert_eq!(ErrorCode::NotAllowed.to_string(), "not allowed");
     }
 

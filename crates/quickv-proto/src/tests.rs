@@ -482,10 +482,10 @@ fn response_content_errors_are_invalid() {
     invalid(decode_response(&mut buf, &SMALL));
 
     let mut fields = Vec::new();
-    fields.put_u16(9);
+    fields.put_u16(10);
     fields.put_u32(0);
     let mut buf = BytesMut::from(&raw_frame(0x88, 1, &fields)[..]);
-    assert!(invalid(decode_response(&mut buf, &SMALL)).contains("unknown error code 9"));
+    assert!(invalid(decode_response(&mut buf, &SMALL)).contains("unknown error code 10"));
 
     let mut fields = Vec::new();
     fields.put_u32(2);
