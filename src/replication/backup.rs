@@ -32,7 +32,7 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
             )));
         };
         match verify(&repl, &conn, &theirs) {
-            Ok(epoch) => Ok((ctl_send, ctl, theirs, epoch)),
+            Ok(admitted) => Ok((ctl_send, ctl, theirs, admitted)),
             Err(refusal) => {
                 let reason = refusal.to_string();
                 warn!(%remote, %reason, "peer link refused");
@@ -43,7 +43,7 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
         }
     })
     .await;
-    let (ctl_send, ctl, theirs, epoch) = match opened {
+    let (ctl_send, ctl, theirs, Admitted { epoch, generation }) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             // Give the goodbye a moment to leave before the close discards it.
@@ -54,14 +54,15 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
         }
     };
     info!(%remote, epoch, "primary connected");
-    let cause = match run_link(&repl, &conn, ctl_send, ctl, &theirs, epoch, shutdown).await {
+    let link = Admitted { epoch, generation };
+    let cause = match run_link(&repl, &conn, ctl_send, ctl, &theirs, link, shutdown).await {
         Ok(cause) => cause,
         Err(e) => e.0,
     };
     conn.close(1u32.into(), cause.as_bytes());
     let still_current = {
         let mut current = repl.backup_link.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = current.as_ref().is_some_and(|(e, _)| *e == epoch);
+        let mine = current.as_ref().is_some_and(|(g, _)| *g == generation);
         if mine {
             *current = None;
         }
@@ -77,13 +78,13 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Checks the primary's hello against ours and, if it is admitted, makes this connection the live
-/// link: adopts the new epoch (fencing the old link's appliers) and closes the old link. One lock
-/// covers the check and the swap, so two connections cannot both win the same epoch.
+/// link: gives it the next link generation (fencing the old link's appliers) and closes the old
+/// link. One lock covers the check and the swap.
 fn verify(
     repl: &Arc<Replication>,
     conn: &quinn::Connection,
     theirs: &PeerHello,
-) -> Result<u64, Refusal> {
+) -> Result<Admitted, Refusal> {
     let mut current = repl.backup_link.lock().unwrap_or_else(|p| p.into_inner());
     let ours = repl.with_machine(|v| PeerHello {
         primary: false,
@@ -95,16 +96,25 @@ fn verify(
         digests: [Digest::default(); BUCKETS],
     });
     let epoch = admit(theirs, &ours)?;
-    repl.applying_epoch.store(epoch, Ordering::Release);
+    let generation = repl.applying_link.load(Ordering::Acquire) + 1;
+    repl.applying_link.store(generation, Ordering::Release);
     if let Some((_, old)) = current.take() {
         old.close(1u32.into(), b"superseded by a newer link from the primary");
     }
-    *current = Some((epoch, conn.clone()));
+    *current = Some((generation, conn.clone()));
     drop(current);
     if repl.with_machine(|v| v.link_up) {
         repl.link_lost("superseded by a newer link from the primary");
     }
-    Ok(epoch)
+    Ok(Admitted { epoch, generation })
+}
+
+/// A verified link: its epoch (shared with the primary) and its generation on this backup (local,
+/// strictly increasing: what fences an older link's appliers).
+#[derive(Clone, Copy, Debug)]
+struct Admitted {
+    epoch: u64,
+    generation: u64,
 }
 
 async fn run_link(
@@ -113,7 +123,7 @@ async fn run_link(
     mut ctl_send: quinn::SendStream,
     mut ctl: PeerReader,
     theirs: &PeerHello,
-    epoch: u64,
+    link: Admitted,
     shutdown: CancellationToken,
 ) -> Result<String, LinkError> {
     let step = step_timeout(&repl.config);
@@ -126,7 +136,7 @@ async fn run_link(
     let ours = repl.hello();
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
-    let plan = repl.with_machine(|v| v.machine.handle_hellos(theirs, &ours, epoch));
+    let plan = repl.with_machine(|v| v.machine.handle_hellos(theirs, &ours, link.epoch));
     if !plan.buckets.is_empty() {
         match plan.source {
             Source::Primary => {
@@ -136,7 +146,9 @@ async fn run_link(
                 repl.with_machine(|v| v.machine.handle_transfer_verified());
             }
             Source::Backup => {
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?
+                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
+                // The primary acknowledged our snapshot: it has our hello and the epoch.
+                repl.with_machine(|v| v.machine.handle_epoch_confirmed());
             }
         }
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
@@ -153,7 +165,7 @@ async fn run_link(
     tokio::spawn(accept_lanes(
         repl.clone(),
         conn.clone(),
-        epoch,
+        link.generation,
         link_failed.clone(),
     ));
 
@@ -190,7 +202,7 @@ async fn run_link(
 async fn accept_lanes(
     repl: Arc<Replication>,
     conn: quinn::Connection,
-    epoch: u64,
+    generation: u64,
     link_failed: CancellationToken,
 ) {
     loop {
@@ -204,7 +216,7 @@ async fn accept_lanes(
         let failed = link_failed.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
-                r = apply_stream(&repl, send, reader, epoch) => r,
+                r = apply_stream(&repl, send, reader, generation) => r,
                 _ = failed.cancelled() => return,
             };
             if let Err(e) = outcome {
@@ -221,7 +233,7 @@ async fn apply_stream(
     repl: &Replication,
     mut send: quinn::SendStream,
     mut reader: PeerReader,
-    epoch: u64,
+    generation: u64,
 ) -> Result<(), LinkError> {
     let mut lanes = StreamApplier::default();
     let mut acked = [0 as ReplOffset; BUCKETS];
@@ -229,10 +241,10 @@ async fn apply_stream(
     loop {
         let mut out = Vec::new();
         while let Some(msg) = reader.buffered()? {
-            // Fenced by epoch: once a newer link is admitted, this one applies nothing more.
-            if repl.applying_epoch.load(Ordering::Acquire) != epoch {
+            // Fenced: once a newer link is admitted, this one applies nothing more.
+            if repl.applying_link.load(Ordering::Acquire) != generation {
                 return Err(LinkError(format!(
-                    "link of epoch {epoch} superseded; its writes are no longer applied"
+                    "link {generation} superseded; its writes are no longer applied"
                 )));
             }
             if let Some(report) = lanes.handle(msg, repl)? {

@@ -71,11 +71,12 @@ pub struct Replication {
     counters: Counters,
     /// Cancelled to end the peer link for good (graceful stop finished).
     stop: CancellationToken,
-    /// Backup: the current link from the primary and its epoch (a newer verified link replaces it).
+    /// Backup: the current link from the primary and its generation (a newer verified link
+    /// replaces it).
     backup_link: Mutex<Option<(u64, quinn::Connection)>>,
-    /// Backup: the epoch of the link whose writes may be applied. An older link's appliers see a
-    /// different value and stop before applying anything more (fenced by epoch).
-    applying_epoch: AtomicU64,
+    /// Backup: the generation of the link whose writes may be applied. An older link's appliers
+    /// see a different value and stop before applying anything more (fenced).
+    applying_link: AtomicU64,
     /// Backup: last offset applied per lane on the current link.
     backup_applied: [AtomicU64; BUCKETS],
     /// Primary: the dialing driver's task, awaited at the end of a graceful stop.
@@ -133,7 +134,7 @@ impl Replication {
             counters: Counters::default(),
             stop: CancellationToken::new(),
             backup_link: Mutex::new(None),
-            applying_epoch: AtomicU64::new(0),
+            applying_link: AtomicU64::new(0),
             backup_applied: std::array::from_fn(|_| AtomicU64::new(0)),
             driver: Mutex::new(None),
         })
@@ -177,29 +178,17 @@ impl Replication {
         self.lanes.submit(&self.store, op, refusal)
     }
 
-    /// Our hello for a warm start.
-    ///
-    /// A store that is not current but holds keys is what an interrupted bootstrap leaves behind:
-    /// some buckets copied, others not. It is never the truth, so it is dropped here, before it can
-    /// be offered as data (a pair whose only full copy died then restarts empty, not half-full).
+    /// Our hello for a warm start (see [`hello_of`]).
     fn hello(&self) -> PeerHello {
-        let (synced, epoch) = self.with_machine(|v| (v.machine.current(), v.machine.epoch()));
-        if !synced && self.store.count() > 0 {
-            tracing::warn!(
-                keys = self.store.count(),
-                "discarding a partial copy left by an interrupted bootstrap"
-            );
-            self.store.clear();
-        }
-        PeerHello {
-            primary: self.config.role == Role::Primary,
-            run_id: self.run_id,
-            pair: self.pair_id,
+        let (current, epoch) = self.with_machine(|v| (v.machine.current(), v.machine.epoch()));
+        hello_of(
+            self.config.role == Role::Primary,
+            self.run_id,
+            self.pair_id,
+            current,
             epoch,
-            synced,
-            keys: self.store.count(),
-            digests: self.store.digests(),
-        }
+            &self.store,
+        )
     }
 
     /// The link went down (or never came up): leave sync, fail what was in flight.
@@ -341,6 +330,37 @@ impl Replication {
             digest_checks: get(&c.digest_checks),
             digest_mismatches: get(&c.digest_mismatches),
         }
+    }
+}
+
+/// A server's hello for a warm start, from its machine's `current` and `epoch` and its store.
+///
+/// A store that is not current but holds keys is what an interrupted bootstrap leaves behind:
+/// some buckets copied, others not. It is never the truth, so it is dropped here, before it can
+/// be offered as data (a pair whose only full copy died then restarts empty, not half-full).
+pub fn hello_of(
+    primary: bool,
+    run_id: u64,
+    pair: u64,
+    current: bool,
+    epoch: u64,
+    store: &Store,
+) -> PeerHello {
+    if !current && store.count() > 0 {
+        tracing::warn!(
+            keys = store.count(),
+            "discarding a partial copy left by an interrupted bootstrap"
+        );
+        store.clear();
+    }
+    PeerHello {
+        primary,
+        run_id,
+        pair,
+        epoch,
+        synced: current,
+        keys: store.count(),
+        digests: store.digests(),
     }
 }
 

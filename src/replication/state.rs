@@ -176,8 +176,14 @@ pub struct Machine {
     /// that copy). It follows the data, never `Synced`, which another stream can overtake. Never
     /// cleared in a process's life: decides warm starts.
     current: bool,
-    /// The epoch of the latest verified link (0: none yet in this process).
+    /// The epoch of the latest link known to both sides (0: none yet in this process). It is what
+    /// the hello carries and what [`admit`] fences stale primaries with.
     epoch: u64,
+    /// The epoch of the link being set up, before the peer has shown it adopted it. The backup
+    /// takes it as its own only on proof that the primary did (a message the primary sends only
+    /// after reading the backup's hello: a snapshot, a transfer ack, `Synced`); adopting it any
+    /// earlier would make a primary that lost the backup's hello look stale to it for ever.
+    proposed_epoch: u64,
     /// A backup that lost its link for longer than the ack timeout stops answering reads until
     /// the next warm start: it can no longer tell whether it still follows the pair.
     reads_fenced: bool,
@@ -193,6 +199,7 @@ impl Machine {
             state: State::ColdStart,
             current: false,
             epoch: 0,
+            proposed_epoch: 0,
             reads_fenced: false,
             transitions: Vec::new(),
         }
@@ -241,7 +248,12 @@ impl Machine {
         if self.state != State::WarmStart {
             return plan;
         }
-        self.epoch = self.epoch.max(epoch);
+        if self.primary {
+            // The backup's hello is in hand: the backup has proposed this epoch, so adopt it.
+            self.epoch = self.epoch.max(epoch);
+        } else {
+            self.proposed_epoch = epoch;
+        }
         self.reads_fenced = false;
         if plan.buckets.is_empty() {
             self.current = true;
@@ -272,7 +284,14 @@ impl Machine {
     pub fn handle_transfer_verified(&mut self) {
         if matches!(self.state, State::Bootstrap { sending: false, .. }) {
             self.current = true;
+            self.handle_epoch_confirmed();
         }
+    }
+
+    /// The peer sent something it sends only after reading our hello: the link's epoch is known
+    /// to both sides (see `proposed_epoch`).
+    pub fn handle_epoch_confirmed(&mut self) {
+        self.epoch = self.epoch.max(self.proposed_epoch);
     }
 
     /// Any transfer is verified and the lanes are open: steady state.
@@ -284,6 +303,7 @@ impl Machine {
         };
         self.go(State::Sync, cause.into());
         self.current = true;
+        self.handle_epoch_confirmed();
     }
 
     /// A backup has had no link for longer than the ack timeout: stop answering reads.
@@ -485,7 +505,17 @@ mod tests {
         let mut m = Machine::new(false);
         m.handle_link_up();
         m.handle_hellos(&with(true, true, 4), &with(false, true, 4), 5);
+        assert_eq!(
+            m.epoch(),
+            0,
+            "the backup adopts an epoch only once the primary has shown it did"
+        );
+        m.handle_synced();
         assert_eq!(m.epoch(), 5);
+        let mut p = Machine::new(true);
+        p.handle_link_up();
+        p.handle_hellos(&with(true, true, 4), &with(false, true, 4), 5);
+        assert_eq!(p.epoch(), 5, "the primary has the backup's hello");
     }
 
     #[test]
