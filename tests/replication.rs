@@ -803,3 +803,23 @@ async fn a_stale_primary_cannot_replace_the_live_link_nor_overwrite_the_backup()
     let dump = pair.assert_converged().await;
     assert!(dump.iter().all(|(k, _)| k != "stale"), "{dump:?}");
 }
+
+#[tokio::test]
+async fn the_peer_link_does_not_compete_with_clients_for_connections() {
+    // Finding 4: the backup's client budget is full; a restarted primary must still link.
+    let mut pair = Pair::start(&["--max-connections", "2"]).await;
+    let held = [pair.backup_client().await, pair.backup_client().await];
+    for c in &held {
+        c.status().await.expect("the held clients are served");
+    }
+    pair.kill_primary();
+    pair.start_primary();
+    wait_state(pair.primary_addr, pair.certs.path(), "sync").await;
+    let p = pair.primary_client().await;
+    p.insert("linked", "despite full clients")
+        .await
+        .expect("insert");
+    drop(held);
+    pair.wait_sync().await;
+    pair.assert_converged().await;
+}
