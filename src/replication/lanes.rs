@@ -438,4 +438,72 @@ mod tests {
         assert_eq!(refused, Reply::Unavailable("not in sync".into()));
         assert!(lanes.handle_ack(&store, BucketId::of(b"a"), 5).is_err());
     }
+
+    #[test]
+    fn a_busy_lane_is_checked_and_repaired_without_waiting_for_a_pause() {
+        // Finding 7: under steady load a lane's queue is never empty; it must still be checked.
+        use crate::replication::backup::StreamApplier;
+        let store = Store::new();
+        let (lanes, mut rxs) = lanes_with_links();
+        let backup = crate::replication::Replication::new(
+            std::sync::Arc::new(Store::new()),
+            crate::config::ServerConfig::new(
+                crate::config::Role::Backup,
+                "127.0.0.1:1".parse().expect("addr"),
+            ),
+            7,
+        );
+        let b = BucketId::of(b"k");
+        let mut applier = StreamApplier::default();
+        let mut feed = |rx: &mut mpsc::UnboundedReceiver<Bytes>, applier: &mut StreamApplier| {
+            let mut buf = BytesMut::new();
+            while let Ok(frame) = rx.try_recv() {
+                buf.extend_from_slice(&frame);
+            }
+            let mut reports = Vec::new();
+            while let Some(msg) = PeerMsg::decode(&mut buf, &Default::default()).expect("valid") {
+                reports.extend(applier.handle(msg, &backup).expect("apply"));
+            }
+            reports
+        };
+        let _w1 = lanes.submit(&store, insert("k", "1"), String::new);
+        assert!(feed(&mut rxs[b.index()], &mut applier).is_empty());
+        lanes.handle_ack(&store, b, 1).expect("ack");
+        // A second write in flight: the lane is busy when the check is due.
+        let _w2 = lanes.submit(
+            &store,
+            Op::Update {
+                key: Bytes::from("k"),
+                value: Bytes::from("2"),
+            },
+            String::new,
+        );
+        assert!(
+            matches!(lanes.check(&store, b), CheckOutcome::Sent),
+            "a busy lane must be checked"
+        );
+        assert!(
+            feed(&mut rxs[b.index()], &mut applier).is_empty(),
+            "the check accounts for the write in flight: no false mismatch"
+        );
+        // A divergence on the backup, found and repaired while the lane is still busy.
+        backup.store.put(Bytes::from("k"), Bytes::from("rot"));
+        assert!(matches!(lanes.check(&store, b), CheckOutcome::Sent));
+        let reports = feed(&mut rxs[b.index()], &mut applier);
+        assert!(
+            matches!(reports.as_slice(), [PeerMsg::Mismatch { .. }]),
+            "{reports:?}"
+        );
+        lanes.handle_mismatch(&store, b);
+        assert!(feed(&mut rxs[b.index()], &mut applier).is_empty());
+        assert_eq!(
+            backup.store.get(b"k"),
+            Some(Bytes::from("2")),
+            "repaired to the state after the write in flight"
+        );
+        lanes
+            .handle_ack(&store, b, applier.applied[b.index()])
+            .expect("ack everything");
+        assert_eq!(store.digest(b), backup.store.digest(b));
+    }
 }

@@ -3,7 +3,10 @@
 //! A primary and a backup run the same binary. The primary dials the backup over QUIC with mutual
 //! TLS (ALPN `quickv-peer/1`, and the peer must present the pair's own server certificate). On the
 //! first bidirectional stream, the *control stream*, the two exchange a [`PeerHello`]: role, run
-//! id, whether their store is known current, key count and the 32 bucket digests. From the two
+//! id, the pair's identity, the epoch of the latest link, whether their store is known current,
+//! key count and the 32 bucket digests. The backup verifies the primary's hello
+//! ([`state::admit`]: same pair, not a stale primary from an older epoch) before the connection
+//! may replace the live link. From the two
 //! hellos both compute the same [`state::Plan`] ([`state::decide`]): whose data wins, and which
 //! buckets differ. The side holding the data streams those buckets (bootstrap), the receiver checks
 //! each bucket's count and digest, and then the primary opens its data streams (the 32 *lanes*,
@@ -14,17 +17,24 @@
 //! flight, given the next offset of its lane, sent, and answered only when the backup's cumulative
 //! ack for that lane covers it — only then is it applied to the primary's store (see [`lanes`]).
 //! Lanes are independent, so writes to different buckets proceed in parallel and many writes
-//! pipeline within a lane. Idle lanes are checked periodically: the primary sends its bucket digest
-//! in lane order, the backup compares, and a mismatch resends that bucket only (counted in status).
+//! pipeline within a lane. Every lane, busy or idle, is checked periodically: the primary sends its
+//! bucket digest at the lane's last offset in lane order, the backup compares, and a mismatch
+//! resends that bucket only (counted in status).
 //!
 //! Failure detection: keep-alives and a short idle timeout on the peer connection, and an ack
 //! timeout on the oldest unacknowledged write. Either one takes the primary out of `Sync` at once,
 //! so later writes are refused (`unavailable`) immediately, and writes in flight answer
 //! `indeterminate`. The primary redials with backoff; the next warm start repairs the difference.
 //!
-//! Who holds the data after a failure: a server is *current* once it reached `Sync` in this process.
-//! A restarted server is empty and not current; it refuses reads until it has synced. If the primary
-//! restarted and the backup is current, the backup's data wins; in every other case the primary's.
+//! Who holds the data after a failure: a server is *current* once its store is known to hold the
+//! pair's data in this process — it verified a received transfer, or the warm start found both
+//! stores equal. "Current" follows the data, never `Synced`, which a lane write on another stream
+//! can overtake. A restarted server is empty and not current; it refuses reads until it is. If the
+//! primary restarted and the backup is current, the backup's data wins; in every other case the
+//! primary's.
+//!
+//! The same logic runs without I/O in `tests/simulation.rs`, a deterministic simulator of the pair
+//! under crashes, partitions and reordering, judged by the history checker.
 //!
 //! States are in [`state`], a sans-IO machine; [`primary`] and [`backup`] are the tokio drivers.
 
@@ -423,6 +433,43 @@ mod tests {
             "a store that is not current must not be offered"
         );
         assert_eq!(repl.store.count(), 0);
+    }
+
+    #[test]
+    fn writes_are_admitted_only_by_the_machine_in_sync() {
+        // Finding 6: the lanes open before the primary enters `Sync`, and stay open while it
+        // shuts down; neither window may admit a write.
+        let repl = replication(Role::Primary);
+        let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        repl.with_machine(|v| v.machine.handle_link_up());
+        repl.lanes.enable(txs);
+        let insert = || Op::Insert {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+        };
+        assert!(
+            matches!(
+                repl.submit(insert()),
+                Handled::Now(crate::protocol::Reply::Unavailable(_))
+            ),
+            "lanes open, machine in warm_start: refused"
+        );
+        repl.with_machine(|v| {
+            let empty = hello_of(true, 1, 0, false, 0, &Store::new());
+            v.machine.handle_hellos(&empty, &empty, 1);
+            v.machine.handle_synced();
+        });
+        assert!(matches!(repl.submit(insert()), Handled::Later(_)));
+        repl.begin_shutdown();
+        assert!(
+            matches!(
+                repl.submit(insert()),
+                Handled::Now(crate::protocol::Reply::Unavailable(_))
+            ),
+            "shutting down: refused"
+        );
     }
 
     #[test]
