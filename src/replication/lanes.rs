@@ -455,7 +455,7 @@ mod tests {
         );
         let b = BucketId::of(b"k");
         let mut applier = StreamApplier::default();
-        let mut feed = |rx: &mut mpsc::UnboundedReceiver<Bytes>, applier: &mut StreamApplier| {
+        let feed = |rx: &mut mpsc::UnboundedReceiver<Bytes>, applier: &mut StreamApplier| {
             let mut buf = BytesMut::new();
             while let Ok(frame) = rx.try_recv() {
                 buf.extend_from_slice(&frame);
