@@ -201,6 +201,22 @@ impl ServerConfig {
             _ if self.max_streams == 0 || self.max_connections == 0 => Err(Error::Config(
                 "max-streams and max-connections must be at least 1".into(),
             )),
+            _ if !(1..=crate::store::BUCKETS).contains(&self.peer_streams) => {
+                Err(Error::Config(format!(
+                    "peer-streams {} is out of range: the 32 lanes share 1 to {} data streams",
+                    self.peer_streams,
+                    crate::store::BUCKETS
+                )))
+            }
+            // The peer link's control stream plus its data streams must fit the per-connection
+            // stream limit, or the primary would wait for stream credit that never comes.
+            _ if self.peer_streams as u64 + 1 > u64::from(self.max_streams) => {
+                Err(Error::Config(format!(
+                    "peer-streams {} needs max-streams of at least {} (one control stream plus the data streams)",
+                    self.peer_streams,
+                    self.peer_streams + 1
+                )))
+            }
             _ if self.http_tls && self.http.is_none() => Err(Error::Config(
                 "--http-tls needs --http ADDR (the gateway's TCP address)".into(),
             )),
@@ -418,5 +434,25 @@ mod tests {
         let err = cfg.validate().expect_err("primary without peer");
         assert!(err.to_string().contains("--peer"), "{err}");
         assert!("leader".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn peer_streams_must_fit_the_stream_limit() {
+        let mut cfg = ServerConfig::new(Role::Primary, "127.0.0.1:1".parse().expect("addr"));
+        cfg.peer = Some("127.0.0.1:2".parse().expect("addr"));
+        cfg.validate().expect("defaults are valid");
+        cfg.peer_streams = 0;
+        assert!(cfg.validate().is_err());
+        cfg.peer_streams = 33;
+        assert!(cfg.validate().is_err());
+        cfg.peer_streams = 8;
+        cfg.max_streams = 8;
+        let err = cfg.validate().expect_err("8 data streams + control > 8");
+        assert!(
+            err.to_string().contains("max-streams of at least 9"),
+            "{err}"
+        );
+        cfg.max_streams = 9;
+        cfg.validate().expect("fits");
     }
 }

@@ -5,32 +5,57 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::protocol::peer::{PeerMsg, ReplOffset};
-use crate::replication::link::{receive_buckets, send_buckets, send_msgs, LinkError, PeerReader};
-use crate::replication::state::Source;
+use crate::protocol::peer::{PeerHello, PeerMsg, ReplOffset};
+use crate::replication::link::{
+    bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
+};
+use crate::replication::state::{admit, Refusal, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, Digest, BUCKETS};
 
-/// Serves one link from the primary until it ends. A newer link replaces an older one: the
-/// primary redials after a restart before the old connection has timed out.
+/// Serves one link from the primary until it ends. The primary's hello is read and verified
+/// ([`admit`]: same pair, not a stale epoch) before the connection touches anything; only then
+/// does it replace the live link (the primary redials after a restart before the old connection
+/// has timed out). A refused primary is told why and closed; the live link goes on.
 pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: CancellationToken) {
     let remote = conn.remote_address();
-    let generation = {
-        let mut current = repl.backup_link.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, old)) = current.take() {
-            old.close(1u32.into(), b"superseded by a newer link from the primary");
+    let step = step_timeout(&repl.config);
+    let opened = bounded(step, "waiting for the primary's hello", async {
+        let (mut ctl_send, ctl_recv) = conn.accept_bi().await.map_err(LinkError::new)?;
+        let mut ctl = PeerReader::new(ctl_recv, repl.config.limits);
+        let theirs = ctl.next().await?;
+        let PeerMsg::Hello(theirs) = theirs else {
+            return Err(LinkError(format!(
+                "expected the primary's hello, got {theirs:?}"
+            )));
+        };
+        match verify(&repl, &conn, &theirs) {
+            Ok(admitted) => Ok((ctl_send, ctl, theirs, admitted)),
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                warn!(%remote, %reason, "peer link refused");
+                let _ = send_msgs(&mut ctl_send, &[PeerMsg::Goodbye(reason.clone())]).await;
+                let _ = ctl_send.finish();
+                Err(LinkError(reason))
+            }
         }
-        let generation = repl.counters.links.fetch_add(1, Ordering::Relaxed) + 1;
-        *current = Some((generation, conn.clone()));
-        generation
+    })
+    .await;
+    let (ctl_send, ctl, theirs, Admitted { epoch, generation }) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            // Give the goodbye a moment to leave before the close discards it.
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn.closed()).await;
+            conn.close(1u32.into(), e.0.as_bytes());
+            debug!(%remote, reason = %e, "peer connection ended before its link was verified");
+            return;
+        }
     };
-    if repl.with_machine(|v| v.link_up) {
-        repl.link_lost("superseded by a newer link from the primary");
-    }
-    info!(%remote, "primary connected");
-    let cause = match run_link(&repl, &conn, shutdown).await {
+    info!(%remote, epoch, "primary connected");
+    let link = Admitted { epoch, generation };
+    let cause = match run_link(&repl, &conn, ctl_send, ctl, &theirs, link, shutdown).await {
         Ok(cause) => cause,
         Err(e) => e.0,
     };
@@ -49,35 +74,81 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
     }
 }
 
+/// How long a refused connection waits for the peer to read our goodbye before closing.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Checks the primary's hello against ours and, if it is admitted, makes this connection the live
+/// link: gives it the next link generation (fencing the old link's appliers) and closes the old
+/// link. One lock covers the check and the swap.
+fn verify(
+    repl: &Arc<Replication>,
+    conn: &quinn::Connection,
+    theirs: &PeerHello,
+) -> Result<Admitted, Refusal> {
+    let mut current = repl.backup_link.lock().unwrap_or_else(|p| p.into_inner());
+    let ours = repl.with_machine(|v| PeerHello {
+        primary: false,
+        run_id: repl.run_id,
+        pair: repl.pair_id,
+        epoch: v.machine.epoch(),
+        synced: v.machine.current(),
+        keys: 0,
+        digests: [Digest::default(); BUCKETS],
+    });
+    let epoch = admit(theirs, &ours)?;
+    let generation = repl.applying_link.load(Ordering::Acquire) + 1;
+    repl.applying_link.store(generation, Ordering::Release);
+    if let Some((_, old)) = current.take() {
+        old.close(1u32.into(), b"superseded by a newer link from the primary");
+    }
+    *current = Some((generation, conn.clone()));
+    drop(current);
+    if repl.with_machine(|v| v.link_up) {
+        repl.link_lost("superseded by a newer link from the primary");
+    }
+    Ok(Admitted { epoch, generation })
+}
+
+/// A verified link: its epoch (shared with the primary) and its generation on this backup (local,
+/// strictly increasing: what fences an older link's appliers).
+#[derive(Clone, Copy, Debug)]
+struct Admitted {
+    epoch: u64,
+    generation: u64,
+}
+
 async fn run_link(
     repl: &Arc<Replication>,
     conn: &quinn::Connection,
+    mut ctl_send: quinn::SendStream,
+    mut ctl: PeerReader,
+    theirs: &PeerHello,
+    link: Admitted,
     shutdown: CancellationToken,
 ) -> Result<String, LinkError> {
-    let (mut ctl_send, ctl_recv) = conn.accept_bi().await.map_err(LinkError::new)?;
-    let mut ctl = PeerReader::new(ctl_recv, repl.config.limits);
-    let theirs = match ctl.next().await? {
-        PeerMsg::Hello(h) if h.primary => h,
-        PeerMsg::Hello(_) => return Err(LinkError("the peer is also a backup".into())),
-        other => {
-            return Err(LinkError(format!(
-                "expected the primary's hello, got {other:?}"
-            )))
-        }
-    };
+    let step = step_timeout(&repl.config);
+    repl.counters.links.fetch_add(1, Ordering::Relaxed);
     repl.with_machine(|v| {
         v.link_up = true;
         v.peer_run_id = Some(theirs.run_id);
         v.machine.handle_link_up();
     });
     let ours = repl.hello();
-    send_msgs(&mut ctl_send, &[PeerMsg::Hello(Box::new(ours.clone()))]).await?;
-    let plan = repl.with_machine(|v| v.machine.handle_hellos(&theirs, &ours));
+    let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
+    bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
+    let plan = repl.with_machine(|v| v.machine.handle_hellos(theirs, &ours, link.epoch));
     if !plan.buckets.is_empty() {
         match plan.source {
-            Source::Primary => receive_buckets(&mut ctl_send, &mut ctl, &repl.store).await?,
+            Source::Primary => {
+                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, step).await?;
+                // The copy is verified: this store is the pair's data from here on, whether or
+                // not `Synced` ever arrives.
+                repl.with_machine(|v| v.machine.handle_transfer_verified());
+            }
             Source::Backup => {
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets).await?
+                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
+                // The primary acknowledged our snapshot: it has our hello and the epoch.
+                repl.with_machine(|v| v.machine.handle_epoch_confirmed());
             }
         }
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
@@ -94,6 +165,7 @@ async fn run_link(
     tokio::spawn(accept_lanes(
         repl.clone(),
         conn.clone(),
+        link.generation,
         link_failed.clone(),
     ));
 
@@ -117,7 +189,8 @@ async fn run_link(
                 // Tell the primary first, so it refuses writes at once; keep applying what is in
                 // flight until it closes the link or the drain time is up.
                 said_goodbye = true;
-                send_msgs(&mut ctl_send, &[PeerMsg::Goodbye("backup shutting down".into())]).await?;
+                let bye = [PeerMsg::Goodbye("backup shutting down".into())];
+                bounded(step, "sending the goodbye", send_msgs(&mut ctl_send, &bye)).await?;
                 drain_deadline = Some(tokio::time::Instant::now() + repl.config.drain_timeout);
             }
             _ = drain_timer => return Ok("backup shut down".into()),
@@ -129,6 +202,7 @@ async fn run_link(
 async fn accept_lanes(
     repl: Arc<Replication>,
     conn: quinn::Connection,
+    generation: u64,
     link_failed: CancellationToken,
 ) {
     loop {
@@ -142,7 +216,7 @@ async fn accept_lanes(
         let failed = link_failed.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
-                r = apply_stream(&repl, send, reader) => r,
+                r = apply_stream(&repl, send, reader, generation) => r,
                 _ = failed.cancelled() => return,
             };
             if let Err(e) = outcome {
@@ -159,12 +233,20 @@ async fn apply_stream(
     repl: &Replication,
     mut send: quinn::SendStream,
     mut reader: PeerReader,
+    generation: u64,
 ) -> Result<(), LinkError> {
     let mut lanes = StreamApplier::default();
     let mut acked = [0 as ReplOffset; BUCKETS];
+    let step = step_timeout(&repl.config);
     loop {
         let mut out = Vec::new();
         while let Some(msg) = reader.buffered()? {
+            // Fenced: once a newer link is admitted, this one applies nothing more.
+            if repl.applying_link.load(Ordering::Acquire) != generation {
+                return Err(LinkError(format!(
+                    "link {generation} superseded; its writes are no longer applied"
+                )));
+            }
             if let Some(report) = lanes.handle(msg, repl)? {
                 out.push(report);
             }
@@ -181,7 +263,7 @@ async fn apply_stream(
             }
         }
         if !out.is_empty() {
-            send_msgs(&mut send, &out).await?;
+            bounded(step, "sending acks", send_msgs(&mut send, &out)).await?;
         }
         if !reader.fill().await? {
             return Ok(());

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::protocol::peer::{PeerMsg, ReplOffset};
-use crate::protocol::{Op, Reply};
+use crate::protocol::{Limits, Op, Reply};
 use crate::replication::link::chunks;
 use crate::server::router::Handled;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
@@ -30,6 +30,8 @@ use crate::store::{BucketId, Digest, Store, BUCKETS};
 #[derive(Debug)]
 pub struct Lanes {
     lanes: Vec<Mutex<Lane>>,
+    /// Frame limits of the link: resync chunks must fit them.
+    limits: Limits,
     /// Signalled whenever a lane's queue becomes empty (graceful stops wait on it).
     pub drained: Notify,
 }
@@ -48,8 +50,6 @@ struct Lane {
     /// Per key with writes in flight: its value after the last of them (`None` = deleted) and that
     /// write's offset.
     overlay: HashMap<Bytes, (Option<Bytes>, ReplOffset)>,
-    /// A digest check failed: resend the bucket once the queue is empty.
-    resync_wanted: bool,
 }
 
 /// A queued answer.
@@ -86,22 +86,28 @@ pub struct LaneStatus {
 
 impl Default for Lanes {
     fn default() -> Self {
-        Lanes {
-            lanes: (0..BUCKETS).map(|_| Mutex::new(Lane::default())).collect(),
-            drained: Notify::new(),
-        }
+        Lanes::new(Limits::default())
     }
 }
 
 /// What a digest check on one lane asks the driver to do.
 pub enum CheckOutcome {
-    /// Nothing (lane busy or disabled).
+    /// Nothing (lane disabled: no link).
     Skipped,
     /// A check frame was queued.
     Sent,
 }
 
 impl Lanes {
+    /// Lanes for a link with these frame limits.
+    pub fn new(limits: Limits) -> Lanes {
+        Lanes {
+            lanes: (0..BUCKETS).map(|_| Mutex::new(Lane::default())).collect(),
+            limits,
+            drained: Notify::new(),
+        }
+    }
+
     fn lane(&self, b: BucketId) -> std::sync::MutexGuard<'_, Lane> {
         // A panic while holding a lane lock would be a bug; keep serving with the data as it is.
         self.lanes[b.index()]
@@ -120,20 +126,12 @@ impl Lanes {
         }
     }
 
-    /// Stops taking writes (graceful stop or peer goodbye); queued writes still complete on ack.
-    pub fn refuse_new(&self) {
-        for b in BucketId::all() {
-            self.lane(b).tx = None;
-        }
-    }
-
     /// The link is gone: nothing queued will be acknowledged. Every waiting write is indeterminate.
     pub fn fail_all(&self, reason: &str) {
         for b in BucketId::all() {
             let mut l = self.lane(b);
             l.tx = None;
             l.overlay.clear();
-            l.resync_wanted = false;
             for q in l.queue.drain(..) {
                 if let Some((tx, _)) = q.reply {
                     let _ = tx.send(Reply::Indeterminate(format!(
@@ -254,56 +252,74 @@ impl Lanes {
                 let _ = tx.send(answer);
             }
         }
-        if l.queue.is_empty() && l.resync_wanted {
-            l.resync_wanted = false;
-            Self::send_resync(l, store, b);
-        }
         if l.queue.is_empty() {
             self.drained.notify_waiters();
         }
         Ok(())
     }
 
-    /// Sends an integrity check on an idle lane: the backup compares its digest at this point.
+    /// Sends an integrity check on lane `b`, busy or idle: the backup compares its digest after
+    /// applying everything up to the lane's last offset with the bucket's digest at that offset
+    /// (the store's, corrected by the writes still in flight).
     pub fn check(&self, store: &Store, b: BucketId) -> CheckOutcome {
         let l = self.lane(b);
         match &l.tx {
-            Some(tx) if l.queue.is_empty() => {
+            Some(tx) => {
                 let mut buf = BytesMut::new();
                 PeerMsg::Check {
                     bucket: b,
                     offset: l.next,
-                    digest: store.digest(b),
+                    digest: Self::digest_at_next(&l, store, b),
                 }
                 .encode(&mut buf);
                 let _ = tx.send(buf.freeze());
                 CheckOutcome::Sent
             }
-            _ => CheckOutcome::Skipped,
+            None => CheckOutcome::Skipped,
         }
     }
 
-    /// The backup's digest of lane `b` differed: resend that bucket (now, or once the lane is idle).
+    /// Bucket `b`'s digest once every write sent on its lane is applied. Exact because the lane
+    /// lock is held: acks apply to this bucket of the store only under it.
+    fn digest_at_next(l: &Lane, store: &Store, b: BucketId) -> Digest {
+        l.overlay
+            .iter()
+            .fold(store.digest(b), |d, (key, (after, _))| {
+                let d = match store.get(key) {
+                    Some(old) => d.minus(Digest::of_entry(key, &old)),
+                    None => d,
+                };
+                match after {
+                    Some(new) => d.plus(Digest::of_entry(key, new)),
+                    None => d,
+                }
+            })
+    }
+
+    /// The backup's digest of lane `b` differed: resend that bucket now, as it stands after the
+    /// lane's last offset (a busy lane is repaired without waiting for a pause in the writes).
     pub fn handle_mismatch(&self, store: &Store, b: BucketId) {
         let mut guard = self.lane(b);
-        let l = &mut *guard;
-        if l.queue.is_empty() {
-            Self::send_resync(l, store, b);
-        } else {
-            l.resync_wanted = true;
-        }
+        Self::send_resync(&mut guard, store, b, &self.limits);
     }
 
-    /// Sends the whole bucket down the lane; the primary's store is exact here because the queue is
-    /// empty and the lane lock is held (the only writer of this bucket on the primary).
-    fn send_resync(l: &mut Lane, store: &Store, b: BucketId) {
+    /// Sends the whole bucket down the lane as it is after the lane's last offset: the store's
+    /// entries with the writes still in flight laid over them. Exact because the lane lock is held.
+    fn send_resync(l: &mut Lane, store: &Store, b: BucketId, limits: &Limits) {
         let Some(tx) = &l.tx else { return };
-        let entries = store.bucket_snapshot(b);
+        let mut entries: HashMap<Bytes, Bytes> = store.bucket_snapshot(b).into_iter().collect();
+        for (key, (after, _)) in &l.overlay {
+            match after {
+                Some(v) => entries.insert(key.clone(), v.clone()),
+                None => entries.remove(key),
+            };
+        }
+        let entries: Vec<_> = entries.into_iter().collect();
         let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
         let offset = l.next + 1;
         let mut buf = BytesMut::new();
         PeerMsg::ReplaceBegin(b).encode(&mut buf);
-        for chunk in chunks(entries) {
+        for chunk in chunks(entries, limits) {
             chunk.encode(&mut buf);
         }
         PeerMsg::ReplaceEnd {
@@ -421,5 +437,73 @@ mod tests {
         let refused = reply_now(lanes.submit(&store, insert("a", "1"), || "not in sync".into()));
         assert_eq!(refused, Reply::Unavailable("not in sync".into()));
         assert!(lanes.handle_ack(&store, BucketId::of(b"a"), 5).is_err());
+    }
+
+    #[test]
+    fn a_busy_lane_is_checked_and_repaired_without_waiting_for_a_pause() {
+        // Finding 7: under steady load a lane's queue is never empty; it must still be checked.
+        use crate::replication::backup::StreamApplier;
+        let store = Store::new();
+        let (lanes, mut rxs) = lanes_with_links();
+        let backup = crate::replication::Replication::new(
+            std::sync::Arc::new(Store::new()),
+            crate::config::ServerConfig::new(
+                crate::config::Role::Backup,
+                "127.0.0.1:1".parse().expect("addr"),
+            ),
+            7,
+        );
+        let b = BucketId::of(b"k");
+        let mut applier = StreamApplier::default();
+        let feed = |rx: &mut mpsc::UnboundedReceiver<Bytes>, applier: &mut StreamApplier| {
+            let mut buf = BytesMut::new();
+            while let Ok(frame) = rx.try_recv() {
+                buf.extend_from_slice(&frame);
+            }
+            let mut reports = Vec::new();
+            while let Some(msg) = PeerMsg::decode(&mut buf, &Default::default()).expect("valid") {
+                reports.extend(applier.handle(msg, &backup).expect("apply"));
+            }
+            reports
+        };
+        let _w1 = lanes.submit(&store, insert("k", "1"), String::new);
+        assert!(feed(&mut rxs[b.index()], &mut applier).is_empty());
+        lanes.handle_ack(&store, b, 1).expect("ack");
+        // A second write in flight: the lane is busy when the check is due.
+        let _w2 = lanes.submit(
+            &store,
+            Op::Update {
+                key: Bytes::from("k"),
+                value: Bytes::from("2"),
+            },
+            String::new,
+        );
+        assert!(
+            matches!(lanes.check(&store, b), CheckOutcome::Sent),
+            "a busy lane must be checked"
+        );
+        assert!(
+            feed(&mut rxs[b.index()], &mut applier).is_empty(),
+            "the check accounts for the write in flight: no false mismatch"
+        );
+        // A divergence on the backup, found and repaired while the lane is still busy.
+        backup.store.put(Bytes::from("k"), Bytes::from("rot"));
+        assert!(matches!(lanes.check(&store, b), CheckOutcome::Sent));
+        let reports = feed(&mut rxs[b.index()], &mut applier);
+        assert!(
+            matches!(reports.as_slice(), [PeerMsg::Mismatch { .. }]),
+            "{reports:?}"
+        );
+        lanes.handle_mismatch(&store, b);
+        assert!(feed(&mut rxs[b.index()], &mut applier).is_empty());
+        assert_eq!(
+            backup.store.get(b"k"),
+            Some(Bytes::from("2")),
+            "repaired to the state after the write in flight"
+        );
+        lanes
+            .handle_ack(&store, b, applier.applied[b.index()])
+            .expect("ack everything");
+        assert_eq!(store.digest(b), backup.store.digest(b));
     }
 }

@@ -1,14 +1,16 @@
 //! Peer-link plumbing shared by both roles: framed peer streams and the bucket transfer of a
 //! bootstrap.
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tracing::info;
 
-use crate::protocol::peer::PeerMsg;
-use crate::protocol::{encoded_len_entry, Limits};
+use crate::config::ServerConfig;
+use crate::protocol::peer::{split_entries, PeerMsg, CHUNK_HEADER_BYTES};
+use crate::protocol::Limits;
 use crate::store::{BucketId, Digest, Store};
 
 /// Target size of one snapshot chunk frame, in bytes.
@@ -35,7 +37,7 @@ pub struct PeerReader {
     /// Bytes read and not yet decoded.
     buf: BytesMut,
     /// Frame limits (the pair must agree on them).
-    limits: Limits,
+    pub limits: Limits,
 }
 
 impl PeerReader {
@@ -89,34 +91,47 @@ pub async fn send_msgs(send: &mut quinn::SendStream, msgs: &[PeerMsg]) -> Result
         .map_err(|e| LinkError(format!("cannot write to the peer: {e}")))
 }
 
-/// Splits a bucket's entries into `BucketChunk` messages of about [`CHUNK_BYTES`].
-pub fn chunks(entries: Vec<(bytes::Bytes, bytes::Bytes)>) -> Vec<PeerMsg> {
-    let mut out = Vec::new();
-    let mut chunk = Vec::new();
-    let mut size = 0;
-    for (k, v) in entries {
-        size += encoded_len_entry(&k, &v);
-        chunk.push((k, v));
-        if size >= CHUNK_BYTES {
-            out.push(PeerMsg::BucketChunk(std::mem::take(&mut chunk)));
-            size = 0;
-        }
-    }
-    if !chunk.is_empty() {
-        out.push(PeerMsg::BucketChunk(chunk));
-    }
-    out
+/// How long one step of the link (opening a stream, a hello, one message of a transfer, a write
+/// the peer must read) may take before the link is declared failed: the longer of the ack timeout
+/// and the frame timeout. A live peer does each step in far less; a peer that stops reading or
+/// answering must not stall the link (nor the server's shutdown) for ever.
+pub fn step_timeout(config: &ServerConfig) -> Duration {
+    config.ack_timeout.max(config.frame_timeout)
 }
 
-/// Sends a snapshot of `buckets` and waits for the receiver's verdict.
-pub async fn send_buckets(
-    send: &mut quinn::SendStream,
-    reader: &mut PeerReader,
+/// Runs one step of the link within `limit`, or fails the link saying what was waited for.
+pub async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    step: impl Future<Output = Result<T, LinkError>>,
+) -> Result<T, LinkError> {
+    tokio::time::timeout(limit, step)
+        .await
+        .map_err(|_| LinkError(format!("peer link stalled: {what} took over {limit:?}")))?
+}
+
+/// Largest sum of encoded entries in one `BucketChunk` under `limits`: [`CHUNK_BYTES`], or less
+/// when the frame limit is smaller. A single entry the limits accept always fits a frame on its own.
+pub fn chunk_budget(limits: &Limits) -> usize {
+    CHUNK_BYTES.min(limits.max_frame.saturating_sub(CHUNK_HEADER_BYTES))
+}
+
+/// Splits a bucket's entries into `BucketChunk` messages that each fit the frame limit.
+pub fn chunks(entries: Vec<(bytes::Bytes, bytes::Bytes)>, limits: &Limits) -> Vec<PeerMsg> {
+    split_entries(entries, chunk_budget(limits))
+        .map(PeerMsg::BucketChunk)
+        .collect()
+}
+
+/// The messages of a bootstrap snapshot of `buckets`, `TransferDone` last: the sending half of a
+/// transfer without I/O (the simulator drives it too). Returns the messages, keys and bytes.
+pub fn snapshot_msgs(
     store: &Store,
     buckets: &[BucketId],
-) -> Result<(), LinkError> {
-    let started = Instant::now();
+    limits: &Limits,
+) -> (Vec<PeerMsg>, u64, u64) {
     let (mut keys, mut bytes) = (0u64, 0u64);
+    let mut msgs = Vec::new();
     for &bucket in buckets {
         let entries = store.bucket_snapshot(bucket);
         let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
@@ -126,17 +141,80 @@ pub async fn send_buckets(
             .iter()
             .map(|(k, v)| (k.len() + v.len()) as u64)
             .sum::<u64>();
-        let mut msgs = vec![PeerMsg::BucketBegin(bucket)];
-        msgs.extend(chunks(entries));
+        msgs.push(PeerMsg::BucketBegin(bucket));
+        msgs.extend(chunks(entries, limits));
         msgs.push(PeerMsg::BucketEnd {
             bucket,
             count,
             digest,
         });
-        send_msgs(send, &msgs).await?;
     }
-    send_msgs(send, &[PeerMsg::TransferDone]).await?;
-    match reader.next().await? {
+    msgs.push(PeerMsg::TransferDone);
+    (msgs, keys, bytes)
+}
+
+/// The receiving half of a transfer without I/O: checks each bucket's count and digest and only
+/// then replaces it in the store (atomically per key, see [`Store::replace_bucket`]).
+#[derive(Debug, Default)]
+pub struct TransferReceiver {
+    /// The bucket being received and its entries so far.
+    current: Option<(BucketId, Vec<(bytes::Bytes, bytes::Bytes)>)>,
+    /// Keys received in verified buckets.
+    pub keys: u64,
+}
+
+impl TransferReceiver {
+    /// Takes one message: `None` while the transfer goes on, then its verdict (`Ok` after
+    /// `TransferDone`, `Err` at the first inconsistency). The verdict is what `TransferAck` says.
+    pub fn handle(&mut self, msg: PeerMsg, store: &Store) -> Option<Result<(), String>> {
+        match msg {
+            PeerMsg::BucketBegin(b) => self.current = Some((b, Vec::new())),
+            PeerMsg::BucketChunk(entries) => match self.current.as_mut() {
+                Some((b, gathered)) if entries.iter().all(|(k, _)| BucketId::of(k) == *b) => {
+                    gathered.extend(entries)
+                }
+                _ => return Some(Err("chunk outside its bucket".to_string())),
+            },
+            PeerMsg::BucketEnd {
+                bucket,
+                count,
+                digest,
+            } => {
+                let Some((b, entries)) = self.current.take().filter(|(b, _)| *b == bucket) else {
+                    return Some(Err(format!("end of bucket {bucket} without its beginning")));
+                };
+                let got = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
+                if got != digest || entries.len() as u64 != count {
+                    return Some(Err(format!(
+                        "bucket {b}: {} entries with digest {got}, expected {count} with {digest}",
+                        entries.len()
+                    )));
+                }
+                self.keys += count;
+                store.replace_bucket(b, entries);
+            }
+            PeerMsg::TransferDone => return Some(Ok(())),
+            other => return Some(Err(format!("unexpected {other:?} during a transfer"))),
+        }
+        None
+    }
+}
+
+/// Sends a snapshot of `buckets` and waits for the receiver's verdict; each write and the wait
+/// are bounded by `step`.
+pub async fn send_buckets(
+    send: &mut quinn::SendStream,
+    reader: &mut PeerReader,
+    store: &Store,
+    buckets: &[BucketId],
+    step: Duration,
+) -> Result<(), LinkError> {
+    let started = Instant::now();
+    let (msgs, keys, bytes) = snapshot_msgs(store, buckets, &reader.limits);
+    for msg in msgs {
+        bounded(step, "sending a snapshot", send_msgs(send, &[msg])).await?;
+    }
+    match bounded(step, "waiting for the transfer ack", reader.next()).await? {
         PeerMsg::TransferAck { ok: true, .. } => {
             let secs = started.elapsed().as_secs_f64();
             info!(
@@ -162,51 +240,75 @@ pub async fn receive_buckets(
     send: &mut quinn::SendStream,
     reader: &mut PeerReader,
     store: &Store,
+    step: Duration,
 ) -> Result<(), LinkError> {
     let started = Instant::now();
-    let mut current: Option<(BucketId, Vec<_>)> = None;
-    let mut keys = 0u64;
+    let mut receiver = TransferReceiver::default();
     let verdict = loop {
-        match reader.next().await? {
-            PeerMsg::BucketBegin(b) => current = Some((b, Vec::new())),
-            PeerMsg::BucketChunk(entries) => match current.as_mut() {
-                Some((b, gathered)) if entries.iter().all(|(k, _)| BucketId::of(k) == *b) => {
-                    gathered.extend(entries)
-                }
-                _ => break Err("chunk outside its bucket".to_string()),
-            },
-            PeerMsg::BucketEnd {
-                bucket,
-                count,
-                digest,
-            } => {
-                let Some((b, entries)) = current.take().filter(|(b, _)| *b == bucket) else {
-                    break Err(format!("end of bucket {bucket} without its beginning"));
-                };
-                let got = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
-                if got != digest || entries.len() as u64 != count {
-                    break Err(format!(
-                        "bucket {b}: {} entries with digest {got}, expected {count} with {digest}",
-                        entries.len()
-                    ));
-                }
-                keys += count;
-                store.replace_bucket(b, entries);
-            }
-            PeerMsg::TransferDone => break Ok(()),
-            other => break Err(format!("unexpected {other:?} during a transfer")),
+        let msg = bounded(step, "receiving a snapshot", reader.next()).await?;
+        if let Some(verdict) = receiver.handle(msg, store) {
+            break verdict;
         }
     };
     let ack = PeerMsg::TransferAck {
         ok: verdict.is_ok(),
         reason: verdict.clone().err().unwrap_or_default(),
     };
-    send_msgs(send, &[ack]).await?;
+    bounded(step, "sending the transfer ack", send_msgs(send, &[ack])).await?;
     verdict.map_err(LinkError)?;
     info!(
-        keys,
+        keys = receiver.keys,
         secs = started.elapsed().as_secs_f64(),
         "bootstrap: snapshot received and verified"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+
+    use super::*;
+
+    #[test]
+    fn chunks_never_exceed_the_frame_limit_whatever_the_mix_of_sizes() {
+        // Finding 2: 100 KiB values then one at the size limit used to share a frame.
+        let limits = Limits::default();
+        let small = Bytes::from(vec![b's'; 100 * 1024]);
+        let big = Bytes::from(vec![b'B'; limits.max_value]);
+        let key = |i: usize| Bytes::from(format!("k{i}"));
+        let mut entries = Vec::new();
+        for i in 0..40 {
+            let value = if i % 9 == 8 {
+                big.clone()
+            } else {
+                small.clone()
+            };
+            entries.push((key(i), value));
+        }
+        entries.push((Bytes::from(vec![b'K'; limits.max_key]), big.clone()));
+        let total = entries.len();
+        let mut seen = 0;
+        for chunk in chunks(entries, &limits) {
+            let mut buf = BytesMut::new();
+            chunk.encode(&mut buf);
+            let frame = buf.len() - 4;
+            assert!(frame <= limits.max_frame, "a chunk frame of {frame} bytes");
+            match PeerMsg::decode(&mut buf, &limits) {
+                Ok(Some(PeerMsg::BucketChunk(e))) => seen += e.len(),
+                other => panic!("the receiver rejects the chunk: {other:?}"),
+            }
+        }
+        assert_eq!(seen, total, "every entry sent once");
+        // Limits smaller than the usual chunk size shrink the chunks.
+        let tight = Limits::new(1024, 1024);
+        let entries: Vec<_> = (0..100)
+            .map(|i| (key(i), Bytes::from(vec![0; 1000])))
+            .collect();
+        for chunk in chunks(entries, &tight) {
+            let mut buf = BytesMut::new();
+            chunk.encode(&mut buf);
+            assert!(buf.len() - 4 <= tight.max_frame);
+        }
+    }
 }

@@ -3,7 +3,10 @@
 //! A primary and a backup run the same binary. The primary dials the backup over QUIC with mutual
 //! TLS (ALPN `quickv-peer/1`, and the peer must present the pair's own server certificate). On the
 //! first bidirectional stream, the *control stream*, the two exchange a [`PeerHello`]: role, run
-//! id, whether their store is known current, key count and the 32 bucket digests. From the two
+//! id, the pair's identity, the epoch of the latest link, whether their store is known current,
+//! key count and the 32 bucket digests. The backup verifies the primary's hello
+//! ([`state::admit`]: same pair, not a stale primary from an older epoch) before the connection
+//! may replace the live link. From the two
 //! hellos both compute the same [`state::Plan`] ([`state::decide`]): whose data wins, and which
 //! buckets differ. The side holding the data streams those buckets (bootstrap), the receiver checks
 //! each bucket's count and digest, and then the primary opens its data streams (the 32 *lanes*,
@@ -14,17 +17,24 @@
 //! flight, given the next offset of its lane, sent, and answered only when the backup's cumulative
 //! ack for that lane covers it — only then is it applied to the primary's store (see [`lanes`]).
 //! Lanes are independent, so writes to different buckets proceed in parallel and many writes
-//! pipeline within a lane. Idle lanes are checked periodically: the primary sends its bucket digest
-//! in lane order, the backup compares, and a mismatch resends that bucket only (counted in status).
+//! pipeline within a lane. Every lane, busy or idle, is checked periodically: the primary sends its
+//! bucket digest at the lane's last offset in lane order, the backup compares, and a mismatch
+//! resends that bucket only (counted in status).
 //!
 //! Failure detection: keep-alives and a short idle timeout on the peer connection, and an ack
 //! timeout on the oldest unacknowledged write. Either one takes the primary out of `Sync` at once,
 //! so later writes are refused (`unavailable`) immediately, and writes in flight answer
 //! `indeterminate`. The primary redials with backoff; the next warm start repairs the difference.
 //!
-//! Who holds the data after a failure: a server is *current* once it reached `Sync` in this process.
-//! A restarted server is empty and not current; it refuses reads until it has synced. If the primary
-//! restarted and the backup is current, the backup's data wins; in every other case the primary's.
+//! Who holds the data after a failure: a server is *current* once its store is known to hold the
+//! pair's data in this process — it verified a received transfer, or the warm start found both
+//! stores equal. "Current" follows the data, never `Synced`, which a lane write on another stream
+//! can overtake. A restarted server is empty and not current; it refuses reads until it is. If the
+//! primary restarted and the backup is current, the backup's data wins; in every other case the
+//! primary's.
+//!
+//! The same logic runs without I/O in `tests/simulation.rs`, a deterministic simulator of the pair
+//! under crashes, partitions and reordering, judged by the history checker.
 //!
 //! States are in [`state`], a sans-IO machine; [`primary`] and [`backup`] are the tokio drivers.
 
@@ -57,6 +67,12 @@ pub struct Replication {
     config: ServerConfig,
     /// This process's run id.
     run_id: u64,
+    /// The pair's identity, sent in the hello (a hash of the pair's server certificate).
+    pair_id: u64,
+    /// The machine's `writes_allowed`, mirrored after every machine call so the hot path reads an
+    /// atomic instead of taking the machine's lock. Written only by [`Replication::with_machine`]:
+    /// the machine stays the one source of truth for write admission.
+    writes_open: std::sync::atomic::AtomicBool,
     /// The state machine; locked briefly, never across an await.
     machine: Mutex<MachineView>,
     /// The primary's lanes (unused on the backup).
@@ -65,8 +81,12 @@ pub struct Replication {
     counters: Counters,
     /// Cancelled to end the peer link for good (graceful stop finished).
     stop: CancellationToken,
-    /// Backup: the current link from the primary and its generation (a newer link replaces it).
+    /// Backup: the current link from the primary and its generation (a newer verified link
+    /// replaces it).
     backup_link: Mutex<Option<(u64, quinn::Connection)>>,
+    /// Backup: the generation of the link whose writes may be applied. An older link's appliers
+    /// see a different value and stop before applying anything more (fenced).
+    applying_link: AtomicU64,
     /// Backup: last offset applied per lane on the current link.
     backup_applied: [AtomicU64; BUCKETS],
     /// Primary: the dialing driver's task, awaited at the end of a graceful stop.
@@ -106,20 +126,25 @@ impl Replication {
     /// Replication for a primary or backup node.
     pub fn new(store: Arc<Store>, config: ServerConfig, run_id: u64) -> Arc<Replication> {
         let primary = config.role == Role::Primary;
+        let pair_id = pair_id(&config.certs_dir);
+        let lanes = Lanes::new(config.limits);
         Arc::new(Replication {
             store,
             config,
             run_id,
+            pair_id,
+            writes_open: std::sync::atomic::AtomicBool::new(false),
             machine: Mutex::new(MachineView {
                 machine: Machine::new(primary),
                 peer_run_id: None,
                 link_up: false,
                 last: None,
             }),
-            lanes: Lanes::default(),
+            lanes,
             counters: Counters::default(),
             stop: CancellationToken::new(),
             backup_link: Mutex::new(None),
+            applying_link: AtomicU64::new(0),
             backup_applied: std::array::from_fn(|_| AtomicU64::new(0)),
             driver: Mutex::new(None),
         })
@@ -129,6 +154,8 @@ impl Replication {
     fn with_machine<T>(&self, f: impl FnOnce(&mut MachineView) -> T) -> T {
         let mut view = self.machine.lock().unwrap_or_else(|p| p.into_inner());
         let out = f(&mut view);
+        self.writes_open
+            .store(view.machine.writes_allowed(), Ordering::Release);
         while let Some(t) = view.machine.poll_transition() {
             info!(role = %self.config.role, from = %t.from, to = %t.to, cause = %t.cause, "replication state");
             view.last = Some(t);
@@ -146,47 +173,56 @@ impl Replication {
         self.with_machine(|v| v.machine.reads_allowed())
     }
 
-    /// A client write: on the primary in sync it is replicated; otherwise refused.
+    /// A client write: admitted only when the state machine allows writes (the primary in
+    /// `Sync`), then replicated; otherwise refused before anything is sent.
     pub fn submit(&self, op: Op) -> Handled {
-        self.lanes.submit(&self.store, op, || {
+        let refusal = || {
             let state = self.state();
             format!(
                 "the backup is not in sync (state {state}); writes are refused, reads still work"
             )
-        })
+        };
+        if !self.writes_open.load(Ordering::Acquire) {
+            return Handled::Now(crate::protocol::Reply::Unavailable(refusal()));
+        }
+        self.lanes.submit(&self.store, op, refusal)
     }
 
-    /// Our hello for a warm start.
-    ///
-    /// A store that is not current but holds keys is what an interrupted bootstrap leaves behind:
-    /// some buckets copied, others not. It is never the truth, so it is dropped here, before it can
-    /// be offered as data (a pair whose only full copy died then restarts empty, not half-full).
+    /// Our hello for a warm start (see [`hello_of`]).
     fn hello(&self) -> PeerHello {
-        let synced = self.with_machine(|v| v.machine.synced_once());
-        if !synced && self.store.count() > 0 {
-            tracing::warn!(
-                keys = self.store.count(),
-                "discarding a partial copy left by an interrupted bootstrap"
-            );
-            self.store.clear();
-        }
-        PeerHello {
-            primary: self.config.role == Role::Primary,
-            run_id: self.run_id,
-            synced,
-            keys: self.store.count(),
-            digests: self.store.digests(),
-        }
+        let (current, epoch) = self.with_machine(|v| (v.machine.current(), v.machine.epoch()));
+        hello_of(
+            self.config.role == Role::Primary,
+            self.run_id,
+            self.pair_id,
+            current,
+            epoch,
+            &self.store,
+        )
     }
 
     /// The link went down (or never came up): leave sync, fail what was in flight.
-    fn link_lost(&self, cause: &str) {
+    fn link_lost(self: &Arc<Self>, cause: &str) {
         self.lanes.fail_all(cause);
         self.with_machine(|v| {
             v.link_up = false;
             v.peer_run_id = None;
             v.machine.handle_link_lost(cause.to_string());
         });
+        if self.config.role == Role::Backup {
+            // Past the ack timeout without a new link, the primary has certainly stopped counting
+            // on us: stop answering reads until the next warm start.
+            let links = self.counters.links.load(Ordering::Relaxed);
+            let repl = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(repl.config.ack_timeout).await;
+                repl.with_machine(|v| {
+                    if !v.link_up && repl.counters.links.load(Ordering::Relaxed) == links {
+                        v.machine.handle_link_silent();
+                    }
+                });
+            });
+        }
     }
 
     /// Starts the role's driver: the primary dials the backup (the backup is dialed; see
@@ -205,7 +241,6 @@ impl Replication {
 
     /// Finishes a graceful stop: lets queued writes complete (bounded), tells the peer, ends the link.
     pub async fn finish_shutdown(&self) {
-        self.lanes.refuse_new();
         self.wait_lanes_idle(self.config.ack_timeout).await;
         self.stop.cancel();
         // Let the primary's driver send its goodbye and close the link before the endpoint goes.
@@ -233,12 +268,13 @@ impl Replication {
 
     /// The replication part of `status`.
     pub fn status(&self) -> serde_json::Value {
-        let (state, link_up, peer_run, synced, last) = self.with_machine(|v| {
+        let (state, link_up, peer_run, synced, epoch, last) = self.with_machine(|v| {
             (
                 v.machine.state().name(),
                 v.link_up,
                 v.peer_run_id,
-                v.machine.synced_once(),
+                v.machine.current(),
+                v.machine.epoch(),
                 v.last.clone(),
             )
         });
@@ -250,6 +286,7 @@ impl Replication {
             "link_up": link_up,
             "peer_run_id": peer_run.map(|r| format!("{r:016x}")),
             "current": synced,
+            "epoch": epoch,
             "last_transition": last.map(|t| serde_json::json!({
                 "from": t.from.name(), "to": t.to.name(), "cause": t.cause,
             })),
@@ -288,7 +325,7 @@ impl Replication {
     /// not parse JSON nor recompute the 32 digests on every scrape).
     pub fn snapshot(&self) -> Snapshot {
         let (state, link_up, current) =
-            self.with_machine(|v| (v.machine.state().name(), v.link_up, v.machine.synced_once()));
+            self.with_machine(|v| (v.machine.state().name(), v.link_up, v.machine.current()));
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Snapshot {
@@ -304,6 +341,46 @@ impl Replication {
             digest_mismatches: get(&c.digest_mismatches),
         }
     }
+}
+
+/// A server's hello for a warm start, from its machine's `current` and `epoch` and its store.
+///
+/// A store that is not current but holds keys is what an interrupted bootstrap leaves behind:
+/// some buckets copied, others not. It is never the truth, so it is dropped here, before it can
+/// be offered as data (a pair whose only full copy died then restarts empty, not half-full).
+pub fn hello_of(
+    primary: bool,
+    run_id: u64,
+    pair: u64,
+    current: bool,
+    epoch: u64,
+    store: &Store,
+) -> PeerHello {
+    if !current && store.count() > 0 {
+        tracing::warn!(
+            keys = store.count(),
+            "discarding a partial copy left by an interrupted bootstrap"
+        );
+        store.clear();
+    }
+    PeerHello {
+        primary,
+        run_id,
+        pair,
+        epoch,
+        synced: current,
+        keys: store.count(),
+        digests: store.digests(),
+    }
+}
+
+/// The pair's identity as sent in the hello: a hash of the pair's server certificate in
+/// `certs_dir`, which both servers hold (0 when it cannot be read, as in unit tests; the TLS
+/// handshake has checked the certificate anyway).
+pub fn pair_id(certs_dir: &std::path::Path) -> u64 {
+    crate::tls::own_server_cert(&crate::tls::CertPaths::new(certs_dir))
+        .map(|cert| xxhash_rust::xxh3::xxh3_64(cert.as_ref()))
+        .unwrap_or(0)
 }
 
 /// Replication figures at one moment; see [`Replication::snapshot`]. Field meanings are those of
@@ -359,12 +436,49 @@ mod tests {
     }
 
     #[test]
+    fn writes_are_admitted_only_by_the_machine_in_sync() {
+        // Finding 6: the lanes open before the primary enters `Sync`, and stay open while it
+        // shuts down; neither window may admit a write.
+        let repl = replication(Role::Primary);
+        let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        repl.with_machine(|v| v.machine.handle_link_up());
+        repl.lanes.enable(txs);
+        let insert = || Op::Insert {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+        };
+        assert!(
+            matches!(
+                repl.submit(insert()),
+                Handled::Now(crate::protocol::Reply::Unavailable(_))
+            ),
+            "lanes open, machine in warm_start: refused"
+        );
+        repl.with_machine(|v| {
+            let empty = hello_of(true, 1, 0, false, 0, &Store::new());
+            v.machine.handle_hellos(&empty, &empty, 1);
+            v.machine.handle_synced();
+        });
+        assert!(matches!(repl.submit(insert()), Handled::Later(_)));
+        repl.begin_shutdown();
+        assert!(
+            matches!(
+                repl.submit(insert()),
+                Handled::Now(crate::protocol::Reply::Unavailable(_))
+            ),
+            "shutting down: refused"
+        );
+    }
+
+    #[test]
     fn a_current_store_is_offered_as_it_is() {
         let repl = replication(Role::Backup);
         let empty = repl.hello();
         repl.with_machine(|v| {
             v.machine.handle_link_up();
-            v.machine.handle_hellos(&empty, &empty);
+            v.machine.handle_hellos(&empty, &empty, 1);
             v.machine.handle_synced();
         });
         repl.store.put(Bytes::from("k"), Bytes::from("v"));

@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::protocol::peer::PeerMsg;
-use crate::replication::link::{receive_buckets, send_buckets, send_msgs, LinkError, PeerReader};
-use crate::replication::state::Source;
+use crate::replication::link::{
+    bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
+};
+use crate::replication::state::{admit, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, BUCKETS};
 use crate::tls::{self, CertPaths, Identity};
@@ -81,9 +83,14 @@ pub async fn run(repl: Arc<Replication>, endpoint: quinn::Endpoint) {
     }
 }
 
-/// One link's life; returns why it ended.
+/// One link's life; returns why it ended. Every await on the link is bounded by the step timeout
+/// (see [`link::step_timeout`]), so a peer that stops reading or answering cannot stall us.
 async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<String, LinkError> {
-    let (mut ctl_send, ctl_recv) = conn.open_bi().await.map_err(LinkError::new)?;
+    let step = step_timeout(&repl.config);
+    let (mut ctl_send, ctl_recv) = bounded(step, "opening the control stream", async {
+        conn.open_bi().await.map_err(LinkError::new)
+    })
+    .await?;
     let mut ctl = PeerReader::new(ctl_recv, repl.config.limits);
     repl.with_machine(|v| {
         v.link_up = true;
@@ -91,27 +98,37 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     });
     repl.counters.links.fetch_add(1, Ordering::Relaxed);
     let ours = repl.hello();
-    send_msgs(&mut ctl_send, &[PeerMsg::Hello(Box::new(ours.clone()))]).await?;
-    let theirs = match ctl.next().await? {
-        PeerMsg::Hello(h) if !h.primary => h,
-        PeerMsg::Hello(_) => return Err(LinkError("the peer is also a primary".into())),
+    let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
+    bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
+    let theirs = match bounded(step, "waiting for the backup's hello", ctl.next()).await? {
+        PeerMsg::Hello(h) => h,
+        PeerMsg::Goodbye(reason) => {
+            return Err(LinkError(format!("the backup refused the link: {reason}")))
+        }
         other => {
             return Err(LinkError(format!(
                 "expected the backup's hello, got {other:?}"
             )))
         }
     };
-    info!(peer_run_id = %format!("{:016x}", theirs.run_id), peer_keys = theirs.keys, peer_current = theirs.synced, "warm start");
+    let epoch = admit(&ours, &theirs).map_err(|e| {
+        warn!(reason = %e, "peer link refused");
+        LinkError(e.to_string())
+    })?;
+    info!(peer_run_id = %format!("{:016x}", theirs.run_id), peer_keys = theirs.keys, peer_current = theirs.synced, epoch, "warm start");
     let plan = repl.with_machine(|v| {
         v.peer_run_id = Some(theirs.run_id);
-        v.machine.handle_hellos(&ours, &theirs)
+        v.machine.handle_hellos(&ours, &theirs, epoch)
     });
     if !plan.buckets.is_empty() {
         match plan.source {
             Source::Primary => {
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets).await?
+                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?
             }
-            Source::Backup => receive_buckets(&mut ctl_send, &mut ctl, &repl.store).await?,
+            Source::Backup => {
+                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, step).await?;
+                repl.with_machine(|v| v.machine.handle_transfer_verified());
+            }
         }
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
         repl.counters
@@ -119,18 +136,21 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             .fetch_add(plan.buckets.len() as u64, Ordering::Relaxed);
     }
 
-    // Open the data streams, then declare sync: `sync` in status means writes are accepted.
-    // Lane b rides stream b mod n: each lane stays ordered, and a burst of writes to many lanes
-    // leaves in one write and comes back as one batch of acks.
+    // Open the data streams, then enter sync: the machine admits writes from then on (and only
+    // then). Lane b rides stream b mod n: each lane stays ordered, and a burst of writes to many
+    // lanes leaves in one write and comes back as one batch of acks.
     let lane_failed = tokio_util::sync::CancellationToken::new();
     let _cancel_readers_on_exit = lane_failed.clone().drop_guard();
     let streams = repl.config.peer_streams.clamp(1, BUCKETS);
     let mut stream_senders = Vec::with_capacity(streams);
     for _ in 0..streams {
-        let (send, recv) = conn.open_bi().await.map_err(LinkError::new)?;
+        let (send, recv) = bounded(step, "opening a data stream", async {
+            conn.open_bi().await.map_err(LinkError::new)
+        })
+        .await?;
         let (tx, rx) = mpsc::unbounded_channel();
         stream_senders.push(tx);
-        tokio::spawn(write_lane(send, rx));
+        tokio::spawn(write_lane(send, rx, lane_failed.clone()));
         let reader = PeerReader::new(recv, repl.config.limits);
         tokio::spawn(read_acks(repl.clone(), reader, lane_failed.clone()));
     }
@@ -138,8 +158,13 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         .map(|b| stream_senders[b.index() % streams].clone())
         .collect();
     repl.lanes.enable(senders);
-    send_msgs(&mut ctl_send, &[PeerMsg::Synced]).await?;
     repl.with_machine(|v| v.machine.handle_synced());
+    bounded(
+        step,
+        "sending Synced",
+        send_msgs(&mut ctl_send, &[PeerMsg::Synced]),
+    )
+    .await?;
 
     let mut tick = tokio::time::interval(repl.config.ack_timeout / 4);
     let mut check = tokio::time::interval(CHECK_INTERVAL);
@@ -149,7 +174,6 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
                 Ok(PeerMsg::Goodbye(reason)) => {
                     // Stop taking writes at once; let what is in flight finish before closing.
                     repl.with_machine(|v| v.machine.handle_link_lost(format!("backup is shutting down: {reason}")));
-                    repl.lanes.refuse_new();
                     repl.wait_lanes_idle(repl.config.ack_timeout).await;
                     return Ok(format!("backup said goodbye: {reason}"));
                 }
@@ -177,7 +201,8 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             }
             e = conn.closed() => return Err(LinkError(format!("connection closed: {e}"))),
             _ = repl.stop.cancelled() => {
-                send_msgs(&mut ctl_send, &[PeerMsg::Goodbye("primary shutting down".into())]).await?;
+                let bye = [PeerMsg::Goodbye("primary shutting down".into())];
+                bounded(step, "sending the goodbye", send_msgs(&mut ctl_send, &bye)).await?;
                 let _ = ctl_send.finish();
                 // The backup closes the link once it has read the goodbye; closing first could
                 // discard the goodbye still in flight.
@@ -188,10 +213,20 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     }
 }
 
-/// Writes a lane's frames in order, batching what is queued.
-async fn write_lane(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+/// Writes a lane's frames in order, batching what is queued. A failed write fails the link (the
+/// ack timeout would too, later).
+async fn write_lane(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    link_failed: tokio_util::sync::CancellationToken,
+) {
     let mut out = BytesMut::new();
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            f = rx.recv() => f,
+            _ = link_failed.cancelled() => return,
+        };
+        let Some(first) = first else { return };
         out.extend_from_slice(&first);
         while out.len() < 256 * 1024 {
             match rx.try_recv() {
@@ -199,7 +234,12 @@ async fn write_lane(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
                 Err(_) => break,
             }
         }
-        if send.write_all(&out).await.is_err() {
+        let written = tokio::select! {
+            w = send.write_all(&out) => w.is_ok(),
+            _ = link_failed.cancelled() => return,
+        };
+        if !written {
+            link_failed.cancel();
             return;
         }
         out.clear();

@@ -74,8 +74,9 @@ pub struct Plan {
     pub buckets: Vec<BucketId>,
 }
 
-/// Decides who holds the data. A server is *current* (`synced`) once it has reached sync in its
-/// process's life; a restarted server is not, and is empty.
+/// Decides who holds the data. A server is *current* (`synced` in its hello) once its store is
+/// known to hold the pair's data in this process's life (see [`Machine::current`]); a restarted
+/// server is not, and is empty.
 ///
 /// - primary restarted, backup current → the backup survived: its data wins;
 /// - otherwise (backup restarted, both restarted and empty, or a link loss without restart) → the
@@ -93,6 +94,62 @@ pub fn decide(primary: &PeerHello, backup: &PeerHello) -> Plan {
         .filter_map(BucketId::new)
         .collect();
     Plan { source, buckets }
+}
+
+/// Why a peer's hello was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The two servers are not of the same pair.
+    #[error("the peer belongs to another pair (pair id {theirs:016x}, ours {ours:016x})")]
+    OtherPair {
+        /// The peer's pair id.
+        theirs: u64,
+        /// Ours.
+        ours: u64,
+    },
+    /// A primary claiming current data from an older link than the backup's latest one.
+    #[error(
+        "stale primary: it claims current data from link epoch {primary}, but the backup has \
+         since been linked at epoch {backup} (another primary took over); refused"
+    )]
+    StaleEpoch {
+        /// The primary's epoch.
+        primary: u64,
+        /// The backup's epoch.
+        backup: u64,
+    },
+    /// Two primaries or two backups.
+    #[error("both servers claim the same role ({0})")]
+    SameRole(&'static str),
+}
+
+/// Checks two hellos before anything of the link is used, and returns the new link's epoch.
+///
+/// The epoch numbers the links of a pair: each verified link takes `max(primary, backup) + 1`,
+/// and both sides adopt it. A primary that claims a current store (`synced`) but has not seen the
+/// backup's latest epoch was cut off while another primary linked with the backup: its data is
+/// stale, and the link is refused. A restarted primary (not current) is never stale: it takes the
+/// data from the backup. Both servers compute the same answer from the same two hellos.
+pub fn admit(primary: &PeerHello, backup: &PeerHello) -> Result<u64, Refusal> {
+    if !primary.primary {
+        return Err(Refusal::SameRole("backup"));
+    }
+    if backup.primary {
+        return Err(Refusal::SameRole("primary"));
+    }
+    if primary.pair != backup.pair {
+        return Err(Refusal::OtherPair {
+            theirs: primary.pair,
+            ours: backup.pair,
+        });
+    }
+    if primary.synced && primary.epoch < backup.epoch {
+        return Err(Refusal::StaleEpoch {
+            primary: primary.epoch,
+            backup: backup.epoch,
+        });
+    }
+    Ok(primary.epoch.max(backup.epoch).saturating_add(1))
 }
 
 /// A state change, for the log and for `status`.
@@ -113,8 +170,23 @@ pub struct Machine {
     primary: bool,
     /// The state now.
     state: State,
-    /// Set once this process reached `Sync`; never cleared. Decides reads and warm starts.
-    synced_once: bool,
+    /// Whether the local store is known to hold the pair's data: set when a warm start found both
+    /// stores identical, or when this side received a transfer and verified every bucket of it
+    /// (the backup then acknowledges `TransferAck`, and every later lane write it acks builds on
+    /// that copy). It follows the data, never `Synced`, which another stream can overtake. Never
+    /// cleared in a process's life: decides warm starts.
+    current: bool,
+    /// The epoch of the latest link known to both sides (0: none yet in this process). It is what
+    /// the hello carries and what [`admit`] fences stale primaries with.
+    epoch: u64,
+    /// The epoch of the link being set up, before the peer has shown it adopted it. The backup
+    /// takes it as its own only on proof that the primary did (a message the primary sends only
+    /// after reading the backup's hello: a snapshot, a transfer ack, `Synced`); adopting it any
+    /// earlier would make a primary that lost the backup's hello look stale to it for ever.
+    proposed_epoch: u64,
+    /// A backup that lost its link for longer than the ack timeout stops answering reads until
+    /// the next warm start: it can no longer tell whether it still follows the pair.
+    reads_fenced: bool,
     /// Transitions not yet taken by `poll_transition`.
     transitions: Vec<Transition>,
 }
@@ -125,7 +197,10 @@ impl Machine {
         Machine {
             primary,
             state: State::ColdStart,
-            synced_once: false,
+            current: false,
+            epoch: 0,
+            proposed_epoch: 0,
+            reads_fenced: false,
             transitions: Vec::new(),
         }
     }
@@ -135,14 +210,20 @@ impl Machine {
         &self.state
     }
 
-    /// Whether the local store is known current (reached sync at least once in this process).
-    pub fn synced_once(&self) -> bool {
-        self.synced_once
+    /// Whether the local store is known current (see the field's doc).
+    pub fn current(&self) -> bool {
+        self.current
     }
 
-    /// Reads are answered only from a store known to be current.
+    /// The epoch of the latest verified link, 0 before the first.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Reads are answered only from a store known to be current, and not by a backup cut off for
+    /// longer than the ack timeout.
     pub fn reads_allowed(&self) -> bool {
-        self.synced_once
+        self.current && !self.reads_fenced
     }
 
     /// Client writes are accepted only by the primary in `Sync`.
@@ -157,13 +238,25 @@ impl Machine {
         }
     }
 
-    /// Both hellos are known: returns the plan, and enters `Bootstrap` if buckets must be copied.
-    /// With nothing to copy the machine stays in `WarmStart` until [`Machine::handle_synced`], which
-    /// the driver calls at once (the primary after opening its lanes, so that `sync` in status
-    /// always means writes are accepted).
-    pub fn handle_hellos(&mut self, primary: &PeerHello, backup: &PeerHello) -> Plan {
+    /// Both hellos are known and verified ([`admit`] gave `epoch`): returns the plan, and enters
+    /// `Bootstrap` if buckets must be copied. With nothing to copy both stores are the pair's data
+    /// (this one is current) and the machine stays in `WarmStart` until
+    /// [`Machine::handle_synced`], which the driver calls at once (the primary after opening its
+    /// lanes, so that `sync` in status always means writes are accepted).
+    pub fn handle_hellos(&mut self, primary: &PeerHello, backup: &PeerHello, epoch: u64) -> Plan {
         let plan = decide(primary, backup);
-        if self.state != State::WarmStart || plan.buckets.is_empty() {
+        if self.state != State::WarmStart {
+            return plan;
+        }
+        if self.primary {
+            // The backup's hello is in hand: the backup has proposed this epoch, so adopt it.
+            self.epoch = self.epoch.max(epoch);
+        } else {
+            self.proposed_epoch = epoch;
+        }
+        self.reads_fenced = false;
+        if plan.buckets.is_empty() {
+            self.current = true;
             return plan;
         }
         {
@@ -186,6 +279,21 @@ impl Machine {
         plan
     }
 
+    /// This side received the transfer and verified every bucket: its store is the pair's data
+    /// from now on, whatever happens to the messages that follow.
+    pub fn handle_transfer_verified(&mut self) {
+        if matches!(self.state, State::Bootstrap { sending: false, .. }) {
+            self.current = true;
+            self.handle_epoch_confirmed();
+        }
+    }
+
+    /// The peer sent something it sends only after reading our hello: the link's epoch is known
+    /// to both sides (see `proposed_epoch`).
+    pub fn handle_epoch_confirmed(&mut self) {
+        self.epoch = self.epoch.max(self.proposed_epoch);
+    }
+
     /// Any transfer is verified and the lanes are open: steady state.
     pub fn handle_synced(&mut self) {
         let cause = match self.state {
@@ -194,7 +302,21 @@ impl Machine {
             _ => return,
         };
         self.go(State::Sync, cause.into());
-        self.synced_once = true;
+        self.current = true;
+        self.handle_epoch_confirmed();
+    }
+
+    /// A backup has had no link for longer than the ack timeout: stop answering reads.
+    pub fn handle_link_silent(&mut self) {
+        if !self.primary && self.state == State::ColdStart && !self.reads_fenced {
+            self.reads_fenced = true;
+            let state = self.state.clone();
+            self.go(
+                state,
+                "no link to the primary for longer than the ack timeout: reads refused until the next warm start"
+                    .into(),
+            );
+        }
     }
 
     /// The link is gone (closed, timed out, ack timeout, peer said goodbye).
@@ -235,6 +357,8 @@ mod tests {
         PeerHello {
             primary,
             run_id: 1,
+            pair: 9,
+            epoch: 0,
             synced,
             keys: 0,
             digests: [Digest(fill); BUCKETS],
@@ -274,7 +398,7 @@ mod tests {
         let mut m = Machine::new(true);
         assert!(!m.reads_allowed() && !m.writes_allowed());
         m.handle_link_up();
-        let plan = m.handle_hellos(&hello(true, false, 0), &hello(false, true, 5));
+        let plan = m.handle_hellos(&hello(true, false, 0), &hello(false, true, 5), 1);
         assert_eq!(plan.source, Source::Backup);
         assert_eq!(
             m.state(),
@@ -319,7 +443,7 @@ mod tests {
     fn the_backup_never_accepts_writes_and_identical_stores_sync_at_once() {
         let mut m = Machine::new(false);
         m.handle_link_up();
-        m.handle_hellos(&hello(true, false, 0), &hello(false, false, 0));
+        m.handle_hellos(&hello(true, false, 0), &hello(false, false, 0), 1);
         assert_eq!(
             m.state(),
             &State::WarmStart,
@@ -329,5 +453,97 @@ mod tests {
         assert_eq!(m.state(), &State::Sync);
         assert!(m.reads_allowed());
         assert!(!m.writes_allowed());
+    }
+
+    #[test]
+    fn a_verified_transfer_makes_the_receiver_current_without_synced() {
+        // Finding 1: `Synced` may be overtaken or lost; the data decides.
+        let mut m = Machine::new(false);
+        m.handle_link_up();
+        m.handle_hellos(&hello(true, true, 7), &hello(false, false, 0), 1);
+        assert!(!m.current(), "nothing received yet");
+        m.handle_transfer_verified();
+        assert!(
+            m.current(),
+            "a verified copy of the primary's data is current"
+        );
+        m.handle_link_lost("primary died before Synced".into());
+        assert!(m.current());
+        let mut sender = Machine::new(true);
+        sender.handle_link_up();
+        sender.handle_hellos(&hello(true, false, 0), &hello(false, true, 7), 1);
+        sender.handle_transfer_verified();
+        assert!(
+            sender.current(),
+            "the restarted primary received the backup's data"
+        );
+    }
+
+    #[test]
+    fn epochs_fence_a_stale_primary_but_not_a_restarted_one() {
+        let with = |primary: bool, synced: bool, epoch: u64| PeerHello {
+            epoch,
+            ..hello(primary, synced, 0)
+        };
+        assert_eq!(admit(&with(true, true, 4), &with(false, true, 4)), Ok(5));
+        assert_eq!(admit(&with(true, false, 0), &with(false, true, 9)), Ok(10));
+        assert_eq!(admit(&with(true, true, 7), &with(false, false, 0)), Ok(8));
+        assert_eq!(
+            admit(&with(true, true, 3), &with(false, true, 4)),
+            Err(Refusal::StaleEpoch {
+                primary: 3,
+                backup: 4
+            })
+        );
+        let mut other = with(true, true, 4);
+        other.pair = 1;
+        assert!(matches!(
+            admit(&other, &with(false, true, 4)),
+            Err(Refusal::OtherPair { .. })
+        ));
+        assert!(admit(&with(true, true, 4), &with(true, true, 4)).is_err());
+        let mut m = Machine::new(false);
+        m.handle_link_up();
+        m.handle_hellos(&with(true, true, 4), &with(false, true, 4), 5);
+        assert_eq!(
+            m.epoch(),
+            0,
+            "the backup adopts an epoch only once the primary has shown it did"
+        );
+        m.handle_synced();
+        assert_eq!(m.epoch(), 5);
+        let mut p = Machine::new(true);
+        p.handle_link_up();
+        p.handle_hellos(&with(true, true, 4), &with(false, true, 4), 5);
+        assert_eq!(p.epoch(), 5, "the primary has the backup's hello");
+    }
+
+    #[test]
+    fn a_backup_cut_off_too_long_refuses_reads_until_the_next_warm_start() {
+        let mut m = Machine::new(false);
+        m.handle_link_up();
+        m.handle_hellos(&hello(true, false, 0), &hello(false, false, 0), 1);
+        m.handle_synced();
+        m.handle_link_lost("link lost".into());
+        assert!(m.reads_allowed(), "within the ack timeout reads go on");
+        m.handle_link_silent();
+        assert!(!m.reads_allowed());
+        assert!(
+            m.current(),
+            "it still holds the data for the next warm start"
+        );
+        m.handle_link_up();
+        m.handle_hellos(&hello(true, true, 0), &hello(false, true, 0), 2);
+        assert!(m.reads_allowed());
+        let mut p = Machine::new(true);
+        p.handle_link_up();
+        p.handle_hellos(&hello(true, false, 0), &hello(false, false, 0), 1);
+        p.handle_synced();
+        p.handle_link_lost("link lost".into());
+        p.handle_link_silent();
+        assert!(
+            p.reads_allowed(),
+            "the primary's reads are never fenced this way"
+        );
     }
 }

@@ -127,7 +127,14 @@ impl Server {
                 .stats
                 .connections
                 .load(std::sync::atomic::Ordering::Relaxed);
-            if open >= node.config.max_connections as u64 {
+            // On a backup, a few slots beyond the clients' budget keep room for the peer link
+            // (ALPN is only known after the handshake; a client past the budget is closed then,
+            // see `accept`). Other roles accept no peer link and refuse at the handshake.
+            let reserve = match node.config.role {
+                crate::config::Role::Backup => PEER_SLOTS,
+                _ => 0,
+            };
+            if open >= node.config.max_connections as u64 + reserve {
                 Stats::bump(&node.stats.connections_refused);
                 warn!(remote = %incoming.remote_address(), open, "connection refused: max_connections reached");
                 incoming.refuse();
@@ -283,6 +290,8 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
         Some(p) if p == tls::PEER_ALPN => {
+            // The peer link has its own budget: it gives back the client slot it was counted in.
+            let _peer = PeerSlot::take(&node.stats);
             if let Err(why) = peer_allowed(&node, &conn) {
                 warn!(%remote, reason = why, "peer link refused");
                 conn.close(CLOSE_PEER_REFUSED.into(), why.as_bytes());
@@ -293,6 +302,19 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
             }
         }
         _ => {
+            let open = node
+                .stats
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if open > node.config.max_connections as u64 {
+                Stats::bump(&node.stats.connections_refused);
+                warn!(%remote, open, "connection refused: max_connections reached");
+                conn.close(
+                    CLOSE_BUSY.into(),
+                    b"max_connections reached; try again later",
+                );
+                return;
+            }
             Stats::bump(&node.stats.connections_total);
             let chain = tls::peer_certificates(&conn);
             let access = match chain.first().map(crate::pki::access_of) {
@@ -350,11 +372,40 @@ const PORT_RELEASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2
 /// Pause between two checks of the UDP port.
 const PORT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Connections admitted to the handshake beyond `max_connections`, reserved for the peer link (a
+/// restarted primary redials while its old connection may still be open).
+const PEER_SLOTS: u64 = 2;
+
+/// A peer link's connection, moved out of the client gauge for as long as it lives.
+struct PeerSlot<'a>(&'a Stats);
+
+impl<'a> PeerSlot<'a> {
+    fn take(stats: &'a Stats) -> PeerSlot<'a> {
+        stats
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        PeerSlot(stats)
+    }
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        // Given back so that the accept loop's own decrement balances.
+        self.0
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// How long a stopping server lingers for its close frames to be delivered.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Application close code for a refused peer link.
 pub const CLOSE_PEER_REFUSED: u32 = 3;
+
+/// Application close code for a client connection past `max_connections` (the few slots kept for
+/// the peer link let it finish its handshake first).
+pub const CLOSE_BUSY: u32 = 6;
 
 /// Only a backup accepts the peer link, and only from the holder of the pair's server certificate
 /// (a client certificate from the same CA cannot pose as the primary).

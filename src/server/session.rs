@@ -16,7 +16,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use crate::pki::Access;
 use crate::protocol::{
-    decode_request, encode_response, encoded_len_entry, DecodeError, ErrorCode, Reply, Response,
+    decode_request, encode_response, DecodeError, ErrorCode, Reply, Response, DUMP_CHUNK_HEADER,
 };
 use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
@@ -118,7 +118,7 @@ async fn serve_stream(
                         Handled::Dump(entries) => {
                             node.metrics
                                 .record_outcome(kind, Outcome::OK, started.elapsed());
-                            send_dump(&tx, req.id, entries);
+                            send_dump(&tx, req.id, entries, &node.config.limits);
                         }
                         Handled::Shutdown => {
                             node.metrics
@@ -250,30 +250,41 @@ fn send_reply(tx: &mpsc::UnboundedSender<Outgoing>, id: u64, reply: Reply) {
     });
 }
 
-/// Sends a dump as chunks of about `DUMP_CHUNK_BYTES`; only the last settles the request.
-fn send_dump(tx: &mpsc::UnboundedSender<Outgoing>, id: u64, entries: Vec<(Bytes, Bytes)>) {
-    let mut chunk = Vec::new();
-    let mut size = 0;
-    for (k, v) in entries {
-        size += encoded_len_entry(&k, &v);
-        chunk.push((k, v));
-        if size >= DUMP_CHUNK_BYTES {
-            let reply = Reply::DumpChunk {
-                entries: std::mem::take(&mut chunk),
-                last: false,
-            };
-            let _ = tx.send(Outgoing {
-                resp: Response { id, reply },
-                settles: false,
-            });
-            size = 0;
+/// Sends a dump as chunks of at most `DUMP_CHUNK_BYTES` of entries (less if the frame limit is
+/// smaller; an entry at the size limits goes alone); only the last settles the request.
+fn send_dump(
+    tx: &mpsc::UnboundedSender<Outgoing>,
+    id: u64,
+    entries: Vec<(Bytes, Bytes)>,
+    limits: &crate::protocol::Limits,
+) {
+    let budget = DUMP_CHUNK_BYTES.min(limits.max_frame.saturating_sub(DUMP_CHUNK_HEADER));
+    let mut chunks = crate::protocol::peer::split_entries(entries, budget).peekable();
+    while let Some(chunk) = chunks.next() {
+        if chunks.peek().is_none() {
+            return send_reply(
+                tx,
+                id,
+                Reply::DumpChunk {
+                    entries: chunk,
+                    last: true,
+                },
+            );
         }
+        let reply = Reply::DumpChunk {
+            entries: chunk,
+            last: false,
+        };
+        let _ = tx.send(Outgoing {
+            resp: Response { id, reply },
+            settles: false,
+        });
     }
     send_reply(
         tx,
         id,
         Reply::DumpChunk {
-            entries: chunk,
+            entries: Vec::new(),
             last: true,
         },
     );

@@ -191,16 +191,32 @@ impl Store {
     }
 
     /// Makes bucket `b` hold exactly `entries` (a later duplicate key wins),
-    /// recomputing its count, size and digest; the resync sink.
+    /// keeping its count, size and digest exact; the resync sink.
+    ///
+    /// Never empties the bucket on the way: every key of `entries` goes
+    /// straight from its old value to its new one, and only then are the
+    /// keys that `entries` lacks removed. A concurrent reader therefore never
+    /// sees `not found` for a key both the old and the new contents hold.
     ///
     /// Callers must ensure no concurrent writes to bucket `b` while this
     /// runs, or the running totals may miss them. Every key should belong to
     /// `b`; a key that does not is stored in its own bucket, so lookups still
     /// find it and every digest still describes its bucket's contents.
     pub fn replace_bucket(&self, b: BucketId, entries: Vec<(Bytes, Bytes)>) {
-        self.buckets[b.index()].clear();
+        let keep: std::collections::HashSet<Bytes> =
+            entries.iter().map(|(k, _)| k.clone()).collect();
+        let stale: Vec<Bytes> = self.buckets[b.index()]
+            .map
+            .pin()
+            .keys()
+            .filter(|k| !keep.contains(*k))
+            .cloned()
+            .collect();
         for (key, value) in entries {
             self.put(key, value);
+        }
+        for key in stale {
+            self.remove(&key);
         }
     }
 
@@ -540,5 +556,45 @@ mod tests {
         assert_eq!(store.approx_bytes(), 0);
         assert_eq!(store.digests(), [Digest::default(); BUCKETS]);
         assert!(store.dump().is_empty());
+    }
+
+    #[test]
+    fn a_reader_never_misses_a_key_kept_by_a_bucket_replace() {
+        // Finding 5: the resync sink must not empty the bucket before refilling it.
+        let store = std::sync::Arc::new(Store::new());
+        let b = BucketId::of(b"kept");
+        let mut entries = vec![(Bytes::from_static(b"kept"), Bytes::from_static(b"v"))];
+        entries.extend(
+            (0u32..)
+                .map(|i| Bytes::from(format!("e{i}")))
+                .filter(|k| BucketId::of(k) == b)
+                .take(5_000)
+                .map(|k| (k, Bytes::from_static(b"x"))),
+        );
+        store.replace_bucket(b, entries.clone());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut misses = 0u32;
+                let mut reads = 0u32;
+                while !done.load(Ordering::Relaxed) || reads < 1_000 {
+                    misses += u32::from(store.get(b"kept").is_none());
+                    reads += 1;
+                    if reads > 50_000_000 {
+                        break;
+                    }
+                }
+                misses
+            })
+        };
+        for round in 0..20 {
+            let mut next = entries.clone();
+            next.truncate(1 + (round * 97) % entries.len());
+            store.replace_bucket(b, next);
+        }
+        done.store(true, Ordering::Relaxed);
+        assert_eq!(reader.join().expect("reader"), 0, "`kept` went missing");
+        assert_eq!(store.recompute_digest(b), store.digest(b));
     }
 }

@@ -20,7 +20,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use super::codec::{put_bytes, wire_len, Reader};
+use super::codec::{encoded_len_entry, put_bytes, wire_len, Reader};
 use super::{BucketId, DecodeError, Digest, Limits, BUCKETS, LEN_PREFIX};
 
 /// Per-lane sequence number of a replicated write; starts at 1 on each new link, 0 means "none yet".
@@ -33,8 +33,16 @@ pub struct PeerHello {
     pub primary: bool,
     /// Random id of the sender's process: a new id means it restarted.
     pub run_id: u64,
-    /// Whether the sender's store is known current: it has reached sync in this process's life.
-    /// A restarted (empty) server is not; this is what decides who holds the data.
+    /// The pair's identity (a hash of the pair's server certificate): two servers of different
+    /// pairs never link, whatever else they share.
+    pub pair: u64,
+    /// The epoch of the sender's latest verified link (0: none in this process). Each link takes
+    /// `max(primary, backup) + 1`; a primary claiming current data from an older epoch than the
+    /// backup's is stale and refused.
+    pub epoch: u64,
+    /// Whether the sender's store is known current: it holds the pair's data (it received and
+    /// verified a transfer, or found both stores identical, in this process's life). A restarted
+    /// (empty) server is not; this is what decides who holds the data.
     pub synced: bool,
     /// Keys held, for logs and status.
     pub keys: u64,
@@ -131,6 +139,34 @@ pub enum PeerMsg {
 /// Smallest encoding of one snapshot entry: two empty byte strings.
 const MIN_ENTRY_BYTES: usize = 8;
 
+/// Bytes of a `BucketChunk` frame after its length prefix and before its entries: tag and count.
+pub const CHUNK_HEADER_BYTES: usize = 1 + 4;
+
+/// Cuts `entries` into chunks whose encoded entries ([`encoded_len_entry`]) add up to at most
+/// `max_bytes` each: a chunk is closed *before* an entry that would take it over, so no mix of
+/// value sizes can overflow, and an entry larger than `max_bytes` on its own travels alone (the
+/// caller's `max_bytes` leaves room for the largest entry the limits accept). Used by every
+/// entry stream: bootstrap snapshots, lane resyncs and client dumps.
+pub fn split_entries(
+    entries: Vec<(Bytes, Bytes)>,
+    max_bytes: usize,
+) -> impl Iterator<Item = Vec<(Bytes, Bytes)>> {
+    let mut entries = entries.into_iter().peekable();
+    std::iter::from_fn(move || {
+        let mut chunk = Vec::new();
+        let mut size = 0usize;
+        while let Some((k, v)) = entries.peek() {
+            let len = encoded_len_entry(k, v);
+            if !chunk.is_empty() && size.saturating_add(len) > max_bytes {
+                break;
+            }
+            size = size.saturating_add(len);
+            chunk.extend(entries.next());
+        }
+        (!chunk.is_empty()).then_some(chunk)
+    })
+}
+
 impl PeerMsg {
     fn tag(&self) -> u8 {
         match self {
@@ -161,6 +197,8 @@ impl PeerMsg {
             PeerMsg::Hello(h) => {
                 dst.put_u8(u8::from(h.primary));
                 dst.put_u64(h.run_id);
+                dst.put_u64(h.pair);
+                dst.put_u64(h.epoch);
                 dst.put_u8(u8::from(h.synced));
                 dst.put_u64(h.keys);
                 for d in &h.digests {
@@ -255,6 +293,8 @@ impl PeerMsg {
             0x40 => {
                 let primary = flag(r.u8("role")?)?;
                 let run_id = r.u64("run id")?;
+                let pair = r.u64("pair")?;
+                let epoch = r.u64("epoch")?;
                 let synced = flag(r.u8("synced")?)?;
                 let keys = r.u64("keys")?;
                 let mut digests = [Digest::default(); BUCKETS];
@@ -264,6 +304,8 @@ impl PeerMsg {
                 PeerMsg::Hello(Box::new(PeerHello {
                     primary,
                     run_id,
+                    pair,
+                    epoch,
                     synced,
                     keys,
                     digests,
@@ -382,19 +424,22 @@ mod tests {
             (
                 any::<bool>(),
                 any::<u64>(),
+                (any::<u64>(), any::<u64>()),
                 any::<bool>(),
                 any::<u64>(),
                 any::<u128>()
             )
-                .prop_map(|(primary, run_id, synced, keys, d)| PeerMsg::Hello(
-                    Box::new(PeerHello {
+                .prop_map(|(primary, run_id, (pair, epoch), synced, keys, d)| {
+                    PeerMsg::Hello(Box::new(PeerHello {
                         primary,
                         run_id,
+                        pair,
+                        epoch,
                         synced,
                         keys,
                         digests: std::array::from_fn(|i| Digest(d.wrapping_add(i as u128))),
-                    })
-                )),
+                    }))
+                }),
             bucket.clone().prop_map(PeerMsg::BucketBegin),
             proptest::collection::vec((any_bytes(), any_bytes()), 0..5)
                 .prop_map(PeerMsg::BucketChunk),
