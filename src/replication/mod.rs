@@ -374,13 +374,27 @@ pub fn hello_of(
     }
 }
 
-/// The pair's identity as sent in the hello: a hash of the pair's server certificate in
-/// `certs_dir`, which both servers hold (0 when it cannot be read, as in unit tests; the TLS
-/// handshake has checked the certificate anyway).
+/// The pair's identity as sent in the hello: a hash of the *names* in the pair's server
+/// certificate in `certs_dir` (issuer, subject, subject alternative names), which both servers
+/// hold. Names, not the certificate's bytes, so that `quickv certs renew` (new key, same names)
+/// keeps the identity and a pair rolled to renewed certificates still links. 0 when the
+/// certificate cannot be read (unit tests); the TLS handshake has checked it anyway.
 pub fn pair_id(certs_dir: &std::path::Path) -> u64 {
-    crate::tls::own_server_cert(&crate::tls::CertPaths::new(certs_dir))
-        .map(|cert| xxhash_rust::xxh3::xxh3_64(cert.as_ref()))
-        .unwrap_or(0)
+    let Ok(cert) = crate::tls::own_server_cert(&crate::tls::CertPaths::new(certs_dir)) else {
+        return 0;
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return xxhash_rust::xxh3::xxh3_64(cert.as_ref());
+    };
+    let mut names = Vec::new();
+    names.extend_from_slice(parsed.issuer().as_raw());
+    names.extend_from_slice(parsed.subject().as_raw());
+    for ext in parsed.extensions() {
+        if ext.oid == x509_parser::oid_registry::OID_X509_EXT_SUBJECT_ALT_NAME {
+            names.extend_from_slice(ext.value);
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(&names)
 }
 
 /// Replication figures at one moment; see [`Replication::snapshot`]. Field meanings are those of
@@ -420,6 +434,23 @@ mod tests {
         let mut config = ServerConfig::new(role, addr);
         config.peer = Some("127.0.0.1:2".parse().expect("addr"));
         Replication::new(Arc::new(Store::new()), config, 1)
+    }
+
+    #[test]
+    fn the_pair_identity_survives_a_renewed_server_certificate_but_not_another_pair() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::tls::generate(dir.path(), &[], false).expect("certs");
+        let before = pair_id(dir.path());
+        assert_ne!(before, 0);
+        crate::pki::renew_server(&crate::tls::CertPaths::new(dir.path())).expect("renew");
+        assert_eq!(
+            pair_id(dir.path()),
+            before,
+            "same names after a renewal: same pair"
+        );
+        let other = tempfile::tempdir().expect("tempdir");
+        crate::tls::generate(other.path(), &["db.example".to_owned()], false).expect("certs");
+        assert_ne!(pair_id(other.path()), before, "other names: another pair");
     }
 
     #[test]
