@@ -710,9 +710,6 @@ fn parse_key(key: &str, hex: bool) -> anyhow::Result<Bytes> {
         return Ok(Bytes::from(key.to_owned().into_bytes()));
     }
     let digits = key.as_bytes();
-    if digits.len() % 2 != 0 {
-        anyhow::bail!("--key-hex: {key:?} has an odd number of hex digits");
-    }
     let nibble = |c: u8| -> anyhow::Result<u8> {
         match c {
             b'0'..=b'9' => Ok(c - b'0'),
