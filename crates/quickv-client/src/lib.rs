@@ -12,6 +12,14 @@
 //! answers to callers by request id, so answers may arrive in any order. `Client` is cheap to clone
 //! and every clone shares the connection.
 //!
+//! Beyond one server: [`Client::connect_pair`] knows a primary and its backup and, if allowed by
+//! [`ReadFrom`], answers [`Client::read`] from the backup while the primary is down, saying so in
+//! [`Read::from`]. Every call has a deadline ([`ClientConfig::timeout`], [`Client::with_timeout`]);
+//! dropping a call's future cancels it. [`Client::get_many`], [`Client::insert_many`] and
+//! [`Client::pipeline`] put many requests in flight at once. [`Client::status`] is typed
+//! ([`Status`]). docs/client.md explains read modes, deadlines, retries and the planned
+//! exactly-once sessions.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -36,6 +44,8 @@
 //! assert_eq!(client.get("greeting").await?, None);
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
