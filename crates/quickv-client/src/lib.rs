@@ -188,6 +188,8 @@ struct Inner {
     closed: AtomicBool,
     /// When the backup last reported its store current (pair clients).
     backup_current_at: Mutex<Option<std::time::Instant>>,
+    /// A background dial of the primary is under way (pair clients reading from the backup).
+    primary_redialing: AtomicBool,
 }
 
 /// One server: its address, TLS settings and current connection.
@@ -690,6 +692,7 @@ impl Client {
                 config: config.clone(),
                 closed: AtomicBool::new(false),
                 backup_current_at: Mutex::new(None),
+                primary_redialing: AtomicBool::new(false),
             }),
             timeout: config.timeout,
         }
@@ -848,13 +851,13 @@ impl Client {
     /// Starts one background dial of the primary, unless one is under way (the dial itself
     /// honours the backoff).
     fn redial_primary_in_background(&self) {
+        if self.inner.primary_redialing.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            // A dial under way (lock held) will do; otherwise this one dials.
-            if inner.primary.redial.try_lock().is_err() {
-                return;
-            }
             let _ = inner.primary.session(&inner).await;
+            inner.primary_redialing.store(false, Ordering::Release);
         });
     }
 
