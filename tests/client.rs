@@ -437,3 +437,61 @@ async fn cli_round_trips_keys_and_values_that_are_not_utf8() {
     let (code, _, _) = cli_bytes(&server, &["get", "absent"], b"");
     assert_eq!(code, 1);
 }
+
+#[tokio::test]
+async fn a_lost_server_is_redialled_with_backoff_and_found_again() {
+    let certs = fresh_certs();
+    let addr = free_addr();
+    let mut server = ServerProc::start("standalone", addr, certs.path(), &[]);
+    let config = ClientConfig::builder(certs.path())
+        .idle_timeout(Duration::from_millis(900))
+        .connect_timeout(Duration::from_millis(500))
+        .backoff(Duration::from_millis(300), Duration::from_millis(600))
+        .timeout(Duration::from_secs(5))
+        .build();
+    let client = Client::connect(&addr.to_string(), &config)
+        .await
+        .expect("connect");
+    client.insert("k", "v").await.expect("insert");
+    server.kill();
+
+    // Calls fail in words; between two dials (the backoff) they fail at once, saying when the
+    // next attempt is, instead of each waiting for another connect timeout.
+    let mut paced = false;
+    for _ in 0..20 {
+        match client.get("k").await {
+            Err(ClientError::Connection(msg)) if msg.contains("next attempt in") => {
+                paced = true;
+                break;
+            }
+            Err(ClientError::Connection(_) | ClientError::Timeout(_)) => {}
+            other => panic!("get from a killed server: {other:?}"),
+        }
+    }
+    assert!(paced, "no call was refused by the backoff");
+
+    // The server comes back on the same address (empty: it keeps nothing across a kill); the
+    // same client finds it by itself.
+    let _server = ServerProc::start("standalone", addr, certs.path(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match client.get("k").await {
+            Ok(value) => {
+                assert_eq!(value, None, "a fresh standalone server holds nothing");
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "never reconnected: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .insert("k", "again")
+        .await
+        .expect("write after reconnect");
+    // A single-server client's `read` is the primary's answer.
+    let read = client.read("k").await.expect("read");
+    assert_eq!(
+        (read.value.as_deref(), read.from),
+        (Some(&b"again"[..]), Source::Primary)
+    );
+}
