@@ -64,6 +64,13 @@ async fn pair_client_reads_from_the_backup_only_when_allowed_and_says_so() {
     assert_eq!(read.from, Source::Primary);
     assert_eq!(strict.read("k").await.expect("read").from, Source::Primary);
 
+    // The pair as the client sees it.
+    assert!(fallback.status().await.expect("status").is_primary());
+    let backup_status = fallback.backup_status().await.expect("backup status");
+    let backup_status = backup_status.expect("a pair client knows its backup");
+    assert!(backup_status.is_backup());
+    assert_eq!(backup_status.current, Some(true));
+
     pair.kill_primary();
 
     // Opted in: the backup answers, and says it is the backup.

@@ -924,6 +924,19 @@ impl Client {
         }
     }
 
+    /// The backup's status document, on a pair client (`None` on a single-server client): its
+    /// role, replication state and whether its store is current — what [`Client::read`] checks
+    /// before reading there.
+    pub async fn backup_status(&self) -> Result<Option<Status>, ClientError> {
+        let Some(backup) = &self.inner.backup else {
+            return Ok(None);
+        };
+        match self.call_on(backup, Op::Status).await? {
+            Reply::Status(text) => parse_status(&text).map(Some),
+            other => Err(refusal(other)),
+        }
+    }
+
     /// The (primary) server's status document as sent (JSON), e.g. to print it whole.
     pub async fn status_json(&self) -> Result<serde_json::Value, ClientError> {
         Ok(self.status().await?.into_raw())
