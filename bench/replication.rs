@@ -75,7 +75,7 @@ async fn wait_state(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(c) = Client::connect(&addr.to_string(), &ClientConfig::new(certs)).await {
-            if let Ok(s) = c.status().await {
+            if let Ok(s) = c.status_json().await {
                 if s["state"] == state || (state == "any" && s["state"].is_string()) {
                     return Ok(s);
                 }

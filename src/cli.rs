@@ -45,14 +45,14 @@ enum Command {
     /// Write a CA, a server/peer certificate and an admin client certificate (PEM) into --dir;
     /// `client`, `revoke` and `renew` manage identities (docs/security.md).
     Certs(CertsArgs),
-    /// Insert a new key (fails if it exists).
-    Insert { key: String, value: String },
-    /// Replace the value of an existing key (fails if absent).
-    Update { key: String, value: String },
+    /// Insert a new key (fails if it exists). VALUE `-` reads the value from stdin.
+    Insert(WriteArgs),
+    /// Replace the value of an existing key (fails if absent). VALUE `-` reads it from stdin.
+    Update(WriteArgs),
     /// Delete a key and print its old value.
-    Delete { key: String },
+    Delete(ReadArgs),
     /// Print the value of a key.
-    Get { key: String },
+    Get(ReadArgs),
     /// Print the number of keys.
     Count,
     /// Print every pair as one JSON object.
@@ -72,6 +72,39 @@ enum Command {
     /// Load generator with HDR latency histograms (quickv, or Redis with `--features redis`);
     /// `bench plot` draws percentile curves, `bench table` writes comparison tables.
     Bench(BenchArgs),
+}
+
+/// `insert`/`update`: a key and a value from the command line, stdin or a file.
+#[derive(Debug, Args)]
+struct WriteArgs {
+    /// The key: its UTF-8 bytes, or with --key-hex the bytes written in hexadecimal.
+    key: String,
+    /// The value; `-` reads it from stdin (any bytes, up to the 16 MiB value limit). Leave it out
+    /// with --value-file.
+    #[arg(required_unless_present = "value_file")]
+    value: Option<String>,
+    /// Read the value from this file (any bytes), instead of VALUE.
+    #[arg(long, value_name = "PATH", conflicts_with = "value")]
+    value_file: Option<PathBuf>,
+    /// KEY is hexadecimal (e.g. `00ff`): for keys that are not UTF-8.
+    #[arg(long)]
+    key_hex: bool,
+}
+
+/// `get`/`delete`: a key, and how to print the value.
+#[derive(Debug, Args)]
+struct ReadArgs {
+    /// The key: its UTF-8 bytes, or with --key-hex the bytes written in hexadecimal.
+    key: String,
+    /// KEY is hexadecimal (e.g. `00ff`): for keys that are not UTF-8.
+    #[arg(long)]
+    key_hex: bool,
+    /// Write the value's bytes to stdout unchanged, with no newline added.
+    #[arg(long, conflicts_with = "hex")]
+    raw: bool,
+    /// Print the value in hexadecimal.
+    #[arg(long)]
+    hex: bool,
 }
 
 #[derive(Debug, Args)]
@@ -690,11 +723,20 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
         .with_context(|| format!("cannot reach {server}"))?;
     let shown = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
     match command {
-        Command::Insert { key, value } => client.insert(key, value).await?,
-        Command::Update { key, value } => client.update(key, value).await?,
-        Command::Delete { key } => say!("{}", shown(&client.delete(key).await?)),
-        Command::Get { key } => match client.get(key).await? {
-            Some(v) => say!("{}", shown(&v)),
+        Command::Insert(args) => {
+            let (key, value) = args.key_and_value(&config.limits)?;
+            client.insert(key, value).await?
+        }
+        Command::Update(args) => {
+            let (key, value) = args.key_and_value(&config.limits)?;
+            client.update(key, value).await?
+        }
+        Command::Delete(args) => {
+            let old = client.delete(parse_key(&args.key, args.key_hex)?).await?;
+            print_value(&old, &args)?;
+        }
+        Command::Get(args) => match client.get(parse_key(&args.key, args.key_hex)?).await? {
+            Some(v) => print_value(&v, &args)?,
             None => return Err(ClientError::NotFound.into()),
         },
         Command::Count => say!("{}", client.count().await?),
@@ -708,7 +750,7 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
             say!("{}", serde_json::to_string_pretty(&map)?);
         }
         Command::Status { json } => {
-            let status = client.status().await?;
+            let status = client.status_json().await?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -735,6 +777,83 @@ async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyho
         | Command::Bench(_) => {}
     }
     client.close().await;
+    Ok(())
+}
+
+impl WriteArgs {
+    /// The key and the value, wherever they come from.
+    fn key_and_value(&self, limits: &Limits) -> anyhow::Result<(Bytes, Bytes)> {
+        let key = parse_key(&self.key, self.key_hex)?;
+        let value = match (&self.value, &self.value_file) {
+            (_, Some(path)) => {
+                let file = std::fs::File::open(path)
+                    .with_context(|| format!("cannot open the value file {}", path.display()))?;
+                read_value(file, limits.max_value)
+                    .with_context(|| format!("cannot read the value file {}", path.display()))?
+            }
+            (Some(v), None) if v == "-" => read_value(std::io::stdin().lock(), limits.max_value)
+                .context("cannot read the value from stdin")?,
+            (Some(v), None) => Bytes::from(v.clone().into_bytes()),
+            (None, None) => anyhow::bail!("give a VALUE, `-` for stdin, or --value-file PATH"),
+        };
+        Ok((key, value))
+    }
+}
+
+/// Reads a whole value, refusing one longer than `max` bytes without holding more than that.
+fn read_value(source: impl std::io::Read, max: usize) -> anyhow::Result<Bytes> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    source.take(cap).read_to_end(&mut buf)?;
+    if buf.len() > max {
+        anyhow::bail!("the value is longer than {max} bytes, the largest value quickv accepts");
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// A key from the command line: its UTF-8 bytes, or hexadecimal with `--key-hex`.
+fn parse_key(key: &str, hex: bool) -> anyhow::Result<Bytes> {
+    if !hex {
+        return Ok(Bytes::from(key.to_owned().into_bytes()));
+    }
+    let digits = key.as_bytes();
+    let nibble = |c: u8| -> anyhow::Result<u8> {
+        match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            b'A'..=b'F' => Ok(c - b'A' + 10),
+            _ => anyhow::bail!("--key-hex: {key:?} is not hexadecimal"),
+        }
+    };
+    let bytes = digits
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => Ok((nibble(*hi)? << 4) | nibble(*lo)?),
+            _ => anyhow::bail!("--key-hex: {key:?} has an odd number of hex digits"),
+        })
+        .collect::<anyhow::Result<Vec<u8>>>()?;
+    Ok(Bytes::from(bytes))
+}
+
+/// Prints a value as asked: raw bytes, hexadecimal, or text with a newline (a value that is not
+/// UTF-8 is then shown with replacement characters, and stderr says so).
+fn print_value(value: &Bytes, args: &ReadArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if args.raw {
+        out.write_all(value)?;
+    } else if args.hex {
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(out, "{hex}")?;
+    } else {
+        if std::str::from_utf8(value).is_err() {
+            eprintln!("quickv: the value is not UTF-8; shown lossily (use --raw or --hex)");
+        }
+        out.write_all(String::from_utf8_lossy(value).as_bytes())?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -153,7 +153,7 @@ async fn wait_for_sync(pair: &Pair) -> anyhow::Result<Vec<serde_json::Value>> {
         let mut statuses = Vec::new();
         for addr in [pair.primary, pair.backup] {
             if let Ok(client) = Client::connect(&addr.to_string(), &config).await {
-                if let Ok(status) = client.status().await {
+                if let Ok(status) = client.status_json().await {
                     statuses.push(status);
                 }
                 client.close().await;

@@ -147,7 +147,7 @@ impl Run {
 
 async fn status(addr: std::net::SocketAddr, certs: &Path) -> serde_json::Value {
     let c = connect(addr, certs).await;
-    let s = c.status().await.expect("status");
+    let s = c.status_json().await.expect("status");
     c.close().await;
     s
 }

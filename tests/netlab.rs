@@ -401,7 +401,7 @@ impl LabRun {
 
     async fn status(&self, a: &str) -> serde_json::Value {
         let c = connect(addr(a), self.certs.path()).await;
-        let s = c.status().await.expect("status");
+        let s = c.status_json().await.expect("status");
         c.close().await;
         s
     }

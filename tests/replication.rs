@@ -750,7 +750,7 @@ async fn a_bucket_mixing_100k_and_16m_values_resyncs_and_dumps() {
             .ok();
         }
         if let Some(c) = &backup {
-            match c.status().await {
+            match c.status_json().await {
                 Ok(s) if s["state"] == "sync" => break,
                 Ok(s) => last = s,
                 // A busy machine can starve the connection: reconnect.

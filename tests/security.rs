@@ -63,7 +63,7 @@ async fn connect_as(addr: SocketAddr, dir: &Path) -> Result<Client, ClientError>
 
 async fn status(addr: SocketAddr, certs: &Path) -> Value {
     let client = connect_as(addr, certs).await.expect("admin connects");
-    let status = client.status().await.expect("status");
+    let status = client.status_json().await.expect("status");
     client.close().await;
     status
 }

@@ -80,7 +80,7 @@ impl From<ClientError> for Answer {
             ClientError::NotFound => Answer::NotFound,
             ClientError::Unavailable(r) => Answer::Unavailable(r),
             ClientError::Indeterminate(r) => Answer::Indeterminate(r),
-            ClientError::Connection(r) => Answer::Unreachable(r),
+            ClientError::Connection(r) | ClientError::Timeout(r) => Answer::Unreachable(r),
             e @ (ClientError::Server { .. }
             | ClientError::Protocol(_)
             | ClientError::Forbidden(_)) => Answer::Error(e.to_string()),

@@ -888,7 +888,7 @@ impl<'o> Runner<'o> {
                 client
             }
         };
-        match tokio::time::timeout(OP_TIMEOUT, client.status()).await {
+        match tokio::time::timeout(OP_TIMEOUT, client.status_json()).await {
             Ok(Ok(status)) => Ok(status),
             Ok(Err(e)) => {
                 self.reset(server);

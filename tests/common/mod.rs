@@ -293,7 +293,7 @@ pub async fn wait_state(addr: SocketAddr, certs: &Path, state: &str) -> serde_js
                 .ok();
         }
         if let Some(c) = &client {
-            match c.status().await {
+            match c.status_json().await {
                 Ok(s) if s["state"] == state => return s,
                 Ok(s) => last = s,
                 Err(_) => client = None,

@@ -12,6 +12,14 @@
 //! answers to callers by request id, so answers may arrive in any order. `Client` is cheap to clone
 //! and every clone shares the connection.
 //!
+//! Beyond one server: [`Client::connect_pair`] knows a primary and its backup and, if allowed by
+//! [`ReadFrom`], answers [`Client::read`] from the backup while the primary is down, saying so in
+//! [`Read::from`]. Every call has a deadline ([`ClientConfig::timeout`], [`Client::with_timeout`]);
+//! dropping a call's future cancels it. [`Client::get_many`], [`Client::insert_many`] and
+//! [`Client::pipeline`] put many requests in flight at once. [`Client::status`] is typed
+//! ([`Status`]). docs/client.md explains read modes, deadlines, retries and the planned
+//! exactly-once sessions.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,15 +45,18 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::net::{BatchWriter, FramedReader};
 use crate::protocol::{
@@ -53,52 +64,30 @@ use crate::protocol::{
 };
 use crate::tls::{CertPaths, Identity};
 
+mod batch;
+mod config;
 pub mod net;
+mod status;
 pub mod tls;
+
+pub use batch::Pipeline;
+pub use config::{
+    ClientConfig, ClientConfigBuilder, ReadFrom, Source, DEFAULT_BACKOFF_MAX_MS,
+    DEFAULT_BACKOFF_MIN_MS, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_STREAMS,
+    DEFAULT_TIMEOUT_MS,
+};
+pub use status::Status;
 
 /// The wire protocol the client speaks ([`Op`], [`Reply`], [`Limits`], …), re-exported so that an
 /// application needs no second dependency.
 pub use quickv_proto as protocol;
 
-/// Default number of long-lived streams per client connection.
-pub const DEFAULT_STREAMS: usize = 4;
-/// Default time allowed for the QUIC/TLS handshake plus the hello, in milliseconds.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// Default idle timeout, in milliseconds: a server silent this long (dead, partitioned) fails the
-/// calls in flight (writes as indeterminate). Keep-alives go out at a third of it.
-pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5_000;
 /// Longest [`Client::close`] waits for the close to reach the server.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Calls queued per lane before callers wait (backpressure).
 const LANE_QUEUE: usize = 1024;
-
-/// How to reach and authenticate to a server.
-#[derive(Clone, Debug)]
-pub struct ClientConfig {
-    /// Directory with `ca.pem`, `client.pem` and `client.key`.
-    pub certs_dir: PathBuf,
-    /// Long-lived streams to open; requests are spread over them.
-    pub streams: usize,
-    /// Time allowed to connect and exchange the hello.
-    pub connect_timeout: Duration,
-    /// Connection idle timeout (keep-alives are sent at a third of it).
-    pub idle_timeout: Duration,
-    /// Size limits applied to answers.
-    pub limits: Limits,
-}
-
-impl ClientConfig {
-    /// Defaults with certificates from `certs_dir`.
-    pub fn new(certs_dir: impl Into<PathBuf>) -> ClientConfig {
-        ClientConfig {
-            certs_dir: certs_dir.into(),
-            streams: DEFAULT_STREAMS,
-            connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
-            idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
-            limits: Limits::default(),
-        }
-    }
-}
+/// How long a pair client trusts the backup's `current` flag before asking again.
+const BACKUP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a call did not succeed. The first four are answers from the server about the operation;
 /// the rest mean the call could not be carried out.
@@ -113,7 +102,8 @@ pub enum ClientError {
     /// The server refused the operation; it did not take effect.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The write may or may not have taken effect.
+    /// The write may or may not have taken effect (the connection died after it was sent, or its
+    /// deadline passed before the answer came).
     #[error("indeterminate: {0}")]
     Indeterminate(String),
     /// The client's certificate does not grant this operation (its role is too low); it did not
@@ -134,11 +124,21 @@ pub enum ClientError {
     /// The server's answer did not fit the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A read (or a call that changes nothing) got no answer within its deadline. Writes past
+    /// their deadline are [`ClientError::Indeterminate`] instead.
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 impl ClientError {
     /// True when the server answered about the operation itself (exists, not found, unavailable,
     /// indeterminate, forbidden): the CLI exits 1 for these and 2 for everything else.
+    ///
+    /// ```
+    /// use quickv_client::ClientError;
+    /// assert!(ClientError::Exists.is_refusal());
+    /// assert!(!ClientError::Timeout("no answer".into()).is_refusal());
+    /// ```
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
@@ -151,35 +151,79 @@ impl ClientError {
     }
 }
 
-/// A connection to one quickv server. Clone it freely; clones share the connection.
+/// The answer of [`Client::read`]: the value (`None` if the key is absent) and which server gave
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The value, or `None` if the key is absent there.
+    pub value: Option<Bytes>,
+    /// The server that answered; [`Source::Backup`] only with [`ReadFrom::BackupIfPrimaryDown`]
+    /// while the primary could not be reached.
+    pub from: Source,
+}
+
+/// A connection to one quickv server, or to a primary/backup pair. Clone it freely; clones share
+/// the connections.
 ///
-/// If the connection is lost (server restarted, network cut), calls in flight fail — writes as
+/// If a connection is lost (server restarted, network cut), calls in flight fail — writes as
 /// [`ClientError::Indeterminate`], since they may have been applied — and the next call dials
-/// again by itself. A call is retried on a new connection only if it was never sent.
+/// again by itself, waiting between failed dials with a bounded exponential backoff with jitter
+/// ([`ClientConfig::backoff_min`]). A call is retried on a new connection only if it was never
+/// sent.
+///
+/// Every call has a deadline ([`ClientConfig::timeout`], or [`Client::with_timeout`]), and
+/// dropping a call's future cancels it: its slot is released at once and its late answer, if one
+/// comes, is discarded without disturbing other calls.
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Deadline of each call made through this handle.
+    timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
 struct Inner {
+    /// Where writes and linearizable reads go.
+    primary: Link,
+    /// The pair's backup, for [`Client::read`] with [`ReadFrom::BackupIfPrimaryDown`].
+    backup: Option<Link>,
+    /// Streams, limits and timeouts.
+    config: ClientConfig,
+    /// Set by [`Client::close`]: no more reconnecting.
+    closed: AtomicBool,
+    /// When the backup last reported its store current (pair clients).
+    backup_current_at: Mutex<Option<std::time::Instant>>,
+    /// A background dial of the primary is under way (pair clients reading from the backup).
+    primary_redialing: AtomicBool,
+}
+
+/// One server: its address, TLS settings and current connection.
+#[derive(Debug)]
+struct Link {
     /// Kept so the UDP socket lives as long as the client; every reconnection reuses it.
     endpoint: quinn::Endpoint,
     /// Where the server is, and the TLS server name to check.
     target: (SocketAddr, String),
     /// TLS settings, reused to reconnect.
     client_cfg: quinn::ClientConfig,
-    /// Streams, limits and timeouts.
-    config: ClientConfig,
-    /// The current connection and its lanes; replaced when it is found dead.
-    session: std::sync::Mutex<Arc<Session>>,
-    /// Serialises reconnection so concurrent callers dial once; holds the last failed dial, so
-    /// callers that waited behind it get its answer at once.
-    redial: tokio::sync::Mutex<Option<(tokio::time::Instant, ClientError)>>,
-    /// Set by [`Client::close`]: no more reconnecting.
-    closed: std::sync::atomic::AtomicBool,
-    /// The hello answer, e.g. "quickv 0.1.0 role=primary"; set once the hello is answered.
-    server: OnceLock<String>,
+    /// The current connection and its lanes (`None` until the first dial succeeded); replaced
+    /// when it is found dead.
+    session: Mutex<Option<Arc<Session>>>,
+    /// Serialises reconnection so concurrent callers dial once, and paces the dials.
+    redial: tokio::sync::Mutex<Redial>,
+    /// The last hello answer, e.g. "quickv 0.1.0 role=primary".
+    server: Mutex<String>,
+}
+
+/// Reconnection pacing of one link.
+#[derive(Debug, Default)]
+struct Redial {
+    /// The last failed dial: when it ended and why.
+    last_failure: Option<(Instant, ClientError)>,
+    /// No new dial before this instant (backoff).
+    not_before: Option<Instant>,
+    /// The next backoff step (before jitter).
+    backoff: Duration,
 }
 
 /// One QUIC connection with its lanes.
@@ -188,9 +232,18 @@ struct Session {
     /// The connection, to close it and to see whether it died.
     conn: quinn::Connection,
     /// One queue per lane.
-    lanes: Vec<mpsc::Sender<Call>>,
+    lanes: Vec<Lane>,
     /// Round-robin cursor over `lanes`.
     next_lane: AtomicUsize,
+    /// Request ids, unique on the connection.
+    next_id: AtomicU64,
+}
+
+/// One long-lived stream: its queue and the calls written on it and not yet answered.
+#[derive(Debug)]
+struct Lane {
+    queue: mpsc::Sender<Call>,
+    owed: Arc<Mutex<Owed>>,
 }
 
 impl Session {
@@ -204,24 +257,81 @@ impl Session {
             conn,
             lanes,
             next_lane: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
         })
     }
 
     /// Queues a call on the next lane; gives it back if the lane is gone (never sent).
-    async fn send(&self, call: Call) -> Result<(), Call> {
+    /// Returns the lane's owed calls and the request id, for cancelling.
+    async fn send(&self, mut call: Call) -> Result<(Arc<Mutex<Owed>>, u64), Call> {
         let i = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        self.lanes[i].send(call).await.map_err(|e| e.0)
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        call.id = id;
+        let lane = &self.lanes[i];
+        lane.queue.send(call).await.map_err(|e| e.0)?;
+        Ok((lane.owed.clone(), id))
     }
 
     fn dead(&self) -> bool {
         self.conn.close_reason().is_some()
     }
+
+    /// Calls awaiting an answer whose callers still wait.
+    fn in_flight(&self) -> usize {
+        self.lanes
+            .iter()
+            .map(|l| {
+                l.owed
+                    .lock()
+                    .map(|o| o.calls.values().filter(|w| w.reply.is_some()).count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
 }
 
 /// A request waiting to be written.
 struct Call {
+    id: u64,
     op: Op,
     reply: oneshot::Sender<Result<Reply, ClientError>>,
+}
+
+/// A call that was queued: where its answer comes, and how to cancel it if its caller goes away.
+struct Pending {
+    /// `None` once the answer came (or the guard was disarmed).
+    rx: Option<oneshot::Receiver<Result<Reply, ClientError>>>,
+    owed: Arc<Mutex<Owed>>,
+    id: u64,
+}
+
+impl Pending {
+    /// Waits for the answer.
+    async fn answer(&mut self) -> Result<Reply, ClientError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(ClientError::Protocol("answer awaited twice".into()));
+        };
+        let outcome = rx.await;
+        self.rx = None;
+        outcome.map_err(|_| ClientError::Connection("the connection is closed".into()))?
+    }
+}
+
+impl Drop for Pending {
+    /// A caller that stops waiting (future dropped, deadline passed) cancels its call: the
+    /// receiver goes first, so a writer that has not written it yet skips it; a call already
+    /// written keeps only a tombstone so its late answer is recognised and discarded.
+    fn drop(&mut self) {
+        if let Some(rx) = self.rx.take() {
+            drop(rx);
+            if let Ok(mut owed) = self.owed.lock() {
+                if let Some(w) = owed.calls.get_mut(&self.id) {
+                    w.reply = None;
+                    w.gathered = Vec::new();
+                }
+            }
+        }
+    }
 }
 
 /// Requests written on a lane and not yet answered.
@@ -233,10 +343,19 @@ struct Owed {
     broken: Option<ClientError>,
 }
 
+impl std::fmt::Debug for Owed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owed")
+            .field("calls", &self.calls.len())
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
 /// One call written on a lane and not yet answered.
 struct Waiting {
-    /// Where the answer goes.
-    reply: oneshot::Sender<Result<Reply, ClientError>>,
+    /// Where the answer goes; `None` once the caller cancelled (the answer is discarded).
+    reply: Option<oneshot::Sender<Result<Reply, ClientError>>>,
     /// Writes become indeterminate, not failed, if the connection dies.
     is_write: bool,
     /// Dump entries from chunks received so far.
@@ -254,6 +373,7 @@ impl Owed {
             },
         ) in self.calls.drain()
         {
+            let Some(reply) = reply else { continue };
             let outcome = if is_write {
                 Ok(Reply::Indeterminate(format!(
                     "the write was sent but no answer came: {err}"
@@ -267,19 +387,213 @@ impl Owed {
     }
 }
 
+/// What a call past its deadline becomes: a write may have been applied.
+fn past_deadline(is_write: bool, deadline: Duration) -> Result<Reply, ClientError> {
+    if is_write {
+        Ok(Reply::Indeterminate(format!(
+            "no answer within the deadline of {deadline:?}; the write may have been applied"
+        )))
+    } else {
+        Err(ClientError::Timeout(format!(
+            "no answer within the deadline of {deadline:?}"
+        )))
+    }
+}
+
+/// A random number for backoff jitter (std's per-process random hash keys; no extra crate).
+fn jitter_seed() -> u64 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+impl Link {
+    /// Prepares a link to `addr` (resolves it, opens the UDP socket); does not dial.
+    async fn new(addr: &str, client_cfg: quinn::ClientConfig) -> Result<Link, ClientError> {
+        let (sock, name) = resolve(addr).await?;
+        let bind: SocketAddr = if sock.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
+        Ok(Link {
+            endpoint,
+            target: (sock, name),
+            client_cfg,
+            session: Mutex::new(None),
+            redial: tokio::sync::Mutex::new(Redial::default()),
+            server: Mutex::new(String::new()),
+        })
+    }
+
+    fn current(&self) -> Option<Arc<Session>> {
+        self.session
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The current session, dialled (again) first if there is none or it is known dead.
+    async fn session(&self, inner: &Inner) -> Result<Arc<Session>, ClientError> {
+        match self.current() {
+            Some(s) if !s.dead() => Ok(s),
+            other => self.redial(other.as_ref(), inner).await,
+        }
+    }
+
+    /// Replaces a dead (or missing) session — once, however many callers notice it — pacing the
+    /// dials with the backoff.
+    async fn redial(
+        &self,
+        dead: Option<&Arc<Session>>,
+        inner: &Inner,
+    ) -> Result<Arc<Session>, ClientError> {
+        if inner.closed.load(Ordering::Relaxed) {
+            return Err(ClientError::Connection("the client was closed".into()));
+        }
+        let waiting_since = Instant::now();
+        let mut redial = self.redial.lock().await;
+        // Someone dialled and failed while we waited: share that answer instead of queueing up
+        // one more connect timeout per caller.
+        if let Some((when, err)) = redial.last_failure.as_ref() {
+            if *when >= waiting_since {
+                return Err(err.clone());
+            }
+            if let Some(not_before) = redial.not_before {
+                let now = Instant::now();
+                if now < not_before {
+                    return Err(ClientError::Connection(format!(
+                        "{err} (next attempt in {:?})",
+                        not_before - now
+                    )));
+                }
+            }
+        }
+        if let Some(current) = self.current() {
+            let replaced = dead.is_none_or(|d| !Arc::ptr_eq(&current, d));
+            if replaced && !current.dead() {
+                return Ok(current);
+            }
+        }
+        match self.dial(&inner.config).await {
+            Ok(session) => {
+                let fresh = Arc::new(session);
+                *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+                *redial = Redial::default();
+                Ok(fresh)
+            }
+            Err(err) => {
+                let cfg = &inner.config;
+                let step = redial.backoff.clamp(cfg.backoff_min, cfg.backoff_max);
+                // "Equal jitter": between half and all of the step, so clients that lost the
+                // same server do not all come back at the same instant.
+                let half = step / 2;
+                let spread = half.as_nanos().max(1) as u64;
+                let wait = half + Duration::from_nanos(jitter_seed() % spread);
+                let now = Instant::now();
+                redial.not_before = Some(now + wait);
+                redial.backoff = (step * 2).min(cfg.backoff_max);
+                redial.last_failure = Some((now, err.clone()));
+                Err(err)
+            }
+        }
+    }
+
+    /// Dials the server, opens the lanes and exchanges the hello, within the connect timeout.
+    async fn dial(&self, config: &ClientConfig) -> Result<Session, ClientError> {
+        let (sock, name) = &self.target;
+        let attempt = async {
+            let connecting = self
+                .endpoint
+                .connect_with(self.client_cfg.clone(), *sock, name)
+                .map_err(|e| ClientError::Connection(format!("cannot connect to {sock}: {e}")))?;
+            let conn = connecting
+                .await
+                .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
+            let session = Session::open(conn, config).await?;
+            // The hello: a refused certificate (which TLS 1.3 reports only on first use) shows
+            // up here, in plain words, rather than on the application's first call.
+            let (tx, rx) = oneshot::channel();
+            let hello = Call {
+                id: 0,
+                op: Op::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+                reply: tx,
+            };
+            if session.send(hello).await.is_err() {
+                return Err(ClientError::Connection("the connection is closed".into()));
+            }
+            match rx
+                .await
+                .map_err(|_| ClientError::Connection("the connection is closed".into()))??
+            {
+                Reply::Hello { server, .. } => {
+                    *self.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
+                    Ok(session)
+                }
+                other => Err(refusal(other)),
+            }
+        };
+        tokio::time::timeout(config.connect_timeout, attempt)
+            .await
+            .map_err(|_| no_answer(&sock.to_string(), config))?
+    }
+
+    /// Queues one call (redialling once if the connection turns out gone before it was sent).
+    async fn start(&self, op: Op, inner: &Inner) -> Result<Pending, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let mut call = Call {
+            id: 0,
+            op,
+            reply: tx,
+        };
+        let mut session = self.session(inner).await?;
+        // At most one retry, and only of a call that never left this process.
+        for attempt in 0..2 {
+            match session.send(call).await {
+                Ok((owed, id)) => {
+                    return Ok(Pending {
+                        rx: Some(rx),
+                        owed,
+                        id,
+                    });
+                }
+                Err(unsent) if attempt == 0 => {
+                    call = unsent;
+                    session = self.redial(Some(&session), inner).await?;
+                }
+                Err(_) => break,
+            }
+        }
+        Err(ClientError::Connection("the connection is closed".into()))
+    }
+
+    /// The role this server named in its last hello (`primary`, `backup`, `standalone`).
+    fn role(&self) -> String {
+        let hello = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        hello
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("role="))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
 impl Client {
     /// Connects, authenticates with the client certificate, and exchanges the protocol hello.
     ///
     /// Succeeds only after the server answered the hello, so a refused certificate (which TLS 1.3
     /// reports only on first use) is an error here, in plain words.
     pub async fn connect(addr: &str, config: &ClientConfig) -> Result<Client, ClientError> {
-        let client_cfg = tls::client_config(
-            &CertPaths::new(&config.certs_dir),
-            Identity::Client,
-            config.idle_timeout,
-            config.idle_timeout / 3,
-        )
-        .map_err(|e| ClientError::Connection(e.to_string()))?;
+        let client_cfg = client_tls(config)?;
         Client::connect_with(addr, client_cfg, config).await
     }
 
@@ -289,137 +603,173 @@ impl Client {
         client_cfg: quinn::ClientConfig,
         config: &ClientConfig,
     ) -> Result<Client, ClientError> {
-        let (sock, name) = resolve(addr).await?;
-        let bind: SocketAddr = if sock.is_ipv4() {
-            "0.0.0.0:0"
-                .parse()
-                .map_err(|_| ClientError::Connection("bad bind".into()))?
-        } else {
-            "[::]:0"
-                .parse()
-                .map_err(|_| ClientError::Connection("bad bind".into()))?
-        };
-        let endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| ClientError::Connection(format!("cannot open a UDP socket: {e}")))?;
-        let target = (sock, name);
-        let session = dial(&endpoint, &target, &client_cfg, config).await?;
-        let client = Client {
-            inner: Arc::new(Inner {
-                endpoint,
-                target,
-                client_cfg,
-                config: config.clone(),
-                session: std::sync::Mutex::new(Arc::new(session)),
-                redial: tokio::sync::Mutex::new(None),
-                closed: std::sync::atomic::AtomicBool::new(false),
-                server: OnceLock::new(),
-            }),
-        };
-        let hello = async {
-            match client
-                .call(Op::Hello {
-                    version: PROTOCOL_VERSION,
-                })
-                .await?
-            {
-                Reply::Hello { server, .. } => {
-                    let _ = client.inner.server.set(server);
-                    Ok(())
-                }
-                other => Err(unexpected(other)),
-            }
-        };
-        tokio::time::timeout(config.connect_timeout, hello)
-            .await
-            .map_err(|_| no_answer(addr, config))??;
+        let primary = Link::new(addr, client_cfg).await?;
+        let client = Client::assemble(primary, None, config);
+        client.inner.primary.session(&client.inner).await?;
         Ok(client)
     }
 
-    /// The server's hello line, e.g. `quickv 0.1.0 role=primary`.
-    pub fn server_info(&self) -> &str {
-        self.inner
-            .server
-            .get()
-            .map(String::as_str)
-            .unwrap_or_default()
-    }
-
-    /// Sends one request and waits for its answer. A dump's chunks are merged into a single
-    /// `DumpChunk { last: true }`. Errors here are transport errors only; the reply is raw.
-    pub async fn call(&self, op: Op) -> Result<Reply, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        let mut call = Call { op, reply: tx };
-        let mut session = self.session().await?;
-        // At most one retry, and only of a call that never left this process.
-        for attempt in 0..2 {
-            match session.send(call).await {
-                Ok(()) => break,
-                Err(unsent) if attempt == 0 => {
-                    call = unsent;
-                    session = self.redial(&session).await?;
+    /// Connects to a primary/backup pair. Writes, [`Client::get`], the batch calls and
+    /// [`Client::status`] go to the primary; [`Client::read`] may go to the backup while the
+    /// primary cannot be reached, if `config.read_from` is [`ReadFrom::BackupIfPrimaryDown`].
+    ///
+    /// Fails if a server answers with the wrong role (the addresses swapped), or if the primary
+    /// cannot be reached — unless backup reads are allowed and the backup can be reached: then
+    /// the client starts on the backup for reads and keeps dialling the primary (with backoff).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use quickv::config::{Role, ServerConfig};
+    /// # let certs = tempfile::tempdir()?;
+    /// # quickv::tls::generate(certs.path(), &[], false)?;
+    /// # let free = || std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr());
+    /// # let (primary_addr, backup_addr) = (free()?, free()?);
+    /// # let start = |role, listen, peer| {
+    /// #     let mut cfg = ServerConfig::new(role, listen);
+    /// #     cfg.certs_dir = certs.path().to_path_buf();
+    /// #     cfg.peer = Some(peer);
+    /// #     quickv::server::Server::bind(cfg)
+    /// # };
+    /// # tokio::spawn(start(Role::Backup, backup_addr, primary_addr)?.run(std::future::pending()));
+    /// # tokio::spawn(start(Role::Primary, primary_addr, backup_addr)?.run(std::future::pending()));
+    /// # let (primary_addr, backup_addr) = (primary_addr.to_string(), backup_addr.to_string());
+    /// use quickv_client::{Client, ClientConfig, ReadFrom, Source};
+    ///
+    /// let cfg = ClientConfig::builder(certs.path())
+    ///     .read_from(ReadFrom::BackupIfPrimaryDown)
+    ///     .build();
+    /// let client = Client::connect_pair(&primary_addr, &backup_addr, &cfg).await?;
+    /// # while client.status().await?.state != "sync" {
+    /// #     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    /// # }
+    /// client.insert("k", "v").await?;
+    /// let read = client.read("k").await?;
+    /// assert_eq!(read.value.as_deref(), Some(&b"v"[..]));
+    /// assert_eq!(read.from, Source::Primary); // the primary is up
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_pair(
+        primary: &str,
+        backup: &str,
+        config: &ClientConfig,
+    ) -> Result<Client, ClientError> {
+        let client_cfg = client_tls(config)?;
+        let primary_link = Link::new(primary, client_cfg.clone()).await?;
+        let backup_link = Link::new(backup, client_cfg).await?;
+        let client = Client::assemble(primary_link, Some(backup_link), config);
+        let inner = &client.inner;
+        let Some(backup_link) = inner.backup.as_ref() else {
+            return Err(ClientError::Connection("no backup link".into()));
+        };
+        let (p, b) = tokio::join!(inner.primary.session(inner), backup_link.session(inner));
+        let wrong_role = |addr: &str, link: &Link, want: &str| {
+            let role = link.role();
+            (role != want).then(|| {
+                ClientError::Connection(format!(
+                    "{addr} says it is a {role} server, not the pair's {want}: check the order of \
+                     the two addresses"
+                ))
+            })
+        };
+        match p {
+            Ok(_) => {
+                if let Some(err) = wrong_role(primary, &inner.primary, "primary") {
+                    return Err(err);
                 }
-                Err(_) => return Err(ClientError::Connection("the connection is closed".into())),
+            }
+            Err(err) if config.read_from == ReadFrom::Primary || b.is_err() => return Err(err),
+            Err(_) => {}
+        }
+        if b.is_ok() {
+            if let Some(err) = wrong_role(backup, backup_link, "backup") {
+                return Err(err);
             }
         }
-        rx.await
-            .map_err(|_| ClientError::Connection("the connection is closed".into()))?
+        Ok(client)
     }
 
-    /// The session in use (maybe dead; see [`Client::session`]).
-    fn current_session(&self) -> Arc<Session> {
+    fn assemble(primary: Link, backup: Option<Link>, config: &ClientConfig) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                primary,
+                backup,
+                config: config.clone(),
+                closed: AtomicBool::new(false),
+                backup_current_at: Mutex::new(None),
+                primary_redialing: AtomicBool::new(false),
+            }),
+            timeout: config.timeout,
+        }
+    }
+
+    /// A handle on the same connections whose calls have deadline `timeout` instead of
+    /// [`ClientConfig::timeout`].
+    ///
+    /// ```no_run
+    /// # async fn f(client: quickv_client::Client) -> Result<(), quickv_client::ClientError> {
+    /// use std::time::Duration;
+    /// let value = client.with_timeout(Duration::from_millis(50)).get("k").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            timeout: Some(timeout),
+        }
+    }
+
+    /// A handle on the same connections whose calls have no deadline.
+    pub fn without_timeout(&self) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            timeout: None,
+        }
+    }
+
+    /// The deadline of each call made through this handle.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The (primary) server's hello line, e.g. `quickv 0.1.0 role=primary`; empty if it was never
+    /// reached.
+    pub fn server_info(&self) -> String {
         self.inner
-            .session
+            .primary
+            .server
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// The current session, redialled first if it is known dead.
-    async fn session(&self) -> Result<Arc<Session>, ClientError> {
-        let current = self.current_session();
-        if current.dead() {
-            return self.redial(&current).await;
-        }
-        Ok(current)
+    /// Calls written and still awaited by their callers, over every connection of this client.
+    /// A call whose future was dropped no longer counts, even before its late answer arrives.
+    pub fn in_flight(&self) -> usize {
+        let links = std::iter::once(&self.inner.primary).chain(self.inner.backup.as_ref());
+        links.filter_map(Link::current).map(|s| s.in_flight()).sum()
     }
 
-    /// Replaces a dead session (once, however many callers notice it).
-    async fn redial(&self, dead: &Arc<Session>) -> Result<Arc<Session>, ClientError> {
-        if self.inner.closed.load(Ordering::Relaxed) {
-            return Err(ClientError::Connection("the client was closed".into()));
-        }
-        let waiting_since = tokio::time::Instant::now();
-        let mut last_failure = self.inner.redial.lock().await;
-        // Someone dialled and failed while we waited: share that answer instead of queueing up
-        // one more connect timeout per caller.
-        if let Some((when, err)) = last_failure.as_ref() {
-            if *when >= waiting_since {
-                return Err(err.clone());
-            }
-        }
-        let current = self.current_session();
-        if !Arc::ptr_eq(&current, dead) && !current.dead() {
-            return Ok(current);
-        }
-        let inner = &self.inner;
-        match dial(
-            &inner.endpoint,
-            &inner.target,
-            &inner.client_cfg,
-            &inner.config,
-        )
-        .await
-        {
-            Ok(session) => {
-                let fresh = Arc::new(session);
-                *inner.session.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
-                *last_failure = None;
-                Ok(fresh)
-            }
-            Err(err) => {
-                *last_failure = Some((tokio::time::Instant::now(), err.clone()));
-                Err(err)
-            }
+    /// Sends one request to the primary and waits for its answer, within the deadline. A dump's
+    /// chunks are merged into a single `DumpChunk { last: true }`. Errors here are transport
+    /// errors and [`ClientError::Timeout`]; the reply is raw (a write past its deadline, or cut
+    /// off by a lost connection, is `Reply::Indeterminate`).
+    pub async fn call(&self, op: Op) -> Result<Reply, ClientError> {
+        self.call_on(&self.inner.primary, op).await
+    }
+
+    async fn call_on(&self, link: &Link, op: Op) -> Result<Reply, ClientError> {
+        let is_write = op.is_write();
+        let work = async {
+            let mut pending = link.start(op, &self.inner).await?;
+            pending.answer().await
+        };
+        match self.timeout {
+            None => work.await,
+            Some(deadline) => match tokio::time::timeout(deadline, work).await {
+                Ok(outcome) => outcome,
+                Err(_) => past_deadline(is_write, deadline),
+            },
         }
     }
 
@@ -457,13 +807,99 @@ impl Client {
         }
     }
 
-    /// Reads a key; `None` if absent.
+    /// Reads a key from the primary (linearizable); `None` if absent. Never goes to the backup:
+    /// see [`Client::read`] for that.
     pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>, ClientError> {
-        match self.call(Op::Get { key: key.into() }).await? {
-            Reply::Value(v) => Ok(Some(v)),
-            Reply::NotFound => Ok(None),
-            other => Err(refusal(other)),
+        get_answer(self.call(Op::Get { key: key.into() }).await?)
+    }
+
+    /// Reads a key and says which server answered. Like [`Client::get`], except that on a pair
+    /// client with [`ReadFrom::BackupIfPrimaryDown`] the read goes to the backup while the
+    /// primary cannot be reached (no live connection, or the connection failed during this
+    /// read) and the backup reports its store current; then `from` is [`Source::Backup`]. The
+    /// primary is redialled in the background meanwhile. With [`ReadFrom::Primary`] (the
+    /// default) this never reads from the backup.
+    pub async fn read(&self, key: impl Into<Bytes>) -> Result<Read, ClientError> {
+        let key = key.into();
+        let inner = &self.inner;
+        let backup = match (&inner.backup, inner.config.read_from) {
+            (Some(b), ReadFrom::BackupIfPrimaryDown) => b,
+            _ => {
+                let value = self.get(key).await?;
+                return Ok(Read {
+                    value,
+                    from: Source::Primary,
+                });
+            }
+        };
+        let why = match inner.primary.current() {
+            Some(s) if !s.dead() => match self.call(Op::Get { key: key.clone() }).await {
+                Err(ClientError::Connection(why)) => why,
+                outcome => {
+                    return Ok(Read {
+                        value: get_answer(outcome?)?,
+                        from: Source::Primary,
+                    })
+                }
+            },
+            _ => "no connection to the primary".to_string(),
+        };
+        self.redial_primary_in_background();
+        self.check_backup_current(backup, &why).await?;
+        let value = get_answer(self.call_on(backup, Op::Get { key }).await?)?;
+        Ok(Read {
+            value,
+            from: Source::Backup,
+        })
+    }
+
+    /// Starts one background dial of the primary, unless one is under way (the dial itself
+    /// honours the backoff).
+    fn redial_primary_in_background(&self) {
+        if self.inner.primary_redialing.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let _ = inner.primary.session(&inner).await;
+            inner.primary_redialing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Reads from the backup are allowed only while it reports its store current; the answer is
+    /// trusted for a second.
+    async fn check_backup_current(&self, backup: &Link, why: &str) -> Result<(), ClientError> {
+        let fresh = self
+            .inner
+            .backup_current_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < BACKUP_CHECK_EVERY);
+        if fresh {
+            return Ok(());
+        }
+        let status = match self.call_on(backup, Op::Status).await {
+            Ok(Reply::Status(text)) => parse_status(&text)?,
+            Ok(other) => return Err(refusal(other)),
+            Err(err) => {
+                return Err(ClientError::Connection(format!(
+                    "neither server can be reached: the primary: {why}; the backup: {err}"
+                )))
+            }
+        };
+        if status.current != Some(true) {
+            return Err(ClientError::Unavailable(format!(
+                "the primary cannot be reached ({why}) and the backup's store is not known \
+                 current (state {})",
+                status.state
+            )));
+        }
+        *self
+            .inner
+            .backup_current_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// Number of keys on the server.
@@ -485,13 +921,30 @@ impl Client {
         }
     }
 
-    /// The server's status document.
-    pub async fn status(&self) -> Result<serde_json::Value, ClientError> {
+    /// The (primary) server's status document, typed; see [`Status`].
+    pub async fn status(&self) -> Result<Status, ClientError> {
         match self.call(Op::Status).await? {
-            Reply::Status(text) => serde_json::from_str(&text)
-                .map_err(|e| ClientError::Protocol(format!("status is not JSON: {e}"))),
+            Reply::Status(text) => parse_status(&text),
             other => Err(refusal(other)),
         }
+    }
+
+    /// The backup's status document, on a pair client (`None` on a single-server client): its
+    /// role, replication state and whether its store is current — what [`Client::read`] checks
+    /// before reading there.
+    pub async fn backup_status(&self) -> Result<Option<Status>, ClientError> {
+        let Some(backup) = &self.inner.backup else {
+            return Ok(None);
+        };
+        match self.call_on(backup, Op::Status).await? {
+            Reply::Status(text) => parse_status(&text).map(Some),
+            other => Err(refusal(other)),
+        }
+    }
+
+    /// The (primary) server's status document as sent (JSON), e.g. to print it whole.
+    pub async fn status_json(&self) -> Result<serde_json::Value, ClientError> {
+        Ok(self.status().await?.into_raw())
     }
 
     /// Round trip with an echoed payload.
@@ -507,35 +960,45 @@ impl Client {
         expect_ok(self.call(Op::Shutdown).await?)
     }
 
-    /// Closes the connection now (calls in flight fail) and waits briefly until the server has
-    /// been told, so a short-lived process does not leave a half-open connection behind.
+    /// Closes the connections now (calls in flight fail) and waits briefly until the servers
+    /// have been told, so a short-lived process does not leave a half-open connection behind.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Relaxed);
-        let session = self.current_session();
-        session.conn.close(0u32.into(), b"client closed");
-        let _ = tokio::time::timeout(CLOSE_WAIT, self.inner.endpoint.wait_idle()).await;
+        let links = std::iter::once(&self.inner.primary).chain(self.inner.backup.as_ref());
+        for link in links {
+            if let Some(session) = link.current() {
+                session.conn.close(0u32.into(), b"client closed");
+            }
+            let _ = tokio::time::timeout(CLOSE_WAIT, link.endpoint.wait_idle()).await;
+        }
     }
 }
 
-/// Dials the server and opens the lanes, within the connect timeout.
-async fn dial(
-    endpoint: &quinn::Endpoint,
-    (sock, name): &(SocketAddr, String),
-    client_cfg: &quinn::ClientConfig,
-    config: &ClientConfig,
-) -> Result<Session, ClientError> {
-    let attempt = async {
-        let connecting = endpoint
-            .connect_with(client_cfg.clone(), *sock, name)
-            .map_err(|e| ClientError::Connection(format!("cannot connect to {sock}: {e}")))?;
-        let conn = connecting
-            .await
-            .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
-        Session::open(conn, config).await
-    };
-    tokio::time::timeout(config.connect_timeout, attempt)
-        .await
-        .map_err(|_| no_answer(&sock.to_string(), config))?
+/// The client TLS settings of `config`.
+fn client_tls(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
+    tls::client_config(
+        &CertPaths::new(&config.certs_dir),
+        Identity::Client,
+        config.idle_timeout,
+        config.idle_timeout / 3,
+    )
+    .map_err(|e| ClientError::Connection(e.to_string()))
+}
+
+fn parse_status(text: &str) -> Result<Status, ClientError> {
+    let raw: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ClientError::Protocol(format!("status is not JSON: {e}")))?;
+    Status::from_json(raw)
+        .map_err(|e| ClientError::Protocol(format!("status lacks a field this client needs: {e}")))
+}
+
+/// The answer to a Get.
+fn get_answer(reply: Reply) -> Result<Option<Bytes>, ClientError> {
+    match reply {
+        Reply::Value(v) => Ok(Some(v)),
+        Reply::NotFound => Ok(None),
+        other => Err(refusal(other)),
+    }
 }
 
 fn no_answer(addr: &str, config: &ClientConfig) -> ClientError {
@@ -590,10 +1053,7 @@ async fn resolve(addr: &str) -> Result<(SocketAddr, String), ClientError> {
 }
 
 /// Opens one stream and starts its writer and reader tasks.
-async fn open_lane(
-    conn: &quinn::Connection,
-    limits: Limits,
-) -> Result<mpsc::Sender<Call>, ClientError> {
+async fn open_lane(conn: &quinn::Connection, limits: Limits) -> Result<Lane, ClientError> {
     let (send, recv) = conn
         .open_bi()
         .await
@@ -601,8 +1061,8 @@ async fn open_lane(
     let owed = Arc::new(Mutex::new(Owed::default()));
     let (tx, rx) = mpsc::channel(LANE_QUEUE);
     tokio::spawn(write_lane(send, rx, owed.clone(), conn.clone()));
-    tokio::spawn(read_lane(recv, owed, limits, conn.clone()));
-    Ok(tx)
+    tokio::spawn(read_lane(recv, owed.clone(), limits, conn.clone()));
+    Ok(Lane { queue: tx, owed })
 }
 
 /// Writes queued calls in batches, registering each before it is written.
@@ -612,7 +1072,6 @@ async fn write_lane(
     owed: Arc<Mutex<Owed>>,
     conn: quinn::Connection,
 ) {
-    let mut next_id: u64 = 1;
     let mut writer = BatchWriter::new(send);
     while let Some(first) = rx.recv().await {
         {
@@ -625,14 +1084,17 @@ async fn write_lane(
                         let _ = call.reply.send(Err(err.clone()));
                         return;
                     }
-                    let id = next_id;
-                    next_id += 1;
+                    if call.reply.is_closed() {
+                        // Cancelled before it was written: nothing to send.
+                        return;
+                    }
+                    let id = call.id;
                     let is_write = call.op.is_write();
                     encode_request(&Request { id, op: call.op }, out);
                     owed.calls.insert(
                         id,
                         Waiting {
-                            reply: call.reply,
+                            reply: Some(call.reply),
                             is_write,
                             gathered: Vec::new(),
                         },
@@ -641,9 +1103,14 @@ async fn write_lane(
             );
         }
         if writer.is_empty() {
-            // Only calls refused because the lane broke: close the queue, so later calls see the
-            // lane gone and go to a new connection instead.
-            return;
+            let broken = owed.lock().map(|o| o.broken.is_some()).unwrap_or(true);
+            if broken {
+                // Only calls refused because the lane broke: close the queue, so later calls see
+                // the lane gone and go to a new connection instead.
+                return;
+            }
+            // Only cancelled calls: nothing to write.
+            continue;
         }
         if let Err(e) = writer.flush().await {
             let err = match conn.close_reason() {
@@ -715,7 +1182,12 @@ fn deliver(inbuf: &mut BytesMut, owed: &Mutex<Owed>, limits: &Limits) -> Result<
                 entries,
                 last: false,
             } => {
-                if let Some(Waiting { gathered, .. }) = owed.calls.get_mut(&resp.id) {
+                if let Some(Waiting {
+                    reply: Some(_),
+                    gathered,
+                    ..
+                }) = owed.calls.get_mut(&resp.id)
+                {
                     gathered.extend(entries);
                 }
             }
@@ -742,7 +1214,9 @@ fn deliver(inbuf: &mut BytesMut, owed: &Mutex<Owed>, limits: &Limits) -> Result<
                     }
                     other => other,
                 };
-                let _ = tx.send(Ok(reply));
+                if let Some(tx) = tx {
+                    let _ = tx.send(Ok(reply));
+                }
             }
         }
     }
