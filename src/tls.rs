@@ -317,7 +317,7 @@ pub fn http_server_config(paths: &CertPaths) -> Result<Arc<rustls::ServerConfig>
 
 /// A client endpoint config presenting `identity`, trusting only the cluster CA.
 ///
-/// A server dialing its peer ([`Identity::Peer`]) goes through [`peer::client_config`], which also
+/// A server dialing its peer ([`Identity::Peer`]) goes through `peer::client_config`, which also
 /// demands that the remote holds the pair's server certificate; clients and tools get
 /// [`quickv_client::tls::client_config`].
 pub fn client_config(
