@@ -27,6 +27,31 @@ fn scripts() -> Vec<PathBuf> {
     paths
 }
 
+/// Runs one script, prints its verdict (`how` says over what, e.g. " via http") and adds its
+/// violations to `failures`.
+async fn run_one(script: &Script, options: &RunOptions, how: &str, failures: &mut Vec<String>) {
+    let report = tester::run(script, options).await;
+    eprintln!(
+        "{} {}{how} ({} ops, {:.1} s)",
+        if report.passed() { "PASS" } else { "FAIL" },
+        report.name,
+        report.ops,
+        report.elapsed.as_secs_f64()
+    );
+    if !report.passed() {
+        let violations: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        let aborted = report
+            .aborted
+            .map(|a| format!("\n  aborted: {a}"))
+            .unwrap_or_default();
+        failures.push(format!(
+            "{}:\n  {}{aborted}",
+            report.name,
+            violations.join("\n  ")
+        ));
+    }
+}
+
 #[tokio::test]
 async fn every_scenario_script_passes() {
     let options = RunOptions::managed(bin());
@@ -50,30 +75,7 @@ async fn every_scenario_script_passes() {
         } else {
             assert_eq!(script.illegal, vec![], "{}", path.display());
         }
-        let report = tester::run(&script, &options).await;
-        eprintln!(
-            "{} {} ({} ops, {:.1} s)",
-            if report.passed() { "PASS" } else { "FAIL" },
-            report.name,
-            report.ops,
-            report.elapsed.as_secs_f64()
-        );
-        if !report.passed() {
-            failures.push(format!(
-                "{}:\n  {}{}",
-                report.name,
-                report
-                    .violations
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n  "),
-                report
-                    .aborted
-                    .map(|a| format!("\n  aborted: {a}"))
-                    .unwrap_or_default()
-            ));
-        }
+        run_one(&script, &options, "", &mut failures).await;
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -87,30 +89,7 @@ async fn every_scenario_script_passes_via_http() {
     let mut failures = Vec::new();
     for path in scripts() {
         let script = Script::load(&path).expect("script parses");
-        let report = tester::run(&script, &options).await;
-        eprintln!(
-            "{} {} via http ({} ops, {:.1} s)",
-            if report.passed() { "PASS" } else { "FAIL" },
-            report.name,
-            report.ops,
-            report.elapsed.as_secs_f64()
-        );
-        if !report.passed() {
-            failures.push(format!(
-                "{}:\n  {}{}",
-                report.name,
-                report
-                    .violations
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n  "),
-                report
-                    .aborted
-                    .map(|a| format!("\n  aborted: {a}"))
-                    .unwrap_or_default()
-            ));
-        }
+        run_one(&script, &options, " via http", &mut failures).await;
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
