@@ -687,31 +687,8 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         say!("quickv: http gateway on {scheme}://{http}");
     }
     say!("quickv: listening on {addr}");
-    server.run(stop_signal()).await?;
+    server.run(crate::supervisor::stop_signal()).await?;
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn client_command(server: &str, certs: PathBuf, command: Command) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@
 //! | [`history`] | recorded client histories, a recorded load, and the per-key linearizability checker |
 //! | [`cli`] | the `quickv` command line (the binary is a thin wrapper around it) |
 //! | [`up`] | `quickv up`: the local pair as supervised child processes |
+//! | [`supervisor`] | servers as child processes: spawn, wait for the ready line, signal, wait for a status (used by `up`, the tester and the tests) |
 //! | [`error`] | typed errors |
 //!
 //! # The path of a request
@@ -66,6 +67,7 @@ pub use quickv_proto as protocol;
 pub mod replication;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 pub mod tester;
 pub mod tls;
 pub mod up;

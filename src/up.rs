@@ -6,13 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::process::{Child, Command};
 
-use crate::client::{Client, ClientConfig};
+use crate::client::{ClientConfig, Status};
+use crate::supervisor::{in_sync, stop_signal, wait_status, ServerCommand, ServerProcess};
 
 /// What `up` runs.
 #[derive(Debug, Clone)]
@@ -36,41 +35,30 @@ pub const DEFAULT_BACKUP_HTTP: &str = "127.0.0.1:8089";
 
 /// How long `up` waits for the pair to reach sync before saying so.
 const SYNC_WAIT: Duration = Duration::from_secs(20);
-/// Polling interval of the status check while waiting for sync.
-const STATUS_POLL: Duration = Duration::from_millis(100);
+/// How long each server gets to stop gracefully after SIGTERM before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the pair until Ctrl-C or SIGTERM.
 pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the quickv binary")?;
-    let spawn = |role: &str| -> anyhow::Result<Child> {
+    let command = |role: &str| -> ServerCommand {
         let (listen, peer, http) = match role {
             "primary" => (pair.primary, pair.backup, pair.http.map(|[p, _]| p)),
             _ => (pair.backup, pair.primary, pair.http.map(|[_, b]| b)),
         };
-        let mut command = Command::new(&exe);
-        command.args(["server", "--role", role, "--listen", &listen.to_string()]);
-        if let Some(http) = http {
-            command.args(["--http", &http.to_string()]);
+        let command = ServerCommand::new(&exe, role, listen, &pair.certs)
+            .peer(peer)
+            .threads(pair.threads)
+            // Own process group: the terminal's Ctrl-C reaches only `up`, which then stops both
+            // in order instead of racing their exits against the restart logic.
+            .own_process_group();
+        match http {
+            Some(http) => command.http(http),
+            None => command,
         }
-        command
-            .args([
-                "--peer",
-                &peer.to_string(),
-                "--threads",
-                &pair.threads.to_string(),
-            ])
-            .arg("--certs")
-            .arg(&pair.certs)
-            .stdout(Stdio::null())
-            // Own process group: the terminal's Ctrl-C reaches only `up`, which then stops both in
-            // order instead of racing their exits against the restart logic.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start the {role}"))
     };
-    let mut primary = spawn("primary")?;
-    let mut backup = spawn("backup")?;
+    let commands = [command("primary"), command("backup")];
+    let mut servers = [commands[0].spawn()?, commands[1].spawn()?];
     say!(
         "primary on {} (UDP), backup on {} (UDP); certificates in {}",
         pair.primary,
@@ -80,15 +68,15 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
     if let Some([primary, backup]) = pair.http {
         say!("HTTP gateways: primary http://{primary}, backup http://{backup}");
     }
-    match wait_for_sync(&pair).await {
+    match wait_for_sync(&pair, &servers).await {
         Ok(statuses) => {
             for status in &statuses {
                 say!(
                     "  {} {}: {}, {} keys",
-                    status["role"].as_str().unwrap_or("?"),
-                    status["listen"].as_str().unwrap_or("?"),
-                    status["state"].as_str().unwrap_or("?"),
-                    status["keys"]
+                    status.role,
+                    status.listen,
+                    status.state,
+                    status.keys
                 );
             }
             say!("pair in sync. Try:");
@@ -105,34 +93,31 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
         Err(e) => say!("the pair is not in sync yet ({e}); see the servers' logs above"),
     }
     loop {
-        tokio::select! {
-            status = primary.wait() => {
-                say!("primary exited ({}); restarting it - it will re-sync from the backup", describe(status));
-                primary = spawn("primary")?;
-            }
-            status = backup.wait() => {
-                say!("backup exited ({}); restarting it - it will re-sync from the primary", describe(status));
-                backup = spawn("backup")?;
-            }
-            _ = crate::cli::stop_signal() => break,
-        }
+        let [primary, backup] = &servers;
+        let died = tokio::select! {
+            status = primary.exited() => (0, status),
+            status = backup.exited() => (1, status),
+            _ = stop_signal() => break,
+        };
+        let (i, status) = died;
+        let (role, peer) = if i == 0 {
+            ("primary", "backup")
+        } else {
+            ("backup", "primary")
+        };
+        say!(
+            "{role} exited ({}); restarting it - it will re-sync from the {peer}",
+            describe(status)
+        );
+        servers[i] = commands[i].spawn()?;
     }
     say!("stopping both servers");
-    for child in [&mut primary, &mut backup] {
-        if let Some(pid) = child.id() {
-            // SIGTERM asks for the graceful stop.
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-    }
-    for child in [&mut primary, &mut backup] {
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
+    let [primary, backup] = &servers;
+    // SIGTERM to both at once (the graceful stop), each killed if it outlasts STOP_WAIT.
+    let (p, b) = tokio::join!(primary.stop(STOP_WAIT), backup.stop(STOP_WAIT));
+    for (role, stopped) in [("primary", p), ("backup", b)] {
+        if !stopped.is_clean() {
+            say!("the {role} did not stop cleanly: {stopped}");
         }
     }
     Ok(())
@@ -145,27 +130,18 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Polls both servers' status until both report `sync`; returns both status documents.
-async fn wait_for_sync(pair: &Pair) -> anyhow::Result<Vec<serde_json::Value>> {
-    let config = ClientConfig::new(&pair.certs);
+/// Waits until both servers say they listen, then polls both statuses until both report `sync`;
+/// returns both status documents.
+async fn wait_for_sync(pair: &Pair, servers: &[ServerProcess; 2]) -> anyhow::Result<Vec<Status>> {
     let deadline = tokio::time::Instant::now() + SYNC_WAIT;
-    loop {
-        let mut statuses = Vec::new();
-        for addr in [pair.primary, pair.backup] {
-            if let Ok(client) = Client::connect(&addr.to_string(), &config).await {
-                if let Ok(status) = client.status_json().await {
-                    statuses.push(status);
-                }
-                client.close().await;
-            }
-        }
-        if statuses.len() == 2 && statuses.iter().all(|s| s["state"] == "sync") {
-            return Ok(statuses);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no sync within {SYNC_WAIT:?}"
-        );
-        tokio::time::sleep(STATUS_POLL).await;
+    for server in servers {
+        server.ready(SYNC_WAIT).await?;
     }
+    let config = ClientConfig::new(&pair.certs);
+    let mut statuses = Vec::new();
+    for addr in [pair.primary, pair.backup] {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        statuses.push(wait_status(&addr.to_string(), &config, left, in_sync).await?);
+    }
+    Ok(statuses)
 }
