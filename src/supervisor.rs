@@ -471,7 +471,11 @@ impl ServerProcess {
         }
     }
 
-    async fn judge_ready(&self, seen: Option<Ready>, limit: Duration) -> Result<(), SupervisorError> {
+    async fn judge_ready(
+        &self,
+        seen: Option<Ready>,
+        limit: Duration,
+    ) -> Result<(), SupervisorError> {
         match seen {
             Some(Ready::Listening) => Ok(()),
             None => Err(self.not_ready(limit)),

@@ -1,13 +1,13 @@
 //! Test harness: real `quickv` processes on free loopback ports with fresh certificates.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus};
+use std::time::Duration;
 
 use quickv::client::{Client, ClientConfig};
+use quickv::supervisor::{self, ServerCommand, ServerProcess, Signal};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -17,46 +17,39 @@ pub fn bin() -> &'static str {
 /// A fresh certificate directory (CA, server, client), deleted with the guard.
 pub fn fresh_certs() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let status = Command::new(bin())
-        .args(["certs", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .status()
-        .expect("run quickv certs");
-    assert!(status.success(), "quickv certs failed");
+    supervisor::make_certs(Path::new(bin()), dir.path()).expect("quickv certs");
     dir
 }
 
 /// A loopback UDP address that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-    sock.local_addr().expect("local addr")
+    let [addr] = supervisor::free_udp_addrs().expect("bind udp");
+    addr
 }
 
 /// A loopback TCP address that was free a moment ago (for `--http`).
 pub fn free_tcp_addr() -> SocketAddr {
-    let sock = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
-    sock.local_addr().expect("local addr")
+    let [addr] = supervisor::free_tcp_addrs().expect("bind tcp");
+    addr
 }
 
+/// How long a server may take to say it listens.
+const READY_WAIT: Duration = Duration::from_secs(20);
+
 /// Reads a just-spawned server's stdout (piped) until it says it listens, then keeps draining it
-/// in a thread so the child never blocks on a full pipe. No sleeping: the line is the event.
+/// so the child never blocks on a full pipe. For children the supervisor does not own (netlab's
+/// servers in a namespace). No sleeping: the line is the event.
 pub fn await_listening(child: &mut Child, what: &str) {
     let stdout = child.stdout.take().expect("stdout piped");
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening on") => break,
-            Some(Ok(_)) => continue,
-            _ => panic!("{what} exited before listening: {:?}", child.wait()),
-        }
+    if let Err(e) = supervisor::await_ready_line(stdout, READY_WAIT) {
+        panic!("{what} did not start: {e}; {:?}", child.try_wait());
     }
-    std::thread::spawn(move || for _ in lines.by_ref() {});
 }
 
 /// A running server process; SIGKILLed when dropped.
 pub struct ServerProc {
-    pub child: Child,
+    /// The supervised process (`child.id()` is its pid).
+    pub child: ServerProcess,
     pub addr: SocketAddr,
     pub certs: PathBuf,
 }
@@ -65,26 +58,17 @@ impl ServerProc {
     /// Starts `quickv server --role ROLE --listen ADDR [extra...]` and waits until it reports that it
     /// listens (reads its stdout; no sleeping).
     pub fn start(role: &str, addr: SocketAddr, certs: &Path, extra: &[&str]) -> ServerProc {
-        let mut child = Command::new(bin())
-            .args([
-                "server",
-                "--role",
-                role,
-                "--listen",
-                &addr.to_string(),
-                "--certs",
-            ])
-            .arg(certs)
+        let child = ServerCommand::new(bin(), role, addr, certs)
             .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn quickv server");
-        await_listening(&mut child, role);
+        if let Err(e) = child.ready_blocking(READY_WAIT) {
+            panic!("{role} did not start: {e}");
+        }
         ServerProc {
             child,
             addr,
@@ -94,28 +78,20 @@ impl ServerProc {
 
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.kill_blocking(Duration::from_secs(15));
     }
 
     /// SIGTERM, then wait for exit (bounded).
     pub fn terminate(&mut self) -> ExitStatus {
-        signal(self.child.id(), "TERM");
+        self.child.signal(Signal::Term).expect("SIGTERM");
         self.wait_exit(Duration::from_secs(15))
     }
 
     /// Waits for the process to exit on its own, failing the test after `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        match self.child.wait_blocking(limit) {
+            Some(exit) => exit.expect("exit status"),
+            None => panic!("server did not exit within {limit:?}"),
         }
     }
 
@@ -132,14 +108,10 @@ impl Drop for ServerProc {
     }
 }
 
-/// Sends a signal by name with the `kill` command (no libc dependency in tests).
+/// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`, `HUP`) to a process.
 pub fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid} failed");
+    let signal = Signal::from_name(name).unwrap_or_else(|| panic!("unknown signal {name}"));
+    supervisor::signal_pid(pid, signal).unwrap_or_else(|e| panic!("kill -{name} {pid}: {e}"));
 }
 
 /// Runs the CLI against `server`; returns (exit code, stdout, stderr).
@@ -283,25 +255,13 @@ pub async fn connect(addr: SocketAddr, certs: &Path) -> Client {
 
 /// Polls `status` until the server reports `state`, failing after 20 s.
 pub async fn wait_state(addr: SocketAddr, certs: &Path, state: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = serde_json::Value::Null;
-    let mut client: Option<Client> = None;
-    while Instant::now() < deadline {
-        if client.is_none() {
-            client = Client::connect(&addr.to_string(), &ClientConfig::new(certs))
-                .await
-                .ok();
-        }
-        if let Some(c) = &client {
-            match c.status_json().await {
-                Ok(s) if s["state"] == state => return s,
-                Ok(s) => last = s,
-                Err(_) => client = None,
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    let config = ClientConfig::new(certs);
+    match supervisor::wait_status(&addr.to_string(), &config, READY_WAIT, |s| s.state == state)
+        .await
+    {
+        Ok(status) => status.into_raw(),
+        Err(e) => panic!("{e}"),
     }
-    panic!("{addr} did not reach {state} within 20 s; last status {last}");
 }
 
 /// A raw QUIC connection to `addr` with an explicit TLS config (for tests that speak bytes).
