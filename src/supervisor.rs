@@ -606,16 +606,11 @@ fn reap(mut child: Child, exit: &Latch<Exit>) {
     use rustix::process::{waitid, Pid, WaitId, WaitIdOptions};
     let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
     if let Some(pid) = pid {
-        loop {
-            match waitid(
-                WaitId::Pid(pid),
-                WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
-            ) {
-                Err(rustix::io::Errno::INTR) => continue,
-                // Exited (a zombie now), or waitid cannot tell: reap below either way.
-                _ => break,
-            }
-        }
+        // Exited (a zombie now), or waitid cannot tell: reap below either way.
+        while let Err(rustix::io::Errno::INTR) = waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {}
     }
     let mut slot = exit.lock();
     let status = child.wait().map_err(|e| e.to_string());
