@@ -17,8 +17,7 @@
 //! | [`pki`] | client identities with roles, revocation (CRL), server certificate renewal |
 //! | [`config`] | typed config and every default, in one place |
 //! | [`replication`] | primary/backup: sans-IO state machine, lanes, peer link drivers |
-//! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown, op metrics |
-//! | [`http`] | optional HTTP/JSON gateway (the classic API) and Prometheus `/metrics`, via the router |
+//! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown, op metrics; the HTTP/JSON gateway (the classic API, Prometheus `/metrics`) in [`server::http`], a second front-end beside the QUIC session |
 //! | [`client`] | `quickv-client`, the public async client library, pipelined over long-lived streams |
 //! | [`tester`] | scenario scripts: parser, model of the table, judge, runner (`quickv test`) |
 //! | [`bench`](mod@bench) | `quickv bench`: the load generator, HDR histograms, plots, comparison tables |
@@ -41,7 +40,7 @@
 //! stream's writer task, which batches answers into one write; the client's lane reader matches it
 //! to the waiting caller by id, so answers may come back in any order.
 //!
-//! An HTTP request to the optional gateway ([`http`]) becomes the same [`protocol::Op`] and takes
+//! An HTTP request to the optional gateway ([`server::http`]) becomes the same [`protocol::Op`] and takes
 //! the same [`server::router::handle`], so it gets the same answers and replication guarantees.
 //!
 //! See `docs/architecture.md` for the same walk with file names, and `docs/protocol.md` for bytes.
@@ -61,7 +60,8 @@ pub use quickv_client as client;
 pub mod config;
 pub mod error;
 pub mod history;
-pub mod http;
+/// The HTTP gateway, at its old path; it lives in [`server::http`], a front-end beside the QUIC session.
+pub use server::http;
 pub mod pki;
 pub use quickv_proto as protocol;
 pub mod replication;

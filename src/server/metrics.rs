@@ -8,7 +8,7 @@
 //! This is on the hot path of every request, so recording is two relaxed atomic adds into fixed
 //! arrays: no lock, no allocation, no label lookup (an operation and an outcome are array
 //! indexes). Histogram buckets are stored non-cumulative (one add per observation) and summed
-//! when the page is rendered; see [`crate::http::metrics`] for the exposition.
+//! when the page is rendered; see [`crate::server::http::metrics`] for the exposition.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;

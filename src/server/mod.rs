@@ -2,7 +2,7 @@
 //! link (ALPN `quickv-peer/1`).
 //!
 //! [`Server::bind`] opens the endpoint (and the HTTP gateway's TCP socket when configured, see
-//! [`crate::http`]); [`Server::run`] accepts until the `shutdown` future completes (production
+//! [`http`]); [`Server::run`] accepts until the `shutdown` future completes (production
 //! passes ctrl-c/SIGTERM, tests their own) or a client sends `shutdown` (QUIC or HTTP).
 //! Stopping is graceful: no new connections or requests are taken, answers already owed are
 //! delivered (bounded by `drain_timeout`), then every connection is closed with application code
@@ -17,6 +17,7 @@
 //! certificate the new files refuse (a revoked client), which are closed.
 
 pub mod auth;
+pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod router;
@@ -31,7 +32,6 @@ use tracing::{info, warn};
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
-use crate::http;
 use crate::server::node::{Node, Stats};
 use crate::tls::{self, CertPaths, TransportLimits};
 

@@ -22,10 +22,10 @@ use serde_json::Value;
 
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::http::form::{Form, FormError};
-use crate::http::metrics;
-use crate::http::Release;
 use crate::protocol::{ErrorCode, Limits, Op, Reply};
+use crate::server::http::form::{Form, FormError};
+use crate::server::http::metrics;
+use crate::server::http::Release;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
@@ -61,7 +61,7 @@ pub const PORT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// Answers one HTTP request; never fails (every problem is an answer). `in_flight` keeps the
 /// server's drain waiting for this answer; a shutdown's answer instead lets the drain go on and
-/// waits until the server has released its ports (see [`crate::http::Release`]).
+/// waits until the server has released its ports (see [`crate::server::http::Release`]).
 pub async fn respond(
     node: &Node,
     req: Request<Incoming>,

@@ -13,9 +13,8 @@
 use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::replication::lanes::LaneStatus;
 use crate::server::metrics::{LATENCY_BOUNDS_US, OP_NAMES, OUTCOME_NAMES};
-use crate::server::node::Node;
+use crate::server::node::{Node, Stats};
 
 /// The content type Prometheus expects for this format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -33,9 +32,18 @@ pub const REPLICATION_STATES: [&str; 5] = [
 /// Renders the whole page.
 pub fn render(node: &Node) -> String {
     let mut page = Page::default();
-    let s = &node.stats;
-    let get = |a: &AtomicU64| a.load(Relaxed);
+    identity(&mut page, node);
+    operations(&mut page, node);
+    connections(&mut page, &node.stats);
+    store(&mut page, node);
+    if let Some(repl) = &node.repl {
+        replication(&mut page, &repl.snapshot());
+    }
+    page.out
+}
 
+/// Who this server is and how long it has run.
+fn identity(page: &mut Page, node: &Node) {
     page.family(
         "quickv_info",
         "gauge",
@@ -56,7 +64,10 @@ pub fn render(node: &Node) -> String {
         "Seconds since this server process started.",
         node.started.elapsed().as_secs_f64(),
     );
+}
 
+/// Requests answered and how long they took, by operation.
+fn operations(page: &mut Page, node: &Node) {
     page.family(
         "quickv_ops_total",
         "counter",
@@ -104,7 +115,11 @@ pub fn render(node: &Node) -> String {
             h.count(),
         );
     }
+}
 
+/// QUIC connections and streams, and the HTTP gateway's connections and responses.
+fn connections(page: &mut Page, s: &Stats) {
+    let get = |a: &AtomicU64| a.load(Relaxed);
     page.gauge(
         "quickv_connections",
         "QUIC client connections open.",
@@ -157,7 +172,10 @@ pub fn render(node: &Node) -> String {
             get(&s.http_responses[i]),
         );
     }
+}
 
+/// The table's size and the process's memory.
+fn store(page: &mut Page, node: &Node) {
     page.gauge(
         "quickv_store_keys",
         "Entries in the store.",
@@ -175,11 +193,6 @@ pub fn render(node: &Node) -> String {
             rss,
         );
     }
-
-    if let Some(repl) = &node.repl {
-        replication(&mut page, &repl.snapshot());
-    }
-    page.out
 }
 
 /// The replication families (primary and backup only).
@@ -211,31 +224,27 @@ fn replication(page: &mut Page, r: &crate::replication::Snapshot) {
         "Writes sent to the backup and not yet acknowledged, all lanes.",
         r.lanes.iter().map(|l| l.pending).sum::<usize>(),
     );
-    let lanes: Vec<String> = (0..r.lanes.len()).map(|i| i.to_string()).collect();
-    type Pick = fn(&LaneStatus) -> u64;
-    let per_lane: [(&str, &str, Pick); 3] = [
-        (
-            "quickv_replication_lane_pending",
-            "Writes waiting for the backup's ack, per lane (always 0 on the backup).",
-            |l| u64::try_from(l.pending).unwrap_or(u64::MAX),
-        ),
-        (
-            "quickv_replication_lane_offset",
-            "Last offset sent (primary) or applied (backup), per lane, on the current link.",
-            |l| l.offset,
-        ),
-        (
-            "quickv_replication_lane_acked",
-            "Last offset acknowledged (primary) or applied (backup), per lane, on the current link.",
-            |l| l.acked,
-        ),
-    ];
-    for (name, help, pick) in per_lane {
-        page.family(name, "gauge", help);
-        for (lane, status) in lanes.iter().zip(&r.lanes) {
-            page.sample(name, &[("lane", lane)], pick(status));
-        }
-    }
+    per_lane(
+        page,
+        "quickv_replication_lane_pending",
+        "Writes waiting for the backup's ack, per lane (always 0 on the backup).",
+        &r.lanes,
+        |l| u64::try_from(l.pending).unwrap_or(u64::MAX),
+    );
+    per_lane(
+        page,
+        "quickv_replication_lane_offset",
+        "Last offset sent (primary) or applied (backup), per lane, on the current link.",
+        &r.lanes,
+        |l| l.offset,
+    );
+    per_lane(
+        page,
+        "quickv_replication_lane_acked",
+        "Last offset acknowledged (primary) or applied (backup), per lane, on the current link.",
+        &r.lanes,
+        |l| l.acked,
+    );
     page.counter(
         "quickv_replication_links_total",
         "Peer links established.",
@@ -266,6 +275,14 @@ fn replication(page: &mut Page, r: &crate::replication::Snapshot) {
         "Bucket digest checks that found a difference.",
         r.digest_mismatches,
     );
+}
+
+/// One gauge family with a sample per lane (bucket), from the snapshot's per-lane offsets.
+fn per_lane<L>(page: &mut Page, name: &str, help: &str, lanes: &[L], pick: impl Fn(&L) -> u64) {
+    page.family(name, "gauge", help);
+    for (lane, status) in lanes.iter().enumerate() {
+        page.sample(name, &[("lane", &lane.to_string())], pick(status));
+    }
 }
 
 /// A page being written.
