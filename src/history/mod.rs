@@ -44,7 +44,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::client::ClientError;
-use crate::protocol::{Op, Reply};
+use crate::protocol::{Op, OpKind, Reply};
 
 pub use load::{Workload, WorkloadFigures};
 pub use recorder::{Invocation, Recorder};
@@ -70,9 +70,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The operation kind in the shared vocabulary.
+    pub fn op_kind(&self) -> OpKind {
+        match self {
+            Kind::Insert(_) => OpKind::Insert,
+            Kind::Update(_) => OpKind::Update,
+            Kind::Delete => OpKind::Delete,
+            Kind::Get => OpKind::Get,
+        }
+    }
+
     /// True for insert, update and delete.
     pub fn is_write(&self) -> bool {
-        !matches!(self, Kind::Get)
+        self.op_kind().is_write()
     }
 
     /// The value a write stores, if any.
@@ -99,14 +109,9 @@ impl Kind {
         }
     }
 
-    /// A short lowercase name for reports.
+    /// A short lowercase name for reports ([`OpKind::name`]).
     pub fn name(&self) -> &'static str {
-        match self {
-            Kind::Insert(_) => "insert",
-            Kind::Update(_) => "update",
-            Kind::Delete => "delete",
-            Kind::Get => "get",
-        }
+        self.op_kind().name()
     }
 }
 

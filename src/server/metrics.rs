@@ -13,23 +13,31 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::protocol::{Op, Reply};
+use crate::protocol::Reply;
+pub use crate::protocol::{OpKind, Outcome};
 
-/// Operation names, indexed by [`OpKind`]; the `op` label of the metrics.
-pub const OP_NAMES: [&str; 10] = [
-    "hello", "ping", "insert", "update", "delete", "get", "count", "dump", "status", "shutdown",
-];
+/// Operation names, indexed by [`OpKind::index`]; the `op` label of the metrics.
+pub const OP_NAMES: [&str; OpKind::ALL.len()] = {
+    let mut names = [""; OpKind::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = OpKind::ALL[i].name();
+        i += 1;
+    }
+    names
+};
 
-/// Outcome names, indexed by [`Outcome`]; the `result` label of the metrics.
-pub const OUTCOME_NAMES: [&str; 7] = [
-    "ok",
-    "not_found",
-    "exists",
-    "unavailable",
-    "indeterminate",
-    "error",
-    "forbidden",
-];
+/// Outcome names, indexed by [`Outcome::index`]; the `result` label of the metrics. A server
+/// counts only the outcomes it answers with ([`Outcome::SERVER`]).
+pub const OUTCOME_NAMES: [&str; Outcome::SERVER.len()] = {
+    let mut names = [""; Outcome::SERVER.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Outcome::SERVER[i].name();
+        i += 1;
+    }
+    names
+};
 
 /// Upper bounds of the latency buckets, in microseconds (Prometheus `le`, inclusive). From a
 /// quarter of a loopback round trip to past the ack timeout; anything slower lands in `+Inf`.
@@ -37,68 +45,6 @@ pub const LATENCY_BOUNDS_US: [u64; 16] = [
     25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
     1_000_000, 2_500_000,
 ];
-
-/// Which operation a request was: an index into [`OP_NAMES`], taken before the op is consumed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OpKind(usize);
-
-impl OpKind {
-    /// The kind of `op`.
-    pub fn of(op: &Op) -> OpKind {
-        OpKind(match op {
-            Op::Hello { .. } => 0,
-            Op::Ping(_) => 1,
-            Op::Insert { .. } => 2,
-            Op::Update { .. } => 3,
-            Op::Delete { .. } => 4,
-            Op::Get { .. } => 5,
-            Op::Count => 6,
-            Op::Dump => 7,
-            Op::Status => 8,
-            Op::Shutdown => 9,
-        })
-    }
-
-    /// The label value, equal to [`Op::name`].
-    pub fn name(self) -> &'static str {
-        OP_NAMES[self.0]
-    }
-}
-
-/// How a request ended: an index into [`OUTCOME_NAMES`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Outcome(usize);
-
-impl Outcome {
-    /// Answered as asked (including a dump and an accepted shutdown).
-    pub const OK: Outcome = Outcome(0);
-
-    /// The outcome an answer stands for.
-    pub fn of(reply: &Reply) -> Outcome {
-        Outcome(match reply {
-            Reply::Hello { .. }
-            | Reply::Ok
-            | Reply::Value(_)
-            | Reply::Count(_)
-            | Reply::DumpChunk { .. }
-            | Reply::Status(_) => 0,
-            Reply::NotFound => 1,
-            Reply::Exists => 2,
-            Reply::Unavailable(_) => 3,
-            Reply::Indeterminate(_) => 4,
-            Reply::Error {
-                code: crate::protocol::ErrorCode::Forbidden,
-                ..
-            } => 6,
-            Reply::Error { .. } => 5,
-        })
-    }
-
-    /// The label value.
-    pub fn name(self) -> &'static str {
-        OUTCOME_NAMES[self.0]
-    }
-}
 
 /// Counters of answered requests by operation and outcome, and a latency histogram per operation.
 #[derive(Debug)]
@@ -126,8 +72,11 @@ impl OpMetrics {
 
     /// Records one answered request whose outcome is known without a [`Reply`] (dump, shutdown).
     pub fn record_outcome(&self, kind: OpKind, outcome: Outcome, elapsed: Duration) {
-        self.answered[kind.0][outcome.0].fetch_add(1, Relaxed);
-        self.latency[kind.0].observe(elapsed);
+        // Client-side outcomes (timeout, unreachable) never reach a server's metrics.
+        if let Some(count) = self.answered[kind.index()].get(outcome.index()) {
+            count.fetch_add(1, Relaxed);
+        }
+        self.latency[kind.index()].observe(elapsed);
     }
 
     /// Requests of `op` answered with `outcome` so far (indexes into [`OP_NAMES`] and
@@ -210,6 +159,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::protocol::Op;
 
     #[test]
     fn op_kinds_use_the_protocol_names() {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::client::ClientError;
-use crate::protocol::Reply;
+use crate::protocol::{Outcome, Reply};
 use crate::tester::model::{Model, Possible, Up};
 use crate::tester::script::{Action, KvOp, Server, Step};
 
@@ -50,12 +50,23 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// The answer in the shared vocabulary (what metrics and reports count).
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Answer::Ok | Answer::Value(_) => Outcome::Ok,
+            Answer::NotFound => Outcome::NotFound,
+            Answer::Exists => Outcome::Exists,
+            Answer::Unavailable(_) => Outcome::Unavailable,
+            Answer::Indeterminate(_) => Outcome::Indeterminate,
+            Answer::Error(_) => Outcome::Error,
+            Answer::Unreachable(_) => Outcome::Unreachable,
+            Answer::NoAnswer(_) => Outcome::Timeout,
+        }
+    }
+
     /// A definite answer about the data (the request was served).
     pub fn is_definite(&self) -> bool {
-        matches!(
-            self,
-            Answer::Ok | Answer::Value(_) | Answer::NotFound | Answer::Exists
-        )
+        self.outcome().is_definite()
     }
 
     /// The answer to a call that returned a reply.

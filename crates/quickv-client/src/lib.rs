@@ -67,6 +67,7 @@ use crate::tls::{CertPaths, Identity};
 mod batch;
 mod config;
 pub mod net;
+pub mod outcome;
 mod status;
 pub mod tls;
 

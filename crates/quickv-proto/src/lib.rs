@@ -63,9 +63,11 @@
 mod bucket;
 mod codec;
 mod frame;
+mod outcome;
 pub mod peer;
 
 pub use bucket::{BucketId, Digest, BUCKETS};
+pub use outcome::{OpKind, Outcome};
 
 pub use codec::{
     decode_request, decode_response, encode_request, encode_response, encoded_len_entry,
