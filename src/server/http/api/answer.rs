@@ -1,0 +1,134 @@
+//! The documents the classic API answers with (`{"success":"true"}`, a value, a count, a dump,
+//! an error) and the HTTP response that carries one.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::server::http::form::FormError;
+
+/// The content type of every answer but `/metrics`.
+pub(super) const JSON: &str = "application/json";
+
+/// `{"success":"true"}`.
+pub(super) fn success() -> Answer {
+    Answer::json(&Verdict::TRUE)
+}
+
+/// The classic answer document, fields in the classic order: `success` first, then whichever of
+/// `value`, `error`, `reason` apply. `success` is the *string* `"true"`/`"false"`, as the classic
+/// API had it.
+#[derive(Serialize)]
+pub(super) struct Verdict<'a> {
+    /// `"true"` or `"false"`: a string, because classic clients compare it as one.
+    pub(super) success: &'static str,
+    /// The value read (get) or removed (delete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) value: Option<&'a str>,
+    /// A stable code for programs, on 4xx/5xx answers only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) error: Option<&'a str>,
+    /// Why it failed, for humans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) reason: Option<&'a str>,
+}
+
+impl Verdict<'_> {
+    pub(super) const TRUE: Verdict<'static> = Verdict {
+        success: "true",
+        value: None,
+        error: None,
+        reason: None,
+    };
+    pub(super) const FALSE: Verdict<'static> = Verdict {
+        success: "false",
+        ..Verdict::TRUE
+    };
+}
+
+/// `/kvman/countkey`: the count as a string, as the classic API had it.
+#[derive(Serialize)]
+pub(super) struct Count {
+    /// The number of keys, in decimal.
+    pub(super) result: String,
+}
+
+/// All pairs as one JSON object, sorted by key. Keys and values that are not UTF-8 are shown with
+/// U+FFFD in place of bad bytes (this API is for text; binary data belongs on QUIC).
+pub(super) fn dump(mut entries: Vec<(Bytes, Bytes)>) -> Answer {
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let map: serde_json::Map<String, Value> = entries
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                Value::String(String::from_utf8_lossy(v).into_owned()),
+            )
+        })
+        .collect();
+    Answer::json(&map)
+}
+
+/// A 400 for a form or query string we could not read.
+pub(super) fn bad_form(e: FormError) -> Answer {
+    Answer::error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+}
+
+/// A response about to be sent.
+pub(super) struct Answer {
+    /// 200 whenever the request was understood (see the module docs).
+    pub(super) status: StatusCode,
+    /// JSON everywhere but `/metrics`.
+    pub(super) content_type: &'static str,
+    /// The encoded document.
+    pub(super) body: Bytes,
+    /// The `Allow` header of a 405.
+    pub(super) allow: Option<&'static str>,
+}
+
+impl Answer {
+    /// A 200 with a JSON body.
+    pub(super) fn json(doc: &impl Serialize) -> Answer {
+        match serde_json::to_vec(doc) {
+            Ok(body) => Answer {
+                status: StatusCode::OK,
+                content_type: JSON,
+                body: Bytes::from(body),
+                allow: None,
+            },
+            // Only maps with non-string keys fail to serialize; ours have none.
+            Err(e) => Answer {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                content_type: "text/plain; charset=utf-8",
+                body: Bytes::from(format!("cannot encode the answer: {e}")),
+                allow: None,
+            },
+        }
+    }
+
+    /// A 4xx/5xx with `{"success":"false","error":code,"reason":reason}`.
+    pub(super) fn error(status: StatusCode, code: &str, reason: String) -> Answer {
+        Answer {
+            status,
+            ..Answer::json(&Verdict {
+                error: Some(code),
+                reason: Some(&reason),
+                ..Verdict::FALSE
+            })
+        }
+    }
+
+    pub(super) fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
+        if let Some(allow) = self.allow {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        response
+    }
+}
