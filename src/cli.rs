@@ -299,6 +299,16 @@ struct ServerArgs {
     /// Refuse writes that add data once keys+values exceed this many bytes (reads go on).
     #[arg(long)]
     max_memory: Option<u64>,
+    /// Answers of retried-write sessions kept per session and bucket (default 64); see
+    /// docs/client.md, "Sessions and retries".
+    #[arg(long, value_name = "N")]
+    session_window: Option<usize>,
+    /// Client sessions remembered per bucket, 32 buckets (default 4096).
+    #[arg(long, value_name = "N")]
+    max_sessions: Option<usize>,
+    /// Forget a session's records after it wrote nothing for this many seconds (default 600).
+    #[arg(long, value_name = "SECS")]
+    session_idle_secs: Option<u64>,
     /// Primary: QUIC streams the 32 replication lanes share on the peer link (1-32).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=32))]
     peer_streams: Option<u16>,
@@ -623,6 +633,11 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
         cfg.frame_timeout = Duration::from_millis(ms);
     }
     cfg.max_memory = args.max_memory.or(cfg.max_memory);
+    cfg.sessions.window = args.session_window.unwrap_or(cfg.sessions.window).max(1);
+    cfg.sessions.max_sessions = args.max_sessions.unwrap_or(cfg.sessions.max_sessions).max(1);
+    if let Some(secs) = args.session_idle_secs {
+        cfg.sessions.max_idle = Duration::from_secs(secs.max(1));
+    }
     if let Some(n) = args.peer_streams {
         cfg.peer_streams = usize::from(n);
     }

@@ -66,6 +66,7 @@ fn seed_frames(rng: &mut Rng) -> BytesMut {
                 offset: id + 1,
                 key: key.clone(),
                 value: value.clone(),
+                stamp: None,
             }
             .encode(&mut buf),
         }
