@@ -58,6 +58,8 @@ struct Tally {
     wrong: std::sync::Mutex<Vec<String>>,
     /// `session expired` answers (none expected: nothing is evicted at these sizes).
     expired: AtomicU64,
+    /// Attempts the clients resent with the same stamp.
+    retries: AtomicU64,
 }
 
 /// One write until it gets a definite answer about itself: a refusal before it was sent
@@ -135,6 +137,9 @@ async fn worker(client: Client, id: u32, tally: Arc<Tally>, stop: CancellationTo
             }
         }
     }
+    tally
+        .retries
+        .fetch_add(client.write_retries(), Ordering::Relaxed);
     client.close().await;
 }
 
@@ -195,8 +200,10 @@ async fn retried_writes_across_primary_sigkills_apply_once_and_end_definite() {
     let wrong = tally.wrong.lock().expect("tally").clone();
     let indeterminate = tally.indeterminate.load(Ordering::Relaxed);
     let expired = tally.expired.load(Ordering::Relaxed);
+    let retries = tally.retries.load(Ordering::Relaxed);
     println!(
-        "{} writes answered as expected, {indeterminate} indeterminate, {expired} expired, {} wrong",
+        "{} writes answered as expected, {retries} attempts resent, {indeterminate} \
+         indeterminate, {expired} expired, {} wrong",
         tally.ok.load(Ordering::Relaxed),
         wrong.len()
     );
@@ -206,6 +213,8 @@ async fn retried_writes_across_primary_sigkills_apply_once_and_end_definite() {
     );
     assert_eq!(indeterminate, 0, "every write must end with a definite answer");
     assert_eq!(expired, 0, "nothing is evicted at this size");
+    // Four clients write back to back: each kill cuts some of their writes off mid-flight.
+    assert!(retries > 0, "no write was in flight at either kill: the test proved nothing");
     // Every triple that ran to its end left nothing behind; the dumps must agree and be empty.
     let dump = pair.assert_converged().await;
     assert!(dump.is_empty(), "keys left over: {dump:?}");

@@ -203,6 +203,8 @@ struct Inner {
     session_id: u64,
     /// The last write sequence number handed out (the first write gets 1).
     next_seq: AtomicU64,
+    /// Write attempts after the first (see [`Client::write_retries`]).
+    write_retries: AtomicU64,
 }
 
 /// One server: its address, TLS settings and current connection.
@@ -717,6 +719,7 @@ impl Client {
                 primary_redialing: AtomicBool::new(false),
                 session_id: jitter_seed() ^ u64::from(std::process::id()).rotate_left(32),
                 next_seq: AtomicU64::new(0),
+                write_retries: AtomicU64::new(0),
             }),
             timeout: config.timeout,
         }
@@ -795,6 +798,12 @@ impl Client {
         }
     }
 
+    /// Write attempts this client resent with their session stamp because the first attempt's
+    /// fate was unknown (shared by clones); a figure for logs and tests.
+    pub fn write_retries(&self) -> u64 {
+        self.inner.write_retries.load(Ordering::Relaxed)
+    }
+
     /// This client's session id, stamped on every write (see [`ClientConfig::retry_writes`]).
     pub fn session_id(&self) -> u64 {
         self.inner.session_id
@@ -826,6 +835,9 @@ impl Client {
                     ))),
                     false => Err(last),
                 };
+            }
+            if maybe_applied {
+                inner.write_retries.fetch_add(1, Ordering::Relaxed);
             }
             let session = Some(SessionWrite {
                 stamp,
