@@ -78,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             offset: offsets[b],
             key: k.clone(),
             value: value.clone(),
+            stamp: None,
         }
         .encode(&mut stream);
     }

@@ -495,6 +495,7 @@ impl StreamCtx {
                 key: Bytes::from(key),
                 value: self.value.clone(),
             },
+            session: None,
         };
         encode_request(&req, out);
         sent.push_back(Instant::now());

@@ -29,6 +29,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::protocol::Limits;
+use crate::store::sessions::SessionLimits;
 
 /// Where the local primary listens by default (UDP).
 pub const DEFAULT_PRIMARY_ADDR: &str = "127.0.0.1:4470";
@@ -156,6 +157,10 @@ pub struct ServerConfig {
     /// Allow plain HTTP on a non-loopback address (unauthenticated: anyone who reaches the port is
     /// `admin`). Off by default: without it or `http_tls`, a non-loopback `http` is refused.
     pub http_insecure: bool,
+    /// Bounds of the session tables that make retried writes exactly-once (answers kept per
+    /// session and bucket, sessions per bucket, idle age); see `store::sessions` and
+    /// `docs/client.md`. Defaults: 64 answers, 4096 sessions per bucket, 10 minutes.
+    pub sessions: SessionLimits,
 }
 
 impl ServerConfig {
@@ -182,6 +187,7 @@ impl ServerConfig {
             http: None,
             http_tls: false,
             http_insecure: false,
+            sessions: SessionLimits::default(),
         }
     }
 

@@ -40,6 +40,7 @@ fn seed_frames(rng: &mut Rng) -> BytesMut {
                         key: key.clone(),
                         value: value.clone(),
                     },
+                    session: None,
                 },
                 &mut buf,
             ),
@@ -47,6 +48,7 @@ fn seed_frames(rng: &mut Rng) -> BytesMut {
                 &Request {
                     id,
                     op: Op::Get { key: key.clone() },
+                    session: None,
                 },
                 &mut buf,
             ),
@@ -64,6 +66,7 @@ fn seed_frames(rng: &mut Rng) -> BytesMut {
                 offset: id + 1,
                 key: key.clone(),
                 value: value.clone(),
+                stamp: None,
             }
             .encode(&mut buf),
         }

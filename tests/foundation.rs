@@ -195,6 +195,7 @@ async fn garbage_and_oversized_frames_end_only_their_stream() {
         &Request {
             id: 78,
             op: Op::Count,
+            session: None,
         },
         &mut bytes,
     );
@@ -226,6 +227,7 @@ async fn garbage_and_oversized_frames_end_only_their_stream() {
             op: Op::Get {
                 key: Bytes::from("before"),
             },
+            session: None,
         },
         &mut cut,
     );

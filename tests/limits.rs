@@ -138,6 +138,7 @@ async fn the_stream_cap_is_enforced_by_flow_control() {
             &Request {
                 id,
                 op: Op::Ping(Bytes::from("p")),
+                session: None,
             },
             &mut frame,
         );
@@ -184,6 +185,7 @@ async fn a_slow_sender_is_cut_off_and_others_are_unaffected() {
             op: Op::Get {
                 key: Bytes::from("k"),
             },
+            session: None,
         },
         &mut frame,
     );
@@ -277,6 +279,7 @@ async fn randomized_garbage_streams_never_take_the_server_down() {
                 &Request {
                     id: round * 8 + id,
                     op,
+                    session: None,
                 },
                 &mut bytes,
             );

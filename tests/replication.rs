@@ -650,6 +650,7 @@ async fn a_backup_that_acknowledged_writes_stays_current_when_synced_never_arriv
             offset: 1,
             key: key.clone(),
             value: Bytes::from("after the snapshot"),
+            stamp: None,
         }],
     )
     .await;

@@ -435,6 +435,7 @@ async fn connect_hello(
             op: Op::Hello {
                 version: PROTOCOL_VERSION,
             },
+            session: None,
         },
         &mut out,
     );

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use quickv::config::{Role, ServerConfig};
 use quickv::history::{self, History, Kind, Operation, Outcome};
 use quickv::protocol::peer::{PeerHello, PeerMsg};
-use quickv::protocol::{Limits, Reply};
+use quickv::protocol::{Limits, Reply, SessionWrite, WriteStamp};
 use quickv::replication::backup::StreamApplier;
 use quickv::replication::lanes::Lanes;
 use quickv::replication::link::{snapshot_msgs, TransferReceiver};
@@ -57,6 +57,8 @@ const CHECK_EVERY_MS: Ms = 400;
 const KEYS: usize = 10;
 /// Recorded clients.
 const CLIENTS: u32 = 3;
+/// How long a client retries a write whose fate is unknown (the call's deadline), virtual ms.
+const RETRY_BUDGET_MS: Ms = 4_000;
 
 /// splitmix64: small, fast, and the whole run follows from its seed.
 struct Rng(u64);
@@ -111,6 +113,8 @@ enum Event {
     Tick,
     /// Client `i` starts its next operation.
     Client(u32),
+    /// The write in this pending slot is sent again with the same session stamp.
+    Retry(usize),
     /// A fault is injected.
     Fault,
     /// A crashed server starts again (empty).
@@ -195,6 +199,11 @@ struct Pending {
     key: Bytes,
     kind: Kind,
     invoke: Ms,
+    /// A write's session stamp: client `c` is session `c + 1`, numbering its writes from 1.
+    stamp: Option<WriteStamp>,
+    /// An attempt may have reached the primary: only a definite answer (or the retry budget)
+    /// ends the operation now, as in the client library.
+    maybe_applied: bool,
 }
 
 struct Sim {
@@ -222,6 +231,10 @@ struct Sim {
     pending: Vec<Option<Pending>>,
     ops: Vec<Operation>,
     values: u64,
+    /// Last write sequence number per client (its session).
+    write_seqs: Vec<u64>,
+    /// Write attempts resent with the same stamp.
+    retries: u64,
     log: Vec<String>,
 }
 
@@ -257,6 +270,8 @@ impl Sim {
             pending: Vec::new(),
             ops: Vec::new(),
             values: 0,
+            write_seqs: vec![0; CLIENTS as usize],
+            retries: 0,
             log: Vec::new(),
         };
         sim.start(Side::Primary);
@@ -908,14 +923,40 @@ impl Sim {
             4 => Kind::Delete,
             _ => Kind::Get,
         };
+        let stamp = (!matches!(kind, Kind::Get)).then(|| {
+            let seq = &mut self.write_seqs[client as usize];
+            *seq += 1;
+            WriteStamp {
+                session: u64::from(client) + 1,
+                seq: *seq,
+            }
+        });
         let slot = self.pending.len();
         self.pending.push(Some(Pending {
             client,
             key: key.clone(),
             kind: kind.clone(),
             invoke: self.now,
+            stamp,
+            maybe_applied: false,
         }));
+        self.attempt(slot);
+    }
+
+    /// Sends (or resends) the operation in `slot` to the primary.
+    fn attempt(&mut self, slot: usize) {
+        let Some(op) = self.pending.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        let (key, kind, maybe_applied) = (op.key.clone(), op.kind.clone(), op.maybe_applied);
+        let session = op.stamp.map(|stamp| SessionWrite {
+            stamp,
+            age_ms: u32::try_from(self.now - op.invoke).unwrap_or(u32::MAX),
+        });
         let Some(p) = self.primary.as_mut() else {
+            if maybe_applied {
+                return self.unknown(slot, "primary down");
+            }
             return self.finish(slot, Outcome::Failed("primary down: not sent".into()));
         };
         let outcome = match &kind {
@@ -925,12 +966,18 @@ impl Sim {
                 None => Outcome::NotFound,
             },
             // The one door for writes: the state machine's `writes_allowed`, as in
-            // `Replication::submit`.
+            // `Replication::submit`. A refusal says nothing about an earlier attempt.
+            _ if !p.machine.writes_allowed() && maybe_applied => {
+                return self.unknown(slot, "not in sync")
+            }
             _ if !p.machine.writes_allowed() => Outcome::Refused("not in sync".into()),
-            _ => match p
-                .lanes
-                .submit(&p.store, kind.op(key), || "not in sync".into())
-            {
+            _ => match p.lanes.submit_stamped(&p.store, kind.op(key), session, || {
+                "not in sync".into()
+            }) {
+                Handled::Now(Reply::Indeterminate(why)) => return self.unknown(slot, &why),
+                Handled::Now(Reply::Unavailable(_)) if maybe_applied => {
+                    return self.unknown(slot, "unavailable")
+                }
                 Handled::Now(reply) => Outcome::from_call(&kind, Ok(reply)),
                 Handled::Later(rx) => {
                     p.waiting.push((slot, rx));
@@ -940,6 +987,22 @@ impl Sim {
             },
         };
         self.finish(slot, outcome);
+    }
+
+    /// The attempt in `slot` may have been applied: a write is retried with its stamp within
+    /// its budget, then left indeterminate.
+    fn unknown(&mut self, slot: usize, why: &str) {
+        let Some(op) = self.pending.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        op.maybe_applied = true;
+        if op.stamp.is_some() && self.now - op.invoke < RETRY_BUDGET_MS {
+            self.retries += 1;
+            let pause = self.rng.range(20, 300);
+            self.at(pause, Event::Retry(slot));
+        } else {
+            self.finish(slot, Outcome::Indeterminate(why.to_string()));
+        }
     }
 
     fn finish(&mut self, slot: usize, outcome: Outcome) {
@@ -980,11 +1043,11 @@ impl Sim {
                 Some(p) => p.kind.clone(),
                 None => continue,
             };
-            let outcome = match reply {
-                Some(r) => Outcome::from_call(&kind, Ok(r)),
-                None => Outcome::Indeterminate("answer dropped".into()),
-            };
-            self.finish(slot, outcome);
+            match reply {
+                Some(Reply::Indeterminate(why)) => self.unknown(slot, &why),
+                Some(r) => self.finish(slot, Outcome::from_call(&kind, Ok(r))),
+                None => self.unknown(slot, "answer dropped"),
+            }
         }
     }
 
@@ -1053,7 +1116,7 @@ impl Sim {
             Side::Primary => {
                 if let Some(p) = self.primary.take() {
                     for (slot, _) in p.waiting {
-                        self.finish(slot, Outcome::Indeterminate("primary crashed".into()));
+                        self.unknown(slot, "primary crashed");
                     }
                 }
             }
@@ -1087,6 +1150,7 @@ impl Sim {
             Event::Dial => self.dial(),
             Event::Tick => self.tick(),
             Event::Client(c) => self.client_op(c),
+            Event::Retry(slot) => self.attempt(slot),
             Event::Fault => self.fault(),
             Event::Restart(side) => {
                 let down = match side {
@@ -1118,8 +1182,8 @@ impl Sim {
             && self.pending.iter().all(Option::is_none)
     }
 
-    /// Runs the seed; returns the findings (empty when the history is clean).
-    fn run(mut self) -> Result<usize, String> {
+    /// Runs the seed; returns the figures of a clean history, or the findings.
+    fn run(mut self) -> Result<Figures, String> {
         while self.now < FAULT_PHASE_MS && self.step() {}
         self.faults = false;
         self.clients_on = false;
@@ -1152,7 +1216,15 @@ impl Sim {
             ops: std::mem::take(&mut self.ops),
             marks: Vec::new(),
         };
-        let operations = history.ops.len();
+        let figures = Figures {
+            operations: history.ops.len(),
+            retries: self.retries,
+            indeterminate: history
+                .ops
+                .iter()
+                .filter(|o| matches!(o.outcome, Outcome::Indeterminate(_)))
+                .count(),
+        };
         let report = history::check(&history, Some(&pd), Some(&bd));
         if !report.is_clean() {
             return Err(self.failure(format!(
@@ -1166,7 +1238,7 @@ impl Sim {
                 report.findings
             )));
         }
-        Ok(operations)
+        Ok(figures)
     }
 
     fn failure(&self, what: String) -> String {
@@ -1203,10 +1275,14 @@ fn the_pair_survives_every_simulated_seed() {
     let seeds = seeds();
     let started = std::time::Instant::now();
     let mut failures = Vec::new();
-    let mut operations = 0;
+    let (mut operations, mut retries, mut indeterminate) = (0, 0, 0);
     for &seed in &seeds {
         match Sim::new(seed).run() {
-            Ok(n) => operations += n,
+            Ok(f) => {
+                operations += f.operations;
+                retries += f.retries;
+                indeterminate += f.indeterminate;
+            }
             Err(e) => {
                 eprintln!("{e}");
                 failures.push(seed);
@@ -1215,7 +1291,8 @@ fn the_pair_survives_every_simulated_seed() {
     }
     // Written to stderr directly, past the test harness's capture, so every run shows it.
     let summary = format!(
-        "{} seeds, {} failures ({operations} client operations, {:.1} s){}\n",
+        "{} seeds, {} failures ({operations} client operations, {retries} write attempts \
+         resent with their session stamp, {indeterminate} writes left indeterminate, {:.1} s){}\n",
         seeds.len(),
         failures.len(),
         started.elapsed().as_secs_f64(),
@@ -1227,6 +1304,20 @@ fn the_pair_survives_every_simulated_seed() {
     );
     let _ = std::io::Write::write_all(&mut std::io::stderr(), summary.as_bytes());
     assert!(failures.is_empty(), "failing seeds: {failures:?}");
+    assert!(
+        seeds.len() < 20 || retries > 0,
+        "the faults never cut a write off: retries were not exercised"
+    );
+}
+
+/// What one clean seed did.
+struct Figures {
+    /// Client operations recorded.
+    operations: usize,
+    /// Write attempts resent with the same stamp.
+    retries: u64,
+    /// Writes still without a definite answer when their retry budget ran out.
+    indeterminate: usize,
 }
 
 #[test]

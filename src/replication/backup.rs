@@ -303,13 +303,30 @@ impl StreamApplier {
     ) -> Result<Option<PeerMsg>, LinkError> {
         let store = &repl.store;
         match msg {
-            PeerMsg::Put { offset, key, value } => {
-                self.next(BucketId::of(&key), offset)?;
+            PeerMsg::Put {
+                offset,
+                key,
+                value,
+                stamp,
+            } => {
+                let b = BucketId::of(&key);
+                self.next(b, offset)?;
                 store.put(key, value);
+                if let Some(stamp) = stamp {
+                    store
+                        .sessions()
+                        .record(b, stamp, None, std::time::Instant::now());
+                }
             }
-            PeerMsg::Remove { offset, key } => {
-                self.next(BucketId::of(&key), offset)?;
-                store.remove(&key);
+            PeerMsg::Remove { offset, key, stamp } => {
+                let b = BucketId::of(&key);
+                self.next(b, offset)?;
+                let old = store.remove(&key);
+                if let Some(stamp) = stamp {
+                    store
+                        .sessions()
+                        .record(b, stamp, old, std::time::Instant::now());
+                }
             }
             PeerMsg::Check {
                 bucket,
@@ -480,6 +497,7 @@ mod tests {
             offset,
             key: Bytes::from(key.to_string()),
             value: Bytes::from("v"),
+            stamp: None,
         };
         assert!(applier.handle(put("k", 2), &backup).is_err(), "offset gap");
         assert!(applier.handle(put("k", 1), &backup).is_ok());

@@ -12,6 +12,12 @@
 //! if the link fails first it is indeterminate too. When the link is lost every queued write becomes
 //! indeterminate and the overlay is dropped: those writes were not applied here, and the next warm
 //! start makes the backup agree with this store (the primary's data wins after a link loss).
+//!
+//! A session-stamped write (`store::sessions`) is first looked up: among the lane's stamped writes
+//! in flight (a retry of one of them waits behind it and gets the same answer), then in the key's
+//! bucket's session table (a retry of an applied write gets its original answer, one whose record
+//! may be gone a `SessionExpired` error). Only a fresh write is decided and sent; its stamp travels
+//! in the `Put`/`Remove`, and the ack that applies it to the store also records its answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -21,7 +27,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::protocol::peer::{PeerMsg, ReplOffset};
-use crate::protocol::{Limits, Op, Reply};
+use crate::protocol::{Limits, Op, Reply, SessionWrite, WriteStamp};
+use crate::store::sessions::Lookup;
 use crate::replication::link::chunks;
 use crate::server::router::Handled;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
@@ -50,6 +57,9 @@ struct Lane {
     /// Per key with writes in flight: its value after the last of them (`None` = deleted) and that
     /// write's offset.
     overlay: HashMap<Bytes, (Option<Bytes>, ReplOffset)>,
+    /// Stamped writes sent and not yet acknowledged: their offset and answer, so that a retry
+    /// arriving meanwhile waits for the same ack and gets the same answer.
+    stamped: HashMap<WriteStamp, (ReplOffset, Reply)>,
 }
 
 /// A queued answer.
@@ -63,6 +73,8 @@ struct Queued {
     reply: Option<(oneshot::Sender<Reply>, Reply)>,
     /// When it was sent, for the ack timeout.
     sent: Instant,
+    /// The session stamp of the write, recorded in the bucket's session table when applied.
+    stamp: Option<WriteStamp>,
 }
 
 #[derive(Debug)]
@@ -132,6 +144,7 @@ impl Lanes {
             let mut l = self.lane(b);
             l.tx = None;
             l.overlay.clear();
+            l.stamped.clear();
             for q in l.queue.drain(..) {
                 if let Some((tx, _)) = q.reply {
                     let _ = tx.send(Reply::Indeterminate(format!(
@@ -145,6 +158,18 @@ impl Lanes {
 
     /// Decides a client write and, if it changes anything, sends it down its lane.
     pub fn submit(&self, store: &Store, op: Op, refusal: impl FnOnce() -> String) -> Handled {
+        self.submit_stamped(store, op, None, refusal)
+    }
+
+    /// [`Lanes::submit`] for a write that may carry a session stamp: a retry of a write this pair
+    /// already applied (or is applying) gets that write's answer and changes nothing.
+    pub fn submit_stamped(
+        &self,
+        store: &Store,
+        op: Op,
+        session: Option<SessionWrite>,
+        refusal: impl FnOnce() -> String,
+    ) -> Handled {
         let Some(key) = op.key().cloned() else {
             return Handled::Now(Reply::Unavailable("not a write".into()));
         };
@@ -154,6 +179,28 @@ impl Lanes {
         let Some(tx) = l.tx.as_ref() else {
             return Handled::Now(Reply::Unavailable(refusal()));
         };
+        if let Some(write) = &session {
+            if let Some((offset, answer)) = l.stamped.get(&write.stamp) {
+                // A retry of a write still in flight: answer it with that write, after its ack.
+                let (reply_tx, rx) = oneshot::channel();
+                let (offset, answer) = (*offset, answer.clone());
+                l.queue.push_back(Queued {
+                    offset: offset.max(l.queue.back().map_or(0, |q| q.offset)),
+                    effect: Effect::Nothing,
+                    reply: Some((reply_tx, answer)),
+                    sent: Instant::now(),
+                    stamp: None,
+                });
+                return Handled::Later(rx);
+            }
+            match store.sessions().lookup(bucket, write, Instant::now()) {
+                Lookup::Fresh => {}
+                Lookup::Answered(answer) | Lookup::Expired(answer) => {
+                    return Handled::Now(answer)
+                }
+            }
+        }
+        let stamp = session.map(|w| w.stamp);
         let in_flight = l.overlay.get(&key);
         let current = match in_flight {
             Some((v, _)) => v.clone(),
@@ -173,10 +220,12 @@ impl Lanes {
                 offset,
                 key: key.clone(),
                 value: value.clone(),
+                stamp,
             }),
             Effect::Remove(key) => Some(PeerMsg::Remove {
                 offset,
                 key: key.clone(),
+                stamp,
             }),
             Effect::Nothing => None,
         };
@@ -193,6 +242,7 @@ impl Lanes {
                 effect,
                 reply: Some((reply_tx, answer)),
                 sent: Instant::now(),
+                stamp: None,
             });
             return Handled::Later(rx);
         };
@@ -209,12 +259,16 @@ impl Lanes {
             _ => None,
         };
         l.overlay.insert(key, (after, offset));
+        if let Some(stamp) = stamp {
+            l.stamped.insert(stamp, (offset, answer.clone()));
+        }
         let (reply_tx, rx) = oneshot::channel();
         l.queue.push_back(Queued {
             offset,
             effect,
             reply: Some((reply_tx, answer)),
             sent: Instant::now(),
+            stamp,
         });
         Handled::Later(rx)
     }
@@ -232,17 +286,21 @@ impl Lanes {
         l.acked = l.acked.max(offset);
         while l.queue.front().is_some_and(|q| q.offset <= l.acked) {
             let Some(q) = l.queue.pop_front() else { break };
-            let key = match q.effect {
+            let (key, removed) = match q.effect {
                 Effect::Put(key, value) => {
                     store.put(key.clone(), value);
-                    Some(key)
+                    (Some(key), None)
                 }
                 Effect::Remove(key) => {
-                    store.remove(&key);
-                    Some(key)
+                    let old = store.remove(&key);
+                    (Some(key), old)
                 }
-                Effect::Nothing => None,
+                Effect::Nothing => (None, None),
             };
+            if let Some(stamp) = q.stamp {
+                l.stamped.remove(&stamp);
+                store.sessions().record(b, stamp, removed, Instant::now());
+            }
             if let Some(key) = key {
                 if l.overlay.get(&key).is_some_and(|(_, o)| *o == q.offset) {
                     l.overlay.remove(&key);
@@ -335,6 +393,7 @@ impl Lanes {
                 effect: Effect::Nothing,
                 reply: None,
                 sent: Instant::now(),
+                stamp: None,
             });
         }
     }

@@ -143,6 +143,9 @@ pub fn snapshot_msgs(
             .sum::<u64>();
         msgs.push(PeerMsg::BucketBegin(bucket));
         msgs.extend(chunks(entries, limits));
+        let (evicted, answers) = store.sessions().image(bucket, std::time::Instant::now());
+        msgs.extend(evicted.map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }));
+        msgs.extend(answers.into_iter().map(PeerMsg::SessionAnswer));
         msgs.push(PeerMsg::BucketEnd {
             bucket,
             count,
@@ -159,6 +162,9 @@ pub fn snapshot_msgs(
 pub struct TransferReceiver {
     /// The bucket being received and its entries so far.
     current: Option<(BucketId, Vec<(bytes::Bytes, bytes::Bytes)>)>,
+    /// The session table of the bucket being received (`store::sessions`): the latest eviction's
+    /// age and the answers so far; installed with the entries once the bucket verifies.
+    sessions: (Option<u64>, Vec<crate::protocol::peer::SessionAnswer>),
     /// Keys received in verified buckets.
     pub keys: u64,
 }
@@ -168,7 +174,14 @@ impl TransferReceiver {
     /// `TransferDone`, `Err` at the first inconsistency). The verdict is what `TransferAck` says.
     pub fn handle(&mut self, msg: PeerMsg, store: &Store) -> Option<Result<(), String>> {
         match msg {
-            PeerMsg::BucketBegin(b) => self.current = Some((b, Vec::new())),
+            PeerMsg::BucketBegin(b) => {
+                self.current = Some((b, Vec::new()));
+                self.sessions = Default::default();
+            }
+            PeerMsg::SessionsEvicted { ms_ago } if self.current.is_some() => {
+                self.sessions.0 = Some(ms_ago)
+            }
+            PeerMsg::SessionAnswer(a) if self.current.is_some() => self.sessions.1.push(a),
             PeerMsg::BucketChunk(entries) => match self.current.as_mut() {
                 Some((b, gathered)) if entries.iter().all(|(k, _)| BucketId::of(k) == *b) => {
                     gathered.extend(entries)
@@ -192,6 +205,10 @@ impl TransferReceiver {
                 }
                 self.keys += count;
                 store.replace_bucket(b, entries);
+                let (evicted, answers) = std::mem::take(&mut self.sessions);
+                store
+                    .sessions()
+                    .install(b, evicted, answers, std::time::Instant::now());
             }
             PeerMsg::TransferDone => return Some(Ok(())),
             other => return Some(Err(format!("unexpected {other:?} during a transfer"))),

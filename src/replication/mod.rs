@@ -176,6 +176,12 @@ impl Replication {
     /// A client write: admitted only when the state machine allows writes (the primary in
     /// `Sync`), then replicated; otherwise refused before anything is sent.
     pub fn submit(&self, op: Op) -> Handled {
+        self.submit_stamped(op, None)
+    }
+
+    /// [`Replication::submit`] for a write that may carry a session stamp (see
+    /// `store::sessions`): a retry gets the original answer and is not applied again.
+    pub fn submit_stamped(&self, op: Op, session: Option<crate::protocol::SessionWrite>) -> Handled {
         let refusal = || {
             let state = self.state();
             format!(
@@ -185,7 +191,8 @@ impl Replication {
         if !self.writes_open.load(Ordering::Acquire) {
             return Handled::Now(crate::protocol::Reply::Unavailable(refusal()));
         }
-        self.lanes.submit(&self.store, op, refusal)
+        self.lanes
+            .submit_stamped(&self.store, op, session, refusal)
     }
 
     /// Our hello for a warm start (see [`hello_of`]).

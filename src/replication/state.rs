@@ -82,15 +82,23 @@ pub struct Plan {
 /// - otherwise (backup restarted, both restarted and empty, or a link loss without restart) → the
 ///   primary's data wins.
 ///
-/// Either way only buckets whose digests differ are sent; both empty means nothing to send.
+/// Either way only buckets whose digests differ are sent; both empty means nothing to send. The
+/// exception is a receiver that is not current (it restarted) fed by a current sender: it gets
+/// every bucket, because a bucket's session records (`store::sessions`) are not
+/// in its digest, and a restarted server has none.
 pub fn decide(primary: &PeerHello, backup: &PeerHello) -> Plan {
     let source = if !primary.synced && backup.synced {
         Source::Backup
     } else {
         Source::Primary
     };
+    let (sender, receiver) = match source {
+        Source::Primary => (primary, backup),
+        Source::Backup => (backup, primary),
+    };
+    let everything = !receiver.synced && sender.synced;
     let buckets = (0..BUCKETS)
-        .filter(|&i| primary.digests[i] != backup.digests[i])
+        .filter(|&i| everything || primary.digests[i] != backup.digests[i])
         .filter_map(BucketId::new)
         .collect();
     Plan { source, buckets }

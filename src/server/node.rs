@@ -86,7 +86,7 @@ impl Drop for Open<'_> {
 impl Node {
     /// A fresh node with an empty store.
     pub fn new(config: ServerConfig) -> Node {
-        let store = Arc::new(Store::new());
+        let store = Arc::new(Store::with_session_limits(config.sessions));
         let run_id = fresh_run_id();
         let repl = match config.role {
             Role::Standalone => None,

@@ -5,8 +5,11 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::config::Role;
-use crate::protocol::{ErrorCode, Op, Reply, PROTOCOL_VERSION};
+use crate::protocol::{
+    ErrorCode, Op, Reply, Request, SessionWrite, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 use crate::server::node::Node;
+use crate::store::sessions::Lookup;
 
 /// How a request is answered.
 #[derive(Debug)]
@@ -24,19 +27,31 @@ pub enum Handled {
 
 /// Answers one request against the node's store, role and replication state.
 pub fn handle(node: &Node, op: Op) -> Handled {
+    handle_stamped(node, op, None)
+}
+
+/// [`handle`] for a request that may carry a write's session stamp ([`Request::session`]).
+pub fn handle_request(node: &Node, req: Request) -> Handled {
+    handle_stamped(node, req.op, req.session)
+}
+
+fn handle_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Handled {
     match op {
-        Op::Hello { version } if version == PROTOCOL_VERSION => Handled::Now(Reply::Hello {
-            version: PROTOCOL_VERSION,
-            server: format!(
-                "quickv {} role={}",
-                env!("CARGO_PKG_VERSION"),
-                node.config.role
-            ),
-        }),
+        Op::Hello { version } if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) => {
+            Handled::Now(Reply::Hello {
+                version,
+                server: format!(
+                    "quickv {} role={}",
+                    env!("CARGO_PKG_VERSION"),
+                    node.config.role
+                ),
+            })
+        }
         Op::Hello { version } => Handled::Now(Reply::Error {
             code: ErrorCode::UnsupportedVersion,
             message: format!(
-                "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+                "protocol version {version} is not supported; this server speaks versions \
+                 {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
             ),
         }),
         Op::Ping(payload) => Handled::Now(Reply::Value(payload)),
@@ -64,11 +79,11 @@ pub fn handle(node: &Node, op: Op) -> Handled {
                 return Handled::Now(refusal);
             }
             match (node.config.role, &node.repl) {
-                (Role::Standalone, _) => Handled::Now(apply_write(node, write)),
+                (Role::Standalone, _) => Handled::Now(apply_stamped(node, write, session)),
                 (Role::Backup, _) => Handled::Now(Reply::Unavailable(
                     "this server is the backup; send writes to the primary".into(),
                 )),
-                (Role::Primary, Some(repl)) => repl.submit(write),
+                (Role::Primary, Some(repl)) => repl.submit_stamped(write, session),
                 (Role::Primary, None) => Handled::Now(not_a(&write)),
             }
         }
@@ -85,6 +100,30 @@ fn over_memory(node: &Node, op: &Op) -> Option<Reply> {
             "memory limit reached: {used} bytes stored, limit {limit} (--max-memory); delete keys or raise the limit"
         ))
     })
+}
+
+/// Applies a write that may carry a session stamp directly to the store (standalone servers): a
+/// retry gets the recorded answer, as on a pair (see `store::sessions`).
+fn apply_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Reply {
+    let Some(write) = session else {
+        return apply_write(node, op);
+    };
+    let Some(bucket) = op.key().map(|k| crate::store::BucketId::of(k)) else {
+        return not_a(&op);
+    };
+    let sessions = node.store.sessions();
+    let now = std::time::Instant::now();
+    match sessions.lookup(bucket, &write, now) {
+        Lookup::Fresh => {}
+        Lookup::Answered(reply) | Lookup::Expired(reply) => return reply,
+    }
+    let reply = apply_write(node, op);
+    match &reply {
+        Reply::Ok => sessions.record(bucket, write.stamp, None, now),
+        Reply::Value(old) => sessions.record(bucket, write.stamp, Some(old.clone()), now),
+        _ => {}
+    }
+    reply
 }
 
 /// Applies a write directly to the store (standalone servers, no replication).

@@ -106,24 +106,24 @@ async fn serve_stream(
                         send_reply(&tx, req.id, refused);
                         continue;
                     }
-                    match router::handle(&node, req.op) {
+                    let id = req.id;
+                    match router::handle_request(&node, req) {
                         Handled::Now(reply) => {
                             node.metrics.record(kind, &reply, started.elapsed());
-                            send_reply(&tx, req.id, reply);
+                            send_reply(&tx, id, reply);
                         }
                         Handled::Later(rx) => {
-                            let id = req.id;
                             pending.push(async move { (id, kind, started, rx.await) });
                         }
                         Handled::Dump(entries) => {
                             node.metrics
                                 .record_outcome(kind, Outcome::OK, started.elapsed());
-                            send_dump(&tx, req.id, entries, &node.config.limits);
+                            send_dump(&tx, id, entries, &node.config.limits);
                         }
                         Handled::Shutdown => {
                             node.metrics
                                 .record_outcome(kind, Outcome::OK, started.elapsed());
-                            send_reply(&tx, req.id, Reply::Ok);
+                            send_reply(&tx, id, Reply::Ok);
                             node.shutdown.cancel();
                         }
                     }

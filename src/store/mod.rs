@@ -43,6 +43,7 @@
 //! the writes in flight; they are exact whenever no write is in progress.
 
 mod digest;
+pub mod sessions;
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -51,6 +52,7 @@ use bytes::Bytes;
 
 pub use self::digest::Digest;
 use self::digest::DigestCell;
+use self::sessions::{SessionLimits, Sessions};
 
 /// Bucket identity is part of the wire protocol; it lives in `quickv-proto`.
 pub use quickv_proto::{BucketId, BUCKETS};
@@ -64,14 +66,28 @@ pub struct Store {
     /// Indexed by [`BucketId::index`]; a fixed array, as the bucket count is
     /// part of the protocol.
     buckets: [Bucket; BUCKETS],
+    /// The answers of recent session-stamped writes, partitioned by bucket like the entries, so
+    /// that whoever applies, replicates or transfers a bucket has its records at hand.
+    sessions: Sessions,
 }
 
 impl Store {
-    /// An empty store.
+    /// An empty store, with default session limits.
     pub fn new() -> Store {
+        Store::with_session_limits(SessionLimits::default())
+    }
+
+    /// An empty store whose session tables keep to `limits`.
+    pub fn with_session_limits(limits: SessionLimits) -> Store {
         Store {
             buckets: std::array::from_fn(|_| Bucket::default()),
+            sessions: Sessions::new(limits),
         }
+    }
+
+    /// The session tables (see [`sessions`]).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// Stores `key → value` only if `key` is absent (the client's INSERT);
@@ -226,6 +242,7 @@ impl Store {
         for bucket in &self.buckets {
             bucket.clear();
         }
+        self.sessions.clear();
     }
 
     /// Sum of key and value lengths over all entries; the basis of the

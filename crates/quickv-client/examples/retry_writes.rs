@@ -1,24 +1,25 @@
-//! What to do with a write whose fate is unknown (`ClientError::Indeterminate`): today's pattern.
+//! Exactly-once writes with sessions: the client retries a write whose fate is unknown by itself.
 //!
 //! ```sh
 //! cargo run -p quickv-client --example retry_writes -- 127.0.0.1:4470 certs
 //! ```
 //!
-//! A write is indeterminate when the connection died, or its deadline passed, after it was sent:
-//! the server may or may not have applied it. Until exactly-once sessions land (docs/client.md,
-//! "Sessions"), the application resolves it itself: retry with backoff, and read the key to tell
-//! "my earlier attempt was applied" (`Exists` with my value) from "someone else's write"
-//! (`Exists` with another value). That is sound only for values unique to this writer, as here.
-//!
-//! TODO(exactly-once, docs/client.md "Sessions"): with a session id and a sequence number per
-//! write, the retry itself returns the original answer and this read-back disappears.
+//! Every write carries this client's session id and a sequence number. If the connection dies
+//! after a write was sent, or the backup's ack never comes, or the primary is SIGKILLed and
+//! restarted from the backup's data, the client resends the same write with the same stamp until
+//! the pair answers — and the pair answers a write it already applied with the original answer
+//! instead of applying it twice (docs/client.md, "Sessions and retries"). So an `insert` here
+//! ends `Ok` or `Exists` (someone else's key), an `update` `Ok` or `NotFound`, a `delete` the
+//! removed value or `NotFound`, even across a primary restart: kill the primary while this runs
+//! and start it again within the deadline. Only a deadline that passes before the pair answers
+//! leaves a write `Indeterminate`.
 
 use std::time::Duration;
 
 use quickv_client::{Client, ClientConfig, ClientError};
 
-/// Attempts before giving up (bounded, like every loop talking to a server).
-const ATTEMPTS: u32 = 8;
+/// Writes this example makes (bounded, like every loop talking to a server).
+const WRITES: u32 = 50;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), ClientError> {
@@ -26,46 +27,36 @@ async fn main() -> Result<(), ClientError> {
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:4470".into());
     let certs = args.next().unwrap_or_else(|| "certs".into());
     let config = ClientConfig::builder(certs)
-        .timeout(Duration::from_secs(2))
+        // Long enough to ride out a primary restart; retries happen within it.
+        .timeout(Duration::from_secs(30))
+        .idle_timeout(Duration::from_secs(2))
+        .retry_writes(true)
         .build();
     let client = Client::connect(&addr, &config).await?;
+    println!("session {:016x}", client.session_id());
 
-    let key = "order:42";
-    let value = format!("paid by pid {}", std::process::id());
-    match insert_once(&client, key, &value).await {
-        Ok(outcome) => println!("{key}: {outcome}"),
-        Err(e) => println!("{key}: gave up: {e}"),
+    let pid = std::process::id();
+    for i in 0..WRITES {
+        let key = format!("order:{pid}:{i}");
+        // Each call is one write, applied once, whatever happens to the connection meanwhile.
+        let inserted = client.insert(key.clone(), "placed").await;
+        let updated = client.update(key.clone(), "paid").await;
+        let removed = client.delete(key.clone()).await;
+        match (inserted, updated, removed) {
+            (Ok(()), Ok(()), Ok(old)) if old == "paid" => {}
+            (Err(e @ ClientError::Indeterminate(_)), ..)
+            | (_, Err(e @ ClientError::Indeterminate(_)), _)
+            | (.., Err(e @ ClientError::Indeterminate(_))) => {
+                println!("{key}: no definite answer within the deadline: {e}");
+            }
+            other => println!("{key}: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    println!(
+        "{WRITES} orders placed, paid and removed; {} write attempts were resent",
+        client.write_retries()
+    );
     client.close().await;
     Ok(())
-}
-
-/// Inserts `key = value`, turning indeterminate answers into definite ones by retrying and, on
-/// `Exists`, reading back whose value is there.
-async fn insert_once(client: &Client, key: &str, value: &str) -> Result<&'static str, ClientError> {
-    let mut backoff = Duration::from_millis(50);
-    let mut uncertain = false;
-    for _ in 0..ATTEMPTS {
-        match client.insert(key.to_owned(), value.to_owned()).await {
-            Ok(()) => return Ok("inserted"),
-            Err(ClientError::Exists) => {
-                let current = client.get(key.to_owned()).await?;
-                return Ok(match current.as_deref() {
-                    Some(v) if uncertain && v == value.as_bytes() => {
-                        "inserted (by an earlier attempt whose answer was lost)"
-                    }
-                    _ => "already present with another value",
-                });
-            }
-            // Not applied: safe to retry. Unknown: retry, and remember to read back on Exists.
-            Err(ClientError::Unavailable(_) | ClientError::Connection(_)) => {}
-            Err(ClientError::Indeterminate(_)) => uncertain = true,
-            Err(other) => return Err(other),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-    Err(ClientError::Unavailable(format!(
-        "no definite answer after {ATTEMPTS} attempts"
-    )))
 }

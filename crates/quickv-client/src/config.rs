@@ -89,6 +89,12 @@ pub struct ClientConfig {
     pub backoff_min: Duration,
     /// Longest wait between two dials of the same server.
     pub backoff_max: Duration,
+    /// Retry writes whose fate is unknown until the pair answers, within the call's deadline
+    /// (default on). Every write carries this client's session id and a sequence number; a retry
+    /// resends the same pair, and the server answers a write it already applied with the
+    /// original answer instead of applying it again. A write then ends `Indeterminate` only if
+    /// its deadline passes before any attempt gets a definite answer. See `docs/client.md`.
+    pub retry_writes: bool,
 }
 
 impl ClientConfig {
@@ -104,6 +110,7 @@ impl ClientConfig {
             read_from: ReadFrom::Primary,
             backoff_min: Duration::from_millis(DEFAULT_BACKOFF_MIN_MS),
             backoff_max: Duration::from_millis(DEFAULT_BACKOFF_MAX_MS),
+            retry_writes: true,
         }
     }
 
@@ -171,6 +178,13 @@ impl ClientConfigBuilder {
         let min = min.max(Duration::from_millis(1));
         self.config.backoff_min = min;
         self.config.backoff_max = max.max(min);
+        self
+    }
+
+    /// Whether writes of unknown fate are retried (with their session stamp) until the pair
+    /// answers or the deadline passes; see [`ClientConfig::retry_writes`].
+    pub fn retry_writes(mut self, retry: bool) -> Self {
+        self.config.retry_writes = retry;
         self
     }
 

@@ -60,7 +60,8 @@ use tokio::time::Instant;
 
 use crate::net::{BatchWriter, FramedReader};
 use crate::protocol::{
-    decode_response, encode_request, ErrorCode, Limits, Op, Reply, Request, PROTOCOL_VERSION,
+    decode_response, encode_request, ErrorCode, Limits, Op, Reply, Request, SessionWrite,
+    WriteStamp, PROTOCOL_VERSION,
 };
 use crate::tls::{CertPaths, Identity};
 
@@ -87,6 +88,8 @@ pub use quickv_proto as protocol;
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// Calls queued per lane before callers wait (backpressure).
 const LANE_QUEUE: usize = 1024;
+/// How long a write is retried when the call has no deadline ([`Client::without_timeout`]).
+const RETRY_WINDOW_WITHOUT_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a pair client trusts the backup's `current` flag before asking again.
 const BACKUP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -196,6 +199,13 @@ struct Inner {
     backup_current_at: Mutex<Option<std::time::Instant>>,
     /// A background dial of the primary is under way (pair clients reading from the backup).
     primary_redialing: AtomicBool,
+    /// This client's session id: random, stamped on every write with [`Inner::next_seq`] so a
+    /// retried write is recognised by the server.
+    session_id: u64,
+    /// The last write sequence number handed out (the first write gets 1).
+    next_seq: AtomicU64,
+    /// Write attempts after the first (see [`Client::write_retries`]).
+    write_retries: AtomicU64,
 }
 
 /// One server: its address, TLS settings and current connection.
@@ -295,6 +305,8 @@ impl Session {
 struct Call {
     id: u64,
     op: Op,
+    /// The write's session stamp, if it carries one.
+    session: Option<SessionWrite>,
     reply: oneshot::Sender<Result<Reply, ClientError>>,
 }
 
@@ -527,6 +539,7 @@ impl Link {
                 op: Op::Hello {
                     version: PROTOCOL_VERSION,
                 },
+                session: None,
                 reply: tx,
             };
             if session.send(hello).await.is_err() {
@@ -549,11 +562,17 @@ impl Link {
     }
 
     /// Queues one call (redialling once if the connection turns out gone before it was sent).
-    async fn start(&self, op: Op, inner: &Inner) -> Result<Pending, ClientError> {
+    async fn start(
+        &self,
+        op: Op,
+        session: Option<SessionWrite>,
+        inner: &Inner,
+    ) -> Result<Pending, ClientError> {
         let (tx, rx) = oneshot::channel();
         let mut call = Call {
             id: 0,
             op,
+            session,
             reply: tx,
         };
         let mut session = self.session(inner).await?;
@@ -699,6 +718,9 @@ impl Client {
                 closed: AtomicBool::new(false),
                 backup_current_at: Mutex::new(None),
                 primary_redialing: AtomicBool::new(false),
+                session_id: jitter_seed() ^ u64::from(std::process::id()).rotate_left(32),
+                next_seq: AtomicU64::new(0),
+                write_retries: AtomicU64::new(0),
             }),
             timeout: config.timeout,
         }
@@ -761,8 +783,11 @@ impl Client {
 
     async fn call_on(&self, link: &Link, op: Op) -> Result<Reply, ClientError> {
         let is_write = op.is_write();
+        if is_write && self.inner.config.retry_writes && std::ptr::eq(link, &self.inner.primary) {
+            return self.write_with_retries(op).await;
+        }
         let work = async {
-            let mut pending = link.start(op, &self.inner).await?;
+            let mut pending = link.start(op, None, &self.inner).await?;
             pending.answer().await
         };
         match self.timeout {
@@ -771,6 +796,82 @@ impl Client {
                 Ok(outcome) => outcome,
                 Err(_) => past_deadline(is_write, deadline),
             },
+        }
+    }
+
+    /// Write attempts this client resent with their session stamp because the first attempt's
+    /// fate was unknown (shared by clones); a figure for logs and tests.
+    pub fn write_retries(&self) -> u64 {
+        self.inner.write_retries.load(Ordering::Relaxed)
+    }
+
+    /// This client's session id, stamped on every write (see [`ClientConfig::retry_writes`]).
+    pub fn session_id(&self) -> u64 {
+        self.inner.session_id
+    }
+
+    /// A write with a fresh (session, sequence) stamp, resent with the same stamp while its fate
+    /// is unknown (lost connection, `Indeterminate`, a primary restarting) until the pair gives a
+    /// definite answer or the deadline passes. See `docs/client.md`, "Sessions and retries".
+    async fn write_with_retries(&self, op: Op) -> Result<Reply, ClientError> {
+        let inner = &self.inner;
+        let stamp = WriteStamp {
+            session: inner.session_id,
+            seq: inner.next_seq.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        let budget = self.timeout.unwrap_or(RETRY_WINDOW_WITHOUT_DEADLINE);
+        let first = Instant::now();
+        let deadline = first + budget;
+        // Set once an attempt may have reached the server: from then on only a definite answer
+        // (or the deadline) ends the call, never a refusal that says nothing about that attempt.
+        let mut maybe_applied = false;
+        let mut pause = inner.config.backoff_min;
+        let mut last = ClientError::Timeout(format!("no answer within the deadline of {budget:?}"));
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return match maybe_applied {
+                    true => Ok(Reply::Indeterminate(format!(
+                        "no definite answer within the deadline of {budget:?} ({last}); the                          write may have been applied"
+                    ))),
+                    false => Err(last),
+                };
+            }
+            if maybe_applied {
+                inner.write_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let session = Some(SessionWrite {
+                stamp,
+                age_ms: u32::try_from(now.duration_since(first).as_millis()).unwrap_or(u32::MAX),
+            });
+            let attempt = async {
+                let mut pending = inner.primary.start(op.clone(), session, inner).await?;
+                pending.answer().await
+            };
+            let outcome = match tokio::time::timeout(deadline - now, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    maybe_applied = true;
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(Reply::Indeterminate(why)) => {
+                    maybe_applied = true;
+                    last = ClientError::Indeterminate(why);
+                }
+                Ok(Reply::Unavailable(why)) if maybe_applied => {
+                    last = ClientError::Unavailable(why);
+                }
+                // A call that never left this process: retried only if an earlier attempt may
+                // have, otherwise reported at once as before.
+                Err(err @ ClientError::Connection(_)) if maybe_applied => last = err,
+                Ok(definite) => return Ok(definite),
+                Err(other) => return Err(other),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(inner.config.backoff_max);
         }
     }
 
@@ -1091,7 +1192,12 @@ async fn write_lane(
                     }
                     let id = call.id;
                     let is_write = call.op.is_write();
-                    encode_request(&Request { id, op: call.op }, out);
+                    let request = Request {
+                        id,
+                        op: call.op,
+                        session: call.session,
+                    };
+                    encode_request(&request, out);
                     owed.calls.insert(
                         id,
                         Waiting {

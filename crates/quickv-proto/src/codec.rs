@@ -8,7 +8,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::frame::{ErrorCode, Limits, Op, Reply, Request, RequestId, Response, LEN_PREFIX};
+use super::frame::{
+    ErrorCode, Limits, Op, Reply, Request, RequestId, Response, SessionWrite, WriteStamp, LEN_PREFIX,
+};
 
 /// One-byte frame tags, first byte after the length prefix. Requests use `0x01..`, responses set the
 /// high bit, so a frame sent the wrong way is refused as an unknown tag.
@@ -23,6 +25,10 @@ mod tag {
     pub(super) const DUMP: u8 = 0x08;
     pub(super) const STATUS: u8 = 0x09;
     pub(super) const SHUTDOWN: u8 = 0x0A;
+    // Version 2: the same writes with a session stamp (session, seq, age) before their fields.
+    pub(super) const S_INSERT: u8 = 0x0B;
+    pub(super) const S_UPDATE: u8 = 0x0C;
+    pub(super) const S_DELETE: u8 = 0x0D;
 
     pub(super) const R_HELLO: u8 = 0x81;
     pub(super) const R_OK: u8 = 0x82;
@@ -47,6 +53,9 @@ pub const FRAME_HEADER: usize = 1 + 8;
 /// A chunk whose entries add up to `S` bytes (see [`encoded_len_entry`]) has a length prefix of
 /// `DUMP_CHUNK_HEADER + S`, which must stay within [`Limits::max_frame`] for the client to accept it.
 pub const DUMP_CHUNK_HEADER: usize = FRAME_HEADER + 1 + 4;
+
+/// Bytes of a session stamp in a version 2 write: session (8), sequence (8), age in ms (4).
+const SESSION_STAMP: usize = 8 + 8 + 4;
 
 /// Bytes of the length field in front of every byte string.
 const STR_LEN: usize = 4;
@@ -85,7 +94,19 @@ pub enum DecodeError {
 /// If a key, value or payload is longer than `u32::MAX` bytes, which no limit allows; such a request
 /// is a bug in the caller, not network input.
 pub fn encode_request(req: &Request, dst: &mut BytesMut) {
-    let start = begin_frame(dst, request_tag(&req.op), req.id, request_hint(&req.op));
+    let session = req.session.filter(|_| req.op.is_write());
+    let tag = match (session, &req.op) {
+        (Some(_), Op::Insert { .. }) => tag::S_INSERT,
+        (Some(_), Op::Update { .. }) => tag::S_UPDATE,
+        (Some(_), Op::Delete { .. }) => tag::S_DELETE,
+        _ => request_tag(&req.op),
+    };
+    let start = begin_frame(dst, tag, req.id, request_hint(&req.op) + SESSION_STAMP);
+    if let Some(s) = session {
+        dst.put_u64(s.stamp.session);
+        dst.put_u64(s.stamp.seq);
+        dst.put_u32(s.age_ms);
+    }
     match &req.op {
         Op::Hello { version } => dst.put_u16(*version),
         Op::Ping(payload) => put_bytes(dst, payload),
@@ -160,6 +181,18 @@ pub fn decode_request(src: &mut BytesMut, limits: &Limits) -> Result<Option<Requ
     let mut reader = Reader::new(body);
     let tag = reader.u8("tag")?;
     let id = reader.u64("request id")?;
+    let (tag, session) = match tag {
+        tag::S_INSERT | tag::S_UPDATE | tag::S_DELETE => {
+            let stamp = WriteStamp {
+                session: reader.u64("session")?,
+                seq: reader.u64("sequence")?,
+            };
+            let age_ms = reader.u32("attempt age")?;
+            let plain = tag - tag::S_INSERT + tag::INSERT;
+            (plain, Some(SessionWrite { stamp, age_ms }))
+        }
+        plain => (plain, None),
+    };
     let op = match tag {
         tag::HELLO => Op::Hello {
             version: reader.u16("version")?,
@@ -195,7 +228,7 @@ pub fn decode_request(src: &mut BytesMut, limits: &Limits) -> Result<Option<Requ
     // carries an oversized key, because the stream after it cannot be trusted.
     reader.finish()?;
     check_limits(id, &op, limits)?;
-    Ok(Some(Request { id, op }))
+    Ok(Some(Request { id, op, session }))
 }
 
 /// Takes one response frame off the front of `src`.

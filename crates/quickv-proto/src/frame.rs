@@ -12,7 +12,14 @@ use bytes::Bytes;
 /// A client states the version it speaks in [`Op::Hello`]; the server answers with the same number in
 /// [`Reply::Hello`] or refuses with [`ErrorCode::UnsupportedVersion`]. Any change a version 1 peer could
 /// not decode (a new tag, a new error code, a new field) needs a new version.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Version 2 added session-stamped writes ([`Request::session`]) and [`ErrorCode::SessionExpired`].
+/// A version 2 server still accepts version 1 clients (their frames are a subset of version 2's);
+/// a version 1 server refuses a version 2 hello with [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Oldest client protocol version a server still accepts in [`Op::Hello`].
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// TLS application protocol name (ALPN) of the client protocol.
 ///
@@ -21,8 +28,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const ALPN: &[u8] = b"quickv/1";
 
 /// ALPN of the primary↔backup link (the [`crate::peer`] protocol); a server tells the two kinds of
-/// connection apart by it.
-pub const PEER_ALPN: &[u8] = b"quickv-peer/1";
+/// connection apart by it. Version 2 carries session records with replicated writes and transfers;
+/// a server of the previous version fails the handshake instead of misreading them.
+pub const PEER_ALPN: &[u8] = b"quickv-peer/2";
 
 /// Bytes of the length prefix that starts every frame (a big-endian `u32`).
 pub const LEN_PREFIX: usize = 4;
@@ -89,6 +97,46 @@ pub struct Request {
     pub id: RequestId,
     /// What the client asks for.
     pub op: Op,
+    /// For a write (insert, update, delete): the client session and sequence that make a retry of
+    /// it recognisable, so the primary answers the original answer instead of applying it twice.
+    /// `None` for reads and for clients that do not retry (protocol version 1). Ignored by the
+    /// encoder for operations that are not writes.
+    pub session: Option<SessionWrite>,
+}
+
+impl Request {
+    /// A request without a session stamp.
+    pub fn new(id: RequestId, op: Op) -> Request {
+        Request {
+            id,
+            op,
+            session: None,
+        }
+    }
+}
+
+/// Identifies one write of one client session across retries, reconnects and a primary restart.
+///
+/// The client picks `session` at random when it is built and numbers its writes `seq = 1, 2, …`;
+/// a retry resends the same pair. The primary keeps the answer of recent stamped writes (see
+/// `docs/client.md`, "Sessions"), and the record travels with the write to the backup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WriteStamp {
+    /// The client session, random per client.
+    pub session: u64,
+    /// The write's number in the session, from 1, never reused.
+    pub seq: u64,
+}
+
+/// A write's stamp as a client sends it: the stamp and how long ago the client first sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionWrite {
+    /// Which write this is.
+    pub stamp: WriteStamp,
+    /// Milliseconds since the client first sent this write (0 on the first attempt). The server
+    /// refuses a retry with [`ErrorCode::SessionExpired`] if a record it may have needed was evicted
+    /// after the write was first sent; this age is how it knows, without synchronised clocks.
+    pub age_ms: u32,
 }
 
 /// The operation a request asks for. Variants carry only their own arguments.
@@ -261,6 +309,10 @@ pub enum ErrorCode {
     /// never took effect. Only certificates with a restricted role (`read`, `write`) ever get it,
     /// so clients that predate roles, which hold `admin` certificates, never see it.
     Forbidden = 9,
+    /// A retried write (same session and sequence as an earlier attempt) arrived after the server
+    /// evicted the record that would tell whether the earlier attempt took effect: its fate is
+    /// unknown and it was not applied again. New in protocol version 2.
+    SessionExpired = 10,
 }
 
 impl ErrorCode {
@@ -276,6 +328,7 @@ impl ErrorCode {
             7 => ErrorCode::Internal,
             8 => ErrorCode::NotAllowed,
             9 => ErrorCode::Forbidden,
+            10 => ErrorCode::SessionExpired,
             _ => return None,
         })
     }
@@ -293,6 +346,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::NotAllowed => "not allowed",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::SessionExpired => "session expired",
         })
     }
 }
@@ -323,7 +377,8 @@ mod tests {
         }
         assert_eq!(ErrorCode::from_u16(0), None);
         assert_eq!(ErrorCode::from_u16(9), Some(ErrorCode::Forbidden));
-        assert_eq!(ErrorCode::from_u16(10), None);
+        assert_eq!(ErrorCode::from_u16(10), Some(ErrorCode::SessionExpired));
+        assert_eq!(ErrorCode::from_u16(11), None);
         assert_eq!(ErrorCode::NotAllowed.to_string(), "not allowed");
     }
 

@@ -74,8 +74,8 @@ pub use codec::{
     DecodeError, DUMP_CHUNK_HEADER, FRAME_HEADER,
 };
 pub use frame::{
-    ErrorCode, Limits, Op, Reply, Request, RequestId, Response, ALPN, LEN_PREFIX, PEER_ALPN,
-    PROTOCOL_VERSION,
+    ErrorCode, Limits, Op, Reply, Request, RequestId, Response, SessionWrite, WriteStamp, ALPN,
+    LEN_PREFIX, MIN_PROTOCOL_VERSION, PEER_ALPN, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]

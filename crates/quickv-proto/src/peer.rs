@@ -21,7 +21,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::codec::{encoded_len_entry, put_bytes, wire_len, Reader};
-use super::{BucketId, DecodeError, Digest, Limits, BUCKETS, LEN_PREFIX};
+use super::{BucketId, DecodeError, Digest, Limits, WriteStamp, BUCKETS, LEN_PREFIX};
 
 /// Per-lane sequence number of a replicated write; starts at 1 on each new link, 0 means "none yet".
 pub type ReplOffset = u64;
@@ -89,6 +89,9 @@ pub enum PeerMsg {
         key: Bytes,
         /// The new value.
         value: Bytes,
+        /// The client write this is, if it was stamped: the backup records it in the key's
+        /// bucket's session table (answer `Ok`) when it applies the write.
+        stamp: Option<WriteStamp>,
     },
     /// Remove a key.
     Remove {
@@ -96,6 +99,18 @@ pub enum PeerMsg {
         offset: ReplOffset,
         /// The key.
         key: Bytes,
+        /// As for `Put`; the recorded answer is the value the removal took away.
+        stamp: Option<WriteStamp>,
+    },
+    /// Bootstrap, inside a bucket (between `BucketBegin` and `BucketEnd`): one remembered answer of
+    /// the bucket's session table. The receiver installs the table when the bucket verifies.
+    SessionAnswer(SessionAnswer),
+    /// Bootstrap, inside a bucket: the sender's table evicted records of this bucket `ms_ago`
+    /// milliseconds ago (the latest such eviction), so retries first sent before then must be
+    /// refused as expired on the receiver too.
+    SessionsEvicted {
+        /// Milliseconds since the latest eviction.
+        ms_ago: u64,
     },
     /// Integrity check: after applying everything up to `offset`, the bucket's digest should be this.
     Check {
@@ -134,6 +149,19 @@ pub enum PeerMsg {
         /// The backup's digest.
         digest: Digest,
     },
+}
+
+/// One remembered answer of a session table, as a bootstrap carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionAnswer {
+    /// The write it answers.
+    pub stamp: WriteStamp,
+    /// Sequences of this session below `floor` were evicted from the bucket's table.
+    pub floor: u64,
+    /// Milliseconds since the session last wrote to the bucket (for the age limit).
+    pub idle_ms: u64,
+    /// The original answer: `None` for `Ok` (insert, update), `Some(old value)` for a delete.
+    pub removed: Option<Bytes>,
 }
 
 /// Smallest encoding of one snapshot entry: two empty byte strings.
@@ -183,6 +211,8 @@ impl PeerMsg {
             PeerMsg::Check { .. } => 0x53,
             PeerMsg::ReplaceBegin(_) => 0x54,
             PeerMsg::ReplaceEnd { .. } => 0x55,
+            PeerMsg::SessionAnswer(_) => 0x48,
+            PeerMsg::SessionsEvicted { .. } => 0x49,
             PeerMsg::Ack { .. } => 0x60,
             PeerMsg::Mismatch { .. } => 0x61,
         }
@@ -228,15 +258,36 @@ impl PeerMsg {
                 put_bytes(dst, reason.as_bytes());
             }
             PeerMsg::Goodbye(reason) => put_bytes(dst, reason.as_bytes()),
-            PeerMsg::Put { offset, key, value } => {
+            PeerMsg::Put {
+                offset,
+                key,
+                value,
+                stamp,
+            } => {
                 dst.put_u64(*offset);
+                put_stamp(dst, stamp);
                 put_bytes(dst, key);
                 put_bytes(dst, value);
             }
-            PeerMsg::Remove { offset, key } => {
+            PeerMsg::Remove { offset, key, stamp } => {
                 dst.put_u64(*offset);
+                put_stamp(dst, stamp);
                 put_bytes(dst, key);
             }
+            PeerMsg::SessionAnswer(a) => {
+                dst.put_u64(a.stamp.session);
+                dst.put_u64(a.stamp.seq);
+                dst.put_u64(a.floor);
+                dst.put_u64(a.idle_ms);
+                match &a.removed {
+                    None => dst.put_u8(0),
+                    Some(v) => {
+                        dst.put_u8(1);
+                        put_bytes(dst, v);
+                    }
+                }
+            }
+            PeerMsg::SessionsEvicted { ms_ago } => dst.put_u64(*ms_ago),
             PeerMsg::Check {
                 bucket,
                 offset,
@@ -343,17 +394,51 @@ impl PeerMsg {
             },
             0x46 => PeerMsg::Synced,
             0x47 => PeerMsg::Goodbye(r.string("reason")?),
+            0x48 => {
+                let stamp = WriteStamp {
+                    session: r.u64("session")?,
+                    seq: r.u64("sequence")?,
+                };
+                let floor = r.u64("floor")?;
+                let idle_ms = r.u64("idle")?;
+                let removed = match flag(r.u8("answer kind")?)? {
+                    false => None,
+                    true => {
+                        let v = r.bytes("removed value")?;
+                        if v.len() > limits.max_value {
+                            return Err(invalid("session answer over the size limits".into()));
+                        }
+                        Some(v)
+                    }
+                };
+                PeerMsg::SessionAnswer(SessionAnswer {
+                    stamp,
+                    floor,
+                    idle_ms,
+                    removed,
+                })
+            }
+            0x49 => PeerMsg::SessionsEvicted {
+                ms_ago: r.u64("eviction age")?,
+            },
             0x51 => {
                 let offset = r.u64("offset")?;
+                let stamp = stamp(&mut r)?;
                 let key = r.bytes("key")?;
                 let value = r.bytes("value")?;
                 if key.len() > limits.max_key || value.len() > limits.max_value {
                     return Err(invalid("replicated write over the size limits".into()));
                 }
-                PeerMsg::Put { offset, key, value }
+                PeerMsg::Put {
+                    offset,
+                    key,
+                    value,
+                    stamp,
+                }
             }
             0x52 => PeerMsg::Remove {
                 offset: r.u64("offset")?,
+                stamp: stamp(&mut r)?,
                 key: r.bytes("key")?,
             },
             0x53 => PeerMsg::Check {
@@ -395,6 +480,28 @@ fn flag(b: u8) -> Result<bool, DecodeError> {
     }
 }
 
+/// A replicated write's optional stamp: a flag byte, then session and sequence if set.
+fn put_stamp(dst: &mut BytesMut, stamp: &Option<WriteStamp>) {
+    match stamp {
+        None => dst.put_u8(0),
+        Some(s) => {
+            dst.put_u8(1);
+            dst.put_u64(s.session);
+            dst.put_u64(s.seq);
+        }
+    }
+}
+
+fn stamp(r: &mut Reader) -> Result<Option<WriteStamp>, DecodeError> {
+    Ok(match flag(r.u8("stamp flag")?)? {
+        false => None,
+        true => Some(WriteStamp {
+            session: r.u64("session")?,
+            seq: r.u64("sequence")?,
+        }),
+    })
+}
+
 fn bucket(r: &mut Reader) -> Result<BucketId, DecodeError> {
     let b = r.u8("bucket")?;
     BucketId::new(usize::from(b))
@@ -415,6 +522,12 @@ mod tests {
 
     fn any_bytes() -> impl Strategy<Value = Bytes> {
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from)
+    }
+
+    fn any_stamp() -> impl Strategy<Value = Option<WriteStamp>> {
+        proptest::option::of(
+            (any::<u64>(), any::<u64>()).prop_map(|(session, seq)| WriteStamp { session, seq }),
+        )
     }
 
     fn any_msg() -> impl Strategy<Value = PeerMsg> {
@@ -455,9 +568,29 @@ mod tests {
                 .prop_map(|(ok, reason)| PeerMsg::TransferAck { ok, reason }),
             Just(PeerMsg::Synced),
             "[a-z ]{0,20}".prop_map(PeerMsg::Goodbye),
-            (any::<u64>(), any_bytes(), any_bytes())
-                .prop_map(|(offset, key, value)| PeerMsg::Put { offset, key, value }),
-            (any::<u64>(), any_bytes()).prop_map(|(offset, key)| PeerMsg::Remove { offset, key }),
+            (any::<u64>(), any_bytes(), any_bytes(), any_stamp()).prop_map(
+                |(offset, key, value, stamp)| PeerMsg::Put {
+                    offset,
+                    key,
+                    value,
+                    stamp
+                }
+            ),
+            (any::<u64>(), any_bytes(), any_stamp())
+                .prop_map(|(offset, key, stamp)| PeerMsg::Remove { offset, key, stamp }),
+            (
+                any::<(u64, u64, u64, u64)>(),
+                proptest::option::of(any_bytes())
+            )
+                .prop_map(|((session, seq, floor, idle_ms), removed)| {
+                    PeerMsg::SessionAnswer(SessionAnswer {
+                        stamp: WriteStamp { session, seq },
+                        floor,
+                        idle_ms,
+                        removed,
+                    })
+                }),
+            any::<u64>().prop_map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }),
             (bucket.clone(), any::<u64>(), digest.clone()).prop_map(|(bucket, offset, digest)| {
                 PeerMsg::Check {
                     bucket,
@@ -530,6 +663,7 @@ mod tests {
             offset: 1,
             key: Bytes::from_static(b"k"),
             value: Bytes::from(vec![0u8; 17]),
+            stamp: None,
         }
         .encode(&mut big_put);
         assert!(PeerMsg::decode(&mut big_put, &limits).is_err());

@@ -38,11 +38,25 @@ fn arb_op() -> impl Strategy<Value = Op> {
 }
 
 fn arb_request() -> impl Strategy<Value = Request> {
-    (any::<u64>(), arb_op()).prop_map(|(id, op)| Request { id, op })
+    (
+        any::<u64>(),
+        arb_op(),
+        proptest::option::of((any::<u64>(), any::<u64>(), any::<u32>())),
+    )
+        .prop_map(|(id, op, stamp)| {
+            // Only writes carry a stamp on the wire; the encoder drops it from anything else.
+            let session = stamp
+                .filter(|_| op.is_write())
+                .map(|(session, seq, age_ms)| SessionWrite {
+                    stamp: WriteStamp { session, seq },
+                    age_ms,
+                });
+            Request { id, op, session }
+        })
 }
 
 fn arb_error_code() -> impl Strategy<Value = ErrorCode> {
-    (1u16..=8).prop_map(|n| ErrorCode::from_u16(n).unwrap())
+    (1u16..=10).prop_map(|n| ErrorCode::from_u16(n).unwrap())
 }
 
 fn arb_reply() -> impl Strategy<Value = Reply> {
@@ -98,6 +112,7 @@ fn get(id: u64) -> Request {
         op: Op::Get {
             key: Bytes::from_static(b"next"),
         },
+        session: None,
     }
 }
 
@@ -251,6 +266,7 @@ fn wire_layout_matches_the_document() {
             key: Bytes::from_static(b"ab"),
             value: Bytes::from_static(b"xyz"),
         },
+        session: None,
     };
     let expected: &[u8] = &[
         0, 0, 0, 22,   // len = 1 + 8 + 4 + 2 + 4 + 3
@@ -298,6 +314,7 @@ fn values_are_slices_of_the_read_buffer() {
             key: Bytes::from_static(b"key"),
             value: Bytes::from_static(b"value"),
         },
+        session: None,
     };
     let mut buf = encoded_request(&req);
     let base = buf.as_ptr() as usize;
@@ -350,6 +367,7 @@ fn oversized_key_is_rejected_and_the_stream_goes_on() {
                 key: Bytes::from(vec![b'k'; limits.max_key + 1]),
                 value: Bytes::from_static(b"v"),
             },
+            session: None,
         },
         &mut buf,
     );
@@ -371,6 +389,7 @@ fn oversized_key_is_rejected_and_the_stream_goes_on() {
         op: Op::Get {
             key: Bytes::from(vec![b'k'; limits.max_key]),
         },
+        session: None,
     };
     let mut buf = encoded_request(&at_limit);
     assert_eq!(decode_request(&mut buf, &limits), Ok(Some(at_limit)));
@@ -390,7 +409,7 @@ fn oversized_value_is_rejected_and_the_stream_goes_on() {
         ),
         (Op::Ping(big.clone()), "ping payload"),
     ] {
-        let mut buf = encoded_request(&Request { id: 3, op });
+        let mut buf = encoded_request(&Request { id: 3, op, session: None });
         encode_request(&get(4), &mut buf);
         assert_eq!(
             decode_request(&mut buf, &limits),
@@ -482,10 +501,10 @@ fn response_content_errors_are_invalid() {
     invalid(decode_response(&mut buf, &SMALL));
 
     let mut fields = Vec::new();
-    fields.put_u16(10);
+    fields.put_u16(11);
     fields.put_u32(0);
     let mut buf = BytesMut::from(&raw_frame(0x88, 1, &fields)[..]);
-    assert!(invalid(decode_response(&mut buf, &SMALL)).contains("unknown error code 10"));
+    assert!(invalid(decode_response(&mut buf, &SMALL)).contains("unknown error code 11"));
 
     let mut fields = Vec::new();
     fields.put_u32(2);
@@ -508,6 +527,7 @@ fn largest_legal_requests_fit_the_default_frame_limit() {
             key: Bytes::from(vec![1; limits.max_key]),
             value: Bytes::from(vec![2; limits.max_value]),
         },
+        session: None,
     };
     let mut buf = encoded_request(&req);
     assert_eq!(decode_request(&mut buf, &limits), Ok(Some(req)));
@@ -518,4 +538,44 @@ fn largest_legal_requests_fit_the_default_frame_limit() {
         LEN_PREFIX + FRAME_HEADER + 1 + 4 + entry_len,
         LEN_PREFIX + DUMP_CHUNK_HEADER + entry_len
     );
+}
+
+#[test]
+fn a_stamped_write_has_the_documented_layout() {
+    // docs/protocol.md: tag 0x0B..0x0D, id, session u64, seq u64, age u32, then the plain fields.
+    let req = Request {
+        id: 5,
+        op: Op::Delete {
+            key: Bytes::from_static(b"k"),
+        },
+        session: Some(SessionWrite {
+            stamp: WriteStamp {
+                session: 0xAA,
+                seq: 7,
+            },
+            age_ms: 250,
+        }),
+    };
+    let mut fields = Vec::new();
+    fields.put_u64(0xAA);
+    fields.put_u64(7);
+    fields.put_u32(250);
+    fields.put_u32(1);
+    fields.put_u8(b'k');
+    assert_eq!(encoded_request(&req)[..], raw_frame(0x0D, 5, &fields)[..]);
+    let mut buf = encoded_request(&req);
+    assert_eq!(decode_request(&mut buf, &SMALL), Ok(Some(req.clone())));
+    // The stamp is a write's: a read never carries one.
+    let get = Request {
+        id: 6,
+        op: Op::Get {
+            key: Bytes::from_static(b"k"),
+        },
+        session: req.session,
+    };
+    let mut buf = encoded_request(&get);
+    assert_eq!(decode_request(&mut buf, &SMALL), Ok(Some(Request::new(6, get.op))));
+    // A stamped frame cut short inside its stamp is invalid, not a crash.
+    let mut buf = BytesMut::from(&raw_frame(0x0B, 1, &[0, 0, 0])[..]);
+    invalid(decode_request(&mut buf, &SMALL));
 }
