@@ -1,5 +1,5 @@
 //! The runner: plays a [`Script`] against a real pair of servers and hands every answer to the
-//! [`Judge`].
+//! [`Judge`](crate::tester::Judge).
 //!
 //! By default it builds its own pair for each script: a fresh temporary directory, certificates
 //! made with `quickv certs --dir`, two free loopback ports, and the `quickv` binary started as
