@@ -29,15 +29,15 @@
 //!
 //! # The path of a request
 //!
-//! A client ([`client::Client`]) queues a call on one of its lanes (long-lived bidirectional
-//! streams). The lane's writer encodes it with [`protocol::encode_request`] — a length-prefixed
+//! A client ([`client::Client`]) queues a call on one of its streams (long-lived bidirectional
+//! QUIC streams). The stream's writer encodes it with [`protocol::encode_request`] — a length-prefixed
 //! frame carrying a request id — batching whatever else is queued into the same write. On the
 //! server, [`server::session`] reads the stream, decodes frames with
 //! [`protocol::decode_request`] (which tells *incomplete* from *invalid* and checks lengths before
 //! allocating), and hands each request to [`server::router::handle`]. A GET is answered from the
 //! [`store::Store`] at once; an INSERT on a standalone server is applied to its bucket
 //! (`BucketId::of(key)`), updating the bucket's digest in O(1). The answer is queued to the
-//! stream's writer task, which batches answers into one write; the client's lane reader matches it
+//! stream's writer task, which batches answers into one write; the client's stream reader matches it
 //! to the waiting caller by id, so answers may come back in any order.
 //!
 //! An HTTP request to the optional gateway ([`server::http`]) becomes the same [`protocol::Op`] and takes

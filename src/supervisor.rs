@@ -425,8 +425,8 @@ impl std::fmt::Debug for ServerProcess {
 
 impl ServerProcess {
     /// Takes charge of a child started elsewhere (its stdout, if still piped, is not watched:
-    /// call [`watch_stdout`] yourself). From now on the supervisor reaps it: do not wait on
-    /// `child` anywhere else.
+    /// read it yourself, e.g. with [`await_ready_line`]). From now on the supervisor reaps it:
+    /// do not wait on `child` anywhere else.
     pub fn adopt(child: Child, role: &str) -> ServerProcess {
         let pid = child.id();
         let exit = Arc::new(Latch::new());

@@ -28,5 +28,5 @@ pub mod runner;
 pub mod script;
 
 pub use judge::{Answer, At, Judge, Violation};
-pub use runner::{run, External, PairSpec, Report, RunOptions, Via};
+pub use runner::{run, External, PairSpec, RunOptions, ScriptReport, Via};
 pub use script::{ParseMode, Script, ScriptError};

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::tester::script::{Action, KvOp, Server};
+use crate::tester::script::{Action, KvOp, PairMember};
 
 /// Which servers the runner believes are up. Judging depends on it: with both up every answer is
 /// exact, with the backup down writes must be refused, with the primary down everything must fail.
@@ -32,17 +32,19 @@ pub enum Up {
 
 impl Up {
     /// Whether `server` is believed up.
-    pub fn contains(self, server: Server) -> bool {
+    pub fn contains(self, server: PairMember) -> bool {
         matches!(
             (self, server),
-            (Up::Both, _) | (Up::PrimaryOnly, Server::Primary) | (Up::BackupOnly, Server::Backup)
+            (Up::Both, _)
+                | (Up::PrimaryOnly, PairMember::Primary)
+                | (Up::BackupOnly, PairMember::Backup)
         )
     }
 
     /// The same beliefs with `server` up or down.
-    pub fn with(self, server: Server, up: bool) -> Up {
-        let is = |s: Server| if s == server { up } else { self.contains(s) };
-        match (is(Server::Primary), is(Server::Backup)) {
+    pub fn with(self, server: PairMember, up: bool) -> Up {
+        let is = |s: PairMember| if s == server { up } else { self.contains(s) };
+        match (is(PairMember::Primary), is(PairMember::Backup)) {
             (true, true) => Up::Both,
             (true, false) => Up::PrimaryOnly,
             (false, true) => Up::BackupOnly,
@@ -205,16 +207,16 @@ mod tests {
 
     #[test]
     fn beliefs_follow_start_stop_kill_or_only_switch() {
-        let up = Up::Neither.after(&Action::Start(Server::Primary), false);
+        let up = Up::Neither.after(&Action::Start(PairMember::Primary), false);
         assert_eq!(up, Up::PrimaryOnly);
-        let up = up.after(&Action::Start(Server::Backup), false);
+        let up = up.after(&Action::Start(PairMember::Backup), false);
         assert_eq!(up, Up::Both);
         assert_eq!(
-            up.after(&Action::Kill(Server::Primary), false),
+            up.after(&Action::Kill(PairMember::Primary), false),
             Up::BackupOnly
         );
         assert_eq!(
-            up.after(&Action::Stop(Server::Backup), false),
+            up.after(&Action::Stop(PairMember::Backup), false),
             Up::PrimaryOnly
         );
         assert_eq!(
@@ -224,14 +226,17 @@ mod tests {
 
         // In a Switch script only Switch counts, and it flips.
         assert_eq!(
-            Up::Neither.after(&Action::Start(Server::Primary), true),
+            Up::Neither.after(&Action::Start(PairMember::Primary), true),
             Up::Neither
         );
-        let up = Up::Neither.after(&Action::Switch(Server::Backup), true);
+        let up = Up::Neither.after(&Action::Switch(PairMember::Backup), true);
         assert_eq!(up, Up::BackupOnly);
-        assert_eq!(up.after(&Action::Switch(Server::Backup), true), Up::Neither);
-        assert!(Up::Both.contains(Server::Backup));
-        assert!(!Up::BackupOnly.contains(Server::Primary));
+        assert_eq!(
+            up.after(&Action::Switch(PairMember::Backup), true),
+            Up::Neither
+        );
+        assert!(Up::Both.contains(PairMember::Backup));
+        assert!(!Up::BackupOnly.contains(PairMember::Primary));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use crate::client::ClientError;
 use crate::protocol::{Outcome, Reply};
 use crate::tester::model::{Model, Possible, Up};
-use crate::tester::script::{Action, KvOp, Server, Step};
+use crate::tester::script::{Action, KvOp, PairMember, Step};
 
 /// What a server (or the attempt to reach it) answered to one operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,7 +249,7 @@ impl Judge {
     /// Judges the final dump of `server` (sorted or not): every key must hold one of the model's
     /// values, and every key the model is sure of must be there. Dumping the primary first
     /// settles uncertain keys, so a backup that differs from the primary is caught too.
-    pub fn dump(&mut self, server: Server, answer: Result<&[(Bytes, Bytes)], &Answer>) {
+    pub fn dump(&mut self, server: PairMember, answer: Result<&[(Bytes, Bytes)], &Answer>) {
         let entries = match answer {
             Ok(entries) => entries,
             Err(refusal) => {
@@ -345,7 +345,10 @@ impl Judge {
 
 /// Whether a server in state `up` may answer `op` with `answer` (regardless of the model).
 fn permitted(op: &KvOp, answer: &Answer, up: Up) -> bool {
-    match (up.contains(Server::Primary), up.contains(Server::Backup)) {
+    match (
+        up.contains(PairMember::Primary),
+        up.contains(PairMember::Backup),
+    ) {
         (false, _) => !answer.is_definite(),
         (true, true) => answer.is_definite(),
         (true, false) if op.is_write() => {
@@ -385,7 +388,10 @@ fn learn(op: &KvOp, answer: &Answer, before: &Possible) -> Option<Possible> {
 
 /// The answers a server in state `up` may give, in words.
 fn expectation(op: &KvOp, before: &Possible, up: Up) -> String {
-    match (up.contains(Server::Primary), up.contains(Server::Backup)) {
+    match (
+        up.contains(PairMember::Primary),
+        up.contains(PairMember::Backup),
+    ) {
         (false, _) => format!("a failure ({up})"),
         (true, true) => definite_answers(op, before),
         (true, false) if op.is_write() => format!("unavailable or indeterminate ({up})"),

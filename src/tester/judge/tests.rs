@@ -36,8 +36,8 @@ fn unavailable() -> Answer {
 /// A judge with both servers up.
 fn pair() -> Judge {
     let mut judge = Judge::new(false);
-    judge.action(&Action::Start(Server::Primary));
-    judge.action(&Action::Start(Server::Backup));
+    judge.action(&Action::Start(PairMember::Primary));
+    judge.action(&Action::Start(PairMember::Backup));
     judge
 }
 
@@ -96,7 +96,7 @@ fn switch_flips_the_belief_at_once_whatever_the_exec_order() {
     assert_eq!(seen, vec![Up::Both, Up::Both, Up::PrimaryOnly]);
     assert_eq!(j.violations(), &[]);
     let dump = pairs(&[("a", "1"), ("b", "2")]);
-    j.dump(Server::Primary, Ok(&dump));
+    j.dump(PairMember::Primary, Ok(&dump));
     assert_eq!(j.violations(), &[]);
 }
 
@@ -113,8 +113,8 @@ fn exact_answers_with_both_up_pass() {
     j.operation(&step(10, "Get a"), &Answer::NotFound);
     j.operation(&step(11, "Insert c 9"), &Answer::Ok);
     let dump = pairs(&[("c", "9")]);
-    j.dump(Server::Primary, Ok(&dump));
-    j.dump(Server::Backup, Ok(&dump));
+    j.dump(PairMember::Primary, Ok(&dump));
+    j.dump(PairMember::Backup, Ok(&dump));
     assert_eq!(j.violations(), &[]);
 }
 
@@ -170,7 +170,7 @@ fn wrong_outcomes_with_both_up_are_reported() {
 fn a_success_while_the_backup_is_down_is_reported() {
     let mut j = pair();
     j.operation(&step(1, "Insert a 1"), &Answer::Ok);
-    j.action(&Action::Kill(Server::Backup));
+    j.action(&Action::Kill(PairMember::Backup));
     j.operation(&step(3, "Insert b 2"), &unavailable());
     j.operation(&step(4, "Update a 5"), &Answer::Ok);
     j.operation(
@@ -189,7 +189,7 @@ fn a_success_while_the_backup_is_down_is_reported() {
 fn a_read_with_the_backup_down_must_match() {
     let mut j = pair();
     j.operation(&step(1, "Insert a 1"), &Answer::Ok);
-    j.action(&Action::Stop(Server::Backup));
+    j.action(&Action::Stop(PairMember::Backup));
     j.operation(&step(3, "Get a"), &value("1"));
     j.operation(&step(4, "Get a"), &Answer::NotFound);
     assert_eq!(lines(&j), vec![At::Line(4)]);
@@ -203,7 +203,7 @@ fn a_read_with_the_backup_down_must_match() {
 fn a_read_succeeding_while_the_primary_is_down_is_reported() {
     let mut j = pair();
     j.operation(&step(1, "Insert a 1"), &Answer::Ok);
-    j.action(&Action::Kill(Server::Primary));
+    j.action(&Action::Kill(PairMember::Primary));
     j.operation(&step(3, "Get a"), &Answer::Unreachable("gone".into()));
     j.operation(
         &step(4, "Insert b 1"),
@@ -218,10 +218,10 @@ fn a_read_succeeding_while_the_primary_is_down_is_reported() {
 fn both_down_empties_the_model() {
     let mut j = pair();
     j.operation(&step(1, "Insert a 1"), &Answer::Ok);
-    j.action(&Action::Kill(Server::Backup));
-    j.action(&Action::Kill(Server::Primary));
-    j.action(&Action::Start(Server::Primary));
-    j.action(&Action::Start(Server::Backup));
+    j.action(&Action::Kill(PairMember::Backup));
+    j.action(&Action::Kill(PairMember::Primary));
+    j.action(&Action::Start(PairMember::Primary));
+    j.action(&Action::Start(PairMember::Backup));
     j.operation(&step(6, "Get a"), &value("1"));
     j.operation(&step(7, "Get a"), &Answer::NotFound);
     assert_eq!(lines(&j), vec![At::Line(6)]);
@@ -232,8 +232,8 @@ fn both_down_empties_the_model() {
 fn one_server_down_keeps_the_model() {
     let mut j = pair();
     j.operation(&step(1, "Insert a 1"), &Answer::Ok);
-    j.action(&Action::Kill(Server::Primary));
-    j.action(&Action::Start(Server::Primary));
+    j.action(&Action::Kill(PairMember::Primary));
+    j.action(&Action::Start(PairMember::Primary));
     j.operation(&step(4, "Get a"), &Answer::NotFound);
     assert_eq!(lines(&j), vec![At::Line(4)]);
 }
@@ -242,12 +242,12 @@ fn one_server_down_keeps_the_model() {
 fn an_indeterminate_write_may_have_happened_until_a_read_settles_it() {
     let mut j = pair();
     j.operation(&step(1, "Insert a 1"), &Answer::Ok);
-    j.action(&Action::Kill(Server::Backup));
+    j.action(&Action::Kill(PairMember::Backup));
     j.operation(
         &step(3, "Update a 2"),
         &Answer::Indeterminate("no ack".into()),
     );
-    j.action(&Action::Start(Server::Backup));
+    j.action(&Action::Start(PairMember::Backup));
     assert_eq!(j.model().possible("a").to_string(), "\"1\" or \"2\"");
     j.operation(&step(5, "Get a"), &value("2"));
     assert_eq!(j.model().possible("a"), Possible::value("2"));
@@ -260,12 +260,12 @@ fn an_indeterminate_write_may_have_happened_until_a_read_settles_it() {
 #[test]
 fn an_insert_after_an_indeterminate_insert_may_succeed_or_exist() {
     let mut j = pair();
-    j.action(&Action::Stop(Server::Backup));
+    j.action(&Action::Stop(PairMember::Backup));
     j.operation(
         &step(2, "Insert a 1"),
         &Answer::Indeterminate("no ack".into()),
     );
-    j.action(&Action::Start(Server::Backup));
+    j.action(&Action::Start(PairMember::Backup));
     j.operation(&step(4, "Insert a 7"), &Answer::Exists);
     assert_eq!(j.model().possible("a"), Possible::value("1"));
     j.operation(&step(5, "Get a"), &Answer::NotFound);
@@ -292,7 +292,7 @@ fn block_answers_may_come_from_any_state_the_block_passed_through() {
         step(5, "Update a 2"),
         step(6, "Get a"),
     ];
-    let kill = Action::Kill(Server::Backup);
+    let kill = Action::Kill(PairMember::Backup);
     j.block(
         &[
             (&ops[0], Answer::Ok),
@@ -329,7 +329,7 @@ fn a_missing_key_in_the_final_dump_is_reported() {
     let mut j = pair();
     j.operation(&step(1, "Insert a 1"), &Answer::Ok);
     j.operation(&step(2, "Insert b 2"), &Answer::Ok);
-    j.dump(Server::Primary, Ok(&pairs(&[("a", "1")])));
+    j.dump(PairMember::Primary, Ok(&pairs(&[("a", "1")])));
     assert_eq!(lines(&j), vec![At::End]);
     let v = &j.violations()[0];
     assert_eq!(v.instruction, "dump of the primary, key \"b\"");
@@ -340,7 +340,7 @@ fn a_missing_key_in_the_final_dump_is_reported() {
 #[test]
 fn an_extra_key_in_the_final_dump_is_reported() {
     let mut j = pair();
-    j.dump(Server::Backup, Ok(&pairs(&[("ghost", "1")])));
+    j.dump(PairMember::Backup, Ok(&pairs(&[("ghost", "1")])));
     assert_eq!(lines(&j), vec![At::End]);
     assert_eq!(j.violations()[0].expected, "absent");
 }
@@ -350,8 +350,8 @@ fn a_stale_backup_dump_is_reported() {
     let mut j = pair();
     j.operation(&step(1, "Insert a 1"), &Answer::Ok);
     j.operation(&step(2, "Update a 2"), &Answer::Ok);
-    j.dump(Server::Primary, Ok(&pairs(&[("a", "2")])));
-    j.dump(Server::Backup, Ok(&pairs(&[("a", "1")])));
+    j.dump(PairMember::Primary, Ok(&pairs(&[("a", "2")])));
+    j.dump(PairMember::Backup, Ok(&pairs(&[("a", "1")])));
     assert_eq!(j.violations().len(), 1);
     let v = &j.violations()[0];
     assert_eq!(v.instruction, "dump of the backup, key \"a\"");
@@ -362,28 +362,28 @@ fn a_stale_backup_dump_is_reported() {
 #[test]
 fn the_primary_dump_settles_uncertain_keys_for_the_backup() {
     let mut j = pair();
-    j.action(&Action::Kill(Server::Backup));
+    j.action(&Action::Kill(PairMember::Backup));
     j.operation(
         &step(2, "Insert a 1"),
         &Answer::Indeterminate("no ack".into()),
     );
-    j.action(&Action::Start(Server::Backup));
-    j.dump(Server::Primary, Ok(&[]));
+    j.action(&Action::Start(PairMember::Backup));
+    j.dump(PairMember::Primary, Ok(&[]));
     assert_eq!(j.violations(), &[]);
-    j.dump(Server::Backup, Ok(&pairs(&[("a", "1")])));
+    j.dump(PairMember::Backup, Ok(&pairs(&[("a", "1")])));
     assert_eq!(lines(&j), vec![At::End]);
 }
 
 #[test]
 fn a_refused_dump_is_excused_only_for_a_lone_server() {
     let mut j = pair();
-    j.dump(Server::Primary, Err(&unavailable()));
+    j.dump(PairMember::Primary, Err(&unavailable()));
     assert_eq!(lines(&j), vec![At::End]);
     let mut j = pair();
-    j.action(&Action::Kill(Server::Backup));
-    j.dump(Server::Primary, Err(&unavailable()));
+    j.action(&Action::Kill(PairMember::Backup));
+    j.dump(PairMember::Primary, Err(&unavailable()));
     j.dump(
-        Server::Primary,
+        PairMember::Primary,
         Err(&Answer::Unreachable("connection refused".into())),
     );
     assert_eq!(lines(&j), vec![At::End]);

@@ -20,7 +20,7 @@ use crate::client::{Client, ClientConfig};
 use crate::protocol::Op;
 use crate::supervisor::{self, append, tail};
 use crate::tester::judge::{Answer, At, Judge, Violation};
-use crate::tester::script::{Action, Block, Instruction, KvOp, Script, Server, Step};
+use crate::tester::script::{Action, Block, Instruction, KvOp, PairMember, Script, Step};
 
 /// The runner's connection to one server.
 pub(super) enum Conn {
@@ -86,7 +86,7 @@ impl<'o> Runner<'o> {
                     .await
                     .context("making certificates")??;
                 let [primary, backup] = supervisor::free_udp_addrs()?;
-                let logs = Server::BOTH.map(|s| work.path().join(format!("{s}.log")));
+                let logs = PairMember::BOTH.map(|s| work.path().join(format!("{s}.log")));
                 let http = match options.via {
                     Via::Quic => None,
                     Via::Http => Some(supervisor::free_tcp_addrs()?.map(|a| a.to_string())),
@@ -178,11 +178,11 @@ impl<'o> Runner<'o> {
         let gateway = self
             .http
             .as_ref()
-            .map(|h| h[Server::Primary.index()].clone());
+            .map(|h| h[PairMember::Primary.index()].clone());
         let client = if block.ops.is_empty() || gateway.is_some() {
             None
         } else {
-            Some(self.client(Server::Primary).await)
+            Some(self.client(PairMember::Primary).await)
         };
         let requests = async {
             if let Some(addr) = &gateway {
@@ -223,7 +223,7 @@ impl<'o> Runner<'o> {
             .iter()
             .any(|(a, _)| matches!(a, Answer::NoAnswer(_)))
         {
-            self.reset(Server::Primary);
+            self.reset(PairMember::Primary);
         }
         for (step, (answer, took)) in block.ops.iter().zip(&answers) {
             self.trace(step.line, &step.text, answer, *took);
@@ -246,20 +246,21 @@ impl<'o> Runner<'o> {
     async fn request(&mut self, op: &KvOp) -> Answer {
         self.ops += 1;
         if let Some(http) = &self.http {
-            return crate::tester::http::call(&http[Server::Primary.index()], op, OP_TIMEOUT).await;
+            return crate::tester::http::call(&http[PairMember::Primary.index()], op, OP_TIMEOUT)
+                .await;
         }
-        let answer = match self.client(Server::Primary).await {
+        let answer = match self.client(PairMember::Primary).await {
             Ok(client) => call(client, op.to_op()).await,
             Err(answer) => answer,
         };
         if matches!(answer, Answer::NoAnswer(_)) {
-            self.reset(Server::Primary);
+            self.reset(PairMember::Primary);
         }
         answer
     }
 
     /// The connection to `server`, made if needed. A failure is the answer the request gets.
-    pub(super) async fn client(&mut self, server: Server) -> Result<Client, Answer> {
+    pub(super) async fn client(&mut self, server: PairMember) -> Result<Client, Answer> {
         let i = server.index();
         match &self.conns[i] {
             Conn::Open(client) => return Ok(client.clone()),
@@ -288,7 +289,7 @@ impl<'o> Runner<'o> {
 
     /// Forgets the connection to `server`, closing it in the background so that requests still
     /// in flight on it end now rather than at the idle timeout.
-    pub(super) fn reset(&mut self, server: Server) {
+    pub(super) fn reset(&mut self, server: PairMember) {
         if let Conn::Open(client) = std::mem::replace(&mut self.conns[server.index()], Conn::Closed)
         {
             tokio::spawn(async move { client.close().await });
@@ -345,7 +346,7 @@ impl<'o> Runner<'o> {
             Err(_) => self.background.push(child),
         }
         // The command may have started or stopped servers: reconnect before the next request.
-        for server in Server::BOTH {
+        for server in PairMember::BOTH {
             self.reset(server);
         }
         Ok(())
@@ -356,7 +357,7 @@ impl<'o> Runner<'o> {
     /// the `Exec` that starts the server, so waiting here could wait for a server nobody has
     /// started yet. The wait happens before the next operation ([`Runner::settle`]).
     fn switch(&mut self) {
-        for s in Server::BOTH {
+        for s in PairMember::BOTH {
             self.reset(s);
         }
         self.unsettled = true;
@@ -367,10 +368,10 @@ impl<'o> Runner<'o> {
     pub(super) async fn final_check(&mut self) -> anyhow::Result<()> {
         if self.running.iter().all(|r| *r) {
             let deadline = Instant::now() + self.options.sync_timeout;
-            let both = Server::BOTH.map(|s| (s, Want::Synced));
+            let both = PairMember::BOTH.map(|s| (s, Want::Synced));
             self.wait_for(deadline, &both).await?;
         }
-        for server in Server::BOTH {
+        for server in PairMember::BOTH {
             if !self.judge.up().contains(server) {
                 continue;
             }

@@ -1,5 +1,5 @@
 //! The runner: plays a [`Script`] against a real pair of servers and hands every answer to the
-//! [`Judge`].
+//! [`Judge`](crate::tester::Judge).
 //!
 //! By default it builds its own pair for each script: a fresh temporary directory, certificates
 //! made with `quickv certs --dir`, two free loopback ports, and the `quickv` binary started as
@@ -56,7 +56,7 @@ pub struct RunOptions {
     pub pair: PairSpec,
     /// Deadline for each wait on the servers (answering, sync, exit).
     pub sync_timeout: Duration,
-    /// Record every instruction and answer in [`Report::transcript`].
+    /// Record every instruction and answer in [`ScriptReport::transcript`].
     pub verbose: bool,
     /// How operations and final dumps reach the servers.
     pub via: Via,
@@ -125,7 +125,7 @@ pub struct External {
 
 /// The outcome of one script.
 #[derive(Clone, Debug)]
-pub struct Report {
+pub struct ScriptReport {
     /// The script's name.
     pub name: String,
     /// Client operations sent.
@@ -144,7 +144,7 @@ pub struct Report {
     pub illegal: Vec<ParseError>,
 }
 
-impl Report {
+impl ScriptReport {
     /// True when the script ran to the end without a violation.
     pub fn passed(&self) -> bool {
         self.violations.is_empty() && self.aborted.is_none()
@@ -152,9 +152,9 @@ impl Report {
 }
 
 /// Runs `script` and reports what the judge found. Never panics on anything the servers do.
-pub async fn run(script: &Script, options: &RunOptions) -> Report {
+pub async fn run(script: &Script, options: &RunOptions) -> ScriptReport {
     let started = Instant::now();
-    let mut report = Report {
+    let mut report = ScriptReport {
         name: script.name.clone(),
         ops: 0,
         elapsed: Duration::ZERO,

@@ -14,7 +14,7 @@ use super::{External, LOG_TAIL_LINES, OP_TIMEOUT, POLL_INTERVAL, PROBE_TIMEOUT};
 use crate::client::Status;
 use crate::supervisor::{append, in_sync, tail, Output, ServerCommand, ServerProcess};
 use crate::tester::judge::{At, Violation};
-use crate::tester::script::Server;
+use crate::tester::script::PairMember;
 
 /// The servers themselves.
 pub(super) enum Servers<'o> {
@@ -43,7 +43,7 @@ impl Managed {
     /// connection when it is stopped.
     fn spawn(
         &mut self,
-        server: Server,
+        server: PairMember,
         addrs: &[String; 2],
         certs: &Path,
     ) -> anyhow::Result<&ServerProcess> {
@@ -61,7 +61,7 @@ impl Managed {
 impl<'o> Runner<'o> {
     /// Makes sure `server` runs, then waits until it answers and, with its peer running, until
     /// the pair is in sync.
-    pub(super) async fn start(&mut self, server: Server) -> anyhow::Result<()> {
+    pub(super) async fn start(&mut self, server: PairMember) -> anyhow::Result<()> {
         let deadline = Instant::now() + self.options.sync_timeout;
         self.reset(server);
         let i = server.index();
@@ -92,7 +92,7 @@ impl<'o> Runner<'o> {
         }
         self.running[i] = true;
         if self.running[server.other().index()] {
-            let both = Server::BOTH.map(|s| (s, Want::Synced));
+            let both = PairMember::BOTH.map(|s| (s, Want::Synced));
             self.wait_for(deadline, &both).await
         } else {
             self.wait_for(deadline, &[(server, Want::Answers)]).await
@@ -102,7 +102,7 @@ impl<'o> Runner<'o> {
     /// Stops `server` gracefully (SIGTERM) and expects it to exit with status 0.
     pub(super) async fn stop(
         &mut self,
-        server: Server,
+        server: PairMember,
         line: usize,
         text: &str,
     ) -> anyhow::Result<()> {
@@ -128,7 +128,7 @@ impl<'o> Runner<'o> {
     }
 
     /// Kills `server` (SIGKILL).
-    pub(super) async fn kill(&mut self, server: Server) -> anyhow::Result<()> {
+    pub(super) async fn kill(&mut self, server: PairMember) -> anyhow::Result<()> {
         let deadline = Instant::now() + self.options.sync_timeout;
         if let Some(external) = self.external() {
             let template = external
@@ -154,7 +154,7 @@ impl<'o> Runner<'o> {
     }
 
     /// Takes the managed process of `server` out of the runner's hands, to stop it.
-    fn take_child(&mut self, server: Server) -> Option<ServerProcess> {
+    fn take_child(&mut self, server: PairMember) -> Option<ServerProcess> {
         match &mut self.servers {
             Servers::Managed(managed) => managed.children[server.index()].take(),
             Servers::External(_) => None,
@@ -166,7 +166,7 @@ impl<'o> Runner<'o> {
     /// link, so the next requests meet a settled pair.
     pub(super) async fn stopped(
         &mut self,
-        server: Server,
+        server: PairMember,
         deadline: Instant,
     ) -> anyhow::Result<()> {
         self.reset(server);
@@ -191,14 +191,14 @@ impl<'o> Runner<'o> {
             return Ok(());
         }
         let mut ready = Vec::new();
-        for server in Server::BOTH {
+        for server in PairMember::BOTH {
             if self.judge.up().contains(server) && self.started(server).await {
                 ready.push(server);
             }
         }
         let deadline = Instant::now() + self.options.sync_timeout;
-        let wants: Vec<(Server, Want)> = match ready.as_slice() {
-            [_, _] => Server::BOTH.map(|s| (s, Want::Synced)).to_vec(),
+        let wants: Vec<(PairMember, Want)> = match ready.as_slice() {
+            [_, _] => PairMember::BOTH.map(|s| (s, Want::Synced)).to_vec(),
             [one] => vec![(*one, Want::Answers)],
             _ => Vec::new(),
         };
@@ -210,7 +210,7 @@ impl<'o> Runner<'o> {
 
     /// Whether someone started `server`: our child process runs, or (external pair) the script
     /// started it or it answers a status probe.
-    async fn started(&mut self, server: Server) -> bool {
+    async fn started(&mut self, server: PairMember) -> bool {
         let i = server.index();
         match &self.servers {
             Servers::Managed(managed) => managed.children[i].is_some(),
@@ -222,7 +222,7 @@ impl<'o> Runner<'o> {
     pub(super) async fn template(
         &self,
         template: &str,
-        server: Server,
+        server: PairMember,
         deadline: Instant,
     ) -> anyhow::Result<()> {
         let i = server.index();
@@ -266,7 +266,7 @@ impl<'o> Runner<'o> {
     pub(super) async fn wait_for(
         &mut self,
         deadline: Instant,
-        wants: &[(Server, Want)],
+        wants: &[(PairMember, Want)],
     ) -> anyhow::Result<()> {
         loop {
             let mut last = Vec::with_capacity(wants.len());
@@ -313,7 +313,7 @@ impl<'o> Runner<'o> {
         let Servers::Managed(managed) = &mut self.servers else {
             return Ok(());
         };
-        for server in Server::BOTH {
+        for server in PairMember::BOTH {
             let i = server.index();
             if let Some(exit) = managed.children[i].as_ref().and_then(|c| c.try_exit()) {
                 managed.children[i] = None;
@@ -328,7 +328,7 @@ impl<'o> Runner<'o> {
     }
 
     /// One status request, on the existing connection or a fresh one.
-    pub(super) async fn poll_status(&mut self, server: Server) -> Result<Status, String> {
+    pub(super) async fn poll_status(&mut self, server: PairMember) -> Result<Status, String> {
         let i = server.index();
         let client = match &self.conns[i] {
             Conn::Open(client) => client.clone(),

@@ -30,43 +30,43 @@ use crate::protocol::Op;
 
 /// One of the two servers of a pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Server {
+pub enum PairMember {
     /// Serves client operations and replicates writes to the backup.
     Primary,
     /// Holds the replica; takes over the data when the primary restarts empty.
     Backup,
 }
 
-impl Server {
+impl PairMember {
     /// Both servers, primary first (the order dumps are compared in).
-    pub const BOTH: [Server; 2] = [Server::Primary, Server::Backup];
+    pub const BOTH: [PairMember; 2] = [PairMember::Primary, PairMember::Backup];
 
     /// The lowercase name used in scripts, flags and reports.
     pub fn as_str(self) -> &'static str {
         match self {
-            Server::Primary => "primary",
-            Server::Backup => "backup",
+            PairMember::Primary => "primary",
+            PairMember::Backup => "backup",
         }
     }
 
     /// The other server of the pair (its peer).
-    pub fn other(self) -> Server {
+    pub fn other(self) -> PairMember {
         match self {
-            Server::Primary => Server::Backup,
-            Server::Backup => Server::Primary,
+            PairMember::Primary => PairMember::Backup,
+            PairMember::Backup => PairMember::Primary,
         }
     }
 
     /// Position in per-server arrays (`[primary, backup]`).
     pub fn index(self) -> usize {
         match self {
-            Server::Primary => 0,
-            Server::Backup => 1,
+            PairMember::Primary => 0,
+            PairMember::Backup => 1,
         }
     }
 }
 
-impl fmt::Display for Server {
+impl fmt::Display for PairMember {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -141,16 +141,16 @@ impl KvOp {
 pub enum Action {
     /// `Start S` (or the classic `Exec bin/start_server -p|-b`): make sure the server runs, then
     /// wait until it answers and, with its peer running, until the pair is in sync.
-    Start(Server),
+    Start(PairMember),
     /// `Stop S` (or the classic `Exec bin/stop_server -p|-b`): graceful stop (SIGTERM).
-    Stop(Server),
+    Stop(PairMember),
     /// `Kill S`: SIGKILL, no goodbye to the peer or the clients.
-    Kill(Server),
+    Kill(PairMember),
     /// `Exec CMD ARGS…`: run a command (not through a shell), wait up to a second for it.
     Exec(Vec<String>),
     /// `Switch S`: flip the belief that the server is up (classic scripts that start servers
     /// with `Exec`).
-    Switch(Server),
+    Switch(PairMember),
     /// `Sleep MS`: wait.
     Sleep(Duration),
 }
@@ -514,8 +514,8 @@ fn parse_instruction(name: &str, args: &[&str]) -> Result<Instruction, String> {
 fn classic_exec(args: &[&str]) -> Option<Action> {
     let [command, flag] = args else { return None };
     let server = match *flag {
-        "-p" => Server::Primary,
-        "-b" => Server::Backup,
+        "-p" => PairMember::Primary,
+        "-b" => PairMember::Backup,
         _ => return None,
     };
     match Path::new(command).file_name()?.to_str()? {
@@ -539,11 +539,11 @@ fn exactly<const N: usize>(name: &str, args: &[&str], usage: &str) -> Result<[St
 }
 
 /// The single `primary|backup` argument of a server instruction.
-fn server(name: &str, args: &[&str]) -> Result<Server, String> {
+fn server(name: &str, args: &[&str]) -> Result<PairMember, String> {
     let [which] = exactly(name, args, "primary|backup")?;
     match which.to_ascii_lowercase().as_str() {
-        "primary" => Ok(Server::Primary),
-        "backup" => Ok(Server::Backup),
+        "primary" => Ok(PairMember::Primary),
+        "backup" => Ok(PairMember::Backup),
         _ => Err(format!("{name} needs `primary` or `backup`, got {which:?}")),
     }
 }

@@ -52,7 +52,7 @@ fn every_instruction_with_its_line() {
     );
     assert_eq!(
         script.steps[1].item,
-        Instruction::Action(Action::Start(Server::Backup))
+        Instruction::Action(Action::Start(PairMember::Backup))
     );
     assert_eq!(
         script.steps[2].item,
@@ -88,17 +88,17 @@ fn classic_exec_lines_mean_start_and_stop() {
     assert_eq!(
         items,
         vec![
-            &Instruction::Action(Action::Start(Server::Primary)),
-            &Instruction::Action(Action::Start(Server::Backup)),
-            &Instruction::Action(Action::Stop(Server::Primary)),
-            &Instruction::Action(Action::Stop(Server::Backup)),
+            &Instruction::Action(Action::Start(PairMember::Primary)),
+            &Instruction::Action(Action::Start(PairMember::Backup)),
+            &Instruction::Action(Action::Stop(PairMember::Primary)),
+            &Instruction::Action(Action::Stop(PairMember::Backup)),
             &Instruction::Action(Action::Exec(vec!["bin/start_server".into(), "-x".into()])),
             &Instruction::Action(Action::Exec(vec![
                 "bin/start_server".into(),
                 "-p".into(),
                 "extra".into()
             ])),
-            &Instruction::Action(Action::Switch(Server::Primary)),
+            &Instruction::Action(Action::Switch(PairMember::Primary)),
         ]
     );
     assert_eq!(script.steps[0].text, "Exec bin/start_server -p");
@@ -249,12 +249,12 @@ fn classic_rule_skips_exec_sleep_and_switch_inside_a_block() {
     };
     assert_eq!(block.ops.len(), 1);
     let actions: Vec<&Action> = block.actions.iter().map(|s| &s.item).collect();
-    assert_eq!(actions, vec![&Action::Kill(Server::Backup)]);
+    assert_eq!(actions, vec![&Action::Kill(PairMember::Backup)]);
     // Outside a block the same instructions are fine.
     assert_eq!(script.steps.len(), 3);
     assert_eq!(
         script.steps[2].item,
-        Instruction::Action(Action::Start(Server::Backup))
+        Instruction::Action(Action::Start(PairMember::Backup))
     );
     assert!(!script.uses_switch, "a skipped Switch does not count");
 }
