@@ -432,7 +432,12 @@ mod tests {
         a.record(b0(), WriteStamp { session: 1, seq: 1 }, None, t0);
         let t1 = t0 + Duration::from_secs(10);
         for seq in 1..=3 {
-            a.record(b0(), WriteStamp { session: 2, seq }, Some(Bytes::from("v")), t1);
+            a.record(
+                b0(),
+                WriteStamp { session: 2, seq },
+                Some(Bytes::from("v")),
+                t1,
+            );
         }
         let (evicted, answers) = a.image(b0(), t1);
         assert!(evicted.is_some(), "session 1 was evicted");
@@ -443,7 +448,12 @@ mod tests {
             Lookup::Answered(r) => format!("{r:?}"),
             Lookup::Expired(_) => "expired".to_string(),
         };
-        for w in [write(2, 1, 5), write(2, 2, 5), write(2, 3, 5), write(1, 1, 10_000)] {
+        for w in [
+            write(2, 1, 5),
+            write(2, 2, 5),
+            write(2, 3, 5),
+            write(1, 1, 10_000),
+        ] {
             let (x, y) = (a.lookup(b0(), &w, t1), b.lookup(b0(), &w, t1));
             assert_eq!(kind(x), kind(y), "{w:?}");
         }
