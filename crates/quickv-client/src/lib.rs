@@ -78,8 +78,8 @@ pub(crate) use error::{
 };
 pub use status::Status;
 
-/// The wire protocol the client speaks ([`Op`], [`Reply`], [`Limits`], …), re-exported so that an
-/// application needs no second dependency.
+/// The wire protocol the client speaks ([`Op`], [`Reply`], [`Limits`](protocol::Limits), …),
+/// re-exported so that an application needs no second dependency.
 pub use quickv_proto as protocol;
 
 /// Longest [`Client::close`] waits for the close to reach the server.
