@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::protocol::{Op, Reply, SessionWrite, WriteStamp};
+use crate::protocol::{ErrorCode, Op, Reply, SessionWrite, WriteStamp};
 use crate::{Client, ClientError};
 
 /// How long a write is retried when the call has no deadline ([`Client::without_timeout`]).
@@ -70,6 +70,16 @@ impl Client {
                 // A call that never left this process: retried only if an earlier attempt may
                 // have, otherwise reported at once as before.
                 Err(err @ ClientError::Connection(_)) if maybe_applied => last = err,
+                // The server no longer knows whether an earlier attempt was applied: exactly
+                // what indeterminate means.
+                Ok(Reply::Error {
+                    code: ErrorCode::SessionExpired,
+                    message,
+                }) if maybe_applied => {
+                    return Ok(Reply::Indeterminate(format!(
+                        "the server cannot tell whether an earlier attempt was applied: {message}"
+                    )))
+                }
                 Ok(definite) => return Ok(definite),
                 Err(other) => return Err(other),
             }
