@@ -68,7 +68,11 @@ fn main() -> anyhow::Result<()> {
     println!("| frame | bytes | encode ns | decode ns |");
     println!("|---|---:|---:|---:|");
     for (name, op) in requests {
-        let req = Request { id: 42, op, session: None };
+        let req = Request {
+            id: 42,
+            op,
+            session: None,
+        };
         let (bytes, enc, dec) = measure(
             batches,
             |buf| encode_request(black_box(&req), buf),

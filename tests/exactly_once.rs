@@ -101,7 +101,10 @@ async fn worker(client: Client, id: u32, tally: Arc<Tally>, stop: CancellationTo
                 },
                 Reply::Ok,
             ),
-            (Op::Delete { key: key.clone() }, Reply::Value(Bytes::from("b"))),
+            (
+                Op::Delete { key: key.clone() },
+                Reply::Value(Bytes::from("b")),
+            ),
         ];
         for (op, expected) in steps {
             let name = op.name();
@@ -207,14 +210,17 @@ async fn retried_writes_across_primary_sigkills_apply_once_and_end_definite() {
         tally.ok.load(Ordering::Relaxed),
         wrong.len()
     );
-    assert!(
-        wrong.is_empty(),
-        "writes applied twice or lost: {wrong:#?}"
+    assert!(wrong.is_empty(), "writes applied twice or lost: {wrong:#?}");
+    assert_eq!(
+        indeterminate, 0,
+        "every write must end with a definite answer"
     );
-    assert_eq!(indeterminate, 0, "every write must end with a definite answer");
     assert_eq!(expired, 0, "nothing is evicted at this size");
     // Four clients write back to back: each kill cuts some of their writes off mid-flight.
-    assert!(retries > 0, "no write was in flight at either kill: the test proved nothing");
+    assert!(
+        retries > 0,
+        "no write was in flight at either kill: the test proved nothing"
+    );
     // Every triple that ran to its end left nothing behind; the dumps must agree and be empty.
     let dump = pair.assert_converged().await;
     assert!(dump.is_empty(), "keys left over: {dump:?}");
@@ -244,8 +250,11 @@ async fn kill_hammer_with_retries_is_linearizable_and_leaves_no_indeterminate_wr
     });
     for round in 0..2 {
         let target = rec.acknowledged_writes() + PROGRESS;
-        wait_for("acknowledged writes", || rec.acknowledged_writes() >= target).await;
-        rec.mark_fault(&format!("primary SIGKILL {round}"));
+        wait_for("acknowledged writes", || {
+            rec.acknowledged_writes() >= target
+        })
+        .await;
+        rec.mark_fault(format!("primary SIGKILL {round}"));
         kill_and_restart_primary(&mut pair).await;
     }
     let target = rec.acknowledged_writes() + PROGRESS;
@@ -270,7 +279,10 @@ async fn kill_hammer_with_retries_is_linearizable_and_leaves_no_indeterminate_wr
         0,
         "retries must turn every indeterminate write into a definite answer"
     );
-    assert!(report.acknowledged_writes as u64 >= 3 * PROGRESS, "{report}");
+    assert!(
+        report.acknowledged_writes as u64 >= 3 * PROGRESS,
+        "{report}"
+    );
 }
 
 /// Sends `requests` on a fresh stream (after a hello if `hello`) and returns the answers by id.

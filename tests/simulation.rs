@@ -971,9 +971,10 @@ impl Sim {
                 return self.unknown(slot, "not in sync")
             }
             _ if !p.machine.writes_allowed() => Outcome::Refused("not in sync".into()),
-            _ => match p.lanes.submit_stamped(&p.store, kind.op(key), session, || {
-                "not in sync".into()
-            }) {
+            _ => match p
+                .lanes
+                .submit_stamped(&p.store, kind.op(key), session, || "not in sync".into())
+            {
                 Handled::Now(Reply::Indeterminate(why)) => return self.unknown(slot, &why),
                 Handled::Now(Reply::Unavailable(_)) if maybe_applied => {
                     return self.unknown(slot, "unavailable")

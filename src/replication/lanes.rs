@@ -28,9 +28,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::protocol::peer::{PeerMsg, ReplOffset};
 use crate::protocol::{Limits, Op, Reply, SessionWrite, WriteStamp};
-use crate::store::sessions::Lookup;
 use crate::replication::link::chunks;
 use crate::server::router::Handled;
+use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
 
 /// One lane per bucket.
@@ -195,9 +195,7 @@ impl Lanes {
             }
             match store.sessions().lookup(bucket, write, Instant::now()) {
                 Lookup::Fresh => {}
-                Lookup::Answered(answer) | Lookup::Expired(answer) => {
-                    return Handled::Now(answer)
-                }
+                Lookup::Answered(answer) | Lookup::Expired(answer) => return Handled::Now(answer),
             }
         }
         let stamp = session.map(|w| w.stamp);

@@ -181,7 +181,11 @@ impl Replication {
 
     /// [`Replication::submit`] for a write that may carry a session stamp (see
     /// `store::sessions`): a retry gets the original answer and is not applied again.
-    pub fn submit_stamped(&self, op: Op, session: Option<crate::protocol::SessionWrite>) -> Handled {
+    pub fn submit_stamped(
+        &self,
+        op: Op,
+        session: Option<crate::protocol::SessionWrite>,
+    ) -> Handled {
         let refusal = || {
             let state = self.state();
             format!(
@@ -191,8 +195,7 @@ impl Replication {
         if !self.writes_open.load(Ordering::Acquire) {
             return Handled::Now(crate::protocol::Reply::Unavailable(refusal()));
         }
-        self.lanes
-            .submit_stamped(&self.store, op, session, refusal)
+        self.lanes.submit_stamped(&self.store, op, session, refusal)
     }
 
     /// Our hello for a warm start (see [`hello_of`]).

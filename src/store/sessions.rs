@@ -114,6 +114,12 @@ impl Default for Sessions {
 
 impl Sessions {
     /// Empty tables with these bounds.
+    ///
+    /// A new table knows nothing of the writes made before it existed: its horizon starts at its
+    /// creation, so a retry first sent before then is refused as expired — unless a bootstrap
+    /// installs the peer's table (and horizon) first, which is how a restarted server taking its
+    /// peer's data keeps the records. A pair that lost both servers therefore answers such
+    /// retries `SessionExpired` instead of deciding them against an empty store.
     pub fn new(limits: SessionLimits) -> Sessions {
         let now = Instant::now();
         Sessions {
@@ -121,7 +127,7 @@ impl Sessions {
                 .map(|_| {
                     Mutex::new(BucketSessions {
                         sessions: HashMap::new(),
-                        horizon: None,
+                        horizon: Some(now),
                         swept: now,
                     })
                 })
@@ -272,12 +278,14 @@ impl Sessions {
         }
     }
 
-    /// Forgets every record (the store was emptied with them).
+    /// Forgets every record (the store was emptied with them); as for a new table, retries of
+    /// writes sent before now are refused until a bootstrap installs a table.
     pub fn clear(&self) {
+        let now = Instant::now();
         for b in BucketId::all() {
             let mut t = self.bucket(b);
             t.sessions.clear();
-            t.horizon = None;
+            t.horizon = Some(now);
         }
     }
 
@@ -344,7 +352,8 @@ mod tests {
     #[test]
     fn a_duplicate_gets_the_original_answer_and_an_unknown_write_is_fresh() {
         let s = Sessions::default();
-        let now = Instant::now();
+        // A minute after the table was made, so the retries below postdate it.
+        let now = Instant::now() + Duration::from_secs(60);
         assert_eq!(s.lookup(b0(), &write(1, 1, 0), now), Lookup::Fresh);
         s.record(b0(), write(1, 1, 0).stamp, None, now);
         s.record(b0(), write(1, 2, 0).stamp, Some(Bytes::from("old")), now);
@@ -408,6 +417,19 @@ mod tests {
     }
 
     #[test]
+    fn a_new_table_refuses_retries_older_than_itself_until_a_bootstrap_installs_one() {
+        let s = Sessions::default();
+        let now = Instant::now() + Duration::from_secs(30);
+        // First sent 40 s ago, before this table existed: it may have been applied elsewhere.
+        assert!(is_expired(&s.lookup(b0(), &write(1, 1, 40_000), now)));
+        // Sent 10 s ago (after creation, beyond the margin): never seen here, so fresh.
+        assert_eq!(s.lookup(b0(), &write(1, 1, 10_000), now), Lookup::Fresh);
+        // A bootstrap from a peer that never evicted: the peer's knowledge replaces ours.
+        s.install(b0(), None, Vec::new(), now);
+        assert_eq!(s.lookup(b0(), &write(1, 1, 40_000), now), Lookup::Fresh);
+    }
+
+    #[test]
     fn idle_sessions_are_swept_by_age() {
         let s = Sessions::new(SessionLimits {
             max_idle: Duration::from_secs(60),
@@ -432,7 +454,12 @@ mod tests {
         a.record(b0(), WriteStamp { session: 1, seq: 1 }, None, t0);
         let t1 = t0 + Duration::from_secs(10);
         for seq in 1..=3 {
-            a.record(b0(), WriteStamp { session: 2, seq }, Some(Bytes::from("v")), t1);
+            a.record(
+                b0(),
+                WriteStamp { session: 2, seq },
+                Some(Bytes::from("v")),
+                t1,
+            );
         }
         let (evicted, answers) = a.image(b0(), t1);
         assert!(evicted.is_some(), "session 1 was evicted");
@@ -443,7 +470,12 @@ mod tests {
             Lookup::Answered(r) => format!("{r:?}"),
             Lookup::Expired(_) => "expired".to_string(),
         };
-        for w in [write(2, 1, 5), write(2, 2, 5), write(2, 3, 5), write(1, 1, 10_000)] {
+        for w in [
+            write(2, 1, 5),
+            write(2, 2, 5),
+            write(2, 3, 5),
+            write(1, 1, 10_000),
+        ] {
             let (x, y) = (a.lookup(b0(), &w, t1), b.lookup(b0(), &w, t1));
             assert_eq!(kind(x), kind(y), "{w:?}");
         }

@@ -9,7 +9,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{
-    ErrorCode, Limits, Op, Reply, Request, RequestId, Response, SessionWrite, WriteStamp, LEN_PREFIX,
+    ErrorCode, Limits, Op, Reply, Request, RequestId, Response, SessionWrite, WriteStamp,
+    LEN_PREFIX,
 };
 
 /// One-byte frame tags, first byte after the length prefix. Requests use `0x01..`, responses set the

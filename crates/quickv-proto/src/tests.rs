@@ -409,7 +409,11 @@ fn oversized_value_is_rejected_and_the_stream_goes_on() {
         ),
         (Op::Ping(big.clone()), "ping payload"),
     ] {
-        let mut buf = encoded_request(&Request { id: 3, op, session: None });
+        let mut buf = encoded_request(&Request {
+            id: 3,
+            op,
+            session: None,
+        });
         encode_request(&get(4), &mut buf);
         assert_eq!(
             decode_request(&mut buf, &limits),
@@ -574,7 +578,10 @@ fn a_stamped_write_has_the_documented_layout() {
         session: req.session,
     };
     let mut buf = encoded_request(&get);
-    assert_eq!(decode_request(&mut buf, &SMALL), Ok(Some(Request::new(6, get.op))));
+    assert_eq!(
+        decode_request(&mut buf, &SMALL),
+        Ok(Some(Request::new(6, get.op)))
+    );
     // A stamped frame cut short inside its stamp is invalid, not a crash.
     let mut buf = BytesMut::from(&raw_frame(0x0B, 1, &[0, 0, 0])[..]);
     invalid(decode_request(&mut buf, &SMALL));

@@ -1,0 +1,91 @@
+//! Exactly-once writes from the client's side: a write gets a (session, sequence) stamp and is
+//! resent with it while its fate is unknown, until the pair answers or the deadline passes (see
+//! `docs/client.md`, "Sessions and retries").
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::protocol::{ErrorCode, Op, Reply, SessionWrite, WriteStamp};
+use crate::{Client, ClientError};
+
+/// How long a write is retried when the call has no deadline ([`Client::without_timeout`]).
+const RETRY_WINDOW_WITHOUT_DEADLINE: Duration = Duration::from_secs(60);
+
+impl Client {
+    /// A write with a fresh (session, sequence) stamp, resent with the same stamp while its fate
+    /// is unknown (lost connection, `Indeterminate`, a primary restarting) until the pair gives a
+    /// definite answer or the deadline passes. See `docs/client.md`, "Sessions and retries".
+    pub(crate) async fn write_with_retries(&self, op: Op) -> Result<Reply, ClientError> {
+        let inner = &self.inner;
+        let stamp = WriteStamp {
+            session: inner.session_id,
+            seq: inner.next_seq.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        let budget = self.timeout.unwrap_or(RETRY_WINDOW_WITHOUT_DEADLINE);
+        let first = Instant::now();
+        let deadline = first + budget;
+        // Set once an attempt may have reached the server: from then on only a definite answer
+        // (or the deadline) ends the call, never a refusal that says nothing about that attempt.
+        let mut maybe_applied = false;
+        let mut pause = inner.config.backoff_min;
+        let mut last = ClientError::Timeout(format!("no answer within the deadline of {budget:?}"));
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return match maybe_applied {
+                    true => Ok(Reply::Indeterminate(format!(
+                        "no definite answer within the deadline of {budget:?} ({last}); the                          write may have been applied"
+                    ))),
+                    false => Err(last),
+                };
+            }
+            if maybe_applied {
+                inner.write_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let session = Some(SessionWrite {
+                stamp,
+                age_ms: u32::try_from(now.duration_since(first).as_millis()).unwrap_or(u32::MAX),
+            });
+            let attempt = async {
+                let mut pending = inner.primary.start(op.clone(), session, inner).await?;
+                pending.answer().await
+            };
+            let outcome = match tokio::time::timeout(deadline - now, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    maybe_applied = true;
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(Reply::Indeterminate(why)) => {
+                    maybe_applied = true;
+                    last = ClientError::Indeterminate(why);
+                }
+                Ok(Reply::Unavailable(why)) if maybe_applied => {
+                    last = ClientError::Unavailable(why);
+                }
+                // A call that never left this process: retried only if an earlier attempt may
+                // have, otherwise reported at once as before.
+                Err(err @ ClientError::Connection(_)) if maybe_applied => last = err,
+                // The server no longer knows whether an earlier attempt was applied: exactly
+                // what indeterminate means.
+                Ok(Reply::Error {
+                    code: ErrorCode::SessionExpired,
+                    message,
+                }) if maybe_applied => {
+                    return Ok(Reply::Indeterminate(format!(
+                        "the server cannot tell whether an earlier attempt was applied: {message}"
+                    )))
+                }
+                Ok(definite) => return Ok(definite),
+                Err(other) => return Err(other),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(inner.config.backoff_max);
+        }
+    }
+}
