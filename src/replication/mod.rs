@@ -73,6 +73,9 @@ pub struct Replication {
     /// atomic instead of taking the machine's lock. Written only by [`Replication::with_machine`]:
     /// the machine stays the one source of truth for write admission.
     writes_open: std::sync::atomic::AtomicBool,
+    /// The machine's `reads_allowed`, mirrored the same way: every GET checks it, so it must not
+    /// take the machine's process-wide lock (issue 13).
+    reads_open: std::sync::atomic::AtomicBool,
     /// The state machine; locked briefly, never across an await.
     machine: Mutex<MachineView>,
     /// The primary's lanes (unused on the backup).
@@ -128,14 +131,16 @@ impl Replication {
         let primary = config.role == Role::Primary;
         let pair_id = pair_id(&config.certs_dir);
         let lanes = Lanes::new(config.limits);
+        let machine = Machine::new(primary);
         Arc::new(Replication {
             store,
             config,
             run_id,
             pair_id,
-            writes_open: std::sync::atomic::AtomicBool::new(false),
+            writes_open: std::sync::atomic::AtomicBool::new(machine.writes_allowed()),
+            reads_open: std::sync::atomic::AtomicBool::new(machine.reads_allowed()),
             machine: Mutex::new(MachineView {
-                machine: Machine::new(primary),
+                machine,
                 peer_run_id: None,
                 link_up: false,
                 last: None,
@@ -156,6 +161,8 @@ impl Replication {
         let out = f(&mut view);
         self.writes_open
             .store(view.machine.writes_allowed(), Ordering::Release);
+        self.reads_open
+            .store(view.machine.reads_allowed(), Ordering::Release);
         while let Some(t) = view.machine.poll_transition() {
             info!(role = %self.config.role, from = %t.from, to = %t.to, cause = %t.cause, "replication state");
             view.last = Some(t);
@@ -169,8 +176,10 @@ impl Replication {
     }
 
     /// Whether reads may be answered from the local store.
+    ///
+    /// Reads the mirror of the machine's answer, published after every machine call (no lock).
     pub fn reads_allowed(&self) -> bool {
-        self.with_machine(|v| v.machine.reads_allowed())
+        self.reads_open.load(Ordering::Acquire)
     }
 
     /// A client write: admitted only when the state machine allows writes (the primary in
