@@ -38,7 +38,6 @@ use quickv::replication::lanes::Lanes;
 use quickv::replication::link::{snapshot_msgs, TransferReceiver};
 use quickv::replication::state::{admit, Machine, Source};
 use quickv::replication::{self, Replication};
-use quickv::server::router::Handled;
 use quickv::store::{BucketId, Store, BUCKETS};
 
 /// Virtual milliseconds.
@@ -931,12 +930,11 @@ impl Sim {
                 .lanes
                 .submit(&p.store, kind.op(key), || "not in sync".into())
             {
-                Handled::Now(reply) => Outcome::from_call(&kind, Ok(reply)),
-                Handled::Later(rx) => {
+                Err(reply) => Outcome::from_call(&kind, Ok(reply)),
+                Ok(rx) => {
                     p.waiting.push((slot, rx));
                     return;
                 }
-                other => Outcome::Failed(format!("unexpected {other:?}")),
             },
         };
         self.finish(slot, outcome);

@@ -53,10 +53,16 @@ use tracing::info;
 use crate::config::{Role, ServerConfig};
 use crate::protocol::peer::PeerHello;
 use crate::protocol::Op;
-use crate::server::router::Handled;
 use crate::store::{Store, BUCKETS};
 use lanes::Lanes;
 use state::{Machine, State, Transition};
+
+/// What submitting a client write gives back: the receiver of its answer once the backup has
+/// acknowledged it (a dropped sender means its fate is unknown: `indeterminate`), or the answer
+/// now (refused, or decided without replicating anything). The router wraps it for the session;
+/// replication knows nothing of sessions.
+pub type Submitted =
+    Result<tokio::sync::oneshot::Receiver<crate::protocol::Reply>, crate::protocol::Reply>;
 
 /// The replication side of one server (primary or backup), shared by its sessions and drivers.
 #[derive(Debug)]
@@ -184,7 +190,7 @@ impl Replication {
 
     /// A client write: admitted only when the state machine allows writes (the primary in
     /// `Sync`), then replicated; otherwise refused before anything is sent.
-    pub fn submit(&self, op: Op) -> Handled {
+    pub fn submit(&self, op: Op) -> Submitted {
         let refusal = || {
             let state = self.state();
             format!(
@@ -192,7 +198,7 @@ impl Replication {
             )
         };
         if !self.writes_open.load(Ordering::Acquire) {
-            return Handled::Now(crate::protocol::Reply::Unavailable(refusal()));
+            return Err(crate::protocol::Reply::Unavailable(refusal()));
         }
         self.lanes.submit(&self.store, op, refusal)
     }
@@ -492,7 +498,7 @@ mod tests {
         assert!(
             matches!(
                 repl.submit(insert()),
-                Handled::Now(crate::protocol::Reply::Unavailable(_))
+                Err(crate::protocol::Reply::Unavailable(_))
             ),
             "lanes open, machine in warm_start: refused"
         );
@@ -501,12 +507,12 @@ mod tests {
             v.machine.handle_hellos(&empty, &empty, 1);
             v.machine.handle_synced();
         });
-        assert!(matches!(repl.submit(insert()), Handled::Later(_)));
+        assert!(matches!(repl.submit(insert()), Ok(_)));
         repl.begin_shutdown();
         assert!(
             matches!(
                 repl.submit(insert()),
-                Handled::Now(crate::protocol::Reply::Unavailable(_))
+                Err(crate::protocol::Reply::Unavailable(_))
             ),
             "shutting down: refused"
         );

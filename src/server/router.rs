@@ -40,7 +40,9 @@ pub fn handle(node: &Node, op: Op) -> Handled {
             ),
         }),
         Op::Ping(payload) => Handled::Now(Reply::Value(payload)),
-        Op::Status => Handled::Now(Reply::Status(crate::server::status_json(node).to_string())),
+        Op::Status => Handled::Now(Reply::Status(
+            crate::server::node::status_json(node).to_string(),
+        )),
         Op::Shutdown => Handled::Shutdown,
         read @ (Op::Count | Op::Dump | Op::Get { .. }) => {
             if node.repl.as_ref().is_some_and(|r| !r.reads_allowed()) {
@@ -68,7 +70,10 @@ pub fn handle(node: &Node, op: Op) -> Handled {
                 (Role::Backup, _) => Handled::Now(Reply::Unavailable(
                     "this server is the backup; send writes to the primary".into(),
                 )),
-                (Role::Primary, Some(repl)) => repl.submit(write),
+                (Role::Primary, Some(repl)) => match repl.submit(write) {
+                    Ok(answer) => Handled::Later(answer),
+                    Err(now) => Handled::Now(now),
+                },
                 (Role::Primary, None) => Handled::Now(not_a(&write)),
             }
         }
