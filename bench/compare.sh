@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/compare.sh — quickv against Redis-with-TLS, same load generator, same run, same machine.
 #
-# Usage: bench/compare.sh [--quick] [--server-args "ARGS"] [--no-docs] [--keep]
+# Usage: bench/compare.sh [--quick] [--depths "1 64 256"] [--server-args "ARGS"] [--no-docs] [--keep]
 #   --quick             depths 1 and 64, short runs (< 2 min); default: 1 16 64 256 (< 10 min)
+#   --depths "N..."     requests in flight to measure (overrides the mode's list; keeps its run length)
 #   --server-args ARGS  extra flags for both quickv servers (word-split), e.g. "--max-streams 512"
 #   --no-docs           leave docs/benchmarks.md alone (results stay in bench/results/)
 #   --keep              keep the servers' logs and certificates of the run
@@ -20,7 +21,9 @@
 #      redis-benchmark -c N), Redis pipelined (Redis's best shape: up to 16 commands pipelined per
 #      connection, N/16 connections) and, when the server has a thread flag, quickv on 2 server
 #      threads (the server flag is detected: --threads, else --workers);
-#      (all servers up at once; each cell's series run back to back);
+#      (all servers up at once; each cell's series run back to back); at each depth, before its
+#      first quickv row, the raw quinn skeleton (bench/ceiling.rs: echo and relay) at quickv's shape,
+#      so every quickv row is printed next to its QUIC ceiling (quickv/skeleton) and next to Redis;
 #   6. writes the tables, plots and exact commands into docs/benchmarks.md (between the
 #      compare.sh markers; the rest of the file is kept).
 # Every process it starts is stopped on exit (trap), by PID.
@@ -29,16 +32,18 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 QUICK=0
+DEPTHS_ARG=""
 SERVER_ARGS=""
 WRITE_DOCS=1
 KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
+    --depths) DEPTHS_ARG="${2:-}"; shift ;;
     --server-args) SERVER_ARGS="${2:-}"; shift ;;
     --no-docs) WRITE_DOCS=0 ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -49,6 +54,7 @@ if [ "$QUICK" = 1 ]; then
 else
   DEPTHS="1 16 64 256"; WARMUP=1s; DURATION=4s; MODE="full"; MODE_FLAG=""
 fi
+[ -n "$DEPTHS_ARG" ] && { DEPTHS=$DEPTHS_ARG; MODE_FLAG="$MODE_FLAG --depths \"$DEPTHS\""; }
 WORKLOADS="get insert update ping"
 KEYS=100000
 VALUE=100
@@ -108,7 +114,9 @@ free_port() {
 # ---------------------------------------------------------------- build and tools
 say "building quickv (release, --features redis)"
 cargo build --release --features redis --quiet
+cargo build --release --features redis --bench ceiling --quiet
 Q="$ROOT/target/release/quickv"
+CEIL=$(ls -t "$ROOT"/target/release/deps/ceiling-* | grep -v '\.d$' | head -n 1)
 
 if ! command -v redis-server >/dev/null; then
   say "redis-server missing: installing with apt"
@@ -262,9 +270,19 @@ else
 fi
 RTARGET="rediss://127.0.0.1:$R1"
 
+# ceiling N STREAMS PIPELINE: the raw quinn skeleton (echo and relay) at quickv's shape.
+ceiling() {
+  local n=$1 s=$2 d=$3
+  local cmd=("$CEIL" --mode both --streams "$s" --pipeline "$d" --warmup "$WARMUP" --duration "$DURATION"
+    --json "$OUT/runs/ceiling-$n.json")
+  echo "${cmd[*]}" | sed "s|$OUT/|\$OUT/|g; s|$ROOT/target/release/deps/ceiling-[0-9a-f]*|cargo bench --bench ceiling --|g" >>"$COMMANDS_FILE"
+  timeout 120 "${cmd[@]}" >"$OUT/logs/ceiling-$n.txt" 2>&1 || loud "ceiling $n failed: $(tail -n 1 "$OUT/logs/ceiling-$n.txt")"
+}
+
 T0=$(date +%s)
 for w in $WORKLOADS; do for n in $DEPTHS; do
   read -r s d <<<"$(shape "$n")"
+  [ -f "$OUT/runs/ceiling-$n.json" ] || ceiling "$n" "$s" "$d"
   run quickv "$QV1" "$w" "$n" "$s" "$d"
   # One TLS connection per request in flight (redis-benchmark -c N), writes paired with WAIT 1.
   run redis "$RTARGET" "$w" "$n" "$n" 1 --redis-wait 1 --redis-wait-ms 1000
@@ -276,6 +294,36 @@ ELAPSED=$(( $(date +%s) - T0 ))
 
 # ---------------------------------------------------------------- tables, plots, docs
 TABLES=$("$Q" bench table "$OUT/runs" --base quickv --other redis "${ALSO[@]}")
+# quickv against its QUIC ceiling and against Redis, one row per depth (issue 13's ratios).
+CEILING_TABLE=$(python3 - "$OUT/runs" "$DEPTHS" <<'PY'
+import json, os, sys
+runs, depths = sys.argv[1], sys.argv[2].split()
+def ops(series, w, n):
+    try:
+        with open(os.path.join(runs, series, f"{w}-{n}", "report.json")) as f:
+            return json.load(f)["total"]["ops_per_sec"]
+    except (OSError, ValueError, KeyError):
+        return None
+def ceil(n):
+    try:
+        with open(os.path.join(runs, f"ceiling-{n}.json")) as f:
+            return {r["mode"]: r["ops_per_sec"] for r in json.load(f)}
+    except (OSError, ValueError, KeyError):
+        return {}
+k = lambda v: "—" if v is None else f"{v / 1000:.0f}k"
+x = lambda a, b: "—" if a is None or not b else f"{a / b:.2f}"
+print("| in flight | echo | relay | quickv ping | ping/echo | quickv get | get/echo | get/Redis best | quickv insert | insert/relay | insert/Redis+WAIT | quickv update | update/relay |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for n in depths:
+    c = ceil(n)
+    e, r = c.get("echo"), c.get("relay")
+    ping, get, ins, upd = (ops("quickv", w, n) for w in ("ping", "get", "insert", "update"))
+    best = [v for v in (ops("redis", "get", n), ops("redis-pipelined", "get", n)) if v]
+    print(f"| {n} | {k(e)} | {k(r)} | {k(ping)} | {x(ping, e)} | {k(get)} | {x(get, e)} | "
+          f"{x(get, max(best) if best else None)} | {k(ins)} | {x(ins, r)} | "
+          f"{x(ins, ops('redis', 'insert', n))} | {k(upd)} | {x(upd, r)} |")
+PY
+)
 PLOTS=()
 PLOT_DEPTHS="1 64"
 for w in get insert update; do for n in $PLOT_DEPTHS; do
@@ -319,6 +367,12 @@ SECTION="$OUT/section.md"
   echo "Ratios are quickv/other: ops/s above 1 and p99 below 1 favour quickv. ⚠ marks rows with failed requests (count shown); see the JSON reports."
   echo
   echo "$TABLES"
+  echo
+  echo "### Against the QUIC ceiling (issue 13)"
+  echo
+  echo "The raw quinn skeleton (\`bench/ceiling.rs\`: echo, and relay client → primary → backup → ack) at quickv's shape for each depth, measured in the same run just before that depth's first quickv row. Goals (issue 13): ping ≥ 0.7 and get ≥ 0.6 of echo at 256; insert ≥ 0.6 of relay at 256 and ≥ 5× Redis \`SET\`+\`WAIT 1\` at 64; get ≥ 2× Redis's best shape at 256."
+  echo
+  echo "$CEILING_TABLE"
   echo
   for p in "${PLOTS[@]}"; do
     echo "![${p#bench-}](${p}.png)"

@@ -2,6 +2,9 @@
 //! papaya, as a like-for-like reference for choosing the map.
 //!
 //! Run with `cargo bench --bench store` (add `-- --quick` for a smoke run).
+//! `cargo bench --bench store -- --growth [--quick]` measures something else: the latency of each
+//! fresh-key insert into a growing store, default-sized against presized
+//! ([`Store::with_capacity`]), to show what flurry's table growth does to the tail.
 //! Each store is measured in its own child process (this binary re-executed
 //! with `--child <store>`), so one store's heap never inflates the other's
 //! resident set; the parent prints a markdown table of the children's results.
@@ -147,6 +150,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let entries = if quick { ENTRIES_QUICK } else { ENTRIES_FULL };
+    if args.iter().any(|a| a == "--growth") {
+        return growth(entries);
+    }
     match args.iter().position(|a| a == "--child") {
         Some(i) => match args.get(i + 1).map(String::as_str) {
             Some("flurry") => child(entries, Store::new),
@@ -284,6 +290,63 @@ fn throughput<S: BenchStore>(entries: usize, new_store: fn() -> S) -> anyhow::Re
         entries as f64 / insert_secs / 1e6,
         hits as f64 / get_secs / 1e6,
     ))
+}
+
+/// Inserts `entries` fresh keys one at a time (one thread, like the current-thread server), timing
+/// each, into a default store and into one presized for them; prints a table of the latency
+/// percentiles. Best of [`ROUNDS`] by p99.9, each round on a fresh store.
+fn growth(entries: usize) -> anyhow::Result<()> {
+    let pairs: Vec<(Bytes, Bytes)> = (0..entries).map(entry).collect();
+    println!("{entries} fresh-key inserts, one thread, per-insert latency in µs (best of {ROUNDS} rounds by p99.9)");
+    println!();
+    println!("| store | total s | p50 | p99 | p99.9 | p99.99 | max |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let sizes: [(&str, Option<usize>); 2] = [
+        ("Store::new", None),
+        ("Store::with_capacity", Some(entries)),
+    ];
+    for (name, capacity) in sizes {
+        let mut best: Option<(f64, Vec<f64>)> = None;
+        for _ in 0..ROUNDS {
+            let store = capacity.map_or_else(Store::new, Store::with_capacity);
+            let mut lat = Vec::with_capacity(entries);
+            let t0 = Instant::now();
+            for (k, v) in &pairs {
+                let t = Instant::now();
+                black_box(store.insert(k.clone(), v.clone()));
+                lat.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let total = t0.elapsed().as_secs_f64();
+            lat.sort_by(f64::total_cmp);
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| pct(&lat, 99.9) < pct(b, 99.9))
+            {
+                best = Some((total, lat));
+            }
+        }
+        let Some((total, lat)) = best else {
+            bail!("no rounds")
+        };
+        println!(
+            "| {name} | {total:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {:.0} |",
+            pct(&lat, 50.0),
+            pct(&lat, 99.0),
+            pct(&lat, 99.9),
+            pct(&lat, 99.99),
+            lat.last().copied().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+/// The `p`th percentile of sorted samples (nearest rank).
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// The `i`th benchmark entry: a unique 16-byte key (index, then a hash of it

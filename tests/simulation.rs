@@ -38,7 +38,6 @@ use quickv::replication::lanes::Lanes;
 use quickv::replication::link::{snapshot_msgs, TransferReceiver};
 use quickv::replication::state::{admit, Machine, Source};
 use quickv::replication::{self, Replication};
-use quickv::server::router::Handled;
 use quickv::store::{BucketId, Store, BUCKETS};
 
 /// Virtual milliseconds.
@@ -975,16 +974,15 @@ impl Sim {
                 .lanes
                 .submit_stamped(&p.store, kind.op(key), session, || "not in sync".into())
             {
-                Handled::Now(Reply::Indeterminate(why)) => return self.unknown(slot, &why),
-                Handled::Now(Reply::Unavailable(_)) if maybe_applied => {
+                Err(Reply::Indeterminate(why)) => return self.unknown(slot, &why),
+                Err(Reply::Unavailable(_)) if maybe_applied => {
                     return self.unknown(slot, "unavailable")
                 }
-                Handled::Now(reply) => Outcome::from_call(&kind, Ok(reply)),
-                Handled::Later(rx) => {
+                Err(reply) => Outcome::from_call(&kind, Ok(reply)),
+                Ok(rx) => {
                     p.waiting.push((slot, rx));
                     return;
                 }
-                other => Outcome::Failed(format!("unexpected {other:?}")),
             },
         };
         self.finish(slot, outcome);

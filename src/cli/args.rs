@@ -287,6 +287,16 @@ pub(crate) struct ServerArgs {
     /// Refuse writes that add data once keys+values exceed this many bytes (reads go on).
     #[arg(long)]
     pub(crate) max_memory: Option<u64>,
+    /// Answers of retried-write sessions kept per session and bucket (default 64); see
+    /// docs/client.md, "Sessions and retries".
+    #[arg(long, value_name = "N")]
+    pub(crate) session_window: Option<usize>,
+    /// Client sessions remembered per bucket, 32 buckets (default 4096).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_sessions: Option<usize>,
+    /// Forget a session's records after it wrote nothing for this many seconds (default 600).
+    #[arg(long, value_name = "SECS")]
+    pub(crate) session_idle_secs: Option<u64>,
     /// Primary: QUIC streams the 32 replication lanes share on the peer link (1-32).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub(crate) peer_streams: Option<u16>,

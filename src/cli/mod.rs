@@ -249,6 +249,14 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
         cfg.frame_timeout = Duration::from_millis(ms);
     }
     cfg.max_memory = args.max_memory.or(cfg.max_memory);
+    cfg.sessions.window = args.session_window.unwrap_or(cfg.sessions.window).max(1);
+    cfg.sessions.max_sessions = args
+        .max_sessions
+        .unwrap_or(cfg.sessions.max_sessions)
+        .max(1);
+    if let Some(secs) = args.session_idle_secs {
+        cfg.sessions.max_idle = Duration::from_secs(secs.max(1));
+    }
     if let Some(n) = args.peer_streams {
         cfg.peer_streams = usize::from(n);
     }

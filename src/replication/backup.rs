@@ -395,7 +395,6 @@ mod tests {
     use crate::config::{Role, ServerConfig};
     use crate::protocol::Op;
     use crate::replication::lanes::{CheckOutcome, Lanes};
-    use crate::server::router::Handled;
     use crate::store::{Store, BUCKETS};
 
     fn backup() -> Arc<Replication> {
@@ -430,7 +429,7 @@ mod tests {
         let b = BucketId::of(b"k1");
         let mut applier = StreamApplier::default();
 
-        let Handled::Later(done) = lanes.submit(
+        let Ok(done) = lanes.submit(
             &primary,
             Op::Insert {
                 key: Bytes::from("k1"),

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::protocol::peer::{PeerMsg, ReplOffset};
 use crate::protocol::{Limits, Op, Reply, SessionWrite, WriteStamp};
 use crate::replication::link::chunks;
-use crate::server::router::Handled;
+use crate::replication::Submitted;
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
 
@@ -157,7 +157,7 @@ impl Lanes {
     }
 
     /// Decides a client write and, if it changes anything, sends it down its lane.
-    pub fn submit(&self, store: &Store, op: Op, refusal: impl FnOnce() -> String) -> Handled {
+    pub fn submit(&self, store: &Store, op: Op, refusal: impl FnOnce() -> String) -> Submitted {
         self.submit_stamped(store, op, None, refusal)
     }
 
@@ -169,15 +169,15 @@ impl Lanes {
         op: Op,
         session: Option<SessionWrite>,
         refusal: impl FnOnce() -> String,
-    ) -> Handled {
+    ) -> Submitted {
         let Some(key) = op.key().cloned() else {
-            return Handled::Now(Reply::Unavailable("not a write".into()));
+            return Err(Reply::Unavailable("not a write".into()));
         };
         let bucket = BucketId::of(&key);
         let mut guard = self.lane(bucket);
         let l = &mut *guard;
         let Some(tx) = l.tx.as_ref() else {
-            return Handled::Now(Reply::Unavailable(refusal()));
+            return Err(Reply::Unavailable(refusal()));
         };
         if let Some(write) = &session {
             if let Some((offset, answer)) = l.stamped.get(&write.stamp) {
@@ -191,11 +191,11 @@ impl Lanes {
                     sent: Instant::now(),
                     stamp: None,
                 });
-                return Handled::Later(rx);
+                return Ok(rx);
             }
             match store.sessions().lookup(bucket, write, Instant::now()) {
                 Lookup::Fresh => {}
-                Lookup::Answered(answer) | Lookup::Expired(answer) => return Handled::Now(answer),
+                Lookup::Answered(answer) | Lookup::Expired(answer) => return Err(answer),
             }
         }
         let stamp = session.map(|w| w.stamp);
@@ -230,7 +230,7 @@ impl Lanes {
         let offset = l.next + 1;
         let Some(frame) = frame_for(offset) else {
             if in_flight.is_none() {
-                return Handled::Now(answer);
+                return Err(answer);
             }
             // The refusal rests on a write not yet acknowledged: answer it after that one.
             let (reply_tx, rx) = oneshot::channel();
@@ -242,12 +242,12 @@ impl Lanes {
                 sent: Instant::now(),
                 stamp: None,
             });
-            return Handled::Later(rx);
+            return Ok(rx);
         };
         let mut buf = BytesMut::new();
         frame.encode(&mut buf);
         if tx.send(buf.freeze()).is_err() {
-            return Handled::Now(Reply::Unavailable(
+            return Err(Reply::Unavailable(
                 "the link to the backup just closed".into(),
             ));
         }
@@ -268,7 +268,7 @@ impl Lanes {
             sent: Instant::now(),
             stamp,
         });
-        Handled::Later(rx)
+        Ok(rx)
     }
 
     /// The backup applied everything up to `offset` on lane `b`: apply and answer in order.
@@ -427,10 +427,10 @@ impl Lanes {
 mod tests {
     use super::*;
 
-    fn reply_now(h: Handled) -> Reply {
+    fn reply_now(h: Submitted) -> Reply {
         match h {
-            Handled::Now(r) => r,
-            other => panic!("expected an immediate answer, got {other:?}"),
+            Err(r) => r,
+            Ok(_) => panic!("expected an immediate answer, got a write waiting for its ack"),
         }
     }
 
@@ -453,11 +453,11 @@ mod tests {
         let store = Store::new();
         let (lanes, mut rxs) = lanes_with_links();
         let b = BucketId::of(b"k");
-        let Handled::Later(first) = lanes.submit(&store, insert("k", "1"), String::new) else {
+        let Ok(first) = lanes.submit(&store, insert("k", "1"), String::new) else {
             panic!("insert must wait for the ack");
         };
         // A second insert of the same key depends on the first: it waits too.
-        let Handled::Later(second) = lanes.submit(&store, insert("k", "2"), String::new) else {
+        let Ok(second) = lanes.submit(&store, insert("k", "2"), String::new) else {
             panic!("dependent refusal must wait");
         };
         assert_eq!(store.get(b"k"), None, "not visible before the ack");
@@ -482,7 +482,7 @@ mod tests {
     async fn a_lost_link_makes_waiting_writes_indeterminate_and_applies_nothing() {
         let store = Store::new();
         let (lanes, _rxs) = lanes_with_links();
-        let Handled::Later(w) = lanes.submit(&store, insert("a", "1"), String::new) else {
+        let Ok(w) = lanes.submit(&store, insert("a", "1"), String::new) else {
             panic!("must wait");
         };
         lanes.fail_all("test");

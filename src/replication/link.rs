@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use quickv_client::net::FramedReader;
 use tracing::info;
 
 use crate::config::ServerConfig;
@@ -15,8 +15,6 @@ use crate::store::{BucketId, Digest, Store};
 
 /// Target size of one snapshot chunk frame, in bytes.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
-/// Bytes asked of a stream per read.
-const READ_BYTES: usize = 64 * 1024;
 
 /// Why the link failed, in words for the log and for the state transition.
 #[derive(Debug, thiserror::Error)]
@@ -30,12 +28,11 @@ impl LinkError {
     }
 }
 
-/// Reading side of a peer stream: buffers bytes and yields decoded messages.
+/// Reading side of a peer stream: the shared framed reader ([`FramedReader`]) with the peer
+/// protocol's decoder on top.
 pub struct PeerReader {
-    /// The QUIC stream.
-    recv: quinn::RecvStream,
-    /// Bytes read and not yet decoded.
-    buf: BytesMut,
+    /// The QUIC stream and the bytes read but not yet decoded.
+    reader: FramedReader,
     /// Frame limits (the pair must agree on them).
     pub limits: Limits,
 }
@@ -44,27 +41,22 @@ impl PeerReader {
     /// Wraps a stream.
     pub fn new(recv: quinn::RecvStream, limits: Limits) -> PeerReader {
         PeerReader {
-            recv,
-            buf: BytesMut::with_capacity(READ_BYTES),
+            reader: FramedReader::new(recv),
             limits,
         }
     }
 
     /// A message already buffered, without waiting.
     pub fn buffered(&mut self) -> Result<Option<PeerMsg>, LinkError> {
-        PeerMsg::decode(&mut self.buf, &self.limits).map_err(LinkError::new)
+        PeerMsg::decode(self.reader.buffer(), &self.limits).map_err(LinkError::new)
     }
 
     /// Reads more bytes; false at the end of the stream.
     pub async fn fill(&mut self) -> Result<bool, LinkError> {
-        if self.buf.capacity() - self.buf.len() < READ_BYTES / 4 {
-            self.buf.reserve(READ_BYTES);
-        }
-        match self.recv.read_buf(&mut self.buf).await {
-            Ok(0) => Ok(false),
-            Ok(_) => Ok(true),
-            Err(e) => Err(LinkError(format!("peer stream failed: {e}"))),
-        }
+        self.reader
+            .fill()
+            .await
+            .map_err(|e| LinkError(format!("peer stream failed: {e}")))
     }
 
     /// The next message; an error at the end of the stream.

@@ -53,10 +53,16 @@ use tracing::info;
 use crate::config::{Role, ServerConfig};
 use crate::protocol::peer::PeerHello;
 use crate::protocol::Op;
-use crate::server::router::Handled;
 use crate::store::{Store, BUCKETS};
 use lanes::Lanes;
 use state::{Machine, State, Transition};
+
+/// What submitting a client write gives back: the receiver of its answer once the backup has
+/// acknowledged it (a dropped sender means its fate is unknown: `indeterminate`), or the answer
+/// now (refused, or decided without replicating anything). The router wraps it for the session;
+/// replication knows nothing of sessions.
+pub type Submitted =
+    Result<tokio::sync::oneshot::Receiver<crate::protocol::Reply>, crate::protocol::Reply>;
 
 /// The replication side of one server (primary or backup), shared by its sessions and drivers.
 #[derive(Debug)]
@@ -73,6 +79,9 @@ pub struct Replication {
     /// atomic instead of taking the machine's lock. Written only by [`Replication::with_machine`]:
     /// the machine stays the one source of truth for write admission.
     writes_open: std::sync::atomic::AtomicBool,
+    /// The machine's `reads_allowed`, mirrored the same way: every GET checks it, so it must not
+    /// take the machine's process-wide lock (issue 13).
+    reads_open: std::sync::atomic::AtomicBool,
     /// The state machine; locked briefly, never across an await.
     machine: Mutex<MachineView>,
     /// The primary's lanes (unused on the backup).
@@ -128,14 +137,16 @@ impl Replication {
         let primary = config.role == Role::Primary;
         let pair_id = pair_id(&config.certs_dir);
         let lanes = Lanes::new(config.limits);
+        let machine = Machine::new(primary);
         Arc::new(Replication {
             store,
             config,
             run_id,
             pair_id,
-            writes_open: std::sync::atomic::AtomicBool::new(false),
+            writes_open: std::sync::atomic::AtomicBool::new(machine.writes_allowed()),
+            reads_open: std::sync::atomic::AtomicBool::new(machine.reads_allowed()),
             machine: Mutex::new(MachineView {
-                machine: Machine::new(primary),
+                machine,
                 peer_run_id: None,
                 link_up: false,
                 last: None,
@@ -156,6 +167,8 @@ impl Replication {
         let out = f(&mut view);
         self.writes_open
             .store(view.machine.writes_allowed(), Ordering::Release);
+        self.reads_open
+            .store(view.machine.reads_allowed(), Ordering::Release);
         while let Some(t) = view.machine.poll_transition() {
             info!(role = %self.config.role, from = %t.from, to = %t.to, cause = %t.cause, "replication state");
             view.last = Some(t);
@@ -169,13 +182,15 @@ impl Replication {
     }
 
     /// Whether reads may be answered from the local store.
+    ///
+    /// Reads the mirror of the machine's answer, published after every machine call (no lock).
     pub fn reads_allowed(&self) -> bool {
-        self.with_machine(|v| v.machine.reads_allowed())
+        self.reads_open.load(Ordering::Acquire)
     }
 
     /// A client write: admitted only when the state machine allows writes (the primary in
     /// `Sync`), then replicated; otherwise refused before anything is sent.
-    pub fn submit(&self, op: Op) -> Handled {
+    pub fn submit(&self, op: Op) -> Submitted {
         self.submit_stamped(op, None)
     }
 
@@ -185,7 +200,7 @@ impl Replication {
         &self,
         op: Op,
         session: Option<crate::protocol::SessionWrite>,
-    ) -> Handled {
+    ) -> Submitted {
         let refusal = || {
             let state = self.state();
             format!(
@@ -193,7 +208,7 @@ impl Replication {
             )
         };
         if !self.writes_open.load(Ordering::Acquire) {
-            return Handled::Now(crate::protocol::Reply::Unavailable(refusal()));
+            return Err(crate::protocol::Reply::Unavailable(refusal()));
         }
         self.lanes.submit_stamped(&self.store, op, session, refusal)
     }
@@ -493,7 +508,7 @@ mod tests {
         assert!(
             matches!(
                 repl.submit(insert()),
-                Handled::Now(crate::protocol::Reply::Unavailable(_))
+                Err(crate::protocol::Reply::Unavailable(_))
             ),
             "lanes open, machine in warm_start: refused"
         );
@@ -502,12 +517,12 @@ mod tests {
             v.machine.handle_hellos(&empty, &empty, 1);
             v.machine.handle_synced();
         });
-        assert!(matches!(repl.submit(insert()), Handled::Later(_)));
+        assert!(matches!(repl.submit(insert()), Ok(_)));
         repl.begin_shutdown();
         assert!(
             matches!(
                 repl.submit(insert()),
-                Handled::Now(crate::protocol::Reply::Unavailable(_))
+                Err(crate::protocol::Reply::Unavailable(_))
             ),
             "shutting down: refused"
         );

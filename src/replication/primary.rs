@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use quickv_client::net::BatchWriter;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -213,36 +214,33 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     }
 }
 
-/// Writes a lane's frames in order, batching what is queued. A failed write fails the link (the
-/// ack timeout would too, later).
+/// Writes a lane's frames in order, batching what is queued (the shared [`BatchWriter`]). A
+/// failed write fails the link (the ack timeout would too, later).
 async fn write_lane(
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     link_failed: tokio_util::sync::CancellationToken,
 ) {
-    let mut out = BytesMut::new();
+    let mut writer = BatchWriter::new(send);
     loop {
         let first = tokio::select! {
             f = rx.recv() => f,
             _ = link_failed.cancelled() => return,
         };
         let Some(first) = first else { return };
-        out.extend_from_slice(&first);
-        while out.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => out.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
+        writer.batch(
+            first,
+            || rx.try_recv().ok(),
+            |frame, out| out.extend_from_slice(&frame),
+        );
         let written = tokio::select! {
-            w = send.write_all(&out) => w.is_ok(),
+            w = writer.flush() => w.is_ok(),
             _ = link_failed.cancelled() => return,
         };
         if !written {
             link_failed.cancel();
             return;
         }
-        out.clear();
     }
 }
 

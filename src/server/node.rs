@@ -117,3 +117,33 @@ fn fresh_run_id() -> u64 {
     let seed = format!("{nanos}:{}", std::process::id());
     xxhash_rust::xxh3::xxh3_64(seed.as_bytes())
 }
+
+/// The `status` document: JSON with at least `role`, `state`, `keys`.
+pub fn status_json(node: &Node) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &node.stats;
+    let mut doc = serde_json::json!({
+        "role": node.config.role.as_str(),
+        "state": "serving",
+        "keys": node.store.count(),
+        "listen": node.config.listen.to_string(),
+        "peer": node.config.peer.map(|p| p.to_string()),
+        "http": node.config.http.map(|a| a.to_string()),
+        "run_id": format!("{:016x}", node.run_id),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": node.started.elapsed().as_secs(),
+        "connections": s.connections.load(Relaxed),
+        "connections_total": s.connections_total.load(Relaxed),
+        "connections_refused": s.connections_refused.load(Relaxed),
+        "requests": s.requests.load(Relaxed),
+        "bad_frames": s.bad_frames.load(Relaxed),
+        "forbidden": node.security.forbidden.load(Relaxed),
+        "certificates": node.security.status(),
+    });
+    if let (Some(repl), Some(obj)) = (&node.repl, doc.as_object_mut()) {
+        if let serde_json::Value::Object(extra) = repl.status() {
+            obj.extend(extra);
+        }
+    }
+    doc
+}

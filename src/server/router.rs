@@ -55,7 +55,9 @@ fn handle_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Handled
             ),
         }),
         Op::Ping(payload) => Handled::Now(Reply::Value(payload)),
-        Op::Status => Handled::Now(Reply::Status(crate::server::status_json(node).to_string())),
+        Op::Status => Handled::Now(Reply::Status(
+            crate::server::node::status_json(node).to_string(),
+        )),
         Op::Shutdown => Handled::Shutdown,
         read @ (Op::Count | Op::Dump | Op::Get { .. }) => {
             if node.repl.as_ref().is_some_and(|r| !r.reads_allowed()) {
@@ -83,7 +85,10 @@ fn handle_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Handled
                 (Role::Backup, _) => Handled::Now(Reply::Unavailable(
                     "this server is the backup; send writes to the primary".into(),
                 )),
-                (Role::Primary, Some(repl)) => repl.submit_stamped(write, session),
+                (Role::Primary, Some(repl)) => match repl.submit_stamped(write, session) {
+                    Ok(answer) => Handled::Later(answer),
+                    Err(now) => Handled::Now(now),
+                },
                 (Role::Primary, None) => Handled::Now(not_a(&write)),
             }
         }

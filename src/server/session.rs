@@ -2,29 +2,30 @@
 //!
 //! Each stream gets a reader (decode → route → answer) and a writer (batch answers → send). They
 //! are split so that a client which writes a lot before reading cannot deadlock us, and a semaphore
-//! bounds the answers owed per stream: when a client stops reading, we stop reading it.
+//! bounds the answers owed per stream: when a client stops reading, we stop reading it. Both halves
+//! are the workspace's one network layer (`quickv_client::net`): the reader is a `FramedReader`,
+//! and answers are encoded straight into the stream's `Outbox`, which the writer empties into its
+//! `BatchWriter` once per wake-up.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use quickv_client::net::BatchWriter;
-use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, Semaphore};
+use quickv_client::net::{BatchWriter, FramedReader, Outbox, Taken};
+use tokio::sync::{oneshot, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::pki::Access;
 use crate::protocol::{
-    decode_request, encode_response, DecodeError, ErrorCode, Reply, Response, DUMP_CHUNK_HEADER,
+    decode_request, encode_response, DecodeError, ErrorCode, Reply, Request, Response,
+    DUMP_CHUNK_HEADER,
 };
 use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
 
-/// Bytes asked of the QUIC stream per read.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Target size of one dump chunk frame, in bytes (a single larger entry gets a chunk of its own).
 const DUMP_CHUNK_BYTES: usize = 1024 * 1024;
 /// Application close code sent when the server shuts down.
@@ -67,193 +68,290 @@ pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, access: 
     .await
 }
 
-/// Serves one pipelined request stream.
+/// Serves one pipelined request stream: a reader (this task) that decodes, routes and encodes
+/// answers straight into the stream's [`Outbox`], and a writer task that writes whatever the
+/// outbox holds per wake-up.
 async fn serve_stream(
     node: Arc<Node>,
     send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     access: Access,
 ) {
     let credit = Arc::new(Semaphore::new(node.config.max_inflight_per_stream));
-    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    let writer = tokio::spawn(write_responses(send, rx, credit.clone()));
-    let limits = node.config.limits;
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-    let mut pending = FuturesUnordered::new();
-    let mut eof = false;
-    let mut stop_reading = false;
-    // When the buffered bytes started an unfinished frame (slowloris guard).
-    let mut partial_since: Option<tokio::time::Instant> = None;
-
+    let outbox = Arc::new(Outbox::new());
+    let writer = tokio::spawn(write_answers(send, outbox.clone(), credit.clone()));
+    let mut stream = RequestStream {
+        node,
+        access,
+        reader: FramedReader::new(recv),
+        outbox,
+        credit,
+        pending: FuturesUnordered::new(),
+        eof: false,
+        stop_reading: false,
+        partial_since: None,
+    };
     loop {
+        let completed_frame = stream.answer_buffered();
+        if stream.finished() {
+            break;
+        }
+        stream.note_partial_frame(completed_frame);
+        stream.wait().await;
+    }
+    stream.outbox.close();
+    let _ = writer.await;
+}
+
+/// The reading side of one request stream and what it owes.
+struct RequestStream {
+    /// The server.
+    node: Arc<Node>,
+    /// The role of the client's certificate.
+    access: Access,
+    /// The stream and the bytes read but not yet decoded.
+    reader: FramedReader,
+    /// Answers encoded for the writer task.
+    outbox: Arc<Outbox>,
+    /// One permit per answer the stream may owe; the writer returns them once written.
+    credit: Arc<Semaphore>,
+    /// Replicated writes waiting for the backup's ack.
+    pending: FuturesUnordered<WaitingWrite>,
+    /// The client finished its sending side.
+    eof: bool,
+    /// No more requests are taken (invalid frame, read error, slow sender, shutdown).
+    stop_reading: bool,
+    /// When the buffered bytes started an unfinished frame (slowloris guard).
+    partial_since: Option<tokio::time::Instant>,
+}
+
+impl RequestStream {
+    /// Answers everything already buffered, one credit per request; true if a frame completed.
+    fn answer_buffered(&mut self) -> bool {
+        let limits = self.node.config.limits;
         let mut completed_frame = false;
-        // Answer everything already buffered, one credit per request.
-        while !stop_reading {
-            let Ok(permit) = credit.clone().try_acquire_owned() else {
+        while !self.stop_reading {
+            let Ok(permit) = self.credit.clone().try_acquire_owned() else {
                 break;
             };
-            match decode_request(&mut inbuf, &limits) {
+            match decode_request(self.reader.buffer(), &limits) {
                 Ok(Some(req)) => {
                     completed_frame = true;
                     permit.forget();
-                    Stats::bump(&node.stats.requests);
-                    // Metrics: recorded when the answer is known, with the time since routing.
-                    let kind = OpKind::of(&req.op);
-                    let started = Instant::now();
-                    if let Some(refused) = auth::refusal(access, &req.op) {
-                        node.security.count_forbidden();
-                        node.metrics.record(kind, &refused, started.elapsed());
-                        send_reply(&tx, req.id, refused);
-                        continue;
-                    }
-                    let id = req.id;
-                    match router::handle_request(&node, req) {
-                        Handled::Now(reply) => {
-                            node.metrics.record(kind, &reply, started.elapsed());
-                            send_reply(&tx, id, reply);
-                        }
-                        Handled::Later(rx) => {
-                            pending.push(async move { (id, kind, started, rx.await) });
-                        }
-                        Handled::Dump(entries) => {
-                            node.metrics
-                                .record_outcome(kind, Outcome::OK, started.elapsed());
-                            send_dump(&tx, id, entries, &node.config.limits);
-                        }
-                        Handled::Shutdown => {
-                            node.metrics
-                                .record_outcome(kind, Outcome::OK, started.elapsed());
-                            send_reply(&tx, id, Reply::Ok);
-                            node.shutdown.cancel();
-                        }
-                    }
+                    self.answer(req);
                 }
                 Ok(None) => break,
                 Err(DecodeError::Rejected { id, code, message }) => {
                     permit.forget();
-                    Stats::bump(&node.stats.bad_frames);
+                    Stats::bump(&self.node.stats.bad_frames);
                     debug!(%message, "request rejected");
-                    send_reply(&tx, id, Reply::Error { code, message });
+                    self.reply(id, Reply::Error { code, message });
                 }
                 Err(DecodeError::Invalid(message)) => {
                     permit.forget();
-                    Stats::bump(&node.stats.bad_frames);
+                    Stats::bump(&self.node.stats.bad_frames);
                     warn!(%message, "invalid frame; closing stream");
-                    send_reply(
-                        &tx,
+                    self.reply(
                         0,
                         Reply::Error {
                             code: ErrorCode::BadFrame,
                             message,
                         },
                     );
-                    let _ = recv.stop(STREAM_BAD_FRAME.into());
-                    stop_reading = true;
+                    self.reader.stop(STREAM_BAD_FRAME.into());
+                    self.stop_reading = true;
                 }
             }
         }
-        if (eof || stop_reading) && pending.is_empty() {
-            if eof && !stop_reading && !inbuf.is_empty() {
-                Stats::bump(&node.stats.bad_frames);
-                send_reply(
-                    &tx,
-                    0,
-                    Reply::Error {
-                        code: ErrorCode::BadFrame,
-                        message: format!(
-                            "stream ended inside a frame ({} bytes left over)",
-                            inbuf.len()
-                        ),
-                    },
-                );
-            }
-            break;
+        completed_frame
+    }
+
+    /// Authorizes, routes and answers (or parks) one decoded request.
+    fn answer(&mut self, req: Request) {
+        let node = &self.node;
+        Stats::bump(&node.stats.requests);
+        // Metrics: recorded when the answer is known, with the time since routing.
+        let kind = OpKind::of(&req.op);
+        let started = Instant::now();
+        if let Some(refused) = auth::refusal(self.access, &req.op) {
+            node.security.count_forbidden();
+            node.metrics.record(kind, &refused, started.elapsed());
+            return self.reply(req.id, refused);
         }
-        // The clock runs from the moment the buffer holds only an unfinished frame; every
-        // completed frame restarts it, so a busy pipelined stream never trips it.
-        partial_since = match (inbuf.is_empty(), completed_frame, partial_since) {
+        let id = req.id;
+        match router::handle_request(node, req) {
+            Handled::Now(reply) => {
+                node.metrics.record(kind, &reply, started.elapsed());
+                self.reply(id, reply);
+            }
+            Handled::Later(rx) => self.pending.push(WaitingWrite {
+                id: id,
+                kind,
+                started,
+                rx,
+            }),
+            Handled::Dump(entries) => {
+                node.metrics
+                    .record_outcome(kind, Outcome::OK, started.elapsed());
+                send_dump(&self.outbox, id, entries, &node.config.limits);
+            }
+            Handled::Shutdown => {
+                node.metrics
+                    .record_outcome(kind, Outcome::OK, started.elapsed());
+                self.reply(id, Reply::Ok);
+                node.shutdown.cancel();
+            }
+        }
+    }
+
+    /// Encodes one answer for the writer.
+    fn reply(&self, id: u64, reply: Reply) {
+        send_reply(&self.outbox, id, reply);
+    }
+
+    /// True once nothing more will be read or answered; reports a frame cut off by the end of
+    /// the stream.
+    fn finished(&mut self) -> bool {
+        if !((self.eof || self.stop_reading) && self.pending.is_empty()) {
+            return false;
+        }
+        let left = self.reader.buffer().len();
+        if self.eof && !self.stop_reading && left > 0 {
+            Stats::bump(&self.node.stats.bad_frames);
+            self.reply(
+                0,
+                Reply::Error {
+                    code: ErrorCode::BadFrame,
+                    message: format!("stream ended inside a frame ({left} bytes left over)"),
+                },
+            );
+        }
+        true
+    }
+
+    /// Slowloris guard: the clock runs from the moment the buffer holds only an unfinished
+    /// frame; every completed frame restarts it, so a busy pipelined stream never trips it.
+    fn note_partial_frame(&mut self, completed_frame: bool) {
+        let empty = self.reader.buffer().is_empty();
+        self.partial_since = match (empty, completed_frame, self.partial_since) {
             (true, _, _) => None,
             (false, true, _) | (false, false, None) => Some(tokio::time::Instant::now()),
             (false, false, since) => since,
         };
+    }
+
+    /// Waits for the next thing to do: an acknowledged write, more bytes, credit, the frame
+    /// deadline or shutdown.
+    async fn wait(&mut self) {
+        let node = self.node.clone();
         let frame_deadline = async {
-            match partial_since {
-                Some(t) if !stop_reading => {
+            match self.partial_since {
+                Some(t) if !self.stop_reading => {
                     tokio::time::sleep_until(t + node.config.frame_timeout).await
                 }
                 _ => std::future::pending().await,
             }
         };
+        let can_read = !self.eof && !self.stop_reading;
+        let has_credit = self.credit.available_permits() > 0;
+        let credit = self.credit.clone();
         tokio::select! {
             biased;
-            Some((id, kind, started, outcome)) = pending.next(), if !pending.is_empty() => {
+            Some((id, kind, started, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
                 let reply = outcome.unwrap_or_else(|_| {
                     Reply::Indeterminate("the server lost track of this write".into())
                 });
                 node.metrics.record(kind, &reply, started.elapsed());
-                send_reply(&tx, id, reply);
+                send_reply(&self.outbox, id, reply);
             }
-            read = recv.read_buf(&mut inbuf), if !eof && !stop_reading && credit.available_permits() > 0 => {
-                match read {
-                    Ok(0) => eof = true,
-                    Ok(_) => {}
-                    Err(e) => {
-                        debug!(reason = %e, "stream read ended");
-                        stop_reading = true;
-                    }
+            read = self.reader.fill(), if can_read && has_credit => match read {
+                Ok(true) => {}
+                Ok(false) => self.eof = true,
+                Err(e) => {
+                    debug!(reason = %e, "stream read ended");
+                    self.stop_reading = true;
                 }
-                if inbuf.capacity() - inbuf.len() < READ_CHUNK_BYTES / 4 {
-                    inbuf.reserve(READ_CHUNK_BYTES);
-                }
-            }
-            _ = credit.acquire(), if !eof && !stop_reading && credit.available_permits() == 0 => {}
-            _ = frame_deadline => {
-                Stats::bump(&node.stats.bad_frames);
-                let message = format!(
-                    "frame not completed within {:?} ({} bytes buffered); closing the stream",
-                    node.config.frame_timeout,
-                    inbuf.len()
-                );
-                warn!(%message, "slow or stalled sender");
-                send_reply(&tx, 0, Reply::Error { code: ErrorCode::BadFrame, message });
-                let _ = recv.stop(STREAM_BAD_FRAME.into());
-                stop_reading = true;
-                inbuf.clear();
-            }
-            _ = node.shutdown.cancelled(), if !stop_reading => {
-                // Stop taking new requests: those already buffered are refused (they never take
-                // effect), answers already owed are still delivered.
-                while let Ok(Some(req)) = decode_request(&mut inbuf, &limits) {
-                    send_reply(&tx, req.id, Reply::Unavailable("the server is shutting down".into()));
-                }
-                stop_reading = true;
-            }
+            },
+            _ = credit.acquire(), if can_read && !has_credit => {}
+            _ = frame_deadline => self.stalled(),
+            _ = node.shutdown.cancelled(), if !self.stop_reading => self.refuse_buffered(),
         }
     }
-    drop(tx);
-    let _ = writer.await;
+
+    /// The sender left an unfinished frame for longer than the frame timeout.
+    fn stalled(&mut self) {
+        let node = &self.node;
+        Stats::bump(&node.stats.bad_frames);
+        let message = format!(
+            "frame not completed within {:?} ({} bytes buffered); closing the stream",
+            node.config.frame_timeout,
+            self.reader.buffer().len()
+        );
+        warn!(%message, "slow or stalled sender");
+        self.reply(
+            0,
+            Reply::Error {
+                code: ErrorCode::BadFrame,
+                message,
+            },
+        );
+        self.reader.stop(STREAM_BAD_FRAME.into());
+        self.stop_reading = true;
+        self.reader.buffer().clear();
+    }
+
+    /// Shutdown: stop taking new requests. Those already buffered are refused (they never take
+    /// effect); answers already owed are still delivered.
+    fn refuse_buffered(&mut self) {
+        let limits = self.node.config.limits;
+        while let Ok(Some(req)) = decode_request(self.reader.buffer(), &limits) {
+            self.reply(
+                req.id,
+                Reply::Unavailable("the server is shutting down".into()),
+            );
+        }
+        self.stop_reading = true;
+    }
 }
 
-/// One frame for the writer, and whether writing it settles a request (returns its credit).
-struct Outgoing {
-    /// The frame.
-    resp: Response,
-    /// True for the last (usually only) frame of an answer.
-    settles: bool,
+/// A replicated write waiting for the backup's ack; resolves to its request id, kind, routing
+/// time and answer (an error if the replicator dropped it: fate unknown).
+struct WaitingWrite {
+    /// The request id to answer.
+    id: u64,
+    /// For metrics.
+    kind: OpKind,
+    /// When it was routed, for metrics.
+    started: Instant,
+    /// The answer, once the write is acknowledged (or refused behind an unacknowledged one).
+    rx: oneshot::Receiver<Reply>,
 }
 
-fn send_reply(tx: &mpsc::UnboundedSender<Outgoing>, id: u64, reply: Reply) {
-    // The writer only goes away when the stream is dead; nothing useful to do with the answer then.
-    let _ = tx.send(Outgoing {
-        resp: Response { id, reply },
-        settles: true,
-    });
+impl std::future::Future for WaitingWrite {
+    type Output = (
+        u64,
+        OpKind,
+        Instant,
+        Result<Reply, oneshot::error::RecvError>,
+    );
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let answer = std::task::ready!(std::pin::Pin::new(&mut self.rx).poll(cx));
+        std::task::Poll::Ready((self.id, self.kind, self.started, answer))
+    }
+}
+
+fn send_reply(outbox: &Outbox, id: u64, reply: Reply) {
+    outbox.push(true, |out| encode_response(&Response { id, reply }, out));
 }
 
 /// Sends a dump as chunks of at most `DUMP_CHUNK_BYTES` of entries (less if the frame limit is
 /// smaller; an entry at the size limits goes alone); only the last settles the request.
 fn send_dump(
-    tx: &mpsc::UnboundedSender<Outgoing>,
+    outbox: &Outbox,
     id: u64,
     entries: Vec<(Bytes, Bytes)>,
     limits: &crate::protocol::Limits,
@@ -261,27 +359,18 @@ fn send_dump(
     let budget = DUMP_CHUNK_BYTES.min(limits.max_frame.saturating_sub(DUMP_CHUNK_HEADER));
     let mut chunks = crate::protocol::peer::split_entries(entries, budget).peekable();
     while let Some(chunk) = chunks.next() {
-        if chunks.peek().is_none() {
-            return send_reply(
-                tx,
-                id,
-                Reply::DumpChunk {
-                    entries: chunk,
-                    last: true,
-                },
-            );
-        }
+        let last = chunks.peek().is_none();
         let reply = Reply::DumpChunk {
             entries: chunk,
-            last: false,
+            last,
         };
-        let _ = tx.send(Outgoing {
-            resp: Response { id, reply },
-            settles: false,
-        });
+        outbox.push(last, |out| encode_response(&Response { id, reply }, out));
+        if last {
+            return;
+        }
     }
     send_reply(
-        tx,
+        outbox,
         id,
         Reply::DumpChunk {
             entries: Vec::new(),
@@ -290,28 +379,15 @@ fn send_dump(
     );
 }
 
-/// Writes answers as they come, batching whatever is queued into one write.
-async fn write_responses(
-    send: quinn::SendStream,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    credit: Arc<Semaphore>,
-) {
+/// Writes answers as they come: everything the outbox holds per wake-up, in one write.
+async fn write_answers(send: quinn::SendStream, outbox: Arc<Outbox>, credit: Arc<Semaphore>) {
     let mut writer = BatchWriter::new(send);
-    while let Some(first) = rx.recv().await {
-        let mut n = 0;
-        writer.batch(
-            first,
-            || rx.try_recv().ok(),
-            |item, out| {
-                encode_response(&item.resp, out);
-                n += usize::from(item.settles);
-            },
-        );
+    while let Taken::Frames(settled) = outbox.take(|frames| writer.take_from(frames)).await {
         if let Err(e) = writer.flush().await {
             debug!(reason = %e, "client stopped reading answers");
             return;
         }
-        credit.add_permits(n);
+        credit.add_permits(settled);
     }
     writer.finish();
 }

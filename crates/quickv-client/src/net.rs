@@ -10,13 +10,21 @@
 //!   burst of small frames costs one stream write rather than one each; a batch stops growing at
 //!   [`READ_CHUNK_BYTES`], so a steady stream of work never delays the first frame for long.
 //!
-//! The client's lanes use both, and the server session's answer writer uses [`BatchWriter`]. The
-//! session's request reader (`quickv::server::session::serve_stream`) and the peer link
-//! (`quickv::replication::link`, `primary`) still carry their own copies of the same loops; they
-//! are meant to move onto these types (issue 12, phase 2).
+//! - [`Outbox`] is for a stream whose frames are produced by one task and written by another (the
+//!   server session: the request reader knows most answers at once, the writer owns the stream):
+//!   the producer encodes each frame straight into the outbox's buffer, and the writer takes the
+//!   whole buffer per wake-up ([`BatchWriter::take_from`]) — no per-frame channel message, no
+//!   second copy, one wake-up per burst.
+//!
+//! Every framed stream in the workspace is built from these: the client's streams, the server
+//! session (`quickv::server::session`), and the peer link's control and data streams
+//! (`quickv::replication::link`, `primary`).
+
+use std::sync::Mutex;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
 
 /// Bytes asked of a stream per read, and the size at which a write batch stops growing.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -97,6 +105,17 @@ impl BatchWriter {
         }
     }
 
+    /// Moves everything `pending` holds into the batch (when the batch is empty the buffers are
+    /// swapped, so neither side allocates in steady state).
+    pub fn take_from(&mut self, pending: &mut BytesMut) {
+        if self.out.is_empty() {
+            std::mem::swap(&mut self.out, pending);
+        } else {
+            self.out.extend_from_slice(pending);
+            pending.clear();
+        }
+    }
+
     /// True when nothing is waiting to be written.
     pub fn is_empty(&self) -> bool {
         self.out.is_empty()
@@ -113,5 +132,163 @@ impl BatchWriter {
     pub fn finish(&mut self) {
         // Fails only if the stream is already finished or reset: nothing left to end then.
         let _ = self.send.finish();
+    }
+}
+
+/// Frames encoded by one task for another task's [`BatchWriter`] to write: a shared buffer plus a
+/// wake-up, with a count of what the frames settle (e.g. requests answered, to return credit).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// The frames not yet taken by the writer, and what they settle.
+    pending: Mutex<OutboxState>,
+    /// Wakes the writer when the buffer goes from empty to not empty, or on close.
+    ready: Notify,
+}
+
+/// The shared part of an [`Outbox`].
+#[derive(Debug, Default)]
+struct OutboxState {
+    /// Encoded frames, in the order they were pushed.
+    frames: BytesMut,
+    /// How many settling frames `frames` holds.
+    settles: usize,
+    /// No more frames will come: the writer ends once it has written what is left.
+    closed: bool,
+}
+
+/// What a writer took from an [`Outbox`] in one go.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Frames are in the writer's batch; this many of them settle something.
+    Frames(usize),
+    /// Nothing pending and the producer closed the outbox: finish the stream.
+    Closed,
+}
+
+impl Outbox {
+    /// An empty, open outbox.
+    pub fn new() -> Outbox {
+        Outbox::default()
+    }
+
+    /// Encodes one frame (`encode` appends it) and wakes the writer if it may be asleep.
+    /// `settles` says whether the frame counts in [`Taken::Frames`].
+    pub fn push(&self, settles: bool, encode: impl FnOnce(&mut BytesMut)) {
+        let mut state = self.lock();
+        let was_empty = state.frames.is_empty();
+        encode(&mut state.frames);
+        state.settles += usize::from(settles);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// No more frames: the writer writes what is pending, then sees [`Taken::Closed`].
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Waits until there is something to write, hands it to `sink` (which must take the bytes out
+    /// of the buffer it is given, e.g. `|frames| writer.take_from(frames)`), or returns
+    /// [`Taken::Closed`] once the outbox is closed and drained.
+    pub async fn take(&self, mut sink: impl FnMut(&mut BytesMut)) -> Taken {
+        loop {
+            // A push between this check and the wait below leaves a stored permit in `ready`,
+            // so the wait returns at once: no wake-up is lost.
+            {
+                let mut state = self.lock();
+                if !state.frames.is_empty() {
+                    sink(&mut state.frames);
+                    state.frames.clear();
+                    return Taken::Frames(std::mem::take(&mut state.settles));
+                }
+                if state.closed {
+                    return Taken::Closed;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        // The state is a buffer and two counters, consistent after every statement: a panic
+        // elsewhere while it was held leaves nothing half-done, so the poison can be ignored.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::{BufMut, BytesMut};
+
+    use super::{Outbox, Taken};
+
+    /// Takes once into a fresh buffer; returns what was taken and the bytes.
+    async fn take(outbox: &Outbox) -> (Taken, Vec<u8>) {
+        let mut got = Vec::new();
+        let taken = outbox
+            .take(|frames: &mut BytesMut| got.extend_from_slice(frames))
+            .await;
+        (taken, got)
+    }
+
+    #[tokio::test]
+    async fn frames_come_out_in_push_order_with_what_they_settle() {
+        let outbox = Outbox::new();
+        outbox.push(true, |out| out.put_slice(b"one "));
+        outbox.push(false, |out| out.put_slice(b"chunk "));
+        outbox.push(true, |out| out.put_slice(b"two"));
+        assert_eq!(
+            take(&outbox).await,
+            (Taken::Frames(2), b"one chunk two".to_vec())
+        );
+        outbox.push(true, |out| out.put_slice(b"three"));
+        assert_eq!(take(&outbox).await, (Taken::Frames(1), b"three".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn close_delivers_what_is_pending_before_reporting_closed() {
+        let outbox = Outbox::new();
+        outbox.push(true, |out| out.put_slice(b"last"));
+        outbox.close();
+        assert_eq!(take(&outbox).await, (Taken::Frames(1), b"last".to_vec()));
+        assert_eq!(take(&outbox).await, (Taken::Closed, Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_on_push_and_on_close() {
+        let outbox = Arc::new(Outbox::new());
+        let writer = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let (taken, bytes) = take(&outbox).await;
+                    seen.extend(bytes);
+                    if taken == Taken::Closed {
+                        return seen;
+                    }
+                }
+            })
+        };
+        // Let the writer reach its wait first, so the pushes below must wake it.
+        tokio::task::yield_now().await;
+        for i in 0..100u8 {
+            outbox.push(true, |out| out.put_u8(i));
+            if i % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        outbox.close();
+        // A lost wake-up would hang here; the bound turns that into a failure.
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), writer)
+            .await
+            .expect("the writer was not woken")
+            .expect("the writer panicked");
+        assert_eq!(seen, (0..100u8).collect::<Vec<_>>());
     }
 }
