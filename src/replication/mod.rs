@@ -517,7 +517,7 @@ mod tests {
             v.machine.handle_hellos(&empty, &empty, 1);
             v.machine.handle_synced();
         });
-        assert!(matches!(repl.submit(insert()), Ok(_)));
+        assert!(repl.submit(insert()).is_ok());
         repl.begin_shutdown();
         assert!(
             matches!(

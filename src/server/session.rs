@@ -151,15 +151,7 @@ impl RequestStream {
                     permit.forget();
                     Stats::bump(&self.node.stats.bad_frames);
                     warn!(%message, "invalid frame; closing stream");
-                    self.reply(
-                        0,
-                        Reply::Error {
-                            code: ErrorCode::BadFrame,
-                            message,
-                        },
-                    );
-                    self.reader.stop(STREAM_BAD_FRAME.into());
-                    self.stop_reading = true;
+                    self.close_bad_stream(message);
                 }
             }
         }
@@ -288,6 +280,13 @@ impl RequestStream {
             self.reader.buffer().len()
         );
         warn!(%message, "slow or stalled sender");
+        self.close_bad_stream(message);
+        self.reader.buffer().clear();
+    }
+
+    /// Answers `bad_frame` (request id 0, as the frame's own id cannot be trusted), asks the
+    /// client to stop sending, and stops reading; answers already owed are still delivered.
+    fn close_bad_stream(&mut self, message: String) {
         self.reply(
             0,
             Reply::Error {
@@ -297,7 +296,6 @@ impl RequestStream {
         );
         self.reader.stop(STREAM_BAD_FRAME.into());
         self.stop_reading = true;
-        self.reader.buffer().clear();
     }
 
     /// Shutdown: stop taking new requests. Those already buffered are refused (they never take
