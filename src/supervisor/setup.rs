@@ -1,0 +1,73 @@
+//! What a supervisor prepares around its servers: certificates, free ports, log files.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use super::SupervisorError;
+
+/// Writes a fresh CA, server and client certificates into `dir` with `BINARY certs --dir DIR`.
+pub fn make_certs(binary: &Path, dir: &Path) -> anyhow::Result<()> {
+    let output = Command::new(binary)
+        .args(["certs", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| SupervisorError::Spawn {
+            binary: binary.to_path_buf(),
+            source,
+        })?;
+    anyhow::ensure!(
+        output.status.success(),
+        "`quickv certs` failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
+/// `N` loopback UDP addresses that were free a moment ago (held together, so they differ).
+pub fn free_udp_addrs<const N: usize>() -> std::io::Result<[SocketAddr; N]> {
+    let sockets = (0..N)
+        .map(|_| UdpSocket::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut addrs = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
+    for (addr, socket) in addrs.iter_mut().zip(&sockets) {
+        *addr = socket.local_addr()?;
+    }
+    Ok(addrs)
+}
+
+/// `N` loopback TCP addresses that were free a moment ago (for gateways).
+pub fn free_tcp_addrs<const N: usize>() -> std::io::Result<[SocketAddr; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut addrs = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
+    for (addr, listener) in addrs.iter_mut().zip(&listeners) {
+        *addr = listener.local_addr()?;
+    }
+    Ok(addrs)
+}
+
+/// Opens `path` for appending (creating it).
+pub fn append(path: &Path) -> Result<File, SupervisorError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| SupervisorError::Log {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The last `lines` lines of a log file, for failure messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let Ok(file) = File::open(path) else {
+        return format!("({} is not readable)", path.display());
+    };
+    let all: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
