@@ -15,7 +15,7 @@ pub enum Output {
     #[default]
     Discard,
     /// Stdout and stderr are appended to this file (kept across restarts), e.g. to quote its
-    /// [`tail`] when the server fails.
+    /// [`tail`](super::tail) when the server fails.
     Log(PathBuf),
 }
 

@@ -11,7 +11,7 @@
 //!   [`ServerProcess::ready`] / [`ServerProcess::ready_blocking`] wait for that line with a bound.
 //!   No sleeping: the line is the event. The thread keeps draining (or logging) stdout afterwards,
 //!   so the child never blocks on a full pipe.
-//! - A second thread waits for the process to exit and keeps its [`ExitStatus`]; async callers
+//! - A second thread waits for the process to exit and keeps its [`ExitStatus`](std::process::ExitStatus); async callers
 //!   await it ([`ServerProcess::exited`]), blocking callers wait with a bound
 //!   ([`ServerProcess::wait_blocking`]).
 //! - [`ServerProcess::signal`] sends SIGTERM (graceful stop), SIGKILL, SIGSTOP/SIGCONT (freeze) or

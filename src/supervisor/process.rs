@@ -93,7 +93,7 @@ impl<T: Clone> Latch<T> {
 /// The exit as the exit thread saw it: the status, or why it could not be read.
 pub(super) type Exit = Result<ExitStatus, String>;
 
-/// A server process started by [`ServerCommand::spawn`] (or adopted with
+/// A server process started by [`ServerCommand::spawn`](super::ServerCommand::spawn) (or adopted with
 /// [`ServerProcess::adopt`]). Killed (SIGKILL) when dropped while it runs.
 pub struct ServerProcess {
     /// Its process id; valid for signals until [`ServerProcess::exit`] is set.
