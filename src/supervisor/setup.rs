@@ -29,24 +29,30 @@ pub fn make_certs(binary: &Path, dir: &Path) -> anyhow::Result<()> {
 
 /// `N` loopback UDP addresses that were free a moment ago (held together, so they differ).
 pub fn free_udp_addrs<const N: usize>() -> std::io::Result<[SocketAddr; N]> {
-    let sockets = (0..N)
-        .map(|_| UdpSocket::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut addrs = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
-    for (addr, socket) in addrs.iter_mut().zip(&sockets) {
-        *addr = socket.local_addr()?;
-    }
-    Ok(addrs)
+    free_addrs(|| {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        Ok((socket.local_addr()?, socket))
+    })
 }
 
 /// `N` loopback TCP addresses that were free a moment ago (for gateways).
 pub fn free_tcp_addrs<const N: usize>() -> std::io::Result<[SocketAddr; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
+    free_addrs(|| {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Ok((listener.local_addr()?, listener))
+    })
+}
+
+/// `N` addresses from `bind`, each socket held until all are bound so that they differ.
+fn free_addrs<const N: usize, S>(
+    bind: impl Fn() -> std::io::Result<(SocketAddr, S)>,
+) -> std::io::Result<[SocketAddr; N]> {
+    let bound = (0..N)
+        .map(|_| bind())
         .collect::<std::io::Result<Vec<_>>>()?;
     let mut addrs = [SocketAddr::from(([127, 0, 0, 1], 0)); N];
-    for (addr, listener) in addrs.iter_mut().zip(&listeners) {
-        *addr = listener.local_addr()?;
+    for (addr, (bound_addr, _socket)) in addrs.iter_mut().zip(&bound) {
+        *addr = *bound_addr;
     }
     Ok(addrs)
 }
