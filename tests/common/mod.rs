@@ -173,35 +173,28 @@ impl Pair {
     }
 
     pub fn start_primary(&mut self) {
-        let peer = self.backup_addr.to_string();
-        let http = self.primary_http.map(|a| a.to_string());
-        let mut args = vec!["--peer", &peer];
-        if let Some(http) = &http {
-            args.extend(["--http", http]);
-        }
-        args.extend(self.extra.iter().map(String::as_str));
-        self.primary = Some(ServerProc::start(
-            "primary",
-            self.primary_addr,
-            self.certs.path(),
-            &args,
-        ));
+        self.primary = Some(self.start_member("primary"));
     }
 
     pub fn start_backup(&mut self) {
-        let peer = self.primary_addr.to_string();
-        let http = self.backup_http.map(|a| a.to_string());
+        self.backup = Some(self.start_member("backup"));
+    }
+
+    /// Starts one member of the pair with its peer, its gateway (if any) and the extra flags.
+    fn start_member(&self, role: &str) -> ServerProc {
+        let (addr, peer, http) = if role == "primary" {
+            (self.primary_addr, self.backup_addr, self.primary_http)
+        } else {
+            (self.backup_addr, self.primary_addr, self.backup_http)
+        };
+        let peer = peer.to_string();
+        let http = http.map(|a| a.to_string());
         let mut args = vec!["--peer", &peer];
         if let Some(http) = &http {
             args.extend(["--http", http]);
         }
         args.extend(self.extra.iter().map(String::as_str));
-        self.backup = Some(ServerProc::start(
-            "backup",
-            self.backup_addr,
-            self.certs.path(),
-            &args,
-        ));
+        ServerProc::start(role, addr, self.certs.path(), &args)
     }
 
     pub fn kill_primary(&mut self) {
