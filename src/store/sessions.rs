@@ -27,7 +27,7 @@
 //! is refused with `SessionExpired` rather than risk a second application. The client tells the age
 //! of its first attempt in every stamped write, so no clocks need agree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,7 @@ struct SessionEntry {
     /// Sequences below this were evicted from `answers`.
     floor: u64,
     /// Sequence → answer (`None` = `Ok`, `Some(v)` = the value a delete removed).
-    answers: BTreeMap<u64, Option<Bytes>>,
+    answers: Answers,
     /// Last write of this session to this bucket.
     last_used: Instant,
 }
@@ -154,7 +154,7 @@ impl Sessions {
         let t = self.bucket(b);
         let stamp = write.stamp;
         let entry = t.sessions.get(&stamp.session);
-        if let Some(answer) = entry.and_then(|e| e.answers.get(&stamp.seq)) {
+        if let Some(answer) = entry.and_then(|e| e.answers.get(stamp.seq)) {
             return Lookup::Answered(match answer {
                 None => Reply::Ok,
                 Some(v) => Reply::Value(v.clone()),
@@ -202,7 +202,7 @@ impl Sessions {
             .entry(stamp.session)
             .or_insert_with(|| SessionEntry {
                 floor: 0,
-                answers: BTreeMap::new(),
+                answers: Answers::default(),
                 last_used: now,
             });
         entry.answers.insert(stamp.seq, removed);
@@ -238,8 +238,8 @@ impl Sessions {
             .sessions
             .iter()
             .flat_map(|(&session, e)| {
-                e.answers.iter().map(move |(&seq, removed)| SessionAnswer {
-                    stamp: WriteStamp { session, seq },
+                e.answers.0.iter().map(move |(seq, removed)| SessionAnswer {
+                    stamp: WriteStamp { session, seq: *seq },
                     floor: e.floor,
                     idle_ms: ms(e.last_used),
                     removed: removed.clone(),
@@ -269,7 +269,7 @@ impl Sessions {
                 .entry(a.stamp.session)
                 .or_insert_with(|| SessionEntry {
                     floor: a.floor,
-                    answers: BTreeMap::new(),
+                    answers: Answers::default(),
                     last_used,
                 });
             e.floor = e.floor.max(a.floor);
@@ -298,6 +298,41 @@ impl Sessions {
     /// True when no bucket holds a record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A session's answers in one bucket, sorted by sequence. A deque, not a tree: a session's writes
+/// arrive in nearly increasing order, so recording is a push at the back, evicting a pop at the
+/// front, and a fresh write (newer than every answer) is recognised without a search.
+#[derive(Debug, Default)]
+struct Answers(VecDeque<(u64, Option<Bytes>)>);
+
+impl Answers {
+    fn get(&self, seq: u64) -> Option<&Option<Bytes>> {
+        match (self.0.front(), self.0.back()) {
+            (Some((lo, _)), Some((hi, _))) if (*lo..=*hi).contains(&seq) => {}
+            _ => return None,
+        }
+        let i = self.0.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        self.0.get(i).map(|(_, answer)| answer)
+    }
+
+    fn insert(&mut self, seq: u64, answer: Option<Bytes>) {
+        if self.0.back().is_none_or(|(hi, _)| *hi < seq) {
+            return self.0.push_back((seq, answer));
+        }
+        match self.0.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(i) => self.0[i].1 = answer,
+            Err(i) => self.0.insert(i, (seq, answer)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn pop_first(&mut self) -> Option<(u64, Option<Bytes>)> {
+        self.0.pop_front()
     }
 }
 
@@ -370,6 +405,25 @@ mod tests {
         assert_eq!(s.lookup(b0(), &write(2, 1, 900), now), Lookup::Fresh);
         let b1 = BucketId::new(1).expect("bucket 1");
         assert_eq!(s.lookup(b1, &write(1, 1, 900), now), Lookup::Fresh);
+    }
+
+    #[test]
+    fn answers_recorded_out_of_order_are_all_found() {
+        // Pipelined writes of one session reach the lane in any order.
+        let s = Sessions::default();
+        let now = Instant::now() + Duration::from_secs(60);
+        for seq in [5, 2, 9, 3] {
+            s.record(b0(), WriteStamp { session: 4, seq }, None, now);
+        }
+        for seq in [2, 3, 5, 9] {
+            assert_eq!(
+                s.lookup(b0(), &write(4, seq, 1), now),
+                Lookup::Answered(Reply::Ok)
+            );
+        }
+        for seq in [1, 4, 10] {
+            assert_eq!(s.lookup(b0(), &write(4, seq, 1), now), Lookup::Fresh);
+        }
     }
 
     #[test]
