@@ -479,6 +479,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retried_stamped_write_is_sent_once_and_answered_like_the_original() {
+        let store = Store::new();
+        let (lanes, mut rxs) = lanes_with_links();
+        let b = BucketId::of(b"k");
+        let stamped = |seq, age_ms| {
+            Some(SessionWrite {
+                stamp: WriteStamp { session: 7, seq },
+                age_ms,
+            })
+        };
+        let submit = |op, session| lanes.submit_stamped(&store, op, session, String::new);
+        let Handled::Later(first) = submit(insert("k", "1"), stamped(1, 0)) else {
+            panic!("must wait for the ack");
+        };
+        // The retry arrives while the original is in flight: it waits for the same ack.
+        let Handled::Later(retry) = submit(insert("k", "1"), stamped(1, 20)) else {
+            panic!("the retry waits behind the original");
+        };
+        let mut frames = 0;
+        while rxs[b.index()].try_recv().is_ok() {
+            frames += 1;
+        }
+        assert_eq!(frames, 1, "the write is sent to the backup once");
+        lanes.handle_ack(&store, b, 1).expect("ack");
+        assert_eq!(first.await.expect("answered"), Reply::Ok);
+        assert_eq!(retry.await.expect("answered"), Reply::Ok, "not Exists");
+        // After the ack, a retry is answered from the session table at once; nothing is sent.
+        assert_eq!(
+            reply_now(submit(insert("k", "1"), stamped(1, 900))),
+            Reply::Ok
+        );
+        assert!(rxs[b.index()].try_recv().is_err());
+        // A new write of the session is decided as usual.
+        assert_eq!(
+            reply_now(submit(insert("k", "2"), stamped(2, 0))),
+            Reply::Exists
+        );
+        // A delete's record keeps the removed value for its retries.
+        let Handled::Later(del) = submit(
+            Op::Delete {
+                key: Bytes::from("k"),
+            },
+            stamped(3, 0),
+        ) else {
+            panic!("must wait");
+        };
+        lanes.handle_ack(&store, b, 2).expect("ack");
+        assert_eq!(del.await.expect("answered"), Reply::Value(Bytes::from("1")));
+        assert_eq!(
+            reply_now(submit(
+                Op::Delete {
+                    key: Bytes::from("k")
+                },
+                stamped(3, 50)
+            )),
+            Reply::Value(Bytes::from("1"))
+        );
+        assert_eq!(store.get(b"k"), None);
+    }
+
+    #[tokio::test]
     async fn a_lost_link_makes_waiting_writes_indeterminate_and_applies_nothing() {
         let store = Store::new();
         let (lanes, _rxs) = lanes_with_links();

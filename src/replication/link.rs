@@ -135,8 +135,17 @@ pub fn snapshot_msgs(
             .sum::<u64>();
         msgs.push(PeerMsg::BucketBegin(bucket));
         msgs.extend(chunks(entries, limits));
-        let (evicted, answers) = store.sessions().image(bucket, std::time::Instant::now());
-        msgs.extend(evicted.map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }));
+        let (marks, answers) = store.sessions().image(bucket, std::time::Instant::now());
+        msgs.extend(
+            marks
+                .born_ms_ago
+                .map(|ms_ago| PeerMsg::SessionsBorn { ms_ago }),
+        );
+        msgs.extend(
+            marks
+                .evicted_ms_ago
+                .map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }),
+        );
         msgs.extend(answers.into_iter().map(PeerMsg::SessionAnswer));
         msgs.push(PeerMsg::BucketEnd {
             bucket,
@@ -156,7 +165,10 @@ pub struct TransferReceiver {
     current: Option<(BucketId, Vec<(bytes::Bytes, bytes::Bytes)>)>,
     /// The session table of the bucket being received (`store::sessions`): the latest eviction's
     /// age and the answers so far; installed with the entries once the bucket verifies.
-    sessions: (Option<u64>, Vec<crate::protocol::peer::SessionAnswer>),
+    sessions: (
+        crate::store::sessions::TableMarks,
+        Vec<crate::protocol::peer::SessionAnswer>,
+    ),
     /// Keys received in verified buckets.
     pub keys: u64,
 }
@@ -171,7 +183,10 @@ impl TransferReceiver {
                 self.sessions = Default::default();
             }
             PeerMsg::SessionsEvicted { ms_ago } if self.current.is_some() => {
-                self.sessions.0 = Some(ms_ago)
+                self.sessions.0.evicted_ms_ago = Some(ms_ago)
+            }
+            PeerMsg::SessionsBorn { ms_ago } if self.current.is_some() => {
+                self.sessions.0.born_ms_ago = Some(ms_ago)
             }
             PeerMsg::SessionAnswer(a) if self.current.is_some() => self.sessions.1.push(a),
             PeerMsg::BucketChunk(entries) => match self.current.as_mut() {
@@ -197,10 +212,10 @@ impl TransferReceiver {
                 }
                 self.keys += count;
                 store.replace_bucket(b, entries);
-                let (evicted, answers) = std::mem::take(&mut self.sessions);
+                let (marks, answers) = std::mem::take(&mut self.sessions);
                 store
                     .sessions()
-                    .install(b, evicted, answers, std::time::Instant::now());
+                    .install(b, marks, answers, std::time::Instant::now());
             }
             PeerMsg::TransferDone => return Some(Ok(())),
             other => return Some(Err(format!("unexpected {other:?} during a transfer"))),

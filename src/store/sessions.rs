@@ -27,7 +27,7 @@
 //! is refused with `SessionExpired` rather than risk a second application. The client tells the age
 //! of its first attempt in every stamped write, so no clocks need agree.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -91,6 +91,11 @@ struct BucketSessions {
     sessions: HashMap<u64, SessionEntry>,
     /// Latest last-use time of a session evicted from this bucket.
     horizon: Option<Instant>,
+    /// When this bucket's records start: the table's creation, or the start of the table a
+    /// bootstrap installed. A retry first sent before then may have been applied to a store that
+    /// no longer exists (both servers lost): it is refused as expired. No margin is needed here,
+    /// unlike `horizon`: misjudging it cannot apply a write twice to surviving data.
+    born: Option<Instant>,
     /// When idle sessions were last swept.
     swept: Instant,
 }
@@ -101,7 +106,7 @@ struct SessionEntry {
     /// Sequences below this were evicted from `answers`.
     floor: u64,
     /// Sequence → answer (`None` = `Ok`, `Some(v)` = the value a delete removed).
-    answers: BTreeMap<u64, Option<Bytes>>,
+    answers: Answers,
     /// Last write of this session to this bucket.
     last_used: Instant,
 }
@@ -115,9 +120,9 @@ impl Default for Sessions {
 impl Sessions {
     /// Empty tables with these bounds.
     ///
-    /// A new table knows nothing of the writes made before it existed: its horizon starts at its
+    /// A new table knows nothing of the writes made before it existed: its records start at its
     /// creation, so a retry first sent before then is refused as expired — unless a bootstrap
-    /// installs the peer's table (and horizon) first, which is how a restarted server taking its
+    /// installs the peer's table (and its start) first, which is how a restarted server taking its
     /// peer's data keeps the records. A pair that lost both servers therefore answers such
     /// retries `SessionExpired` instead of deciding them against an empty store.
     pub fn new(limits: SessionLimits) -> Sessions {
@@ -127,7 +132,8 @@ impl Sessions {
                 .map(|_| {
                     Mutex::new(BucketSessions {
                         sessions: HashMap::new(),
-                        horizon: Some(now),
+                        horizon: None,
+                        born: Some(now),
                         swept: now,
                     })
                 })
@@ -154,7 +160,7 @@ impl Sessions {
         let t = self.bucket(b);
         let stamp = write.stamp;
         let entry = t.sessions.get(&stamp.session);
-        if let Some(answer) = entry.and_then(|e| e.answers.get(&stamp.seq)) {
+        if let Some(answer) = entry.and_then(|e| e.answers.get(stamp.seq)) {
             return Lookup::Answered(match answer {
                 None => Reply::Ok,
                 Some(v) => Reply::Value(v.clone()),
@@ -169,13 +175,12 @@ impl Sessions {
             )));
         }
         if write.age_ms > 0 {
-            let age = Duration::from_millis(u64::from(write.age_ms)) + RETRY_MARGIN;
-            let first_sent = now.checked_sub(age);
-            let predates = match (t.horizon, first_sent) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(h), Some(sent)) => sent <= h,
+            let age = Duration::from_millis(u64::from(write.age_ms));
+            let predates = |mark: Option<Instant>, margin: Duration| match mark {
+                None => false,
+                Some(m) => now.checked_sub(age + margin).is_none_or(|sent| sent <= m),
             };
+            let predates = predates(t.horizon, RETRY_MARGIN) || predates(t.born, Duration::ZERO);
             if predates {
                 return Lookup::Expired(expired(format!(
                     "write {} of session {:016x} was first sent {} ms ago, before this server \
@@ -202,7 +207,7 @@ impl Sessions {
             .entry(stamp.session)
             .or_insert_with(|| SessionEntry {
                 floor: 0,
-                answers: BTreeMap::new(),
+                answers: Answers::default(),
                 last_used: now,
             });
         entry.answers.insert(stamp.seq, removed);
@@ -229,31 +234,35 @@ impl Sessions {
         }
     }
 
-    /// Bucket `b`'s table as a bootstrap carries it: the age of the latest eviction, and every
-    /// remembered answer.
-    pub fn image(&self, b: BucketId, now: Instant) -> (Option<u64>, Vec<SessionAnswer>) {
+    /// Bucket `b`'s table as a bootstrap carries it: the ages of its start and of its latest
+    /// eviction, and every remembered answer.
+    pub fn image(&self, b: BucketId, now: Instant) -> (TableMarks, Vec<SessionAnswer>) {
         let t = self.bucket(b);
         let ms = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
         let answers = t
             .sessions
             .iter()
             .flat_map(|(&session, e)| {
-                e.answers.iter().map(move |(&seq, removed)| SessionAnswer {
-                    stamp: WriteStamp { session, seq },
+                e.answers.0.iter().map(move |(seq, removed)| SessionAnswer {
+                    stamp: WriteStamp { session, seq: *seq },
                     floor: e.floor,
                     idle_ms: ms(e.last_used),
                     removed: removed.clone(),
                 })
             })
             .collect();
-        (t.horizon.map(ms), answers)
+        let marks = TableMarks {
+            born_ms_ago: t.born.map(ms),
+            evicted_ms_ago: t.horizon.map(ms),
+        };
+        (marks, answers)
     }
 
     /// Replaces bucket `b`'s table with one received in a bootstrap (see [`Sessions::image`]).
     pub fn install(
         &self,
         b: BucketId,
-        evicted_ms_ago: Option<u64>,
+        marks: TableMarks,
         answers: Vec<SessionAnswer>,
         now: Instant,
     ) {
@@ -261,7 +270,8 @@ impl Sessions {
         let mut t = self.bucket(b);
         t.sessions.clear();
         // A horizon older than this process's clock can express is "long ago": anything is later.
-        t.horizon = evicted_ms_ago.map(|ms| ago(ms).unwrap_or(now));
+        t.horizon = marks.evicted_ms_ago.map(|ms| ago(ms).unwrap_or(now));
+        t.born = marks.born_ms_ago.map(|ms| ago(ms).unwrap_or(now));
         for a in answers {
             let last_used = ago(a.idle_ms).unwrap_or(now);
             let e = t
@@ -269,7 +279,7 @@ impl Sessions {
                 .entry(a.stamp.session)
                 .or_insert_with(|| SessionEntry {
                     floor: a.floor,
-                    answers: BTreeMap::new(),
+                    answers: Answers::default(),
                     last_used,
                 });
             e.floor = e.floor.max(a.floor);
@@ -285,7 +295,8 @@ impl Sessions {
         for b in BucketId::all() {
             let mut t = self.bucket(b);
             t.sessions.clear();
-            t.horizon = Some(now);
+            t.horizon = None;
+            t.born = Some(now);
         }
     }
 
@@ -298,6 +309,41 @@ impl Sessions {
     /// True when no bucket holds a record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A session's answers in one bucket, sorted by sequence. A deque, not a tree: a session's writes
+/// arrive in nearly increasing order, so recording is a push at the back, evicting a pop at the
+/// front, and a fresh write (newer than every answer) is recognised without a search.
+#[derive(Debug, Default)]
+struct Answers(VecDeque<(u64, Option<Bytes>)>);
+
+impl Answers {
+    fn get(&self, seq: u64) -> Option<&Option<Bytes>> {
+        match (self.0.front(), self.0.back()) {
+            (Some((lo, _)), Some((hi, _))) if (*lo..=*hi).contains(&seq) => {}
+            _ => return None,
+        }
+        let i = self.0.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+        self.0.get(i).map(|(_, answer)| answer)
+    }
+
+    fn insert(&mut self, seq: u64, answer: Option<Bytes>) {
+        if self.0.back().is_none_or(|(hi, _)| *hi < seq) {
+            return self.0.push_back((seq, answer));
+        }
+        match self.0.binary_search_by_key(&seq, |(s, _)| *s) {
+            Ok(i) => self.0[i].1 = answer,
+            Err(i) => self.0.insert(i, (seq, answer)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn pop_first(&mut self) -> Option<(u64, Option<Bytes>)> {
+        self.0.pop_front()
     }
 }
 
@@ -314,6 +360,16 @@ impl BucketSessions {
         });
         self.horizon = horizon;
     }
+}
+
+/// When a bucket's table started and last evicted, as ages in milliseconds (what a bootstrap
+/// carries, since the two servers' clocks are not comparable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableMarks {
+    /// Milliseconds since the table's records start (`None`: since ever).
+    pub born_ms_ago: Option<u64>,
+    /// Milliseconds since its latest eviction (`None`: never evicted).
+    pub evicted_ms_ago: Option<u64>,
 }
 
 /// The refusal of a write whose record may be gone.
@@ -373,6 +429,25 @@ mod tests {
     }
 
     #[test]
+    fn answers_recorded_out_of_order_are_all_found() {
+        // Pipelined writes of one session reach the lane in any order.
+        let s = Sessions::default();
+        let now = Instant::now() + Duration::from_secs(60);
+        for seq in [5, 2, 9, 3] {
+            s.record(b0(), WriteStamp { session: 4, seq }, None, now);
+        }
+        for seq in [2, 3, 5, 9] {
+            assert_eq!(
+                s.lookup(b0(), &write(4, seq, 1), now),
+                Lookup::Answered(Reply::Ok)
+            );
+        }
+        for seq in [1, 4, 10] {
+            assert_eq!(s.lookup(b0(), &write(4, seq, 1), now), Lookup::Fresh);
+        }
+    }
+
+    #[test]
     fn the_window_evicts_the_oldest_sequences_and_their_retries_expire() {
         let s = Sessions::new(SessionLimits {
             window: 3,
@@ -425,7 +500,7 @@ mod tests {
         // Sent 10 s ago (after creation, beyond the margin): never seen here, so fresh.
         assert_eq!(s.lookup(b0(), &write(1, 1, 10_000), now), Lookup::Fresh);
         // A bootstrap from a peer that never evicted: the peer's knowledge replaces ours.
-        s.install(b0(), None, Vec::new(), now);
+        s.install(b0(), TableMarks::default(), Vec::new(), now);
         assert_eq!(s.lookup(b0(), &write(1, 1, 40_000), now), Lookup::Fresh);
     }
 
@@ -461,10 +536,10 @@ mod tests {
                 t1,
             );
         }
-        let (evicted, answers) = a.image(b0(), t1);
-        assert!(evicted.is_some(), "session 1 was evicted");
+        let (marks, answers) = a.image(b0(), t1);
+        assert!(marks.evicted_ms_ago.is_some(), "session 1 was evicted");
         let b = Sessions::default();
-        b.install(b0(), evicted, answers, t1);
+        b.install(b0(), marks, answers, t1);
         let kind = |l: Lookup| match l {
             Lookup::Fresh => "fresh".to_string(),
             Lookup::Answered(r) => format!("{r:?}"),

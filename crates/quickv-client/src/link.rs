@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use crate::net::{BatchWriter, FramedReader};
 use crate::protocol::{
-    decode_response, encode_request, Limits, Op, Reply, Request, SessionWrite, PROTOCOL_VERSION,
+    decode_response, encode_request, Limits, Op, Reply, Request, SessionWrite, WriteStamp,
+    PROTOCOL_VERSION,
 };
 use crate::{no_answer, refusal, tls, unexpected, ClientConfig, ClientError, Inner, LANE_QUEUE};
 
@@ -119,8 +120,10 @@ impl Session {
 pub(crate) struct Call {
     pub(crate) id: u64,
     pub(crate) op: Op,
-    /// The write's session stamp, if it carries one.
-    pub(crate) session: Option<SessionWrite>,
+    /// The write's session stamp, if it carries one, and when a retried write was first sent
+    /// (`None` on a first attempt): its age is taken when the frame is written, so time spent
+    /// waiting for a connection counts (the server must never think a retry younger than it is).
+    pub(crate) session: Option<(WriteStamp, Option<Instant>)>,
     pub(crate) reply: oneshot::Sender<Result<Reply, ClientError>>,
 }
 
@@ -382,7 +385,7 @@ impl Link {
     pub(crate) async fn start(
         &self,
         op: Op,
-        session: Option<SessionWrite>,
+        session: Option<(WriteStamp, Option<Instant>)>,
         inner: &Inner,
     ) -> Result<Pending, ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -485,7 +488,12 @@ pub(crate) async fn write_lane(
                     let request = Request {
                         id,
                         op: call.op,
-                        session: call.session,
+                        session: call.session.map(|(stamp, since)| SessionWrite {
+                            stamp,
+                            age_ms: since.map_or(0, |t| {
+                                u32::try_from(t.elapsed().as_millis()).unwrap_or(u32::MAX)
+                            }),
+                        }),
                     };
                     encode_request(&request, out);
                     owed.calls.insert(

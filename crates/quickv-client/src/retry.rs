@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::protocol::{ErrorCode, Op, Reply, SessionWrite, WriteStamp};
+use crate::protocol::{ErrorCode, Op, Reply, WriteStamp};
 use crate::{Client, ClientError};
 
 /// How long a write is retried when the call has no deadline ([`Client::without_timeout`]).
@@ -44,10 +44,10 @@ impl Client {
             if maybe_applied {
                 inner.write_retries.fetch_add(1, Ordering::Relaxed);
             }
-            let session = Some(SessionWrite {
-                stamp,
-                age_ms: u32::try_from(now.duration_since(first).as_millis()).unwrap_or(u32::MAX),
-            });
+            // A first attempt (or one after attempts that never left) is new to the server: age 0.
+            // A retry's age is counted from the call's start, an over-estimate, which is the safe
+            // side (the server may refuse a retry as expired, never take it for a new write).
+            let session = Some((stamp, maybe_applied.then_some(first)));
             let attempt = async {
                 let mut pending = inner.primary.start(op.clone(), session, inner).await?;
                 pending.answer().await

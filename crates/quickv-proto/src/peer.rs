@@ -112,6 +112,12 @@ pub enum PeerMsg {
         /// Milliseconds since the latest eviction.
         ms_ago: u64,
     },
+    /// Bootstrap, inside a bucket: the sender's table of this bucket starts `ms_ago` milliseconds
+    /// ago (it knows nothing of writes before), so the receiver refuses retries first sent earlier.
+    SessionsBorn {
+        /// Milliseconds since the table's start.
+        ms_ago: u64,
+    },
     /// Integrity check: after applying everything up to `offset`, the bucket's digest should be this.
     Check {
         /// The lane.
@@ -213,6 +219,7 @@ impl PeerMsg {
             PeerMsg::ReplaceEnd { .. } => 0x55,
             PeerMsg::SessionAnswer(_) => 0x48,
             PeerMsg::SessionsEvicted { .. } => 0x49,
+            PeerMsg::SessionsBorn { .. } => 0x4A,
             PeerMsg::Ack { .. } => 0x60,
             PeerMsg::Mismatch { .. } => 0x61,
         }
@@ -287,7 +294,9 @@ impl PeerMsg {
                     }
                 }
             }
-            PeerMsg::SessionsEvicted { ms_ago } => dst.put_u64(*ms_ago),
+            PeerMsg::SessionsEvicted { ms_ago } | PeerMsg::SessionsBorn { ms_ago } => {
+                dst.put_u64(*ms_ago)
+            }
             PeerMsg::Check {
                 bucket,
                 offset,
@@ -420,6 +429,9 @@ impl PeerMsg {
             }
             0x49 => PeerMsg::SessionsEvicted {
                 ms_ago: r.u64("eviction age")?,
+            },
+            0x4A => PeerMsg::SessionsBorn {
+                ms_ago: r.u64("table age")?,
             },
             0x51 => {
                 let offset = r.u64("offset")?;
@@ -591,6 +603,7 @@ mod tests {
                     })
                 }),
             any::<u64>().prop_map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }),
+            any::<u64>().prop_map(|ms_ago| PeerMsg::SessionsBorn { ms_ago }),
             (bucket.clone(), any::<u64>(), digest.clone()).prop_map(|(bucket, offset, digest)| {
                 PeerMsg::Check {
                     bucket,
