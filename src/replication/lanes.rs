@@ -490,11 +490,11 @@ mod tests {
             })
         };
         let submit = |op, session| lanes.submit_stamped(&store, op, session, String::new);
-        let Handled::Later(first) = submit(insert("k", "1"), stamped(1, 0)) else {
+        let Ok(first) = submit(insert("k", "1"), stamped(1, 0)) else {
             panic!("must wait for the ack");
         };
         // The retry arrives while the original is in flight: it waits for the same ack.
-        let Handled::Later(retry) = submit(insert("k", "1"), stamped(1, 20)) else {
+        let Ok(retry) = submit(insert("k", "1"), stamped(1, 20)) else {
             panic!("the retry waits behind the original");
         };
         let mut frames = 0;
@@ -517,7 +517,7 @@ mod tests {
             Reply::Exists
         );
         // A delete's record keeps the removed value for its retries.
-        let Handled::Later(del) = submit(
+        let Ok(del) = submit(
             Op::Delete {
                 key: Bytes::from("k"),
             },
