@@ -125,36 +125,46 @@ pub fn snapshot_msgs(
     let (mut keys, mut bytes) = (0u64, 0u64);
     let mut msgs = Vec::new();
     for &bucket in buckets {
-        let entries = store.bucket_snapshot(bucket);
-        let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
-        let count = entries.len() as u64;
-        keys += count;
-        bytes += entries
-            .iter()
-            .map(|(k, v)| (k.len() + v.len()) as u64)
-            .sum::<u64>();
-        msgs.push(PeerMsg::BucketBegin(bucket));
-        msgs.extend(chunks(entries, limits));
-        let (marks, answers) = store.sessions().image(bucket, std::time::Instant::now());
-        msgs.extend(
-            marks
-                .born_ms_ago
-                .map(|ms_ago| PeerMsg::SessionsBorn { ms_ago }),
-        );
-        msgs.extend(
-            marks
-                .evicted_ms_ago
-                .map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }),
-        );
-        msgs.extend(answers.into_iter().map(PeerMsg::SessionAnswer));
-        msgs.push(PeerMsg::BucketEnd {
-            bucket,
-            count,
-            digest,
-        });
+        let (bucket_msgs, k, b) = bucket_msgs(store, bucket, limits);
+        msgs.extend(bucket_msgs);
+        keys += k;
+        bytes += b;
     }
     msgs.push(PeerMsg::TransferDone);
     (msgs, keys, bytes)
+}
+
+/// One bucket of a snapshot: `BucketBegin`, its chunks and session records, `BucketEnd` with the
+/// count and digest. Returns the messages, keys and bytes. Senders build one bucket at a time so a
+/// large store never holds the runtime (and the link's keep-alives) for the whole snapshot.
+pub fn bucket_msgs(store: &Store, bucket: BucketId, limits: &Limits) -> (Vec<PeerMsg>, u64, u64) {
+    let entries = store.bucket_snapshot(bucket);
+    let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
+    let count = entries.len() as u64;
+    let bytes = entries
+        .iter()
+        .map(|(k, v)| (k.len() + v.len()) as u64)
+        .sum::<u64>();
+    let mut msgs = vec![PeerMsg::BucketBegin(bucket)];
+    msgs.extend(chunks(entries, limits));
+    let (marks, answers) = store.sessions().image(bucket, std::time::Instant::now());
+    msgs.extend(
+        marks
+            .born_ms_ago
+            .map(|ms_ago| PeerMsg::SessionsBorn { ms_ago }),
+    );
+    msgs.extend(
+        marks
+            .evicted_ms_ago
+            .map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }),
+    );
+    msgs.extend(answers.into_iter().map(PeerMsg::SessionAnswer));
+    msgs.push(PeerMsg::BucketEnd {
+        bucket,
+        count,
+        digest,
+    });
+    (msgs, count, bytes)
 }
 
 /// The receiving half of a transfer without I/O: checks each bucket's count and digest and only
@@ -234,10 +244,25 @@ pub async fn send_buckets(
     step: Duration,
 ) -> Result<(), LinkError> {
     let started = Instant::now();
-    let (msgs, keys, bytes) = snapshot_msgs(store, buckets, &reader.limits);
-    for msg in msgs {
-        bounded(step, "sending a snapshot", send_msgs(send, &[msg])).await?;
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    for &bucket in buckets {
+        // One bucket at a time, yielding in between: building the whole snapshot at once held the
+        // runtime for seconds on a large store, the link's keep-alives stopped and the peer's idle
+        // timeout cut every bootstrap of 1M keys (docs/benchmarks.md).
+        let (msgs, k, b) = bucket_msgs(store, bucket, &reader.limits);
+        keys += k;
+        bytes += b;
+        for msg in msgs {
+            bounded(step, "sending a snapshot", send_msgs(send, &[msg])).await?;
+        }
+        tokio::task::yield_now().await;
     }
+    bounded(
+        step,
+        "sending a snapshot",
+        send_msgs(send, &[PeerMsg::TransferDone]),
+    )
+    .await?;
     match bounded(step, "waiting for the transfer ack", reader.next()).await? {
         PeerMsg::TransferAck { ok: true, .. } => {
             let secs = started.elapsed().as_secs_f64();
