@@ -113,7 +113,11 @@ impl Store {
     pub fn insert(&self, key: Bytes, value: Bytes) -> bool {
         let bucket = self.bucket(&key);
         let footprint = Footprint::of(&key, &value);
-        let inserted = bucket.map.pin().try_insert(key, value).is_ok();
+        let inserted = bucket
+            .map
+            .pin()
+            .try_insert(compact(&key), compact(&value))
+            .is_ok();
         if inserted {
             bucket.add(footprint);
         }
@@ -129,6 +133,7 @@ impl Store {
         let bucket = self.bucket(&key);
         let new = Footprint::of(&key, &value);
         let mut replaced = None;
+        let value = compact(&value);
         bucket.map.pin().compute_if_present(&key, |_, old| {
             replaced = Some(old.clone());
             Some(value)
@@ -158,9 +163,13 @@ impl Store {
     pub fn put(&self, key: Bytes, value: Bytes) -> Option<Bytes> {
         let bucket = self.bucket(&key);
         let new = Footprint::of(&key, &value);
-        // Cloning `Bytes` shares the buffer; the clone lets us hash the
-        // replaced entry after the map has taken ownership of `key`.
-        let old = bucket.map.pin().insert(key.clone(), value).cloned();
+        // The map takes compact copies; the caller's `key` stays ours to hash
+        // the replaced entry with.
+        let old = bucket
+            .map
+            .pin()
+            .insert(compact(&key), compact(&value))
+            .cloned();
         if let Some(old) = &old {
             bucket.sub(Footprint::of(&key, old));
         }
@@ -347,6 +356,17 @@ impl Footprint {
             bytes: (key.len() + value.len()) as i64,
         }
     }
+}
+
+/// A copy of `bytes` in an allocation of its own, for the map to keep.
+///
+/// Keys and values arrive as slices of a connection's 64 KiB receive buffer
+/// (`FramedReader`, the peer link, resync transfers); stored as they are, one
+/// surviving 100-byte value would pin its whole buffer. Copying on the way in
+/// makes the store's memory proportional to what it holds (docs/benchmarks.md,
+/// "compact copies").
+fn compact(bytes: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(bytes)
 }
 
 /// Reads a running total that may dip below zero while writes race.
@@ -560,6 +580,35 @@ mod tests {
         assert_eq!(sized.get(b"key-2999"), Some(Bytes::from("v2999")));
         assert_eq!(sized.digests(), plain.digests());
         assert_eq!(sized.approx_bytes(), plain.approx_bytes());
+    }
+
+    #[test]
+    fn stored_entries_do_not_pin_the_callers_buffer() {
+        // Keys and values arrive as slices of a 64 KiB receive buffer; the store must keep
+        // copies of its own, or one surviving entry holds the whole buffer alive.
+        let buffer: Bytes = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+        let inside = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
+        let store = Store::new();
+        let (k1, k2) = (buffer.slice(0..16), buffer.slice(16..32));
+        assert!(store.insert(k1.clone(), buffer.slice(100..200)));
+        assert!(store.update(k1.clone(), buffer.slice(200..300)).is_some());
+        assert!(store.put(k2.clone(), buffer.slice(300..400)).is_none());
+        store.replace_bucket(
+            BucketId::of(&buffer[..8]),
+            vec![(buffer.slice(0..8), buffer.slice(400..500))],
+        );
+        for (key, value) in store.dump() {
+            assert!(
+                !inside(&key),
+                "key {key:?} is a slice of the caller's buffer"
+            );
+            assert!(
+                !inside(&value),
+                "value of {key:?} is a slice of the caller's buffer"
+            );
+        }
+        assert_eq!(store.count(), 3);
+        assert_eq!(store.get(&k1), Some(buffer.slice(200..300)));
     }
 
     #[test]
