@@ -28,7 +28,7 @@ use super::dist::{KeyDist, SplitMix64};
 use super::hdr::IntervalLog;
 use super::progress::{Phase, Progress};
 use super::recorder::{Outcome, Recorder, Tally};
-use super::report::{self, PreloadReport, Report};
+use super::report::{self, PreloadReport, BenchReport};
 use super::schedule::OpenLoop;
 use super::target::{ConnectOptions, Handle, Target, TargetSpec};
 use super::workload::{insert_key, preload_key, value_of_size, Mix, OpKind};
@@ -138,7 +138,7 @@ struct Ticket {
 }
 
 /// Runs one benchmark as configured and returns its report (also writing `--hdr-out` files).
-pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
+pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
     cfg.validate()?;
     let spec = TargetSpec::parse(&cfg.target);
     spec.check_loopback().map_err(anyhow::Error::msg)?;
@@ -314,7 +314,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
             cfg.timeout + DRAIN_SLACK
         ));
     }
-    let report = Report::build(cfg, &spec, server, preload, &totals, open_loop, warnings);
+    let report = BenchReport::build(cfg, &spec, server, preload, &totals, open_loop, warnings);
     if let Some(dir) = &cfg.hdr_out {
         report::write_hdr_files(dir, &kinds, &totals, logs, &report)?;
     }

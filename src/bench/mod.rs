@@ -57,7 +57,7 @@ use serde::Serialize;
 pub use dist::DistKind;
 pub use driver::run;
 pub use progress::ProgressMode;
-pub use report::Report;
+pub use report::BenchReport;
 pub use workload::{Mix, OpKind};
 
 /// Most requests a run may keep in flight; far above where either system stops gaining, and it
