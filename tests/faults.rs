@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use quickv::client::ClientConfig;
-use quickv::history::{check, Recorder, HistoryReport, Workload, WorkloadFigures};
+use quickv::history::{check, HistoryReport, Recorder, Workload, WorkloadFigures};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

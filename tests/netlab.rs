@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use quickv::client::ClientConfig;
 use quickv::history::{
-    check, History, Kind, Operation, Observed, Recorder, HistoryReport, Workload, WorkloadFigures,
+    check, History, HistoryReport, Kind, Observed, Operation, Recorder, Workload, WorkloadFigures,
 };
 use tokio_util::sync::CancellationToken;
 

@@ -30,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use quickv::config::{Role, ServerConfig};
-use quickv::history::{self, History, Kind, Operation, Observed};
+use quickv::history::{self, History, Kind, Observed, Operation};
 use quickv::protocol::peer::{PeerHello, PeerMsg};
 use quickv::protocol::{Limits, Reply, SessionWrite, WriteStamp};
 use quickv::replication::backup::StreamApplier;

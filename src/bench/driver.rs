@@ -28,7 +28,7 @@ use super::dist::{KeyDist, SplitMix64};
 use super::hdr::IntervalLog;
 use super::progress::{Phase, Progress};
 use super::recorder::{Outcome, Recorder, Tally};
-use super::report::{self, PreloadReport, BenchReport};
+use super::report::{self, BenchReport, PreloadReport};
 use super::schedule::OpenLoop;
 use super::target::{ConnectOptions, Handle, Target, TargetSpec};
 use super::workload::{insert_key, preload_key, value_of_size, Mix, OpKind};

@@ -36,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
-use super::{Kind, Operation, Observed};
+use super::{Kind, Observed, Operation};
 
 /// The result of checking one key.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -43,8 +43,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::client::outcome::of_call;
 use crate::client::ClientError;
-use crate::protocol::{Op, OpKind, Reply};
+use crate::protocol::{Op, OpKind, Outcome, Reply};
 
 pub use load::{Workload, WorkloadFigures};
 pub use recorder::{Invocation, Recorder};
@@ -115,7 +116,20 @@ impl Kind {
     }
 }
 
-/// How an operation ended, as far as the client can tell.
+/// The words that came with a result: the server's reason for a refusal or an indeterminate
+/// write, a server error, an answer that does not fit the operation, or the client's error.
+fn reason(result: Result<Reply, ClientError>) -> String {
+    match result {
+        Ok(Reply::Unavailable(r) | Reply::Indeterminate(r))
+        | Err(ClientError::Unavailable(r) | ClientError::Indeterminate(r)) => r,
+        Ok(Reply::Error { code, message }) => format!("server error ({code}): {message}"),
+        Ok(other) => format!("unexpected answer {other:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// How an operation ended, as far as the client can tell: the shared [`Outcome`] label plus what
+/// a checker needs beside it (the value read, the reason given).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Observed {
@@ -142,25 +156,23 @@ impl Observed {
     /// The mapping follows the client's contract: a connection error on a write means it was never
     /// written to the stream (written writes are failed as indeterminate), so it is `Failed`.
     /// A server `Error` answer is a refusal of bad input, which never takes effect either.
+    ///
+    /// The verdict is the shared one ([`quickv_client::outcome::of_call`]); this only keeps the
+    /// payload beside it: the value read, the server's reason, or what went wrong.
     pub fn from_call(kind: &Kind, result: Result<Reply, ClientError>) -> Observed {
-        match result {
-            Ok(Reply::Ok) => Observed::Ok,
-            Ok(Reply::Value(v)) => Observed::Value(v),
-            Ok(Reply::NotFound) | Err(ClientError::NotFound) => Observed::NotFound,
-            Ok(Reply::Exists) | Err(ClientError::Exists) => Observed::Exists,
-            Ok(Reply::Unavailable(r)) | Err(ClientError::Unavailable(r)) => Observed::Refused(r),
-            Ok(Reply::Indeterminate(r)) | Err(ClientError::Indeterminate(r)) => {
-                if kind.is_write() {
-                    Observed::Indeterminate(r)
-                } else {
-                    Observed::Failed(format!("a read answered indeterminate: {r}"))
-                }
+        match (of_call(&result), result) {
+            (Outcome::Ok, Ok(Reply::Ok)) => Observed::Ok,
+            (Outcome::Ok, Ok(Reply::Value(v))) => Observed::Value(v),
+            (Outcome::NotFound, _) => Observed::NotFound,
+            (Outcome::Exists, _) => Observed::Exists,
+            (Outcome::Unavailable, result) => Observed::Refused(reason(result)),
+            (Outcome::Indeterminate, result) if kind.is_write() => {
+                Observed::Indeterminate(reason(result))
             }
-            Ok(Reply::Error { code, message }) => {
-                Observed::Failed(format!("server error ({code}): {message}"))
+            (Outcome::Indeterminate, result) => {
+                Observed::Failed(format!("a read answered indeterminate: {}", reason(result)))
             }
-            Ok(other) => Observed::Failed(format!("unexpected answer {other:?}")),
-            Err(e) => Observed::Failed(e.to_string()),
+            (_, result) => Observed::Failed(reason(result)),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{ClientId, History, Kind, Mark, MarkKind, Operation, Observed};
+use super::{ClientId, History, Kind, Mark, MarkKind, Observed, Operation};
 use crate::client::Client;
 
 /// Records operations from any number of tasks. Cheap to clone; clones share the log.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::linearize::{check_key, Verdict};
-use super::{History, MarkKind, Operation, Observed};
+use super::{History, MarkKind, Observed, Operation};
 
 /// Search steps allowed per key and epoch before the key is reported undecided. A linearizable
 /// key of a few hundred operations takes a few thousand steps; this leaves room for histories

@@ -418,7 +418,9 @@ fn random_history(rng: &mut Rng, n: usize) -> (Vec<Operation>, Option<Option<Byt
                 state = Some(v.clone());
                 Observed::Ok
             }
-            (Kind::Update(_), None) | (Kind::Delete, None) | (Kind::Get, None) => Observed::NotFound,
+            (Kind::Update(_), None) | (Kind::Delete, None) | (Kind::Get, None) => {
+                Observed::NotFound
+            }
             (Kind::Delete, Some(old)) => {
                 let old = old.clone();
                 state = None;
@@ -570,4 +572,58 @@ fn the_search_agrees_with_brute_force_on_random_small_histories() {
     }
     // Both verdicts must be well represented, or this test proves nothing.
     assert!(yes > 500 && no > 500, "linearizable {yes}, not {no}");
+}
+
+#[test]
+fn a_call_result_keeps_the_shared_verdict_and_its_payload() {
+    use crate::protocol::ErrorCode;
+    let put = Kind::Insert(b("v"));
+    let cases = [
+        (Kind::Get, Ok(Reply::Value(b("x"))), Observed::Value(b("x"))),
+        (put.clone(), Ok(Reply::Ok), Observed::Ok),
+        (put.clone(), Err(ClientError::Exists), Observed::Exists),
+        (Kind::Delete, Ok(Reply::NotFound), Observed::NotFound),
+        (
+            put.clone(),
+            Err(ClientError::Unavailable("backup down".into())),
+            Observed::Refused("backup down".into()),
+        ),
+        (
+            put.clone(),
+            Ok(Reply::Indeterminate("no ack".into())),
+            Observed::Indeterminate("no ack".into()),
+        ),
+    ];
+    for (kind, result, want) in cases {
+        assert_eq!(Observed::from_call(&kind, result), want);
+    }
+    // Everything that is not a definite answer about the data fails, with the reason kept.
+    let failed = [
+        (
+            Kind::Get,
+            Ok(Reply::Indeterminate("lost".into())),
+            "indeterminate: lost",
+        ),
+        (
+            put.clone(),
+            Err(ClientError::Forbidden("role read".into())),
+            "role read",
+        ),
+        (
+            put.clone(),
+            Ok(Reply::Error {
+                code: ErrorCode::KeyTooLarge,
+                message: "big".into(),
+            }),
+            "big",
+        ),
+        (Kind::Get, Ok(Reply::Count(3)), "unexpected answer"),
+        (put, Err(ClientError::Timeout("2s".into())), "2s"),
+    ];
+    for (kind, result, words) in failed {
+        match Observed::from_call(&kind, result) {
+            Observed::Failed(why) => assert!(why.contains(words), "{why:?} lacks {words:?}"),
+            other => panic!("{other:?} should be Failed({words:?})"),
+        }
+    }
 }
