@@ -27,12 +27,13 @@ use tokio::task::JoinSet;
 use super::dist::{KeyDist, SplitMix64};
 use super::hdr::IntervalLog;
 use super::progress::{Phase, Progress};
-use super::recorder::{Outcome, Recorder, Tally};
+use super::recorder::{Recorder, Tally};
 use super::report::{self, BenchReport, PreloadReport};
 use super::schedule::OpenLoop;
 use super::target::{ConnectOptions, Handle, Target, TargetSpec};
 use super::workload::{insert_key, preload_key, value_of_size, Mix, OpKind};
 use super::BenchConfig;
+use crate::protocol::Outcome;
 
 /// Longest the preload phase may take before the run gives up.
 pub const PRELOAD_LIMIT: Duration = Duration::from_secs(300);

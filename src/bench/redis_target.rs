@@ -27,9 +27,9 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ClientTlsConfig, RedisError, TlsCertificates, Value};
 
-use super::recorder::Outcome;
 use super::target::ConnectOptions;
 use super::workload::OpKind;
+use crate::protocol::Outcome;
 use crate::tls::CertPaths;
 
 /// Time allowed to open one connection (TCP + TLS + HELLO).
@@ -145,13 +145,13 @@ impl RedisHandle {
                                     )),
                                 ),
                                 other => (
-                                    Outcome::Other,
+                                    Outcome::Error,
                                     Some(format!("unexpected WAIT answer {other:?}")),
                                 ),
                             }
                         }
                         other => (
-                            Outcome::Other,
+                            Outcome::Error,
                             Some(format!("pipeline answered {} values, not 2", other.len())),
                         ),
                     },
@@ -223,7 +223,7 @@ fn classify(kind: OpKind, value: &Value) -> (Outcome, Option<String>) {
         (OpKind::Get | OpKind::Update | OpKind::Delete, Value::Nil) => (Outcome::NotFound, None),
         (_, Value::ServerError(e)) => server_error(e.code(), &format!("{e:?}")),
         (_, other) => (
-            Outcome::Other,
+            Outcome::Error,
             Some(format!("unexpected answer to {kind}: {other:?}")),
         ),
     }
@@ -235,7 +235,7 @@ fn classify_error(e: &RedisError) -> (Outcome, Option<String>) {
     }
     match e.code() {
         Some(code) => server_error(code, &e.to_string()),
-        None => (Outcome::Other, Some(e.to_string())),
+        None => (Outcome::Unreachable, Some(e.to_string())),
     }
 }
 
@@ -246,7 +246,7 @@ fn server_error(code: &str, message: &str) -> (Outcome, Option<String>) {
         "NOREPLICAS" | "MASTERDOWN" | "LOADING" | "TRYAGAIN" | "BUSY" | "READONLY" => {
             Outcome::Unavailable
         }
-        _ => Outcome::Other,
+        _ => Outcome::Error,
     };
     (outcome, Some(message.to_owned()))
 }
@@ -264,8 +264,8 @@ mod tests {
         assert_eq!(classify(OpKind::Insert, &Value::Nil).0, Outcome::Exists);
         assert_eq!(classify(OpKind::Update, &Value::Nil).0, Outcome::NotFound);
         assert_eq!(classify(OpKind::Delete, &bulk).0, Outcome::Ok);
-        assert_eq!(classify(OpKind::Get, &Value::Int(3)).0, Outcome::Other);
+        assert_eq!(classify(OpKind::Get, &Value::Int(3)).0, Outcome::Error);
         assert_eq!(server_error("NOREPLICAS", "x").0, Outcome::Unavailable);
-        assert_eq!(server_error("ERR", "x").0, Outcome::Other);
+        assert_eq!(server_error("ERR", "x").0, Outcome::Error);
     }
 }

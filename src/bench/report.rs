@@ -14,11 +14,12 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::hdr::{self, IntervalLog};
-use super::recorder::{Counts, OpTally, Outcome, Tally};
+use super::recorder::{Counts, OpTally, Tally};
 use super::schedule::OpenLoop;
 use super::target::TargetSpec;
 use super::workload::OpKind;
 use super::BenchConfig;
+use crate::protocol::Outcome;
 
 /// Everything a run produced, serialized as the `--json` document.
 #[derive(Clone, Debug, Serialize)]
@@ -169,7 +170,7 @@ impl PreloadReport {
             _ => {
                 self.errors += 1;
                 if self.first_error.is_none() {
-                    self.first_error = Some(message.unwrap_or_else(|| outcome.as_str().to_owned()));
+                    self.first_error = Some(message.unwrap_or_else(|| outcome.name().to_owned()));
                 }
             }
         }
@@ -239,7 +240,7 @@ impl OpReport {
                 .first_errors
                 .iter()
                 .map(|(kind, message)| ErrorSample {
-                    kind: kind.as_str().to_owned(),
+                    kind: kind.name().to_owned(),
                     message: message.clone(),
                 })
                 .collect(),

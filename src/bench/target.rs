@@ -17,10 +17,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::recorder::Outcome;
 use super::workload::OpKind;
 use crate::client::{Client, ClientConfig, ClientError};
-use crate::protocol::{Op, Reply};
+use crate::protocol::{Op, Outcome, Reply};
 
 /// What to connect to, parsed from `--target`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -259,14 +258,14 @@ fn classify_quickv(kind: OpKind, answer: Result<Reply, ClientError>) -> (Outcome
         Ok(Reply::Unavailable(why)) => (Outcome::Unavailable, Some(why)),
         Ok(Reply::Indeterminate(why)) => (Outcome::Indeterminate, Some(why)),
         Ok(Reply::Error { code, message }) => (
-            Outcome::Other,
+            Outcome::of_error(code),
             Some(format!("server error ({code}): {message}")),
         ),
         Ok(other) => (
-            Outcome::Other,
+            Outcome::Error,
             Some(format!("unexpected answer to {kind}: {other:?}")),
         ),
-        Err(e) => (Outcome::Other, Some(e.to_string())),
+        Err(e) => (Outcome::from(&e), Some(e.to_string())),
     }
 }
 
@@ -321,8 +320,8 @@ mod tests {
             Outcome::Indeterminate
         );
         // An answer of the wrong shape is an error, not a success.
-        assert_eq!(ok(OpKind::Get, Reply::Ok), Outcome::Other);
+        assert_eq!(ok(OpKind::Get, Reply::Ok), Outcome::Error);
         let err = classify_quickv(OpKind::Get, Err(ClientError::Connection("gone".into())));
-        assert_eq!(err, (Outcome::Other, Some("gone".into())));
+        assert_eq!(err, (Outcome::Unreachable, Some("gone".into())));
     }
 }
