@@ -31,7 +31,7 @@ use super::recorder::{Recorder, Tally};
 use super::report::{self, BenchReport, PreloadReport};
 use super::schedule::OpenLoop;
 use super::target::{ConnectOptions, Handle, Target, TargetSpec};
-use super::workload::{insert_key, preload_key, value_of_size, Mix, OpKind};
+use super::workload::{insert_key, preload_key, value_of_size, LoadOp, Mix};
 use super::BenchConfig;
 use crate::protocol::Outcome;
 
@@ -81,17 +81,17 @@ struct Shared {
 
 impl Shared {
     /// The key for the next request of `kind`.
-    fn key_for(&self, kind: OpKind, rng: &mut SplitMix64) -> Bytes {
+    fn key_for(&self, kind: LoadOp, rng: &mut SplitMix64) -> Bytes {
         match kind {
-            OpKind::Get | OpKind::Update => preload_key(self.dist.sample(rng)),
-            OpKind::Delete => {
+            LoadOp::Get | LoadOp::Update => preload_key(self.dist.sample(rng)),
+            LoadOp::Delete => {
                 preload_key(self.delete_seq.fetch_add(1, Ordering::Relaxed) % self.keys.max(1))
             }
-            OpKind::Insert => insert_key(
+            LoadOp::Insert => insert_key(
                 self.run_tag,
                 self.insert_seq.fetch_add(1, Ordering::Relaxed),
             ),
-            OpKind::Ping => Bytes::new(),
+            LoadOp::Ping => Bytes::new(),
         }
     }
 
@@ -156,7 +156,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
     let value = value_of_size(cfg.value_size);
     let workers = cfg.in_flight();
 
-    let preload = if cfg.preload && cfg.mix.kinds().any(OpKind::needs_preload) {
+    let preload = if cfg.preload && cfg.mix.kinds().any(LoadOp::needs_preload) {
         // At least PRELOAD_TASKS in flight however shallow the run, so a depth-1 run does not
         // spend most of its time preloading one key at a time.
         Some(preload(&target, cfg, &value, workers.clamp(PRELOAD_TASKS, 1024)).await?)
@@ -218,7 +218,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
     };
 
     // The collector: cut intervals, feed the live line and the interval logs, add up the totals.
-    let kinds: Vec<OpKind> = cfg.mix.kinds().collect();
+    let kinds: Vec<LoadOp> = cfg.mix.kinds().collect();
     let mut logs: Vec<IntervalLog> = kinds
         .iter()
         .map(|_| IntervalLog::new(wall_start, format!("quickv bench {}", cfg.label())))
@@ -410,7 +410,7 @@ fn pace(schedule: OpenLoop, t0: Instant, stop_at: Instant, tx: mpsc::Sender<Tick
 /// the measured phase's start. Empty intervals are skipped.
 fn push_interval(
     logs: &mut [IntervalLog],
-    kinds: &[OpKind],
+    kinds: &[LoadOp],
     interval: &Tally,
     from: Instant,
     to: Instant,

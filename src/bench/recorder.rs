@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::workload::OpKind;
+use super::workload::LoadOp;
 use crate::protocol::Outcome;
 
 /// Highest latency the histograms track, in nanoseconds (60 s); slower answers are recorded as
@@ -137,7 +137,7 @@ impl OpTally {
 /// Everything measured over some span: one [`OpTally`] per kind, plus the open-loop send lag.
 #[derive(Clone, Debug)]
 pub struct Tally {
-    /// Indexed by [`OpKind::index`].
+    /// Indexed by [`LoadOp::index`].
     pub ops: Vec<OpTally>,
     /// Open loop only: how late each request was sent relative to its intended start, ns.
     pub lag: Histogram<u64>,
@@ -147,13 +147,13 @@ impl Tally {
     /// An empty tally.
     pub fn new() -> Tally {
         Tally {
-            ops: OpKind::ALL.iter().map(|_| OpTally::new()).collect(),
+            ops: LoadOp::ALL.iter().map(|_| OpTally::new()).collect(),
             lag: new_histogram(),
         }
     }
 
     /// The tally of one kind.
-    pub fn op(&self, kind: OpKind) -> &OpTally {
+    pub fn op(&self, kind: LoadOp) -> &OpTally {
         &self.ops[kind.index()]
     }
 
@@ -218,7 +218,7 @@ impl Recorder {
     pub fn record(
         &self,
         worker: usize,
-        kind: OpKind,
+        kind: LoadOp,
         outcome: Outcome,
         latency_ns: u64,
         message: Option<&str>,
@@ -263,14 +263,14 @@ mod tests {
     #[test]
     fn errors_are_counted_not_timed() {
         let rec = Recorder::new(2);
-        rec.record(0, OpKind::Get, Outcome::Ok, 1_000, None);
-        rec.record(1, OpKind::Get, Outcome::NotFound, 3_000, None);
-        rec.record(1, OpKind::Get, Outcome::Unavailable, 5, Some("not in sync"));
-        rec.record(0, OpKind::Get, Outcome::Unavailable, 5, Some("later"));
-        rec.record(0, OpKind::Update, Outcome::Timeout, 9, Some("no answer"));
+        rec.record(0, LoadOp::Get, Outcome::Ok, 1_000, None);
+        rec.record(1, LoadOp::Get, Outcome::NotFound, 3_000, None);
+        rec.record(1, LoadOp::Get, Outcome::Unavailable, 5, Some("not in sync"));
+        rec.record(0, LoadOp::Get, Outcome::Unavailable, 5, Some("later"));
+        rec.record(0, LoadOp::Update, Outcome::Timeout, 9, Some("no answer"));
         let mut t = Tally::new();
         rec.take_into(&mut t);
-        let get = t.op(OpKind::Get);
+        let get = t.op(LoadOp::Get);
         assert_eq!(get.counts.answered(), 2);
         assert_eq!(get.counts.unavailable, 2);
         assert_eq!(get.latency.len(), 2);
@@ -280,7 +280,7 @@ mod tests {
             "one message per kind: {:?}",
             get.first_errors
         );
-        assert_eq!(t.op(OpKind::Update).counts.timeout, 1);
+        assert_eq!(t.op(LoadOp::Update).counts.timeout, 1);
         assert_eq!(t.all_counts().errors(), 3);
         // Taking resets the interval.
         rec.take_into(&mut t);
@@ -290,9 +290,9 @@ mod tests {
     #[test]
     fn absurd_latencies_saturate_instead_of_vanishing() {
         let rec = Recorder::new(1);
-        rec.record(0, OpKind::Ping, Outcome::Ok, u64::MAX, None);
+        rec.record(0, LoadOp::Ping, Outcome::Ok, u64::MAX, None);
         let mut t = Tally::new();
         rec.take_into(&mut t);
-        assert_eq!(t.op(OpKind::Ping).latency.len(), 1);
+        assert_eq!(t.op(LoadOp::Ping).latency.len(), 1);
     }
 }

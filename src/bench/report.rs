@@ -17,7 +17,7 @@ use super::hdr::{self, IntervalLog};
 use super::recorder::{Counts, OpTally, Tally};
 use super::schedule::OpenLoop;
 use super::target::TargetSpec;
-use super::workload::OpKind;
+use super::workload::LoadOp;
 use super::BenchConfig;
 use crate::protocol::Outcome;
 
@@ -260,7 +260,7 @@ impl BenchReport {
         mut warnings: Vec<String>,
     ) -> BenchReport {
         let seconds = cfg.duration.as_secs_f64();
-        let kinds: Vec<OpKind> = cfg.mix.kinds().collect();
+        let kinds: Vec<LoadOp> = cfg.mix.kinds().collect();
         let ops: Vec<OpReport> = kinds
             .iter()
             .map(|&k| OpReport::of(k.as_str(), totals.op(k), seconds))
@@ -434,7 +434,7 @@ impl BenchReport {
 /// `report.json` into `dir`.
 pub fn write_hdr_files(
     dir: &Path,
-    kinds: &[OpKind],
+    kinds: &[LoadOp],
     totals: &Tally,
     logs: Vec<IntervalLog>,
     report: &BenchReport,
