@@ -177,7 +177,7 @@ impl RequestStream {
                 self.reply(id, reply);
             }
             Handled::Later(rx) => self.pending.push(WaitingWrite {
-                id: id,
+                id,
                 kind,
                 started,
                 rx,
