@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use quickv::client::ClientConfig;
-use quickv::history::{check, Recorder, Report, Workload, WorkloadFigures};
+use quickv::history::{check, HistoryReport, Recorder, Workload, WorkloadFigures};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -109,7 +109,7 @@ impl Run {
 
     /// Stops the load, waits for the pair to be in sync, checks the history against both dumps,
     /// prints the figures and asserts the invariants.
-    async fn finish(self) -> Report {
+    async fn finish(self) -> HistoryReport {
         self.stop.cancel();
         let figures = self.load.await.expect("load task");
         self.pair.wait_sync().await;

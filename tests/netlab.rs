@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use quickv::client::ClientConfig;
 use quickv::history::{
-    check, History, Kind, Operation, Outcome, Recorder, Report, Workload, WorkloadFigures,
+    check, History, HistoryReport, Kind, Observed, Operation, Recorder, Workload, WorkloadFigures,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -411,7 +411,7 @@ impl LabRun {
     }
 
     /// Stops the load, heals everything, waits for sync, checks against both dumps, prints.
-    async fn finish(mut self) -> (Report, History) {
+    async fn finish(mut self) -> (HistoryReport, History) {
         // Load first: the figures must describe the impaired network only.
         self.stop_load().await;
         let figures = self.figures;
@@ -533,7 +533,7 @@ async fn inner_partition_between_primary_and_backup() {
     let first_refusal = history
         .ops
         .iter()
-        .filter(|o| matches!(o.outcome, Outcome::Refused(_)) && o.invoke >= cut)
+        .filter(|o| matches!(o.outcome, Observed::Refused(_)) && o.invoke >= cut)
         .map(|o| o.complete)
         .min()
         .expect("a refusal");
@@ -672,6 +672,6 @@ async fn inner_primary_killed_during_a_peer_partition() {
         .rec
         .call(99, &c, "probe".into(), Kind::Insert(value))
         .await;
-    assert_eq!(probe, Outcome::Ok);
+    assert_eq!(probe, Observed::Ok);
     run.finish().await;
 }

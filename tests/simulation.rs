@@ -30,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
 use quickv::config::{Role, ServerConfig};
-use quickv::history::{self, History, Kind, Operation, Outcome};
+use quickv::history::{self, History, Kind, Observed, Operation};
 use quickv::protocol::peer::{PeerHello, PeerMsg};
 use quickv::protocol::{Limits, Reply, SessionWrite, WriteStamp};
 use quickv::replication::backup::StreamApplier;
@@ -956,20 +956,20 @@ impl Sim {
             if maybe_applied {
                 return self.unknown(slot, "primary down");
             }
-            return self.finish(slot, Outcome::Failed("primary down: not sent".into()));
+            return self.finish(slot, Observed::Failed("primary down: not sent".into()));
         };
         let outcome = match &kind {
-            Kind::Get if !p.machine.reads_allowed() => Outcome::Refused("not yet synced".into()),
+            Kind::Get if !p.machine.reads_allowed() => Observed::Refused("not yet synced".into()),
             Kind::Get => match p.store.get(&key) {
-                Some(v) => Outcome::Value(v),
-                None => Outcome::NotFound,
+                Some(v) => Observed::Value(v),
+                None => Observed::NotFound,
             },
             // The one door for writes: the state machine's `writes_allowed`, as in
             // `Replication::submit`. A refusal says nothing about an earlier attempt.
             _ if !p.machine.writes_allowed() && maybe_applied => {
                 return self.unknown(slot, "not in sync")
             }
-            _ if !p.machine.writes_allowed() => Outcome::Refused("not in sync".into()),
+            _ if !p.machine.writes_allowed() => Observed::Refused("not in sync".into()),
             _ => match p
                 .lanes
                 .submit_stamped(&p.store, kind.op(key), session, || "not in sync".into())
@@ -978,7 +978,7 @@ impl Sim {
                 Err(Reply::Unavailable(_)) if maybe_applied => {
                     return self.unknown(slot, "unavailable")
                 }
-                Err(reply) => Outcome::from_call(&kind, Ok(reply)),
+                Err(reply) => Observed::from_call(&kind, Ok(reply)),
                 Ok(rx) => {
                     p.waiting.push((slot, rx));
                     return;
@@ -1000,11 +1000,11 @@ impl Sim {
             let pause = self.rng.range(20, 300);
             self.at(pause, Event::Retry(slot));
         } else {
-            self.finish(slot, Outcome::Indeterminate(why.to_string()));
+            self.finish(slot, Observed::Indeterminate(why.to_string()));
         }
     }
 
-    fn finish(&mut self, slot: usize, outcome: Outcome) {
+    fn finish(&mut self, slot: usize, outcome: Observed) {
         let Some(op) = self.pending.get_mut(slot).and_then(Option::take) else {
             return;
         };
@@ -1044,7 +1044,7 @@ impl Sim {
             };
             match reply {
                 Some(Reply::Indeterminate(why)) => self.unknown(slot, &why),
-                Some(r) => self.finish(slot, Outcome::from_call(&kind, Ok(r))),
+                Some(r) => self.finish(slot, Observed::from_call(&kind, Ok(r))),
                 None => self.unknown(slot, "answer dropped"),
             }
         }
@@ -1221,7 +1221,7 @@ impl Sim {
             indeterminate: history
                 .ops
                 .iter()
-                .filter(|o| matches!(o.outcome, Outcome::Indeterminate(_)))
+                .filter(|o| matches!(o.outcome, Observed::Indeterminate(_)))
                 .count(),
         };
         let report = history::check(&history, Some(&pd), Some(&bd));

@@ -27,12 +27,13 @@ use tokio::task::JoinSet;
 use super::dist::{KeyDist, SplitMix64};
 use super::hdr::IntervalLog;
 use super::progress::{Phase, Progress};
-use super::recorder::{Outcome, Recorder, Tally};
-use super::report::{self, PreloadReport, Report};
+use super::recorder::{Recorder, Tally};
+use super::report::{self, BenchReport, PreloadReport};
 use super::schedule::OpenLoop;
 use super::target::{ConnectOptions, Handle, Target, TargetSpec};
-use super::workload::{insert_key, preload_key, value_of_size, Mix, OpKind};
+use super::workload::{insert_key, preload_key, value_of_size, LoadOp, Mix};
 use super::BenchConfig;
+use crate::protocol::Outcome;
 
 /// Longest the preload phase may take before the run gives up.
 pub const PRELOAD_LIMIT: Duration = Duration::from_secs(300);
@@ -80,17 +81,17 @@ struct Shared {
 
 impl Shared {
     /// The key for the next request of `kind`.
-    fn key_for(&self, kind: OpKind, rng: &mut SplitMix64) -> Bytes {
+    fn key_for(&self, kind: LoadOp, rng: &mut SplitMix64) -> Bytes {
         match kind {
-            OpKind::Get | OpKind::Update => preload_key(self.dist.sample(rng)),
-            OpKind::Delete => {
+            LoadOp::Get | LoadOp::Update => preload_key(self.dist.sample(rng)),
+            LoadOp::Delete => {
                 preload_key(self.delete_seq.fetch_add(1, Ordering::Relaxed) % self.keys.max(1))
             }
-            OpKind::Insert => insert_key(
+            LoadOp::Insert => insert_key(
                 self.run_tag,
                 self.insert_seq.fetch_add(1, Ordering::Relaxed),
             ),
-            OpKind::Ping => Bytes::new(),
+            LoadOp::Ping => Bytes::new(),
         }
     }
 
@@ -138,7 +139,7 @@ struct Ticket {
 }
 
 /// Runs one benchmark as configured and returns its report (also writing `--hdr-out` files).
-pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
+pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
     cfg.validate()?;
     let spec = TargetSpec::parse(&cfg.target);
     spec.check_loopback().map_err(anyhow::Error::msg)?;
@@ -155,7 +156,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     let value = value_of_size(cfg.value_size);
     let workers = cfg.in_flight();
 
-    let preload = if cfg.preload && cfg.mix.kinds().any(OpKind::needs_preload) {
+    let preload = if cfg.preload && cfg.mix.kinds().any(LoadOp::needs_preload) {
         // At least PRELOAD_TASKS in flight however shallow the run, so a depth-1 run does not
         // spend most of its time preloading one key at a time.
         Some(preload(&target, cfg, &value, workers.clamp(PRELOAD_TASKS, 1024)).await?)
@@ -217,7 +218,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
     };
 
     // The collector: cut intervals, feed the live line and the interval logs, add up the totals.
-    let kinds: Vec<OpKind> = cfg.mix.kinds().collect();
+    let kinds: Vec<LoadOp> = cfg.mix.kinds().collect();
     let mut logs: Vec<IntervalLog> = kinds
         .iter()
         .map(|_| IntervalLog::new(wall_start, format!("quickv bench {}", cfg.label())))
@@ -314,7 +315,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<Report> {
             cfg.timeout + DRAIN_SLACK
         ));
     }
-    let report = Report::build(cfg, &spec, server, preload, &totals, open_loop, warnings);
+    let report = BenchReport::build(cfg, &spec, server, preload, &totals, open_loop, warnings);
     if let Some(dir) = &cfg.hdr_out {
         report::write_hdr_files(dir, &kinds, &totals, logs, &report)?;
     }
@@ -409,7 +410,7 @@ fn pace(schedule: OpenLoop, t0: Instant, stop_at: Instant, tx: mpsc::Sender<Tick
 /// the measured phase's start. Empty intervals are skipped.
 fn push_interval(
     logs: &mut [IntervalLog],
-    kinds: &[OpKind],
+    kinds: &[LoadOp],
     interval: &Tally,
     from: Instant,
     to: Instant,

@@ -57,8 +57,8 @@ use serde::Serialize;
 pub use dist::DistKind;
 pub use driver::run;
 pub use progress::ProgressMode;
-pub use report::Report;
-pub use workload::{Mix, OpKind};
+pub use report::BenchReport;
+pub use workload::{LoadOp, Mix};
 
 /// Most requests a run may keep in flight; far above where either system stops gaining, and it
 /// bounds the generator's memory (one task per slot).
@@ -135,7 +135,7 @@ impl BenchConfig {
         BenchConfig {
             target: target.into(),
             certs_dir: certs_dir.into(),
-            mix: Mix::single(OpKind::Get),
+            mix: Mix::single(LoadOp::Get),
             keys: 100_000,
             value_size: 100,
             dist: DistKind::Uniform,
@@ -187,7 +187,7 @@ impl BenchConfig {
             "--interval must be at least 100ms"
         );
         anyhow::ensure!(
-            self.keys > 0 || !self.mix.kinds().any(OpKind::needs_preload),
+            self.keys > 0 || !self.mix.kinds().any(LoadOp::needs_preload),
             "--keys must be positive for get, update and delete"
         );
         if let Some(rate) = self.rate {
@@ -275,7 +275,7 @@ mod tests {
         cfg.rate = None;
         cfg.keys = 0;
         assert!(cfg.validate().is_err());
-        cfg.mix = Mix::single(OpKind::Insert);
+        cfg.mix = Mix::single(LoadOp::Insert);
         assert!(cfg.validate().is_ok());
     }
 }

@@ -17,7 +17,8 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::workload::OpKind;
+use super::workload::LoadOp;
+use crate::protocol::Outcome;
 
 /// Highest latency the histograms track, in nanoseconds (60 s); slower answers are recorded as
 /// 60 s rather than dropped.
@@ -37,57 +38,6 @@ pub fn new_histogram() -> Histogram<u64> {
     })
 }
 
-/// How one request ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The operation succeeded (value read, key created/updated/removed, ping echoed).
-    Ok,
-    /// Answered: the key is absent (get, update, delete).
-    NotFound,
-    /// Answered: the key exists (insert).
-    Exists,
-    /// Refused before it took effect (backup down, not in sync, server shutting down).
-    Unavailable,
-    /// A write whose fate is unknown (no ack from the backup; for Redis, `WAIT` saw no replica).
-    Indeterminate,
-    /// No answer within `--timeout`.
-    Timeout,
-    /// Anything else: connection lost, protocol error, a server error answer.
-    Other,
-}
-
-impl Outcome {
-    /// Every outcome, in report order.
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Ok,
-        Outcome::NotFound,
-        Outcome::Exists,
-        Outcome::Unavailable,
-        Outcome::Indeterminate,
-        Outcome::Timeout,
-        Outcome::Other,
-    ];
-
-    /// The lowercase name used in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::NotFound => "not_found",
-            Outcome::Exists => "exists",
-            Outcome::Unavailable => "unavailable",
-            Outcome::Indeterminate => "indeterminate",
-            Outcome::Timeout => "timeout",
-            Outcome::Other => "other",
-        }
-    }
-
-    /// True when the server answered about the operation itself, so the latency is a service
-    /// time worth recording.
-    pub fn is_answer(self) -> bool {
-        matches!(self, Outcome::Ok | Outcome::NotFound | Outcome::Exists)
-    }
-}
-
 /// Counts of each outcome for one operation kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -103,7 +53,8 @@ pub struct Counts {
     pub indeterminate: u64,
     /// No answer in time.
     pub timeout: u64,
-    /// Transport, protocol or server errors.
+    /// Transport, protocol or server errors ([`Outcome::Error`], [`Outcome::Forbidden`],
+    /// [`Outcome::Unreachable`]).
     pub other: u64,
 }
 
@@ -116,22 +67,9 @@ impl Counts {
             Outcome::Unavailable => &mut self.unavailable,
             Outcome::Indeterminate => &mut self.indeterminate,
             Outcome::Timeout => &mut self.timeout,
-            Outcome::Other => &mut self.other,
+            Outcome::Error | Outcome::Forbidden | Outcome::Unreachable => &mut self.other,
         };
         *slot += n;
-    }
-
-    /// The count for one outcome.
-    pub fn of(&self, outcome: Outcome) -> u64 {
-        match outcome {
-            Outcome::Ok => self.ok,
-            Outcome::NotFound => self.not_found,
-            Outcome::Exists => self.exists,
-            Outcome::Unavailable => self.unavailable,
-            Outcome::Indeterminate => self.indeterminate,
-            Outcome::Timeout => self.timeout,
-            Outcome::Other => self.other,
-        }
     }
 
     /// Requests the server answered about the operation (ok, not found, exists).
@@ -145,9 +83,13 @@ impl Counts {
     }
 
     fn add(&mut self, other: &Counts) {
-        for outcome in Outcome::ALL {
-            self.bump(outcome, other.of(outcome));
-        }
+        self.ok += other.ok;
+        self.not_found += other.not_found;
+        self.exists += other.exists;
+        self.unavailable += other.unavailable;
+        self.indeterminate += other.indeterminate;
+        self.timeout += other.timeout;
+        self.other += other.other;
     }
 }
 
@@ -195,7 +137,7 @@ impl OpTally {
 /// Everything measured over some span: one [`OpTally`] per kind, plus the open-loop send lag.
 #[derive(Clone, Debug)]
 pub struct Tally {
-    /// Indexed by [`OpKind::index`].
+    /// Indexed by [`LoadOp::index`].
     pub ops: Vec<OpTally>,
     /// Open loop only: how late each request was sent relative to its intended start, ns.
     pub lag: Histogram<u64>,
@@ -205,13 +147,13 @@ impl Tally {
     /// An empty tally.
     pub fn new() -> Tally {
         Tally {
-            ops: OpKind::ALL.iter().map(|_| OpTally::new()).collect(),
+            ops: LoadOp::ALL.iter().map(|_| OpTally::new()).collect(),
             lag: new_histogram(),
         }
     }
 
     /// The tally of one kind.
-    pub fn op(&self, kind: OpKind) -> &OpTally {
+    pub fn op(&self, kind: LoadOp) -> &OpTally {
         &self.ops[kind.index()]
     }
 
@@ -276,7 +218,7 @@ impl Recorder {
     pub fn record(
         &self,
         worker: usize,
-        kind: OpKind,
+        kind: LoadOp,
         outcome: Outcome,
         latency_ns: u64,
         message: Option<&str>,
@@ -287,7 +229,7 @@ impl Recorder {
         let mut tally = shard.lock().unwrap_or_else(|e| e.into_inner());
         let op = &mut tally.ops[kind.index()];
         op.counts.bump(outcome, 1);
-        if outcome.is_answer() {
+        if outcome.is_definite() {
             op.latency.saturating_record(latency_ns.max(1));
         } else if let Some(message) = message {
             if !op.first_errors.iter().any(|(o, _)| *o == outcome) {
@@ -321,14 +263,14 @@ mod tests {
     #[test]
     fn errors_are_counted_not_timed() {
         let rec = Recorder::new(2);
-        rec.record(0, OpKind::Get, Outcome::Ok, 1_000, None);
-        rec.record(1, OpKind::Get, Outcome::NotFound, 3_000, None);
-        rec.record(1, OpKind::Get, Outcome::Unavailable, 5, Some("not in sync"));
-        rec.record(0, OpKind::Get, Outcome::Unavailable, 5, Some("later"));
-        rec.record(0, OpKind::Update, Outcome::Timeout, 9, Some("no answer"));
+        rec.record(0, LoadOp::Get, Outcome::Ok, 1_000, None);
+        rec.record(1, LoadOp::Get, Outcome::NotFound, 3_000, None);
+        rec.record(1, LoadOp::Get, Outcome::Unavailable, 5, Some("not in sync"));
+        rec.record(0, LoadOp::Get, Outcome::Unavailable, 5, Some("later"));
+        rec.record(0, LoadOp::Update, Outcome::Timeout, 9, Some("no answer"));
         let mut t = Tally::new();
         rec.take_into(&mut t);
-        let get = t.op(OpKind::Get);
+        let get = t.op(LoadOp::Get);
         assert_eq!(get.counts.answered(), 2);
         assert_eq!(get.counts.unavailable, 2);
         assert_eq!(get.latency.len(), 2);
@@ -338,7 +280,7 @@ mod tests {
             "one message per kind: {:?}",
             get.first_errors
         );
-        assert_eq!(t.op(OpKind::Update).counts.timeout, 1);
+        assert_eq!(t.op(LoadOp::Update).counts.timeout, 1);
         assert_eq!(t.all_counts().errors(), 3);
         // Taking resets the interval.
         rec.take_into(&mut t);
@@ -348,9 +290,9 @@ mod tests {
     #[test]
     fn absurd_latencies_saturate_instead_of_vanishing() {
         let rec = Recorder::new(1);
-        rec.record(0, OpKind::Ping, Outcome::Ok, u64::MAX, None);
+        rec.record(0, LoadOp::Ping, Outcome::Ok, u64::MAX, None);
         let mut t = Tally::new();
         rec.take_into(&mut t);
-        assert_eq!(t.op(OpKind::Ping).latency.len(), 1);
+        assert_eq!(t.op(LoadOp::Ping).latency.len(), 1);
     }
 }

@@ -27,9 +27,9 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ClientTlsConfig, RedisError, TlsCertificates, Value};
 
-use super::recorder::Outcome;
 use super::target::ConnectOptions;
-use super::workload::OpKind;
+use super::workload::LoadOp;
+use crate::protocol::Outcome;
 use crate::tls::CertPaths;
 
 /// Time allowed to open one connection (TCP + TLS + HELLO).
@@ -101,27 +101,27 @@ impl RedisHandle {
     /// Sends one operation (plus `WAIT` for writes when asked) and classifies the answer.
     pub async fn execute(
         &mut self,
-        kind: OpKind,
+        kind: LoadOp,
         key: Bytes,
         value: Bytes,
     ) -> (Outcome, Option<String>) {
         let mut cmd = match kind {
-            OpKind::Get => redis::cmd("GET"),
-            OpKind::Insert | OpKind::Update => redis::cmd("SET"),
-            OpKind::Delete => redis::cmd("GETDEL"),
-            OpKind::Ping => redis::cmd("PING"),
+            LoadOp::Get => redis::cmd("GET"),
+            LoadOp::Insert | LoadOp::Update => redis::cmd("SET"),
+            LoadOp::Delete => redis::cmd("GETDEL"),
+            LoadOp::Ping => redis::cmd("PING"),
         };
         match kind {
-            OpKind::Get | OpKind::Delete => {
+            LoadOp::Get | LoadOp::Delete => {
                 cmd.arg(&key[..]);
             }
-            OpKind::Insert => {
+            LoadOp::Insert => {
                 cmd.arg(&key[..]).arg(&value[..]).arg("NX");
             }
-            OpKind::Update => {
+            LoadOp::Update => {
                 cmd.arg(&key[..]).arg(&value[..]).arg("XX");
             }
-            OpKind::Ping => {
+            LoadOp::Ping => {
                 cmd.arg(&value[..]);
             }
         }
@@ -145,13 +145,13 @@ impl RedisHandle {
                                     )),
                                 ),
                                 other => (
-                                    Outcome::Other,
+                                    Outcome::Error,
                                     Some(format!("unexpected WAIT answer {other:?}")),
                                 ),
                             }
                         }
                         other => (
-                            Outcome::Other,
+                            Outcome::Error,
                             Some(format!("pipeline answered {} values, not 2", other.len())),
                         ),
                     },
@@ -170,7 +170,7 @@ impl RedisHandle {
         let mut cmd = redis::cmd("SET");
         cmd.arg(&key[..]).arg(&value[..]);
         match cmd.query_async::<Value>(&mut self.conn).await {
-            Ok(value) => classify(OpKind::Update, &value),
+            Ok(value) => classify(LoadOp::Update, &value),
             Err(e) => classify_error(&e),
         }
     }
@@ -212,18 +212,18 @@ async fn describe(conn: &mut MultiplexedConnection) -> String {
 }
 
 /// Maps one command's answer to an [`Outcome`] (see the module table).
-fn classify(kind: OpKind, value: &Value) -> (Outcome, Option<String>) {
+fn classify(kind: LoadOp, value: &Value) -> (Outcome, Option<String>) {
     let is_ok =
         matches!(value, Value::Okay) || matches!(value, Value::SimpleString(s) if s == "OK");
     match (kind, value) {
-        (OpKind::Get | OpKind::Delete | OpKind::Ping, Value::BulkString(_)) => (Outcome::Ok, None),
-        (OpKind::Ping, Value::SimpleString(_)) => (Outcome::Ok, None),
-        (OpKind::Insert | OpKind::Update, _) if is_ok => (Outcome::Ok, None),
-        (OpKind::Insert, Value::Nil) => (Outcome::Exists, None),
-        (OpKind::Get | OpKind::Update | OpKind::Delete, Value::Nil) => (Outcome::NotFound, None),
+        (LoadOp::Get | LoadOp::Delete | LoadOp::Ping, Value::BulkString(_)) => (Outcome::Ok, None),
+        (LoadOp::Ping, Value::SimpleString(_)) => (Outcome::Ok, None),
+        (LoadOp::Insert | LoadOp::Update, _) if is_ok => (Outcome::Ok, None),
+        (LoadOp::Insert, Value::Nil) => (Outcome::Exists, None),
+        (LoadOp::Get | LoadOp::Update | LoadOp::Delete, Value::Nil) => (Outcome::NotFound, None),
         (_, Value::ServerError(e)) => server_error(e.code(), &format!("{e:?}")),
         (_, other) => (
-            Outcome::Other,
+            Outcome::Error,
             Some(format!("unexpected answer to {kind}: {other:?}")),
         ),
     }
@@ -235,7 +235,7 @@ fn classify_error(e: &RedisError) -> (Outcome, Option<String>) {
     }
     match e.code() {
         Some(code) => server_error(code, &e.to_string()),
-        None => (Outcome::Other, Some(e.to_string())),
+        None => (Outcome::Unreachable, Some(e.to_string())),
     }
 }
 
@@ -246,7 +246,7 @@ fn server_error(code: &str, message: &str) -> (Outcome, Option<String>) {
         "NOREPLICAS" | "MASTERDOWN" | "LOADING" | "TRYAGAIN" | "BUSY" | "READONLY" => {
             Outcome::Unavailable
         }
-        _ => Outcome::Other,
+        _ => Outcome::Error,
     };
     (outcome, Some(message.to_owned()))
 }
@@ -258,14 +258,14 @@ mod tests {
     #[test]
     fn answers_map_like_quickvs() {
         let bulk = Value::BulkString(b"v".to_vec());
-        assert_eq!(classify(OpKind::Get, &bulk).0, Outcome::Ok);
-        assert_eq!(classify(OpKind::Get, &Value::Nil).0, Outcome::NotFound);
-        assert_eq!(classify(OpKind::Insert, &Value::Okay).0, Outcome::Ok);
-        assert_eq!(classify(OpKind::Insert, &Value::Nil).0, Outcome::Exists);
-        assert_eq!(classify(OpKind::Update, &Value::Nil).0, Outcome::NotFound);
-        assert_eq!(classify(OpKind::Delete, &bulk).0, Outcome::Ok);
-        assert_eq!(classify(OpKind::Get, &Value::Int(3)).0, Outcome::Other);
+        assert_eq!(classify(LoadOp::Get, &bulk).0, Outcome::Ok);
+        assert_eq!(classify(LoadOp::Get, &Value::Nil).0, Outcome::NotFound);
+        assert_eq!(classify(LoadOp::Insert, &Value::Okay).0, Outcome::Ok);
+        assert_eq!(classify(LoadOp::Insert, &Value::Nil).0, Outcome::Exists);
+        assert_eq!(classify(LoadOp::Update, &Value::Nil).0, Outcome::NotFound);
+        assert_eq!(classify(LoadOp::Delete, &bulk).0, Outcome::Ok);
+        assert_eq!(classify(LoadOp::Get, &Value::Int(3)).0, Outcome::Error);
         assert_eq!(server_error("NOREPLICAS", "x").0, Outcome::Unavailable);
-        assert_eq!(server_error("ERR", "x").0, Outcome::Other);
+        assert_eq!(server_error("ERR", "x").0, Outcome::Error);
     }
 }

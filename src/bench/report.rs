@@ -14,15 +14,16 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::hdr::{self, IntervalLog};
-use super::recorder::{Counts, OpTally, Outcome, Tally};
+use super::recorder::{Counts, OpTally, Tally};
 use super::schedule::OpenLoop;
 use super::target::TargetSpec;
-use super::workload::OpKind;
+use super::workload::LoadOp;
 use super::BenchConfig;
+use crate::protocol::Outcome;
 
 /// Everything a run produced, serialized as the `--json` document.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub struct BenchReport {
     /// The run's name in tables and plots.
     pub label: String,
     /// `quickv` or `redis`.
@@ -34,7 +35,7 @@ pub struct Report {
     /// Requests in flight (`connections × streams × pipeline`).
     pub in_flight: usize,
     /// Where it ran.
-    pub machine: Machine,
+    pub machine: HostInfo,
     /// The preload phase, if there was one.
     pub preload: Option<PreloadReport>,
     /// Length of the measured phase, seconds (the throughput denominator).
@@ -51,16 +52,16 @@ pub struct Report {
 
 /// The machine the run was on: comparisons across machines are meaningless without it.
 #[derive(Clone, Debug, Serialize)]
-pub struct Machine {
+pub struct HostInfo {
     /// Logical CPUs available to this process.
     pub nproc: usize,
     /// The CPU model name from `/proc/cpuinfo` (or `unknown`).
     pub cpu: String,
 }
 
-impl Machine {
+impl HostInfo {
     /// The machine this process runs on.
-    pub fn current() -> Machine {
+    pub fn current() -> HostInfo {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|text| {
@@ -69,7 +70,7 @@ impl Machine {
                     .map(|(_, name)| name.trim().to_owned())
             })
             .unwrap_or_else(|| "unknown".into());
-        Machine {
+        HostInfo {
             nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu,
         }
@@ -169,7 +170,7 @@ impl PreloadReport {
             _ => {
                 self.errors += 1;
                 if self.first_error.is_none() {
-                    self.first_error = Some(message.unwrap_or_else(|| outcome.as_str().to_owned()));
+                    self.first_error = Some(message.unwrap_or_else(|| outcome.name().to_owned()));
                 }
             }
         }
@@ -239,7 +240,7 @@ impl OpReport {
                 .first_errors
                 .iter()
                 .map(|(kind, message)| ErrorSample {
-                    kind: kind.as_str().to_owned(),
+                    kind: kind.name().to_owned(),
                     message: message.clone(),
                 })
                 .collect(),
@@ -247,7 +248,7 @@ impl OpReport {
     }
 }
 
-impl Report {
+impl BenchReport {
     /// Assembles the report from the run's totals.
     pub fn build(
         cfg: &BenchConfig,
@@ -257,9 +258,9 @@ impl Report {
         totals: &Tally,
         open_loop: Option<OpenLoopReport>,
         mut warnings: Vec<String>,
-    ) -> Report {
+    ) -> BenchReport {
         let seconds = cfg.duration.as_secs_f64();
-        let kinds: Vec<OpKind> = cfg.mix.kinds().collect();
+        let kinds: Vec<LoadOp> = cfg.mix.kinds().collect();
         let ops: Vec<OpReport> = kinds
             .iter()
             .map(|&k| OpReport::of(k.as_str(), totals.op(k), seconds))
@@ -311,13 +312,13 @@ impl Report {
                 ));
             }
         }
-        Report {
+        BenchReport {
             label: cfg.label(),
             system: spec.system().to_owned(),
             server,
             config: cfg.clone(),
             in_flight: cfg.in_flight(),
-            machine: Machine::current(),
+            machine: HostInfo::current(),
             preload,
             measured_seconds: seconds,
             ops,
@@ -433,10 +434,10 @@ impl Report {
 /// `report.json` into `dir`.
 pub fn write_hdr_files(
     dir: &Path,
-    kinds: &[OpKind],
+    kinds: &[LoadOp],
     totals: &Tally,
     logs: Vec<IntervalLog>,
-    report: &Report,
+    report: &BenchReport,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let write = |name: String, bytes: &[u8]| {

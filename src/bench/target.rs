@@ -17,10 +17,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::recorder::Outcome;
-use super::workload::OpKind;
+use super::workload::LoadOp;
 use crate::client::{Client, ClientConfig, ClientError};
-use crate::protocol::{Op, Reply};
+use crate::protocol::{Op, Outcome, Reply};
 
 /// What to connect to, parsed from `--target`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,18 +210,18 @@ impl Handle {
     /// classifies the answer. The message explains failing outcomes.
     pub async fn execute(
         &mut self,
-        kind: OpKind,
+        kind: LoadOp,
         key: Bytes,
         value: Bytes,
     ) -> (Outcome, Option<String>) {
         match self {
             Handle::Quickv(client) => {
                 let op = match kind {
-                    OpKind::Get => Op::Get { key },
-                    OpKind::Insert => Op::Insert { key, value },
-                    OpKind::Update => Op::Update { key, value },
-                    OpKind::Delete => Op::Delete { key },
-                    OpKind::Ping => Op::Ping(value),
+                    LoadOp::Get => Op::Get { key },
+                    LoadOp::Insert => Op::Insert { key, value },
+                    LoadOp::Update => Op::Update { key, value },
+                    LoadOp::Delete => Op::Delete { key },
+                    LoadOp::Ping => Op::Ping(value),
                 };
                 classify_quickv(kind, client.call(op).await)
             }
@@ -237,7 +236,7 @@ impl Handle {
     pub async fn preload(&mut self, key: Bytes, value: Bytes) -> (Outcome, Option<String>) {
         match self {
             Handle::Quickv(client) => {
-                classify_quickv(OpKind::Insert, client.call(Op::Insert { key, value }).await)
+                classify_quickv(LoadOp::Insert, client.call(Op::Insert { key, value }).await)
             }
             #[cfg(feature = "redis")]
             Handle::Redis(r) => r.preload(key, value).await,
@@ -246,27 +245,27 @@ impl Handle {
 }
 
 /// Maps a quickv answer to an [`Outcome`].
-fn classify_quickv(kind: OpKind, answer: Result<Reply, ClientError>) -> (Outcome, Option<String>) {
+fn classify_quickv(kind: LoadOp, answer: Result<Reply, ClientError>) -> (Outcome, Option<String>) {
     match answer {
-        Ok(Reply::Ok) if matches!(kind, OpKind::Insert | OpKind::Update) => (Outcome::Ok, None),
-        Ok(Reply::Value(_)) if matches!(kind, OpKind::Get | OpKind::Delete | OpKind::Ping) => {
+        Ok(Reply::Ok) if matches!(kind, LoadOp::Insert | LoadOp::Update) => (Outcome::Ok, None),
+        Ok(Reply::Value(_)) if matches!(kind, LoadOp::Get | LoadOp::Delete | LoadOp::Ping) => {
             (Outcome::Ok, None)
         }
-        Ok(Reply::NotFound) if kind != OpKind::Insert && kind != OpKind::Ping => {
+        Ok(Reply::NotFound) if kind != LoadOp::Insert && kind != LoadOp::Ping => {
             (Outcome::NotFound, None)
         }
-        Ok(Reply::Exists) if kind == OpKind::Insert => (Outcome::Exists, None),
+        Ok(Reply::Exists) if kind == LoadOp::Insert => (Outcome::Exists, None),
         Ok(Reply::Unavailable(why)) => (Outcome::Unavailable, Some(why)),
         Ok(Reply::Indeterminate(why)) => (Outcome::Indeterminate, Some(why)),
         Ok(Reply::Error { code, message }) => (
-            Outcome::Other,
+            Outcome::of_error(code),
             Some(format!("server error ({code}): {message}")),
         ),
         Ok(other) => (
-            Outcome::Other,
+            Outcome::Error,
             Some(format!("unexpected answer to {kind}: {other:?}")),
         ),
-        Err(e) => (Outcome::Other, Some(e.to_string())),
+        Err(e) => (Outcome::from(&e), Some(e.to_string())),
     }
 }
 
@@ -309,20 +308,20 @@ mod tests {
     #[test]
     fn quickv_answers_are_classified() {
         let ok = |k, r| classify_quickv(k, Ok(r)).0;
-        assert_eq!(ok(OpKind::Insert, Reply::Ok), Outcome::Ok);
-        assert_eq!(ok(OpKind::Insert, Reply::Exists), Outcome::Exists);
-        assert_eq!(ok(OpKind::Get, Reply::NotFound), Outcome::NotFound);
+        assert_eq!(ok(LoadOp::Insert, Reply::Ok), Outcome::Ok);
+        assert_eq!(ok(LoadOp::Insert, Reply::Exists), Outcome::Exists);
+        assert_eq!(ok(LoadOp::Get, Reply::NotFound), Outcome::NotFound);
         assert_eq!(
-            ok(OpKind::Update, Reply::Unavailable("x".into())),
+            ok(LoadOp::Update, Reply::Unavailable("x".into())),
             Outcome::Unavailable
         );
         assert_eq!(
-            ok(OpKind::Delete, Reply::Indeterminate("x".into())),
+            ok(LoadOp::Delete, Reply::Indeterminate("x".into())),
             Outcome::Indeterminate
         );
         // An answer of the wrong shape is an error, not a success.
-        assert_eq!(ok(OpKind::Get, Reply::Ok), Outcome::Other);
-        let err = classify_quickv(OpKind::Get, Err(ClientError::Connection("gone".into())));
-        assert_eq!(err, (Outcome::Other, Some("gone".into())));
+        assert_eq!(ok(LoadOp::Get, Reply::Ok), Outcome::Error);
+        let err = classify_quickv(LoadOp::Get, Err(ClientError::Connection("gone".into())));
+        assert_eq!(err, (Outcome::Unreachable, Some("gone".into())));
     }
 }

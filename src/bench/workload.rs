@@ -13,14 +13,16 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::dist::SplitMix64;
+use crate::protocol::OpKind;
 
 /// Length of every generated key, in bytes.
 pub const KEY_BYTES: usize = 16;
 
-/// One kind of request the generator can send. Each has its own histogram and counters.
+/// One kind of request the generator can send, a subset of the shared [`OpKind`] ([`LoadOp::kind`]).
+/// Each has its own histogram and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum OpKind {
+pub enum LoadOp {
     /// Read an existing key (quickv `get`, Redis `GET`).
     Get,
     /// Create a fresh key (quickv `insert`, Redis `SET NX`).
@@ -33,28 +35,34 @@ pub enum OpKind {
     Ping,
 }
 
-impl OpKind {
+impl LoadOp {
     /// Every kind, in report order.
-    pub const ALL: [OpKind; 5] = [
-        OpKind::Get,
-        OpKind::Insert,
-        OpKind::Update,
-        OpKind::Delete,
-        OpKind::Ping,
+    pub const ALL: [LoadOp; 5] = [
+        LoadOp::Get,
+        LoadOp::Insert,
+        LoadOp::Update,
+        LoadOp::Delete,
+        LoadOp::Ping,
     ];
 
-    /// The lowercase name used on the command line, in reports and in file names.
-    pub fn as_str(self) -> &'static str {
+    /// The operation this is, in the vocabulary the server's metrics and the tools share.
+    pub fn kind(self) -> OpKind {
         match self {
-            OpKind::Get => "get",
-            OpKind::Insert => "insert",
-            OpKind::Update => "update",
-            OpKind::Delete => "delete",
-            OpKind::Ping => "ping",
+            LoadOp::Get => OpKind::Get,
+            LoadOp::Insert => OpKind::Insert,
+            LoadOp::Update => OpKind::Update,
+            LoadOp::Delete => OpKind::Delete,
+            LoadOp::Ping => OpKind::Ping,
         }
     }
 
-    /// Position in [`OpKind::ALL`], for per-kind arrays.
+    /// The lowercase name used on the command line, in reports and in file names: the shared
+    /// [`OpKind::name`].
+    pub fn as_str(self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Position in [`LoadOp::ALL`], for per-kind arrays.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -62,26 +70,26 @@ impl OpKind {
     /// True when the kind changes the store (and so is replicated, and paired with `WAIT` on
     /// Redis).
     pub fn is_write(self) -> bool {
-        matches!(self, OpKind::Insert | OpKind::Update | OpKind::Delete)
+        self.kind().is_write()
     }
 
     /// True when the kind addresses keys that must exist, so the run preloads the keyspace.
     pub fn needs_preload(self) -> bool {
-        matches!(self, OpKind::Get | OpKind::Update | OpKind::Delete)
+        matches!(self, LoadOp::Get | LoadOp::Update | LoadOp::Delete)
     }
 }
 
-impl fmt::Display for OpKind {
+impl fmt::Display for LoadOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for OpKind {
+impl FromStr for LoadOp {
     type Err = String;
 
-    fn from_str(s: &str) -> Result<OpKind, String> {
-        OpKind::ALL
+    fn from_str(s: &str) -> Result<LoadOp, String> {
+        LoadOp::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
             .ok_or_else(|| {
@@ -96,12 +104,12 @@ impl FromStr for OpKind {
 pub struct Mix {
     /// Kinds with a positive weight, in the order given, with the running sum of weights up to and
     /// including each, so a draw is one comparison per kind.
-    cumulative: Vec<(OpKind, u64)>,
+    cumulative: Vec<(LoadOp, u64)>,
 }
 
 impl Mix {
     /// A mix of one kind only.
-    pub fn single(kind: OpKind) -> Mix {
+    pub fn single(kind: LoadOp) -> Mix {
         Mix {
             cumulative: vec![(kind, 1)],
         }
@@ -113,7 +121,7 @@ impl Mix {
     }
 
     /// Draws a kind with probability proportional to its weight.
-    pub fn pick(&self, rng: &mut SplitMix64) -> OpKind {
+    pub fn pick(&self, rng: &mut SplitMix64) -> LoadOp {
         if let [(only, _)] = self.cumulative[..] {
             return only;
         }
@@ -122,16 +130,16 @@ impl Mix {
             .iter()
             .find(|&&(_, sum)| x < sum)
             .or(self.cumulative.last())
-            .map_or(OpKind::Ping, |&(kind, _)| kind)
+            .map_or(LoadOp::Ping, |&(kind, _)| kind)
     }
 
     /// The kinds in the mix, in the order given.
-    pub fn kinds(&self) -> impl Iterator<Item = OpKind> + '_ {
+    pub fn kinds(&self) -> impl Iterator<Item = LoadOp> + '_ {
         self.cumulative.iter().map(|&(kind, _)| kind)
     }
 
     /// Each kind's share of requests, in percent.
-    pub fn shares(&self) -> Vec<(OpKind, f64)> {
+    pub fn shares(&self) -> Vec<(LoadOp, f64)> {
         let total = self.total() as f64;
         let mut prev = 0;
         self.cumulative
@@ -166,7 +174,7 @@ impl FromStr for Mix {
     /// Parses `kind=weight[,kind=weight...]`. A kind may appear once; weights are non-negative
     /// integers and at least one must be positive (zero-weight kinds are dropped).
     fn from_str(s: &str) -> Result<Mix, String> {
-        let mut cumulative: Vec<(OpKind, u64)> = Vec::new();
+        let mut cumulative: Vec<(LoadOp, u64)> = Vec::new();
         let mut seen = Vec::new();
         let mut sum: u64 = 0;
         for part in s.split(',').map(str::trim) {
@@ -176,7 +184,7 @@ impl FromStr for Mix {
             let (name, weight) = part
                 .split_once('=')
                 .ok_or_else(|| format!("mix entry {part:?} is not KIND=WEIGHT"))?;
-            let kind: OpKind = name.trim().parse()?;
+            let kind: LoadOp = name.trim().parse()?;
             if seen.contains(&kind) {
                 return Err(format!("{kind} appears twice in mix {s:?}"));
             }
@@ -250,21 +258,21 @@ mod tests {
         assert_eq!(mix.to_string(), "get=90,update=10");
         assert_eq!(
             mix.kinds().collect::<Vec<_>>(),
-            vec![OpKind::Get, OpKind::Update]
+            vec![LoadOp::Get, LoadOp::Update]
         );
         let mut rng = SplitMix64::new(5);
         let updates = (0..100_000)
-            .filter(|_| mix.pick(&mut rng) == OpKind::Update)
+            .filter(|_| mix.pick(&mut rng) == LoadOp::Update)
             .count();
         assert!((9_000..11_000).contains(&updates), "{updates}");
         let shares = mix.shares();
-        assert_eq!(shares, vec![(OpKind::Get, 90.0), (OpKind::Update, 10.0)]);
+        assert_eq!(shares, vec![(LoadOp::Get, 90.0), (LoadOp::Update, 10.0)]);
     }
 
     #[test]
     fn mix_drops_zero_weights_and_rejects_nonsense() {
         let mix: Mix = "get=0,ping=3".parse().expect("valid");
-        assert_eq!(mix.kinds().collect::<Vec<_>>(), vec![OpKind::Ping]);
+        assert_eq!(mix.kinds().collect::<Vec<_>>(), vec![LoadOp::Ping]);
         assert_eq!(mix.to_string(), "ping=3");
         for bad in [
             "",
@@ -294,10 +302,10 @@ mod tests {
 
     #[test]
     fn op_kinds_round_trip() {
-        for kind in OpKind::ALL {
-            assert_eq!(kind.as_str().parse::<OpKind>(), Ok(kind));
-            assert_eq!(OpKind::ALL[kind.index()], kind);
+        for kind in LoadOp::ALL {
+            assert_eq!(kind.as_str().parse::<LoadOp>(), Ok(kind));
+            assert_eq!(LoadOp::ALL[kind.index()], kind);
         }
-        assert!(OpKind::Update.is_write() && !OpKind::Ping.is_write());
+        assert!(LoadOp::Update.is_write() && !LoadOp::Ping.is_write());
     }
 }

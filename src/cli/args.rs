@@ -147,7 +147,7 @@ pub(crate) struct BenchRunArgs {
     pub(crate) target: Option<String>,
     /// One operation kind: get, insert, update, delete or ping.
     #[arg(long, conflicts_with = "mix")]
-    pub(crate) workload: Option<bench::OpKind>,
+    pub(crate) workload: Option<bench::LoadOp>,
     /// Weighted mix, e.g. get=90,update=10.
     #[arg(long)]
     pub(crate) mix: Option<bench::Mix>,

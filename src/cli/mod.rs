@@ -163,7 +163,7 @@ fn run_bench(args: BenchArgs, server: String, certs: PathBuf) -> anyhow::Result<
             cfg.mix = match (a.mix, a.workload) {
                 (Some(mix), _) => mix,
                 (None, Some(kind)) => bench::Mix::single(kind),
-                (None, None) => bench::Mix::single(bench::OpKind::Get),
+                (None, None) => bench::Mix::single(bench::LoadOp::Get),
             };
             cfg.keys = a.keys;
             cfg.value_size = a.value_size;

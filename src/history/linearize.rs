@@ -36,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 
-use super::{Kind, Operation, Outcome};
+use super::{Kind, Observed, Operation};
 
 /// The result of checking one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,11 +135,11 @@ pub fn check_key(
     let mut last_complete = 0u64;
     for (i, op) in ops.iter().enumerate() {
         let expect = match &op.outcome {
-            Outcome::Ok => Some(Answer::Ok),
-            Outcome::Exists => Some(Answer::Exists),
-            Outcome::NotFound => Some(Answer::NotFound),
-            Outcome::Value(v) => Some(Answer::Value(values.id(v))),
-            Outcome::Indeterminate(_) if op.kind.is_write() => None,
+            Observed::Ok => Some(Answer::Ok),
+            Observed::Exists => Some(Answer::Exists),
+            Observed::NotFound => Some(Answer::NotFound),
+            Observed::Value(v) => Some(Answer::Value(values.id(v))),
+            Observed::Indeterminate(_) if op.kind.is_write() => None,
             // Refused and unsent writes never happened; unanswered reads tell nothing.
             _ => continue,
         };
@@ -221,7 +221,7 @@ fn observed_values<'a>(
     let mut seen: HashSet<&Bytes> = ops
         .iter()
         .filter_map(|op| match &op.outcome {
-            Outcome::Value(v) => Some(v),
+            Observed::Value(v) => Some(v),
             _ => None,
         })
         .collect();

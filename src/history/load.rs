@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientId, Kind, Outcome, Recorder};
+use super::{ClientId, Kind, Observed, Recorder};
 use crate::client::{Client, ClientConfig};
 
 /// The shape and bounds of a load.
@@ -149,13 +149,13 @@ impl Workload {
                 match tokio::time::timeout(self.call_timeout, rec.call(id, &c, key, kind)).await {
                     Ok(outcome) => outcome,
                     // Dropping the call recorded it (indeterminate write / failed read).
-                    Err(_) => Outcome::Failed("call timed out".into()),
+                    Err(_) => Observed::Failed("call timed out".into()),
                 };
             done += 1;
             figures.operations += 1;
             let wait = match outcome {
                 o if o.is_definite() => self.pause,
-                Outcome::Failed(_) => {
+                Observed::Failed(_) => {
                     // The connection is broken (or answers nonsense): dial again.
                     if let Some(old) = conn.take() {
                         old.close().await;

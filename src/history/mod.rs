@@ -20,7 +20,7 @@
 //!    Indeterminate writes may take effect at any point after their invoke, or never; refused and
 //!    unsent writes never do. The final dump of the primary is checked as one more read after
 //!    everything.
-//! 3. **Report.** A [`Report`] gives the figures a fault run must hold to: acknowledged writes lost
+//! 3. **Report.** A [`HistoryReport`] gives the figures a fault run must hold to: acknowledged writes lost
 //!    (the answers linearize but the final dump contradicts every linearization), linearizability
 //!    violations, refused writes that took effect (their unique value seen anywhere), keys differing
 //!    between the two servers' dumps, and, for information, indeterminate count, unavailable time
@@ -43,12 +43,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::client::outcome::of_call;
 use crate::client::ClientError;
-use crate::protocol::{Op, OpKind, Reply};
+use crate::protocol::{Op, OpKind, Outcome, Reply};
 
 pub use load::{Workload, WorkloadFigures};
 pub use recorder::{Invocation, Recorder};
-pub use report::{check, check_with_budget, FaultFigure, Report, DEFAULT_SEARCH_BUDGET};
+pub use report::{check, check_with_budget, FaultFigure, HistoryReport, DEFAULT_SEARCH_BUDGET};
 
 /// Identifies one recorded client: its operations are sequential (one at a time), which is what
 /// lets the checker trust their real-time order.
@@ -115,10 +116,23 @@ impl Kind {
     }
 }
 
-/// How an operation ended, as far as the client can tell.
+/// The words that came with a result: the server's reason for a refusal or an indeterminate
+/// write, a server error, an answer that does not fit the operation, or the client's error.
+fn reason(result: Result<Reply, ClientError>) -> String {
+    match result {
+        Ok(Reply::Unavailable(r) | Reply::Indeterminate(r))
+        | Err(ClientError::Unavailable(r) | ClientError::Indeterminate(r)) => r,
+        Ok(Reply::Error { code, message }) => format!("server error ({code}): {message}"),
+        Ok(other) => format!("unexpected answer {other:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// How an operation ended, as far as the client can tell: the shared [`Outcome`] label plus what
+/// a checker needs beside it (the value read, the reason given).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum Observed {
     /// Insert or update succeeded.
     Ok,
     /// A get found this value, or a delete removed it.
@@ -136,31 +150,29 @@ pub enum Outcome {
     Failed(String),
 }
 
-impl Outcome {
+impl Observed {
     /// Classifies the raw result of [`crate::Client::call`] for an operation of kind `kind`.
     ///
     /// The mapping follows the client's contract: a connection error on a write means it was never
     /// written to the stream (written writes are failed as indeterminate), so it is `Failed`.
     /// A server `Error` answer is a refusal of bad input, which never takes effect either.
-    pub fn from_call(kind: &Kind, result: Result<Reply, ClientError>) -> Outcome {
-        match result {
-            Ok(Reply::Ok) => Outcome::Ok,
-            Ok(Reply::Value(v)) => Outcome::Value(v),
-            Ok(Reply::NotFound) | Err(ClientError::NotFound) => Outcome::NotFound,
-            Ok(Reply::Exists) | Err(ClientError::Exists) => Outcome::Exists,
-            Ok(Reply::Unavailable(r)) | Err(ClientError::Unavailable(r)) => Outcome::Refused(r),
-            Ok(Reply::Indeterminate(r)) | Err(ClientError::Indeterminate(r)) => {
-                if kind.is_write() {
-                    Outcome::Indeterminate(r)
-                } else {
-                    Outcome::Failed(format!("a read answered indeterminate: {r}"))
-                }
+    ///
+    /// The verdict is the shared one ([`quickv_client::outcome::of_call`]); this only keeps the
+    /// payload beside it: the value read, the server's reason, or what went wrong.
+    pub fn from_call(kind: &Kind, result: Result<Reply, ClientError>) -> Observed {
+        match (of_call(&result), result) {
+            (Outcome::Ok, Ok(Reply::Ok)) => Observed::Ok,
+            (Outcome::Ok, Ok(Reply::Value(v))) => Observed::Value(v),
+            (Outcome::NotFound, _) => Observed::NotFound,
+            (Outcome::Exists, _) => Observed::Exists,
+            (Outcome::Unavailable, result) => Observed::Refused(reason(result)),
+            (Outcome::Indeterminate, result) if kind.is_write() => {
+                Observed::Indeterminate(reason(result))
             }
-            Ok(Reply::Error { code, message }) => {
-                Outcome::Failed(format!("server error ({code}): {message}"))
+            (Outcome::Indeterminate, result) => {
+                Observed::Failed(format!("a read answered indeterminate: {}", reason(result)))
             }
-            Ok(other) => Outcome::Failed(format!("unexpected answer {other:?}")),
-            Err(e) => Outcome::Failed(e.to_string()),
+            (_, result) => Observed::Failed(reason(result)),
         }
     }
 
@@ -168,7 +180,7 @@ impl Outcome {
     pub fn is_definite(&self) -> bool {
         matches!(
             self,
-            Outcome::Ok | Outcome::Value(_) | Outcome::NotFound | Outcome::Exists
+            Observed::Ok | Observed::Value(_) | Observed::NotFound | Observed::Exists
         )
     }
 }
@@ -188,7 +200,7 @@ pub struct Operation {
     /// When its outcome was known, since the recorder's start.
     pub complete: Duration,
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: Observed,
 }
 
 /// A point in a run the test wants figures about.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{ClientId, History, Kind, Mark, MarkKind, Operation, Outcome};
+use super::{ClientId, History, Kind, Mark, MarkKind, Observed, Operation};
 use crate::client::Client;
 
 /// Records operations from any number of tasks. Cheap to clone; clones share the log.
@@ -93,11 +93,11 @@ impl Recorder {
     }
 
     /// Runs one operation on `conn` and records it.
-    pub async fn call(&self, client: ClientId, conn: &Client, key: Bytes, kind: Kind) -> Outcome {
+    pub async fn call(&self, client: ClientId, conn: &Client, key: Bytes, kind: Kind) -> Observed {
         let op = kind.op(key.clone());
         let invocation = self.begin(client, key, kind.clone());
         let result = conn.call(op).await;
-        let outcome = Outcome::from_call(&kind, result);
+        let outcome = Observed::from_call(&kind, result);
         invocation.finish(outcome.clone());
         outcome
     }
@@ -157,13 +157,13 @@ impl Recorder {
 
     fn record(&self, op: Operation) {
         self.inner.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if matches!(op.outcome, Outcome::Failed(_)) {
+        if matches!(op.outcome, Observed::Failed(_)) {
             self.inner.failed.fetch_add(1, Ordering::Relaxed);
         }
         if op.kind.is_write() {
             let counter = match op.outcome {
-                Outcome::Refused(_) => Some(&self.inner.refused),
-                Outcome::Indeterminate(_) => Some(&self.inner.indeterminate),
+                Observed::Refused(_) => Some(&self.inner.refused),
+                Observed::Indeterminate(_) => Some(&self.inner.indeterminate),
                 ref o if o.is_definite() => Some(&self.inner.acknowledged),
                 _ => None,
             };
@@ -190,11 +190,11 @@ pub struct Invocation {
 
 impl Invocation {
     /// Records the outcome, with the completion time now.
-    pub fn finish(mut self, outcome: Outcome) {
+    pub fn finish(mut self, outcome: Observed) {
         self.complete(outcome);
     }
 
-    fn complete(&mut self, outcome: Outcome) {
+    fn complete(&mut self, outcome: Observed) {
         if let Some((client, key, kind, invoke)) = self.op.take() {
             let complete = self.recorder.now();
             self.recorder.record(Operation {
@@ -214,9 +214,9 @@ impl Drop for Invocation {
         let write = self.op.as_ref().is_some_and(|(_, _, k, _)| k.is_write());
         let why = "abandoned before an answer came".to_string();
         self.complete(if write {
-            Outcome::Indeterminate(why)
+            Observed::Indeterminate(why)
         } else {
-            Outcome::Failed(why)
+            Observed::Failed(why)
         });
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::linearize::{check_key, Verdict};
-use super::{History, MarkKind, Operation, Outcome};
+use super::{History, MarkKind, Observed, Operation};
 
 /// Search steps allowed per key and epoch before the key is reported undecided. A linearizable
 /// key of a few hundred operations takes a few thousand steps; this leaves room for histories
@@ -19,7 +19,7 @@ const MAX_FINDINGS: usize = 20;
 
 /// The figures of one checked run. The first six must be zero for a correct server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Report {
+pub struct HistoryReport {
     /// Keys whose answers linearize but whose final dump value contradicts every linearization:
     /// an acknowledged write was lost (or a value appeared from nowhere).
     pub lost_writes: usize,
@@ -75,7 +75,7 @@ pub struct FaultFigure {
     pub recovery: Option<Duration>,
 }
 
-impl Report {
+impl HistoryReport {
     /// True when every figure that must be zero is zero.
     pub fn is_clean(&self) -> bool {
         self.lost_writes == 0
@@ -93,7 +93,7 @@ impl Report {
     }
 }
 
-impl fmt::Display for Report {
+impl fmt::Display for HistoryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
@@ -153,7 +153,7 @@ pub fn check(
     history: &History,
     primary_dump: Option<&[(Bytes, Bytes)]>,
     backup_dump: Option<&[(Bytes, Bytes)]>,
-) -> Report {
+) -> HistoryReport {
     check_with_budget(history, primary_dump, backup_dump, DEFAULT_SEARCH_BUDGET)
 }
 
@@ -163,8 +163,8 @@ pub fn check_with_budget(
     primary_dump: Option<&[(Bytes, Bytes)]>,
     backup_dump: Option<&[(Bytes, Bytes)]>,
     budget: u64,
-) -> Report {
-    let mut report = Report::default();
+) -> HistoryReport {
+    let mut report = HistoryReport::default();
     count_outcomes(history, &mut report);
     linearizability(history, primary_dump, budget, &mut report);
     refused_effects(history, primary_dump, &mut report);
@@ -176,15 +176,15 @@ pub fn check_with_budget(
     report
 }
 
-fn count_outcomes(history: &History, report: &mut Report) {
+fn count_outcomes(history: &History, report: &mut HistoryReport) {
     report.operations = history.ops.len();
     for op in &history.ops {
         let write = op.kind.is_write();
         match &op.outcome {
             o if o.is_definite() && write => report.acknowledged_writes += 1,
             o if o.is_definite() => report.reads += 1,
-            Outcome::Refused(_) if write => report.refused += 1,
-            Outcome::Indeterminate(_) => report.indeterminate += 1,
+            Observed::Refused(_) if write => report.refused += 1,
+            Observed::Indeterminate(_) => report.indeterminate += 1,
             _ => report.failed += 1,
         }
     }
@@ -195,7 +195,7 @@ fn linearizability(
     history: &History,
     primary_dump: Option<&[(Bytes, Bytes)]>,
     budget: u64,
-    report: &mut Report,
+    report: &mut HistoryReport,
 ) {
     let mut resets: Vec<Duration> = history
         .marks
@@ -282,13 +282,13 @@ fn linearizability(
 fn refused_effects(
     history: &History,
     primary_dump: Option<&[(Bytes, Bytes)]>,
-    report: &mut Report,
+    report: &mut HistoryReport,
 ) {
     let mut seen: HashSet<(&Bytes, &Bytes)> = history
         .ops
         .iter()
         .filter_map(|op| match &op.outcome {
-            Outcome::Value(v) => Some((&op.key, v)),
+            Observed::Value(v) => Some((&op.key, v)),
             _ => None,
         })
         .collect();
@@ -300,7 +300,7 @@ fn refused_effects(
     let maybe_happened: HashSet<(&Bytes, &Bytes)> = history
         .ops
         .iter()
-        .filter(|op| op.outcome.is_definite() || matches!(op.outcome, Outcome::Indeterminate(_)))
+        .filter(|op| op.outcome.is_definite() || matches!(op.outcome, Observed::Indeterminate(_)))
         .filter_map(|op| op.kind.value().map(|v| (&op.key, v)))
         .collect();
     for op in &history.ops {
@@ -312,14 +312,14 @@ fn refused_effects(
             continue;
         }
         match &op.outcome {
-            Outcome::Refused(why) => {
+            Observed::Refused(why) => {
                 report.refused_took_effect += 1;
                 report.note(format!(
                     "{} was answered unavailable ({why}) but its value was seen",
                     describe(op)
                 ));
             }
-            Outcome::Failed(why) => {
+            Observed::Failed(why) => {
                 report.unsent_took_effect += 1;
                 report.note(format!(
                     "{} failed before it was sent ({why}) but its value was seen",
@@ -331,7 +331,7 @@ fn refused_effects(
     }
 }
 
-fn divergence(primary: &[(Bytes, Bytes)], backup: &[(Bytes, Bytes)], report: &mut Report) {
+fn divergence(primary: &[(Bytes, Bytes)], backup: &[(Bytes, Bytes)], report: &mut HistoryReport) {
     let p: BTreeMap<&Bytes, &Bytes> = primary.iter().map(|(k, v)| (k, v)).collect();
     let b: BTreeMap<&Bytes, &Bytes> = backup.iter().map(|(k, v)| (k, v)).collect();
     let keys: std::collections::BTreeSet<&Bytes> = p.keys().chain(b.keys()).copied().collect();
@@ -372,7 +372,7 @@ fn unavailable_time(history: &History) -> Duration {
         .max()
         .unwrap_or_default();
     let mut spans: Vec<(Duration, Duration)> = write_ops()
-        .filter(|op| matches!(op.outcome, Outcome::Refused(_)))
+        .filter(|op| matches!(op.outcome, Observed::Refused(_)))
         .map(|op| {
             let first = acked.partition_point(|&(invoke, _)| invoke < op.invoke);
             let until = match earliest[first] {
@@ -462,7 +462,7 @@ fn describe(op: &Operation) -> String {
         .map(|v| format!(" {:?}", String::from_utf8_lossy(v)))
         .unwrap_or_default();
     let outcome = match &op.outcome {
-        Outcome::Value(v) => format!("value {:?}", String::from_utf8_lossy(v)),
+        Observed::Value(v) => format!("value {:?}", String::from_utf8_lossy(v)),
         other => format!("{other:?}"),
     };
     format!(

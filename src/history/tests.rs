@@ -17,7 +17,7 @@ fn b(s: &str) -> Bytes {
 }
 
 /// One operation on key `k` by `client`, invoked at `from` ms, answered at `to` ms.
-fn op(client: ClientId, kind: Kind, from: u64, to: u64, outcome: Outcome) -> Operation {
+fn op(client: ClientId, kind: Kind, from: u64, to: u64, outcome: Observed) -> Operation {
     Operation {
         client,
         key: b("k"),
@@ -36,16 +36,16 @@ fn upd(v: &str) -> Kind {
     Kind::Update(b(v))
 }
 
-fn val(v: &str) -> Outcome {
-    Outcome::Value(b(v))
+fn val(v: &str) -> Observed {
+    Observed::Value(b(v))
 }
 
-fn indeterminate() -> Outcome {
-    Outcome::Indeterminate("link lost".into())
+fn indeterminate() -> Observed {
+    Observed::Indeterminate("link lost".into())
 }
 
-fn refused() -> Outcome {
-    Outcome::Refused("backup not in sync".into())
+fn refused() -> Observed {
+    Observed::Refused("backup not in sync".into())
 }
 
 fn history(ops: Vec<Operation>) -> History {
@@ -60,7 +60,7 @@ fn dump(v: Option<&str>) -> Vec<(Bytes, Bytes)> {
     v.map(|v| vec![(b("k"), b(v))]).unwrap_or_default()
 }
 
-fn report(h: &History, final_value: Option<&str>) -> Report {
+fn report(h: &History, final_value: Option<&str>) -> HistoryReport {
     let d = dump(final_value);
     check(h, Some(&d), Some(&d))
 }
@@ -68,17 +68,17 @@ fn report(h: &History, final_value: Option<&str>) -> Report {
 #[test]
 fn a_linearizable_concurrent_history_passes() {
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         // Overlaps the insert; succeeds, so it must come after it.
-        op(2, upd("b"), 5, 15, Outcome::Ok),
+        op(2, upd("b"), 5, 15, Observed::Ok),
         // Overlaps both: sees the insert's value, so it sits between them.
         op(3, Kind::Get, 6, 12, val("a")),
         op(1, Kind::Get, 20, 25, val("b")),
         op(2, Kind::Delete, 30, 40, val("b")),
         // Overlaps the delete and succeeds: after it.
-        op(3, ins("c"), 35, 45, Outcome::Ok),
-        op(1, ins("d"), 50, 55, Outcome::Exists),
-        op(2, upd("e"), 52, 70, Outcome::Ok),
+        op(3, ins("c"), 35, 45, Observed::Ok),
+        op(1, ins("d"), 50, 55, Observed::Exists),
+        op(2, upd("e"), 52, 70, Observed::Ok),
         // Three readers overlapping the update: old, new, new is fine…
         op(1, Kind::Get, 56, 60, val("c")),
         op(3, Kind::Get, 57, 65, val("e")),
@@ -95,8 +95,8 @@ fn a_linearizable_concurrent_history_passes() {
 fn new_then_old_value_from_concurrent_reads_fails() {
     // …but once a read returned the new value, a later read may not return the old one.
     let h = history(vec![
-        op(1, ins("c"), 0, 5, Outcome::Ok),
-        op(2, upd("e"), 10, 100, Outcome::Ok),
+        op(1, ins("c"), 0, 5, Observed::Ok),
+        op(2, upd("e"), 10, 100, Observed::Ok),
         op(3, Kind::Get, 20, 30, val("e")),
         op(1, Kind::Get, 40, 50, val("c")),
     ]);
@@ -108,8 +108,8 @@ fn new_then_old_value_from_concurrent_reads_fails() {
 #[test]
 fn a_stale_read_after_an_acknowledged_write_fails() {
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
-        op(2, upd("b"), 20, 30, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
+        op(2, upd("b"), 20, 30, Observed::Ok),
         op(3, Kind::Get, 40, 50, val("a")),
     ]);
     let r = report(&h, Some("b"));
@@ -124,12 +124,12 @@ fn a_stale_read_after_an_acknowledged_write_fails() {
 fn wrong_answers_of_writes_fail_too() {
     // An insert answered ok on a present key, a delete answering a value never written.
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
-        op(2, ins("b"), 20, 30, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
+        op(2, ins("b"), 20, 30, Observed::Ok),
     ]);
     assert_eq!(check(&h, None, None).violations, 1);
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(2, Kind::Delete, 20, 30, val("zz")),
     ]);
     assert_eq!(check(&h, None, None).violations, 1);
@@ -138,8 +138,8 @@ fn wrong_answers_of_writes_fail_too() {
 #[test]
 fn a_lost_acknowledged_write_fails() {
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
-        op(2, upd("b"), 20, 30, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
+        op(2, upd("b"), 20, 30, Observed::Ok),
     ]);
     // The final dump still holds the overwritten value: the update was lost.
     let r = report(&h, Some("a"));
@@ -154,7 +154,7 @@ fn a_lost_acknowledged_write_fails() {
 
 #[test]
 fn a_key_in_the_dump_that_nobody_wrote_fails() {
-    let h = history(vec![op(1, ins("a"), 0, 10, Outcome::Ok)]);
+    let h = history(vec![op(1, ins("a"), 0, 10, Observed::Ok)]);
     let d = vec![(b("k"), b("a")), (b("ghost"), b("boo"))];
     let r = check(&h, Some(&d), Some(&d));
     assert_eq!(r.lost_writes, 1, "{r}");
@@ -163,7 +163,7 @@ fn a_key_in_the_dump_that_nobody_wrote_fails() {
 #[test]
 fn a_refused_write_whose_value_appears_fails() {
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(2, upd("b"), 20, 30, refused()),
         op(3, Kind::Get, 40, 50, val("b")),
     ]);
@@ -172,7 +172,7 @@ fn a_refused_write_whose_value_appears_fails() {
     assert_eq!(r.violations, 1, "the read cannot be explained either: {r}");
     // Seen only in the final dump: still caught, and the final state is unexplained.
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(2, upd("b"), 20, 30, refused()),
     ]);
     let r = report(&h, Some("b"));
@@ -185,13 +185,13 @@ fn a_refused_write_whose_value_appears_fails() {
 #[test]
 fn an_unsent_write_whose_value_appears_fails() {
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(
             2,
             upd("b"),
             20,
             30,
-            Outcome::Failed("connection closed".into()),
+            Observed::Failed("connection closed".into()),
         ),
     ]);
     let r = report(&h, Some("b"));
@@ -202,7 +202,7 @@ fn an_unsent_write_whose_value_appears_fails() {
 #[test]
 fn an_indeterminate_write_that_happened_passes() {
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(2, upd("b"), 20, 30, indeterminate()),
         op(3, Kind::Get, 40, 50, val("b")),
     ]);
@@ -214,14 +214,14 @@ fn an_indeterminate_write_that_happened_passes() {
 #[test]
 fn an_indeterminate_write_that_did_not_happen_passes() {
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(2, upd("b"), 20, 30, indeterminate()),
         op(3, Kind::Get, 40, 50, val("a")),
     ]);
     assert!(report(&h, Some("a")).is_clean());
     // An indeterminate delete, both ways.
     let h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(2, Kind::Delete, 20, 30, indeterminate()),
     ]);
     assert!(report(&h, Some("a")).is_clean());
@@ -232,7 +232,7 @@ fn an_indeterminate_write_that_did_not_happen_passes() {
 fn an_indeterminate_write_may_surface_late_but_not_early_nor_vanish() {
     let base = || {
         vec![
-            op(1, ins("a"), 0, 10, Outcome::Ok),
+            op(1, ins("a"), 0, 10, Observed::Ok),
             op(2, upd("b"), 20, 30, indeterminate()),
         ]
     };
@@ -262,14 +262,14 @@ fn an_indeterminate_insert_changes_later_answers() {
     // successful update, but only if it happened, and then for every later operation.
     let h = history(vec![
         op(1, ins("a"), 0, 10, indeterminate()),
-        op(2, ins("b"), 20, 30, Outcome::Exists),
-        op(3, upd("c"), 40, 50, Outcome::Ok),
+        op(2, ins("b"), 20, 30, Observed::Exists),
+        op(3, upd("c"), 40, 50, Observed::Ok),
     ]);
     assert!(report(&h, Some("c")).is_clean());
     let h = history(vec![
         op(1, ins("a"), 0, 10, indeterminate()),
-        op(2, ins("b"), 20, 30, Outcome::Exists),
-        op(3, upd("c"), 40, 50, Outcome::NotFound),
+        op(2, ins("b"), 20, 30, Observed::Exists),
+        op(3, upd("c"), 40, 50, Observed::NotFound),
     ]);
     assert_eq!(report(&h, None).violations, 1);
 }
@@ -277,9 +277,9 @@ fn an_indeterminate_insert_changes_later_answers() {
 #[test]
 fn a_reset_starts_an_empty_epoch() {
     let mut h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
-        op(2, Kind::Get, 40, 50, Outcome::NotFound),
-        op(2, ins("z"), 60, 70, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
+        op(2, Kind::Get, 40, 50, Observed::NotFound),
+        op(2, ins("z"), 60, 70, Observed::Ok),
     ]);
     // Without a reset, the acknowledged insert cannot vanish.
     assert_eq!(report(&h, Some("z")).violations, 1);
@@ -298,7 +298,7 @@ fn a_reset_starts_an_empty_epoch() {
 
 #[test]
 fn differing_dumps_are_counted() {
-    let h = history(vec![op(1, ins("a"), 0, 10, Outcome::Ok)]);
+    let h = history(vec![op(1, ins("a"), 0, 10, Observed::Ok)]);
     let p = vec![(b("k"), b("a")), (b("x"), b("1"))];
     let bk = vec![(b("k"), b("other"))];
     let r = check(&h, Some(&p), Some(&bk));
@@ -308,12 +308,12 @@ fn differing_dumps_are_counted() {
 #[test]
 fn unavailable_time_and_recovery_are_measured() {
     let mut h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(1, upd("b"), 100, 101, refused()),
         op(2, upd("c"), 150, 151, refused()),
         op(1, upd("d"), 200, 300, indeterminate()),
-        op(2, upd("e"), 400, 420, Outcome::Ok),
-        op(1, upd("f"), 500, 510, Outcome::Ok),
+        op(2, upd("e"), 400, 420, Observed::Ok),
+        op(1, upd("f"), 500, 510, Observed::Ok),
     ]);
     h.marks.push(Mark {
         at: ms(90),
@@ -333,7 +333,7 @@ fn unavailable_time_and_recovery_are_measured() {
 #[test]
 fn histories_round_trip_through_json() {
     let mut h = history(vec![
-        op(1, ins("a"), 0, 10, Outcome::Ok),
+        op(1, ins("a"), 0, 10, Observed::Ok),
         op(2, Kind::Get, 5, 7, val("a")),
         op(3, upd("b"), 8, 9, indeterminate()),
     ]);
@@ -352,12 +352,12 @@ fn an_abandoned_call_is_recorded_as_indeterminate() {
     let rec = Recorder::new();
     let v = rec.unique_value(7);
     drop(rec.begin(7, b("k"), Kind::Insert(v.clone())));
-    rec.begin(7, b("k"), Kind::Get).finish(Outcome::NotFound);
+    rec.begin(7, b("k"), Kind::Get).finish(Observed::NotFound);
     drop(rec.begin(7, b("k"), Kind::Get));
     let h = rec.history();
     assert_eq!(h.ops.len(), 3);
-    assert!(matches!(h.ops[0].outcome, Outcome::Indeterminate(_)));
-    assert!(matches!(h.ops[2].outcome, Outcome::Failed(_)));
+    assert!(matches!(h.ops[0].outcome, Observed::Indeterminate(_)));
+    assert!(matches!(h.ops[2].outcome, Observed::Failed(_)));
     assert_ne!(rec.unique_value(7), v, "values are unique");
     assert_eq!(rec.indeterminate_writes(), 1);
 }
@@ -366,9 +366,9 @@ fn an_abandoned_call_is_recorded_as_indeterminate() {
 fn the_budget_turns_a_runaway_search_into_undecided() {
     // Many overlapping writes and a read nobody can explain: exhaustive search needed.
     let mut ops: Vec<Operation> = (0..14)
-        .map(|i| op(i, upd(&format!("v{i}")), 0, 1000, Outcome::Ok))
+        .map(|i| op(i, upd(&format!("v{i}")), 0, 1000, Observed::Ok))
         .collect();
-    ops.insert(0, op(99, ins("a"), 0, 1, Outcome::Ok));
+    ops.insert(0, op(99, ins("a"), 0, 1, Observed::Ok));
     ops.push(op(100, Kind::Get, 2000, 2001, val("nobody")));
     let h = history(ops);
     let r = check_with_budget(&h, None, None, 1_000);
@@ -411,20 +411,22 @@ fn random_history(rng: &mut Rng, n: usize) -> (Vec<Operation>, Option<Option<Byt
         let mut outcome = match (&kind, &state) {
             (Kind::Insert(v), None) => {
                 state = Some(v.clone());
-                Outcome::Ok
+                Observed::Ok
             }
-            (Kind::Insert(_), Some(_)) => Outcome::Exists,
+            (Kind::Insert(_), Some(_)) => Observed::Exists,
             (Kind::Update(v), Some(_)) => {
                 state = Some(v.clone());
-                Outcome::Ok
+                Observed::Ok
             }
-            (Kind::Update(_), None) | (Kind::Delete, None) | (Kind::Get, None) => Outcome::NotFound,
+            (Kind::Update(_), None) | (Kind::Delete, None) | (Kind::Get, None) => {
+                Observed::NotFound
+            }
             (Kind::Delete, Some(old)) => {
                 let old = old.clone();
                 state = None;
-                Outcome::Value(old)
+                Observed::Value(old)
             }
-            (Kind::Get, Some(v)) => Outcome::Value(v.clone()),
+            (Kind::Get, Some(v)) => Observed::Value(v.clone()),
         };
         if kind.is_write() && rng.below(5) == 0 {
             outcome = indeterminate();
@@ -434,10 +436,10 @@ fn random_history(rng: &mut Rng, n: usize) -> (Vec<Operation>, Option<Option<Byt
         }
         if rng.below(6) == 0 {
             outcome = match rng.below(4) {
-                0 => Outcome::Ok,
-                1 => Outcome::NotFound,
-                2 => Outcome::Exists,
-                _ => Outcome::Value(b(&format!("v{}", rng.below(n as u64)))),
+                0 => Observed::Ok,
+                1 => Observed::NotFound,
+                2 => Observed::Exists,
+                _ => Observed::Value(b(&format!("v{}", rng.below(n as u64)))),
             };
         }
         let from = point - rng.below(point.min(15) + 1);
@@ -466,7 +468,7 @@ fn brute_force(ops: &[Operation], final_value: &Option<Option<Bytes>>) -> bool {
         .iter()
         .filter(|o| {
             o.outcome.is_definite()
-                || (o.kind.is_write() && matches!(o.outcome, Outcome::Indeterminate(_)))
+                || (o.kind.is_write() && matches!(o.outcome, Observed::Indeterminate(_)))
         })
         .collect();
     let optional: Vec<usize> = (0..usable.len())
@@ -520,14 +522,14 @@ fn replay(ops: &[&Operation], order: &[usize], final_value: &Option<Option<Bytes
     for &i in order {
         let op = ops[i];
         let (answer, next) = match (&op.kind, &state) {
-            (Kind::Insert(v), None) => (Outcome::Ok, Some(v.clone())),
-            (Kind::Insert(_), Some(x)) => (Outcome::Exists, Some(x.clone())),
-            (Kind::Update(v), Some(_)) => (Outcome::Ok, Some(v.clone())),
-            (Kind::Update(_), None) => (Outcome::NotFound, None),
-            (Kind::Delete, Some(x)) => (Outcome::Value(x.clone()), None),
-            (Kind::Delete, None) => (Outcome::NotFound, None),
+            (Kind::Insert(v), None) => (Observed::Ok, Some(v.clone())),
+            (Kind::Insert(_), Some(x)) => (Observed::Exists, Some(x.clone())),
+            (Kind::Update(v), Some(_)) => (Observed::Ok, Some(v.clone())),
+            (Kind::Update(_), None) => (Observed::NotFound, None),
+            (Kind::Delete, Some(x)) => (Observed::Value(x.clone()), None),
+            (Kind::Delete, None) => (Observed::NotFound, None),
             (Kind::Get, s) => (
-                s.clone().map(Outcome::Value).unwrap_or(Outcome::NotFound),
+                s.clone().map(Observed::Value).unwrap_or(Observed::NotFound),
                 s.clone(),
             ),
         };
@@ -570,4 +572,58 @@ fn the_search_agrees_with_brute_force_on_random_small_histories() {
     }
     // Both verdicts must be well represented, or this test proves nothing.
     assert!(yes > 500 && no > 500, "linearizable {yes}, not {no}");
+}
+
+#[test]
+fn a_call_result_keeps_the_shared_verdict_and_its_payload() {
+    use crate::protocol::ErrorCode;
+    let put = Kind::Insert(b("v"));
+    let cases = [
+        (Kind::Get, Ok(Reply::Value(b("x"))), Observed::Value(b("x"))),
+        (put.clone(), Ok(Reply::Ok), Observed::Ok),
+        (put.clone(), Err(ClientError::Exists), Observed::Exists),
+        (Kind::Delete, Ok(Reply::NotFound), Observed::NotFound),
+        (
+            put.clone(),
+            Err(ClientError::Unavailable("backup down".into())),
+            Observed::Refused("backup down".into()),
+        ),
+        (
+            put.clone(),
+            Ok(Reply::Indeterminate("no ack".into())),
+            Observed::Indeterminate("no ack".into()),
+        ),
+    ];
+    for (kind, result, want) in cases {
+        assert_eq!(Observed::from_call(&kind, result), want);
+    }
+    // Everything that is not a definite answer about the data fails, with the reason kept.
+    let failed = [
+        (
+            Kind::Get,
+            Ok(Reply::Indeterminate("lost".into())),
+            "indeterminate: lost",
+        ),
+        (
+            put.clone(),
+            Err(ClientError::Forbidden("role read".into())),
+            "role read",
+        ),
+        (
+            put.clone(),
+            Ok(Reply::Error {
+                code: ErrorCode::KeyTooLarge,
+                message: "big".into(),
+            }),
+            "big",
+        ),
+        (Kind::Get, Ok(Reply::Count(3)), "unexpected answer"),
+        (put, Err(ClientError::Timeout("2s".into())), "2s"),
+    ];
+    for (kind, result, words) in failed {
+        match Observed::from_call(&kind, result) {
+            Observed::Failed(why) => assert!(why.contains(words), "{why:?} lacks {words:?}"),
+            other => panic!("{other:?} should be Failed({words:?})"),
+        }
+    }
 }

@@ -44,6 +44,10 @@ pub mod link;
 pub mod primary;
 pub mod state;
 
+/// Per-bucket replication figures in a [`Snapshot`], named here so readers of the snapshot (the
+/// HTTP gateway, `status`) need not reach into the lane internals.
+pub use lanes::LaneStatus;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -328,14 +332,14 @@ impl Replication {
     }
 
     /// Per-lane offsets: sent/acked/pending on the primary, applied on the backup.
-    fn lane_status(&self) -> Vec<lanes::LaneStatus> {
+    fn lane_status(&self) -> Vec<LaneStatus> {
         match self.config.role {
             Role::Backup => self
                 .backup_applied
                 .iter()
                 .map(|a| {
                     let applied = a.load(Ordering::Relaxed);
-                    lanes::LaneStatus {
+                    LaneStatus {
                         offset: applied,
                         acked: applied,
                         pending: 0,
@@ -433,7 +437,7 @@ pub struct Snapshot {
     /// Whether this store is known current.
     pub current: bool,
     /// Per-lane offsets, indexed by bucket.
-    pub lanes: Vec<lanes::LaneStatus>,
+    pub lanes: Vec<LaneStatus>,
     /// Links established since start.
     pub links: u64,
     /// Bootstraps completed.

@@ -177,19 +177,19 @@ impl RequestStream {
                 self.reply(id, reply);
             }
             Handled::Later(rx) => self.pending.push(WaitingWrite {
-                id: id,
+                id,
                 kind,
                 started,
                 rx,
             }),
             Handled::Dump(entries) => {
                 node.metrics
-                    .record_outcome(kind, Outcome::OK, started.elapsed());
+                    .record_outcome(kind, Outcome::Ok, started.elapsed());
                 send_dump(&self.outbox, id, entries, &node.config.limits);
             }
             Handled::Shutdown => {
                 node.metrics
-                    .record_outcome(kind, Outcome::OK, started.elapsed());
+                    .record_outcome(kind, Outcome::Ok, started.elapsed());
                 self.reply(id, Reply::Ok);
                 node.shutdown.cancel();
             }

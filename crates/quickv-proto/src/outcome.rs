@@ -154,9 +154,6 @@ impl Outcome {
         Outcome::Forbidden,
     ];
 
-    /// Alias of [`Outcome::Ok`] for callers written before this vocabulary was shared.
-    pub const OK: Outcome = Outcome::Ok;
-
     /// The outcome a server's answer stands for: the one mapping from [`Reply`].
     ///
     /// Every error code but [`ErrorCode::Forbidden`] is [`Outcome::Error`], including codes added

@@ -460,7 +460,7 @@ async fn call(node: &Node, op: Op) -> Routed {
         Routed::Reply(reply) => node.metrics.record(kind, reply, started.elapsed()),
         Routed::Dump(_) | Routed::Shutdown => {
             node.metrics
-                .record_outcome(kind, Outcome::OK, started.elapsed())
+                .record_outcome(kind, Outcome::Ok, started.elapsed())
         }
     }
     routed
