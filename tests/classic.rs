@@ -13,12 +13,10 @@ mod common;
 mod kit;
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use hyper::Method;
 
-use common::{bin, free_addr, free_tcp_addr};
+use common::{free_addr, free_tcp_addr};
 use kit::{assert_dumps, json, reap, Kit, BACKUP, PRIMARY};
 
 /// The classic harness's loop, 20 times: a short script over HTTP (writes on the primary, reads
@@ -94,47 +92,26 @@ async fn shutdown_then_immediate_restart_twenty_times() {
 /// 8088/8089) gives each child its gateway: a write on the primary's is read on the backup's.
 #[tokio::test]
 async fn quickv_up_gives_each_server_a_gateway() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().expect("tempdir");
     let (p, b) = (free_addr(), free_addr());
     let (ph, bh) = (free_tcp_addr(), free_tcp_addr());
-    let mut up = Command::new(bin())
-        .args([
-            "up",
+    let mut up = common::Up::spawn(
+        dir.path(),
+        &[
             "--primary",
             &p.to_string(),
             "--backup",
             &b.to_string(),
-        ])
-        .args([
             "--primary-http",
             &ph.to_string(),
             "--backup-http",
             &bh.to_string(),
-        ])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn quickv up");
-    let stdout = up.stdout.take().expect("stdout");
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut seen = Vec::new();
+        ]
+        .map(String::from),
+    );
     let outcome = async {
-        loop {
-            let line = lines
-                .recv_timeout(Duration::from_secs(30))
-                .map_err(|_| format!("quickv up went quiet: {seen:?}"))?;
-            seen.push(line.clone());
-            if line.contains("pair in sync") {
-                break;
-            }
-        }
+        up.wait_line("pair in sync")?;
+        let seen = &up.seen;
         if !seen
             .iter()
             .any(|l| l.contains(&format!("http://{ph}")) && l.contains(&format!("http://{bh}")))
@@ -152,8 +129,8 @@ async fn quickv_up_gives_each_server_a_gateway() {
         Ok(())
     }
     .await;
-    common::signal(up.id(), "TERM");
-    let status = up.wait().expect("wait");
+    common::signal(up.child.id(), "TERM");
+    let status = up.child.wait().expect("wait");
     outcome.expect("quickv up --http");
     assert!(status.success(), "quickv up exit status {status:?}");
 }

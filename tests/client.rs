@@ -31,10 +31,7 @@ struct Resume(u32);
 
 impl Drop for Resume {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .arg(self.0.to_string())
-            .status();
+        common::signal_quietly(self.0, "CONT");
     }
 }
 

@@ -257,7 +257,9 @@ async fn external_pair_through_command_templates() {
     // Whatever happened, leave no server behind.
     let started = std::fs::read_to_string(pids.path().join("all.pids")).unwrap_or_default();
     for pid in started.split_whitespace() {
-        let _ = Command::new("kill").arg(pid).status();
+        if let Ok(pid) = pid.parse() {
+            common::signal_quietly(pid, "TERM");
+        }
     }
     assert_eq!(report.violations, vec![], "{report:#?}");
     let aborted = report.aborted.expect("Kill without --kill-cmd aborts");

@@ -3,47 +3,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use bytes::Bytes;
 
-use common::{bin, connect, free_addr, signal, wait_state};
+use common::{connect, free_addr, signal, wait_state, Up};
 
 #[tokio::test]
 async fn quickv_up_runs_a_pair_that_survives_a_kill_and_stops_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (p, b) = (free_addr(), free_addr());
-    let mut up = Command::new(bin())
-        .args([
-            "up",
-            "--primary",
-            &p.to_string(),
-            "--backup",
-            &b.to_string(),
-        ])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn quickv up");
-    let stdout = up.stdout.take().expect("stdout");
-    let (lines_tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let wait_line = |needle: &str| loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("quickv up went quiet");
-        if line.contains(needle) {
-            return line;
-        }
-    };
+    let mut up = Up::spawn(
+        dir.path(),
+        &["--primary", &p.to_string(), "--backup", &b.to_string()].map(String::from),
+    );
+    let mut wait_line = |needle: &str| up.wait_line(needle).expect("quickv up");
     wait_line("pair in sync");
     let certs = dir.path().join("certs");
     assert!(
@@ -73,8 +47,8 @@ async fn quickv_up_runs_a_pair_that_survives_a_kill_and_stops_cleanly() {
         Some(Bytes::from("world"))
     );
 
-    signal(up.id(), "TERM");
-    let status = up.wait().expect("wait");
+    signal(up.child.id(), "TERM");
+    let status = up.child.wait().expect("wait");
     assert!(status.success(), "quickv up exit status {status:?}");
     let left = Command::new("pgrep")
         .args(["-f", &format!("--listen {p}")])

@@ -114,6 +114,71 @@ pub fn signal(pid: u32, name: &str) {
     supervisor::signal_pid(pid, signal).unwrap_or_else(|e| panic!("kill -{name} {pid}: {e}"));
 }
 
+/// Sends a signal by name and ignores a failure (cleanup paths: the process may be gone).
+pub fn signal_quietly(pid: u32, name: &str) {
+    if let Some(signal) = Signal::from_name(name) {
+        let _ = supervisor::signal_pid(pid, signal);
+    }
+}
+
+/// `quickv up` run in `dir` as a user runs it, its stdout read line by line on a thread.
+pub struct Up {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far (for failure messages).
+    pub seen: Vec<String>,
+}
+
+impl Up {
+    /// Starts `quickv up ARGS` in `dir` (RUST_LOG=warn).
+    pub fn spawn(dir: &Path, args: &[String]) -> Up {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(bin())
+            .arg("up")
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn quickv up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Up {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line containing `needle`; an error (with what was seen) after 30 s of silence.
+    pub fn wait_line(&mut self, needle: &str) -> Result<String, String> {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| format!("quickv up went quiet: {:?}", self.seen))?;
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return Ok(line);
+            }
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            signal_quietly(self.child.id(), "TERM");
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Runs the CLI against `server`; returns (exit code, stdout, stderr).
 pub fn cli(server: SocketAddr, certs: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
