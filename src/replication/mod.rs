@@ -192,6 +192,12 @@ impl Replication {
         self.reads_open.load(Ordering::Acquire)
     }
 
+    /// Why reads are refused (taken under the machine's lock: only on the refusal path).
+    pub fn read_refusal(&self) -> &'static str {
+        self.with_machine(|v| v.machine.read_refusal())
+            .unwrap_or("reads are refused while the replication state changes; retry")
+    }
+
     /// A client write: admitted only when the state machine allows writes (the primary in
     /// `Sync`), then replicated; otherwise refused before anything is sent.
     pub fn submit(&self, op: Op) -> Submitted {

@@ -234,6 +234,20 @@ impl Machine {
         self.current && !self.reads_fenced
     }
 
+    /// Why reads are refused, or `None` when they are allowed.
+    pub fn read_refusal(&self) -> Option<&'static str> {
+        if !self.current {
+            Some("not yet synced: this server restarted and has not caught up with its peer")
+        } else if self.reads_fenced {
+            Some(
+                "cut off from the primary for longer than the ack timeout: this backup refuses \
+                 reads until it has re-synced",
+            )
+        } else {
+            None
+        }
+    }
+
     /// Client writes are accepted only by the primary in `Sync`.
     pub fn writes_allowed(&self) -> bool {
         self.primary && self.state == State::Sync
@@ -534,8 +548,14 @@ mod tests {
         m.handle_synced();
         m.handle_link_lost("link lost".into());
         assert!(m.reads_allowed(), "within the ack timeout reads go on");
+        assert_eq!(m.read_refusal(), None);
         m.handle_link_silent();
         assert!(!m.reads_allowed());
+        assert!(
+            m.read_refusal().is_some_and(|r| r.contains("cut off")),
+            "the refusal says why: {:?}",
+            m.read_refusal()
+        );
         assert!(
             m.current(),
             "it still holds the data for the next warm start"

@@ -60,11 +60,8 @@ fn handle_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Handled
         )),
         Op::Shutdown => Handled::Shutdown,
         read @ (Op::Count | Op::Dump | Op::Get { .. }) => {
-            if node.repl.as_ref().is_some_and(|r| !r.reads_allowed()) {
-                return Handled::Now(Reply::Unavailable(
-                    "not yet synced: this server restarted and has not caught up with its peer"
-                        .into(),
-                ));
+            if let Some(r) = node.repl.as_ref().filter(|r| !r.reads_allowed()) {
+                return Handled::Now(Reply::Unavailable(r.read_refusal().into()));
             }
             match read {
                 Op::Count => Handled::Now(Reply::Count(node.store.count())),
