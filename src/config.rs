@@ -15,6 +15,7 @@
 //! [limits]                        # all optional
 //! max_key = 65536
 //! max_value = 16777216
+//! expected_keys = 10000000        # size the store for this many keys at start (hint)
 //! ```
 //! With `--role primary` the server listens on `primary.listen` and peers with `backup.listen`, and the
 //! other way round with `--role backup`. Flags given on the command line win over the file.
@@ -161,6 +162,9 @@ pub struct ServerConfig {
     /// session and bucket, sessions per bucket, idle age); see `store::sessions` and
     /// `docs/client.md`. Defaults: 64 answers, 4096 sessions per bucket, 10 minutes.
     pub sessions: SessionLimits,
+    /// Keys the store's maps are sized for at start (0: grow from empty). A sizing hint, not a
+    /// limit: it moves flurry's table-growth copies out of the first inserts (docs/benchmarks.md).
+    pub expected_keys: usize,
 }
 
 impl ServerConfig {
@@ -188,6 +192,7 @@ impl ServerConfig {
             http_tls: false,
             http_insecure: false,
             sessions: SessionLimits::default(),
+            expected_keys: 0,
         }
     }
 
@@ -289,6 +294,8 @@ pub struct LimitsSection {
     pub max_streams: Option<u32>,
     /// Bytes of keys+values above which writes are refused.
     pub max_memory: Option<u64>,
+    /// Keys the store is sized for at start (a hint, not a limit).
+    pub expected_keys: Option<usize>,
 }
 
 /// `[timeouts]`: all in milliseconds.
@@ -352,6 +359,7 @@ impl FileConfig {
             cfg.max_connections = l.max_connections.unwrap_or(cfg.max_connections);
             cfg.max_streams = l.max_streams.unwrap_or(cfg.max_streams);
             cfg.max_memory = l.max_memory.or(cfg.max_memory);
+            cfg.expected_keys = l.expected_keys.unwrap_or(cfg.expected_keys);
         }
         if let Some(t) = &self.timeouts {
             let ms = Duration::from_millis;
@@ -394,10 +402,11 @@ mod tests {
     #[test]
     fn file_config_names_both_servers() {
         let file: FileConfig = toml::from_str(
-            "certs = \"/etc/quickv\"\n[primary]\nlisten = \"10.0.0.1:4470\"\n[backup]\nlisten = \"10.0.0.2:4471\"\n[timeouts]\nack_ms = 300\n",
+            "certs = \"/etc/quickv\"\n[primary]\nlisten = \"10.0.0.1:4470\"\n[backup]\nlisten = \"10.0.0.2:4471\"\n[limits]\nexpected_keys = 5000\n[timeouts]\nack_ms = 300\n",
         )
         .expect("valid toml");
         let b = file.server_config(Role::Backup).expect("backup config");
+        assert_eq!(b.expected_keys, 5000);
         assert_eq!(b.listen.to_string(), "10.0.0.2:4471");
         assert_eq!(
             b.peer.map(|p| p.to_string()).as_deref(),

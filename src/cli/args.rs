@@ -287,6 +287,10 @@ pub(crate) struct ServerArgs {
     /// Refuse writes that add data once keys+values exceed this many bytes (reads go on).
     #[arg(long)]
     pub(crate) max_memory: Option<u64>,
+    /// Size the store for about N keys at start (a hint, not a limit): the first N inserts then
+    /// never wait for the hash table to grow. Costs about 16 bytes per expected key at once.
+    #[arg(long, value_name = "N")]
+    pub(crate) expected_keys: Option<usize>,
     /// Answers of retried-write sessions kept per session and bucket (default 64); see
     /// docs/client.md, "Sessions and retries".
     #[arg(long, value_name = "N")]

@@ -249,6 +249,7 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
         cfg.frame_timeout = Duration::from_millis(ms);
     }
     cfg.max_memory = args.max_memory.or(cfg.max_memory);
+    cfg.expected_keys = args.expected_keys.unwrap_or(cfg.expected_keys);
     cfg.sessions.window = args.session_window.unwrap_or(cfg.sessions.window).max(1);
     cfg.sessions.max_sessions = args
         .max_sessions

@@ -2,14 +2,15 @@
 //! bootstrap.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quickv_client::net::FramedReader;
 use tracing::info;
 
 use crate::config::ServerConfig;
-use crate::protocol::peer::{split_entries, PeerMsg, CHUNK_HEADER_BYTES};
+use crate::protocol::peer::{split_entries, ChunkWriter, PeerMsg, CHUNK_HEADER_BYTES};
 use crate::protocol::Limits;
 use crate::store::{BucketId, Digest, Store};
 
@@ -135,9 +136,18 @@ pub fn snapshot_msgs(
 }
 
 /// One bucket of a snapshot: `BucketBegin`, its chunks and session records, `BucketEnd` with the
-/// count and digest. Returns the messages, keys and bytes. Senders build one bucket at a time so a
-/// large store never holds the runtime (and the link's keep-alives) for the whole snapshot.
+/// count and digest. Returns the messages, keys and bytes. The simulator and tests use this form;
+/// a live sender writes the same frames with [`encode_bucket`].
 pub fn bucket_msgs(store: &Store, bucket: BucketId, limits: &Limits) -> (Vec<PeerMsg>, u64, u64) {
+    bucket_msgs_at(store, bucket, limits, Instant::now())
+}
+
+fn bucket_msgs_at(
+    store: &Store,
+    bucket: BucketId,
+    limits: &Limits,
+    now: Instant,
+) -> (Vec<PeerMsg>, u64, u64) {
     let entries = store.bucket_snapshot(bucket);
     let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
     let count = entries.len() as u64;
@@ -147,7 +157,19 @@ pub fn bucket_msgs(store: &Store, bucket: BucketId, limits: &Limits) -> (Vec<Pee
         .sum::<u64>();
     let mut msgs = vec![PeerMsg::BucketBegin(bucket)];
     msgs.extend(chunks(entries, limits));
-    let (marks, answers) = store.sessions().image(bucket, std::time::Instant::now());
+    msgs.extend(session_msgs(store, bucket, now));
+    msgs.push(PeerMsg::BucketEnd {
+        bucket,
+        count,
+        digest,
+    });
+    (msgs, count, bytes)
+}
+
+/// The session table of `bucket` as transfer messages (`store::sessions`).
+fn session_msgs(store: &Store, bucket: BucketId, now: Instant) -> Vec<PeerMsg> {
+    let (marks, answers) = store.sessions().image(bucket, now);
+    let mut msgs: Vec<PeerMsg> = Vec::with_capacity(answers.len() + 2);
     msgs.extend(
         marks
             .born_ms_ago
@@ -159,16 +181,53 @@ pub fn bucket_msgs(store: &Store, bucket: BucketId, limits: &Limits) -> (Vec<Pee
             .map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }),
     );
     msgs.extend(answers.into_iter().map(PeerMsg::SessionAnswer));
-    msgs.push(PeerMsg::BucketEnd {
+    msgs
+}
+
+/// One bucket of a snapshot, encoded: the frames of [`bucket_msgs`], written in one pass over the
+/// map straight into the wire buffer (entries are neither cloned nor collected, and the digest is
+/// summed on the way). Returns the frames, keys and bytes. Senders build one bucket at a time so
+/// a large store never holds the runtime (and the link's keep-alives) for the whole snapshot.
+pub fn encode_bucket(store: &Store, bucket: BucketId, limits: &Limits) -> (Bytes, u64, u64) {
+    encode_bucket_at(store, bucket, limits, Instant::now())
+}
+
+fn encode_bucket_at(
+    store: &Store,
+    bucket: BucketId,
+    limits: &Limits,
+    now: Instant,
+) -> (Bytes, u64, u64) {
+    // Sized once: each entry adds its two lengths (8 bytes) to what the store counts, and a few
+    // entries more than counted (a racing write) only cost one regrowth.
+    let entries = store.bucket_len(bucket) as usize;
+    let estimate = store.bucket_bytes(bucket) as usize + 8 * entries;
+    let frames = estimate / chunk_budget(limits).max(1) + 1;
+    let mut out = BytesMut::with_capacity(estimate + frames * (CHUNK_HEADER_BYTES + 4) + 1024);
+    PeerMsg::BucketBegin(bucket).encode(&mut out);
+    let mut writer = ChunkWriter::new(chunk_budget(limits));
+    let (mut count, mut bytes, mut digest) = (0u64, 0u64, Digest::default());
+    store.visit_bucket(bucket, |k, v| {
+        writer.push(&mut out, k, v);
+        digest = digest.plus(Digest::of_entry(k, v));
+        count += 1;
+        bytes += (k.len() + v.len()) as u64;
+    });
+    writer.close(&mut out);
+    for msg in session_msgs(store, bucket, now) {
+        msg.encode(&mut out);
+    }
+    PeerMsg::BucketEnd {
         bucket,
         count,
         digest,
-    });
-    (msgs, count, bytes)
+    }
+    .encode(&mut out);
+    (out.freeze(), count, bytes)
 }
 
-/// The receiving half of a transfer without I/O: checks each bucket's count and digest and only
-/// then replaces it in the store (atomically per key, see [`Store::replace_bucket`]).
+/// The receiving half of a transfer without I/O: gathers each bucket, checks its count and digest
+/// and only then replaces it in the store (atomically per key, see [`Store::replace_bucket`]).
 #[derive(Debug, Default)]
 pub struct TransferReceiver {
     /// The bucket being received and its entries so far.
@@ -183,10 +242,76 @@ pub struct TransferReceiver {
     pub keys: u64,
 }
 
+/// What one message of a transfer leads to (see [`TransferReceiver::feed`]).
+#[derive(Debug)]
+pub enum Received {
+    /// Nothing to do yet.
+    More,
+    /// A bucket was received whole: apply it ([`BucketJob::apply`]) before the next one.
+    Bucket(BucketJob),
+    /// The transfer is over: `Ok` after `TransferDone`, `Err` at the first inconsistency. The
+    /// verdict is what `TransferAck` says, once every bucket job has been applied.
+    Done(Result<(), String>),
+}
+
+/// One bucket received whole, to be checked and installed.
+#[derive(Debug)]
+pub struct BucketJob {
+    bucket: BucketId,
+    entries: Vec<(bytes::Bytes, bytes::Bytes)>,
+    count: u64,
+    digest: Digest,
+    sessions: (
+        crate::store::sessions::TableMarks,
+        Vec<crate::protocol::peer::SessionAnswer>,
+    ),
+}
+
+impl BucketJob {
+    /// Checks the bucket's count and digest and, only if they match, replaces the bucket and
+    /// installs its session table. Returns the keys installed.
+    pub fn apply(self, store: &Store) -> Result<u64, String> {
+        let BucketJob {
+            bucket,
+            entries,
+            count,
+            digest,
+            sessions: (marks, answers),
+        } = self;
+        store
+            .replace_bucket_verified(bucket, entries, count, digest)
+            .map_err(|(got_count, got)| {
+                format!(
+                    "bucket {bucket}: {got_count} entries with digest {got}, expected {count} with {digest}"
+                )
+            })?;
+        store
+            .sessions()
+            .install(bucket, marks, answers, std::time::Instant::now());
+        Ok(count)
+    }
+}
+
 impl TransferReceiver {
-    /// Takes one message: `None` while the transfer goes on, then its verdict (`Ok` after
-    /// `TransferDone`, `Err` at the first inconsistency). The verdict is what `TransferAck` says.
+    /// Takes one message and applies a completed bucket at once: `None` while the transfer goes
+    /// on, then its verdict (`Ok` after `TransferDone`, `Err` at the first inconsistency).
     pub fn handle(&mut self, msg: PeerMsg, store: &Store) -> Option<Result<(), String>> {
+        match self.feed(msg) {
+            Received::More => None,
+            Received::Bucket(job) => match job.apply(store) {
+                Ok(keys) => {
+                    self.keys += keys;
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            },
+            Received::Done(verdict) => Some(verdict),
+        }
+    }
+
+    /// Takes one message; a bucket received whole comes back as a job for the caller to apply
+    /// (a live receiver applies it off the runtime while it reads the next one).
+    pub fn feed(&mut self, msg: PeerMsg) -> Received {
         match msg {
             PeerMsg::BucketBegin(b) => {
                 self.current = Some((b, Vec::new()));
@@ -203,7 +328,7 @@ impl TransferReceiver {
                 Some((b, gathered)) if entries.iter().all(|(k, _)| BucketId::of(k) == *b) => {
                     gathered.extend(entries)
                 }
-                _ => return Some(Err("chunk outside its bucket".to_string())),
+                _ => return Received::Done(Err("chunk outside its bucket".to_string())),
             },
             PeerMsg::BucketEnd {
                 bucket,
@@ -211,51 +336,65 @@ impl TransferReceiver {
                 digest,
             } => {
                 let Some((b, entries)) = self.current.take().filter(|(b, _)| *b == bucket) else {
-                    return Some(Err(format!("end of bucket {bucket} without its beginning")));
-                };
-                let got = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
-                if got != digest || entries.len() as u64 != count {
-                    return Some(Err(format!(
-                        "bucket {b}: {} entries with digest {got}, expected {count} with {digest}",
-                        entries.len()
+                    return Received::Done(Err(format!(
+                        "end of bucket {bucket} without its beginning"
                     )));
-                }
-                self.keys += count;
-                store.replace_bucket(b, entries);
-                let (marks, answers) = std::mem::take(&mut self.sessions);
-                store
-                    .sessions()
-                    .install(b, marks, answers, std::time::Instant::now());
+                };
+                return Received::Bucket(BucketJob {
+                    bucket: b,
+                    entries,
+                    count,
+                    digest,
+                    sessions: std::mem::take(&mut self.sessions),
+                });
             }
-            PeerMsg::TransferDone => return Some(Ok(())),
-            other => return Some(Err(format!("unexpected {other:?} during a transfer"))),
+            PeerMsg::TransferDone => return Received::Done(Ok(())),
+            other => return Received::Done(Err(format!("unexpected {other:?} during a transfer"))),
         }
-        None
+        Received::More
     }
 }
 
 /// Sends a snapshot of `buckets` and waits for the receiver's verdict; each write and the wait
 /// are bounded by `step`.
+///
+/// Buckets are encoded one at a time on a blocking thread, the next while the current one is
+/// being sent: the runtime (QUIC, keep-alives) never waits for a walk of the store, and the two
+/// cores each get one half of the work.
 pub async fn send_buckets(
     send: &mut quinn::SendStream,
     reader: &mut PeerReader,
-    store: &Store,
+    store: &Arc<Store>,
     buckets: &[BucketId],
     step: Duration,
 ) -> Result<(), LinkError> {
     let started = Instant::now();
     let (mut keys, mut bytes) = (0u64, 0u64);
-    for &bucket in buckets {
-        // One bucket at a time, yielding in between: building the whole snapshot at once held the
-        // runtime for seconds on a large store, the link's keep-alives stopped and the peer's idle
-        // timeout cut every bootstrap of 1M keys (docs/benchmarks.md).
-        let (msgs, k, b) = bucket_msgs(store, bucket, &reader.limits);
+    let encode = |bucket: BucketId| {
+        let (store, limits) = (store.clone(), reader.limits);
+        tokio::task::spawn_blocking(move || encode_bucket(&store, bucket, &limits))
+    };
+    let mut next = buckets.first().map(|&b| encode(b));
+    for i in 0..buckets.len() {
+        let Some(job) = next.take() else { break };
+        let (frames, k, b) = job
+            .await
+            .map_err(|e| LinkError(format!("encoding a snapshot failed: {e}")))?;
+        next = buckets.get(i + 1).map(|&b| encode(b));
         keys += k;
         bytes += b;
-        for msg in msgs {
-            bounded(step, "sending a snapshot", send_msgs(send, &[msg])).await?;
+        // Handed to quinn without a copy, a chunk's worth per bounded step.
+        let mut offset = 0;
+        while offset < frames.len() {
+            let piece = frames.slice(offset..frames.len().min(offset + CHUNK_BYTES));
+            offset += piece.len();
+            bounded(step, "sending a snapshot", async {
+                send.write_chunk(piece)
+                    .await
+                    .map_err(|e| LinkError(format!("cannot write to the peer: {e}")))
+            })
+            .await?;
         }
-        tokio::task::yield_now().await;
     }
     bounded(
         step,
@@ -285,18 +424,49 @@ pub async fn send_buckets(
 
 /// Receives a snapshot, replacing each bucket it carries after checking its count and digest, and
 /// answers the sender. Callers guarantee nobody else writes to the store meanwhile.
+///
+/// Each bucket received whole is applied on a blocking thread while the next one is read: the
+/// stream keeps flowing (its flow-control window would otherwise hold the sender while a bucket
+/// is installed). One bucket is applied at a time, in order.
 pub async fn receive_buckets(
     send: &mut quinn::SendStream,
     reader: &mut PeerReader,
-    store: &Store,
+    store: &Arc<Store>,
     step: Duration,
 ) -> Result<(), LinkError> {
     let started = Instant::now();
     let mut receiver = TransferReceiver::default();
+    let mut applying: Option<tokio::task::JoinHandle<Result<u64, String>>> = None;
+    let mut keys = 0u64;
+    let finish = |job: Option<tokio::task::JoinHandle<Result<u64, String>>>| async move {
+        match job {
+            None => Ok(0),
+            Some(job) => job
+                .await
+                .map_err(|e| format!("applying a bucket failed: {e}"))?,
+        }
+    };
     let verdict = loop {
         let msg = bounded(step, "receiving a snapshot", reader.next()).await?;
-        if let Some(verdict) = receiver.handle(msg, store) {
-            break verdict;
+        match receiver.feed(msg) {
+            Received::More => {}
+            Received::Bucket(job) => {
+                match finish(applying.take()).await {
+                    Ok(k) => keys += k,
+                    Err(e) => break Err(e),
+                }
+                let store = store.clone();
+                applying = Some(tokio::task::spawn_blocking(move || job.apply(&store)));
+            }
+            Received::Done(verdict) => {
+                break match (verdict, finish(applying.take()).await) {
+                    (Ok(()), Ok(k)) => {
+                        keys += k;
+                        Ok(())
+                    }
+                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+                }
+            }
         }
     };
     let ack = PeerMsg::TransferAck {
@@ -306,7 +476,7 @@ pub async fn receive_buckets(
     bounded(step, "sending the transfer ack", send_msgs(send, &[ack])).await?;
     verdict.map_err(LinkError)?;
     info!(
-        keys = receiver.keys,
+        keys,
         secs = started.elapsed().as_secs_f64(),
         "bootstrap: snapshot received and verified"
     );
@@ -318,6 +488,30 @@ mod tests {
     use bytes::{Bytes, BytesMut};
 
     use super::*;
+
+    #[test]
+    fn an_encoded_bucket_is_the_encoding_of_its_messages() {
+        let store = Store::new();
+        for i in 0..5_000usize {
+            let value = vec![b'v'; (i * 13) % 3000];
+            store.put(Bytes::from(format!("k{i}")), Bytes::from(value));
+        }
+        let limits = Limits {
+            max_frame: 64 * 1024,
+            ..Limits::default()
+        };
+        let now = Instant::now();
+        for bucket in BucketId::all() {
+            let (msgs, keys, bytes) = bucket_msgs_at(&store, bucket, &limits, now);
+            let mut expected = BytesMut::new();
+            for m in &msgs {
+                m.encode(&mut expected);
+            }
+            let (frames, k, b) = encode_bucket_at(&store, bucket, &limits, now);
+            assert_eq!((k, b), (keys, bytes));
+            assert_eq!(frames, expected.freeze(), "bucket {bucket}");
+        }
+    }
 
     #[test]
     fn chunks_never_exceed_the_frame_limit_whatever_the_mix_of_sizes() {

@@ -87,6 +87,7 @@ impl Node {
     /// A fresh node with an empty store.
     pub fn new(config: ServerConfig) -> Node {
         let store = Arc::new(Store::with_session_limits(config.sessions));
+        store.presize(config.expected_keys);
         let run_id = fresh_run_id();
         let repl = match config.role {
             Role::Standalone => None,

@@ -98,13 +98,24 @@ impl Store {
     /// store holds more than `keys` entries. It costs 8 bytes per table slot at once (about
     /// 16 bytes per expected key).
     pub fn with_capacity(keys: usize) -> Store {
+        let store = Store::new();
+        store.presize(keys);
+        store
+    }
+
+    /// Sizes the maps for about `keys` entries in all (see [`Store::with_capacity`]); a no-op
+    /// for 0 or a store already that large. The server calls it at start (`--expected-keys`).
+    pub fn presize(&self, keys: usize) {
         let per_bucket = keys.div_ceil(BUCKETS);
-        Store {
-            buckets: std::array::from_fn(|_| Bucket {
-                map: flurry::HashMap::with_capacity(per_bucket),
-                ..Bucket::default()
-            }),
-            sessions: Sessions::new(SessionLimits::default()),
+        if per_bucket == 0 {
+            return;
+        }
+        for bucket in &self.buckets {
+            let map = bucket.map.pin();
+            let more = per_bucket.saturating_sub(map.len());
+            if more > 0 {
+                map.reserve(more);
+            }
         }
     }
 
@@ -161,8 +172,13 @@ impl Store {
     /// The backup applies replicated writes with this, since the primary has
     /// already decided their outcome.
     pub fn put(&self, key: Bytes, value: Bytes) -> Option<Bytes> {
-        let bucket = self.bucket(&key);
         let new = Footprint::of(&key, &value);
+        self.put_accounted(key, value, new)
+    }
+
+    /// [`Store::put`] of an entry whose footprint is already computed.
+    fn put_accounted(&self, key: Bytes, value: Bytes, new: Footprint) -> Option<Bytes> {
+        let bucket = self.bucket(&key);
         // The map takes compact copies; the caller's `key` stays ours to hash
         // the replaced entry with.
         let old = bucket
@@ -187,6 +203,11 @@ impl Store {
     /// Number of entries in the whole store.
     pub fn count(&self) -> u64 {
         BucketId::all().map(|b| self.bucket_len(b)).sum()
+    }
+
+    /// Sum of key and value lengths in bucket `b` (see [`Store::approx_bytes`]).
+    pub fn bucket_bytes(&self, b: BucketId) -> u64 {
+        non_negative(&self.buckets[b.index()].bytes)
     }
 
     /// Number of entries in bucket `b`.
@@ -223,6 +244,16 @@ impl Store {
         map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
+    /// Calls `f` on every entry of bucket `b`, borrowed from the map: a snapshot that copies
+    /// nothing (cloning a stored `Bytes` allocates its shared header for good). Weakly consistent
+    /// like [`Store::bucket_snapshot`]; `f` runs under the map's epoch guard, so keep it short.
+    pub fn visit_bucket(&self, b: BucketId, mut f: impl FnMut(&Bytes, &Bytes)) {
+        let map = self.buckets[b.index()].map.pin();
+        for (k, v) in map.iter() {
+            f(k, v);
+        }
+    }
+
     /// Every entry, sorted by key; for tests, debugging and comparing
     /// servers. Weakly consistent like [`Store::bucket_snapshot`].
     pub fn dump(&self) -> Vec<(Bytes, Bytes)> {
@@ -246,17 +277,46 @@ impl Store {
     /// `b`; a key that does not is stored in its own bucket, so lookups still
     /// find it and every digest still describes its bucket's contents.
     pub fn replace_bucket(&self, b: BucketId, entries: Vec<(Bytes, Bytes)>) {
-        let keep: std::collections::HashSet<Bytes> =
-            entries.iter().map(|(k, _)| k.clone()).collect();
-        let stale: Vec<Bytes> = self.buckets[b.index()]
-            .map
-            .pin()
-            .keys()
-            .filter(|k| !keep.contains(*k))
-            .cloned()
-            .collect();
-        for (key, value) in entries {
-            self.put(key, value);
+        let prints = entries.iter().map(|(k, v)| Footprint::of(k, v)).collect();
+        self.replace_accounted(b, entries, prints);
+    }
+
+    /// [`Store::replace_bucket`] for a transfer that says what the bucket must end up with: checks
+    /// first that `entries` are `count` entries whose digest is `digest`, and changes nothing if
+    /// not (the error gives the count and digest received). Each entry is hashed once, for both
+    /// the check and the bucket's running digest.
+    pub fn replace_bucket_verified(
+        &self,
+        b: BucketId,
+        entries: Vec<(Bytes, Bytes)>,
+        count: u64,
+        digest: Digest,
+    ) -> Result<(), (u64, Digest)> {
+        let prints: Vec<Footprint> = entries.iter().map(|(k, v)| Footprint::of(k, v)).collect();
+        let got = prints
+            .iter()
+            .fold(Digest::default(), |sum, p| sum.plus(p.digest));
+        if got != digest || entries.len() as u64 != count {
+            return Err((entries.len() as u64, got));
+        }
+        self.replace_accounted(b, entries, prints);
+        Ok(())
+    }
+
+    fn replace_accounted(&self, b: BucketId, entries: Vec<(Bytes, Bytes)>, prints: Vec<Footprint>) {
+        let map = self.buckets[b.index()].map.pin();
+        // A restarted server's buckets are empty: nothing to keep or remove, and the map is
+        // sized once instead of growing (and copying itself) on the way.
+        let stale: Vec<Bytes> = if map.is_empty() {
+            map.reserve(entries.len());
+            Vec::new()
+        } else {
+            let keep: std::collections::HashSet<&Bytes> = entries.iter().map(|(k, _)| k).collect();
+            map.keys().filter(|k| !keep.contains(k)).cloned().collect()
+        };
+        drop(map);
+        for ((key, value), print) in entries.into_iter().zip(prints) {
+            self.put_accounted(key, value, print);
         }
         for key in stale {
             self.remove(&key);
@@ -525,6 +585,50 @@ mod tests {
                 prop_assert_eq!(store.digest(o), digest, "bucket {} untouched", o);
             }
             assert_totals_exact(&store);
+        }
+    }
+
+    #[test]
+    fn a_verified_replace_checks_first_and_fills_an_empty_bucket_like_a_fresh_store() {
+        let source = Store::new();
+        for i in 0..3_000u32 {
+            source.put(
+                Bytes::from(format!("key{i}")),
+                Bytes::from(vec![i as u8; 40]),
+            );
+        }
+        for b in BucketId::all() {
+            let entries = source.bucket_snapshot(b);
+            let (count, digest) = (entries.len() as u64, source.digest(b));
+            let target = Store::new();
+            target.put(Bytes::from_static(b"other"), Bytes::from_static(b"x"));
+            let before = (target.count(), target.digest(b));
+            let wrong = Digest(digest.0 ^ 1);
+            assert_eq!(
+                target.replace_bucket_verified(b, entries.clone(), count, wrong),
+                Err((count, digest)),
+                "a wrong digest is reported with what was received"
+            );
+            assert_eq!(
+                target.replace_bucket_verified(b, entries.clone(), count + 1, digest),
+                Err((count, digest))
+            );
+            assert_eq!(
+                (target.count(), target.digest(b)),
+                before,
+                "nothing changed"
+            );
+            target.delete(b"other");
+            assert_eq!(
+                target.replace_bucket_verified(b, entries, count, digest),
+                Ok(())
+            );
+            assert_eq!(target.digest(b), digest);
+            assert_eq!(target.bucket_len(b), count);
+            assert_eq!(target.bucket_snapshot(b).len() as u64, count);
+            for (k, v) in source.bucket_snapshot(b) {
+                assert_eq!(target.get(&k), Some(v));
+            }
         }
     }
 

@@ -201,6 +201,72 @@ pub fn split_entries(
     })
 }
 
+/// Encodes `BucketChunk` frames entry by entry straight into an output buffer, cut exactly as
+/// [`split_entries`] cuts them: the bytes are those of encoding its chunks, without first cloning
+/// every entry into a `Vec` (a bootstrap sender walks the store and writes the wire directly).
+///
+/// An open chunk's length and count are filled in when it closes: call [`ChunkWriter::close`]
+/// before appending any other frame, and take bytes off the buffer only through
+/// [`ChunkWriter::take_sealed`].
+#[derive(Debug)]
+pub struct ChunkWriter {
+    max_bytes: usize,
+    /// Where the open chunk's frame starts in the buffer, its entry count and encoded size.
+    open: Option<(usize, u32, usize)>,
+}
+
+impl ChunkWriter {
+    /// A writer whose chunks hold at most `max_bytes` of encoded entries (one larger entry alone).
+    pub fn new(max_bytes: usize) -> ChunkWriter {
+        ChunkWriter {
+            max_bytes,
+            open: None,
+        }
+    }
+
+    /// Appends one entry, closing the open chunk first if the entry would take it over.
+    pub fn push(&mut self, dst: &mut BytesMut, key: &[u8], value: &[u8]) {
+        let len = encoded_len_entry(key, value);
+        if self
+            .open
+            .is_some_and(|(_, _, size)| size.saturating_add(len) > self.max_bytes)
+        {
+            self.close(dst);
+        }
+        let (_, count, size) = self.open.get_or_insert_with(|| {
+            let start = dst.len();
+            dst.put_u32(0);
+            dst.put_u8(PeerMsg::BucketChunk(Vec::new()).tag());
+            dst.put_u32(0);
+            (start, 0, 0)
+        });
+        put_bytes(dst, key);
+        put_bytes(dst, value);
+        *count += 1;
+        *size = size.saturating_add(len);
+    }
+
+    /// Finishes the open chunk, if any: fills in its length prefix and entry count.
+    pub fn close(&mut self, dst: &mut BytesMut) {
+        if let Some((start, count, _)) = self.open.take() {
+            let len = wire_len(dst.len() - start - LEN_PREFIX);
+            dst[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+            let at = start + LEN_PREFIX + 1;
+            dst[at..at + 4].copy_from_slice(&count.to_be_bytes());
+        }
+    }
+
+    /// Splits off the front of `dst` holding whole frames only (everything before the open
+    /// chunk), to be sent while the writer goes on.
+    pub fn take_sealed(&mut self, dst: &mut BytesMut) -> Bytes {
+        let sealed = self.open.map_or(dst.len(), |(start, _, _)| start);
+        if let Some((start, _, _)) = self.open.as_mut() {
+            *start -= sealed;
+        }
+        dst.split_to(sealed).freeze()
+    }
+}
+
 impl PeerMsg {
     fn tag(&self) -> u8 {
         match self {
@@ -531,6 +597,42 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn the_chunk_writer_writes_the_bytes_of_split_entries_whatever_is_taken_meanwhile() {
+        let entries: Vec<(Bytes, Bytes)> = (0..300usize)
+            .map(|i| {
+                let key = Bytes::from(format!("key-{i}"));
+                let value = Bytes::from(vec![i as u8; (i * 37) % 700]);
+                (key, value)
+            })
+            .collect();
+        for budget in [1, 64, 500, 4096, 1 << 20] {
+            let mut expected = BytesMut::new();
+            for chunk in split_entries(entries.clone(), budget) {
+                PeerMsg::BucketChunk(chunk).encode(&mut expected);
+            }
+            let mut writer = ChunkWriter::new(budget);
+            let (mut buf, mut sent) = (BytesMut::new(), BytesMut::new());
+            for (i, (k, v)) in entries.iter().enumerate() {
+                writer.push(&mut buf, k, v);
+                if i % 7 == 0 {
+                    sent.extend_from_slice(&writer.take_sealed(&mut buf));
+                }
+            }
+            writer.close(&mut buf);
+            sent.extend_from_slice(&writer.take_sealed(&mut buf));
+            assert!(buf.is_empty());
+            assert_eq!(sent, expected, "budget {budget}");
+            let mut decoded = Vec::new();
+            while let Some(PeerMsg::BucketChunk(chunk)) =
+                PeerMsg::decode(&mut sent, &Limits::default()).expect("valid frames")
+            {
+                decoded.extend(chunk);
+            }
+            assert_eq!(decoded, entries, "budget {budget}");
+        }
+    }
 
     fn any_bytes() -> impl Strategy<Value = Bytes> {
         proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from)
