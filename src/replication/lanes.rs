@@ -24,11 +24,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::peer::{PeerMsg, ReplOffset};
 use crate::protocol::{Limits, Op, Reply, SessionWrite, WriteStamp};
 use crate::replication::link::chunks;
+use crate::replication::reply::{via_oneshot, ReplyTo, Waiter};
 use crate::replication::Submitted;
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
@@ -69,8 +70,8 @@ struct Queued {
     offset: ReplOffset,
     /// What to do to the store then.
     effect: Effect,
-    /// The client's answer, if a client is waiting.
-    reply: Option<(oneshot::Sender<Reply>, Reply)>,
+    /// Where the answer goes, and the answer, if a client is waiting.
+    reply: Option<(Waiter, Reply)>,
     /// When it was sent, for the ack timeout.
     sent: Instant,
     /// The session stamp of the write, recorded in the bucket's session table when applied.
@@ -146,8 +147,8 @@ impl Lanes {
             l.overlay.clear();
             l.stamped.clear();
             for q in l.queue.drain(..) {
-                if let Some((tx, _)) = q.reply {
-                    let _ = tx.send(Reply::Indeterminate(format!(
+                if let Some((waiter, _)) = q.reply {
+                    waiter.send(Reply::Indeterminate(format!(
                         "sent to the backup, but no ack came: {reason}"
                     )));
                 }
@@ -170,6 +171,32 @@ impl Lanes {
         session: Option<SessionWrite>,
         refusal: impl FnOnce() -> String,
     ) -> Submitted {
+        via_oneshot(|to| self.submit_to(store, op, session, refusal, to))
+    }
+
+    /// Decides a write as [`Lanes::submit_stamped`] does, but a write that waits for an ack is
+    /// answered at `reply_to()` (called only then, once) by whoever applies that ack; `None` then.
+    /// `Some(answer)` when it is answered now.
+    pub fn submit_to(
+        &self,
+        store: &Store,
+        op: Op,
+        session: Option<SessionWrite>,
+        refusal: impl FnOnce() -> String,
+        reply_to: impl FnOnce() -> ReplyTo,
+    ) -> Option<Reply> {
+        self.decide(store, op, session, refusal, reply_to).err()
+    }
+
+    /// [`Lanes::submit_to`]: `Ok(())` when queued, `Err(answer)` when answered now.
+    fn decide(
+        &self,
+        store: &Store,
+        op: Op,
+        session: Option<SessionWrite>,
+        refusal: impl FnOnce() -> String,
+        reply_to: impl FnOnce() -> ReplyTo,
+    ) -> Result<(), Reply> {
         let Some(key) = op.key().cloned() else {
             return Err(Reply::Unavailable("not a write".into()));
         };
@@ -182,16 +209,15 @@ impl Lanes {
         if let Some(write) = &session {
             if let Some((offset, answer)) = l.stamped.get(&write.stamp) {
                 // A retry of a write still in flight: answer it with that write, after its ack.
-                let (reply_tx, rx) = oneshot::channel();
                 let (offset, answer) = (*offset, answer.clone());
                 l.queue.push_back(Queued {
                     offset: offset.max(l.queue.back().map_or(0, |q| q.offset)),
                     effect: Effect::Nothing,
-                    reply: Some((reply_tx, answer)),
+                    reply: Some((Waiter::new(reply_to()), answer)),
                     sent: Instant::now(),
                     stamp: None,
                 });
-                return Ok(rx);
+                return Ok(());
             }
             match store.sessions().lookup(bucket, write, Instant::now()) {
                 Lookup::Fresh => {}
@@ -233,16 +259,15 @@ impl Lanes {
                 return Err(answer);
             }
             // The refusal rests on a write not yet acknowledged: answer it after that one.
-            let (reply_tx, rx) = oneshot::channel();
             let offset = l.next;
             l.queue.push_back(Queued {
                 offset,
                 effect,
-                reply: Some((reply_tx, answer)),
+                reply: Some((Waiter::new(reply_to()), answer)),
                 sent: Instant::now(),
                 stamp: None,
             });
-            return Ok(rx);
+            return Ok(());
         };
         let mut buf = BytesMut::new();
         frame.encode(&mut buf);
@@ -260,15 +285,14 @@ impl Lanes {
         if let Some(stamp) = stamp {
             l.stamped.insert(stamp, (offset, answer.clone()));
         }
-        let (reply_tx, rx) = oneshot::channel();
         l.queue.push_back(Queued {
             offset,
             effect,
-            reply: Some((reply_tx, answer)),
+            reply: Some((Waiter::new(reply_to()), answer)),
             sent: Instant::now(),
             stamp,
         });
-        Ok(rx)
+        Ok(())
     }
 
     /// The backup applied everything up to `offset` on lane `b`: apply and answer in order.
@@ -304,8 +328,8 @@ impl Lanes {
                     l.overlay.remove(&key);
                 }
             }
-            if let Some((tx, answer)) = q.reply {
-                let _ = tx.send(answer);
+            if let Some((waiter, answer)) = q.reply {
+                waiter.send(answer);
             }
         }
         if l.queue.is_empty() {
@@ -537,6 +561,109 @@ mod tests {
             Reply::Value(Bytes::from("1"))
         );
         assert_eq!(store.get(b"k"), None);
+    }
+
+    /// A client stream's answer sink that records what it was given.
+    #[derive(Debug, Default)]
+    struct Sink(std::sync::Mutex<Vec<(u64, Reply)>>);
+
+    impl crate::replication::reply::StreamAnswers for Sink {
+        fn answer(&self, ticket: crate::replication::reply::Ticket, reply: Reply) {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .push((ticket.id, reply));
+        }
+    }
+
+    fn to_stream(sink: &std::sync::Arc<Sink>, id: u64) -> impl FnOnce() -> ReplyTo {
+        let sink = sink.clone();
+        move || {
+            ReplyTo::Stream(
+                sink,
+                crate::replication::reply::Ticket {
+                    id,
+                    kind: crate::protocol::OpKind::Insert,
+                    started: Instant::now(),
+                },
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ack_answers_a_stream_sink_and_a_oneshot_alike_each_once() {
+        let store = Store::new();
+        let (lanes, _rxs) = lanes_with_links();
+        let sink = std::sync::Arc::new(Sink::default());
+        let b = BucketId::of(b"k");
+        let stamp = |seq| {
+            Some(SessionWrite {
+                stamp: WriteStamp { session: 9, seq },
+                age_ms: 0,
+            })
+        };
+        // A stamped write answered at the stream, its retry (in flight) at a oneshot, a dependent
+        // refusal at the stream again.
+        let queued = lanes.submit_to(
+            &store,
+            insert("k", "1"),
+            stamp(1),
+            String::new,
+            to_stream(&sink, 10),
+        );
+        assert_eq!(queued, None, "the write waits for its ack");
+        let Ok(retry) = lanes.submit_stamped(&store, insert("k", "1"), stamp(1), String::new)
+        else {
+            panic!("the retry waits behind the original");
+        };
+        let dependent = lanes.submit_to(
+            &store,
+            insert("k", "2"),
+            None,
+            String::new,
+            to_stream(&sink, 11),
+        );
+        assert_eq!(
+            dependent, None,
+            "the refusal waits for the write it rests on"
+        );
+        assert!(
+            sink.0.lock().expect("not poisoned").is_empty(),
+            "nothing answered before the ack"
+        );
+        lanes.handle_ack(&store, b, 1).expect("ack");
+        assert_eq!(retry.await.expect("answered"), Reply::Ok);
+        assert_eq!(
+            *sink.0.lock().expect("not poisoned"),
+            vec![(10, Reply::Ok), (11, Reply::Exists)]
+        );
+        // Answered once: a later ack of the same offset answers nothing more.
+        lanes.handle_ack(&store, b, 1).expect("ack again");
+        assert_eq!(sink.0.lock().expect("not poisoned").len(), 2);
+        // An answer decided now is returned, and the sink is not touched.
+        let now = lanes.submit_to(
+            &store,
+            insert("k", "3"),
+            None,
+            String::new,
+            to_stream(&sink, 12),
+        );
+        assert_eq!(now, Some(Reply::Exists));
+        assert_eq!(sink.0.lock().expect("not poisoned").len(), 2);
+        // A lost link answers a stream's waiting write indeterminate, once.
+        let lost = lanes.submit_to(
+            &store,
+            insert("x", "1"),
+            None,
+            String::new,
+            to_stream(&sink, 13),
+        );
+        assert_eq!(lost, None);
+        lanes.fail_all("test");
+        let got = sink.0.lock().expect("not poisoned").clone();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(matches!(&got[2], (13, Reply::Indeterminate(_))), "{got:?}");
+        assert_eq!(store.get(b"x"), None);
     }
 
     #[tokio::test]
