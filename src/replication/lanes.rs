@@ -20,10 +20,11 @@
 //! in the `Put`/`Remove`, and the ack that applies it to the store also records its answer.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use quickv_client::net::Outbox;
 use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::peer::{PeerMsg, ReplOffset};
@@ -33,6 +34,42 @@ use crate::replication::reply::{via_oneshot, ReplyTo, Waiter};
 use crate::replication::Submitted;
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
+
+/// Where a lane's frames go: the data stream of the current link that carries the lane.
+#[derive(Debug, Clone)]
+pub enum LaneSink {
+    /// A channel of encoded frames (the simulator, unit tests, benches).
+    Channel(mpsc::UnboundedSender<Bytes>),
+    /// The data stream's outbox: frames are encoded straight into its writer's next batch (no
+    /// allocation, no channel message per write).
+    Outbox(Arc<Outbox>),
+}
+
+impl LaneSink {
+    /// Sends the frames `encode` appends; false if the stream's writer is gone.
+    fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> bool {
+        match self {
+            LaneSink::Channel(tx) => {
+                let mut buf = BytesMut::new();
+                encode(&mut buf);
+                tx.send(buf.freeze()).is_ok()
+            }
+            LaneSink::Outbox(outbox) => outbox.try_push(false, encode),
+        }
+    }
+}
+
+impl From<mpsc::UnboundedSender<Bytes>> for LaneSink {
+    fn from(tx: mpsc::UnboundedSender<Bytes>) -> LaneSink {
+        LaneSink::Channel(tx)
+    }
+}
+
+impl From<Arc<Outbox>> for LaneSink {
+    fn from(outbox: Arc<Outbox>) -> LaneSink {
+        LaneSink::Outbox(outbox)
+    }
+}
 
 /// One lane per bucket.
 #[derive(Debug)]
@@ -48,7 +85,7 @@ pub struct Lanes {
 #[derive(Debug, Default)]
 struct Lane {
     /// Frames for the current link's lane writer; `None` when writes are not accepted.
-    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    tx: Option<LaneSink>,
     /// Last offset assigned on this link.
     next: ReplOffset,
     /// Highest offset the backup acknowledged on this link.
@@ -129,11 +166,11 @@ impl Lanes {
     }
 
     /// Opens every lane for writes on a new link, offsets from zero.
-    pub fn enable(&self, senders: Vec<mpsc::UnboundedSender<Bytes>>) {
+    pub fn enable<S: Into<LaneSink>>(&self, senders: Vec<S>) {
         for (b, tx) in BucketId::all().zip(senders) {
             let mut l = self.lane(b);
             *l = Lane {
-                tx: Some(tx),
+                tx: Some(tx.into()),
                 ..Lane::default()
             };
         }
@@ -269,9 +306,7 @@ impl Lanes {
             });
             return Ok(());
         };
-        let mut buf = BytesMut::new();
-        frame.encode(&mut buf);
-        if tx.send(buf.freeze()).is_err() {
+        if !tx.send(|buf| frame.encode(buf)) {
             return Err(Reply::Unavailable(
                 "the link to the backup just closed".into(),
             ));
@@ -345,14 +380,13 @@ impl Lanes {
         let l = self.lane(b);
         match &l.tx {
             Some(tx) => {
-                let mut buf = BytesMut::new();
-                PeerMsg::Check {
+                let check = PeerMsg::Check {
                     bucket: b,
                     offset: l.next,
                     digest: Self::digest_at_next(&l, store, b),
-                }
-                .encode(&mut buf);
-                let _ = tx.send(buf.freeze());
+                };
+                // A closed stream fails the link; the check goes with it.
+                let _ = tx.send(|buf| check.encode(buf));
                 CheckOutcome::Sent
             }
             None => CheckOutcome::Skipped,
@@ -397,18 +431,20 @@ impl Lanes {
         let entries: Vec<_> = entries.into_iter().collect();
         let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
         let offset = l.next + 1;
-        let mut buf = BytesMut::new();
-        PeerMsg::ReplaceBegin(b).encode(&mut buf);
-        for chunk in chunks(entries, limits) {
-            chunk.encode(&mut buf);
-        }
-        PeerMsg::ReplaceEnd {
-            bucket: b,
-            offset,
-            digest,
-        }
-        .encode(&mut buf);
-        if tx.send(buf.freeze()).is_ok() {
+        let chunks = chunks(entries, limits);
+        let sent = tx.send(|buf| {
+            PeerMsg::ReplaceBegin(b).encode(buf);
+            for chunk in &chunks {
+                chunk.encode(buf);
+            }
+            PeerMsg::ReplaceEnd {
+                bucket: b,
+                offset,
+                digest,
+            }
+            .encode(buf);
+        });
+        if sent {
             l.next = offset;
             l.queue.push_back(Queued {
                 offset,
