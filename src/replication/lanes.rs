@@ -183,11 +183,11 @@ impl Lanes {
             l.tx = None;
             l.overlay.clear();
             l.stamped.clear();
+            let now = Instant::now();
             for q in l.queue.drain(..) {
                 if let Some((waiter, _)) = q.reply {
-                    waiter.send(Reply::Indeterminate(format!(
-                        "sent to the backup, but no ack came: {reason}"
-                    )));
+                    let why = format!("sent to the backup, but no ack came: {reason}");
+                    waiter.send(Reply::Indeterminate(why), now);
                 }
             }
         }
@@ -238,6 +238,8 @@ impl Lanes {
             return Err(Reply::Unavailable("not a write".into()));
         };
         let bucket = BucketId::of(&key);
+        // One clock read per write: the session lookup and the ack timeout's start.
+        let now = Instant::now();
         let mut guard = self.lane(bucket);
         let l = &mut *guard;
         let Some(tx) = l.tx.as_ref() else {
@@ -251,12 +253,12 @@ impl Lanes {
                     offset: offset.max(l.queue.back().map_or(0, |q| q.offset)),
                     effect: Effect::Nothing,
                     reply: Some((Waiter::new(reply_to()), answer)),
-                    sent: Instant::now(),
+                    sent: now,
                     stamp: None,
                 });
                 return Ok(());
             }
-            match store.sessions().lookup(bucket, write, Instant::now()) {
+            match store.sessions().lookup(bucket, write, now) {
                 Lookup::Fresh => {}
                 Lookup::Answered(answer) | Lookup::Expired(answer) => return Err(answer),
             }
@@ -301,7 +303,7 @@ impl Lanes {
                 offset,
                 effect,
                 reply: Some((Waiter::new(reply_to()), answer)),
-                sent: Instant::now(),
+                sent: now,
                 stamp: None,
             });
             return Ok(());
@@ -324,7 +326,7 @@ impl Lanes {
             offset,
             effect,
             reply: Some((Waiter::new(reply_to()), answer)),
-            sent: Instant::now(),
+            sent: now,
             stamp,
         });
         Ok(())
@@ -341,6 +343,8 @@ impl Lanes {
             ));
         }
         l.acked = l.acked.max(offset);
+        // One clock read per ack (which may settle many writes): session records and answers.
+        let now = Instant::now();
         while l.queue.front().is_some_and(|q| q.offset <= l.acked) {
             let Some(q) = l.queue.pop_front() else { break };
             let (key, removed) = match q.effect {
@@ -356,7 +360,7 @@ impl Lanes {
             };
             if let Some(stamp) = q.stamp {
                 l.stamped.remove(&stamp);
-                store.sessions().record(b, stamp, removed, Instant::now());
+                store.sessions().record(b, stamp, removed, now);
             }
             if let Some(key) = key {
                 if l.overlay.get(&key).is_some_and(|(_, o)| *o == q.offset) {
@@ -364,7 +368,7 @@ impl Lanes {
                 }
             }
             if let Some((waiter, answer)) = q.reply {
-                waiter.send(answer);
+                waiter.send(answer, now);
             }
         }
         if l.queue.is_empty() {
@@ -604,7 +608,7 @@ mod tests {
     struct Sink(std::sync::Mutex<Vec<(u64, Reply)>>);
 
     impl crate::replication::reply::StreamAnswers for Sink {
-        fn answer(&self, ticket: crate::replication::reply::Ticket, reply: Reply) {
+        fn answer(&self, ticket: crate::replication::reply::Ticket, reply: Reply, _now: Instant) {
             self.0
                 .lock()
                 .expect("not poisoned")

@@ -24,9 +24,10 @@ use crate::replication::Submitted;
 
 /// A client stream that takes answers to its replicated writes from another task.
 pub trait StreamAnswers: Send + Sync + std::fmt::Debug {
-    /// Delivers `reply` to the request `ticket` names. Called once per ticket, possibly with a
+    /// Delivers `reply` to the request `ticket` names; `now` is when the answer became known
+    /// (read once per batch of acks, not per write). Called once per ticket, possibly with a
     /// lane's lock held: it must not block or call back into the replication.
-    fn answer(&self, ticket: Ticket, reply: Reply);
+    fn answer(&self, ticket: Ticket, reply: Reply, now: Instant);
 }
 
 /// What a stream needs to deliver one answer: the request it answers, and what its metrics record.
@@ -62,10 +63,10 @@ impl Waiter {
         Waiter(Some(to))
     }
 
-    /// Delivers the answer.
-    pub fn send(mut self, reply: Reply) {
+    /// Delivers the answer, known since `now`.
+    pub fn send(mut self, reply: Reply, now: Instant) {
         if let Some(to) = self.0.take() {
-            deliver(to, reply);
+            deliver(to, reply, now);
         }
     }
 }
@@ -75,7 +76,7 @@ impl Drop for Waiter {
         match self.0.take() {
             // Dropping the sender is the oneshot's way to say "fate unknown".
             Some(ReplyTo::Oneshot(_)) | None => {}
-            Some(to) => deliver(to, Reply::Indeterminate(LOST.into())),
+            Some(to) => deliver(to, Reply::Indeterminate(LOST.into()), Instant::now()),
         }
     }
 }
@@ -97,13 +98,13 @@ pub fn via_oneshot(submit: impl FnOnce(&mut dyn FnMut() -> ReplyTo) -> Option<Re
     }
 }
 
-fn deliver(to: ReplyTo, reply: Reply) {
+fn deliver(to: ReplyTo, reply: Reply, now: Instant) {
     match to {
         // The receiver may be gone (an HTTP client hung up): nobody is left to answer.
         ReplyTo::Oneshot(tx) => {
             let _ = tx.send(reply);
         }
-        ReplyTo::Stream(stream, ticket) => stream.answer(ticket, reply),
+        ReplyTo::Stream(stream, ticket) => stream.answer(ticket, reply, now),
     }
 }
 
@@ -117,7 +118,7 @@ mod tests {
     struct Recorded(Mutex<Vec<(u64, Reply)>>);
 
     impl StreamAnswers for Recorded {
-        fn answer(&self, ticket: Ticket, reply: Reply) {
+        fn answer(&self, ticket: Ticket, reply: Reply, _now: Instant) {
             self.0
                 .lock()
                 .expect("not poisoned")
@@ -136,7 +137,7 @@ mod tests {
     #[test]
     fn a_stream_waiter_is_answered_once_and_a_dropped_one_indeterminate() {
         let stream = Arc::new(Recorded::default());
-        Waiter::new(ReplyTo::Stream(stream.clone(), ticket(1))).send(Reply::Ok);
+        Waiter::new(ReplyTo::Stream(stream.clone(), ticket(1))).send(Reply::Ok, Instant::now());
         drop(Waiter::new(ReplyTo::Stream(stream.clone(), ticket(2))));
         let got = stream.0.lock().expect("not poisoned").clone();
         assert_eq!(got.len(), 2, "{got:?}");
@@ -150,7 +151,7 @@ mod tests {
         drop(Waiter::new(ReplyTo::Oneshot(tx)));
         assert!(rx.try_recv().is_err());
         let (tx, mut rx) = oneshot::channel();
-        Waiter::new(ReplyTo::Oneshot(tx)).send(Reply::Exists);
+        Waiter::new(ReplyTo::Oneshot(tx)).send(Reply::Exists, Instant::now());
         assert_eq!(rx.try_recv().expect("answered"), Reply::Exists);
     }
 }

@@ -337,10 +337,9 @@ impl std::fmt::Debug for Answers {
 }
 
 impl StreamAnswers for Answers {
-    fn answer(&self, ticket: Ticket, reply: Reply) {
-        self.node
-            .metrics
-            .record(ticket.kind, &reply, ticket.started.elapsed());
+    fn answer(&self, ticket: Ticket, reply: Reply, now: Instant) {
+        let elapsed = now.saturating_duration_since(ticket.started);
+        self.node.metrics.record(ticket.kind, &reply, elapsed);
         send_reply(&self.outbox, ticket.id, reply);
         if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.none_waiting.notify_one();
