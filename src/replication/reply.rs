@@ -8,7 +8,7 @@
 //!   into the stream's outbox and wakes its writer) plus the request's [`Ticket`]. No channel, no
 //!   wake-up of the session task per write: the fast path of every QUIC client.
 //! - [`ReplyTo::Oneshot`]: a channel whose receiver someone awaits (the HTTP gateway, the
-//!   simulator, unit tests): what [`Submitted`](super::Submitted) hands out.
+//!   simulator, unit tests): what [`Submitted`] hands out.
 //!
 //! A [`Waiter`] holds one of them and is answered exactly once: [`Waiter::send`] consumes it, and
 //! one dropped unanswered (a bug, or a lane reset that forgot it) answers `indeterminate` — for a
