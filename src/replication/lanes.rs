@@ -20,18 +20,56 @@
 //! in the `Put`/`Remove`, and the ack that applies it to the store also records its answer.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot, Notify};
+use quickv_client::net::Outbox;
+use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::peer::{PeerMsg, ReplOffset};
 use crate::protocol::{Limits, Op, Reply, SessionWrite, WriteStamp};
 use crate::replication::link::chunks;
+use crate::replication::reply::{via_oneshot, ReplyTo, Waiter};
 use crate::replication::Submitted;
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
+
+/// Where a lane's frames go: the data stream of the current link that carries the lane.
+#[derive(Debug, Clone)]
+pub enum LaneSink {
+    /// A channel of encoded frames (the simulator, unit tests, benches).
+    Channel(mpsc::UnboundedSender<Bytes>),
+    /// The data stream's outbox: frames are encoded straight into its writer's next batch (no
+    /// allocation, no channel message per write).
+    Outbox(Arc<Outbox>),
+}
+
+impl LaneSink {
+    /// Sends the frames `encode` appends; false if the stream's writer is gone.
+    fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> bool {
+        match self {
+            LaneSink::Channel(tx) => {
+                let mut buf = BytesMut::new();
+                encode(&mut buf);
+                tx.send(buf.freeze()).is_ok()
+            }
+            LaneSink::Outbox(outbox) => outbox.try_push(false, encode),
+        }
+    }
+}
+
+impl From<mpsc::UnboundedSender<Bytes>> for LaneSink {
+    fn from(tx: mpsc::UnboundedSender<Bytes>) -> LaneSink {
+        LaneSink::Channel(tx)
+    }
+}
+
+impl From<Arc<Outbox>> for LaneSink {
+    fn from(outbox: Arc<Outbox>) -> LaneSink {
+        LaneSink::Outbox(outbox)
+    }
+}
 
 /// One lane per bucket.
 #[derive(Debug)]
@@ -47,7 +85,7 @@ pub struct Lanes {
 #[derive(Debug, Default)]
 struct Lane {
     /// Frames for the current link's lane writer; `None` when writes are not accepted.
-    tx: Option<mpsc::UnboundedSender<Bytes>>,
+    tx: Option<LaneSink>,
     /// Last offset assigned on this link.
     next: ReplOffset,
     /// Highest offset the backup acknowledged on this link.
@@ -69,8 +107,8 @@ struct Queued {
     offset: ReplOffset,
     /// What to do to the store then.
     effect: Effect,
-    /// The client's answer, if a client is waiting.
-    reply: Option<(oneshot::Sender<Reply>, Reply)>,
+    /// Where the answer goes, and the answer, if a client is waiting.
+    reply: Option<(Waiter, Reply)>,
     /// When it was sent, for the ack timeout.
     sent: Instant,
     /// The session stamp of the write, recorded in the bucket's session table when applied.
@@ -128,11 +166,11 @@ impl Lanes {
     }
 
     /// Opens every lane for writes on a new link, offsets from zero.
-    pub fn enable(&self, senders: Vec<mpsc::UnboundedSender<Bytes>>) {
+    pub fn enable<S: Into<LaneSink>>(&self, senders: Vec<S>) {
         for (b, tx) in BucketId::all().zip(senders) {
             let mut l = self.lane(b);
             *l = Lane {
-                tx: Some(tx),
+                tx: Some(tx.into()),
                 ..Lane::default()
             };
         }
@@ -145,11 +183,11 @@ impl Lanes {
             l.tx = None;
             l.overlay.clear();
             l.stamped.clear();
+            let now = Instant::now();
             for q in l.queue.drain(..) {
-                if let Some((tx, _)) = q.reply {
-                    let _ = tx.send(Reply::Indeterminate(format!(
-                        "sent to the backup, but no ack came: {reason}"
-                    )));
+                if let Some((waiter, _)) = q.reply {
+                    let why = format!("sent to the backup, but no ack came: {reason}");
+                    waiter.send(Reply::Indeterminate(why), now);
                 }
             }
         }
@@ -170,10 +208,38 @@ impl Lanes {
         session: Option<SessionWrite>,
         refusal: impl FnOnce() -> String,
     ) -> Submitted {
+        via_oneshot(|to| self.submit_to(store, op, session, refusal, to))
+    }
+
+    /// Decides a write as [`Lanes::submit_stamped`] does, but a write that waits for an ack is
+    /// answered at `reply_to()` (called only then, once) by whoever applies that ack; `None` then.
+    /// `Some(answer)` when it is answered now.
+    pub fn submit_to(
+        &self,
+        store: &Store,
+        op: Op,
+        session: Option<SessionWrite>,
+        refusal: impl FnOnce() -> String,
+        reply_to: impl FnOnce() -> ReplyTo,
+    ) -> Option<Reply> {
+        self.decide(store, op, session, refusal, reply_to).err()
+    }
+
+    /// [`Lanes::submit_to`]: `Ok(())` when queued, `Err(answer)` when answered now.
+    fn decide(
+        &self,
+        store: &Store,
+        op: Op,
+        session: Option<SessionWrite>,
+        refusal: impl FnOnce() -> String,
+        reply_to: impl FnOnce() -> ReplyTo,
+    ) -> Result<(), Reply> {
         let Some(key) = op.key().cloned() else {
             return Err(Reply::Unavailable("not a write".into()));
         };
         let bucket = BucketId::of(&key);
+        // One clock read per write: the session lookup and the ack timeout's start.
+        let now = Instant::now();
         let mut guard = self.lane(bucket);
         let l = &mut *guard;
         let Some(tx) = l.tx.as_ref() else {
@@ -182,18 +248,17 @@ impl Lanes {
         if let Some(write) = &session {
             if let Some((offset, answer)) = l.stamped.get(&write.stamp) {
                 // A retry of a write still in flight: answer it with that write, after its ack.
-                let (reply_tx, rx) = oneshot::channel();
                 let (offset, answer) = (*offset, answer.clone());
                 l.queue.push_back(Queued {
                     offset: offset.max(l.queue.back().map_or(0, |q| q.offset)),
                     effect: Effect::Nothing,
-                    reply: Some((reply_tx, answer)),
-                    sent: Instant::now(),
+                    reply: Some((Waiter::new(reply_to()), answer)),
+                    sent: now,
                     stamp: None,
                 });
-                return Ok(rx);
+                return Ok(());
             }
-            match store.sessions().lookup(bucket, write, Instant::now()) {
+            match store.sessions().lookup(bucket, write, now) {
                 Lookup::Fresh => {}
                 Lookup::Answered(answer) | Lookup::Expired(answer) => return Err(answer),
             }
@@ -233,20 +298,17 @@ impl Lanes {
                 return Err(answer);
             }
             // The refusal rests on a write not yet acknowledged: answer it after that one.
-            let (reply_tx, rx) = oneshot::channel();
             let offset = l.next;
             l.queue.push_back(Queued {
                 offset,
                 effect,
-                reply: Some((reply_tx, answer)),
-                sent: Instant::now(),
+                reply: Some((Waiter::new(reply_to()), answer)),
+                sent: now,
                 stamp: None,
             });
-            return Ok(rx);
+            return Ok(());
         };
-        let mut buf = BytesMut::new();
-        frame.encode(&mut buf);
-        if tx.send(buf.freeze()).is_err() {
+        if !tx.send(|buf| frame.encode(buf)) {
             return Err(Reply::Unavailable(
                 "the link to the backup just closed".into(),
             ));
@@ -260,15 +322,14 @@ impl Lanes {
         if let Some(stamp) = stamp {
             l.stamped.insert(stamp, (offset, answer.clone()));
         }
-        let (reply_tx, rx) = oneshot::channel();
         l.queue.push_back(Queued {
             offset,
             effect,
-            reply: Some((reply_tx, answer)),
-            sent: Instant::now(),
+            reply: Some((Waiter::new(reply_to()), answer)),
+            sent: now,
             stamp,
         });
-        Ok(rx)
+        Ok(())
     }
 
     /// The backup applied everything up to `offset` on lane `b`: apply and answer in order.
@@ -282,6 +343,8 @@ impl Lanes {
             ));
         }
         l.acked = l.acked.max(offset);
+        // One clock read per ack (which may settle many writes): session records and answers.
+        let now = Instant::now();
         while l.queue.front().is_some_and(|q| q.offset <= l.acked) {
             let Some(q) = l.queue.pop_front() else { break };
             let (key, removed) = match q.effect {
@@ -297,15 +360,15 @@ impl Lanes {
             };
             if let Some(stamp) = q.stamp {
                 l.stamped.remove(&stamp);
-                store.sessions().record(b, stamp, removed, Instant::now());
+                store.sessions().record(b, stamp, removed, now);
             }
             if let Some(key) = key {
                 if l.overlay.get(&key).is_some_and(|(_, o)| *o == q.offset) {
                     l.overlay.remove(&key);
                 }
             }
-            if let Some((tx, answer)) = q.reply {
-                let _ = tx.send(answer);
+            if let Some((waiter, answer)) = q.reply {
+                waiter.send(answer, now);
             }
         }
         if l.queue.is_empty() {
@@ -321,14 +384,13 @@ impl Lanes {
         let l = self.lane(b);
         match &l.tx {
             Some(tx) => {
-                let mut buf = BytesMut::new();
-                PeerMsg::Check {
+                let check = PeerMsg::Check {
                     bucket: b,
                     offset: l.next,
                     digest: Self::digest_at_next(&l, store, b),
-                }
-                .encode(&mut buf);
-                let _ = tx.send(buf.freeze());
+                };
+                // A closed stream fails the link; the check goes with it.
+                let _ = tx.send(|buf| check.encode(buf));
                 CheckOutcome::Sent
             }
             None => CheckOutcome::Skipped,
@@ -373,18 +435,20 @@ impl Lanes {
         let entries: Vec<_> = entries.into_iter().collect();
         let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
         let offset = l.next + 1;
-        let mut buf = BytesMut::new();
-        PeerMsg::ReplaceBegin(b).encode(&mut buf);
-        for chunk in chunks(entries, limits) {
-            chunk.encode(&mut buf);
-        }
-        PeerMsg::ReplaceEnd {
-            bucket: b,
-            offset,
-            digest,
-        }
-        .encode(&mut buf);
-        if tx.send(buf.freeze()).is_ok() {
+        let chunks = chunks(entries, limits);
+        let sent = tx.send(|buf| {
+            PeerMsg::ReplaceBegin(b).encode(buf);
+            for chunk in &chunks {
+                chunk.encode(buf);
+            }
+            PeerMsg::ReplaceEnd {
+                bucket: b,
+                offset,
+                digest,
+            }
+            .encode(buf);
+        });
+        if sent {
             l.next = offset;
             l.queue.push_back(Queued {
                 offset,
@@ -537,6 +601,109 @@ mod tests {
             Reply::Value(Bytes::from("1"))
         );
         assert_eq!(store.get(b"k"), None);
+    }
+
+    /// A client stream's answer sink that records what it was given.
+    #[derive(Debug, Default)]
+    struct Sink(std::sync::Mutex<Vec<(u64, Reply)>>);
+
+    impl crate::replication::reply::StreamAnswers for Sink {
+        fn answer(&self, ticket: crate::replication::reply::Ticket, reply: Reply, _now: Instant) {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .push((ticket.id, reply));
+        }
+    }
+
+    fn to_stream(sink: &std::sync::Arc<Sink>, id: u64) -> impl FnOnce() -> ReplyTo {
+        let sink = sink.clone();
+        move || {
+            ReplyTo::Stream(
+                sink,
+                crate::replication::reply::Ticket {
+                    id,
+                    kind: crate::protocol::OpKind::Insert,
+                    started: Instant::now(),
+                },
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ack_answers_a_stream_sink_and_a_oneshot_alike_each_once() {
+        let store = Store::new();
+        let (lanes, _rxs) = lanes_with_links();
+        let sink = std::sync::Arc::new(Sink::default());
+        let b = BucketId::of(b"k");
+        let stamp = |seq| {
+            Some(SessionWrite {
+                stamp: WriteStamp { session: 9, seq },
+                age_ms: 0,
+            })
+        };
+        // A stamped write answered at the stream, its retry (in flight) at a oneshot, a dependent
+        // refusal at the stream again.
+        let queued = lanes.submit_to(
+            &store,
+            insert("k", "1"),
+            stamp(1),
+            String::new,
+            to_stream(&sink, 10),
+        );
+        assert_eq!(queued, None, "the write waits for its ack");
+        let Ok(retry) = lanes.submit_stamped(&store, insert("k", "1"), stamp(1), String::new)
+        else {
+            panic!("the retry waits behind the original");
+        };
+        let dependent = lanes.submit_to(
+            &store,
+            insert("k", "2"),
+            None,
+            String::new,
+            to_stream(&sink, 11),
+        );
+        assert_eq!(
+            dependent, None,
+            "the refusal waits for the write it rests on"
+        );
+        assert!(
+            sink.0.lock().expect("not poisoned").is_empty(),
+            "nothing answered before the ack"
+        );
+        lanes.handle_ack(&store, b, 1).expect("ack");
+        assert_eq!(retry.await.expect("answered"), Reply::Ok);
+        assert_eq!(
+            *sink.0.lock().expect("not poisoned"),
+            vec![(10, Reply::Ok), (11, Reply::Exists)]
+        );
+        // Answered once: a later ack of the same offset answers nothing more.
+        lanes.handle_ack(&store, b, 1).expect("ack again");
+        assert_eq!(sink.0.lock().expect("not poisoned").len(), 2);
+        // An answer decided now is returned, and the sink is not touched.
+        let now = lanes.submit_to(
+            &store,
+            insert("k", "3"),
+            None,
+            String::new,
+            to_stream(&sink, 12),
+        );
+        assert_eq!(now, Some(Reply::Exists));
+        assert_eq!(sink.0.lock().expect("not poisoned").len(), 2);
+        // A lost link answers a stream's waiting write indeterminate, once.
+        let lost = lanes.submit_to(
+            &store,
+            insert("x", "1"),
+            None,
+            String::new,
+            to_stream(&sink, 13),
+        );
+        assert_eq!(lost, None);
+        lanes.fail_all("test");
+        let got = sink.0.lock().expect("not poisoned").clone();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(matches!(&got[2], (13, Reply::Indeterminate(_))), "{got:?}");
+        assert_eq!(store.get(b"x"), None);
     }
 
     #[tokio::test]

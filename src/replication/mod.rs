@@ -42,6 +42,7 @@ pub mod backup;
 pub mod lanes;
 pub mod link;
 pub mod primary;
+pub mod reply;
 pub mod state;
 
 /// Per-bucket replication figures in a [`Snapshot`], named here so readers of the snapshot (the
@@ -211,6 +212,18 @@ impl Replication {
         op: Op,
         session: Option<crate::protocol::SessionWrite>,
     ) -> Submitted {
+        reply::via_oneshot(|to| self.submit_to(op, session, to))
+    }
+
+    /// [`Replication::submit_stamped`] for a caller that names where a write waiting for its ack
+    /// is answered (a client stream's sink, see [`reply`]): `reply_to` is called once if the write
+    /// is queued, and whoever applies the ack answers there; `None` then. `Some(answer)` now.
+    pub fn submit_to(
+        &self,
+        op: Op,
+        session: Option<crate::protocol::SessionWrite>,
+        reply_to: impl FnOnce() -> reply::ReplyTo,
+    ) -> Option<crate::protocol::Reply> {
         let refusal = || {
             let state = self.state();
             format!(
@@ -218,9 +231,10 @@ impl Replication {
             )
         };
         if !self.writes_open.load(Ordering::Acquire) {
-            return Err(crate::protocol::Reply::Unavailable(refusal()));
+            return Some(crate::protocol::Reply::Unavailable(refusal()));
         }
-        self.lanes.submit_stamped(&self.store, op, session, refusal)
+        self.lanes
+            .submit_to(&self.store, op, session, refusal, reply_to)
     }
 
     /// Our hello for a warm start (see [`hello_of`]).

@@ -5,9 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use quickv_client::net::BatchWriter;
-use tokio::sync::mpsc;
+use quickv_client::net::{BatchWriter, Outbox, Taken};
 use tracing::{debug, info, warn};
 
 use crate::protocol::peer::PeerMsg;
@@ -149,9 +147,9 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             conn.open_bi().await.map_err(LinkError::new)
         })
         .await?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        stream_senders.push(tx);
-        tokio::spawn(write_lane(send, rx, lane_failed.clone()));
+        let outbox = Arc::new(Outbox::new());
+        stream_senders.push(outbox.clone());
+        tokio::spawn(write_lane(send, outbox, lane_failed.clone()));
         let reader = PeerReader::new(recv, repl.config.limits);
         tokio::spawn(read_acks(repl.clone(), reader, lane_failed.clone()));
     }
@@ -214,34 +212,33 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     }
 }
 
-/// Writes a lane's frames in order, batching what is queued (the shared [`BatchWriter`]). A
-/// failed write fails the link (the ack timeout would too, later).
+/// Writes a data stream's frames in order: whatever the lanes encoded into its outbox since the
+/// last write, in one write. A failed write fails the link (the ack timeout would too, later); on
+/// any exit the outbox is closed, so lanes refuse writes instead of queueing them for nobody.
 async fn write_lane(
     send: quinn::SendStream,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    outbox: Arc<Outbox>,
     link_failed: tokio_util::sync::CancellationToken,
 ) {
     let mut writer = BatchWriter::new(send);
     loop {
-        let first = tokio::select! {
-            f = rx.recv() => f,
-            _ = link_failed.cancelled() => return,
+        let taken = tokio::select! {
+            t = outbox.take(|frames| writer.take_from(frames)) => t,
+            _ = link_failed.cancelled() => break,
         };
-        let Some(first) = first else { return };
-        writer.batch(
-            first,
-            || rx.try_recv().ok(),
-            |frame, out| out.extend_from_slice(&frame),
-        );
+        if taken == Taken::Closed {
+            break;
+        }
         let written = tokio::select! {
             w = writer.flush() => w.is_ok(),
-            _ = link_failed.cancelled() => return,
+            _ = link_failed.cancelled() => break,
         };
         if !written {
             link_failed.cancel();
-            return;
+            break;
         }
     }
+    outbox.close();
 }
 
 /// Applies a data stream's acks and mismatch reports until the stream ends or fails; then fails

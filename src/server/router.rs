@@ -8,17 +8,20 @@ use crate::config::Role;
 use crate::protocol::{
     ErrorCode, Op, Reply, Request, SessionWrite, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use crate::replication::reply::ReplyTo;
 use crate::server::node::Node;
 use crate::store::sessions::Lookup;
 
-/// How a request is answered.
+/// How a request is answered. `W` is what a caller holds for an answer that comes later: the
+/// receiver of a oneshot by default ([`handle`]), nothing when the answer goes to a stream's sink
+/// ([`handle_request_to`]).
 #[derive(Debug)]
-pub enum Handled {
+pub enum Handled<W = oneshot::Receiver<Reply>> {
     /// The answer is known now.
     Now(Reply),
     /// The answer comes later (a replicated write waiting for the backup's ack). A dropped sender
-    /// means the write's fate is unknown, and the session answers `indeterminate`.
-    Later(oneshot::Receiver<Reply>),
+    /// means the write's fate is unknown, and the caller answers `indeterminate`.
+    Later(W),
     /// A dump: every entry, to be sent as one or more chunks.
     Dump(Vec<(Bytes, Bytes)>),
     /// Answer `Ok`, then start a graceful shutdown of the whole server.
@@ -27,15 +30,47 @@ pub enum Handled {
 
 /// Answers one request against the node's store, role and replication state.
 pub fn handle(node: &Node, op: Op) -> Handled {
-    handle_stamped(node, op, None)
+    handle_request(
+        node,
+        Request {
+            id: 0,
+            op,
+            session: None,
+        },
+    )
 }
 
 /// [`handle`] for a request that may carry a write's session stamp ([`Request::session`]).
 pub fn handle_request(node: &Node, req: Request) -> Handled {
-    handle_stamped(node, req.op, req.session)
+    let mut rx = None;
+    let waiting = || {
+        let (tx, receiver) = oneshot::channel();
+        rx = Some(receiver);
+        ReplyTo::Oneshot(tx)
+    };
+    match handle_request_to(node, req, waiting) {
+        Handled::Later(()) => match rx {
+            Some(rx) => Handled::Later(rx),
+            // A write is queued only with the waiter it made: not reached.
+            None => Handled::Now(Reply::Indeterminate(
+                "the server lost track of this write".into(),
+            )),
+        },
+        Handled::Now(reply) => Handled::Now(reply),
+        Handled::Dump(entries) => Handled::Dump(entries),
+        Handled::Shutdown => Handled::Shutdown,
+    }
 }
 
-fn handle_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Handled {
+/// [`handle_request`] for a caller that names where a replicated write's answer goes: `reply_to`
+/// is called once if the write waits for the backup's ack ([`Handled::Later`]), and the task that
+/// applies the ack answers there (a client stream's sink: no channel, no wake-up of the caller).
+pub fn handle_request_to(
+    node: &Node,
+    req: Request,
+    reply_to: impl FnOnce() -> ReplyTo,
+) -> Handled<()> {
+    let Request { op, session, .. } = req;
     match op {
         Op::Hello { version } if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) => {
             Handled::Now(Reply::Hello {
@@ -82,9 +117,9 @@ fn handle_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Handled
                 (Role::Backup, _) => Handled::Now(Reply::Unavailable(
                     "this server is the backup; send writes to the primary".into(),
                 )),
-                (Role::Primary, Some(repl)) => match repl.submit_stamped(write, session) {
-                    Ok(answer) => Handled::Later(answer),
-                    Err(now) => Handled::Now(now),
+                (Role::Primary, Some(repl)) => match repl.submit_to(write, session, reply_to) {
+                    None => Handled::Later(()),
+                    Some(now) => Handled::Now(now),
                 },
                 (Role::Primary, None) => Handled::Now(not_a(&write)),
             }

@@ -7,13 +7,13 @@
 //! and answers are encoded straight into the stream's `Outbox`, which the writer empties into its
 //! `BatchWriter` once per wake-up.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use quickv_client::net::{BatchWriter, FramedReader, Outbox, Taken};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::pki::Access;
@@ -21,6 +21,7 @@ use crate::protocol::{
     decode_request, encode_response, DecodeError, ErrorCode, Reply, Request, Response,
     DUMP_CHUNK_HEADER,
 };
+use crate::replication::reply::{ReplyTo, StreamAnswers, Ticket};
 use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
@@ -81,12 +82,17 @@ async fn serve_stream(
     let outbox = Arc::new(Outbox::new());
     let writer = tokio::spawn(write_answers(send, outbox.clone(), credit.clone()));
     let mut stream = RequestStream {
+        answers: Arc::new(Answers {
+            node: node.clone(),
+            outbox: outbox.clone(),
+            waiting: AtomicUsize::new(0),
+            none_waiting: Notify::new(),
+        }),
         node,
         access,
         reader: FramedReader::new(recv),
         outbox,
         credit,
-        pending: FuturesUnordered::new(),
         eof: false,
         stop_reading: false,
         partial_since: None,
@@ -115,8 +121,8 @@ struct RequestStream {
     outbox: Arc<Outbox>,
     /// One permit per answer the stream may owe; the writer returns them once written.
     credit: Arc<Semaphore>,
-    /// Replicated writes waiting for the backup's ack.
-    pending: FuturesUnordered<WaitingWrite>,
+    /// Where replicated writes waiting for the backup's ack are answered, and how many there are.
+    answers: Arc<Answers>,
     /// The client finished its sending side.
     eof: bool,
     /// No more requests are taken (invalid frame, read error, slow sender, shutdown).
@@ -171,17 +177,18 @@ impl RequestStream {
             return self.reply(req.id, refused);
         }
         let id = req.id;
-        match router::handle_request(node, req) {
+        let reply_to = || {
+            self.answers.waiting.fetch_add(1, Ordering::AcqRel);
+            let ticket = Ticket { id, kind, started };
+            ReplyTo::Stream(self.answers.clone(), ticket)
+        };
+        match router::handle_request_to(node, req, reply_to) {
             Handled::Now(reply) => {
                 node.metrics.record(kind, &reply, started.elapsed());
                 self.reply(id, reply);
             }
-            Handled::Later(rx) => self.pending.push(WaitingWrite {
-                id,
-                kind,
-                started,
-                rx,
-            }),
+            // Answered by the task that applies the backup's ack, straight into the outbox.
+            Handled::Later(()) => {}
             Handled::Dump(entries) => {
                 node.metrics
                     .record_outcome(kind, Outcome::Ok, started.elapsed());
@@ -204,7 +211,7 @@ impl RequestStream {
     /// True once nothing more will be read or answered; reports a frame cut off by the end of
     /// the stream.
     fn finished(&mut self) -> bool {
-        if !((self.eof || self.stop_reading) && self.pending.is_empty()) {
+        if !((self.eof || self.stop_reading) && self.answers.waiting.load(Ordering::Acquire) == 0) {
             return false;
         }
         let left = self.reader.buffer().len();
@@ -232,8 +239,8 @@ impl RequestStream {
         };
     }
 
-    /// Waits for the next thing to do: an acknowledged write, more bytes, credit, the frame
-    /// deadline or shutdown.
+    /// Waits for the next thing to do: more bytes, credit, the frame deadline, shutdown, or (once
+    /// nothing more is read) the last replicated write answered.
     async fn wait(&mut self) {
         let node = self.node.clone();
         let frame_deadline = async {
@@ -247,15 +254,10 @@ impl RequestStream {
         let can_read = !self.eof && !self.stop_reading;
         let has_credit = self.credit.available_permits() > 0;
         let credit = self.credit.clone();
+        let answers = self.answers.clone();
         tokio::select! {
             biased;
-            Some((id, kind, started, outcome)) = self.pending.next(), if !self.pending.is_empty() => {
-                let reply = outcome.unwrap_or_else(|_| {
-                    Reply::Indeterminate("the server lost track of this write".into())
-                });
-                node.metrics.record(kind, &reply, started.elapsed());
-                send_reply(&self.outbox, id, reply);
-            }
+            _ = answers.none_waiting.notified(), if !can_read => {}
             read = self.reader.fill(), if can_read && has_credit => match read {
                 Ok(true) => {}
                 Ok(false) => self.eof = true,
@@ -312,33 +314,36 @@ impl RequestStream {
     }
 }
 
-/// A replicated write waiting for the backup's ack; resolves to its request id, kind, routing
-/// time and answer (an error if the replicator dropped it: fate unknown).
-struct WaitingWrite {
-    /// The request id to answer.
-    id: u64,
-    /// For metrics.
-    kind: OpKind,
-    /// When it was routed, for metrics.
-    started: Instant,
-    /// The answer, once the write is acknowledged (or refused behind an unacknowledged one).
-    rx: oneshot::Receiver<Reply>,
+/// A stream's sink for the answers of its replicated writes, called by the task that applies the
+/// backup's acks: it records the metrics and encodes the answer straight into the stream's outbox
+/// (which wakes the writer); the reading task is not involved.
+struct Answers {
+    /// For the metrics.
+    node: Arc<Node>,
+    /// The stream's answers.
+    outbox: Arc<Outbox>,
+    /// Replicated writes of this stream not yet answered: the stream ends only when none is left.
+    waiting: AtomicUsize,
+    /// Signalled when `waiting` drops to zero (a stored permit if nobody waits yet).
+    none_waiting: Notify,
 }
 
-impl std::future::Future for WaitingWrite {
-    type Output = (
-        u64,
-        OpKind,
-        Instant,
-        Result<Reply, oneshot::error::RecvError>,
-    );
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answers")
+            .field("waiting", &self.waiting)
+            .finish_non_exhaustive()
+    }
+}
 
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let answer = std::task::ready!(std::pin::Pin::new(&mut self.rx).poll(cx));
-        std::task::Poll::Ready((self.id, self.kind, self.started, answer))
+impl StreamAnswers for Answers {
+    fn answer(&self, ticket: Ticket, reply: Reply, now: Instant) {
+        let elapsed = now.saturating_duration_since(ticket.started);
+        self.node.metrics.record(ticket.kind, &reply, elapsed);
+        send_reply(&self.outbox, ticket.id, reply);
+        if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.none_waiting.notify_one();
+        }
     }
 }
 

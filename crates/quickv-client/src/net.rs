@@ -184,6 +184,23 @@ impl Outbox {
         }
     }
 
+    /// [`Outbox::push`] unless the outbox is closed (its writer is gone): then nothing is
+    /// encoded and the answer is false.
+    pub fn try_push(&self, settles: bool, encode: impl FnOnce(&mut BytesMut)) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        let was_empty = state.frames.is_empty();
+        encode(&mut state.frames);
+        state.settles += usize::from(settles);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
     /// No more frames: the writer writes what is pending, then sees [`Taken::Closed`].
     pub fn close(&self) {
         self.lock().closed = true;
@@ -248,6 +265,16 @@ mod tests {
         );
         outbox.push(true, |out| out.put_slice(b"three"));
         assert_eq!(take(&outbox).await, (Taken::Frames(1), b"three".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn try_push_refuses_once_closed() {
+        let outbox = Outbox::new();
+        assert!(outbox.try_push(false, |out| out.put_slice(b"a")));
+        outbox.close();
+        assert!(!outbox.try_push(false, |out| out.put_slice(b"b")));
+        assert_eq!(take(&outbox).await, (Taken::Frames(0), b"a".to_vec()));
+        assert_eq!(take(&outbox).await, (Taken::Closed, Vec::new()));
     }
 
     #[tokio::test]
