@@ -101,7 +101,10 @@ async fn short_deadlines_end_on_time_behind_a_long_call_and_the_client_carries_o
     }
     // Only the long call is still awaited.
     assert_eq!(client.in_flight(), 1);
-    assert!(!long.is_finished(), "the long call ended while the server was stopped");
+    assert!(
+        !long.is_finished(),
+        "the long call ended while the server was stopped"
+    );
 
     drop(resume);
     // The long call gets its answer; the late answers to the expired calls are discarded and
@@ -144,7 +147,10 @@ async fn a_call_without_deadline_waits_out_a_stopped_server() {
     };
     until_in_flight(&client, 1).await;
     // A short-deadline call on the same client ends; the one without a deadline does not.
-    let short = client.with_timeout(Duration::from_millis(100)).get("k").await;
+    let short = client
+        .with_timeout(Duration::from_millis(100))
+        .get("k")
+        .await;
     assert!(matches!(short, Err(ClientError::Timeout(_))), "{short:?}");
     assert!(!waiting.is_finished(), "a call without deadline gave up");
     drop(resume);
@@ -153,4 +159,54 @@ async fn a_call_without_deadline_waits_out_a_stopped_server() {
         .expect("hung after SIGCONT")
         .expect("task");
     assert_eq!(answer.expect("get").as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test]
+async fn callers_beyond_a_full_stream_wait_within_their_deadline_and_all_complete_later() {
+    let certs = fresh_certs();
+    let server = ServerProc::start("standalone", free_addr(), certs.path(), &[]);
+    let config = ClientConfig::builder(certs.path())
+        .streams(1)
+        .no_timeout()
+        .idle_timeout(Duration::from_secs(30))
+        .build();
+    let client = Client::connect(&server.addr.to_string(), &config)
+        .await
+        .expect("connect");
+    let key = bytes::Bytes::from(vec![b'k'; 16 * 1024]);
+    client.insert(key.clone(), "v").await.expect("insert");
+
+    let pid = server.child.id();
+    signal(pid, "STOP");
+    let resume = Resume(pid);
+    // Far more than QUIC flow control lets through to a stopped server (16 KiB each, ~64 MiB
+    // in all) plus what the client queues per stream: the rest must wait for room.
+    const CALLS: usize = 4000;
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let (c, key) = (client.clone(), key.clone());
+            tokio::spawn(async move { c.get(key).await })
+        })
+        .collect();
+    until_in_flight(&client, 1000).await;
+    // A call that finds the stream full still ends at its deadline.
+    let short = client
+        .with_timeout(Duration::from_millis(200))
+        .get("x")
+        .await;
+    assert!(matches!(short, Err(ClientError::Timeout(_))), "{short:?}");
+    assert!(
+        client.in_flight() < CALLS,
+        "every call was taken while the server could not read: no backpressure"
+    );
+
+    drop(resume);
+    for call in calls {
+        let got = tokio::time::timeout(HANG_GUARD, call)
+            .await
+            .expect("a waiting call never completed")
+            .expect("task");
+        assert_eq!(got.expect("get").as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(client.in_flight(), 0);
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::net::{BatchWriter, FramedReader};
@@ -60,30 +60,91 @@ pub(crate) struct Session {
     pub(crate) next_lane: AtomicUsize,
 }
 
-/// One long-lived stream: its queue and the calls queued or written on it and not yet answered.
+/// One long-lived stream of a session: what its callers, writer, reader and deadline sweeper
+/// share. Dropping it (with its session) lets the writer finish the stream.
 #[derive(Debug)]
 pub(crate) struct Lane {
-    pub(crate) queue: mpsc::Sender<Queued>,
     pub(crate) shared: Arc<LaneShared>,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.closed = true;
+        }
+        self.shared.ready.notify_one();
+    }
 }
 
 /// What a stream's callers, writer, reader and deadline sweeper share.
 #[derive(Debug)]
 pub(crate) struct LaneShared {
-    /// The calls in flight, by request id.
-    pub(crate) owed: Mutex<Owed>,
+    /// The calls in flight and the requests waiting to be written, under one lock: a caller
+    /// takes it once to register and queue its call.
+    pub(crate) state: Mutex<LaneState>,
+    /// Wakes the writer: the queue went from empty to not empty, the lane closed or died.
+    pub(crate) ready: Notify,
+    /// Wakes callers waiting for room in a full queue (backpressure), or for the lane's death.
+    pub(crate) room: Notify,
     /// Wakes the sweeper: a call came with an earlier deadline than it sleeps until, or the
     /// stream died.
     pub(crate) sweep: Notify,
 }
 
+/// The locked part of a [`LaneShared`].
+#[derive(Debug)]
+pub(crate) struct LaneState {
+    /// The calls queued or written and not yet answered, by request id.
+    pub(crate) owed: Owed,
+    /// Requests waiting for the writer, in call order (at most [`LANE_QUEUE`]).
+    pub(crate) queue: Vec<Queued>,
+    /// Set when the session let go of the lane: the writer finishes the stream once the queue
+    /// is written.
+    pub(crate) closed: bool,
+}
+
 impl LaneShared {
-    /// Fails every call in flight and stops the sweeper.
+    /// Fails every call in flight or queued, and stops the writer and the sweeper.
     fn fail_all(&self, err: ClientError) {
-        if let Ok(mut owed) = self.owed.lock() {
-            owed.fail_all(err);
+        if let Ok(mut state) = self.state.lock() {
+            state.owed.fail_all(err);
+            state.queue.clear();
         }
+        self.ready.notify_one();
+        self.room.notify_waiters();
         self.sweep.notify_one();
+    }
+
+    /// Registers and queues a call if there is room; gives it back if the queue is full.
+    fn try_queue(
+        self: &Arc<Self>,
+        call: Call,
+        reply: Answer,
+        due: Option<Deadline>,
+    ) -> Result<Result<(Arc<LaneShared>, u64), Unsent>, (Call, Answer)> {
+        let Ok(mut state) = self.state.lock() else {
+            return Ok(Err(Unsent::Gone(call, reply)));
+        };
+        if state.closed {
+            return Ok(Err(Unsent::Gone(call, reply)));
+        }
+        if state.queue.len() >= LANE_QUEUE && state.owed.broken.is_none() {
+            return Err((call, reply));
+        }
+        let (id, wake_sweeper) = match state.owed.register(reply, call.op.is_write(), due) {
+            Ok(registered) => registered,
+            Err(reply) => return Ok(Err(Unsent::Gone(call, reply))),
+        };
+        let wake_writer = state.queue.is_empty();
+        state.queue.push(Queued { id, call });
+        drop(state);
+        if wake_writer {
+            self.ready.notify_one();
+        }
+        if wake_sweeper {
+            self.sweep.notify_one();
+        }
+        Ok(Ok((self.clone(), id)))
     }
 }
 
@@ -116,33 +177,25 @@ impl Session {
         due: Option<Deadline>,
     ) -> Result<(Arc<LaneShared>, u64), Unsent> {
         let i = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        let lane = &self.lanes[i];
-        // Room in the queue first (cancel-safe: nothing is registered yet), then the slot and
-        // the queueing, with no await in between.
-        let permit = match lane.queue.try_reserve() {
-            Ok(permit) => permit,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                match within(due, lane.queue.reserve()).await {
-                    None => return Err(Unsent::Late),
-                    Some(Ok(permit)) => permit,
-                    Some(Err(_)) => return Err(Unsent::Gone(call, reply)),
-                }
+        let shared = &self.lanes[i].shared;
+        let (mut call, mut reply) = match shared.try_queue(call, reply, due) {
+            Ok(queued) => return queued,
+            Err(full) => full,
+        };
+        // The queue is full: wait for the writer to take it (registered before looking again,
+        // so the wake-up cannot be missed), at most until the deadline.
+        loop {
+            let room = shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            (call, reply) = match shared.try_queue(call, reply, due) {
+                Ok(queued) => return queued,
+                Err(full) => full,
+            };
+            if within(due, room).await.is_none() {
+                return Err(Unsent::Late);
             }
-            Err(mpsc::error::TrySendError::Closed(())) => return Err(Unsent::Gone(call, reply)),
-        };
-        let registered = match lane.shared.owed.lock() {
-            Ok(mut owed) => owed.register(reply, call.op.is_write(), due),
-            Err(_) => Err(reply),
-        };
-        let (id, wake) = match registered {
-            Ok(r) => r,
-            Err(reply) => return Err(Unsent::Gone(call, reply)),
-        };
-        permit.send(Queued { id, call });
-        if wake {
-            lane.shared.sweep.notify_one();
         }
-        Ok((lane.shared.clone(), id))
     }
 
     pub(crate) fn dead(&self) -> bool {
@@ -153,12 +206,13 @@ impl Session {
     pub(crate) fn in_flight(&self) -> usize {
         self.lanes
             .iter()
-            .map(|l| l.shared.owed.lock().map(|o| o.awaited()).unwrap_or(0))
+            .map(|l| l.shared.state.lock().map(|s| s.owed.awaited()).unwrap_or(0))
             .sum()
     }
 }
 
 /// A request to be written.
+#[derive(Debug)]
 pub(crate) struct Call {
     pub(crate) op: Op,
     /// The write's session stamp, if it carries one, and when a retried write was first sent
@@ -168,6 +222,7 @@ pub(crate) struct Call {
 }
 
 /// A call in a lane's queue: its slot's request id and the request.
+#[derive(Debug)]
 pub(crate) struct Queued {
     pub(crate) id: u64,
     pub(crate) call: Call,
@@ -225,8 +280,8 @@ impl Drop for Pending {
     fn drop(&mut self) {
         if let (Some(rx), Some((lane, id))) = (self.rx.take(), self.slot.as_ref()) {
             drop(rx);
-            if let Ok(mut owed) = lane.owed.lock() {
-                owed.cancel(*id);
+            if let Ok(mut state) = lane.state.lock() {
+                state.owed.cancel(*id);
             }
         }
     }
@@ -401,10 +456,14 @@ impl Link {
         };
         let mut call = Call { op, session };
         let mut reply = tx;
-        // The usual case, a live session, without a timer.
+        // The usual case, a session, without a timer. A dead one is noticed by its lanes, which
+        // then refuse the call (below: redial).
         let mut session = match self.current() {
-            Some(s) if !s.dead() => s,
-            other => match within(due, self.redial(other.as_ref(), inner)).await {
+            Some(_) if inner.closed.load(Ordering::Relaxed) => {
+                return Err(ClientError::Connection("the client was closed".into()))
+            }
+            Some(s) => s,
+            None => match within(due, self.redial(None, inner)).await {
                 Some(s) => s?,
                 None => return Ok(late(due)),
             },
@@ -472,71 +531,86 @@ pub(crate) async fn open_lane(
         .await
         .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
     let shared = Arc::new(LaneShared {
-        owed: Mutex::new(Owed::new(index)),
+        state: Mutex::new(LaneState {
+            owed: Owed::new(index),
+            queue: Vec::new(),
+            closed: false,
+        }),
+        ready: Notify::new(),
+        room: Notify::new(),
         sweep: Notify::new(),
     });
-    let (tx, rx) = mpsc::channel(LANE_QUEUE);
-    tokio::spawn(write_lane(send, rx, shared.clone(), conn.clone()));
+    tokio::spawn(write_lane(send, shared.clone(), conn.clone()));
     tokio::spawn(read_lane(recv, shared.clone(), limits, conn.clone()));
     tokio::spawn(sweep_lane(shared.clone()));
-    Ok(Lane { queue: tx, shared })
+    Ok(Lane { shared })
 }
 
-/// Writes queued calls in batches, marking each written before it is.
+/// Writes queued calls in batches: takes the whole queue per wake-up, marks each call written
+/// (skipping those whose callers stopped waiting), encodes and writes them.
 pub(crate) async fn write_lane(
     send: quinn::SendStream,
-    mut rx: mpsc::Receiver<Queued>,
     shared: Arc<LaneShared>,
     conn: quinn::Connection,
 ) {
     let mut writer = BatchWriter::new(send);
-    while let Some(first) = rx.recv().await {
-        let broken = {
-            let Ok(mut owed) = shared.owed.lock() else {
+    let mut taken: Vec<Queued> = Vec::new();
+    loop {
+        let (was_full, closed) = {
+            let Ok(mut state) = shared.state.lock() else {
                 return;
             };
-            writer.batch(
-                first,
-                || rx.try_recv().ok(),
-                |Queued { id, call }, out| {
-                    // Skipped: cancelled (or past its deadline) before it was written, or the
-                    // lane failed meanwhile (the caller was told then).
-                    if !owed.writing(id) {
-                        return;
-                    }
-                    let request = Request {
-                        id,
-                        op: call.op,
-                        session: call.session.map(|(stamp, since)| SessionWrite {
-                            stamp,
-                            age_ms: since.map_or(0, |t| {
-                                u32::try_from(t.elapsed().as_millis()).unwrap_or(u32::MAX)
-                            }),
-                        }),
-                    };
-                    encode_request(&request, out);
-                },
-            );
-            owed.broken.is_some()
+            if state.owed.broken.is_some() {
+                // Every queued call was failed with the lane; later calls see it broken and go
+                // to a new connection.
+                return;
+            }
+            std::mem::swap(&mut state.queue, &mut taken);
+            let was_full = taken.len() >= LANE_QUEUE;
+            let owed = &mut state.owed;
+            taken.retain(|q| owed.writing(q.id));
+            (was_full, state.closed)
         };
-        if broken {
-            // Close the queue, so later calls see the lane gone and go to a new connection.
-            return;
+        if was_full {
+            shared.room.notify_waiters();
         }
-        if writer.is_empty() {
-            // Only cancelled calls: nothing to write.
+        if taken.is_empty() {
+            if closed {
+                writer.finish();
+                return;
+            }
+            shared.ready.notified().await;
             continue;
         }
-        if let Err(e) = writer.flush().await {
-            let err = match conn.close_reason() {
-                Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
-                None => ClientError::Connection(format!("cannot send: {e}")),
-            };
-            shared.fail_all(err);
-            return;
+        let mut items = taken.drain(..);
+        while let Some(first) = items.next() {
+            writer.batch(first, || items.next(), encode_queued);
+            if let Err(e) = writer.flush().await {
+                let err = match conn.close_reason() {
+                    Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
+                    None => ClientError::Connection(format!("cannot send: {e}")),
+                };
+                drop(items);
+                shared.fail_all(err);
+                return;
+            }
         }
     }
-    writer.finish();
+}
+
+/// Encodes one queued request; a retried write's age is taken now, as it is written.
+fn encode_queued(Queued { id, call }: Queued, out: &mut BytesMut) {
+    let request = Request {
+        id,
+        op: call.op,
+        session: call.session.map(|(stamp, since)| SessionWrite {
+            stamp,
+            age_ms: since.map_or(0, |t| {
+                u32::try_from(t.elapsed().as_millis()).unwrap_or(u32::MAX)
+            }),
+        }),
+    };
+    encode_request(&request, out);
 }
 
 /// Reads answers and hands each to its caller.
@@ -562,7 +636,7 @@ pub(crate) async fn read_lane(
                 }
             }
         }
-        let decoded = deliver(reader.buffer(), &shared.owed, &limits);
+        let decoded = deliver(reader.buffer(), &shared.state, &limits);
         if let Err(e) = decoded {
             break e;
         }
@@ -575,13 +649,13 @@ pub(crate) async fn read_lane(
 pub(crate) async fn sweep_lane(shared: Arc<LaneShared>) {
     loop {
         let next = {
-            let Ok(mut owed) = shared.owed.lock() else {
+            let Ok(mut state) = shared.state.lock() else {
                 return;
             };
-            if owed.broken.is_some() {
+            if state.owed.broken.is_some() {
                 return;
             }
-            owed.expire(Instant::now())
+            state.owed.expire(Instant::now())
         };
         match next {
             Some(at) => {
@@ -598,12 +672,13 @@ pub(crate) async fn sweep_lane(shared: Arc<LaneShared>) {
 /// Decodes every complete answer in `inbuf` and completes its call.
 pub(crate) fn deliver(
     inbuf: &mut BytesMut,
-    owed: &Mutex<Owed>,
+    state: &Mutex<LaneState>,
     limits: &Limits,
 ) -> Result<(), ClientError> {
-    let Ok(mut owed) = owed.lock() else {
+    let Ok(mut state) = state.lock() else {
         return Err(ClientError::Protocol("lane state poisoned".into()));
     };
+    let owed = &mut state.owed;
     loop {
         let resp = match decode_response(inbuf, limits) {
             Ok(Some(resp)) => resp,
