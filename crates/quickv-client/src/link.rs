@@ -121,7 +121,7 @@ impl LaneShared {
         call: Call,
         reply: Answer,
         due: Option<Deadline>,
-    ) -> Result<Result<(Arc<LaneShared>, u64), Unsent>, (Call, Answer)> {
+    ) -> Result<Sent, (Call, Answer)> {
         let Ok(mut state) = self.state.lock() else {
             return Ok(Err(Unsent::Gone(call, reply)));
         };
@@ -170,12 +170,7 @@ impl Session {
     /// Queues a call on the next lane, with its deadline (if any). Gives the call back if the
     /// lane is gone (never sent), and says `Late` if the deadline passed while waiting for room
     /// in the lane's queue. Returns the lane and the request id, for cancelling.
-    pub(crate) async fn send(
-        &self,
-        call: Call,
-        reply: Answer,
-        due: Option<Deadline>,
-    ) -> Result<(Arc<LaneShared>, u64), Unsent> {
+    pub(crate) async fn send(&self, call: Call, reply: Answer, due: Option<Deadline>) -> Sent {
         let i = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
         let shared = &self.lanes[i].shared;
         let (mut call, mut reply) = match shared.try_queue(call, reply, due) {
@@ -227,6 +222,9 @@ pub(crate) struct Queued {
     pub(crate) id: u64,
     pub(crate) call: Call,
 }
+
+/// What [`Session::send`] did: the call's lane and request id (to cancel it), or why not.
+pub(crate) type Sent = Result<(Arc<LaneShared>, u64), Unsent>;
 
 /// Why [`Session::send`] did not queue a call.
 pub(crate) enum Unsent {
