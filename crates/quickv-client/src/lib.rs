@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub(crate) use crate::link::Pending;
+pub(crate) use crate::lane::Pending;
 use crate::link::{jitter_seed, Link};
 pub(crate) use crate::owed::past_deadline;
 use crate::owed::Deadline;
@@ -62,6 +62,7 @@ use crate::protocol::{Op, Reply};
 mod batch;
 mod config;
 mod error;
+mod lane;
 mod link;
 pub mod net;
 pub mod outcome;
