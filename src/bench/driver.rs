@@ -106,16 +106,20 @@ impl Shared {
     ) {
         let kind = self.mix.pick(rng);
         let key = self.key_for(kind, rng);
-        let (outcome, message) =
-            match tokio::time::timeout(self.timeout, handle.execute(kind, key, self.value.clone()))
-                .await
-            {
+        // A quickv handle keeps the deadline itself (no timer per request); others get one here.
+        let bounded = handle.bounds_its_calls();
+        let request = handle.execute(kind, key, self.value.clone());
+        let (outcome, message) = if bounded {
+            request.await
+        } else {
+            match tokio::time::timeout(self.timeout, request).await {
                 Ok(answer) => answer,
                 Err(_) => (
                     Outcome::Timeout,
                     Some(format!("no answer within {:?}", self.timeout)),
                 ),
-            };
+            }
+        };
         let done = Instant::now();
         // Warmup requests are recorded only if they also finished in the warmup (for the live
         // line); measured requests always.
@@ -150,6 +154,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
         streams: cfg.streams,
         redis_wait: cfg.redis_wait,
         redis_wait_ms: cfg.redis_wait_ms,
+        timeout: cfg.timeout,
     })
     .await?;
     let server = target.server_info();

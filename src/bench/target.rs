@@ -14,6 +14,7 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -134,6 +135,9 @@ pub struct ConnectOptions<'a> {
     pub redis_wait: Option<u32>,
     /// The `WAIT` timeout, milliseconds.
     pub redis_wait_ms: u64,
+    /// Deadline of each request (`--timeout`): quickv clients keep it themselves (no timer per
+    /// call), so the driver adds none of its own ([`Handle::bounds_its_calls`]).
+    pub timeout: Duration,
 }
 
 impl Target {
@@ -143,6 +147,7 @@ impl Target {
             TargetSpec::Quickv(addr) => {
                 let mut config = ClientConfig::new(opts.certs_dir);
                 config.streams = opts.streams.max(1);
+                config.timeout = Some(opts.timeout);
                 let attempts = (0..opts.connections.max(1)).map(|_| Client::connect(addr, &config));
                 let clients = futures_util::future::try_join_all(attempts)
                     .await
@@ -206,6 +211,17 @@ pub enum Handle {
 }
 
 impl Handle {
+    /// True when every [`Handle::execute`] ends by the run's `--timeout` on its own (quickv: the
+    /// client's deadline, a read as `timeout`, a write as `indeterminate`), so the driver need
+    /// not wrap it in a timer of its own.
+    pub fn bounds_its_calls(&self) -> bool {
+        match self {
+            Handle::Quickv(_) => true,
+            #[cfg(feature = "redis")]
+            Handle::Redis(_) => false,
+        }
+    }
+
     /// Sends one request of `kind` on `key` (with `value` for writes; ping echoes `value`) and
     /// classifies the answer. The message explains failing outcomes.
     pub async fn execute(

@@ -80,7 +80,7 @@ impl Client {
         let work = async {
             let mut pending: Vec<(usize, Pending)> = Vec::with_capacity(ops.len());
             for (i, op) in ops.into_iter().enumerate() {
-                match self.inner.primary.start(op, None, &self.inner).await {
+                match self.inner.primary.start(op, None, &self.inner, None).await {
                     Ok(p) => pending.push((i, p)),
                     Err(err) => results[i] = Some(Err(err)),
                 }

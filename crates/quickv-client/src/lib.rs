@@ -53,16 +53,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub(crate) use crate::lane::Pending;
 use crate::link::{jitter_seed, Link};
-pub(crate) use crate::link::{past_deadline, Pending};
+pub(crate) use crate::owed::past_deadline;
+use crate::owed::Deadline;
 use crate::protocol::{Op, Reply};
 
 mod batch;
 mod config;
 mod error;
+mod lane;
 mod link;
 pub mod net;
 pub mod outcome;
+mod owed;
 mod retry;
 mod status;
 pub mod tls;
@@ -322,17 +326,11 @@ impl Client {
         if is_write && self.inner.config.retry_writes && std::ptr::eq(link, &self.inner.primary) {
             return self.write_with_retries(op).await;
         }
-        let work = async {
-            let mut pending = link.start(op, None, &self.inner).await?;
-            pending.answer().await
-        };
-        match self.timeout {
-            None => work.await,
-            Some(deadline) => match tokio::time::timeout(deadline, work).await {
-                Ok(outcome) => outcome,
-                Err(_) => past_deadline(is_write, deadline),
-            },
-        }
+        // No timer per call: the deadline travels with the call, and the lane's sweeper
+        // completes it once past (see `owed`).
+        let due = self.timeout.and_then(Deadline::after);
+        let mut pending = link.start(op, None, &self.inner, due).await?;
+        pending.answer().await
     }
 
     /// Write attempts this client resent with their session stamp because the first attempt's

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::owed::Deadline;
 use crate::protocol::{ErrorCode, Op, Reply, WriteStamp};
 use crate::{Client, ClientError};
 
@@ -25,7 +26,10 @@ impl Client {
         };
         let budget = self.timeout.unwrap_or(RETRY_WINDOW_WITHOUT_DEADLINE);
         let first = Instant::now();
-        let deadline = first + budget;
+        // A budget beyond what the clock can name: no deadline in practice.
+        let deadline = first
+            .checked_add(budget)
+            .unwrap_or_else(|| first + Duration::from_secs(86_400 * 365 * 30));
         // Set once an attempt may have reached the server: from then on only a definite answer
         // (or the deadline) ends the call, never a refusal that says nothing about that attempt.
         let mut maybe_applied = false;
@@ -48,16 +52,19 @@ impl Client {
             // A retry's age is counted from the call's start, an over-estimate, which is the safe
             // side (the server may refuse a retry as expired, never take it for a new write).
             let session = Some((stamp, maybe_applied.then_some(first)));
-            let attempt = async {
-                let mut pending = inner.primary.start(op.clone(), session, inner).await?;
-                pending.answer().await
+            // The attempt ends at the call's deadline (settled by the lane's sweeper, no timer
+            // per attempt): as `Indeterminate`, which makes the loop end just below.
+            let due = Deadline {
+                at: deadline,
+                budget,
             };
-            let outcome = match tokio::time::timeout(deadline - now, attempt).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    maybe_applied = true;
-                    continue;
-                }
+            let outcome = match inner
+                .primary
+                .start(op.clone(), session, inner, Some(due))
+                .await
+            {
+                Ok(mut pending) => pending.answer().await,
+                Err(err) => Err(err),
             };
             match outcome {
                 Ok(Reply::Indeterminate(why)) => {

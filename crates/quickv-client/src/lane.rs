@@ -1,0 +1,365 @@
+//! One long-lived stream of a client connection ("lane"): the queue its callers fill, and its
+//! writer, reader and deadline-sweeper tasks, which pipeline requests and hand answers back by
+//! request id through the stream's slab of pending calls (`owed.rs`).
+
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::net::{BatchWriter, FramedReader};
+use crate::owed::{Answer, Deadline, Owed};
+use crate::protocol::{
+    decode_response, encode_request, Limits, Op, Reply, Request, SessionWrite, WriteStamp,
+};
+use crate::{tls, unexpected, ClientError, LANE_QUEUE};
+
+/// One long-lived stream of a session: what its callers, writer, reader and deadline sweeper
+/// share. Dropping it (with its session) lets the writer finish the stream.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    pub(crate) shared: Arc<LaneShared>,
+}
+
+impl Drop for Lane {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.closed = true;
+        }
+        self.shared.ready.notify_one();
+    }
+}
+
+/// What a stream's callers, writer, reader and deadline sweeper share.
+#[derive(Debug)]
+pub(crate) struct LaneShared {
+    /// The calls in flight and the requests waiting to be written, under one lock: a caller
+    /// takes it once to register and queue its call.
+    pub(crate) state: Mutex<LaneState>,
+    /// Wakes the writer: the queue went from empty to not empty, the lane closed or died.
+    pub(crate) ready: Notify,
+    /// Wakes callers waiting for room in a full queue (backpressure), or for the lane's death.
+    pub(crate) room: Notify,
+    /// Wakes the sweeper: a call came with an earlier deadline than it sleeps until, or the
+    /// stream died.
+    pub(crate) sweep: Notify,
+}
+
+/// The locked part of a [`LaneShared`].
+#[derive(Debug)]
+pub(crate) struct LaneState {
+    /// The calls queued or written and not yet answered, by request id.
+    pub(crate) owed: Owed,
+    /// Requests waiting for the writer, in call order (at most [`LANE_QUEUE`]).
+    pub(crate) queue: Vec<Queued>,
+    /// Set when the session let go of the lane: the writer finishes the stream once the queue
+    /// is written.
+    pub(crate) closed: bool,
+}
+
+impl LaneShared {
+    /// Fails every call in flight or queued, and stops the writer and the sweeper.
+    pub(crate) fn fail_all(&self, err: ClientError) {
+        if let Ok(mut state) = self.state.lock() {
+            state.owed.fail_all(err);
+            state.queue.clear();
+        }
+        self.ready.notify_one();
+        self.room.notify_waiters();
+        self.sweep.notify_one();
+    }
+
+    /// Registers and queues a call if there is room; gives it back if the queue is full.
+    pub(crate) fn try_queue(
+        self: &Arc<Self>,
+        call: Call,
+        reply: Answer,
+        due: Option<Deadline>,
+    ) -> Result<Sent, (Call, Answer)> {
+        let Ok(mut state) = self.state.lock() else {
+            return Ok(Err(Unsent::Gone(call, reply)));
+        };
+        if state.closed {
+            return Ok(Err(Unsent::Gone(call, reply)));
+        }
+        if state.queue.len() >= LANE_QUEUE && state.owed.broken.is_none() {
+            return Err((call, reply));
+        }
+        let (id, wake_sweeper) = match state.owed.register(reply, call.op.is_write(), due) {
+            Ok(registered) => registered,
+            Err(reply) => return Ok(Err(Unsent::Gone(call, reply))),
+        };
+        let wake_writer = state.queue.is_empty();
+        state.queue.push(Queued { id, call });
+        drop(state);
+        if wake_writer {
+            self.ready.notify_one();
+        }
+        if wake_sweeper {
+            self.sweep.notify_one();
+        }
+        Ok(Ok((self.clone(), id)))
+    }
+}
+
+/// A request to be written.
+#[derive(Debug)]
+pub(crate) struct Call {
+    pub(crate) op: Op,
+    /// The write's session stamp, if it carries one, and when a retried write was first sent
+    /// (`None` on a first attempt): its age is taken when the frame is written, so time spent
+    /// waiting for a connection counts (the server must never think a retry younger than it is).
+    pub(crate) session: Option<(WriteStamp, Option<Instant>)>,
+}
+
+/// A call in a lane's queue: its slot's request id and the request.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) id: u64,
+    pub(crate) call: Call,
+}
+
+/// What [`Session::send`] did: the call's lane and request id (to cancel it), or why not.
+pub(crate) type Sent = Result<(Arc<LaneShared>, u64), Unsent>;
+
+/// Why [`Session::send`] did not queue a call.
+pub(crate) enum Unsent {
+    /// The lane is gone: the call (and its answer channel) can go to a new connection.
+    Gone(Call, Answer),
+    /// The deadline passed while waiting for room in the lane's queue.
+    Late,
+}
+
+/// Awaits `work`, giving up (`None`) at the deadline. Used only where a call may wait (for a
+/// connection, for room in a queue); the answer itself is bounded by the lane's sweeper.
+pub(crate) async fn within<F: std::future::Future>(
+    due: Option<Deadline>,
+    work: F,
+) -> Option<F::Output> {
+    match due {
+        None => Some(work.await),
+        Some(d) => tokio::time::timeout_at(d.at, work).await.ok(),
+    }
+}
+
+/// A call that was queued: where its answer comes, and how to cancel it if its caller goes away.
+pub(crate) struct Pending {
+    /// `None` once the answer came (or the call never went out).
+    pub(crate) rx: Option<oneshot::Receiver<Result<Reply, ClientError>>>,
+    /// The lane and request id, to cancel; `None` for a call settled without being queued.
+    pub(crate) slot: Option<(Arc<LaneShared>, u64)>,
+    /// The outcome of a call that was never queued (its deadline passed while it waited).
+    pub(crate) settled: Option<Result<Reply, ClientError>>,
+}
+
+impl Pending {
+    /// Waits for the answer.
+    pub(crate) async fn answer(&mut self) -> Result<Reply, ClientError> {
+        if let Some(outcome) = self.settled.take() {
+            return outcome;
+        }
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(ClientError::Protocol("answer awaited twice".into()));
+        };
+        let outcome = rx.await;
+        self.rx = None;
+        outcome.map_err(|_| ClientError::Connection("the connection is closed".into()))?
+    }
+}
+
+impl Drop for Pending {
+    /// A caller that stops waiting (future dropped) cancels its call: a writer that has not
+    /// written it yet skips it; a call already written keeps only a tombstone so its late answer
+    /// is recognised and discarded.
+    fn drop(&mut self) {
+        if let (Some(rx), Some((lane, id))) = (self.rx.take(), self.slot.as_ref()) {
+            drop(rx);
+            if let Ok(mut state) = lane.state.lock() {
+                state.owed.cancel(*id);
+            }
+        }
+    }
+}
+
+/// Opens stream number `index` and starts its writer, reader and deadline sweeper tasks.
+pub(crate) async fn open_lane(
+    conn: &quinn::Connection,
+    limits: Limits,
+    index: u16,
+) -> Result<Lane, ClientError> {
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
+    let shared = Arc::new(LaneShared {
+        state: Mutex::new(LaneState {
+            owed: Owed::new(index),
+            queue: Vec::new(),
+            closed: false,
+        }),
+        ready: Notify::new(),
+        room: Notify::new(),
+        sweep: Notify::new(),
+    });
+    tokio::spawn(write_lane(send, shared.clone(), conn.clone()));
+    tokio::spawn(read_lane(recv, shared.clone(), limits, conn.clone()));
+    tokio::spawn(sweep_lane(shared.clone()));
+    Ok(Lane { shared })
+}
+
+/// Writes queued calls in batches: takes the whole queue per wake-up, marks each call written
+/// (skipping those whose callers stopped waiting), encodes and writes them.
+pub(crate) async fn write_lane(
+    send: quinn::SendStream,
+    shared: Arc<LaneShared>,
+    conn: quinn::Connection,
+) {
+    let mut writer = BatchWriter::new(send);
+    let mut taken: Vec<Queued> = Vec::new();
+    loop {
+        let (was_full, closed) = {
+            let Ok(mut state) = shared.state.lock() else {
+                return;
+            };
+            if state.owed.broken.is_some() {
+                // Every queued call was failed with the lane; later calls see it broken and go
+                // to a new connection.
+                return;
+            }
+            std::mem::swap(&mut state.queue, &mut taken);
+            let was_full = taken.len() >= LANE_QUEUE;
+            let owed = &mut state.owed;
+            taken.retain(|q| owed.writing(q.id));
+            (was_full, state.closed)
+        };
+        if was_full {
+            shared.room.notify_waiters();
+        }
+        if taken.is_empty() {
+            if closed {
+                writer.finish();
+                return;
+            }
+            shared.ready.notified().await;
+            continue;
+        }
+        let mut items = taken.drain(..);
+        while let Some(first) = items.next() {
+            writer.batch(first, || items.next(), encode_queued);
+            if let Err(e) = writer.flush().await {
+                let err = match conn.close_reason() {
+                    Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
+                    None => ClientError::Connection(format!("cannot send: {e}")),
+                };
+                drop(items);
+                shared.fail_all(err);
+                return;
+            }
+        }
+    }
+}
+
+/// Encodes one queued request; a retried write's age is taken now, as it is written.
+fn encode_queued(Queued { id, call }: Queued, out: &mut BytesMut) {
+    let request = Request {
+        id,
+        op: call.op,
+        session: call.session.map(|(stamp, since)| SessionWrite {
+            stamp,
+            age_ms: since.map_or(0, |t| {
+                u32::try_from(t.elapsed().as_millis()).unwrap_or(u32::MAX)
+            }),
+        }),
+    };
+    encode_request(&request, out);
+}
+
+/// Reads answers and hands each to its caller.
+pub(crate) async fn read_lane(
+    recv: quinn::RecvStream,
+    shared: Arc<LaneShared>,
+    limits: Limits,
+    conn: quinn::Connection,
+) {
+    let mut reader = FramedReader::new(recv);
+    let err = loop {
+        match reader.fill().await {
+            Ok(false) => {
+                break ClientError::Connection(
+                    "the server ended the stream (it may be shutting down)".into(),
+                )
+            }
+            Ok(true) => {}
+            Err(e) => {
+                break match conn.close_reason() {
+                    Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
+                    None => ClientError::Connection(format!("connection lost: {e}")),
+                }
+            }
+        }
+        let decoded = deliver(reader.buffer(), &shared.state, &limits);
+        if let Err(e) = decoded {
+            break e;
+        }
+    };
+    shared.fail_all(err);
+}
+
+/// Completes the calls of a lane that are past their deadline: sleeps until the earliest
+/// deadline in flight (one timer per lane, not one per call), and ends when the lane dies.
+pub(crate) async fn sweep_lane(shared: Arc<LaneShared>) {
+    loop {
+        let next = {
+            let Ok(mut state) = shared.state.lock() else {
+                return;
+            };
+            if state.owed.broken.is_some() {
+                return;
+            }
+            state.owed.expire(Instant::now())
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = shared.sweep.notified() => {}
+                }
+            }
+            None => shared.sweep.notified().await,
+        }
+    }
+}
+
+/// Decodes every complete answer in `inbuf` and completes its call.
+pub(crate) fn deliver(
+    inbuf: &mut BytesMut,
+    state: &Mutex<LaneState>,
+    limits: &Limits,
+) -> Result<(), ClientError> {
+    let Ok(mut state) = state.lock() else {
+        return Err(ClientError::Protocol("lane state poisoned".into()));
+    };
+    let owed = &mut state.owed;
+    loop {
+        let resp = match decode_response(inbuf, limits) {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        };
+        if resp.id == 0 {
+            // A stream-level complaint from the server (our bytes were unreadable).
+            return Err(match resp.reply {
+                Reply::Error { code, message } => ClientError::Server { code, message },
+                other => unexpected(other),
+            });
+        }
+        match resp.reply {
+            Reply::DumpChunk {
+                entries,
+                last: false,
+            } => owed.gather(resp.id, entries)?,
+            reply => owed.complete(resp.id, reply)?,
+        }
+    }
+}
