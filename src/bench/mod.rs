@@ -102,7 +102,7 @@ pub struct BenchConfig {
     /// Unmeasured phase before it (connections warm, caches filled, allocator settled).
     #[serde(serialize_with = "as_secs")]
     pub warmup: Duration,
-    /// A request without an answer after this counts as a timeout.
+    /// A request without an answer after this counts as a timeout (a write to quickv: indeterminate).
     #[serde(serialize_with = "as_secs")]
     pub timeout: Duration,
     /// Preload the keyspace before the run (when the mix reads or changes existing keys).

@@ -182,7 +182,7 @@ pub(crate) struct BenchRunArgs {
     /// Unmeasured time before it.
     #[arg(long, default_value = "2s", value_parser = bench::parse_duration)]
     pub(crate) warmup: Duration,
-    /// A request with no answer after this counts as a timeout.
+    /// A request with no answer after this counts as a timeout (a write to quickv: indeterminate).
     #[arg(long, default_value = "5s", value_parser = bench::parse_duration)]
     pub(crate) timeout: Duration,
     /// Skip the preload (the keyspace is already there, e.g. from a previous run).
