@@ -693,26 +693,7 @@ async fn a_bucket_mixing_100k_and_16m_values_resyncs_and_dumps() {
     // frame over the limit; the restarted backup must take the bucket and the dumps must match.
     // 16 MiB writes through a debug build on a loaded machine: a generous ack timeout, so that
     // only the chunking is under test (the timeouts come from a config file).
-    let certs = common::fresh_certs();
-    let file = certs.path().join("slow.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "certs = {:?}\n[primary]\nlisten = \"127.0.0.1:1\"\n[backup]\nlisten = \"127.0.0.1:2\"\n[timeouts]\nack_ms = 30000\npeer_idle_ms = 5000\n",
-            certs.path()
-        ),
-    )
-    .expect("write config");
-    let mut pair = Pair {
-        extra: vec!["--config".into(), file.to_string_lossy().into_owned()],
-        certs,
-        primary_addr: common::free_addr(),
-        backup_addr: common::free_addr(),
-        primary: None,
-        backup: None,
-        primary_http: None,
-        backup_http: None,
-    };
+    let mut pair = pair_with_timeouts("ack_ms = 30000\npeer_idle_ms = 5000");
     pair.start_primary();
     pair.start_backup();
     pair.wait_sync().await;
@@ -837,26 +818,7 @@ async fn a_bootstrap_under_a_short_peer_idle_timeout_finishes_on_one_link_sendin
     // contract (one link, 32 buckets, converged), not the stall itself; `bench/rss.sh` measures
     // that at 1M keys in release.
     const KEYS: usize = 60_000;
-    let certs = common::fresh_certs();
-    let file = certs.path().join("short-idle.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "certs = {:?}\n[primary]\nlisten = \"127.0.0.1:1\"\n[backup]\nlisten = \"127.0.0.1:2\"\n[timeouts]\npeer_idle_ms = 600\n",
-            certs.path()
-        ),
-    )
-    .expect("write config");
-    let mut pair = Pair {
-        extra: vec!["--config".into(), file.to_string_lossy().into_owned()],
-        certs,
-        primary_addr: common::free_addr(),
-        backup_addr: common::free_addr(),
-        primary: None,
-        backup: None,
-        primary_http: None,
-        backup_http: None,
-    };
+    let mut pair = pair_with_timeouts("peer_idle_ms = 600");
     pair.start_primary();
     pair.start_backup();
     pair.wait_sync().await;
@@ -890,4 +852,29 @@ async fn a_bootstrap_under_a_short_peer_idle_timeout_finishes_on_one_link_sendin
     );
     let dump = pair.assert_converged().await;
     assert_eq!(dump.len(), KEYS);
+}
+
+/// A pair (not started) whose servers read `[timeouts]` from a config file: `timeouts` is the
+/// section's body, e.g. `"peer_idle_ms = 600"`. Flags still give the addresses.
+fn pair_with_timeouts(timeouts: &str) -> Pair {
+    let certs = common::fresh_certs();
+    let file = certs.path().join("timeouts.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "certs = {:?}\n[primary]\nlisten = \"127.0.0.1:1\"\n[backup]\nlisten = \"127.0.0.1:2\"\n[timeouts]\n{timeouts}\n",
+            certs.path()
+        ),
+    )
+    .expect("write config");
+    Pair {
+        extra: vec!["--config".into(), file.to_string_lossy().into_owned()],
+        certs,
+        primary_addr: common::free_addr(),
+        backup_addr: common::free_addr(),
+        primary: None,
+        backup: None,
+        primary_http: None,
+        backup_http: None,
+    }
 }

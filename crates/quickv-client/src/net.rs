@@ -174,21 +174,25 @@ impl Outbox {
     /// Encodes one frame (`encode` appends it) and wakes the writer if it may be asleep.
     /// `settles` says whether the frame counts in [`Taken::Frames`].
     pub fn push(&self, settles: bool, encode: impl FnOnce(&mut BytesMut)) {
-        let mut state = self.lock();
-        let was_empty = state.frames.is_empty();
-        encode(&mut state.frames);
-        state.settles += usize::from(settles);
-        drop(state);
-        if was_empty {
-            self.ready.notify_one();
-        }
+        self.append(settles, encode, false);
     }
 
     /// [`Outbox::push`] unless the outbox is closed (its writer is gone): then nothing is
     /// encoded and the answer is false.
     pub fn try_push(&self, settles: bool, encode: impl FnOnce(&mut BytesMut)) -> bool {
+        self.append(settles, encode, true)
+    }
+
+    /// Appends one frame and wakes the writer if the outbox was empty; with `unless_closed`,
+    /// appends nothing to a closed outbox and answers false.
+    fn append(
+        &self,
+        settles: bool,
+        encode: impl FnOnce(&mut BytesMut),
+        unless_closed: bool,
+    ) -> bool {
         let mut state = self.lock();
-        if state.closed {
+        if unless_closed && state.closed {
             return false;
         }
         let was_empty = state.frames.is_empty();
