@@ -13,7 +13,7 @@ use bytes::Bytes;
 use quickv::client::protocol::Reply;
 use quickv::client::{Client, ClientConfig, ClientError, ReadFrom, Source};
 
-use common::{bin, free_addr, fresh_certs, signal, Pair, ServerProc};
+use common::{bin, free_addr, fresh_certs, Pair, ServerProc, Stopped};
 
 /// A client that notices a dead server within about a second.
 fn quick_config(certs: &Path, read_from: ReadFrom) -> ClientConfig {
@@ -24,15 +24,6 @@ fn quick_config(certs: &Path, read_from: ReadFrom) -> ClientConfig {
         .backoff(Duration::from_millis(20), Duration::from_millis(200))
         .read_from(read_from)
         .build()
-}
-
-/// Resumes a SIGSTOPped server even if the test fails half-way.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        common::signal_quietly(self.0, "CONT");
-    }
 }
 
 #[tokio::test]
@@ -162,8 +153,7 @@ async fn deadline_fires_on_a_stopped_server_and_the_client_carries_on() {
     let before = client.status().await.expect("status")["connections_total"].clone();
 
     let pid = server.child.id();
-    signal(pid, "STOP");
-    let resume = Resume(pid);
+    let resume = Stopped::stop(pid);
     // A read past its deadline times out; a write past its deadline may have been applied.
     assert!(
         matches!(client.get("k").await, Err(ClientError::Timeout(_))),
@@ -209,8 +199,7 @@ async fn a_dropped_call_frees_its_slot_and_does_not_disturb_the_client() {
     let before = client.status().await.expect("status")["connections_total"].clone();
 
     let pid = server.child.id();
-    signal(pid, "STOP");
-    let resume = Resume(pid);
+    let resume = Stopped::stop(pid);
     let calls: Vec<_> = (0..8)
         .map(|i| {
             let c = client.clone();

@@ -9,19 +9,10 @@ use std::time::Duration;
 
 use quickv::client::{Client, ClientConfig, ClientError};
 
-use common::{free_addr, fresh_certs, signal, ServerProc};
+use common::{free_addr, fresh_certs, ServerProc, Stopped};
 
 /// Upper bound on any single wait in these tests: a hang guard, not a timing assertion.
 const HANG_GUARD: Duration = Duration::from_secs(30);
-
-/// Resumes a SIGSTOPped server even if the test fails half-way.
-struct Resume(u32);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        common::signal_quietly(self.0, "CONT");
-    }
-}
 
 /// Waits (bounded) until `n` calls of `client` are written and awaited.
 async fn until_in_flight(client: &Client, n: usize) {
@@ -50,8 +41,7 @@ async fn short_deadlines_end_on_time_behind_a_long_call_and_the_client_carries_o
     let before = client.status().await.expect("status")["connections_total"].clone();
 
     let pid = server.child.id();
-    signal(pid, "STOP");
-    let resume = Resume(pid);
+    let resume = Stopped::stop(pid);
 
     // A call with a long deadline goes first; those with short deadlines come after it and must
     // not wait for it.
@@ -139,8 +129,7 @@ async fn a_call_without_deadline_waits_out_a_stopped_server() {
     client.insert("k", "v").await.expect("insert");
 
     let pid = server.child.id();
-    signal(pid, "STOP");
-    let resume = Resume(pid);
+    let resume = Stopped::stop(pid);
     let waiting = {
         let c = client.clone();
         tokio::spawn(async move { c.get("k").await })
@@ -177,8 +166,7 @@ async fn callers_beyond_a_full_stream_wait_within_their_deadline_and_all_complet
     client.insert(key.clone(), "v").await.expect("insert");
 
     let pid = server.child.id();
-    signal(pid, "STOP");
-    let resume = Resume(pid);
+    let resume = Stopped::stop(pid);
     // Far more than QUIC flow control lets through to a stopped server (16 KiB each, ~64 MiB
     // in all) plus what the client queues per stream: the rest must wait for room.
     const CALLS: usize = 4000;

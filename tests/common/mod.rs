@@ -115,6 +115,24 @@ pub fn signal(pid: u32, name: &str) {
 }
 
 /// Sends a signal by name and ignores a failure (cleanup paths: the process may be gone).
+/// A process stopped with SIGSTOP, resumed with SIGCONT when this guard drops (also when a test
+/// fails half-way, so no stopped server outlives its test).
+pub struct Stopped(u32);
+
+impl Stopped {
+    /// Stops `pid` and returns the guard that resumes it.
+    pub fn stop(pid: u32) -> Stopped {
+        signal(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal_quietly(self.0, "CONT");
+    }
+}
+
 pub fn signal_quietly(pid: u32, name: &str) {
     if let Some(signal) = Signal::from_name(name) {
         let _ = supervisor::signal_pid(pid, signal);
