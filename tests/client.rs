@@ -140,17 +140,13 @@ async fn backup_reads_are_refused_while_the_backup_is_not_current() {
 
 #[tokio::test]
 async fn deadline_fires_on_a_stopped_server_and_the_client_carries_on() {
-    let certs = fresh_certs();
-    let server = ServerProc::start("standalone", free_addr(), certs.path(), &[]);
-    let config = ClientConfig::builder(certs.path())
-        .streams(1)
-        .timeout(Duration::from_millis(300))
-        .build();
-    let client = Client::connect(&server.addr.to_string(), &config)
-        .await
-        .expect("connect");
-    client.insert("k", "v").await.expect("insert");
-    let before = client.status().await.expect("status")["connections_total"].clone();
+    let (_certs, server, client, before) = common::standalone_with_client(|certs| {
+        ClientConfig::builder(certs)
+            .streams(1)
+            .timeout(Duration::from_millis(300))
+            .build()
+    })
+    .await;
 
     let pid = server.child.id();
     let resume = Stopped::stop(pid);
@@ -186,17 +182,10 @@ async fn deadline_fires_on_a_stopped_server_and_the_client_carries_on() {
 
 #[tokio::test]
 async fn a_dropped_call_frees_its_slot_and_does_not_disturb_the_client() {
-    let certs = fresh_certs();
-    let server = ServerProc::start("standalone", free_addr(), certs.path(), &[]);
-    let config = ClientConfig::builder(certs.path())
-        .streams(2)
-        .no_timeout()
-        .build();
-    let client = Client::connect(&server.addr.to_string(), &config)
-        .await
-        .expect("connect");
-    client.insert("k", "v").await.expect("insert");
-    let before = client.status().await.expect("status")["connections_total"].clone();
+    let (_certs, server, client, before) = common::standalone_with_client(|certs| {
+        ClientConfig::builder(certs).streams(2).no_timeout().build()
+    })
+    .await;
 
     let pid = server.child.id();
     let resume = Stopped::stop(pid);

@@ -27,18 +27,14 @@ async fn until_in_flight(client: &Client, n: usize) {
 
 #[tokio::test]
 async fn short_deadlines_end_on_time_behind_a_long_call_and_the_client_carries_on() {
-    let certs = fresh_certs();
-    let server = ServerProc::start("standalone", free_addr(), certs.path(), &[]);
     // One stream, so every call below shares it with the long call.
-    let config = ClientConfig::builder(certs.path())
-        .streams(1)
-        .timeout(Duration::from_secs(600))
-        .build();
-    let client = Client::connect(&server.addr.to_string(), &config)
-        .await
-        .expect("connect");
-    client.insert("k", "v").await.expect("insert");
-    let before = client.status().await.expect("status")["connections_total"].clone();
+    let (_certs, server, client, before) = common::standalone_with_client(|certs| {
+        ClientConfig::builder(certs)
+            .streams(1)
+            .timeout(Duration::from_secs(600))
+            .build()
+    })
+    .await;
 
     let pid = server.child.id();
     let resume = Stopped::stop(pid);

@@ -115,6 +115,22 @@ pub fn signal(pid: u32, name: &str) {
 }
 
 /// Sends a signal by name and ignores a failure (cleanup paths: the process may be gone).
+/// A standalone server, and a client configured by `config` (given the certificates' directory)
+/// that has stored `k → v`; with the server's `connections_total` at that point, for checking later
+/// that the client carried on over the same connection.
+pub async fn standalone_with_client(
+    config: impl FnOnce(&Path) -> ClientConfig,
+) -> (tempfile::TempDir, ServerProc, Client, serde_json::Value) {
+    let certs = fresh_certs();
+    let server = ServerProc::start("standalone", free_addr(), certs.path(), &[]);
+    let client = Client::connect(&server.addr.to_string(), &config(certs.path()))
+        .await
+        .expect("connect");
+    client.insert("k", "v").await.expect("insert");
+    let connections = client.status().await.expect("status")["connections_total"].clone();
+    (certs, server, client, connections)
+}
+
 /// A process stopped with SIGSTOP, resumed with SIGCONT when this guard drops (also when a test
 /// fails half-way, so no stopped server outlives its test).
 pub struct Stopped(u32);
