@@ -188,17 +188,48 @@ pub fn split_entries(
     let mut entries = entries.into_iter().peekable();
     std::iter::from_fn(move || {
         let mut chunk = Vec::new();
-        let mut size = 0usize;
+        let mut fill = ChunkFill::new(max_bytes);
         while let Some((k, v)) = entries.peek() {
             let len = encoded_len_entry(k, v);
-            if !chunk.is_empty() && size.saturating_add(len) > max_bytes {
+            if fill.closes_before(len) {
                 break;
             }
-            size = size.saturating_add(len);
+            fill.add(len);
             chunk.extend(entries.next());
         }
         (!chunk.is_empty()).then_some(chunk)
     })
+}
+
+/// The cut rule of every entry stream, written once for [`split_entries`] and [`ChunkWriter`]: a
+/// chunk takes entries until the next one would take its encoded size over `max_bytes`, and always
+/// takes its first entry (so an entry larger than `max_bytes` travels alone).
+#[derive(Debug, Clone, Copy)]
+struct ChunkFill {
+    max_bytes: usize,
+    size: usize,
+    entries: u32,
+}
+
+impl ChunkFill {
+    fn new(max_bytes: usize) -> ChunkFill {
+        ChunkFill {
+            max_bytes,
+            size: 0,
+            entries: 0,
+        }
+    }
+
+    /// Whether an entry of encoded length `len` must go to a new chunk.
+    fn closes_before(&self, len: usize) -> bool {
+        self.entries > 0 && self.size.saturating_add(len) > self.max_bytes
+    }
+
+    /// Counts an entry of encoded length `len` into the chunk.
+    fn add(&mut self, len: usize) {
+        self.size = self.size.saturating_add(len);
+        self.entries += 1;
+    }
 }
 
 /// Encodes `BucketChunk` frames entry by entry straight into an output buffer, cut exactly as
@@ -211,8 +242,8 @@ pub fn split_entries(
 #[derive(Debug)]
 pub struct ChunkWriter {
     max_bytes: usize,
-    /// Where the open chunk's frame starts in the buffer, its entry count and encoded size.
-    open: Option<(usize, u32, usize)>,
+    /// Where the open chunk's frame starts in the buffer, and how full it is.
+    open: Option<(usize, ChunkFill)>,
 }
 
 impl ChunkWriter {
@@ -227,40 +258,37 @@ impl ChunkWriter {
     /// Appends one entry, closing the open chunk first if the entry would take it over.
     pub fn push(&mut self, dst: &mut BytesMut, key: &[u8], value: &[u8]) {
         let len = encoded_len_entry(key, value);
-        if self
-            .open
-            .is_some_and(|(_, _, size)| size.saturating_add(len) > self.max_bytes)
-        {
+        if self.open.is_some_and(|(_, fill)| fill.closes_before(len)) {
             self.close(dst);
         }
-        let (_, count, size) = self.open.get_or_insert_with(|| {
+        let max_bytes = self.max_bytes;
+        let (_, fill) = self.open.get_or_insert_with(|| {
             let start = dst.len();
             dst.put_u32(0);
             dst.put_u8(PeerMsg::BucketChunk(Vec::new()).tag());
             dst.put_u32(0);
-            (start, 0, 0)
+            (start, ChunkFill::new(max_bytes))
         });
         put_bytes(dst, key);
         put_bytes(dst, value);
-        *count += 1;
-        *size = size.saturating_add(len);
+        fill.add(len);
     }
 
     /// Finishes the open chunk, if any: fills in its length prefix and entry count.
     pub fn close(&mut self, dst: &mut BytesMut) {
-        if let Some((start, count, _)) = self.open.take() {
+        if let Some((start, fill)) = self.open.take() {
             let len = wire_len(dst.len() - start - LEN_PREFIX);
             dst[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
             let at = start + LEN_PREFIX + 1;
-            dst[at..at + 4].copy_from_slice(&count.to_be_bytes());
+            dst[at..at + 4].copy_from_slice(&fill.entries.to_be_bytes());
         }
     }
 
     /// Splits off the front of `dst` holding whole frames only (everything before the open
     /// chunk), to be sent while the writer goes on.
     pub fn take_sealed(&mut self, dst: &mut BytesMut) -> Bytes {
-        let sealed = self.open.map_or(dst.len(), |(start, _, _)| start);
-        if let Some((start, _, _)) = self.open.as_mut() {
+        let sealed = self.open.map_or(dst.len(), |(start, _)| start);
+        if let Some((start, _)) = self.open.as_mut() {
             *start -= sealed;
         }
         dst.split_to(sealed).freeze()
