@@ -14,13 +14,13 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-use quickv::config::{Role, ServerConfig};
-use quickv::protocol::peer::PeerMsg;
-use quickv::protocol::{Limits, Op};
-use quickv::replication::backup::StreamApplier;
-use quickv::replication::lanes::Lanes;
-use quickv::replication::Replication;
-use quickv::store::{BucketId, Store, BUCKETS};
+use quickv_proto::peer::PeerMsg;
+use quickv_proto::{Limits, Op};
+use quickv_server::config::{Role, ServerConfig};
+use quickv_server::replication::backup::StreamApplier;
+use quickv_server::replication::lanes::Lanes;
+use quickv_server::replication::Replication;
+use quickv_server::store::{BucketId, Store, BUCKETS};
 
 /// Rounds per figure; the best counts.
 const ROUNDS: usize = 3;

@@ -13,8 +13,8 @@
 //!   `Ok` response frame, which the primary forwards to the client. The ceiling of a replicated
 //!   write.
 //!
-//! Same TLS as quickv (rustls with ring, TLS 1.3, mutual certificates from `quickv::tls`), same
-//! frames (`quickv::protocol::encode_request`), same runtime shape (current-thread tokio in every
+//! Same TLS as quickv (rustls with ring, TLS 1.3, mutual certificates from `quickv_server::tls`), same
+//! frames (`quickv_proto::encode_request`), same runtime shape (current-thread tokio in every
 //! process, like `quickv server` and `quickv bench` by default).
 //!
 //! ```text
@@ -38,8 +38,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use tokio::io::AsyncReadExt;
 
-use quickv::protocol::{encode_request, encode_response, Op, Reply, Request, Response};
-use quickv::tls::{self, CertPaths, Identity, TransportLimits};
+use quickv_proto::{encode_request, encode_response, Op, Reply, Request, Response};
+use quickv_server::tls::{self, CertPaths, Identity, TransportLimits};
 
 /// Bytes of the length prefix in front of every quickv frame (big-endian `u32`).
 const LEN_PREFIX: usize = 4;

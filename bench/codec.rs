@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use quickv::protocol::{
+use quickv_proto::{
     decode_request, decode_response, encode_request, encode_response, Limits, Op, Reply, Request,
     Response,
 };

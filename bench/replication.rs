@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quickv::client::{Client, ClientConfig};
+use quickv_client::{Client, ClientConfig};
 
 /// Requests in flight during the throughput runs.
 const IN_FLIGHT: usize = 64;
@@ -123,7 +123,7 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 
 async fn run(keys: usize) -> anyhow::Result<()> {
     let certs = tempfile::tempdir()?;
-    quickv::tls::generate(certs.path(), &[], false)?;
+    quickv_server::tls::generate(certs.path(), &[], false)?;
     let dir = certs.path();
     let measured = keys.min(200_000);
 

@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use quickv::protocol::peer::PeerMsg;
-use quickv::protocol::Limits;
-use quickv::replication::link::{bucket_msgs, encode_bucket, TransferReceiver};
-use quickv::store::{BucketId, Store};
+use quickv_proto::peer::PeerMsg;
+use quickv_proto::Limits;
+use quickv_server::replication::link::{bucket_msgs, encode_bucket, TransferReceiver};
+use quickv_server::store::{BucketId, Store};
 
 /// Rounds per figure; the best counts.
 const ROUNDS: usize = 3;

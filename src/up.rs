@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::client::{ClientConfig, Status};
 use crate::supervisor::{in_sync, stop_signal, wait_status, ServerCommand, ServerProcess};
+use quickv_client::{ClientConfig, Status};
 
 /// What `up` runs.
 #[derive(Debug, Clone)]
@@ -81,10 +81,10 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
             }
             say!("pair in sync. Try:");
             let mut cli = String::from("quickv");
-            if pair.primary.to_string() != crate::config::DEFAULT_PRIMARY_ADDR {
+            if pair.primary.to_string() != quickv_server::config::DEFAULT_PRIMARY_ADDR {
                 cli.push_str(&format!(" --server {}", pair.primary));
             }
-            if pair.certs != std::path::Path::new(crate::config::DEFAULT_CERTS_DIR) {
+            if pair.certs != std::path::Path::new(quickv_server::config::DEFAULT_CERTS_DIR) {
                 cli.push_str(&format!(" --certs {}", pair.certs.display()));
             }
             say!("  {cli} insert hello world && {cli} get hello && {cli} status");

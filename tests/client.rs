@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quickv::client::protocol::Reply;
-use quickv::client::{Client, ClientConfig, ClientError, ReadFrom, Source};
+use quickv_client::protocol::Reply;
+use quickv_client::{Client, ClientConfig, ClientError, ReadFrom, Source};
 
 use common::{bin, free_addr, fresh_certs, Pair, ServerProc, Stopped};
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use quickv::client::{Client, ClientConfig, ClientError};
+use quickv_client::{Client, ClientConfig, ClientError};
 
 use common::{free_addr, fresh_certs, ServerProc, Stopped};
 

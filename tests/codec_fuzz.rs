@@ -6,8 +6,8 @@
 //! (docs/reliability.md gives the million-case run).
 
 use bytes::{Bytes, BytesMut};
-use quickv::protocol::peer::PeerMsg;
-use quickv::protocol::{
+use quickv_proto::peer::PeerMsg;
+use quickv_proto::{
     decode_request, decode_response, encode_request, encode_response, Limits, Op, Reply, Request,
     Response,
 };

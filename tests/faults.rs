@@ -15,8 +15,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use quickv::client::ClientConfig;
 use quickv::history::{check, HistoryReport, Recorder, Workload, WorkloadFigures};
+use quickv_client::ClientConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

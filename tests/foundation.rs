@@ -5,9 +5,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quickv::client::{Client, ClientConfig, ClientError};
-use quickv::protocol::{self, ErrorCode, Limits, Op, Reply, Request};
-use quickv::tls::{self, CertPaths};
+use quickv_client::{Client, ClientConfig, ClientError};
+use quickv_proto::{self as protocol, ErrorCode, Limits, Op, Reply, Request};
+use quickv_server::tls::{self, CertPaths};
 
 use common::{cli, free_addr, fresh_certs, ServerProc};
 

@@ -35,10 +35,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use quickv::client::{ClientConfig, ClientError};
 use quickv::history::{
     check, History, HistoryReport, Kind, Observed, Operation, Recorder, Workload, WorkloadFigures,
 };
+use quickv_client::{ClientConfig, ClientError};
 use tokio_util::sync::CancellationToken;
 
 use common::{connect, wait_state};

@@ -6,11 +6,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quickv::client::{Client, ClientError};
-use quickv::protocol::peer::{PeerHello, PeerMsg};
-use quickv::protocol::{Op, Reply};
-use quickv::store::{BucketId, Digest};
-use quickv::tls::{self, CertPaths};
+use quickv_client::{Client, ClientError};
+use quickv_proto::peer::{PeerHello, PeerMsg};
+use quickv_proto::{Op, Reply};
+use quickv_server::store::{BucketId, Digest};
+use quickv_server::tls::{self, CertPaths};
 
 use common::{connect, signal, wait_state, Pair};
 
@@ -348,9 +348,12 @@ async fn hammer_with_kills_of_backup_and_primary_loses_no_acknowledged_write() {
                     break;
                 }
                 if client.is_none() {
-                    client = Client::connect(&addr.to_string(), &quickv::ClientConfig::new(&certs))
-                        .await
-                        .ok();
+                    client = Client::connect(
+                        &addr.to_string(),
+                        &quickv_client::ClientConfig::new(&certs),
+                    )
+                    .await
+                    .ok();
                 }
                 let Some(c) = client.as_ref() else {
                     // Primary down: requests must fail; try again shortly.
@@ -514,7 +517,7 @@ struct RawPeerStream {
 
 impl RawPeerStream {
     async fn next(&mut self) -> PeerMsg {
-        let limits = quickv::protocol::Limits::default();
+        let limits = quickv_proto::Limits::default();
         loop {
             if let Some(msg) = PeerMsg::decode(&mut self.buf, &limits).expect("valid peer frame") {
                 return msg;
@@ -585,7 +588,7 @@ fn primary_hello(
     PeerHello {
         primary: true,
         run_id,
-        pair: quickv::replication::pair_id(certs),
+        pair: quickv_server::replication::pair_id(certs),
         epoch,
         synced,
         keys: entries.len() as u64,
@@ -726,7 +729,7 @@ async fn a_bucket_mixing_100k_and_16m_values_resyncs_and_dumps() {
         if backup.is_none() {
             backup = Client::connect(
                 &pair.backup_addr.to_string(),
-                &quickv::client::ClientConfig::new(pair.certs.path()),
+                &quickv_client::ClientConfig::new(pair.certs.path()),
             )
             .await
             .ok();

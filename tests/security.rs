@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use quickv::client::{Client, ClientConfig, ClientError};
-use quickv::protocol::{self, Limits, Op, Reply, Request as Frame, PROTOCOL_VERSION};
+use quickv_client::{Client, ClientConfig, ClientError};
+use quickv_proto::{self as protocol, Limits, Op, Reply, Request as Frame, PROTOCOL_VERSION};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
@@ -391,7 +391,7 @@ async fn each_role_over_https_gets_exactly_its_operations_and_refusals_change_no
 
 /// A client config presenting NAME's certificate on the client ALPN.
 fn quic_config(certs: &Path, name: &str) -> quinn::ClientConfig {
-    quickv::tls::client_config_from_files(
+    quickv_server::tls::client_config_from_files(
         &certs.join("ca.pem"),
         Some((
             &certs.join(format!("{name}.pem")),
@@ -582,7 +582,7 @@ async fn rotating_the_server_certificate_under_write_load_refuses_no_write() {
     let fresh = pair.primary_client().await;
     fresh.ping(Bytes::new()).await.expect("new connection");
     let (_ep, conn) = raw_connection(pair.primary_addr, &certs, "client").await;
-    let presented = quickv::tls::peer_certificates(&conn);
+    let presented = quickv_server::tls::peer_certificates(&conn);
     let new_der = CertificateDer::from_pem_slice(&new_cert).expect("pem");
     assert_eq!(
         presented.first(),
@@ -672,10 +672,10 @@ async fn crl_handshake_cost() {
         }
     };
     // The check itself, in process: one client-certificate verification, as the handshake does.
-    let paths = quickv::tls::CertPaths::new(dir);
+    let paths = quickv_server::tls::CertPaths::new(dir);
     let bench_cert = CertificateDer::from_pem_file(dir.join("bench.pem")).expect("bench.pem");
     let verify_cost = |label: &'static str| {
-        let verifier = quickv::tls::client_verifier(&paths).expect("verifier");
+        let verifier = quickv_server::tls::client_verifier(&paths).expect("verifier");
         let now = rustls::pki_types::UnixTime::now();
         let started = Instant::now();
         for _ in 0..VERIFICATIONS {
@@ -692,7 +692,8 @@ async fn crl_handshake_cost() {
         .map(|n| [&[0x42u8][..], &n.to_be_bytes()[..]].concat())
         .collect();
     let (_, newly, entries) =
-        quickv::pki::revoke_serials(&quickv::tls::CertPaths::new(dir), &serials).expect("crl");
+        quickv_server::pki::revoke_serials(&quickv_server::tls::CertPaths::new(dir), &serials)
+            .expect("crl");
     assert_eq!((newly, entries), (1000, 1000));
     signal(server.child.id(), "HUP");
     wait_reloads(server.addr, dir, 1).await;
@@ -730,7 +731,7 @@ async fn the_primary_refuses_a_backup_that_shows_another_certificate_of_the_same
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .expect("server cert");
-    tls.alpn_protocols = vec![quickv::tls::PEER_ALPN.to_vec()];
+    tls.alpn_protocols = vec![quickv_server::tls::PEER_ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic");
     let fake_addr = free_addr();
     let fake = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), fake_addr)
@@ -794,7 +795,7 @@ async fn a_revoked_https_client_is_dropped_at_reload_and_refused_after() {
     signal(server.child.id(), "HUP");
     // The server drops the open connection: the client's connection task ends — well before
     // the gateway would close an idle keep-alive connection on its own (header read timeout).
-    let bound = quickv::http::HEADER_READ_TIMEOUT / 2;
+    let bound = quickv_server::server::http::HEADER_READ_TIMEOUT / 2;
     let ended = tokio::time::timeout(bound, conn)
         .await
         .expect("the revoked client's HTTPS connection must be dropped");

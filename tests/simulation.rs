@@ -29,16 +29,16 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use quickv::config::{Role, ServerConfig};
 use quickv::history::{self, History, Kind, Observed, Operation};
-use quickv::protocol::peer::{PeerHello, PeerMsg};
-use quickv::protocol::{Limits, Reply, SessionWrite, WriteStamp};
-use quickv::replication::backup::StreamApplier;
-use quickv::replication::lanes::Lanes;
-use quickv::replication::link::{snapshot_msgs, TransferReceiver};
-use quickv::replication::state::{admit, Machine, Source};
-use quickv::replication::{self, Replication};
-use quickv::store::{BucketId, Store, BUCKETS};
+use quickv_proto::peer::{PeerHello, PeerMsg};
+use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
+use quickv_server::config::{Role, ServerConfig};
+use quickv_server::replication::backup::StreamApplier;
+use quickv_server::replication::lanes::Lanes;
+use quickv_server::replication::link::{snapshot_msgs, TransferReceiver};
+use quickv_server::replication::state::{admit, Machine, Source};
+use quickv_server::replication::{self, Replication};
+use quickv_server::store::{BucketId, Store, BUCKETS};
 
 /// Virtual milliseconds.
 type Ms = u64;

@@ -33,7 +33,7 @@ use super::schedule::OpenLoop;
 use super::target::{ConnectOptions, Handle, Target, TargetSpec};
 use super::workload::{insert_key, preload_key, value_of_size, LoadOp, Mix};
 use super::BenchConfig;
-use crate::protocol::Outcome;
+use quickv_proto::Outcome;
 
 /// Longest the preload phase may take before the run gives up.
 pub const PRELOAD_LIMIT: Duration = Duration::from_secs(300);

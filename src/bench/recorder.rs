@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::workload::LoadOp;
-use crate::protocol::Outcome;
+use quickv_proto::Outcome;
 
 /// Highest latency the histograms track, in nanoseconds (60 s); slower answers are recorded as
 /// 60 s rather than dropped.

@@ -19,7 +19,7 @@ use super::schedule::OpenLoop;
 use super::target::TargetSpec;
 use super::workload::LoadOp;
 use super::BenchConfig;
-use crate::protocol::Outcome;
+use quickv_proto::Outcome;
 
 /// Everything a run produced, serialized as the `--json` document.
 #[derive(Clone, Debug, Serialize)]

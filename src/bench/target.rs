@@ -19,8 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::workload::LoadOp;
-use crate::client::{Client, ClientConfig, ClientError};
-use crate::protocol::{Op, Outcome, Reply};
+use quickv_client::{Client, ClientConfig, ClientError};
+use quickv_proto::{Op, Outcome, Reply};
 
 /// What to connect to, parsed from `--target`.
 #[derive(Clone, Debug, PartialEq, Eq)]

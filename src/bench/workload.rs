@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::dist::SplitMix64;
-use crate::protocol::OpKind;
+use quickv_proto::OpKind;
 
 /// Length of every generated key, in bytes.
 pub const KEY_BYTES: usize = 16;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench;
-use crate::config::{self, Role};
 use crate::tester;
+use quickv_server::config::{self, Role};
 
 /// quickv: an in-memory key-value server with synchronous primary/backup replication over QUIC.
 #[derive(Debug, Parser)]

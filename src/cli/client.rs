@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::args::{Command, ReadArgs, WriteArgs};
 use super::print_status;
-use crate::client::{Client, ClientConfig, ClientError};
-use crate::protocol::Limits;
+use quickv_client::{Client, ClientConfig, ClientError};
+use quickv_proto::Limits;
 
 pub(super) async fn client_command(
     server: &str,

@@ -16,12 +16,12 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::bench;
-use crate::client::ClientError;
-use crate::config::{self, FileConfig, Role, ServerConfig};
-use crate::pki;
-use crate::protocol::Limits;
-use crate::server::Server;
-use crate::tls;
+use quickv_client::ClientError;
+use quickv_proto::Limits;
+use quickv_server::config::{self, FileConfig, Role, ServerConfig};
+use quickv_server::pki;
+use quickv_server::server::Server;
+use quickv_server::tls;
 
 pub use args::Cli;
 use args::{BenchAction, BenchArgs, CertsAction, Command, ServerArgs};

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ClientId, Kind, Observed, Recorder};
-use crate::client::{Client, ClientConfig};
+use quickv_client::{Client, ClientConfig};
 
 /// The shape and bounds of a load.
 #[derive(Clone, Debug)]

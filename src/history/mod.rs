@@ -43,9 +43,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::client::outcome::of_call;
-use crate::client::ClientError;
-use crate::protocol::{Op, OpKind, Outcome, Reply};
+use quickv_client::outcome::of_call;
+use quickv_client::ClientError;
+use quickv_proto::{Op, OpKind, Outcome, Reply};
 
 pub use load::{Workload, WorkloadFigures};
 pub use recorder::{Invocation, Recorder};
@@ -151,7 +151,7 @@ pub enum Observed {
 }
 
 impl Observed {
-    /// Classifies the raw result of [`crate::Client::call`] for an operation of kind `kind`.
+    /// Classifies the raw result of [`quickv_client::Client::call`] for an operation of kind `kind`.
     ///
     /// The mapping follows the client's contract: a connection error on a write means it was never
     /// written to the stream (written writes are failed as indeterminate), so it is `Failed`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{ClientId, History, Kind, Mark, MarkKind, Observed, Operation};
-use crate::client::Client;
+use quickv_client::Client;
 
 /// Records operations from any number of tasks. Cheap to clone; clones share the log.
 #[derive(Clone, Debug)]

@@ -576,7 +576,7 @@ fn the_search_agrees_with_brute_force_on_random_small_histories() {
 
 #[test]
 fn a_call_result_keeps_the_shared_verdict_and_its_payload() {
-    use crate::protocol::ErrorCode;
+    use quickv_proto::ErrorCode;
     let put = Kind::Insert(b("v"));
     let cases = [
         (Kind::Get, Ok(Reply::Value(b("x"))), Observed::Value(b("x"))),

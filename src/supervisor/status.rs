@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::client::{Client, ClientConfig, Status};
+use quickv_client::{Client, ClientConfig, Status};
 
 use super::SupervisorError;
 

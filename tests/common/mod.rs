@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
-use quickv::client::{Client, ClientConfig};
 use quickv::supervisor::{self, ServerCommand, ServerProcess, Signal};
+use quickv_client::{Client, ClientConfig};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -371,9 +371,12 @@ pub async fn raw_connection(
 }
 
 /// Client-side TLS settings used by raw tests: 5 s idle timeout, 1 s keep-alive.
-pub fn raw_client_config(certs: &Path, identity: quickv::tls::Identity) -> quinn::ClientConfig {
-    quickv::tls::client_config(
-        &quickv::tls::CertPaths::new(certs),
+pub fn raw_client_config(
+    certs: &Path,
+    identity: quickv_server::tls::Identity,
+) -> quinn::ClientConfig {
+    quickv_server::tls::client_config(
+        &quickv_server::tls::CertPaths::new(certs),
         identity,
         Duration::from_secs(5),
         Duration::from_secs(1),

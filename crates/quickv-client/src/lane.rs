@@ -8,12 +8,13 @@ use bytes::BytesMut;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::net::{BatchWriter, FramedReader};
+use quickv_net::{tls, BatchWriter, FramedReader};
+
 use crate::owed::{Answer, Deadline, Owed};
 use crate::protocol::{
     decode_response, encode_request, Limits, Op, Reply, Request, SessionWrite, WriteStamp,
 };
-use crate::{tls, unexpected, ClientError, LANE_QUEUE};
+use crate::{unexpected, ClientError, LANE_QUEUE};
 
 /// One long-lived stream of a session: what its callers, writer, reader and deadline sweeper
 /// share. Dropping it (with its session) lets the writer finish the stream.

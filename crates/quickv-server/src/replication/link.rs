@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use quickv_client::net::FramedReader;
+use quickv_net::FramedReader;
 use tracing::info;
 
 use crate::config::ServerConfig;
-use crate::protocol::peer::{split_entries, ChunkWriter, PeerMsg, CHUNK_HEADER_BYTES};
-use crate::protocol::Limits;
 use crate::store::{BucketId, Digest, Store};
+use quickv_proto::peer::{split_entries, ChunkWriter, PeerMsg, CHUNK_HEADER_BYTES};
+use quickv_proto::Limits;
 
 /// Target size of one snapshot chunk frame, in bytes.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
@@ -236,7 +236,7 @@ pub struct TransferReceiver {
     /// age and the answers so far; installed with the entries once the bucket verifies.
     sessions: (
         crate::store::sessions::TableMarks,
-        Vec<crate::protocol::peer::SessionAnswer>,
+        Vec<quickv_proto::peer::SessionAnswer>,
     ),
     /// Keys received in verified buckets.
     pub keys: u64,
@@ -263,7 +263,7 @@ pub struct BucketJob {
     digest: Digest,
     sessions: (
         crate::store::sessions::TableMarks,
-        Vec<crate::protocol::peer::SessionAnswer>,
+        Vec<quickv_proto::peer::SessionAnswer>,
     ),
 }
 

@@ -14,8 +14,8 @@
 
 use std::fmt;
 
-use crate::protocol::peer::PeerHello;
 use crate::store::{BucketId, BUCKETS};
+use quickv_proto::peer::PeerHello;
 
 /// Where the pair stands, from this server's point of view.
 #[derive(Clone, Debug, PartialEq, Eq)]

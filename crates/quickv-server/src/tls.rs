@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(crate) use quickv_client::tls::{load_certs, load_key, load_roots};
+pub(crate) use quickv_net::tls::{load_certs, load_key, load_roots};
 use quinn::crypto::rustls::QuicServerConfig;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -40,19 +40,19 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 
 use crate::error::{Error, Result};
-use crate::protocol::ALPN;
+use quickv_proto::ALPN;
 
 /// The client side of TLS (file names, PEM loading, client configs, refusal sentences) lives in
 /// `quickv-client`; re-exported here so both sides are found in one place.
-pub use quickv_client::tls::{
+pub use quickv_net::tls::{
     client_config_from_files, explain_connection_error, quic_client_config, CertPaths, Identity,
     TlsError,
 };
 
 mod peer;
 
-/// ALPN of the primary↔backup link; the client ALPN is [`crate::protocol::ALPN`].
-pub use crate::protocol::PEER_ALPN;
+/// ALPN of the primary↔backup link; the client ALPN is [`quickv_proto::ALPN`].
+pub use quickv_proto::PEER_ALPN;
 /// Validity of the generated CA, in days from generation.
 pub const CA_VALIDITY_DAYS: i64 = 3650;
 /// Validity of generated server and client certificates, in days from generation.
@@ -319,7 +319,7 @@ pub fn http_server_config(paths: &CertPaths) -> Result<Arc<rustls::ServerConfig>
 ///
 /// A server dialing its peer ([`Identity::Peer`]) goes through `peer::client_config`, which also
 /// demands that the remote holds the pair's server certificate; clients and tools get
-/// [`quickv_client::tls::client_config`].
+/// [`quickv_net::tls::client_config`].
 pub fn client_config(
     paths: &CertPaths,
     identity: Identity,
@@ -328,7 +328,7 @@ pub fn client_config(
 ) -> Result<quinn::ClientConfig> {
     match identity {
         Identity::Peer => peer::client_config(paths, idle_timeout, keep_alive),
-        Identity::Client => Ok(quickv_client::tls::client_config(
+        Identity::Client => Ok(quickv_net::tls::client_config(
             paths,
             identity,
             idle_timeout,

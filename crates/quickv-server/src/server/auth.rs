@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::pki::Access;
-use crate::protocol::{ErrorCode, Op, Reply};
+use quickv_proto::{ErrorCode, Op, Reply};
 
 /// Application close code for a connection whose certificate was revoked (or is no longer
 /// trusted) at a reload.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::protocol::peer::{PeerHello, PeerMsg, ReplOffset};
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
 use crate::replication::state::{admit, Refusal, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, Digest, BUCKETS};
+use quickv_proto::peer::{PeerHello, PeerMsg, ReplOffset};
 
 /// Serves one link from the primary until it ends. The primary's hello is read and verified
 /// ([`admit`]: same pair, not a stale epoch) before the connection touches anything; only then
@@ -393,9 +393,9 @@ mod tests {
 
     use super::*;
     use crate::config::{Role, ServerConfig};
-    use crate::protocol::Op;
     use crate::replication::lanes::{CheckOutcome, Lanes};
     use crate::store::{Store, BUCKETS};
+    use quickv_proto::Op;
 
     fn backup() -> Arc<Replication> {
         let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
@@ -445,7 +445,7 @@ mod tests {
         lanes
             .handle_ack(&primary, b, applier.applied[b.index()])
             .expect("ack");
-        assert_eq!(done.await.expect("answered"), crate::protocol::Reply::Ok);
+        assert_eq!(done.await.expect("answered"), quickv_proto::Reply::Ok);
         assert_eq!(primary.digest(b), backup.store.digest(b));
 
         // Divergence on the backup (a bug or bit rot): an extra key in the same bucket.

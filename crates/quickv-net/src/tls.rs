@@ -1,4 +1,4 @@
-//! Client-side TLS: the certificate files of a cluster, PEM loading, and the rustls/quinn client
+//! TLS for the dialing side (a client, or a server dialing its peer): the certificate files of a cluster, PEM loading, and the rustls/quinn client
 //! configs, plus plain sentences for TLS refusals.
 //!
 //! Certificates are made by the server side (`quickv certs`, rcgen), not here: a client only

@@ -16,9 +16,8 @@
 //!   whole buffer per wake-up ([`BatchWriter::take_from`]) — no per-frame channel message, no
 //!   second copy, one wake-up per burst.
 //!
-//! Every framed stream in the workspace is built from these: the client's streams, the server
-//! session (`quickv::server::session`), and the peer link's control and data streams
-//! (`quickv::replication::link`, `primary`).
+//! Every framed stream in the workspace is built from these: the client's streams, the server's
+//! client sessions, and the peer link's control and data streams.
 
 use std::sync::Mutex;
 

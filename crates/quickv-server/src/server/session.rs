@@ -3,7 +3,7 @@
 //! Each stream gets a reader (decode → route → answer) and a writer (batch answers → send). They
 //! are split so that a client which writes a lot before reading cannot deadlock us, and a semaphore
 //! bounds the answers owed per stream: when a client stops reading, we stop reading it. Both halves
-//! are the workspace's one network layer (`quickv_client::net`): the reader is a `FramedReader`,
+//! are the workspace's one network layer (`quickv_net`): the reader is a `FramedReader`,
 //! and answers are encoded straight into the stream's `Outbox`, which the writer empties into its
 //! `BatchWriter` once per wake-up.
 
@@ -12,20 +12,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use quickv_client::net::{BatchWriter, FramedReader, Outbox, Taken};
+use quickv_net::{BatchWriter, FramedReader, Outbox, Taken};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::pki::Access;
-use crate::protocol::{
-    decode_request, encode_response, DecodeError, ErrorCode, Reply, Request, Response,
-    DUMP_CHUNK_HEADER,
-};
 use crate::replication::reply::{ReplyTo, StreamAnswers, Ticket};
 use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
+use quickv_proto::{
+    decode_request, encode_response, DecodeError, ErrorCode, Reply, Request, Response,
+    DUMP_CHUNK_HEADER,
+};
 
 /// Target size of one dump chunk frame, in bytes (a single larger entry gets a chunk of its own).
 const DUMP_CHUNK_BYTES: usize = 1024 * 1024;
@@ -357,10 +357,10 @@ fn send_dump(
     outbox: &Outbox,
     id: u64,
     entries: Vec<(Bytes, Bytes)>,
-    limits: &crate::protocol::Limits,
+    limits: &quickv_proto::Limits,
 ) {
     let budget = DUMP_CHUNK_BYTES.min(limits.max_frame.saturating_sub(DUMP_CHUNK_HEADER));
-    let mut chunks = crate::protocol::peer::split_entries(entries, budget).peekable();
+    let mut chunks = quickv_proto::peer::split_entries(entries, budget).peekable();
     while let Some(chunk) = chunks.next() {
         let last = chunks.peek().is_none();
         let reply = Reply::DumpChunk {

@@ -19,8 +19,8 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::protocol::{OpKind, Reply};
 use crate::replication::Submitted;
+use quickv_proto::{OpKind, Reply};
 
 /// A client stream that takes answers to its replicated writes from another task.
 pub trait StreamAnswers: Send + Sync + std::fmt::Debug {

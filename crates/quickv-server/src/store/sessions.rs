@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::protocol::peer::SessionAnswer;
-use crate::protocol::{ErrorCode, Reply, SessionWrite, WriteStamp};
 use crate::store::{BucketId, BUCKETS};
+use quickv_proto::peer::SessionAnswer;
+use quickv_proto::{ErrorCode, Reply, SessionWrite, WriteStamp};
 
 /// Slack allowed for the trip of a retry from the client to the server when deciding whether its
 /// first attempt could predate an eviction, in time. Generous: a too-large margin only turns a

@@ -11,10 +11,10 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 
 use crate::pki::Access;
-use crate::protocol::{Op, Reply};
 use crate::server::auth;
 use crate::server::metrics::OpKind;
 use crate::server::node::{Node, Stats};
+use quickv_proto::{Op, Reply};
 
 /// Index of the 4xx class in [`crate::server::node::Stats::http_responses`].
 const CLASS_4XX: usize = 3;

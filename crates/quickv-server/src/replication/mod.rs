@@ -56,10 +56,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{Role, ServerConfig};
-use crate::protocol::peer::PeerHello;
-use crate::protocol::Op;
 use crate::store::{Store, BUCKETS};
 use lanes::Lanes;
+use quickv_proto::peer::PeerHello;
+use quickv_proto::Op;
 use state::{Machine, State, Transition};
 
 /// What submitting a client write gives back: the receiver of its answer once the backup has
@@ -67,7 +67,7 @@ use state::{Machine, State, Transition};
 /// now (refused, or decided without replicating anything). The router wraps it for the session;
 /// replication knows nothing of sessions.
 pub type Submitted =
-    Result<tokio::sync::oneshot::Receiver<crate::protocol::Reply>, crate::protocol::Reply>;
+    Result<tokio::sync::oneshot::Receiver<quickv_proto::Reply>, quickv_proto::Reply>;
 
 /// The replication side of one server (primary or backup), shared by its sessions and drivers.
 #[derive(Debug)]
@@ -207,11 +207,7 @@ impl Replication {
 
     /// [`Replication::submit`] for a write that may carry a session stamp (see
     /// `store::sessions`): a retry gets the original answer and is not applied again.
-    pub fn submit_stamped(
-        &self,
-        op: Op,
-        session: Option<crate::protocol::SessionWrite>,
-    ) -> Submitted {
+    pub fn submit_stamped(&self, op: Op, session: Option<quickv_proto::SessionWrite>) -> Submitted {
         reply::via_oneshot(|to| self.submit_to(op, session, to))
     }
 
@@ -221,9 +217,9 @@ impl Replication {
     pub fn submit_to(
         &self,
         op: Op,
-        session: Option<crate::protocol::SessionWrite>,
+        session: Option<quickv_proto::SessionWrite>,
         reply_to: impl FnOnce() -> reply::ReplyTo,
-    ) -> Option<crate::protocol::Reply> {
+    ) -> Option<quickv_proto::Reply> {
         let refusal = || {
             let state = self.state();
             format!(
@@ -231,7 +227,7 @@ impl Replication {
             )
         };
         if !self.writes_open.load(Ordering::Acquire) {
-            return Some(crate::protocol::Reply::Unavailable(refusal()));
+            return Some(quickv_proto::Reply::Unavailable(refusal()));
         }
         self.lanes
             .submit_to(&self.store, op, session, refusal, reply_to)
@@ -532,7 +528,7 @@ mod tests {
         assert!(
             matches!(
                 repl.submit(insert()),
-                Err(crate::protocol::Reply::Unavailable(_))
+                Err(quickv_proto::Reply::Unavailable(_))
             ),
             "lanes open, machine in warm_start: refused"
         );
@@ -546,7 +542,7 @@ mod tests {
         assert!(
             matches!(
                 repl.submit(insert()),
-                Err(crate::protocol::Reply::Unavailable(_))
+                Err(quickv_proto::Reply::Unavailable(_))
             ),
             "shutting down: refused"
         );

@@ -5,10 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quickv_client::net::{BatchWriter, Outbox, Taken};
+use quickv_net::{BatchWriter, Outbox, Taken};
 use tracing::{debug, info, warn};
 
-use crate::protocol::peer::PeerMsg;
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
@@ -16,6 +15,7 @@ use crate::replication::state::{admit, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, BUCKETS};
 use crate::tls::{self, CertPaths, Identity};
+use quickv_proto::peer::PeerMsg;
 
 /// First redial delay after a failed attempt or a lost link.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);

@@ -28,7 +28,7 @@
 //!
 //! # The request path
 //!
-//! [`api`] turns each request into one [`crate::protocol::Op`] and hands it to
+//! [`api`] turns each request into one [`quickv_proto::Op`] and hands it to
 //! [`crate::server::router::handle`] — the very function every QUIC request goes through — so the
 //! replication guarantees are the same by construction. A replicated write's answer
 //! (`Handled::Later`) is awaited in the request's task. Keys and values are bounded by the

@@ -13,8 +13,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::protocol::Reply;
-pub use crate::protocol::{OpKind, Outcome};
+use quickv_proto::Reply;
+pub use quickv_proto::{OpKind, Outcome};
 
 /// Operation names, indexed by [`OpKind::index`]; the `op` label of the metrics.
 pub const OP_NAMES: [&str; OpKind::ALL.len()] = {
@@ -159,7 +159,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::protocol::Op;
+    use quickv_proto::Op;
 
     #[test]
     fn op_kinds_use_the_protocol_names() {

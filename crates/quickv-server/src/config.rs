@@ -29,8 +29,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::protocol::Limits;
 use crate::store::sessions::SessionLimits;
+use quickv_proto::Limits;
 
 /// Where the local primary listens by default (UDP).
 pub const DEFAULT_PRIMARY_ADDR: &str = "127.0.0.1:4470";

@@ -5,12 +5,12 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::config::Role;
-use crate::protocol::{
-    ErrorCode, Op, Reply, Request, SessionWrite, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
-};
 use crate::replication::reply::ReplyTo;
 use crate::server::node::Node;
 use crate::store::sessions::Lookup;
+use quickv_proto::{
+    ErrorCode, Op, Reply, Request, SessionWrite, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
 
 /// How a request is answered. `W` is what a caller holds for an answer that comes later: the
 /// receiver of a oneshot by default ([`handle`]), nothing when the answer goes to a stream's sink

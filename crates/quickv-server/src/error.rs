@@ -44,12 +44,12 @@ impl Error {
     }
 }
 
-impl From<quickv_client::tls::TlsError> for Error {
+impl From<quickv_net::tls::TlsError> for Error {
     /// Same variants, same messages: the client crate's TLS loading failed.
-    fn from(e: quickv_client::tls::TlsError) -> Error {
+    fn from(e: quickv_net::tls::TlsError) -> Error {
         match e {
-            quickv_client::tls::TlsError::Certificate(m) => Error::Certificate(m),
-            quickv_client::tls::TlsError::Config(m) => Error::Config(m),
+            quickv_net::tls::TlsError::Certificate(m) => Error::Certificate(m),
+            quickv_net::tls::TlsError::Config(m) => Error::Config(m),
         }
     }
 }

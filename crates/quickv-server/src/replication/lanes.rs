@@ -24,16 +24,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use quickv_client::net::Outbox;
+use quickv_net::Outbox;
 use tokio::sync::{mpsc, Notify};
 
-use crate::protocol::peer::{PeerMsg, ReplOffset};
-use crate::protocol::{Limits, Op, Reply, SessionWrite, WriteStamp};
 use crate::replication::link::chunks;
 use crate::replication::reply::{via_oneshot, ReplyTo, Waiter};
 use crate::replication::Submitted;
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
+use quickv_proto::peer::{PeerMsg, ReplOffset};
+use quickv_proto::{Limits, Op, Reply, SessionWrite, WriteStamp};
 
 /// Where a lane's frames go: the data stream of the current link that carries the lane.
 #[derive(Debug, Clone)]
@@ -623,7 +623,7 @@ mod tests {
                 sink,
                 crate::replication::reply::Ticket {
                     id,
-                    kind: crate::protocol::OpKind::Insert,
+                    kind: quickv_proto::OpKind::Insert,
                     started: Instant::now(),
                 },
             )

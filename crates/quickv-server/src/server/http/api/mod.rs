@@ -24,13 +24,13 @@ mod answer;
 
 use answer::{bad_form, dump, success, Answer, Count, Verdict, JSON};
 
-use crate::protocol::{ErrorCode, Limits, Op, Reply};
 use crate::server::http::form::{Form, FormError};
 use crate::server::http::metrics;
 use crate::server::http::Release;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
+use quickv_proto::{ErrorCode, Limits, Op, Reply};
 
 /// Room in a form body beyond its key and value, in bytes: field names, `=` and `&`, and any
 /// extra fields a tool sends along.
