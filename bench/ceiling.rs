@@ -34,9 +34,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::io::AsyncReadExt;
 
 use quickv_proto::{encode_request, encode_response, Op, Reply, Request, Response};
 use quickv_server::tls::{self, CertPaths, Identity, TransportLimits};
@@ -305,64 +304,100 @@ async fn serve(role: &str, args: &[String]) -> anyhow::Result<()> {
 /// What a pipe writes for each whole frame it reads.
 #[derive(Clone, Copy)]
 enum Forward {
-    /// The frame itself (echo, and both directions of the relay primary).
+    /// The bytes themselves, as they came (echo, and both directions of the relay primary).
     Frames,
-    /// A quickv `Ok` response carrying the frame's request id (the relay backup).
+    /// A quickv `Ok` response carrying each frame's request id (the relay backup).
     Ack,
 }
 
-/// Reads whole frames from `recv` and writes what `forward` says for each to `send`, one write per
-/// read. Ends quietly when either side ends or a frame is malformed.
+/// Chunks taken from a stream per wake-up: what quinn has buffered, up to this many pieces.
+const CHUNKS_PER_READ: usize = 32;
+
+/// Reads `recv` and writes what `forward` says to `send`, one write per wake-up: everything the
+/// stream has buffered is taken at once (`read_chunks`, no copy), walked frame by frame (the
+/// length prefix is checked, and for `Ack` the id read), and passed on without a copy (`Frames`:
+/// the very chunks) or answered (`Ack`: one encoded `Ok` per frame into one buffer). Ends quietly
+/// when either side ends or a length prefix is one no quickv frame has.
 async fn pipe(mut recv: quinn::RecvStream, mut send: quinn::SendStream, forward: Forward) {
-    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut chunks: [Bytes; CHUNKS_PER_READ] = std::array::from_fn(|_| Bytes::new());
+    let mut walk = FrameWalk::default();
     let mut out = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        inbuf.reserve(READ_CHUNK);
-        match recv.read_buf(&mut inbuf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        loop {
-            match split_frame(&mut inbuf) {
-                Ok(Some(frame)) => match forward {
-                    Forward::Frames => out.extend_from_slice(&frame),
-                    Forward::Ack => {
-                        let id = (&frame[LEN_PREFIX + 1..]).get_u64();
-                        encode_response(
-                            &Response {
-                                id,
-                                reply: Reply::Ok,
-                            },
-                            &mut out,
-                        );
-                    }
-                },
-                Ok(None) => break,
-                Err(()) => return,
-            }
-        }
-        if !out.is_empty() {
-            if send.write_all(&out).await.is_err() {
+        let n = match recv.read_chunks(&mut chunks).await {
+            Ok(Some(n)) => n,
+            Ok(None) | Err(_) => return,
+        };
+        let got = &mut chunks[..n];
+        let mut ids = 0usize;
+        for chunk in got.iter() {
+            let walked = walk.feed(chunk, |id| {
+                if let Forward::Ack = forward {
+                    encode_response(&Response { id, reply: Reply::Ok }, &mut out);
+                }
+                ids += 1;
+            });
+            if walked.is_err() {
                 return;
             }
-            out.clear();
+        }
+        let written = match forward {
+            Forward::Frames => send.write_all_chunks(got).await,
+            Forward::Ack if ids == 0 => Ok(()),
+            Forward::Ack => {
+                let mut answers = [out.split().freeze()];
+                send.write_all_chunks(&mut answers).await
+            }
+        };
+        if written.is_err() {
+            return;
+        }
+        if out.capacity() < READ_CHUNK / 4 {
+            out.reserve(READ_CHUNK);
         }
     }
 }
 
-/// Splits one whole frame (prefix included) off `buf`; `Err` on a length no quickv frame has.
-fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, ()> {
-    if buf.len() < LEN_PREFIX {
-        return Ok(None);
+/// Walks a byte stream of quickv frames as it arrives in pieces, without buffering it: it keeps
+/// only the first bytes of the frame in progress (prefix, tag, id) and how much of its body is
+/// left to skip.
+#[derive(Default)]
+struct FrameWalk {
+    /// The frame's prefix, tag and request id, as far as they have arrived.
+    head: [u8; LEN_PREFIX + FRAME_HEADER],
+    /// Bytes of `head` filled.
+    have: usize,
+    /// Body bytes of the current frame still to skip (after its head).
+    left: usize,
+}
+
+impl FrameWalk {
+    /// Feeds the next piece of the stream; calls `frame(id)` for each frame whose head is
+    /// complete. `Err` on a length no quickv frame has.
+    fn feed(&mut self, mut data: &[u8], mut frame: impl FnMut(u64)) -> Result<(), ()> {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(data.len());
+                self.left -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (self.head.len() - self.have).min(data.len());
+            self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == self.head.len() {
+                let [a, b, c, d, _, id @ ..] = self.head;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if !(FRAME_HEADER..=MAX_FRAME).contains(&len) {
+                    return Err(());
+                }
+                frame(u64::from_be_bytes(id));
+                self.left = len - FRAME_HEADER;
+                self.have = 0;
+            }
+        }
+        Ok(())
     }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    if !(FRAME_HEADER..=MAX_FRAME).contains(&len) {
-        return Err(());
-    }
-    if buf.len() < LEN_PREFIX + len {
-        return Ok(None);
-    }
-    Ok(Some(buf.split_to(LEN_PREFIX + len).freeze()))
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -445,36 +480,41 @@ impl StreamCtx {
     ) -> anyhow::Result<()> {
         let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
         let mut sent: VecDeque<Instant> = VecDeque::with_capacity(self.pipeline);
+        let template = self.template();
         let mut out = BytesMut::with_capacity(READ_CHUNK);
-        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut chunks: [Bytes; CHUNKS_PER_READ] = std::array::from_fn(|_| Bytes::new());
+        let mut walk = FrameWalk::default();
         let mut seq = 0u64;
         for _ in 0..self.pipeline {
-            self.push(&mut out, &mut seq, &mut sent);
+            push(&template, &mut out, &mut seq, &mut sent);
         }
-        send.write_all(&out).await?;
-        out.clear();
+        send.write_chunk(out.split().freeze()).await?;
         while !sent.is_empty() {
-            inbuf.reserve(READ_CHUNK);
-            if recv.read_buf(&mut inbuf).await? == 0 {
+            let Some(n) = recv.read_chunks(&mut chunks).await? else {
                 bail!("the server closed the stream");
-            }
+            };
             let now = Instant::now();
             let recording = self.recording.load(Ordering::Relaxed);
             let stopping = self.stop.load(Ordering::Relaxed);
-            while let Some(_frame) =
-                split_frame(&mut inbuf).map_err(|()| anyhow!("malformed answer frame"))?
-            {
+            let mut answered = 0usize;
+            for chunk in &chunks[..n] {
+                walk.feed(chunk, |_| answered += 1)
+                    .map_err(|()| anyhow!("malformed answer frame"))?;
+            }
+            for _ in 0..answered {
                 let at = sent.pop_front().context("an answer nobody asked for")?;
                 if recording {
                     local.saturating_record(now.duration_since(at).as_nanos() as u64);
                 }
                 if !stopping {
-                    self.push(&mut out, &mut seq, &mut sent);
+                    push(&template, &mut out, &mut seq, &mut sent);
                 }
             }
             if !out.is_empty() {
-                send.write_all(&out).await?;
-                out.clear();
+                send.write_chunk(out.split().freeze()).await?;
+                if out.capacity() < READ_CHUNK / 4 {
+                    out.reserve(READ_CHUNK);
+                }
             }
         }
         let _ = send.finish();
@@ -486,19 +526,28 @@ impl StreamCtx {
         Ok(())
     }
 
-    /// Encodes the next request (a quickv INSERT of a 16-byte key) into `out`.
-    fn push(&self, out: &mut BytesMut, seq: &mut u64, sent: &mut VecDeque<Instant>) {
-        let key = format!("k{:04}-{:010}", self.stream % 10_000, *seq);
+    /// This stream's request frame, encoded once: a quickv INSERT of a 16-byte key and the value;
+    /// each request is a copy with its own id.
+    fn template(&self) -> Bytes {
+        let mut frame = BytesMut::new();
         let req = Request {
-            id: *seq,
+            id: 0,
             op: Op::Insert {
-                key: Bytes::from(key),
+                key: Bytes::from(format!("k{:04}-{:010}", self.stream % 10_000, 0)),
                 value: self.value.clone(),
             },
             session: None,
         };
-        encode_request(&req, out);
-        sent.push_back(Instant::now());
-        *seq += 1;
+        encode_request(&req, &mut frame);
+        frame.freeze()
     }
+}
+
+/// Appends a copy of `template` with request id `seq` to `out` and notes when it was sent.
+fn push(template: &[u8], out: &mut BytesMut, seq: &mut u64, sent: &mut VecDeque<Instant>) {
+    let at = out.len();
+    out.extend_from_slice(template);
+    out[at + LEN_PREFIX + 1..at + LEN_PREFIX + FRAME_HEADER].copy_from_slice(&seq.to_be_bytes());
+    sent.push_back(Instant::now());
+    *seq += 1;
 }
