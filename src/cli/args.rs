@@ -316,6 +316,22 @@ pub(crate) struct ServerArgs {
     /// the port can then read, write and shut the server down; logged loudly at start.
     #[arg(long)]
     pub(crate) http_insecure: bool,
+    /// Plain HTTP gateway: demand `Authorization: Bearer TOKEN`, TOKEN read from this file (which
+    /// must be mode 0600, no group or other access).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) http_token: Option<PathBuf>,
+    /// Accept client certificates without a role unit, as admin (certificates made before roles
+    /// existed). By default they are refused.
+    #[arg(long)]
+    pub(crate) allow_roleless: bool,
+    /// Offer TLS 1.2 besides 1.3 on the HTTPS gateway (the client certificate then travels in
+    /// clear).
+    #[arg(long)]
+    pub(crate) tls12: bool,
+    /// Let a reload lift revocation: accept an absent or empty crl.pem after a CRL was loaded.
+    /// By default such a reload fails and the CRL in force stays.
+    #[arg(long)]
+    pub(crate) allow_crl_removal: bool,
     #[command(flatten)]
     pub(crate) runtime: RuntimeArgs,
 }

@@ -266,6 +266,12 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
     }
     cfg.http_tls |= args.http_tls;
     cfg.http_insecure |= args.http_insecure;
+    if args.http_token.is_some() {
+        cfg.tls.http_token = args.http_token;
+    }
+    cfg.tls.allow_roleless |= args.allow_roleless;
+    cfg.tls.tls12 |= args.tls12;
+    cfg.tls.allow_crl_removal |= args.allow_crl_removal;
     cfg.validate()?;
     Ok(cfg)
 }

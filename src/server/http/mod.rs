@@ -41,6 +41,7 @@
 pub mod access;
 pub mod api;
 pub mod form;
+pub mod guard;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -111,6 +112,8 @@ pub struct Listener {
     /// Present with `--http-tls`: the config loaded at start (a reload replaces it in the node's
     /// [`crate::server::auth::Security`], where connections take it from).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// What every request passes before its role check (browsers, foreign `Host`, the token).
+    guard: Arc<guard::Guard>,
 }
 
 impl Listener {
@@ -136,8 +139,10 @@ impl Listener {
                  reach this port can read, write, delete and shut down this server"
             );
         }
+        let addr = socket.local_addr()?;
         Ok(Some(Listener {
-            addr: socket.local_addr()?,
+            guard: Arc::new(guard::Guard::new(config, addr)?),
+            addr,
             socket,
             tls,
         }))
@@ -183,7 +188,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// token of `tracker`, so the server's drain waits for its answer; connection tasks go to
 /// `release.connections`.
 pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, release: Release) {
-    let Listener { socket, addr, tls } = listener;
+    let Listener {
+        socket,
+        addr,
+        tls,
+        guard,
+    } = listener;
     let socket = match TcpListener::from_std(socket) {
         Ok(socket) => socket,
         Err(e) => {
@@ -214,11 +224,16 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
         };
         Stats::bump(&node.stats.http_connections_total);
         let node = node.clone();
-        let (tracker, gate) = (tracker.clone(), release.clone());
+        let (tracker, gate, guard) = (tracker.clone(), release.clone(), guard.clone());
         release.connections.spawn(
             async move {
                 let _open = Stats::open(&node.stats.http_connections);
-                connection(node.clone(), stream, tls, tracker, gate).await;
+                let serving = Serving {
+                    guard,
+                    tracker,
+                    release: gate,
+                };
+                connection(node.clone(), stream, tls, serving).await;
                 drop(slot);
             }
             .instrument(info_span!("http", %remote)),
@@ -230,18 +245,12 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
 /// One connection: the optional TLS handshake, then HTTP/1.1. Plain HTTP acts as `admin` (it can
 /// only listen on loopback unless `--http-insecure`); HTTPS gets the role of the client's
 /// certificate, and is registered so a reload can close it if that certificate is revoked.
-async fn connection(
-    node: Arc<Node>,
-    stream: TcpStream,
-    tls: bool,
-    tracker: TaskTracker,
-    release: Release,
-) {
+async fn connection(node: Arc<Node>, stream: TcpStream, tls: bool, serving: Serving) {
     // Answers are small and written whole; Nagle would only add delay.
     let _ = stream.set_nodelay(true);
     if !tls {
         let never = CancellationToken::new();
-        return drive(node, stream, Access::Admin, never, tracker, release).await;
+        return drive(node, stream, Access::Admin, never, serving).await;
     }
     // Taken per connection, so a reload's new certificates apply from the next connection on.
     let Some(config) = node.security.http_config() else {
@@ -270,7 +279,17 @@ async fn connection(
     };
     let revoked = CancellationToken::new();
     let _open = node.security.register(chain, Closer::Http(revoked.clone()));
-    drive(node.clone(), stream, access, revoked, tracker, release).await;
+    drive(node.clone(), stream, access, revoked, serving).await;
+}
+
+/// What every connection's requests share.
+struct Serving {
+    /// The checks before the role check.
+    guard: Arc<guard::Guard>,
+    /// The server's tracker: each request in flight holds a token, so the drain waits for it.
+    tracker: TaskTracker,
+    /// The stop sequence's handles.
+    release: Release,
 }
 
 /// Serves HTTP/1.1 requests on `io` with the rights of `access` until the client closes, the node
@@ -280,17 +299,25 @@ async fn drive<I>(
     io: I,
     access: Access,
     revoked: CancellationToken,
-    tracker: TaskTracker,
-    release: Release,
+    serving: Serving,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let for_requests = node.clone();
+    let Serving {
+        guard,
+        tracker,
+        release,
+    } = serving;
     let service = service_fn(move |req| {
         let node = for_requests.clone();
         let in_flight = tracker.token();
         let release = release.clone();
+        let guard = guard.clone();
         async move {
+            if let Some(refused) = guard.refusal(&node, &req) {
+                return Ok::<_, Infallible>(refused);
+            }
             if let Some(refused) = access::refusal(&node, access, &req) {
                 return Ok::<_, Infallible>(refused);
             }
