@@ -410,12 +410,20 @@ pub(crate) enum CertsAction {
         #[arg(long, value_parser = ["read", "write", "admin"])]
         role: String,
     },
-    /// Revoke NAME.pem: add it to crl.pem (servers refuse it after SIGHUP or a restart).
+    /// Revoke a certificate: add it to crl.pem (servers refuse it after the reload that follows
+    /// the file change, SIGHUP or a restart). Give NAME, --cert FILE or --serial HEX.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["name", "cert", "serial"])))]
     Revoke {
         /// The client's name, as given to `certs client` (`client` for the default client.pem).
-        name: String,
+        name: Option<String>,
+        /// A certificate file to revoke (e.g. a replaced server.pem or a copy found elsewhere).
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// A serial number to revoke, hex (as `openssl x509 -noout -serial` prints it).
+        #[arg(long, value_name = "HEX")]
+        serial: Option<String>,
     },
-    /// Re-issue server.pem / server.key with a new key and the same names (servers use it after
-    /// SIGHUP).
+    /// Re-issue server.pem / server.key with a new key and the same names, and revoke the replaced
+    /// certificate (servers use both after SIGHUP or the next file poll).
     Renew,
 }

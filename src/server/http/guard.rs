@@ -13,9 +13,9 @@
 //!
 //! - a `Sec-Fetch-Site` other than `none` or `same-origin` (browsers send it with every request);
 //! - an `Origin` that is not this gateway (`null` included);
-//! - on a loopback gateway, a `Host` other than the bound address or `localhost`, with the bound
-//!   port (the port may be left out only when it is 80). A request without `Host` (HTTP/1.0)
-//!   passes: browsers always send one.
+//! - on a loopback gateway, a `Host` other than the bound address or `localhost` (with the bound
+//!   port, when it names one). A request without `Host` (HTTP/1.0) passes: browsers always send
+//!   one.
 //!
 //! With `--http-token FILE` every request on the plain gateway must also carry
 //! `Authorization: Bearer TOKEN` (else `401`), which keeps out the local users who cannot read the
@@ -39,8 +39,6 @@ use crate::server::node::{Node, Stats};
 const CLASS_4XX: usize = 3;
 /// Longest token file read, in bytes (a token is a line; anything longer is a mistake).
 const MAX_TOKEN_BYTES: u64 = 4096;
-/// The port a `Host` without one stands for.
-const HTTP_DEFAULT_PORT: u16 = 80;
 
 /// The gateway's request guard, built once at start.
 #[derive(Debug)]
@@ -146,13 +144,12 @@ impl Guard {
     }
 
     /// Whether `authority` (`host[:port]`) names this gateway: the bound IP or `localhost`, and
-    /// the bound port (implicit only for port 80).
+    /// the bound port if it names one.
     fn is_ours(&self, authority: &str) -> bool {
         let (host, port) = split_authority(authority);
-        let port_ok = match port {
-            Some(p) => p.parse::<u16>().ok() == Some(self.bound.port()),
-            None => self.bound.port() == HTTP_DEFAULT_PORT,
-        };
+        // Without a port the name alone decides: a browser leaves the port out only for 80, and a
+        // page cannot make it send `localhost` or our address as the host of another site.
+        let port_ok = port.is_none_or(|p| p.parse::<u16>().ok() == Some(self.bound.port()));
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host_ok = host.eq_ignore_ascii_case("localhost")
             || host.parse::<std::net::IpAddr>().ok() == Some(self.bound.ip());
@@ -235,13 +232,17 @@ mod tests {
     #[test]
     fn authorities_naming_the_gateway_pass_and_others_do_not() {
         let g = guard("127.0.0.1:8080");
-        for ok in ["127.0.0.1:8080", "localhost:8080", "LOCALHOST:8080"] {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST:8080",
+            "localhost",
+        ] {
             assert!(g.is_ours(ok), "{ok}");
         }
         for bad in [
             "rebind.attacker.example:8080",
             "127.0.0.1:8081",
-            "127.0.0.1",
             "127.0.0.2:8080",
             "[::1]:8080",
             "",

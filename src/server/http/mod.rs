@@ -63,9 +63,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::pki::Access;
-use crate::server::auth::Closer;
+use crate::server::auth::{Closer, Security};
 use crate::server::node::{Node, Stats};
-use crate::tls::{self, CertPaths};
 
 /// How long a client may take to send a request's headers, from connect or from the end of the
 /// previous response (slowloris guard).
@@ -118,7 +117,7 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `config.http` if set (and loads the TLS certificates with `http_tls`).
-    pub fn bind(config: &ServerConfig) -> Result<Option<Listener>> {
+    pub fn bind(config: &ServerConfig, security: &Security) -> Result<Option<Listener>> {
         let Some(addr) = config.http else {
             return Ok(None);
         };
@@ -129,7 +128,7 @@ impl Listener {
             ))
         })?;
         let tls = match config.http_tls {
-            true => Some(tls::http_server_config(&CertPaths::new(&config.certs_dir))?),
+            true => Some(security.https_config(config)?),
             false => None,
         };
         if config.http_insecure && !addr.ip().is_loopback() {
@@ -272,13 +271,11 @@ async fn connection(node: Arc<Node>, stream: TcpStream, tls: bool, serving: Serv
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    let access = match chain.first().map(crate::pki::access_of) {
-        Some(Ok(access)) => access,
-        Some(Err(why)) => return warn!(reason = %why, "https client refused"),
-        None => return warn!("https client presented no certificate"),
-    };
     let revoked = CancellationToken::new();
-    let _open = node.security.register(chain, Closer::Http(revoked.clone()));
+    let (access, _open) = match node.security.admit(chain, Closer::Http(revoked.clone())) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return warn!(reason = %refusal.reason, "https client refused"),
+    };
     drive(node.clone(), stream, access, revoked, serving).await;
 }
 
