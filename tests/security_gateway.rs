@@ -2,6 +2,7 @@
 //! (issue 21, H2): requests as curl and Go's net/http send them are served; requests a web page
 //! makes (cross-site `Origin`/`Sec-Fetch-Site`) or that name another host (DNS rebinding) are
 //! refused before they take effect; `--http-token` keeps out whoever cannot read the token file.
+//! And the HTTPS gateway (M5): idle unauthenticated connections hold no connection slot.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use common::identity::{https_count, WAIT};
 use common::{bin, free_addr, free_tcp_addr, fresh_certs, ServerProc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -159,4 +161,42 @@ async fn with_a_token_file_the_plain_gateway_serves_only_requests_that_carry_the
 fn set_mode(path: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[tokio::test]
+async fn idle_unauthenticated_tcp_connections_do_not_hold_the_https_gateways_slots() {
+    let certs = fresh_certs();
+    let http = free_tcp_addr();
+    // One QUIC connection's worth: 4 HTTP connection slots.
+    let _server = ServerProc::start(
+        "standalone",
+        free_addr(),
+        certs.path(),
+        &[
+            "--http",
+            &http.to_string(),
+            "--http-tls",
+            "--max-connections",
+            "1",
+        ],
+    );
+    let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    assert_eq!(https_count(http, certs.path(), tls13, None).await, Ok(200));
+    // 64 TCP connections from 127.0.0.1 that never send a byte (no certificate, no handshake).
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(TcpStream::connect(http).await.expect("connect"));
+    }
+    // An admin from another address is served while the first idle connections still hang
+    // (they hold no connection slot, and their source has only a few handshake places).
+    let from = Some("127.0.0.2".parse().expect("ip"));
+    let served = tokio::time::timeout(WAIT, https_count(http, certs.path(), tls13, from))
+        .await
+        .expect("the admin's request was stuck behind idle unauthenticated connections");
+    assert_eq!(served, Ok(200));
+    let mut probe = [0u8; 1];
+    match idle[0].try_read(&mut probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the first idle connection was already closed ({other:?}): the admin was served only after it"),
+    }
 }

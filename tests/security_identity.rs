@@ -6,15 +6,14 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use common::identity::{
-    certs_cli, identity_dir, identity_files, issue, status, try_use, wait_certificates,
+    certs_cli, https_count, identity_dir, identity_files, issue, status, try_use, wait_certificates,
 };
 use common::{free_addr, free_tcp_addr, fresh_certs, signal, ServerProc};
 use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::CertificateDer;
 
 /// The serial number of the first certificate in `file`, hex.
 fn serial_hex(file: &Path) -> String {
@@ -132,52 +131,6 @@ async fn roleless_and_server_certificates_are_no_clients_unless_allowed() {
     assert!(try_use(relaxed.addr, as_server.path()).await.is_err());
 }
 
-/// One HTTPS GET of `/kvman/countkey` as the default admin client, with these TLS versions.
-async fn https_count(
-    http: std::net::SocketAddr,
-    certs: &Path,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Result<u16, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(certs.join("ca.pem")).map_err(|e| e.to_string())? {
-        roots
-            .add(ca.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    let chain = CertificateDer::pem_file_iter(certs.join("client.pem"))
-        .map_err(|e| e.to_string())?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let key = PrivateKeyDer::from_pem_file(certs.join("client.key")).map_err(|e| e.to_string())?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
-    let tcp = tokio::net::TcpStream::connect(http)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("tls: {e}"))?;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET /kvman/countkey HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let _ = stream.read_to_end(&mut out).await;
-    let text = String::from_utf8_lossy(&out);
-    text.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line in {text:?}"))
-}
-
 #[tokio::test]
 async fn the_https_gateway_speaks_tls_1_3_only_unless_asked() {
     let certs = fresh_certs();
@@ -191,8 +144,8 @@ async fn the_https_gateway_speaks_tls_1_3_only_unless_asked() {
         dir,
         &["--http", &http.to_string(), "--http-tls"],
     );
-    assert_eq!(https_count(http, dir, tls13).await, Ok(200));
-    let refused = https_count(http, dir, tls12).await;
+    assert_eq!(https_count(http, dir, tls13, None).await, Ok(200));
+    let refused = https_count(http, dir, tls12, None).await;
     assert!(refused.is_err(), "TLS 1.2 was accepted: {refused:?}");
     drop(strict);
 
@@ -203,5 +156,5 @@ async fn the_https_gateway_speaks_tls_1_3_only_unless_asked() {
         dir,
         &["--http", &http.to_string(), "--http-tls", "--tls12"],
     );
-    assert_eq!(https_count(http, dir, tls12).await, Ok(200));
+    assert_eq!(https_count(http, dir, tls12, None).await, Ok(200));
 }

@@ -1,9 +1,10 @@
 //! Identities for the security tests: `quickv certs` run as an operator runs it, client
 //! certificate directories per identity, and status polls for reloads.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quickv::client::{Client, ClientConfig, ClientError};
@@ -106,4 +107,59 @@ pub fn replace_file(path: &Path, contents: &[u8]) {
     let tmp = path.with_extension("swap");
     std::fs::write(&tmp, contents).expect("write");
     std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// One HTTPS GET of `/kvman/countkey` as the admin client of `certs`, with these TLS versions,
+/// from `source` (any loopback address: 127.0.0.0/8 is all local) or the default address: the
+/// status code, or how the connection failed.
+pub async fn https_count(
+    http: SocketAddr,
+    certs: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    source: Option<IpAddr>,
+) -> Result<u16, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(certs.join("ca.pem")).map_err(|e| e.to_string())? {
+        roots
+            .add(ca.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let chain = CertificateDer::pem_file_iter(certs.join("client.pem"))
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_file(certs.join("client.key")).map_err(|e| e.to_string())?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    if let Some(ip) = source {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| e.to_string())?;
+    }
+    let tcp = socket.connect(http).await.map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    stream
+        .write_all(b"GET /kvman/countkey HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))
 }

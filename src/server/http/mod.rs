@@ -13,8 +13,11 @@
 //! [`Listener::bind`] binds the TCP socket while the server is being set up (so a bad address
 //! fails at start, and the socket accepts as soon as the server says it is listening).
 //! [`serve`] runs on the server's tokio runtime, in the server's task tracker: it accepts
-//! connections (at most [`max_connections`] at once, waiting for a free slot rather than
-//! accepting and dropping), and drives each with hyper's HTTP/1.1 server. When the node's
+//! connections (at most [`max_connections`] at once), and drives each with hyper's HTTP/1.1
+//! server. Plain HTTP waits for a free slot before accepting rather than accepting and dropping;
+//! HTTPS takes its slot only after the TLS handshake, and unauthenticated connections in their
+//! handshake get their own small budget, per source address, and a short timeout
+//! ([`handshakes`]). When the node's
 //! shutdown token fires — a signal, a QUIC `shutdown`, or `/kvman/shutdown` — it stops
 //! accepting (the listening socket is closed as `serve` returns) and shuts each connection down
 //! gracefully: the response in flight is finished, then the connection closes.
@@ -42,6 +45,7 @@ pub mod access;
 pub mod api;
 pub mod form;
 pub mod guard;
+pub mod handshakes;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -54,7 +58,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,8 +73,9 @@ use crate::server::node::{Node, Stats};
 /// How long a client may take to send a request's headers, from connect or from the end of the
 /// previous response (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a TLS handshake may take.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take (it holds a place of the small pre-handshake budget,
+/// [`handshakes`], meanwhile).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -203,12 +208,21 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
     let tls = tls.is_some();
     info!(%addr, tls, "http gateway serving");
     let slots = Arc::new(Semaphore::new(max_connections(&node.config)));
+    let handshakes = Arc::new(handshakes::Handshakes::default());
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            _ = node.shutdown.cancelled() => break,
+        // Plain HTTP takes its slot before accepting (a burst waits in the listen backlog, as the
+        // classic tester expects); HTTPS only after the handshake (see `connection`).
+        let slot = match tls {
+            true => None,
+            false => {
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot,
+                    _ = node.shutdown.cancelled() => break,
+                };
+                let Ok(slot) = slot else { break };
+                Some(slot)
+            }
         };
-        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             a = socket.accept() => a,
             _ = node.shutdown.cancelled() => break,
@@ -221,6 +235,16 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
                 continue;
             }
         };
+        let admission = match slot {
+            Some(slot) => Admission::Slot(slot),
+            None => match handshakes.begin(remote.ip()) {
+                Some(pending) => Admission::Handshake(pending, slots.clone()),
+                None => {
+                    debug!(%remote, "https: too many handshakes in progress; connection closed");
+                    continue;
+                }
+            },
+        };
         Stats::bump(&node.stats.http_connections_total);
         let node = node.clone();
         let (tracker, gate, guard) = (tracker.clone(), release.clone(), guard.clone());
@@ -232,8 +256,7 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
                     tracker,
                     release: gate,
                 };
-                connection(node.clone(), stream, tls, serving).await;
-                drop(slot);
+                connection(node.clone(), stream, admission, serving).await;
             }
             .instrument(info_span!("http", %remote)),
         );
@@ -244,13 +267,16 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
 /// One connection: the optional TLS handshake, then HTTP/1.1. Plain HTTP acts as `admin` (it can
 /// only listen on loopback unless `--http-insecure`); HTTPS gets the role of the client's
 /// certificate, and is registered so a reload can close it if that certificate is revoked.
-async fn connection(node: Arc<Node>, stream: TcpStream, tls: bool, serving: Serving) {
+async fn connection(node: Arc<Node>, stream: TcpStream, admission: Admission, serving: Serving) {
     // Answers are small and written whole; Nagle would only add delay.
     let _ = stream.set_nodelay(true);
-    if !tls {
-        let never = CancellationToken::new();
-        return drive(node, stream, Access::Admin, never, serving).await;
-    }
+    let (in_handshake, slots) = match admission {
+        Admission::Slot(_slot) => {
+            let never = CancellationToken::new();
+            return drive(node, stream, Access::Admin, never, serving).await;
+        }
+        Admission::Handshake(pending, slots) => (pending, slots),
+    };
     // Taken per connection, so a reload's new certificates apply from the next connection on.
     let Some(config) = node.security.http_config() else {
         warn!("https gateway has no TLS config; dropping the connection");
@@ -265,6 +291,13 @@ async fn connection(node: Arc<Node>, stream: TcpStream, tls: bool, serving: Serv
         Ok(Err(e)) => return debug!(reason = %e, "http tls handshake failed"),
         Err(_) => return debug!("http tls handshake timed out"),
     };
+    // Authenticated: leave the pre-handshake budget, take a connection slot.
+    drop(in_handshake);
+    let slot = tokio::select! {
+        slot = slots.acquire_owned() => slot,
+        _ = node.shutdown.cancelled() => return,
+    };
+    let Ok(_slot) = slot else { return };
     let chain: Vec<_> = stream
         .get_ref()
         .1
@@ -277,6 +310,15 @@ async fn connection(node: Arc<Node>, stream: TcpStream, tls: bool, serving: Serv
         Err(refusal) => return warn!(reason = %refusal.reason, "https client refused"),
     };
     drive(node.clone(), stream, access, revoked, serving).await;
+}
+
+/// What lets a connection in: a connection slot (plain HTTP, taken before accepting), or a place
+/// in the pre-handshake budget and the slots to take one from once authenticated (HTTPS).
+enum Admission {
+    /// Plain HTTP: the slot, held for the connection's life.
+    Slot(OwnedSemaphorePermit),
+    /// HTTPS: the handshake's place, and where the slot comes from after it.
+    Handshake(handshakes::InHandshake, Arc<Semaphore>),
 }
 
 /// What every connection's requests share.
