@@ -811,7 +811,7 @@ async fn malformed_and_oversized_requests_get_json_errors_and_the_server_carries
     // A body declared larger than the cap is refused before it is sent.
     let (status, body) = raw(
         http,
-        b"POST /kv/insert HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n",
+        format!("POST /kv/insert HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
     four_xx += 1.0;

@@ -316,6 +316,22 @@ pub(crate) struct ServerArgs {
     /// the port can then read, write and shut the server down; logged loudly at start.
     #[arg(long)]
     pub(crate) http_insecure: bool,
+    /// Plain HTTP gateway: demand `Authorization: Bearer TOKEN`, TOKEN read from this file (which
+    /// must be mode 0600, no group or other access).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) http_token: Option<PathBuf>,
+    /// Accept client certificates without a role unit, as admin (certificates made before roles
+    /// existed). By default they are refused.
+    #[arg(long)]
+    pub(crate) allow_roleless: bool,
+    /// Offer TLS 1.2 besides 1.3 on the HTTPS gateway (the client certificate then travels in
+    /// clear).
+    #[arg(long)]
+    pub(crate) tls12: bool,
+    /// Let a reload lift revocation: accept an absent or empty crl.pem after a CRL was loaded.
+    /// By default such a reload fails and the CRL in force stays.
+    #[arg(long)]
+    pub(crate) allow_crl_removal: bool,
     #[command(flatten)]
     pub(crate) runtime: RuntimeArgs,
 }
@@ -394,12 +410,20 @@ pub(crate) enum CertsAction {
         #[arg(long, value_parser = ["read", "write", "admin"])]
         role: String,
     },
-    /// Revoke NAME.pem: add it to crl.pem (servers refuse it after SIGHUP or a restart).
+    /// Revoke a certificate: add it to crl.pem (servers refuse it after the reload that follows
+    /// the file change, SIGHUP or a restart). Give NAME, --cert FILE or --serial HEX.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["name", "cert", "serial"])))]
     Revoke {
         /// The client's name, as given to `certs client` (`client` for the default client.pem).
-        name: String,
+        name: Option<String>,
+        /// A certificate file to revoke (e.g. a replaced server.pem or a copy found elsewhere).
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// A serial number to revoke, hex (as `openssl x509 -noout -serial` prints it).
+        #[arg(long, value_name = "HEX")]
+        serial: Option<String>,
     },
-    /// Re-issue server.pem / server.key with a new key and the same names (servers use it after
-    /// SIGHUP).
+    /// Re-issue server.pem / server.key with a new key and the same names, and revoke the replaced
+    /// certificate (servers use both after SIGHUP or the next file poll).
     Renew,
 }

@@ -5,11 +5,12 @@
 //! a `quickv test` script failed; 2 on usage, connection or TLS errors.
 
 mod args;
+mod certs;
 mod client;
 mod test;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,12 +20,11 @@ use crate::bench;
 use quickv_client::ClientError;
 use quickv_proto::Limits;
 use quickv_server::config::{self, FileConfig, Role, ServerConfig};
-use quickv_server::pki;
 use quickv_server::server::Server;
 use quickv_server::tls;
 
 pub use args::Cli;
-use args::{BenchAction, BenchArgs, CertsAction, Command, ServerArgs};
+use args::{BenchAction, BenchArgs, Command, ServerArgs};
 use client::client_command;
 use test::test_command;
 
@@ -73,7 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(args) => {
             let dir = args.dir.unwrap_or(cli.certs);
             if let Some(action) = args.action {
-                return certs_action(&dir, action, args.force);
+                return certs::action(&dir, action, args.force);
             }
             let out = tls::generate(&dir, &args.sans, args.force)?;
             for p in &out.written {
@@ -266,46 +266,14 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
     }
     cfg.http_tls |= args.http_tls;
     cfg.http_insecure |= args.http_insecure;
+    if args.http_token.is_some() {
+        cfg.tls.http_token = args.http_token;
+    }
+    cfg.tls.allow_roleless |= args.allow_roleless;
+    cfg.tls.tls12 |= args.tls12;
+    cfg.tls.allow_crl_removal |= args.allow_crl_removal;
     cfg.validate()?;
     Ok(cfg)
-}
-
-/// `quickv certs client|revoke|renew`.
-fn certs_action(dir: &Path, action: CertsAction, force: bool) -> anyhow::Result<()> {
-    let paths = tls::CertPaths::new(dir);
-    match action {
-        CertsAction::Client { name, role } => {
-            let access: pki::Access = role.parse()?;
-            let (cert, key) = pki::issue_client(&paths, &name, access, force)?;
-            say!("wrote {} (role {access})", cert.display());
-            say!("wrote {}", key.display());
-        }
-        CertsAction::Revoke { name } => {
-            let r = pki::revoke(&paths, &name)?;
-            let what = if r.newly {
-                "revoked"
-            } else {
-                "already revoked"
-            };
-            say!(
-                "{what} {name} (serial {}); {} now lists {} certificate(s)",
-                r.serial,
-                r.crl.display(),
-                r.entries
-            );
-            say!("send SIGHUP to each server (or restart it) to apply, and copy crl.pem to every server host");
-        }
-        CertsAction::Renew => {
-            let names = pki::renew_server(&paths)?;
-            say!(
-                "renewed {} for {}",
-                paths.server_cert().display(),
-                names.join(", ")
-            );
-            say!("copy server.pem/server.key to both servers, then send each SIGHUP");
-        }
-    }
-    Ok(())
 }
 
 /// Runs a server until SIGINT/SIGTERM or a `shutdown` request.

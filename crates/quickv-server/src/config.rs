@@ -165,6 +165,26 @@ pub struct ServerConfig {
     /// Keys the store's maps are sized for at start (0: grow from empty). A sizing hint, not a
     /// limit: it moves flurry's table-growth copies out of the first inserts (docs/benchmarks.md).
     pub expected_keys: usize,
+    /// How strict the identity checks are; every default fails closed (docs/security.md).
+    pub tls: TlsPolicy,
+}
+
+/// The identity rules a server applies, each default the strict one; the flags loosen them for
+/// deployments that need it (docs/security.md, "Fail closed").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPolicy {
+    /// Accept client certificates without a role unit, as `admin` (deployments from before roles;
+    /// `--allow-roleless`). Off: such a certificate is refused after the handshake.
+    pub allow_roleless: bool,
+    /// Offer TLS 1.2 besides 1.3 on the HTTPS gateway (`--tls12`; QUIC is 1.3 by definition).
+    /// Off: under TLS 1.2 the client certificate would travel in clear.
+    pub tls12: bool,
+    /// Let a reload lift the CRL: an absent or empty `crl.pem` after one was loaded
+    /// (`--allow-crl-removal`). Off: such a reload fails and the CRL in force stays.
+    pub allow_crl_removal: bool,
+    /// Plain HTTP gateway only: a file (mode 0600, no group or other access) holding a token
+    /// every request must send as `Authorization: Bearer TOKEN` (`--http-token FILE`).
+    pub http_token: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -193,6 +213,7 @@ impl ServerConfig {
             http_insecure: false,
             sessions: SessionLimits::default(),
             expected_keys: 0,
+            tls: TlsPolicy::default(),
         }
     }
 
@@ -234,6 +255,13 @@ impl ServerConfig {
             _ if self.http_tls && self.http_insecure => Err(Error::Config(
                 "--http-tls and --http-insecure contradict each other; pick one".into(),
             )),
+            _ if self.tls.http_token.is_some() && (self.http.is_none() || self.http_tls) => {
+                Err(Error::Config(
+                    "--http-token guards the plain HTTP gateway: it needs --http ADDR, and not \
+                     --http-tls (whose client certificates already authenticate)"
+                        .into(),
+                ))
+            }
             _ if self
                 .http
                 .is_some_and(|a| !a.ip().is_loopback() && !self.http_tls && !self.http_insecure) =>

@@ -10,10 +10,11 @@
 //! A client certificate carries its role as one *organizational unit* in its subject:
 //! `OU=quickv-role=read|write|admin` (see [`ROLE_UNIT_PREFIX`]); the common name is the client's
 //! name. `openssl x509 -noout -subject -in NAME.pem` shows it. The CA signs the subject, so a
-//! client cannot change its role without a new certificate from the CA key. A certificate of the
-//! cluster CA *without* a role unit (certificates made before roles existed, and `server.pem`, which
-//! only the servers hold) counts as `admin`, so existing setups keep working; a role unit with an
-//! unknown value is refused (the connection is closed), never guessed.
+//! client cannot change its role without a new certificate from the CA key. Identities fail
+//! closed: a certificate *without* a role unit is refused (unless the server runs with
+//! `--allow-roleless`, for certificates made before roles existed, which then count as `admin`);
+//! a role unit with an unknown value is refused, never guessed; and a server certificate
+//! ([`is_server_certificate`]) is the pair's identity on the peer link only, never a client.
 //!
 //! # Revocation
 //!
@@ -29,7 +30,6 @@ use rcgen::{
     CertificateRevocationListParams, ExtendedKeyUsagePurpose, Issuer, KeyIdMethod, KeyPair,
     RevokedCertParams, SerialNumber,
 };
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
 use crate::error::{Error, Result};
@@ -89,9 +89,10 @@ pub fn role_unit(access: Access) -> String {
     format!("{ROLE_UNIT_PREFIX}{access}")
 }
 
-/// The role a (chain-verified) client certificate grants: its role unit, or `admin` when it has
-/// none (see the module docs). Errors are sentences for the log and the close reason.
-pub fn access_of(cert: &CertificateDer<'_>) -> Result<Access, String> {
+/// The role a (chain-verified) client certificate carries in its subject: `None` when it has no
+/// role unit (the server refuses it unless told to take it as `admin`, see `--allow-roleless`).
+/// Errors are sentences for the log and the close reason.
+pub fn access_of(cert: &CertificateDer<'_>) -> Result<Option<Access>, String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| format!("cannot read the client certificate: {e}"))?;
     let mut found = None;
@@ -107,7 +108,17 @@ pub fn access_of(cert: &CertificateDer<'_>) -> Result<Access, String> {
             found = Some(access);
         }
     }
-    Ok(found.unwrap_or(Access::Admin))
+    Ok(found)
+}
+
+/// Whether `cert` is a server certificate (extended key usage `serverAuth`): the pair's
+/// `server.pem`, current or replaced. Such a certificate is the pair's identity on the peer link
+/// and is never taken as a client.
+pub fn is_server_certificate(cert: &CertificateDer<'_>) -> bool {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return false;
+    };
+    matches!(parsed.extended_key_usage(), Ok(Some(eku)) if eku.value.server_auth)
 }
 
 /// The certificate and key files of client `name` in `paths`.
@@ -120,21 +131,22 @@ pub fn client_files(paths: &CertPaths, name: &str) -> (PathBuf, PathBuf) {
 
 /// Issues `NAME.pem`/`NAME.key` in the certificate directory: a client certificate for `name` with
 /// role `access`, signed by the cluster CA (which must be there, with its key). An existing pair
-/// is kept unless `force`. Returns the two paths.
-pub fn issue_client(
-    paths: &CertPaths,
-    name: &str,
-    access: Access,
-    force: bool,
-) -> Result<(PathBuf, PathBuf)> {
+/// is kept unless `force`; a replaced certificate is revoked (its serial added to `crl.pem`), so
+/// that a leaked or higher-role old copy does not stay valid. Returns the two paths and the
+/// revocation of the replaced certificate, if there was one.
+pub fn issue_client(paths: &CertPaths, name: &str, access: Access, force: bool) -> Result<Issued> {
     check_name(name)?;
     let (cert, key) = client_files(paths, name);
     if !force && (cert.exists() || key.exists()) {
         return Err(Error::Config(format!(
-            "{} exists; pass --force to replace it (and `revoke {name}` first if the old one leaked)",
+            "{} exists; pass --force to replace it (the replaced certificate is then revoked)",
             cert.display()
         )));
     }
+    let replaced = match cert.exists() {
+        true => Some(first_cert(&cert)?),
+        false => None,
+    };
     let issuer = ca_issuer(paths)?;
     let now = time::OffsetDateTime::now_utc();
     let validity = (
@@ -153,7 +165,22 @@ pub fn issue_client(
         &cert,
         &key,
     )?;
-    Ok((cert, key))
+    let revoked = match replaced {
+        Some(old) => Some(revoke_serial(paths, &serial_of(&old)?)?),
+        None => None,
+    };
+    Ok(Issued { cert, key, revoked })
+}
+
+/// What [`issue_client`] did.
+#[derive(Debug)]
+pub struct Issued {
+    /// The certificate written.
+    pub cert: PathBuf,
+    /// The key written (mode 0600).
+    pub key: PathBuf,
+    /// The revocation of the certificate it replaced (`--force` over an existing one).
+    pub revoked: Option<Revoked>,
 }
 
 /// What [`revoke`] did.
@@ -170,7 +197,18 @@ pub struct Revoked {
 }
 
 /// Adds the certificate `NAME.pem` of the certificate directory to `crl.pem` (created if absent).
+/// `server` is refused with the way out: the current `server.pem` is the pair's identity in use
+/// (revoking it would cut the peer link); `quickv certs renew` replaces it and revokes the old one,
+/// and [`revoke_cert_file`] revokes any other copy.
 pub fn revoke(paths: &CertPaths, name: &str) -> Result<Revoked> {
+    if name == "server" {
+        return Err(Error::Config(
+            "server.pem is the certificate both servers use now; revoking it would cut the peer \
+             link. Run `quickv certs renew` (it issues a new one and revokes the old), or revoke an \
+             old copy with `revoke --cert FILE` or `revoke --serial HEX`"
+                .into(),
+        ));
+    }
     check_name(name)?;
     let (cert_path, _) = client_files(paths, name);
     if !cert_path.exists() {
@@ -180,11 +218,24 @@ pub fn revoke(paths: &CertPaths, name: &str) -> Result<Revoked> {
             cert_path.display()
         )));
     }
-    let cert = tls::load_certs(&cert_path)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Certificate(format!("{}: no certificate", cert_path.display())))?;
-    let serial = serial_of(&cert)?;
+    revoke_cert_file(paths, &cert_path)
+}
+
+/// Adds the certificate in the PEM file `cert` (its first one) to `crl.pem`: for a copy that is
+/// no longer `NAME.pem` (a replaced `server.pem`, a certificate found elsewhere).
+pub fn revoke_cert_file(paths: &CertPaths, cert: &std::path::Path) -> Result<Revoked> {
+    let cert = first_cert(cert)?;
+    revoke_serial(paths, &serial_of(&cert)?)
+}
+
+/// Adds the serial number `serial` (big-endian bytes) to `crl.pem`.
+pub fn revoke_serial(paths: &CertPaths, serial: &[u8]) -> Result<Revoked> {
+    let serial = trim(serial).to_vec();
+    if serial.is_empty() {
+        return Err(Error::Config(
+            "serial number 0 is not a certificate's".into(),
+        ));
+    }
     revoke_serials(paths, std::slice::from_ref(&serial)).map(|(crl, newly, entries)| Revoked {
         crl,
         serial: hex(&serial),
@@ -193,12 +244,41 @@ pub fn revoke(paths: &CertPaths, name: &str) -> Result<Revoked> {
     })
 }
 
+/// Parses a serial number as printed by `openssl x509 -serial` or by `revoke`: hex digits,
+/// optionally with a `serial=` or `0x` prefix and `:` separators.
+pub fn parse_serial(text: &str) -> Result<Vec<u8>> {
+    let digits: String = text
+        .trim()
+        .trim_start_matches("serial=")
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let bad = || {
+        Error::Config(format!(
+            "serial {text:?}: expected hex digits (as `openssl x509 -noout -serial` prints)"
+        ))
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let padded = match digits.len() % 2 {
+        0 => digits,
+        _ => format!("0{digits}"),
+    };
+    let bytes = (0..padded.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&padded[i..i + 2], 16).map_err(|_| bad()))
+        .collect::<Result<Vec<u8>>>()?;
+    Ok(trim(&bytes).to_vec())
+}
+
 /// Adds `serials` (big-endian bytes) to the CRL; returns the file, how many were new, and the
 /// number of entries. Public for the benchmark that measures a long CRL.
 pub fn revoke_serials(paths: &CertPaths, serials: &[Vec<u8>]) -> Result<(PathBuf, usize, usize)> {
     let issuer = ca_issuer(paths)?;
     let now = time::OffsetDateTime::now_utc();
-    let mut revoked = existing_entries(paths)?;
+    let (mut revoked, previous_number) = existing_entries(paths)?;
     let mut newly = 0;
     for serial in serials {
         if revoked
@@ -216,8 +296,11 @@ pub fn revoke_serials(paths: &CertPaths, serials: &[Vec<u8>]) -> Result<(PathBuf
         });
     }
     let entries = revoked.len();
-    // Seconds since the epoch: increases from one revocation to the next, as RFC 5280 wants.
-    let number = u64::try_from(now.unix_timestamp()).unwrap_or_default();
+    // Seconds since the epoch, and always above the previous number (two revocations within a
+    // second, or a clock set back): servers refuse a CRL whose number goes down.
+    let number = u64::try_from(now.unix_timestamp())
+        .unwrap_or_default()
+        .max(previous_number.map_or(0, |n| n.saturating_add(1)));
     let crl = CertificateRevocationListParams {
         this_update: now - time::Duration::days(tls::BACKDATE_DAYS),
         // Servers do not enforce next_update (see tls::client_verifier); a far date keeps other
@@ -236,8 +319,11 @@ pub fn revoke_serials(paths: &CertPaths, serials: &[Vec<u8>]) -> Result<(PathBuf
 }
 
 /// Re-issues `server.pem`/`server.key` with a new key and the same names (common name and SANs),
-/// signed by the cluster CA. Servers pick it up on SIGHUP.
-pub fn renew_server(paths: &CertPaths) -> Result<Vec<String>> {
+/// signed by the cluster CA, then revokes the replaced certificate (a renewal is what one does
+/// when `server.key` may have leaked, so the old pair must stop working everywhere). Servers pick
+/// both up on SIGHUP or at the next file poll. Returns the names and the old certificate's
+/// revocation.
+pub fn renew_server(paths: &CertPaths) -> Result<(Vec<String>, Revoked)> {
     let current = tls::own_server_cert(paths)?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&current)
         .map_err(|e| Error::Certificate(format!("{}: {e}", paths.server_cert().display())))?;
@@ -282,18 +368,14 @@ pub fn renew_server(paths: &CertPaths) -> Result<Vec<String>> {
         &paths.server_cert(),
         &paths.server_key(),
     )?;
-    Ok(names)
+    let revoked = revoke_serial(paths, &serial_of(&current)?)?;
+    Ok((names, revoked))
 }
 
-/// The CRLs of the certificate directory (none when `crl.pem` is absent).
+/// The CRLs of the certificate directory (none when `crl.pem` is absent); an error when the file
+/// holds anything but valid CRLs, or none at all (see [`tls::Revocation`]).
 pub fn load_crls(paths: &CertPaths) -> Result<Vec<CertificateRevocationListDer<'static>>> {
-    let path = paths.crl();
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    CertificateRevocationListDer::pem_file_iter(&path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| Error::Certificate(format!("{}: {e}", path.display())))
+    Ok(tls::Revocation::load(paths, None, false)?.crls())
 }
 
 /// The serial number of a certificate, big-endian, without leading zero bytes.
@@ -303,11 +385,16 @@ pub fn serial_of(cert: &CertificateDer<'_>) -> Result<Vec<u8>> {
     Ok(trim(parsed.raw_serial()).to_vec())
 }
 
-fn existing_entries(paths: &CertPaths) -> Result<Vec<RevokedCertParams>> {
+/// The entries of `crl.pem` (none when absent) and its highest CRL number.
+fn existing_entries(paths: &CertPaths) -> Result<(Vec<RevokedCertParams>, Option<u64>)> {
     let mut out = Vec::new();
+    let mut number = None;
     for der in load_crls(paths)? {
         let (_, crl) = x509_parser::parse_x509_crl(&der)
             .map_err(|e| Error::Certificate(format!("{}: {e}", paths.crl().display())))?;
+        if let Some(n) = crl.crl_number().and_then(|n| u64::try_from(n).ok()) {
+            number = number.max(Some(n));
+        }
         for r in crl.iter_revoked_certificates() {
             out.push(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(trim(r.raw_serial())),
@@ -317,7 +404,15 @@ fn existing_entries(paths: &CertPaths) -> Result<Vec<RevokedCertParams>> {
             });
         }
     }
-    Ok(out)
+    Ok((out, number))
+}
+
+/// The first certificate of a PEM file.
+fn first_cert(path: &std::path::Path) -> Result<CertificateDer<'static>> {
+    tls::load_certs(path)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Certificate(format!("{}: no certificate", path.display())))
 }
 
 fn ca_issuer(paths: &CertPaths) -> Result<Issuer<'static, KeyPair>> {
@@ -386,13 +481,17 @@ mod tests {
         };
         assert_eq!(
             access_of(&first(&paths.client_cert())),
-            Ok(Access::Admin),
+            Ok(Some(Access::Admin)),
             "the default client stays admin"
         );
+        assert_eq!(access_of(&first(&paths.server_cert())), Ok(None));
+        assert!(is_server_certificate(&first(&paths.server_cert())));
+        assert!(!is_server_certificate(&first(&paths.client_cert())));
         for access in [Access::Read, Access::Write, Access::Admin] {
             let name = format!("app-{access}");
-            let (cert, _) = issue_client(&paths, &name, access, false).expect("issue");
-            assert_eq!(access_of(&first(&cert)), Ok(access));
+            let issued = issue_client(&paths, &name, access, false).expect("issue");
+            assert!(issued.revoked.is_none());
+            assert_eq!(access_of(&first(&issued.cert)), Ok(Some(access)));
         }
         assert!(issue_client(&paths, "app-read", Access::Read, false).is_err());
         assert!(issue_client(&paths, "server", Access::Read, false).is_err());
@@ -409,7 +508,16 @@ mod tests {
         assert_eq!(load_crls(&paths).expect("crl").len(), 1);
 
         let before = first(&paths.server_cert());
-        let names = renew_server(&paths).expect("renew");
+        let (names, old) = renew_server(&paths).expect("renew");
+        assert_eq!(old.serial, hex(&serial_of(&before).expect("serial")));
+        assert_eq!(
+            old.entries, 3,
+            "renew revokes the replaced server certificate"
+        );
+        assert_eq!(
+            parse_serial(&format!("serial={}", old.serial.to_uppercase())).ok(),
+            serial_of(&before).ok()
+        );
         assert!(names.contains(&"db.example".to_string()));
         assert!(names.contains(&"127.0.0.1".to_string()));
         assert_ne!(before, first(&paths.server_cert()));

@@ -37,7 +37,6 @@ use rcgen::{
 };
 use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::WebPkiClientVerifier;
 
 use crate::error::{Error, Result};
 use quickv_proto::ALPN;
@@ -49,7 +48,12 @@ pub use quickv_net::tls::{
     TlsError,
 };
 
+mod crl;
 mod peer;
+mod verifier;
+
+pub use crl::Revocation;
+pub use verifier::{Current, Trust};
 
 /// ALPN of the primary↔backup link; the client ALPN is [`quickv_proto::ALPN`].
 pub use quickv_proto::PEER_ALPN;
@@ -156,7 +160,8 @@ pub fn generate(dir: &Path, sans: &[String], force: bool) -> Result<Generated> {
 }
 
 /// Issues another client certificate from the cluster CA in `paths` (which must hold `ca.key`),
-/// valid from `not_before` to `not_after`; writes `cert_out` and `key_out` (0600).
+/// role `admin`, valid from `not_before` to `not_after`; writes `cert_out` and `key_out` (0600).
+/// For tests of validity; operators use `quickv certs client NAME --role ROLE`.
 pub fn issue_client_cert(
     paths: &CertPaths,
     name: &str,
@@ -171,7 +176,7 @@ pub fn issue_client_cert(
         &issuer,
         Leaf {
             common_name: name,
-            role_unit: None,
+            role_unit: Some(&crate::pki::role_unit(crate::pki::Access::Admin)),
             sans: &[],
             ekus: vec![ExtendedKeyUsagePurpose::ClientAuth],
             validity: (not_before, not_after),
@@ -259,28 +264,33 @@ impl TransportLimits {
 }
 
 /// The verifier of client certificates: chains to a CA of `ca.pem` (a bundle may hold several,
-/// for a CA rotation) and is not in `crl.pem`.
+/// for a CA rotation) and is not in `crl.pem` (which must be a CRL, or absent; see [`Revocation`]).
 ///
 /// Only the end-entity certificate is checked against the CRL; a certificate of a CA that issued no
 /// CRL counts as not revoked (so a bundle with a second CA works), and `next_update` is not enforced
-/// (an old CRL still revokes). Servers build a fresh one at start and on every reload, and use it
-/// to re-check the connections already open.
+/// (an old CRL still revokes). A server keeps one [`Trust`] instead, which follows reloads.
 pub fn client_verifier(paths: &CertPaths) -> Result<Arc<dyn ClientCertVerifier>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = Arc::new(load_roots(&paths.ca_cert())?);
-    WebPkiClientVerifier::builder_with_provider(roots, provider)
-        .with_crls(crate::pki::load_crls(paths)?)
-        .only_check_end_entity_revocation()
-        .allow_unknown_revocation_status()
-        .build()
-        .map_err(|e| Error::Certificate(format!("client verifier: {e}")))
+    Ok(Current::load(paths, None, false)?.verifier)
 }
 
 /// The server endpoint config: TLS 1.3, mandatory client certificates from the CA (not revoked),
-/// both ALPNs. Called again on reload; quinn gives new connections the new config.
+/// both ALPNs; its verifier is fixed at the files read now (a server uses [`server_config_with`]
+/// and a [`Trust`]).
 pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn::ServerConfig> {
+    let current = Current::load(paths, None, false)?;
+    let verifier = current.verifier.clone();
+    server_config_with(paths, limits, verifier)
+}
+
+/// The server endpoint config with the client-certificate verifier `verifier` (a server passes
+/// [`Trust::verifier`], so handshakes in progress follow reloads). Called again on reload; quinn
+/// gives new connections the new config.
+pub fn server_config_with(
+    paths: &CertPaths,
+    limits: TransportLimits,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<quinn::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = client_verifier(paths)?;
     let chain = load_certs(&paths.server_cert())?;
     let key = load_key(&paths.server_key())?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -297,13 +307,21 @@ pub fn server_config(paths: &CertPaths, limits: TransportLimits) -> Result<quinn
 }
 
 /// The HTTP gateway's TLS config (`--http-tls`): the pair's server certificate, client
-/// certificates from the cluster CA mandatory as on the QUIC side, ALPN `http/1.1`. TLS 1.2 is
-/// allowed here (unlike QUIC, which is 1.3 by definition) because older HTTP tools may need it.
-pub fn http_server_config(paths: &CertPaths) -> Result<Arc<rustls::ServerConfig>> {
+/// certificates from the cluster CA mandatory as on the QUIC side (checked by `verifier`), ALPN
+/// `http/1.1`. TLS 1.3 only unless `tls12` (`--tls12`, for old HTTP tools): under TLS 1.2 the
+/// client certificate, with its name and role, travels in clear.
+pub fn http_server_config(
+    paths: &CertPaths,
+    verifier: Arc<dyn ClientCertVerifier>,
+    tls12: bool,
+) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = client_verifier(paths)?;
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls12 {
+        true => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        false => &[&rustls::version::TLS13],
+    };
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(cert_err)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(

@@ -1,5 +1,5 @@
 //! The server: a QUIC endpoint whose connections are client sessions (ALPN `quickv/1`) or the peer
-//! link (ALPN `quickv-peer/1`).
+//! link (ALPN `quickv-peer/2`).
 //!
 //! [`Server::bind`] opens the endpoint (and the HTTP gateway's TCP socket when configured, see
 //! [`http`]); [`Server::run`] accepts until the `shutdown` future completes (production
@@ -52,19 +52,20 @@ impl Server {
     pub fn bind(mut config: ServerConfig) -> Result<Server> {
         config.validate()?;
         let paths = CertPaths::new(&config.certs_dir);
-        let server_cfg = tls::server_config(&paths, transport_limits(&config))?;
+        let security = auth::Security::load(&config)?;
+        let server_cfg = security.quic_config(&paths, transport_limits(&config))?;
         let endpoint = quinn::Endpoint::server(server_cfg, config.listen).map_err(|e| {
             Error::Io(std::io::Error::new(
                 e.kind(),
                 format!("cannot listen on {}: {e}", config.listen),
             ))
         })?;
-        let http = http::Listener::bind(&config)?;
+        let http = http::Listener::bind(&config, &security)?;
         // With port 0 the config would say ":0"; status should show where the gateway really is.
         if let Some(h) = &http {
             config.http = Some(h.local_addr());
         }
-        let node = Arc::new(Node::new(config));
+        let node = Arc::new(Node::new(config, security));
         if let Some(tls) = http.as_ref().and_then(http::Listener::tls_config) {
             node.security.set_http_config(tls);
         }
@@ -252,18 +253,8 @@ fn cert_stamps(paths: &CertPaths) -> Vec<Option<std::time::SystemTime>> {
 /// except client connections whose certificate the new files refuse (revoked, or no longer from a
 /// CA of the bundle), which are closed. Returns how many were closed. Nothing changes on error.
 pub fn reload_certificates(node: &Node, endpoint: &quinn::Endpoint) -> Result<usize> {
-    let paths = CertPaths::new(&node.config.certs_dir);
-    let quic = tls::server_config(&paths, transport_limits(&node.config))?;
-    let https = match node.config.http_tls {
-        true => Some(tls::http_server_config(&paths)?),
-        false => None,
-    };
-    let verifier = tls::client_verifier(&paths)?;
-    endpoint.set_server_config(Some(quic));
-    if let Some(https) = https {
-        node.security.set_http_config(https);
-    }
-    Ok(node.security.recheck(verifier.as_ref()))
+    let limits = transport_limits(&node.config);
+    node.security.reload(&node.config, limits, endpoint)
 }
 
 fn transport_limits(config: &ServerConfig) -> TransportLimits {
@@ -317,23 +308,16 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
             }
             Stats::bump(&node.stats.connections_total);
             let chain = tls::peer_certificates(&conn);
-            let access = match chain.first().map(crate::pki::access_of) {
-                Some(Ok(access)) => access,
-                Some(Err(why)) => {
-                    warn!(%remote, reason = %why, "client refused");
-                    conn.close(auth::CLOSE_BAD_ROLE.into(), why.as_bytes());
-                    return;
-                }
-                None => {
-                    warn!(%remote, "client presented no certificate");
-                    conn.close(auth::CLOSE_BAD_ROLE.into(), b"no client certificate");
+            let registry = node.clone();
+            let closer = auth::Closer::Quic(conn.clone());
+            let (access, _open) = match registry.security.admit(chain, closer) {
+                Ok(admitted) => admitted,
+                Err(refusal) => {
+                    warn!(%remote, reason = %refusal.reason, "client refused");
+                    conn.close(refusal.code.into(), refusal.reason.as_bytes());
                     return;
                 }
             };
-            let registry = node.clone();
-            let _open = registry
-                .security
-                .register(chain, auth::Closer::Quic(conn.clone()));
             session::serve_connection(node, conn, access).await;
         }
     }

@@ -84,8 +84,8 @@ impl Drop for Open<'_> {
 }
 
 impl Node {
-    /// A fresh node with an empty store.
-    pub fn new(config: ServerConfig) -> Node {
+    /// A fresh node with an empty store, and the TLS state loaded for `config`.
+    pub fn new(config: ServerConfig, security: crate::server::auth::Security) -> Node {
         let store = Arc::new(Store::with_session_limits(config.sessions));
         store.presize(config.expected_keys);
         let run_id = fresh_run_id();
@@ -104,7 +104,7 @@ impl Node {
             stats: Stats::default(),
             metrics: OpMetrics::default(),
             repl,
-            security: Default::default(),
+            security,
         }
     }
 }

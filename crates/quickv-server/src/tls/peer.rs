@@ -1,25 +1,28 @@
 //! The peer link's client side: the certificate a server presents when it dials its peer, and the
 //! check that the peer it reached holds the pair's server certificate (not merely one from the
-//! same CA). Both read the files at each dial, so a redial after a rotation uses the new ones.
+//! same CA) and that it is not revoked. Both read the files at each dial, so a redial after a
+//! rotation or a revocation uses the new ones.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
 use super::{
     cert_err, load_certs, load_key, load_roots, own_server_cert, quic_client_config, CertPaths,
-    PEER_ALPN,
+    Revocation, PEER_ALPN,
 };
 use crate::error::Result;
 
 /// The config a server dials its peer with.
 ///
 /// It presents the pair's server certificate and accepts, from the other side, only the pair's
-/// server certificate (the one on disk now, or the one loaded when this config was built), chained
-/// to the CA and valid for the address dialed: a client certificate of the same CA cannot pose as
-/// the backup. The certificate and CA are read from disk at each dial, so a redial after a rotation
-/// (`quickv certs renew` + SIGHUP) presents and expects the new ones.
+/// server certificate as it is on disk at the dial, chained to the CA, valid for the address
+/// dialed and not revoked by `crl.pem`: a client certificate of the same CA cannot pose as the
+/// backup, and a replaced `server.pem` (which `quickv certs renew` revokes) is refused from the
+/// first dial after the files changed. The certificate, CA and CRL are read from disk at each
+/// dial; a CRL that vanished, emptied or went backwards is ignored in favour of the last good one
+/// (see [`Revocation`]).
 pub(crate) fn client_config(
     paths: &CertPaths,
     idle_timeout: Duration,
@@ -38,25 +41,29 @@ pub(crate) fn client_config(
     Ok(quic_client_config(tls, idle_timeout, keep_alive)?)
 }
 
-/// Checks the backup's certificate: the CA chain and name as usual, then that it *is* the pair's
-/// server certificate.
+/// Checks the backup's certificate: the CA chain, name and CRL as usual, then that it *is* the
+/// pair's server certificate.
 #[derive(Debug)]
 struct PairServerVerifier {
-    /// Where to read the current CA and server certificate from.
+    /// Where to read the current CA, CRL and server certificate from.
     paths: CertPaths,
     /// For building a verifier from the current CA bundle.
     provider: Arc<rustls::crypto::CryptoProvider>,
-    /// Verifier from the CA as it was when the config was built (used if the file is unreadable).
-    at_start: Arc<rustls::client::WebPkiServerVerifier>,
-    /// The server certificate as it was when the config was built.
-    own_at_start: CertificateDer<'static>,
+    /// The last verifier built from good files (used if a file is unreadable or a CRL is refused).
+    last_good: Mutex<Arc<rustls::client::WebPkiServerVerifier>>,
+    /// The CRLs it was built with: the next CRL must follow them (never lower, never gone).
+    revocation: Mutex<Revocation>,
+    /// The server certificate as last read from disk (used if the file is unreadable).
+    own_last: Mutex<CertificateDer<'static>>,
 }
 
 impl PairServerVerifier {
     fn new(paths: &CertPaths, provider: Arc<rustls::crypto::CryptoProvider>) -> Result<Self> {
+        let revocation = Revocation::load(paths, None, false)?;
         Ok(PairServerVerifier {
-            at_start: Self::webpki(paths, &provider)?,
-            own_at_start: own_server_cert(paths)?,
+            last_good: Mutex::new(Self::webpki(paths, &provider, &revocation)?),
+            revocation: Mutex::new(revocation),
+            own_last: Mutex::new(own_server_cert(paths)?),
             paths: paths.clone(),
             provider,
         })
@@ -65,17 +72,55 @@ impl PairServerVerifier {
     fn webpki(
         paths: &CertPaths,
         provider: &Arc<rustls::crypto::CryptoProvider>,
+        revocation: &Revocation,
     ) -> Result<Arc<rustls::client::WebPkiServerVerifier>> {
         rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(load_roots(&paths.ca_cert())?),
             provider.clone(),
         )
+        .with_crls(revocation.crls())
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status()
         .build()
         .map_err(cert_err)
     }
 
+    /// The verifier from the files as they are now, or the last good one.
     fn current(&self) -> Arc<rustls::client::WebPkiServerVerifier> {
-        Self::webpki(&self.paths, &self.provider).unwrap_or_else(|_| self.at_start.clone())
+        let mut revocation = self
+            .revocation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut last_good = self
+            .last_good
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let fresh = Revocation::load(&self.paths, Some(&revocation), false).and_then(|next| {
+            let verifier = Self::webpki(&self.paths, &self.provider, &next)?;
+            Ok((next, verifier))
+        });
+        if let Ok((next, verifier)) = fresh {
+            *revocation = next;
+            *last_good = verifier;
+        }
+        last_good.clone()
+    }
+
+    /// The verifier last built, without reading the files (signature checks do not depend on them).
+    fn last(&self) -> Arc<rustls::client::WebPkiServerVerifier> {
+        self.last_good
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The pair's server certificate as on disk now (the last one read if it cannot be read).
+    fn own(&self) -> CertificateDer<'static> {
+        let mut own = self.own_last.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(on_disk) = own_server_cert(&self.paths) {
+            *own = on_disk;
+        }
+        own.clone()
     }
 }
 
@@ -91,8 +136,7 @@ impl rustls::client::danger::ServerCertVerifier for PairServerVerifier {
         let verified =
             self.current()
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
-        let on_disk = own_server_cert(&self.paths).ok();
-        if **end_entity == *self.own_at_start || on_disk.is_some_and(|c| *c == **end_entity) {
+        if **end_entity == *self.own() {
             Ok(verified)
         } else {
             Err(rustls::Error::General(
@@ -107,7 +151,7 @@ impl rustls::client::danger::ServerCertVerifier for PairServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.at_start.verify_tls12_signature(message, cert, dss)
+        self.last().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -116,11 +160,11 @@ impl rustls::client::danger::ServerCertVerifier for PairServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.at_start.verify_tls13_signature(message, cert, dss)
+        self.last().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.at_start.supported_verify_schemes()
+        self.last().supported_verify_schemes()
     }
 }
 

@@ -13,8 +13,11 @@
 //! [`Listener::bind`] binds the TCP socket while the server is being set up (so a bad address
 //! fails at start, and the socket accepts as soon as the server says it is listening).
 //! [`serve`] runs on the server's tokio runtime, in the server's task tracker: it accepts
-//! connections (at most [`max_connections`] at once, waiting for a free slot rather than
-//! accepting and dropping), and drives each with hyper's HTTP/1.1 server. When the node's
+//! connections (at most [`max_connections`] at once), and drives each with hyper's HTTP/1.1
+//! server. Plain HTTP waits for a free slot before accepting rather than accepting and dropping;
+//! HTTPS takes its slot only after the TLS handshake, and unauthenticated connections in their
+//! handshake get their own small budget, per source address, and a short timeout
+//! ([`handshakes`]). When the node's
 //! shutdown token fires — a signal, a QUIC `shutdown`, or `/kvman/shutdown` — it stops
 //! accepting (the listening socket is closed as `serve` returns) and shuts each connection down
 //! gracefully: the response in flight is finished, then the connection closes.
@@ -41,6 +44,8 @@
 pub mod access;
 pub mod api;
 pub mod form;
+pub mod guard;
+pub mod handshakes;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -53,7 +58,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,15 +67,15 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::pki::Access;
-use crate::server::auth::Closer;
+use crate::server::auth::{Closer, Security};
 use crate::server::node::{Node, Stats};
-use crate::tls::{self, CertPaths};
 
 /// How long a client may take to send a request's headers, from connect or from the end of the
 /// previous response (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a TLS handshake may take.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take (it holds a place of the small pre-handshake budget,
+/// [`handshakes`], meanwhile).
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -111,11 +116,13 @@ pub struct Listener {
     /// Present with `--http-tls`: the config loaded at start (a reload replaces it in the node's
     /// [`crate::server::auth::Security`], where connections take it from).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// What every request passes before its role check (browsers, foreign `Host`, the token).
+    guard: Arc<guard::Guard>,
 }
 
 impl Listener {
     /// Binds `config.http` if set (and loads the TLS certificates with `http_tls`).
-    pub fn bind(config: &ServerConfig) -> Result<Option<Listener>> {
+    pub fn bind(config: &ServerConfig, security: &Security) -> Result<Option<Listener>> {
         let Some(addr) = config.http else {
             return Ok(None);
         };
@@ -126,7 +133,7 @@ impl Listener {
             ))
         })?;
         let tls = match config.http_tls {
-            true => Some(tls::http_server_config(&CertPaths::new(&config.certs_dir))?),
+            true => Some(security.https_config(config)?),
             false => None,
         };
         if config.http_insecure && !addr.ip().is_loopback() {
@@ -136,8 +143,10 @@ impl Listener {
                  reach this port can read, write, delete and shut down this server"
             );
         }
+        let addr = socket.local_addr()?;
         Ok(Some(Listener {
-            addr: socket.local_addr()?,
+            guard: Arc::new(guard::Guard::new(config, addr)?),
+            addr,
             socket,
             tls,
         }))
@@ -183,7 +192,12 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// token of `tracker`, so the server's drain waits for its answer; connection tasks go to
 /// `release.connections`.
 pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, release: Release) {
-    let Listener { socket, addr, tls } = listener;
+    let Listener {
+        socket,
+        addr,
+        tls,
+        guard,
+    } = listener;
     let socket = match TcpListener::from_std(socket) {
         Ok(socket) => socket,
         Err(e) => {
@@ -194,12 +208,21 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
     let tls = tls.is_some();
     info!(%addr, tls, "http gateway serving");
     let slots = Arc::new(Semaphore::new(max_connections(&node.config)));
+    let handshakes = Arc::new(handshakes::Handshakes::default());
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            _ = node.shutdown.cancelled() => break,
+        // Plain HTTP takes its slot before accepting (a burst waits in the listen backlog, as the
+        // classic tester expects); HTTPS only after the handshake (see `connection`).
+        let slot = match tls {
+            true => None,
+            false => {
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot,
+                    _ = node.shutdown.cancelled() => break,
+                };
+                let Ok(slot) = slot else { break };
+                Some(slot)
+            }
         };
-        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             a = socket.accept() => a,
             _ = node.shutdown.cancelled() => break,
@@ -212,14 +235,28 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
                 continue;
             }
         };
+        let admission = match slot {
+            Some(slot) => Admission::Slot(slot),
+            None => match handshakes.begin(remote.ip()) {
+                Some(pending) => Admission::Handshake(pending, slots.clone()),
+                None => {
+                    debug!(%remote, "https: too many handshakes in progress; connection closed");
+                    continue;
+                }
+            },
+        };
         Stats::bump(&node.stats.http_connections_total);
         let node = node.clone();
-        let (tracker, gate) = (tracker.clone(), release.clone());
+        let (tracker, gate, guard) = (tracker.clone(), release.clone(), guard.clone());
         release.connections.spawn(
             async move {
                 let _open = Stats::open(&node.stats.http_connections);
-                connection(node.clone(), stream, tls, tracker, gate).await;
-                drop(slot);
+                let serving = Serving {
+                    guard,
+                    tracker,
+                    release: gate,
+                };
+                connection(node.clone(), stream, admission, serving).await;
             }
             .instrument(info_span!("http", %remote)),
         );
@@ -230,19 +267,16 @@ pub async fn serve(node: Arc<Node>, listener: Listener, tracker: TaskTracker, re
 /// One connection: the optional TLS handshake, then HTTP/1.1. Plain HTTP acts as `admin` (it can
 /// only listen on loopback unless `--http-insecure`); HTTPS gets the role of the client's
 /// certificate, and is registered so a reload can close it if that certificate is revoked.
-async fn connection(
-    node: Arc<Node>,
-    stream: TcpStream,
-    tls: bool,
-    tracker: TaskTracker,
-    release: Release,
-) {
+async fn connection(node: Arc<Node>, stream: TcpStream, admission: Admission, serving: Serving) {
     // Answers are small and written whole; Nagle would only add delay.
     let _ = stream.set_nodelay(true);
-    if !tls {
-        let never = CancellationToken::new();
-        return drive(node, stream, Access::Admin, never, tracker, release).await;
-    }
+    let (in_handshake, slots) = match admission {
+        Admission::Slot(_slot) => {
+            let never = CancellationToken::new();
+            return drive(node, stream, Access::Admin, never, serving).await;
+        }
+        Admission::Handshake(pending, slots) => (pending, slots),
+    };
     // Taken per connection, so a reload's new certificates apply from the next connection on.
     let Some(config) = node.security.http_config() else {
         warn!("https gateway has no TLS config; dropping the connection");
@@ -257,20 +291,44 @@ async fn connection(
         Ok(Err(e)) => return debug!(reason = %e, "http tls handshake failed"),
         Err(_) => return debug!("http tls handshake timed out"),
     };
+    // Authenticated: leave the pre-handshake budget, take a connection slot.
+    drop(in_handshake);
+    let slot = tokio::select! {
+        slot = slots.acquire_owned() => slot,
+        _ = node.shutdown.cancelled() => return,
+    };
+    let Ok(_slot) = slot else { return };
     let chain: Vec<_> = stream
         .get_ref()
         .1
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
         .unwrap_or_default();
-    let access = match chain.first().map(crate::pki::access_of) {
-        Some(Ok(access)) => access,
-        Some(Err(why)) => return warn!(reason = %why, "https client refused"),
-        None => return warn!("https client presented no certificate"),
-    };
     let revoked = CancellationToken::new();
-    let _open = node.security.register(chain, Closer::Http(revoked.clone()));
-    drive(node.clone(), stream, access, revoked, tracker, release).await;
+    let (access, _open) = match node.security.admit(chain, Closer::Http(revoked.clone())) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return warn!(reason = %refusal.reason, "https client refused"),
+    };
+    drive(node.clone(), stream, access, revoked, serving).await;
+}
+
+/// What lets a connection in: a connection slot (plain HTTP, taken before accepting), or a place
+/// in the pre-handshake budget and the slots to take one from once authenticated (HTTPS).
+enum Admission {
+    /// Plain HTTP: the slot, held for the connection's life.
+    Slot(OwnedSemaphorePermit),
+    /// HTTPS: the handshake's place, and where the slot comes from after it.
+    Handshake(handshakes::InHandshake, Arc<Semaphore>),
+}
+
+/// What every connection's requests share.
+struct Serving {
+    /// The checks before the role check.
+    guard: Arc<guard::Guard>,
+    /// The server's tracker: each request in flight holds a token, so the drain waits for it.
+    tracker: TaskTracker,
+    /// The stop sequence's handles.
+    release: Release,
 }
 
 /// Serves HTTP/1.1 requests on `io` with the rights of `access` until the client closes, the node
@@ -280,17 +338,25 @@ async fn drive<I>(
     io: I,
     access: Access,
     revoked: CancellationToken,
-    tracker: TaskTracker,
-    release: Release,
+    serving: Serving,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let for_requests = node.clone();
+    let Serving {
+        guard,
+        tracker,
+        release,
+    } = serving;
     let service = service_fn(move |req| {
         let node = for_requests.clone();
         let in_flight = tracker.token();
         let release = release.clone();
+        let guard = guard.clone();
         async move {
+            if let Some(refused) = guard.refusal(&node, &req) {
+                return Ok::<_, Infallible>(refused);
+            }
             if let Some(refused) = access::refusal(&node, access, &req) {
                 return Ok::<_, Infallible>(refused);
             }
