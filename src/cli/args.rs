@@ -317,6 +317,8 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     pub(crate) http_insecure: bool,
     #[command(flatten)]
+    pub(crate) resources: super::resources::ResourceArgs,
+    #[command(flatten)]
     pub(crate) runtime: RuntimeArgs,
 }
 

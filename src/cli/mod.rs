@@ -6,6 +6,7 @@
 
 mod args;
 mod client;
+mod resources;
 mod test;
 
 use std::net::SocketAddr;
@@ -266,6 +267,7 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
     }
     cfg.http_tls |= args.http_tls;
     cfg.http_insecure |= args.http_insecure;
+    args.resources.apply(&mut cfg);
     cfg.validate()?;
     Ok(cfg)
 }

@@ -292,7 +292,7 @@ async fn drive<I>(
         let release = release.clone();
         async move {
             if let Some(refused) = access::refusal(&node, access, &req) {
-                return Ok::<_, Infallible>(refused);
+                return Ok::<_, Infallible>(refused.map(http_body_util::Either::Left));
             }
             Ok::<_, Infallible>(api::respond(&node, req, in_flight, &release).await)
         }
