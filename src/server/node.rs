@@ -52,8 +52,9 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Frames rejected as malformed or over a limit.
     pub bad_frames: AtomicU64,
-    /// Times a stream stopped being read because its answers (or its connection's) unwritten
-    /// bytes reached their cap: clients that do not read what they asked for.
+    /// Times a stream stopped being read, or a dump stopped producing, because the unwritten
+    /// answers of the stream (or of its connection) reached their byte cap: clients that do not
+    /// read what they asked for.
     pub stream_pauses: AtomicU64,
     /// Client request streams currently open (QUIC).
     pub streams: AtomicU64,

@@ -502,6 +502,9 @@ impl Dump {
 
     /// Waits for room, then queues one chunk; false if the writer is gone.
     async fn push(&self, entries: Vec<(Bytes, Bytes)>, last: bool) -> bool {
+        if self.outbox.is_full() {
+            Stats::bump(&self.node.stats.stream_pauses);
+        }
         tokio::select! {
             _ = self.outbox.room() => {}
             _ = self.writer_gone.cancelled() => return false,

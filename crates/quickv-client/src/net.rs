@@ -383,7 +383,7 @@ mod tests {
 
     use bytes::{BufMut, BytesMut};
 
-    use super::{Outbox, Taken};
+    use super::{ByteBudget, Outbox, Taken};
 
     /// Takes once into a fresh buffer; returns what was taken and the bytes.
     async fn take(outbox: &Outbox) -> (Taken, Vec<u8>) {
@@ -406,6 +406,40 @@ mod tests {
         );
         outbox.push(true, |out| out.put_slice(b"three"));
         assert_eq!(take(&outbox).await, (Taken::Frames(1), b"three".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn budgets_count_bytes_until_written_and_wake_producers() {
+        let stream = Arc::new(ByteBudget::new(4));
+        let conn = Arc::new(ByteBudget::new(100));
+        let outbox = Outbox::with_budgets(vec![stream.clone(), conn.clone()]);
+        outbox.push(true, |out| out.put_slice(b"abc"));
+        assert!(!outbox.is_full());
+        outbox.push(true, |out| out.put_slice(b"de"));
+        assert!(outbox.is_full(), "5 bytes of a 4-byte budget");
+        assert_eq!(conn.queued(), 5);
+        // Taken by the writer but not yet written: still counted.
+        assert_eq!(take(&outbox).await.0, Taken::Frames(2));
+        assert!(outbox.is_full());
+        let room = outbox.room();
+        tokio::pin!(room);
+        assert!(futures_poll(room.as_mut()).is_pending());
+        outbox.written();
+        assert!(futures_poll(room.as_mut()).is_ready());
+        assert_eq!((stream.queued(), conn.queued()), (0, 0));
+        // Abandoned: pending bytes released, further pushes dropped.
+        outbox.push(false, |out| out.put_slice(b"xyz"));
+        outbox.abandon();
+        outbox.push(false, |out| out.put_slice(b"more"));
+        assert_eq!((stream.queued(), conn.queued()), (0, 0));
+    }
+
+    /// Polls a future once.
+    fn futures_poll<F: std::future::Future>(
+        f: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        f.poll(&mut std::task::Context::from_waker(waker))
     }
 
     #[tokio::test]
