@@ -332,7 +332,13 @@ async fn pipe(mut recv: quinn::RecvStream, mut send: quinn::SendStream, forward:
         for chunk in got.iter() {
             let walked = walk.feed(chunk, |id| {
                 if let Forward::Ack = forward {
-                    encode_response(&Response { id, reply: Reply::Ok }, &mut out);
+                    encode_response(
+                        &Response {
+                            id,
+                            reply: Reply::Ok,
+                        },
+                        &mut out,
+                    );
                 }
                 ids += 1;
             });

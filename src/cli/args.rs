@@ -333,6 +333,8 @@ pub(crate) struct ServerArgs {
     #[arg(long)]
     pub(crate) allow_crl_removal: bool,
     #[command(flatten)]
+    pub(crate) resources: super::resources::ResourceArgs,
+    #[command(flatten)]
     pub(crate) runtime: RuntimeArgs,
 }
 

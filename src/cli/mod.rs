@@ -7,6 +7,7 @@
 mod args;
 mod certs;
 mod client;
+mod resources;
 mod test;
 
 use std::net::SocketAddr;
@@ -272,6 +273,7 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
     cfg.tls.allow_roleless |= args.allow_roleless;
     cfg.tls.tls12 |= args.tls12;
     cfg.tls.allow_crl_removal |= args.allow_crl_removal;
+    args.resources.apply(&mut cfg);
     cfg.validate()?;
     Ok(cfg)
 }

@@ -17,7 +17,7 @@
 pub mod stream;
 pub mod tls;
 
-pub use stream::{BatchWriter, FramedReader, Outbox, Taken, READ_CHUNK_BYTES};
+pub use stream::{BatchWriter, ByteBudget, FramedReader, Outbox, Taken, READ_CHUNK_BYTES};
 pub use tls::{
     client_config, client_config_from_files, explain_connection_error, load_certs, load_key,
     load_roots, quic_client_config, CertPaths, Identity, TlsError,

@@ -16,10 +16,15 @@
 //!   whole buffer per wake-up ([`BatchWriter::take_from`]) — no per-frame channel message, no
 //!   second copy, one wake-up per burst.
 //!
+//! - [`ByteBudget`] caps the bytes an [`Outbox`] (or several: a stream's and its connection's)
+//!   holds encoded but not yet written, so a peer that stops reading pins at most the cap plus one
+//!   frame; the producer waits for [`ByteBudget::room`] before producing more.
+//!
 //! Every framed stream in the workspace is built from these: the client's streams, the server's
 //! client sessions, and the peer link's control and data streams.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -132,6 +137,76 @@ impl BatchWriter {
         // Fails only if the stream is already finished or reset: nothing left to end then.
         let _ = self.send.finish();
     }
+
+    /// Waits until the peer has acknowledged everything written and the end of the stream (after
+    /// [`BatchWriter::finish`]), or stopped the stream, or the connection is gone: closing the
+    /// connection before that could lose the last frames.
+    pub async fn delivered(&mut self) {
+        let _ = self.send.stopped().await;
+    }
+}
+
+/// A cap on bytes encoded but not yet written, shared by the [`Outbox`]es it covers (e.g. one per
+/// stream and one per connection). Bytes are charged when a frame is pushed and released once the
+/// writer has handed them to the stream; producers check [`ByteBudget::is_full`] *before*
+/// producing, so the bytes held never exceed the cap by more than one frame per producer.
+#[derive(Debug)]
+pub struct ByteBudget {
+    /// Bytes charged and not yet released.
+    queued: AtomicUsize,
+    /// The cap, in bytes.
+    cap: usize,
+    /// Wakes producers waiting for room.
+    drained: Notify,
+}
+
+impl ByteBudget {
+    /// A budget of `cap` bytes, nothing queued.
+    pub fn new(cap: usize) -> ByteBudget {
+        ByteBudget {
+            queued: AtomicUsize::new(0),
+            cap,
+            drained: Notify::new(),
+        }
+    }
+
+    /// Bytes queued now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// True when the queued bytes have reached the cap: produce nothing more until there is room.
+    pub fn is_full(&self) -> bool {
+        self.queued() >= self.cap
+    }
+
+    /// Waits until the queued bytes are under the cap.
+    pub async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so a release between the check and the wait wakes us.
+            drained.as_mut().enable();
+            if !self.is_full() {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    fn charge(&self, bytes: usize) {
+        self.queued.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let before = self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        if before.saturating_sub(bytes) < self.cap {
+            self.drained.notify_waiters();
+        }
+    }
 }
 
 /// Frames encoded by one task for another task's [`BatchWriter`] to write: a shared buffer plus a
@@ -142,6 +217,9 @@ pub struct Outbox {
     pending: Mutex<OutboxState>,
     /// Wakes the writer when the buffer goes from empty to not empty, or on close.
     ready: Notify,
+    /// The byte caps this outbox's unwritten frames count against (none: unbounded, for a
+    /// producer bounded otherwise, e.g. by the peer link's window).
+    budgets: Vec<Arc<ByteBudget>>,
 }
 
 /// The shared part of an [`Outbox`].
@@ -153,6 +231,10 @@ struct OutboxState {
     settles: usize,
     /// No more frames will come: the writer ends once it has written what is left.
     closed: bool,
+    /// Bytes the writer has taken and not yet reported written ([`Outbox::written`]).
+    unwritten: usize,
+    /// The writer is gone: every push is dropped (nobody will write it).
+    abandoned: bool,
 }
 
 /// What a writer took from an [`Outbox`] in one go.
@@ -168,6 +250,55 @@ impl Outbox {
     /// An empty, open outbox.
     pub fn new() -> Outbox {
         Outbox::default()
+    }
+
+    /// An empty, open outbox whose unwritten bytes count against `budgets`.
+    pub fn with_budgets(budgets: Vec<Arc<ByteBudget>>) -> Outbox {
+        Outbox {
+            budgets,
+            ..Outbox::default()
+        }
+    }
+
+    /// True when any of this outbox's budgets is full: produce nothing more for now.
+    pub fn is_full(&self) -> bool {
+        self.budgets.iter().any(|b| b.is_full())
+    }
+
+    /// Waits until every budget of this outbox has room.
+    pub async fn room(&self) {
+        for budget in &self.budgets {
+            budget.room().await;
+        }
+    }
+
+    /// The writer has handed everything it took to the stream: releases those bytes.
+    pub fn written(&self) {
+        let bytes = std::mem::take(&mut self.lock().unwritten);
+        self.release(bytes);
+    }
+
+    /// The writer is gone (the peer stopped reading, the connection died): drops what is pending,
+    /// releases its bytes, and refuses further [`Outbox::try_push`]es.
+    pub fn abandon(&self) {
+        let bytes = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.abandoned = true;
+            let bytes = state.frames.len() + state.unwritten;
+            state.frames = BytesMut::new();
+            state.unwritten = 0;
+            state.settles = 0;
+            bytes
+        };
+        self.release(bytes);
+        self.ready.notify_one();
+    }
+
+    fn release(&self, bytes: usize) {
+        for budget in &self.budgets {
+            budget.release(bytes);
+        }
     }
 
     /// Encodes one frame (`encode` appends it) and wakes the writer if it may be asleep.
@@ -191,12 +322,17 @@ impl Outbox {
         unless_closed: bool,
     ) -> bool {
         let mut state = self.lock();
-        if unless_closed && state.closed {
+        if (unless_closed && state.closed) || state.abandoned {
             return false;
         }
         let was_empty = state.frames.is_empty();
+        let before = state.frames.len();
         encode(&mut state.frames);
         state.settles += usize::from(settles);
+        let added = state.frames.len() - before;
+        for budget in &self.budgets {
+            budget.charge(added);
+        }
         drop(state);
         if was_empty {
             self.ready.notify_one();
@@ -220,6 +356,7 @@ impl Outbox {
             {
                 let mut state = self.lock();
                 if !state.frames.is_empty() {
+                    state.unwritten += state.frames.len();
                     sink(&mut state.frames);
                     state.frames.clear();
                     return Taken::Frames(std::mem::take(&mut state.settles));
@@ -245,7 +382,7 @@ mod tests {
 
     use bytes::{BufMut, BytesMut};
 
-    use super::{Outbox, Taken};
+    use super::{ByteBudget, Outbox, Taken};
 
     /// Takes once into a fresh buffer; returns what was taken and the bytes.
     async fn take(outbox: &Outbox) -> (Taken, Vec<u8>) {
@@ -268,6 +405,40 @@ mod tests {
         );
         outbox.push(true, |out| out.put_slice(b"three"));
         assert_eq!(take(&outbox).await, (Taken::Frames(1), b"three".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn budgets_count_bytes_until_written_and_wake_producers() {
+        let stream = Arc::new(ByteBudget::new(4));
+        let conn = Arc::new(ByteBudget::new(100));
+        let outbox = Outbox::with_budgets(vec![stream.clone(), conn.clone()]);
+        outbox.push(true, |out| out.put_slice(b"abc"));
+        assert!(!outbox.is_full());
+        outbox.push(true, |out| out.put_slice(b"de"));
+        assert!(outbox.is_full(), "5 bytes of a 4-byte budget");
+        assert_eq!(conn.queued(), 5);
+        // Taken by the writer but not yet written: still counted.
+        assert_eq!(take(&outbox).await.0, Taken::Frames(2));
+        assert!(outbox.is_full());
+        let room = outbox.room();
+        tokio::pin!(room);
+        assert!(futures_poll(room.as_mut()).is_pending());
+        outbox.written();
+        assert!(futures_poll(room.as_mut()).is_ready());
+        assert_eq!((stream.queued(), conn.queued()), (0, 0));
+        // Abandoned: pending bytes released, further pushes dropped.
+        outbox.push(false, |out| out.put_slice(b"xyz"));
+        outbox.abandon();
+        outbox.push(false, |out| out.put_slice(b"more"));
+        assert_eq!((stream.queued(), conn.queued()), (0, 0));
+    }
+
+    /// Polls a future once.
+    fn futures_poll<F: std::future::Future>(
+        f: std::pin::Pin<&mut F>,
+    ) -> std::task::Poll<F::Output> {
+        let waker = std::task::Waker::noop();
+        f.poll(&mut std::task::Context::from_waker(waker))
     }
 
     #[tokio::test]

@@ -44,6 +44,23 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_STREAMS: u32 = 256;
 /// Default cap on requests in flight (read but not yet answered) per stream; reading pauses above it.
 pub const DEFAULT_MAX_INFLIGHT_PER_STREAM: usize = 4096;
+/// Default cap on the bytes of answers one stream holds encoded but not yet written (4 MiB). Past
+/// it the server stops reading that stream until the client reads; one answer may go over it.
+pub const DEFAULT_MAX_QUEUED_BYTES_PER_STREAM: usize = 4 * 1024 * 1024;
+/// Default cap on the bytes of answers one connection holds encoded but not yet written, over all
+/// its streams (32 MiB); past it every stream of the connection stops being read.
+pub const DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION: usize = 32 * 1024 * 1024;
+/// Default number of dumps (QUIC and HTTP) a server sends at once; more are refused `unavailable`.
+pub const DEFAULT_MAX_DUMPS: usize = 8;
+/// Default cap on QUIC handshakes in progress (from validated addresses); more are refused.
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 256;
+/// Default time a QUIC handshake may take before it is dropped, in milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 3_000;
+/// Default number of handshakes in progress from which a new client must prove its address with
+/// a QUIC Retry first (0: always).
+pub const DEFAULT_RETRY_ABOVE_PENDING: usize = 0;
+/// Default cap on client connections holding the same certificate.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IDENTITY: usize = 256;
 /// Default idle timeout of a connection with no traffic at all, in milliseconds.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// Default keep-alive interval on every connection, in milliseconds (well under the idle timeout).
@@ -129,6 +146,24 @@ pub struct ServerConfig {
     pub max_streams: u32,
     /// Requests in flight per stream before the server stops reading that stream (backpressure).
     pub max_inflight_per_stream: usize,
+    /// Bytes of answers a stream may hold encoded and unwritten before the server stops reading
+    /// it (backpressure in bytes: a client that does not read pins at most this plus one answer).
+    pub max_queued_bytes_per_stream: usize,
+    /// The same cap over all the streams of one connection.
+    pub max_queued_bytes_per_connection: usize,
+    /// Dumps sent at once by this server (QUIC and HTTP); each holds one bucket's entry handles
+    /// and one chunk. More are answered `unavailable`.
+    pub max_dumps: usize,
+    /// QUIC handshakes in progress at once; more are refused (`CONNECTION_REFUSED`). Counted apart
+    /// from established connections.
+    pub max_pending_handshakes: usize,
+    /// A handshake not completed within this time is dropped (it frees its pending slot).
+    pub handshake_timeout: Duration,
+    /// From this many handshakes in progress, a client whose address is not yet validated gets a
+    /// QUIC Retry first (address validation, RFC 9000 §8.1); 0 = always.
+    pub retry_above_pending: usize,
+    /// Client connections one certificate may hold at once (counted by the exact certificate).
+    pub max_connections_per_identity: usize,
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
     /// Keep-alive interval sent on client connections.
@@ -199,6 +234,13 @@ impl ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_streams: DEFAULT_MAX_STREAMS,
             max_inflight_per_stream: DEFAULT_MAX_INFLIGHT_PER_STREAM,
+            max_queued_bytes_per_stream: DEFAULT_MAX_QUEUED_BYTES_PER_STREAM,
+            max_queued_bytes_per_connection: DEFAULT_MAX_QUEUED_BYTES_PER_CONNECTION,
+            max_dumps: DEFAULT_MAX_DUMPS,
+            max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
+            handshake_timeout: Duration::from_millis(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+            retry_above_pending: DEFAULT_RETRY_ABOVE_PENDING,
+            max_connections_per_identity: DEFAULT_MAX_CONNECTIONS_PER_IDENTITY,
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
             keep_alive: Duration::from_millis(DEFAULT_KEEP_ALIVE_MS),
             peer_keep_alive: Duration::from_millis(DEFAULT_PEER_KEEP_ALIVE_MS),
@@ -233,6 +275,21 @@ impl ServerConfig {
             _ if self.max_streams == 0 || self.max_connections == 0 => Err(Error::Config(
                 "max-streams and max-connections must be at least 1".into(),
             )),
+            _ if [
+                self.max_queued_bytes_per_stream,
+                self.max_queued_bytes_per_connection,
+                self.max_dumps,
+                self.max_pending_handshakes,
+                self.max_connections_per_identity,
+            ]
+            .contains(&0) =>
+            {
+                Err(Error::Config(
+                    "max-queued-bytes-per-stream, max-queued-bytes-per-connection, max-dumps, \
+                     max-pending-handshakes and max-connections-per-identity must be at least 1"
+                        .into(),
+                ))
+            }
             _ if !(1..=crate::store::BUCKETS).contains(&self.peer_streams) => {
                 Err(Error::Config(format!(
                     "peer-streams {} is out of range: the 32 lanes share 1 to {} data streams",
@@ -324,6 +381,18 @@ pub struct LimitsSection {
     pub max_memory: Option<u64>,
     /// Keys the store is sized for at start (a hint, not a limit).
     pub expected_keys: Option<usize>,
+    /// Bytes of unwritten answers per stream before it is no longer read.
+    pub max_queued_bytes_per_stream: Option<usize>,
+    /// Bytes of unwritten answers per connection before it is no longer read.
+    pub max_queued_bytes_per_connection: Option<usize>,
+    /// Dumps sent at once.
+    pub max_dumps: Option<usize>,
+    /// QUIC handshakes in progress at once.
+    pub max_pending_handshakes: Option<usize>,
+    /// Handshakes in progress from which a QUIC Retry is demanded (0: always).
+    pub retry_above_pending: Option<usize>,
+    /// Client connections per certificate.
+    pub max_connections_per_identity: Option<usize>,
 }
 
 /// `[timeouts]`: all in milliseconds.
@@ -338,6 +407,8 @@ pub struct TimeoutsSection {
     pub peer_idle_ms: Option<u64>,
     /// Partial-frame (slowloris) timeout.
     pub frame_ms: Option<u64>,
+    /// QUIC handshake timeout.
+    pub handshake_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -388,6 +459,20 @@ impl FileConfig {
             cfg.max_streams = l.max_streams.unwrap_or(cfg.max_streams);
             cfg.max_memory = l.max_memory.or(cfg.max_memory);
             cfg.expected_keys = l.expected_keys.unwrap_or(cfg.expected_keys);
+            cfg.max_queued_bytes_per_stream = l
+                .max_queued_bytes_per_stream
+                .unwrap_or(cfg.max_queued_bytes_per_stream);
+            cfg.max_queued_bytes_per_connection = l
+                .max_queued_bytes_per_connection
+                .unwrap_or(cfg.max_queued_bytes_per_connection);
+            cfg.max_dumps = l.max_dumps.unwrap_or(cfg.max_dumps);
+            cfg.max_pending_handshakes = l
+                .max_pending_handshakes
+                .unwrap_or(cfg.max_pending_handshakes);
+            cfg.retry_above_pending = l.retry_above_pending.unwrap_or(cfg.retry_above_pending);
+            cfg.max_connections_per_identity = l
+                .max_connections_per_identity
+                .unwrap_or(cfg.max_connections_per_identity);
         }
         if let Some(t) = &self.timeouts {
             let ms = Duration::from_millis;
@@ -395,6 +480,7 @@ impl FileConfig {
             cfg.ack_timeout = t.ack_ms.map(ms).unwrap_or(cfg.ack_timeout);
             cfg.peer_idle_timeout = t.peer_idle_ms.map(ms).unwrap_or(cfg.peer_idle_timeout);
             cfg.frame_timeout = t.frame_ms.map(ms).unwrap_or(cfg.frame_timeout);
+            cfg.handshake_timeout = t.handshake_ms.map(ms).unwrap_or(cfg.handshake_timeout);
         }
         Ok(cfg)
     }

@@ -16,6 +16,7 @@
 //! ([`reload_certificates`]): new connections use them, open ones stay, except those whose
 //! certificate the new files refuse (a revoked client), which are closed.
 
+pub mod admission;
 pub mod auth;
 pub mod http;
 pub mod metrics;
@@ -28,10 +29,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
+use crate::server::admission::{Pending, Verdict};
 use crate::server::node::{Node, Stats};
 use crate::tls::{self, CertPaths, TransportLimits};
 
@@ -124,34 +126,25 @@ impl Server {
                 _ = node.shutdown.cancelled() => break,
             };
             let Some(incoming) = incoming else { break };
-            let open = node
-                .stats
-                .connections
-                .load(std::sync::atomic::Ordering::Relaxed);
-            // On a backup, a few slots beyond the clients' budget keep room for the peer link
-            // (ALPN is only known after the handshake; a client past the budget is closed then,
-            // see `accept`). Other roles accept no peer link and refuse at the handshake.
-            let reserve = match node.config.role {
-                crate::config::Role::Backup => PEER_SLOTS,
-                _ => 0,
-            };
-            if open >= node.config.max_connections as u64 + reserve {
-                Stats::bump(&node.stats.connections_refused);
-                warn!(remote = %incoming.remote_address(), open, "connection refused: max_connections reached");
-                incoming.refuse();
-                continue;
+            let remote = incoming.remote_address();
+            let validated = incoming.remote_address_validated();
+            match node.admission.initial(&node.config, remote, validated) {
+                Verdict::Retry if incoming.may_retry() => {
+                    // Stateless: nothing is kept until the client comes back with the token.
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
+                }
+                Verdict::Retry => incoming.ignore(),
+                Verdict::Refuse => {
+                    Stats::bump(&node.stats.connections_refused);
+                    debug!(%remote, "handshake refused: max_pending_handshakes reached");
+                    incoming.refuse();
+                }
+                Verdict::Handshake(slot) => {
+                    tracker.spawn(accept(node.clone(), incoming, slot));
+                }
             }
-            // Counted from the first packet, so a burst of handshakes cannot overshoot the cap.
-            node.stats
-                .connections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let node = node.clone();
-            tracker.spawn(async move {
-                accept(node.clone(), incoming).await;
-                node.stats
-                    .connections
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            });
         }
         info!("shutting down: draining in-flight requests");
         node.shutdown.cancel();
@@ -169,7 +162,10 @@ impl Server {
         if let Some(repl) = &node.repl {
             repl.finish_shutdown().await;
         }
-        endpoint.close(session::CLOSE_SHUTDOWN.into(), b"server shutting down");
+        endpoint.close(
+            session::CLOSE_SHUTDOWN.into(),
+            session::SHUTDOWN_REASON.as_bytes(),
+        );
         // The close frames go out at once; waiting out every connection's draining period (3 PTOs,
         // seconds on an idle link) would only delay the exit, so bound it.
         let _ = tokio::time::timeout(CLOSE_LINGER, endpoint.wait_idle()).await;
@@ -265,24 +261,30 @@ fn transport_limits(config: &ServerConfig) -> TransportLimits {
     }
 }
 
-/// Completes the handshake and dispatches on ALPN.
-async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
+/// Completes the handshake (within `handshake_timeout`, holding its pending slot only that
+/// long) and dispatches on ALPN.
+async fn accept(node: Arc<Node>, incoming: quinn::Incoming, pending: Pending) {
     let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
+    let handshake = async { incoming.accept()?.await };
+    let conn = match tokio::time::timeout(node.config.handshake_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
             warn!(%remote, reason = %tls::explain_connection_error(&e), "handshake failed");
             return;
         }
+        // Dropping the handshake closes it: its state and its slot are freed now.
+        Err(_) => {
+            debug!(%remote, timeout = ?node.config.handshake_timeout, "handshake timed out");
+            return;
+        }
     };
+    drop(pending);
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
         Some(p) if p == tls::PEER_ALPN => {
-            // The peer link has its own budget: it gives back the client slot it was counted in.
-            let _peer = PeerSlot::take(&node.stats);
             if let Err(why) = peer_allowed(&node, &conn) {
                 warn!(%remote, reason = why, "peer link refused");
                 conn.close(CLOSE_PEER_REFUSED.into(), why.as_bytes());
@@ -292,35 +294,42 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming) {
                 crate::replication::backup::serve(repl, conn, node.shutdown.clone()).await;
             }
         }
-        _ => {
-            let open = node
-                .stats
-                .connections
-                .load(std::sync::atomic::Ordering::Relaxed);
-            if open > node.config.max_connections as u64 {
-                Stats::bump(&node.stats.connections_refused);
-                warn!(%remote, open, "connection refused: max_connections reached");
-                conn.close(
-                    CLOSE_BUSY.into(),
-                    b"max_connections reached; try again later",
-                );
-                return;
-            }
-            Stats::bump(&node.stats.connections_total);
-            let chain = tls::peer_certificates(&conn);
-            let registry = node.clone();
-            let closer = auth::Closer::Quic(conn.clone());
-            let (access, _open) = match registry.security.admit(chain, closer) {
-                Ok(admitted) => admitted,
-                Err(refusal) => {
-                    warn!(%remote, reason = %refusal.reason, "client refused");
-                    conn.close(refusal.code.into(), refusal.reason.as_bytes());
-                    return;
-                }
-            };
-            session::serve_connection(node, conn, access).await;
-        }
+        _ => serve_client(node, conn, remote).await,
     }
+}
+
+/// Takes a client slot (the server's and the certificate's), then serves the connection.
+async fn serve_client(node: Arc<Node>, conn: quinn::Connection, remote: SocketAddr) {
+    let chain = tls::peer_certificates(&conn);
+    let identity = chain
+        .first()
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
+    let holder = node.clone();
+    // The identity first (role, CRL in force now; registered for later reloads), then a slot.
+    let closer = auth::Closer::Quic(conn.clone());
+    let (access, _open) = match holder.security.admit(chain, closer) {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            warn!(%remote, reason = %refusal.reason, "client refused");
+            conn.close(refusal.code.into(), refusal.reason.as_bytes());
+            return;
+        }
+    };
+    let _slot = match holder
+        .admission
+        .client(&holder.config, &holder.stats.connections, &identity)
+    {
+        Ok(slot) => slot,
+        Err(reason) => {
+            Stats::bump(&node.stats.connections_refused);
+            warn!(%remote, %reason, "connection refused");
+            conn.close(CLOSE_BUSY.into(), reason.as_bytes());
+            return;
+        }
+    };
+    Stats::bump(&node.stats.connections_total);
+    session::serve_connection(node, conn, access).await;
 }
 
 /// Gives up the endpoint's UDP port: connections still draining hold the socket, so the endpoint
@@ -356,40 +365,13 @@ const PORT_RELEASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(2
 /// Pause between two checks of the UDP port.
 const PORT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
-/// Connections admitted to the handshake beyond `max_connections`, reserved for the peer link (a
-/// restarted primary redials while its old connection may still be open).
-const PEER_SLOTS: u64 = 2;
-
-/// A peer link's connection, moved out of the client gauge for as long as it lives.
-struct PeerSlot<'a>(&'a Stats);
-
-impl<'a> PeerSlot<'a> {
-    fn take(stats: &'a Stats) -> PeerSlot<'a> {
-        stats
-            .connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        PeerSlot(stats)
-    }
-}
-
-impl Drop for PeerSlot<'_> {
-    fn drop(&mut self) {
-        // Given back so that the accept loop's own decrement balances.
-        self.0
-            .connections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// How long a stopping server lingers for its close frames to be delivered.
 const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Application close code for a refused peer link.
 pub const CLOSE_PEER_REFUSED: u32 = 3;
 
-/// Application close code for a client connection past `max_connections` (the few slots kept for
-/// the peer link let it finish its handshake first).
-pub const CLOSE_BUSY: u32 = 6;
+pub use admission::CLOSE_BUSY;
 
 /// Only a backup accepts the peer link, and only from the holder of the pair's server certificate
 /// (a client certificate from the same CA cannot pose as the primary).

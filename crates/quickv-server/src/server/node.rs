@@ -33,6 +33,10 @@ pub struct Node {
     pub repl: Option<Arc<Replication>>,
     /// Reloadable TLS state, open authenticated connections, and refusal counters.
     pub security: crate::server::auth::Security,
+    /// Handshakes in progress, client connections per certificate, the peer's reserve.
+    pub admission: crate::server::admission::Admission,
+    /// One permit per dump being sent (QUIC and HTTP), `max_dumps` in all.
+    pub dump_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Monotonic counters; relaxed atomics because they are only read for reporting.
@@ -48,6 +52,10 @@ pub struct Stats {
     pub requests: AtomicU64,
     /// Frames rejected as malformed or over a limit.
     pub bad_frames: AtomicU64,
+    /// Times a stream stopped being read, or a dump stopped producing, because the unwritten
+    /// answers of the stream (or of its connection) reached their byte cap: clients that do not
+    /// read what they asked for.
+    pub stream_pauses: AtomicU64,
     /// Client request streams currently open (QUIC).
     pub streams: AtomicU64,
     /// Client request streams opened since start (QUIC).
@@ -89,6 +97,7 @@ impl Node {
         let store = Arc::new(Store::with_session_limits(config.sessions));
         store.presize(config.expected_keys);
         let run_id = fresh_run_id();
+        let dump_slots = Arc::new(tokio::sync::Semaphore::new(config.max_dumps));
         let repl = match config.role {
             Role::Standalone => None,
             Role::Primary | Role::Backup => {
@@ -105,6 +114,8 @@ impl Node {
             metrics: OpMetrics::default(),
             repl,
             security,
+            admission: Default::default(),
+            dump_slots,
         }
     }
 }
@@ -138,6 +149,8 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         "connections_refused": s.connections_refused.load(Relaxed),
         "requests": s.requests.load(Relaxed),
         "bad_frames": s.bad_frames.load(Relaxed),
+        "stream_pauses": s.stream_pauses.load(Relaxed),
+        "handshakes_pending": node.admission.pending(),
         "forbidden": node.security.forbidden.load(Relaxed),
         "certificates": node.security.status(),
     });

@@ -1,7 +1,6 @@
 //! Request routing: one decoded request in, one answer out. No I/O here beyond handing replicated
 //! writes to the replicator; sessions own the streams.
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::config::Role;
@@ -22,8 +21,8 @@ pub enum Handled<W = oneshot::Receiver<Reply>> {
     /// The answer comes later (a replicated write waiting for the backup's ack). A dropped sender
     /// means the write's fate is unknown, and the caller answers `indeterminate`.
     Later(W),
-    /// A dump: every entry, to be sent as one or more chunks.
-    Dump(Vec<(Bytes, Bytes)>),
+    /// A dump is allowed: the caller streams the store as one or more chunks, a bucket at a time.
+    Dump,
     /// Answer `Ok`, then start a graceful shutdown of the whole server.
     Shutdown,
 }
@@ -57,7 +56,7 @@ pub fn handle_request(node: &Node, req: Request) -> Handled {
             )),
         },
         Handled::Now(reply) => Handled::Now(reply),
-        Handled::Dump(entries) => Handled::Dump(entries),
+        Handled::Dump => Handled::Dump,
         Handled::Shutdown => Handled::Shutdown,
     }
 }
@@ -100,7 +99,7 @@ pub fn handle_request_to(
             }
             match read {
                 Op::Count => Handled::Now(Reply::Count(node.store.count())),
-                Op::Dump => Handled::Dump(node.store.dump()),
+                Op::Dump => Handled::Dump,
                 Op::Get { key } => Handled::Now(match node.store.get(&key) {
                     Some(value) => Reply::Value(value),
                     None => Reply::NotFound,

@@ -1,19 +1,28 @@
 //! One client connection: accept its bidirectional streams and serve each as a pipeline.
 //!
 //! Each stream gets a reader (decode → route → answer) and a writer (batch answers → send). They
-//! are split so that a client which writes a lot before reading cannot deadlock us, and a semaphore
-//! bounds the answers owed per stream: when a client stops reading, we stop reading it. Both halves
-//! are the workspace's one network layer (`quickv_net`): the reader is a `FramedReader`,
-//! and answers are encoded straight into the stream's `Outbox`, which the writer empties into its
-//! `BatchWriter` once per wake-up.
+//! are split so that a client which writes a lot before reading cannot deadlock us. What a stream
+//! owes is bounded twice: in answers (`max_inflight_per_stream` credits, returned as they are
+//! written) and in bytes (a [`ByteBudget`] per stream and one per connection, charged as answers
+//! are encoded and released as they are written): when a client stops reading, we stop reading
+//! it. Both halves are the workspace's one network layer (`quickv_net`): the reader is a
+//! `FramedReader`, and answers are encoded straight into the stream's `Outbox`, which the writer
+//! empties into its `BatchWriter` once per wake-up.
+//!
+//! A connection owns its stream tasks, and a stream owns its writer and its dumps: when the server
+//! stops, the connection waits for its streams to deliver what they owe, then closes with
+//! [`CLOSE_SHUTDOWN`] and the reason [`SHUTDOWN_REASON`] (docs/protocol.md).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use quickv_net::{BatchWriter, FramedReader, Outbox, Taken};
+use quickv_net::{BatchWriter, ByteBudget, FramedReader, Outbox, Taken};
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::pki::Access;
@@ -22,16 +31,20 @@ use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
+use crate::store::BucketId;
 use quickv_proto::{
-    decode_request, encode_response, DecodeError, ErrorCode, Reply, Request, Response,
-    DUMP_CHUNK_HEADER,
+    decode_request, encode_response, DecodeError, Reply, Request, Response, DUMP_CHUNK_HEADER,
 };
 
 /// Target size of one dump chunk frame, in bytes (a single larger entry gets a chunk of its own).
 const DUMP_CHUNK_BYTES: usize = 1024 * 1024;
 /// Application close code sent when the server shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 1;
-/// Application stream error code sent when a stream carried an invalid frame.
+/// The reason text that goes with [`CLOSE_SHUTDOWN`].
+pub const SHUTDOWN_REASON: &str = "the server is shutting down";
+/// Application error code of the `STOP_SENDING` a server sends on a broken stream: a frame it
+/// cannot delimit (`len` out of bounds, a field overrunning its frame, bytes left over) or a frame
+/// left unfinished for longer than the frame timeout.
 pub const STREAM_BAD_FRAME: u32 = 2;
 
 /// Serves one client connection until it closes or the server stops.
@@ -40,20 +53,29 @@ pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, access: 
     let span = info_span!("conn", remote = %conn.remote_address(), id = conn.stable_id());
     async move {
         debug!("client connected");
+        let shared = Arc::new(ConnShared {
+            budget: Arc::new(ByteBudget::new(node.config.max_queued_bytes_per_connection)),
+            dump_turn: Arc::new(Semaphore::new(1)),
+        });
+        // The connection owns its streams: dropping this set (the connection task ends or is
+        // cancelled) ends them.
+        let mut streams = JoinSet::new();
         loop {
             let stream = tokio::select! {
                 s = conn.accept_bi() => s,
+                Some(_) = streams.join_next(), if !streams.is_empty() => continue,
                 _ = node.shutdown.cancelled() => break,
             };
             match stream {
                 Ok((send, recv)) => {
                     let node = node.clone();
+                    let shared = shared.clone();
                     let sid = send.id();
                     Stats::bump(&node.stats.streams_total);
-                    tokio::spawn(
+                    streams.spawn(
                         async move {
                             let _open = Stats::open(&node.stats.streams);
-                            serve_stream(node.clone(), send, recv, access).await;
+                            serve_stream(node.clone(), send, recv, access, shared).await;
                         }
                         .instrument(info_span!("stream", id = %sid)),
                     );
@@ -64,9 +86,24 @@ pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, access: 
                 }
             }
         }
+        // Every stream delivers what it owes (each watches the shutdown itself; the server's
+        // drain timeout bounds this), then the client hears why the connection ends.
+        while streams.join_next().await.is_some() {}
+        if node.shutdown.is_cancelled() {
+            conn.close(CLOSE_SHUTDOWN.into(), SHUTDOWN_REASON.as_bytes());
+        }
     }
     .instrument(span)
     .await
+}
+
+/// What the streams of one connection share.
+#[derive(Debug)]
+struct ConnShared {
+    /// Bytes of answers encoded and not yet written, over all the connection's streams.
+    budget: Arc<ByteBudget>,
+    /// One dump at a time per connection: the next waits for its turn.
+    dump_turn: Arc<Semaphore>,
 }
 
 /// Serves one pipelined request stream: a reader (this task) that decodes, routes and encodes
@@ -77,10 +114,19 @@ async fn serve_stream(
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     access: Access,
+    conn: Arc<ConnShared>,
 ) {
     let credit = Arc::new(Semaphore::new(node.config.max_inflight_per_stream));
-    let outbox = Arc::new(Outbox::new());
-    let writer = tokio::spawn(write_answers(send, outbox.clone(), credit.clone()));
+    let own = Arc::new(ByteBudget::new(node.config.max_queued_bytes_per_stream));
+    let outbox = Arc::new(Outbox::with_budgets(vec![own, conn.budget.clone()]));
+    let writer_gone = CancellationToken::new();
+    // Owned by this task: aborted if the stream task is.
+    let writer = AbortOnDropHandle::new(tokio::spawn(write_answers(
+        send,
+        outbox.clone(),
+        credit.clone(),
+        writer_gone.clone(),
+    )));
     let mut stream = RequestStream {
         answers: Arc::new(Answers {
             node: node.clone(),
@@ -93,8 +139,12 @@ async fn serve_stream(
         reader: FramedReader::new(recv),
         outbox,
         credit,
+        conn,
+        dumps: JoinSet::new(),
+        writer_gone,
         eof: false,
         stop_reading: false,
+        paused: false,
         partial_since: None,
     };
     loop {
@@ -117,26 +167,37 @@ struct RequestStream {
     access: Access,
     /// The stream and the bytes read but not yet decoded.
     reader: FramedReader,
-    /// Answers encoded for the writer task.
+    /// Answers encoded for the writer task; charged to the stream's and the connection's budgets.
     outbox: Arc<Outbox>,
     /// One permit per answer the stream may owe; the writer returns them once written.
     credit: Arc<Semaphore>,
-    /// Where replicated writes waiting for the backup's ack are answered, and how many there are.
+    /// What the connection's streams share (its byte budget, its dump turn).
+    conn: Arc<ConnShared>,
+    /// The dumps this stream is sending (each counted in `answers.waiting` until its last chunk).
+    dumps: JoinSet<()>,
+    /// Cancelled by the writer when it can write no more (the client stopped reading, the
+    /// connection died): nothing more is read, and dumps end.
+    writer_gone: CancellationToken,
+    /// Where replicated writes and dumps are answered, and how many are still owed.
     answers: Arc<Answers>,
     /// The client finished its sending side.
     eof: bool,
     /// No more requests are taken (invalid frame, read error, slow sender, shutdown).
     stop_reading: bool,
+    /// Reading is paused until the byte budgets have room (counted once per pause).
+    paused: bool,
     /// When the buffered bytes started an unfinished frame (slowloris guard).
     partial_since: Option<tokio::time::Instant>,
 }
 
 impl RequestStream {
-    /// Answers everything already buffered, one credit per request; true if a frame completed.
+    /// Answers everything already buffered, one credit per request, while the byte budgets have
+    /// room; true if a frame completed.
     fn answer_buffered(&mut self) -> bool {
+        while self.dumps.try_join_next().is_some() {}
         let limits = self.node.config.limits;
         let mut completed_frame = false;
-        while !self.stop_reading {
+        while !self.stop_reading && !self.outbox.is_full() {
             let Ok(permit) = self.credit.clone().try_acquire_owned() else {
                 break;
             };
@@ -154,10 +215,9 @@ impl RequestStream {
                     self.reply(id, Reply::Error { code, message });
                 }
                 Err(DecodeError::Invalid(message)) => {
-                    permit.forget();
                     Stats::bump(&self.node.stats.bad_frames);
                     warn!(%message, "invalid frame; closing stream");
-                    self.close_bad_stream(message);
+                    self.break_stream();
                 }
             }
         }
@@ -189,10 +249,18 @@ impl RequestStream {
             }
             // Answered by the task that applies the backup's ack, straight into the outbox.
             Handled::Later(()) => {}
-            Handled::Dump(entries) => {
+            Handled::Dump => {
                 node.metrics
                     .record_outcome(kind, Outcome::Ok, started.elapsed());
-                send_dump(&self.outbox, id, entries, &node.config.limits);
+                self.answers.waiting.fetch_add(1, Ordering::AcqRel);
+                let dump = Dump {
+                    node: node.clone(),
+                    id,
+                    outbox: self.outbox.clone(),
+                    answers: self.answers.clone(),
+                    writer_gone: self.writer_gone.clone(),
+                };
+                self.dumps.spawn(dump.run(self.conn.dump_turn.clone()));
             }
             Handled::Shutdown => {
                 node.metrics
@@ -208,22 +276,22 @@ impl RequestStream {
         send_reply(&self.outbox, id, reply);
     }
 
-    /// True once nothing more will be read or answered; reports a frame cut off by the end of
-    /// the stream.
+    /// True once nothing more will be read or answered; counts a frame cut off by the end of the
+    /// stream (it was never a request, so it gets no answer).
     fn finished(&mut self) -> bool {
         if !((self.eof || self.stop_reading) && self.answers.waiting.load(Ordering::Acquire) == 0) {
+            return false;
+        }
+        // Requests still buffered, held back only by credit or the byte budgets, are answered
+        // once there is room.
+        let held_back = self.outbox.is_full() || self.credit.available_permits() == 0;
+        if !self.stop_reading && held_back && !self.reader.buffer().is_empty() {
             return false;
         }
         let left = self.reader.buffer().len();
         if self.eof && !self.stop_reading && left > 0 {
             Stats::bump(&self.node.stats.bad_frames);
-            self.reply(
-                0,
-                Reply::Error {
-                    code: ErrorCode::BadFrame,
-                    message: format!("stream ended inside a frame ({left} bytes left over)"),
-                },
-            );
+            debug!(left, "stream ended inside a frame");
         }
         true
     }
@@ -239,8 +307,8 @@ impl RequestStream {
         };
     }
 
-    /// Waits for the next thing to do: more bytes, credit, the frame deadline, shutdown, or (once
-    /// nothing more is read) the last replicated write answered.
+    /// Waits for the next thing to do: more bytes, credit, room in the byte budgets, the frame
+    /// deadline, shutdown, or (once nothing more is read) the last owed answer.
     async fn wait(&mut self) {
         let node = self.node.clone();
         let frame_deadline = async {
@@ -253,12 +321,24 @@ impl RequestStream {
         };
         let can_read = !self.eof && !self.stop_reading;
         let has_credit = self.credit.available_permits() > 0;
+        let has_room = !self.outbox.is_full();
+        if !has_room && !self.paused && !self.stop_reading {
+            Stats::bump(&self.node.stats.stream_pauses);
+            debug!("answers not read: the stream is paused until the client reads");
+        }
+        self.paused = !has_room;
         let credit = self.credit.clone();
         let answers = self.answers.clone();
+        let outbox = self.outbox.clone();
+        let writer_gone = self.writer_gone.clone();
         tokio::select! {
             biased;
             _ = answers.none_waiting.notified(), if !can_read => {}
-            read = self.reader.fill(), if can_read && has_credit => match read {
+            _ = writer_gone.cancelled(), if !self.stop_reading => {
+                debug!("the client stopped reading answers; no more requests are taken");
+                self.stop_reading = true;
+            }
+            read = self.reader.fill(), if can_read && has_credit && has_room => match read {
                 Ok(true) => {}
                 Ok(false) => self.eof = true,
                 Err(e) => {
@@ -266,7 +346,8 @@ impl RequestStream {
                     self.stop_reading = true;
                 }
             },
-            _ = credit.acquire(), if can_read && !has_credit => {}
+            _ = credit.acquire(), if !self.stop_reading && !has_credit => {}
+            _ = outbox.room(), if !self.stop_reading && has_credit && !has_room => {}
             _ = frame_deadline => self.stalled(),
             _ = node.shutdown.cancelled(), if !self.stop_reading => self.refuse_buffered(),
         }
@@ -276,26 +357,20 @@ impl RequestStream {
     fn stalled(&mut self) {
         let node = &self.node;
         Stats::bump(&node.stats.bad_frames);
-        let message = format!(
-            "frame not completed within {:?} ({} bytes buffered); closing the stream",
-            node.config.frame_timeout,
-            self.reader.buffer().len()
+        warn!(
+            timeout = ?node.config.frame_timeout,
+            buffered = self.reader.buffer().len(),
+            "frame not completed in time; closing the stream"
         );
-        warn!(%message, "slow or stalled sender");
-        self.close_bad_stream(message);
+        self.break_stream();
         self.reader.buffer().clear();
     }
 
-    /// Answers `bad_frame` (request id 0, as the frame's own id cannot be trusted), asks the
-    /// client to stop sending, and stops reading; answers already owed are still delivered.
-    fn close_bad_stream(&mut self, message: String) {
-        self.reply(
-            0,
-            Reply::Error {
-                code: ErrorCode::BadFrame,
-                message,
-            },
-        );
+    /// A broken stream (docs/protocol.md §8): asks the client to stop sending (`STOP_SENDING`
+    /// with [`STREAM_BAD_FRAME`]) and stops reading; the requests already decoded are still
+    /// answered, then the send side finishes. Nothing is sent for the broken frame itself: its id
+    /// cannot be trusted, and every answer on the wire belongs to a request.
+    fn break_stream(&mut self) {
         self.reader.stop(STREAM_BAD_FRAME.into());
         self.stop_reading = true;
     }
@@ -322,10 +397,20 @@ struct Answers {
     node: Arc<Node>,
     /// The stream's answers.
     outbox: Arc<Outbox>,
-    /// Replicated writes of this stream not yet answered: the stream ends only when none is left.
+    /// Replicated writes and dumps of this stream not yet answered: the stream ends only when
+    /// none is left.
     waiting: AtomicUsize,
     /// Signalled when `waiting` drops to zero (a stored permit if nobody waits yet).
     none_waiting: Notify,
+}
+
+impl Answers {
+    /// One owed answer (a replicated write's, a dump's last chunk) has been given.
+    fn settled(&self) {
+        if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.none_waiting.notify_one();
+        }
+    }
 }
 
 impl std::fmt::Debug for Answers {
@@ -341,9 +426,7 @@ impl StreamAnswers for Answers {
         let elapsed = now.saturating_duration_since(ticket.started);
         self.node.metrics.record(ticket.kind, &reply, elapsed);
         send_reply(&self.outbox, ticket.id, reply);
-        if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.none_waiting.notify_one();
-        }
+        self.settled();
     }
 }
 
@@ -351,46 +434,110 @@ fn send_reply(outbox: &Outbox, id: u64, reply: Reply) {
     outbox.push(true, |out| encode_response(&Response { id, reply }, out));
 }
 
-/// Sends a dump as chunks of at most `DUMP_CHUNK_BYTES` of entries (less if the frame limit is
-/// smaller; an entry at the size limits goes alone); only the last settles the request.
-fn send_dump(
-    outbox: &Outbox,
+/// One dump request being answered: the store is walked a bucket at a time, and the next chunk is
+/// encoded only when the stream's and the connection's byte budgets have room, so a dump holds at
+/// most one bucket's entry handles and one chunk, however large the store and however slowly the
+/// client reads.
+struct Dump {
+    /// The store, the limits and the server-wide dump slots.
+    node: Arc<Node>,
+    /// The request's id, carried by every chunk.
     id: u64,
-    entries: Vec<(Bytes, Bytes)>,
-    limits: &quickv_proto::Limits,
-) {
-    let budget = DUMP_CHUNK_BYTES.min(limits.max_frame.saturating_sub(DUMP_CHUNK_HEADER));
-    let mut chunks = quickv_proto::peer::split_entries(entries, budget).peekable();
-    while let Some(chunk) = chunks.next() {
-        let last = chunks.peek().is_none();
-        let reply = Reply::DumpChunk {
-            entries: chunk,
-            last,
-        };
-        outbox.push(last, |out| encode_response(&Response { id, reply }, out));
-        if last {
-            return;
-        }
-    }
-    send_reply(
-        outbox,
-        id,
-        Reply::DumpChunk {
-            entries: Vec::new(),
-            last: true,
-        },
-    );
+    /// Where the chunks go.
+    outbox: Arc<Outbox>,
+    /// Settled when the last chunk is queued (or the dump is abandoned).
+    answers: Arc<Answers>,
+    /// The stream's writer is gone: stop.
+    writer_gone: CancellationToken,
 }
 
-/// Writes answers as they come: everything the outbox holds per wake-up, in one write.
-async fn write_answers(send: quinn::SendStream, outbox: Arc<Outbox>, credit: Arc<Semaphore>) {
+impl Dump {
+    /// Waits for the connection's dump turn and a server-wide slot (refusing with `unavailable`
+    /// when every slot is taken), then sends the chunks; only the last settles the request.
+    async fn run(self, turn: Arc<Semaphore>) {
+        let my_turn = tokio::select! {
+            t = turn.acquire_owned() => t.ok(),
+            _ = self.writer_gone.cancelled() => None,
+        };
+        if my_turn.is_some() {
+            match self.node.dump_slots.clone().try_acquire_owned() {
+                Ok(_slot) => self.send_chunks().await,
+                Err(_) => send_reply(
+                    &self.outbox,
+                    self.id,
+                    Reply::Unavailable(format!(
+                        "too many dumps in progress (max_dumps {}); retry later",
+                        self.node.config.max_dumps
+                    )),
+                ),
+            }
+        }
+        self.answers.settled();
+    }
+
+    /// Chunks of at most `DUMP_CHUNK_BYTES` of entries (less if the frame limit is smaller; an
+    /// entry at the size limits goes alone), cut by the one rule of every entry stream
+    /// (`split_entries`); a chunk left part-full at the end of a bucket takes the next bucket's
+    /// entries first. An empty store answers one empty last chunk.
+    async fn send_chunks(&self) {
+        let limits = self.node.config.limits;
+        let budget = DUMP_CHUNK_BYTES.min(limits.max_frame.saturating_sub(DUMP_CHUNK_HEADER));
+        let mut carry: Vec<(Bytes, Bytes)> = Vec::new();
+        for bucket in BucketId::all() {
+            let mut entries = std::mem::take(&mut carry);
+            entries.extend(self.node.store.bucket_snapshot(bucket));
+            let mut chunks = quickv_proto::peer::split_entries(entries, budget).peekable();
+            while let Some(chunk) = chunks.next() {
+                if chunks.peek().is_none() {
+                    carry = chunk;
+                    break;
+                }
+                if !self.push(chunk, false).await {
+                    return;
+                }
+            }
+        }
+        self.push(carry, true).await;
+    }
+
+    /// Waits for room, then queues one chunk; false if the writer is gone.
+    async fn push(&self, entries: Vec<(Bytes, Bytes)>, last: bool) -> bool {
+        if self.outbox.is_full() {
+            Stats::bump(&self.node.stats.stream_pauses);
+        }
+        tokio::select! {
+            _ = self.outbox.room() => {}
+            _ = self.writer_gone.cancelled() => return false,
+        }
+        let reply = Reply::DumpChunk { entries, last };
+        let id = self.id;
+        self.outbox
+            .try_push(last, |out| encode_response(&Response { id, reply }, out))
+    }
+}
+
+/// Writes answers as they come: everything the outbox holds per wake-up, in one write. When it
+/// can write no more (the client stopped reading, the connection died) it drops what is queued
+/// and says so through `gone`.
+async fn write_answers(
+    send: quinn::SendStream,
+    outbox: Arc<Outbox>,
+    credit: Arc<Semaphore>,
+    gone: CancellationToken,
+) {
     let mut writer = BatchWriter::new(send);
     while let Taken::Frames(settled) = outbox.take(|frames| writer.take_from(frames)).await {
         if let Err(e) = writer.flush().await {
             debug!(reason = %e, "client stopped reading answers");
+            outbox.abandon();
+            gone.cancel();
             return;
         }
+        outbox.written();
         credit.add_permits(settled);
     }
     writer.finish();
+    // The connection may be closed right after this stream ends (shutdown): first let the client
+    // acknowledge the last answers.
+    writer.delivered().await;
 }

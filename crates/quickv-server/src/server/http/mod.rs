@@ -355,10 +355,10 @@ async fn drive<I>(
         let guard = guard.clone();
         async move {
             if let Some(refused) = guard.refusal(&node, &req) {
-                return Ok::<_, Infallible>(refused);
+                return Ok::<_, Infallible>(refused.map(http_body_util::Either::Left));
             }
             if let Some(refused) = access::refusal(&node, access, &req) {
-                return Ok::<_, Infallible>(refused);
+                return Ok::<_, Infallible>(refused.map(http_body_util::Either::Left));
             }
             Ok::<_, Infallible>(api::respond(&node, req, in_flight, &release).await)
         }

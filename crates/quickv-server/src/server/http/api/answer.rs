@@ -2,13 +2,16 @@
 //! an error) and the HTTP response that carries one.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
-use serde_json::Value;
 
+use super::dump::DumpBody;
 use crate::server::http::form::FormError;
+
+/// The body of a gateway response: a document built whole, or a streamed dump.
+pub type ApiBody = Either<Full<Bytes>, DumpBody>;
 
 /// The content type of every answer but `/metrics`.
 pub(super) const JSON: &str = "application/json";
@@ -56,22 +59,6 @@ pub(super) struct Count {
     pub(super) result: String,
 }
 
-/// All pairs as one JSON object, sorted by key. Keys and values that are not UTF-8 are shown with
-/// U+FFFD in place of bad bytes (this API is for text; binary data belongs on QUIC).
-pub(super) fn dump(mut entries: Vec<(Bytes, Bytes)>) -> Answer {
-    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let map: serde_json::Map<String, Value> = entries
-        .iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(k).into_owned(),
-                Value::String(String::from_utf8_lossy(v).into_owned()),
-            )
-        })
-        .collect();
-    Answer::json(&map)
-}
-
 /// A 400 for a form or query string we could not read.
 pub(super) fn bad_form(e: FormError) -> Answer {
     Answer::error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
@@ -87,6 +74,8 @@ pub(super) struct Answer {
     pub(super) body: Bytes,
     /// The `Allow` header of a 405.
     pub(super) allow: Option<&'static str>,
+    /// A streamed body, sent instead of `body` (the dump).
+    pub(super) stream: Option<DumpBody>,
 }
 
 impl Answer {
@@ -98,6 +87,7 @@ impl Answer {
                 content_type: JSON,
                 body: Bytes::from(body),
                 allow: None,
+                stream: None,
             },
             // Only maps with non-string keys fail to serialize; ours have none.
             Err(e) => Answer {
@@ -105,6 +95,7 @@ impl Answer {
                 content_type: "text/plain; charset=utf-8",
                 body: Bytes::from(format!("cannot encode the answer: {e}")),
                 allow: None,
+                stream: None,
             },
         }
     }
@@ -121,8 +112,23 @@ impl Answer {
         }
     }
 
-    pub(super) fn into_response(self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(self.body));
+    /// A 200 whose JSON body is streamed (no `Content-Length`: chunked).
+    pub(super) fn streamed(body: DumpBody) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            content_type: JSON,
+            body: Bytes::new(),
+            allow: None,
+            stream: Some(body),
+        }
+    }
+
+    pub(super) fn into_response(self) -> Response<ApiBody> {
+        let body = match self.stream {
+            Some(stream) => Either::Right(stream),
+            None => Either::Left(Full::new(self.body)),
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));

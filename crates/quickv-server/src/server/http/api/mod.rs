@@ -10,10 +10,11 @@
 //! `"success":"false"` and a `"reason"`, as the classic API answered; a request we could not make
 //! sense of is a 4xx with `"error"` (a stable code) and `"reason"`; a server fault is a 500.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
@@ -21,8 +22,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 mod answer;
+mod dump;
 
-use answer::{bad_form, dump, success, Answer, Count, Verdict, JSON};
+pub use answer::ApiBody;
+use answer::{bad_form, success, Answer, Count, Verdict, JSON};
 
 use crate::server::http::form::{Form, FormError};
 use crate::server::http::metrics;
@@ -64,11 +67,11 @@ pub const PORT_RELEASE_WAIT: Duration = Duration::from_secs(10);
 /// server's drain waiting for this answer; a shutdown's answer instead lets the drain go on and
 /// waits until the server has released its ports (see [`crate::server::http::Release`]).
 pub async fn respond(
-    node: &Node,
+    node: &Arc<Node>,
     req: Request<Incoming>,
     in_flight: TaskTrackerToken,
     release: &Release,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     let shutdown = req.uri().path() == "/kvman/shutdown";
     let answer = route(node, req).await;
     if shutdown && answer.status == StatusCode::OK && node.shutdown.is_cancelled() {
@@ -89,7 +92,7 @@ pub async fn respond(
 /// or the query string, the body winning when both name a field. Reads (`/kv/get`, `/kvman/*`,
 /// `/metrics`) take GET or POST; writes take POST (a GET must not change data: a crawler or a
 /// browser's prefetch would).
-async fn route(node: &Node, req: Request<Incoming>) -> Answer {
+async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().to_string();
     let (write, read) = (Allowed::Post, Allowed::GetOrPost);
     match path.as_str() {
@@ -128,7 +131,13 @@ async fn route(node: &Node, req: Request<Incoming>) -> Answer {
         "/kvman/dump" => {
             with_params(node, req, read, |_| async move {
                 match call(node, Op::Dump).await {
-                    Routed::Dump(entries) => dump(entries),
+                    Routed::Dump => match node.dump_slots.clone().try_acquire_owned() {
+                        Ok(slot) => Answer::streamed(dump::DumpBody::start(node.clone(), slot)),
+                        Err(_) => refusal(Routed::Reply(Reply::Unavailable(format!(
+                            "too many dumps in progress (max_dumps {}); retry later",
+                            node.config.max_dumps
+                        )))),
+                    },
                     other => refusal(other),
                 }
             })
@@ -143,6 +152,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Answer {
                         content_type: JSON,
                         body: Bytes::from(text),
                         allow: None,
+                        stream: None,
                     },
                     other => refusal(other),
                 }
@@ -168,6 +178,7 @@ async fn route(node: &Node, req: Request<Incoming>) -> Answer {
                     content_type: metrics::CONTENT_TYPE,
                     body: Bytes::from(metrics::render(node)),
                     allow: None,
+                    stream: None,
                 }
             })
             .await
@@ -190,6 +201,16 @@ enum Allowed {
 }
 
 impl Allowed {
+    /// The largest form body an endpoint reads: a write's key and value ([`max_body`]); for a
+    /// read, what its query string may hold ([`max_query`]): a read carries no value, so a larger
+    /// body is refused before it is buffered.
+    fn body_cap(self, limits: &Limits) -> usize {
+        match self {
+            Allowed::Post => max_body(limits),
+            Allowed::GetOrPost => max_query(limits),
+        }
+    }
+
     fn admits(self, method: &Method) -> bool {
         match self {
             Allowed::Post => method == Method::POST,
@@ -216,8 +237,9 @@ pub struct Params {
 }
 
 impl Params {
-    /// Decodes the query string and, for a POST, the form body; bounded in size and time.
-    async fn read(node: &Node, req: Request<Incoming>) -> Result<Params, Answer> {
+    /// Decodes the query string and, for a POST, the form body (at most `body_cap` bytes);
+    /// bounded in size and time.
+    async fn read(node: &Node, req: Request<Incoming>, body_cap: usize) -> Result<Params, Answer> {
         let limits = node.config.limits;
         let query = req.uri().query().unwrap_or("");
         if query.len() > max_query(&limits) {
@@ -234,7 +256,7 @@ impl Params {
         let query = Form::parse(query.as_bytes()).map_err(bad_form)?;
         // As Go's ParseForm: a body is read for POST only (a GET's body is ignored).
         let body = if req.method() == Method::POST {
-            form_body(node, req).await?
+            form_body(node, req, body_cap).await?
         } else {
             Form::default()
         };
@@ -281,7 +303,7 @@ where
         answer.allow = Some(allowed.header());
         return answer;
     }
-    match Params::read(node, req).await {
+    match Params::read(node, req, allowed.body_cap(&node.config.limits)).await {
         Ok(params) => serve(params).await,
         Err(answer) => answer,
     }
@@ -346,9 +368,8 @@ async fn read_key(node: &Node, params: &Params) -> Answer {
     outcome(call(node, Op::Get { key }).await)
 }
 
-/// Reads and decodes a form body, bounded in size ([`max_body`]) and time (the idle timeout).
-async fn form_body(node: &Node, req: Request<Incoming>) -> Result<Form, Answer> {
-    let cap = max_body(&node.config.limits);
+/// Reads and decodes a form body, bounded in size (`cap`) and time (the idle timeout).
+async fn form_body(node: &Node, req: Request<Incoming>, cap: usize) -> Result<Form, Answer> {
     // Another media type is refused only if a body came with it (an empty POST with any
     // Content-Type carries its fields in the query string, which classic clients do).
     let wrong_type = req.headers().get(CONTENT_TYPE).and_then(|ct| {
@@ -437,8 +458,8 @@ fn check_key(key: &Bytes, limits: &Limits) -> Result<(), Answer> {
 enum Routed {
     /// An answer (for a replicated write: after the ack, or `Indeterminate`).
     Reply(Reply),
-    /// Every entry.
-    Dump(Vec<(Bytes, Bytes)>),
+    /// A dump is allowed (the caller streams it).
+    Dump,
     /// The shutdown was accepted; the caller starts it after answering.
     Shutdown,
 }
@@ -453,12 +474,12 @@ async fn call(node: &Node, op: Op) -> Routed {
         Handled::Later(rx) => Routed::Reply(rx.await.unwrap_or_else(|_| {
             Reply::Indeterminate("the server lost track of this write".into())
         })),
-        Handled::Dump(entries) => Routed::Dump(entries),
+        Handled::Dump => Routed::Dump,
         Handled::Shutdown => Routed::Shutdown,
     };
     match &routed {
         Routed::Reply(reply) => node.metrics.record(kind, reply, started.elapsed()),
-        Routed::Dump(_) | Routed::Shutdown => {
+        Routed::Dump | Routed::Shutdown => {
             node.metrics
                 .record_outcome(kind, Outcome::Ok, started.elapsed())
         }
@@ -498,7 +519,7 @@ fn refusal(routed: Routed) -> Answer {
             };
             Answer::error(status, "server_error", format!("{code}: {message}"))
         }
-        Routed::Reply(_) | Routed::Dump(_) | Routed::Shutdown => Answer::error(
+        Routed::Reply(_) | Routed::Dump | Routed::Shutdown => Answer::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the router gave an answer this endpoint does not expect".into(),
@@ -539,17 +560,5 @@ mod tests {
             message: "x".into(),
         }));
         assert_eq!(a.status, StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn dump_is_one_object() {
-        let a = dump(vec![
-            (Bytes::from_static(b"b"), Bytes::from_static(b"2")),
-            (Bytes::from_static(b"a"), Bytes::from_static(b"\xff")),
-        ]);
-        assert_eq!(
-            serde_json::from_slice::<Value>(&a.body).expect("json"),
-            json!({"a": "\u{fffd}", "b": "2"})
-        );
     }
 }
