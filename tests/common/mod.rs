@@ -1,6 +1,9 @@
 //! Test harness: real `quickv` processes on free loopback ports with fresh certificates.
 #![allow(dead_code)]
 
+pub mod http;
+pub mod prometheus;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
