@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod netlab;
 pub mod prometheus;
 
 use std::net::SocketAddr;
