@@ -23,7 +23,7 @@ use crate::tester::script::KvOp;
 pub async fn call(addr: &str, op: &KvOp, timeout: Duration) -> Answer {
     let (path, form) = request_of(op);
     match tokio::time::timeout(timeout, post(addr, path, form)).await {
-        Err(_) => Answer::NoAnswer(timeout),
+        Err(_) => Answer::no_answer_within(timeout),
         Ok(Err(Failure::NotSent(why))) => Answer::Unreachable(why),
         Ok(Err(Failure::Lost(why))) if op.is_write() => Answer::Indeterminate(why),
         Ok(Err(Failure::Lost(why))) => Answer::Unreachable(why),
@@ -35,7 +35,7 @@ pub async fn call(addr: &str, op: &KvOp, timeout: Duration) -> Answer {
 pub async fn dump(addr: &str, timeout: Duration) -> Result<Vec<(Bytes, Bytes)>, Answer> {
     let (status, body) =
         match tokio::time::timeout(timeout, post(addr, "/kvman/dump", String::new())).await {
-            Err(_) => return Err(Answer::NoAnswer(timeout)),
+            Err(_) => return Err(Answer::no_answer_within(timeout)),
             Ok(Err(Failure::NotSent(why) | Failure::Lost(why))) => {
                 return Err(Answer::Unreachable(why))
             }

@@ -136,10 +136,7 @@ impl<'o> Runner<'o> {
         };
         let (answers, acted) = tokio::join!(requests, actions);
         self.ops += block.ops.len();
-        if answers
-            .iter()
-            .any(|(a, _)| matches!(a, Answer::NoAnswer(_)))
-        {
+        if answers.iter().any(|(a, _)| matches!(a, Answer::Timeout(_))) {
             self.reset(PairMember::Primary);
         }
         for (step, (answer, took)) in block.ops.iter().zip(&answers) {
@@ -170,7 +167,7 @@ impl<'o> Runner<'o> {
             Ok(client) => call(client, op.to_op()).await,
             Err(answer) => answer,
         };
-        if matches!(answer, Answer::NoAnswer(_)) {
+        if matches!(answer, Answer::Timeout(_)) {
             self.reset(PairMember::Primary);
         }
         answer
@@ -300,7 +297,7 @@ impl<'o> Runner<'o> {
                     Ok(client) => match tokio::time::timeout(OP_TIMEOUT, client.dump()).await {
                         Ok(Ok(entries)) => Ok(entries),
                         Ok(Err(e)) => Err(Answer::from(e)),
-                        Err(_) => Err(Answer::NoAnswer(OP_TIMEOUT)),
+                        Err(_) => Err(Answer::no_answer_within(OP_TIMEOUT)),
                     },
                     Err(answer) => Err(answer),
                 }
@@ -354,6 +351,6 @@ async fn call(client: Client, op: Op) -> Answer {
     match tokio::time::timeout(OP_TIMEOUT, client.call(op)).await {
         Ok(Ok(reply)) => Answer::from_reply(reply),
         Ok(Err(e)) => Answer::from(e),
-        Err(_) => Answer::NoAnswer(OP_TIMEOUT),
+        Err(_) => Answer::no_answer_within(OP_TIMEOUT),
     }
 }
