@@ -14,6 +14,7 @@
 //! | [`tester`] | scenario scripts: parser, model of the table, judge, runner (`quickv test`) |
 //! | [`bench`](mod@bench) | `quickv bench`: the load generator, HDR histograms, plots, comparison tables |
 //! | [`history`] | recorded client histories, a recorded load, and the per-key linearizability checker |
+//! | [`http`] | the one HTTP/1.1 client of the tools and the tests (one request per connection) |
 //!
 //! See `docs/architecture.md` for the workspace and the path of a request.
 
@@ -29,6 +30,7 @@ macro_rules! say {
 pub mod bench;
 pub mod cli;
 pub mod history;
+pub mod http;
 pub mod supervisor;
 pub mod tester;
 pub mod up;

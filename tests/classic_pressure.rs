@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use serde_json::Value;
 
-use kit::{assert_dumps, call, reap, Kit, BACKUP, PRIMARY};
+use common::http::call;
+use kit::{assert_dumps, reap, Kit, BACKUP, PRIMARY};
 
 /// Percentile of sorted durations, in milliseconds.
 fn percentile(sorted: &[Duration], p: f64) -> f64 {

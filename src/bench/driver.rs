@@ -30,7 +30,7 @@ use super::progress::{Phase, Progress};
 use super::recorder::{Recorder, Tally};
 use super::report::{self, BenchReport, PreloadReport};
 use super::schedule::OpenLoop;
-use super::target::{ConnectOptions, Handle, Target, TargetSpec};
+use super::target::{ConnectOptions, Handle, QuickvTarget, Target, TargetSpec};
 use super::workload::{insert_key, preload_key, value_of_size, LoadOp, Mix};
 use super::BenchConfig;
 use quickv_proto::Outcome;
@@ -100,7 +100,7 @@ impl Shared {
     async fn one_request(
         &self,
         worker: usize,
-        handle: &mut Handle,
+        handle: &mut impl Handle,
         rng: &mut SplitMix64,
         due: Instant,
     ) {
@@ -147,16 +147,36 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
     cfg.validate()?;
     let spec = TargetSpec::parse(&cfg.target);
     spec.check_loopback().map_err(anyhow::Error::msg)?;
-    let target = Target::connect(&ConnectOptions {
-        spec: &spec,
+    let opts = ConnectOptions {
         certs_dir: &cfg.certs_dir,
         connections: cfg.connections,
         streams: cfg.streams,
         redis_wait: cfg.redis_wait,
         redis_wait_ms: cfg.redis_wait_ms,
         timeout: cfg.timeout,
-    })
-    .await?;
+    };
+    match &spec {
+        TargetSpec::Quickv(addr) => {
+            drive(cfg, &spec, QuickvTarget::connect(addr, &opts).await?).await
+        }
+        #[cfg(feature = "redis")]
+        TargetSpec::Redis(url) => {
+            let target = super::redis_target::RedisTarget::connect(url, &opts).await?;
+            drive(cfg, &spec, target).await
+        }
+        #[cfg(not(feature = "redis"))]
+        TargetSpec::Redis(url) => anyhow::bail!(
+            "{url}: this quickv was built without Redis support; rebuild with `--features redis`"
+        ),
+    }
+}
+
+/// The run itself, on connections already open: preload, workers, collector, drain, report.
+async fn drive<T: Target>(
+    cfg: &BenchConfig,
+    spec: &TargetSpec,
+    target: T,
+) -> anyhow::Result<BenchReport> {
     let server = target.server_info();
     let value = value_of_size(cfg.value_size);
     let workers = cfg.in_flight();
@@ -320,7 +340,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
             cfg.timeout + DRAIN_SLACK
         ));
     }
-    let report = BenchReport::build(cfg, &spec, server, preload, &totals, open_loop, warnings);
+    let report = BenchReport::build(cfg, spec, server, preload, &totals, open_loop, warnings);
     if let Some(dir) = &cfg.hdr_out {
         report::write_hdr_files(dir, &kinds, &totals, logs, &report)?;
     }
@@ -329,7 +349,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
 }
 
 /// A closed-loop worker: send, wait for the answer, repeat, until `end`.
-async fn closed_loop(shared: Arc<Shared>, worker: usize, mut handle: Handle) {
+async fn closed_loop(shared: Arc<Shared>, worker: usize, mut handle: impl Handle) {
     let mut rng = SplitMix64::new(shared.seed.wrapping_add(worker as u64));
     loop {
         let start = Instant::now();
@@ -349,7 +369,7 @@ async fn closed_loop(shared: Arc<Shared>, worker: usize, mut handle: Handle) {
 async fn open_loop(
     shared: Arc<Shared>,
     worker: usize,
-    mut handle: Handle,
+    mut handle: impl Handle,
     tickets: Arc<AsyncMutex<mpsc::Receiver<Ticket>>>,
 ) {
     let mut rng = SplitMix64::new(shared.seed.wrapping_add(worker as u64));
@@ -439,7 +459,7 @@ fn push_interval(
 
 /// Fills the keyspace: `tasks` workers insert keys `0..keys` (quickv `insert`, Redis `SET`).
 async fn preload(
-    target: &Target,
+    target: &impl Target,
     cfg: &BenchConfig,
     value: &Bytes,
     tasks: usize,

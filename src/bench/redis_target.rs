@@ -27,7 +27,7 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ClientTlsConfig, RedisError, TlsCertificates, Value};
 
-use super::target::ConnectOptions;
+use super::target::{ConnectOptions, Handle, Target};
 use super::workload::LoadOp;
 use quickv_proto::Outcome;
 use quickv_server::tls::CertPaths;
@@ -82,24 +82,36 @@ impl RedisTarget {
             wait: opts.redis_wait.map(|n| (n, opts.redis_wait_ms)),
         })
     }
+}
+
+impl Target for RedisTarget {
+    type Handle = RedisHandle;
 
     /// Version, role and replica count, e.g. `redis 7.0.15 role=master replicas=1`.
-    pub fn server_info(&self) -> String {
+    fn server_info(&self) -> String {
         self.info.clone()
     }
 
-    /// The handle of worker `worker`.
-    pub fn handle(&self, worker: usize) -> RedisHandle {
+    fn handle(&self, worker: usize) -> RedisHandle {
         RedisHandle {
             conn: self.conns[worker % self.conns.len()].clone(),
             wait: self.wait,
         }
     }
+
+    /// Nothing to say: dropping the multiplexed connections closes them.
+    async fn close(self) {}
 }
 
-impl RedisHandle {
+impl Handle for RedisHandle {
+    /// No: the driver bounds each call with `--timeout` (the client's own response timeout is
+    /// off).
+    fn bounds_its_calls(&self) -> bool {
+        false
+    }
+
     /// Sends one operation (plus `WAIT` for writes when asked) and classifies the answer.
-    pub async fn execute(
+    async fn execute(
         &mut self,
         kind: LoadOp,
         key: Bytes,
@@ -165,8 +177,8 @@ impl RedisHandle {
         }
     }
 
-    /// `SET k v` for the preload phase.
-    pub async fn preload(&mut self, key: Bytes, value: Bytes) -> (Outcome, Option<String>) {
+    /// `SET k v` for the preload phase (no `WAIT`: reads go to the primary).
+    async fn preload(&mut self, key: Bytes, value: Bytes) -> (Outcome, Option<String>) {
         let mut cmd = redis::cmd("SET");
         cmd.arg(&key[..]).arg(&value[..]);
         match cmd.query_async::<Value>(&mut self.conn).await {

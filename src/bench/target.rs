@@ -1,6 +1,8 @@
 //! The systems under test, behind one interface, so quickv and Redis share the load model.
 //!
 //! A [`Target`] is a set of connections; a [`Handle`] is one worker's cheap clone of one of them.
+//! Both are traits: this file has quickv's implementation, `redis_target.rs` Redis's, and the
+//! driver picks one by [`TargetSpec`] once per run.
 //! The mapping of concurrency onto each system:
 //!
 //! | flag | quickv | Redis |
@@ -12,6 +14,7 @@
 //! so `C × S × D` requests are in flight on both. (quickv's client spreads calls over its streams
 //! round-robin, so D per stream holds on average.)
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
@@ -108,23 +111,51 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// Connections to the system under test.
-pub enum Target {
-    /// quickv: one [`Client`] per `--connections`, each with `--streams` streams.
-    Quickv {
-        /// The connections.
-        clients: Vec<Client>,
-    },
-    /// Redis over TLS, one multiplexed connection per quickv stream.
-    #[cfg(feature = "redis")]
-    Redis(super::redis_target::RedisTarget),
+/// Connections to one system under test. The driver is generic over it, so each system's
+/// requests are dispatched statically; [`QuickvTarget`] is quickv's, `redis_target::RedisTarget`
+/// Redis's (feature `redis`).
+pub trait Target: Send + Sync + 'static {
+    /// One worker's way to send requests.
+    type Handle: Handle;
+
+    /// Who answered, e.g. `quickv 0.1.0 role=standalone` or `redis 7.0.15 role=master`.
+    fn server_info(&self) -> String;
+
+    /// The handle worker `worker` uses: workers are spread evenly over the connections.
+    fn handle(&self, worker: usize) -> Self::Handle;
+
+    /// Closes the connections politely, so servers log clean disconnects.
+    fn close(self) -> impl Future<Output = ()> + Send;
+}
+
+/// One worker's way to send requests; cheap to clone. Every answer is classified into an
+/// [`Outcome`] and, for failing outcomes, a message that explains it.
+pub trait Handle: Clone + Send + 'static {
+    /// True when every [`Handle::execute`] ends by the run's `--timeout` on its own (quickv: the
+    /// client's deadline, a read as `timeout`, a write as `indeterminate`), so the driver need
+    /// not wrap it in a timer of its own.
+    fn bounds_its_calls(&self) -> bool;
+
+    /// Sends one request of `kind` on `key` (with `value` for writes; ping echoes `value`) and
+    /// classifies the answer.
+    fn execute(
+        &mut self,
+        kind: LoadOp,
+        key: Bytes,
+        value: Bytes,
+    ) -> impl Future<Output = (Outcome, Option<String>)> + Send;
+
+    /// Stores `key` = `value` for the preload phase.
+    fn preload(
+        &mut self,
+        key: Bytes,
+        value: Bytes,
+    ) -> impl Future<Output = (Outcome, Option<String>)> + Send;
 }
 
 /// How to open a [`Target`], from the run's config.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions<'a> {
-    /// What to connect to.
-    pub spec: &'a TargetSpec,
     /// Directory with `ca.pem`, `client.pem`, `client.key` (used for both systems).
     pub certs_dir: &'a Path,
     /// QUIC connections (quickv).
@@ -140,123 +171,73 @@ pub struct ConnectOptions<'a> {
     pub timeout: Duration,
 }
 
-impl Target {
-    /// Opens every connection (concurrently), or fails with the first error.
-    pub async fn connect(opts: &ConnectOptions<'_>) -> anyhow::Result<Target> {
-        match opts.spec {
-            TargetSpec::Quickv(addr) => {
-                let mut config = ClientConfig::new(opts.certs_dir);
-                config.streams = opts.streams.max(1);
-                config.timeout = Some(opts.timeout);
-                let attempts = (0..opts.connections.max(1)).map(|_| Client::connect(addr, &config));
-                let clients = futures_util::future::try_join_all(attempts)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot connect to quickv at {addr}: {e}"))?;
-                Ok(Target::Quickv { clients })
-            }
-            #[cfg(feature = "redis")]
-            TargetSpec::Redis(url) => Ok(Target::Redis(
-                super::redis_target::RedisTarget::connect(url, opts).await?,
-            )),
-            #[cfg(not(feature = "redis"))]
-            TargetSpec::Redis(url) => anyhow::bail!(
-                "{url}: this quickv was built without Redis support; rebuild with `--features redis`"
-            ),
-        }
+/// quickv: one [`Client`] per `--connections`, each with `--streams` streams.
+pub struct QuickvTarget {
+    /// The connections.
+    clients: Vec<Client>,
+}
+
+impl QuickvTarget {
+    /// Opens every connection to the server at `addr` (concurrently), or fails with the first
+    /// error.
+    pub async fn connect(addr: &str, opts: &ConnectOptions<'_>) -> anyhow::Result<QuickvTarget> {
+        let mut config = ClientConfig::new(opts.certs_dir);
+        config.streams = opts.streams.max(1);
+        config.timeout = Some(opts.timeout);
+        let attempts = (0..opts.connections.max(1)).map(|_| Client::connect(addr, &config));
+        let clients = futures_util::future::try_join_all(attempts)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to quickv at {addr}: {e}"))?;
+        Ok(QuickvTarget { clients })
+    }
+}
+
+impl Target for QuickvTarget {
+    type Handle = Client;
+
+    fn server_info(&self) -> String {
+        self.clients
+            .first()
+            .map(|c| c.server_info().to_owned())
+            .unwrap_or_default()
     }
 
-    /// Who answered, e.g. `quickv 0.1.0 role=standalone` or `redis 7.0.15 role=master`.
-    pub fn server_info(&self) -> String {
-        match self {
-            Target::Quickv { clients } => clients
-                .first()
-                .map(|c| c.server_info().to_owned())
-                .unwrap_or_default(),
-            #[cfg(feature = "redis")]
-            Target::Redis(r) => r.server_info(),
-        }
+    fn handle(&self, worker: usize) -> Client {
+        self.clients[worker % self.clients.len()].clone()
     }
 
-    /// The handle worker `worker` uses: workers are spread evenly over the connections.
-    pub fn handle(&self, worker: usize) -> Handle {
-        match self {
-            Target::Quickv { clients } => Handle::Quickv(clients[worker % clients.len()].clone()),
-            #[cfg(feature = "redis")]
-            Target::Redis(r) => Handle::Redis(r.handle(worker)),
-        }
-    }
-
-    /// Closes the connections politely, so servers log clean disconnects.
-    pub async fn close(self) {
-        match self {
-            Target::Quickv { clients } => {
-                for c in clients {
-                    c.close().await;
-                }
-            }
-            #[cfg(feature = "redis")]
-            Target::Redis(_) => {}
+    async fn close(self) {
+        for c in self.clients {
+            c.close().await;
         }
     }
 }
 
-/// One worker's way to send requests; cheap to clone.
-#[derive(Clone)]
-pub enum Handle {
-    /// A clone of one quickv [`Client`].
-    Quickv(Client),
-    /// A clone of one Redis multiplexed connection.
-    #[cfg(feature = "redis")]
-    Redis(super::redis_target::RedisHandle),
-}
-
-impl Handle {
-    /// True when every [`Handle::execute`] ends by the run's `--timeout` on its own (quickv: the
-    /// client's deadline, a read as `timeout`, a write as `indeterminate`), so the driver need
-    /// not wrap it in a timer of its own.
-    pub fn bounds_its_calls(&self) -> bool {
-        match self {
-            Handle::Quickv(_) => true,
-            #[cfg(feature = "redis")]
-            Handle::Redis(_) => false,
-        }
+/// A clone of one quickv [`Client`].
+impl Handle for Client {
+    fn bounds_its_calls(&self) -> bool {
+        true
     }
 
-    /// Sends one request of `kind` on `key` (with `value` for writes; ping echoes `value`) and
-    /// classifies the answer. The message explains failing outcomes.
-    pub async fn execute(
+    async fn execute(
         &mut self,
         kind: LoadOp,
         key: Bytes,
         value: Bytes,
     ) -> (Outcome, Option<String>) {
-        match self {
-            Handle::Quickv(client) => {
-                let op = match kind {
-                    LoadOp::Get => Op::Get { key },
-                    LoadOp::Insert => Op::Insert { key, value },
-                    LoadOp::Update => Op::Update { key, value },
-                    LoadOp::Delete => Op::Delete { key },
-                    LoadOp::Ping => Op::Ping(value),
-                };
-                classify_quickv(kind, client.call(op).await)
-            }
-            #[cfg(feature = "redis")]
-            Handle::Redis(r) => r.execute(kind, key, value).await,
-        }
+        let op = match kind {
+            LoadOp::Get => Op::Get { key },
+            LoadOp::Insert => Op::Insert { key, value },
+            LoadOp::Update => Op::Update { key, value },
+            LoadOp::Delete => Op::Delete { key },
+            LoadOp::Ping => Op::Ping(value),
+        };
+        classify_quickv(kind, self.call(op).await)
     }
 
-    /// Stores `key` = `value` for the preload phase: an insert on quickv (an `exists` answer means
-    /// a previous run left it there, which is as good), a plain `SET` on Redis (no `WAIT`: reads
-    /// go to the primary).
-    pub async fn preload(&mut self, key: Bytes, value: Bytes) -> (Outcome, Option<String>) {
-        match self {
-            Handle::Quickv(client) => {
-                classify_quickv(LoadOp::Insert, client.call(Op::Insert { key, value }).await)
-            }
-            #[cfg(feature = "redis")]
-            Handle::Redis(r) => r.preload(key, value).await,
-        }
+    /// An insert: an `exists` answer means a previous run left the key there, which is as good.
+    async fn preload(&mut self, key: Bytes, value: Bytes) -> (Outcome, Option<String>) {
+        classify_quickv(LoadOp::Insert, self.call(Op::Insert { key, value }).await)
     }
 }
 

@@ -66,9 +66,9 @@ pub struct Counterexample {
     pub state: Option<Bytes>,
 }
 
-/// The register model's answer to one operation.
+/// What one operation returned, as the register model sees it (values interned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Answer {
+enum Returned {
     Ok,
     Exists,
     NotFound,
@@ -85,7 +85,7 @@ struct SearchOp {
     /// The model operation, values interned.
     action: Action,
     /// The answer it must give, or `None` when any answer will do (indeterminate).
-    expect: Option<Answer>,
+    expect: Option<Returned>,
     /// Must be placed for the search to succeed (false: indeterminate, may never have happened).
     required: bool,
     /// Index in the caller's slice; `None` for the final read.
@@ -104,16 +104,16 @@ enum Action {
 struct Model;
 
 impl Model {
-    fn step(state: State, action: Action) -> (Answer, State) {
+    fn step(state: State, action: Action) -> (Returned, State) {
         match (action, state) {
-            (Action::Insert(v), None) => (Answer::Ok, Some(v)),
-            (Action::Insert(_), Some(x)) => (Answer::Exists, Some(x)),
-            (Action::Update(v), Some(_)) => (Answer::Ok, Some(v)),
-            (Action::Update(_), None) => (Answer::NotFound, None),
-            (Action::Delete, Some(x)) => (Answer::Value(x), None),
-            (Action::Delete, None) => (Answer::NotFound, None),
-            (Action::Get, Some(x)) => (Answer::Value(x), Some(x)),
-            (Action::Get, None) => (Answer::NotFound, None),
+            (Action::Insert(v), None) => (Returned::Ok, Some(v)),
+            (Action::Insert(_), Some(x)) => (Returned::Exists, Some(x)),
+            (Action::Update(v), Some(_)) => (Returned::Ok, Some(v)),
+            (Action::Update(_), None) => (Returned::NotFound, None),
+            (Action::Delete, Some(x)) => (Returned::Value(x), None),
+            (Action::Delete, None) => (Returned::NotFound, None),
+            (Action::Get, Some(x)) => (Returned::Value(x), Some(x)),
+            (Action::Get, None) => (Returned::NotFound, None),
         }
     }
 }
@@ -135,10 +135,10 @@ pub fn check_key(
     let mut last_complete = 0u64;
     for (i, op) in ops.iter().enumerate() {
         let expect = match &op.outcome {
-            Observed::Ok => Some(Answer::Ok),
-            Observed::Exists => Some(Answer::Exists),
-            Observed::NotFound => Some(Answer::NotFound),
-            Observed::Value(v) => Some(Answer::Value(values.id(v))),
+            Observed::Ok => Some(Returned::Ok),
+            Observed::Exists => Some(Returned::Exists),
+            Observed::NotFound => Some(Returned::NotFound),
+            Observed::Value(v) => Some(Returned::Value(values.id(v))),
             Observed::Indeterminate(_) if op.kind.is_write() => None,
             // Refused and unsent writes never happened; unanswered reads tell nothing.
             _ => continue,
@@ -180,8 +180,8 @@ pub fn check_key(
     }
     if let Some(final_value) = final_value {
         let expect = match final_value {
-            Some(v) => Answer::Value(values.id(v)),
-            None => Answer::NotFound,
+            Some(v) => Returned::Value(values.id(v)),
+            None => Returned::NotFound,
         };
         search_ops.push(SearchOp {
             action: Action::Get,

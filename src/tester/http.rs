@@ -3,38 +3,27 @@
 //! same model as QUIC.
 //!
 //! Each request opens its own TCP connection (as the classic tester's clients do) and sends a
-//! form-encoded POST. The JSON answer maps onto [`Answer`]: `success` `"true"` is `ok` or the
-//! value; a refusal's `reason` says `exists`, `not found`, `unavailable: …` or
-//! `indeterminate: …`; anything else is an error. A connection that fails before the request was
-//! written is `no connection`; one that fails after is `indeterminate` for a write (it may have
-//! been applied) and `no connection` for a read.
+//! form-encoded POST, through the tools' one HTTP client ([`crate::http`]). The JSON answer maps
+//! onto [`Answer`]: `success` `"true"` is `ok` or the value; a refusal's `reason` says `exists`,
+//! `not found`, `unavailable: …` or `indeterminate: …`; anything else is an error. A connection
+//! that fails before the request was written is `no connection`; one that fails after is
+//! `indeterminate` for a write (it may have been applied) and `no connection` for a read.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
+use crate::http::{self, encode, Failure, FORM};
 use crate::tester::judge::Answer;
 use crate::tester::script::KvOp;
-
-/// How the request failed, if it did not come back.
-enum Failure {
-    /// Never written: the connection could not be made.
-    NotSent(String),
-    /// Written (or maybe written), then the connection failed.
-    Lost(String),
-}
 
 /// Sends `op` to the gateway at `addr` and waits up to `timeout` for the answer.
 pub async fn call(addr: &str, op: &KvOp, timeout: Duration) -> Answer {
     let (path, form) = request_of(op);
     match tokio::time::timeout(timeout, post(addr, path, form)).await {
-        Err(_) => Answer::NoAnswer(timeout),
+        Err(_) => Answer::no_answer_within(timeout),
         Ok(Err(Failure::NotSent(why))) => Answer::Unreachable(why),
         Ok(Err(Failure::Lost(why))) if op.is_write() => Answer::Indeterminate(why),
         Ok(Err(Failure::Lost(why))) => Answer::Unreachable(why),
@@ -46,7 +35,7 @@ pub async fn call(addr: &str, op: &KvOp, timeout: Duration) -> Answer {
 pub async fn dump(addr: &str, timeout: Duration) -> Result<Vec<(Bytes, Bytes)>, Answer> {
     let (status, body) =
         match tokio::time::timeout(timeout, post(addr, "/kvman/dump", String::new())).await {
-            Err(_) => return Err(Answer::NoAnswer(timeout)),
+            Err(_) => return Err(Answer::no_answer_within(timeout)),
             Ok(Err(Failure::NotSent(why) | Failure::Lost(why))) => {
                 return Err(Answer::Unreachable(why))
             }
@@ -70,18 +59,6 @@ fn request_of(op: &KvOp) -> (&'static str, String) {
         KvOp::Remove { key } => ("/kv/delete", field("key", key)),
         KvOp::Get { key } => ("/kv/get", field("key", key)),
     }
-}
-
-/// Percent-encodes every byte outside the unreserved set.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// What an HTTP answer means for the judge.
@@ -154,33 +131,8 @@ fn dump_of(status: u16, body: &[u8]) -> Result<Vec<(Bytes, Bytes)>, Answer> {
 
 /// One form POST on a fresh connection: `(status, body)`.
 async fn post(addr: &str, path: &str, form: String) -> Result<(u16, Vec<u8>), Failure> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| Failure::NotSent(format!("cannot connect to {addr}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| Failure::NotSent(format!("HTTP handshake with {addr}: {e}")))?;
-    tokio::spawn(conn);
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(path)
-        .header(HOST, addr)
-        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Full::new(Bytes::from(form)))
-        .map_err(|e| Failure::NotSent(format!("cannot build the request: {e}")))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| Failure::Lost(format!("connection to {addr} failed: {e}")))?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| Failure::Lost(format!("answer from {addr} cut short: {e}")))?
-        .to_bytes();
-    Ok((status, body.to_vec()))
+    let response = http::send(addr, Method::POST, path, Some(FORM), form).await?;
+    Ok((response.status, response.body.to_vec()))
 }
 
 #[cfg(test)]

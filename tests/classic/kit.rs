@@ -1,5 +1,5 @@
-//! The classic kit (`tests/classic/bin`) pointed at free ports and fresh certificates, and a small
-//! HTTP client: shared by `tests/classic.rs` and `tests/classic_pressure.rs`.
+//! The classic kit (`tests/classic/bin`) pointed at free ports and fresh certificates: shared by
+//! `tests/classic.rs` and `tests/classic_pressure.rs`. HTTP goes through `tests/common/http.rs`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -8,16 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
+use crate::common::http::call;
 use crate::common::{bin, free_addr, free_tcp_addr, fresh_certs};
-pub const FORM: &str = "application/x-www-form-urlencoded";
+
 /// Longest wait for a pair to come up and sync (the tester's own default).
 pub const READY_LIMIT: Duration = Duration::from_secs(20);
 /// Pause between two status polls while waiting for the pair.
@@ -152,44 +148,6 @@ pub fn reap(procs: &mut [Child; 2]) {
         let _ = child.kill();
         let _ = child.wait();
     }
-}
-
-/// One HTTP/1.1 request on a fresh TCP connection: `(status, body)`, or why it failed.
-pub async fn call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    form: &str,
-) -> Result<(u16, String), String> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(HOST, addr.to_string());
-    if !form.is_empty() {
-        req = req.header(CONTENT_TYPE, FORM);
-    }
-    let req = req
-        .body(Full::new(Bytes::from(form.to_string())))
-        .map_err(|e| e.to_string())?;
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    let status = res.status().as_u16();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("body: {e}"))?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A request that must be answered 200 with JSON.

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 pub mod identity;
+pub mod http;
+pub mod netlab;
+pub mod prometheus;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,11 @@
 
 use bytes::Bytes;
 
-use crate::protocol::{Op, Reply};
-use crate::{expect_ok, get_answer, past_deadline, Client, ClientError, Pending};
+use crate::client::Client;
+use crate::error::{expect_ok, get_answer, ClientError};
+use crate::owed::past_deadline;
+use crate::pipe::Pending;
+use quickv_proto::{Op, Reply};
 
 impl Client {
     /// Reads many keys from the primary at once: every request is queued before the first
@@ -74,7 +77,12 @@ impl Client {
         let work = async {
             let mut pending: Vec<(usize, Pending)> = Vec::with_capacity(ops.len());
             for (i, op) in ops.into_iter().enumerate() {
-                match self.inner.primary.start(op, None, &self.inner, None).await {
+                match self
+                    .inner
+                    .primary
+                    .start(op, None, &self.inner.config, &self.inner.closed, None)
+                    .await
+                {
                     Ok(p) => pending.push((i, p)),
                     Err(err) => results[i] = Some(Err(err)),
                 }
@@ -84,7 +92,7 @@ impl Client {
                 results[i] = Some(answer);
             }
         };
-        let timed_out = match self.timeout {
+        let timed_out = match self.timeout() {
             None => {
                 work.await;
                 None

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::Limits;
+use quickv_proto::Limits;
 
 /// Default number of long-lived streams per client connection.
 pub const DEFAULT_STREAMS: usize = 4;

@@ -2,10 +2,10 @@
 
 use bytes::Bytes;
 
-use crate::protocol::{ErrorCode, Reply};
+use crate::config::ClientConfig;
 use crate::status::Status;
-use crate::ClientConfig;
 use quickv_net::tls::{self, CertPaths, Identity};
+use quickv_proto::{ErrorCode, Reply};
 
 /// Why a call did not succeed. The first four are answers from the server about the operation;
 /// the rest mean the call could not be carried out.

@@ -1,22 +1,23 @@
 //! The connections under [`crate::Client`]: a [`Link`] per server (its connection, redials with
-//! backoff) and a [`Session`] per QUIC connection with its long-lived streams ("lanes", in
-//! `lane.rs`), over which calls are spread round-robin.
+//! backoff) and a [`Connection`] per QUIC connection with its long-lived streams ("pipes", in
+//! `pipe.rs`), over which calls are spread round-robin.
 
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::lane::{open_lane, within, Call, Lane, Pending, Sent, Unsent};
-use crate::owed::{Answer, Deadline};
-use crate::protocol::{Op, Reply, WriteStamp, PROTOCOL_VERSION};
+use crate::owed::{Deadline, ReplyTx};
+use crate::pipe::{open_pipe, within, Call, Pending, Pipe, Sent, Unsent};
 use quickv_net::tls;
+use quickv_proto::{Op, Reply, WriteStamp, PROTOCOL_VERSION};
 
-use crate::{no_answer, refusal, ClientConfig, ClientError, Inner};
+use crate::config::ClientConfig;
+use crate::error::{no_answer, refusal, ClientError};
 
 /// One server: its address, TLS settings and current connection.
 #[derive(Debug)]
@@ -27,9 +28,9 @@ pub(crate) struct Link {
     pub(crate) target: (SocketAddr, String),
     /// TLS settings, reused to reconnect.
     pub(crate) client_cfg: quinn::ClientConfig,
-    /// The current connection and its lanes (`None` until the first dial succeeded); replaced
+    /// The current connection and its pipes (`None` until the first dial succeeded); replaced
     /// when it is found dead.
-    pub(crate) session: Mutex<Option<Arc<Session>>>,
+    pub(crate) connection: Mutex<Option<Arc<Connection>>>,
     /// Serialises reconnection so concurrent callers dial once, and paces the dials.
     pub(crate) redial: tokio::sync::Mutex<Redial>,
     /// The last hello answer, e.g. "quickv 0.1.0 role=primary".
@@ -47,42 +48,42 @@ pub(crate) struct Redial {
     pub(crate) backoff: Duration,
 }
 
-/// One QUIC connection with its lanes.
+/// One QUIC connection with its pipes.
 #[derive(Debug)]
-pub(crate) struct Session {
+pub(crate) struct Connection {
     /// The connection, to close it and to see whether it died.
     pub(crate) conn: quinn::Connection,
-    /// One queue per lane.
-    pub(crate) lanes: Vec<Lane>,
-    /// Round-robin cursor over `lanes`.
-    pub(crate) next_lane: AtomicUsize,
+    /// One queue per pipe.
+    pub(crate) pipes: Vec<Pipe>,
+    /// Round-robin cursor over `pipes`.
+    pub(crate) next_pipe: AtomicUsize,
 }
 
-impl Session {
-    /// Opens the lanes on a fresh connection.
+impl Connection {
+    /// Opens the pipes on a fresh connection.
     pub(crate) async fn open(
         conn: quinn::Connection,
         config: &ClientConfig,
-    ) -> Result<Session, ClientError> {
+    ) -> Result<Connection, ClientError> {
         let streams = config.streams.clamp(1, usize::from(u16::MAX));
-        let mut lanes = Vec::with_capacity(streams);
+        let mut pipes = Vec::with_capacity(streams);
         for i in 0..streams {
             // `streams` fits in u16 (clamped above); the index is part of every request id.
-            lanes.push(open_lane(&conn, config.limits, i as u16).await?);
+            pipes.push(open_pipe(&conn, config.limits, i as u16).await?);
         }
-        Ok(Session {
+        Ok(Connection {
             conn,
-            lanes,
-            next_lane: AtomicUsize::new(0),
+            pipes,
+            next_pipe: AtomicUsize::new(0),
         })
     }
 
-    /// Queues a call on the next lane, with its deadline (if any). Gives the call back if the
-    /// lane is gone (never sent), and says `Late` if the deadline passed while waiting for room
-    /// in the lane's queue. Returns the lane and the request id, for cancelling.
-    pub(crate) async fn send(&self, call: Call, reply: Answer, due: Option<Deadline>) -> Sent {
-        let i = self.next_lane.fetch_add(1, Ordering::Relaxed) % self.lanes.len();
-        let shared = &self.lanes[i].shared;
+    /// Queues a call on the next pipe, with its deadline (if any). Gives the call back if the
+    /// pipe is gone (never sent), and says `Late` if the deadline passed while waiting for room
+    /// in the pipe's queue. Returns the pipe and the request id, for cancelling.
+    pub(crate) async fn send(&self, call: Call, reply: ReplyTx, due: Option<Deadline>) -> Sent {
+        let i = self.next_pipe.fetch_add(1, Ordering::Relaxed) % self.pipes.len();
+        let shared = &self.pipes[i].shared;
         let (mut call, mut reply) = match shared.try_queue(call, reply, due) {
             Ok(queued) => return queued,
             Err(full) => full,
@@ -109,7 +110,7 @@ impl Session {
 
     /// Calls awaiting an answer whose callers still wait.
     pub(crate) fn in_flight(&self) -> usize {
-        self.lanes
+        self.pipes
             .iter()
             .map(|l| l.shared.state.lock().map(|s| s.owed.awaited()).unwrap_or(0))
             .sum()
@@ -146,35 +147,41 @@ impl Link {
             endpoint,
             target: (sock, name),
             client_cfg,
-            session: Mutex::new(None),
+            connection: Mutex::new(None),
             redial: tokio::sync::Mutex::new(Redial::default()),
             server: Mutex::new(String::new()),
         })
     }
 
-    pub(crate) fn current(&self) -> Option<Arc<Session>> {
-        self.session
+    pub(crate) fn current(&self) -> Option<Arc<Connection>> {
+        self.connection
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// The current session, dialled (again) first if there is none or it is known dead.
-    pub(crate) async fn session(&self, inner: &Inner) -> Result<Arc<Session>, ClientError> {
+    /// The current connection, dialled (again) first if there is none or it is known dead.
+    /// `closed` is the client's: once set, nothing is dialled any more.
+    pub(crate) async fn connection(
+        &self,
+        config: &ClientConfig,
+        closed: &AtomicBool,
+    ) -> Result<Arc<Connection>, ClientError> {
         match self.current() {
-            Some(s) if !s.dead() => Ok(s),
-            other => self.redial(other.as_ref(), inner).await,
+            Some(c) if !c.dead() => Ok(c),
+            other => self.redial(other.as_ref(), config, closed).await,
         }
     }
 
-    /// Replaces a dead (or missing) session — once, however many callers notice it — pacing the
+    /// Replaces a dead (or missing) connection — once, however many callers notice it — pacing the
     /// dials with the backoff.
     pub(crate) async fn redial(
         &self,
-        dead: Option<&Arc<Session>>,
-        inner: &Inner,
-    ) -> Result<Arc<Session>, ClientError> {
-        if inner.closed.load(Ordering::Relaxed) {
+        dead: Option<&Arc<Connection>>,
+        config: &ClientConfig,
+        closed: &AtomicBool,
+    ) -> Result<Arc<Connection>, ClientError> {
+        if closed.load(Ordering::Relaxed) {
             return Err(ClientError::Connection("the client was closed".into()));
         }
         let waiting_since = Instant::now();
@@ -201,15 +208,15 @@ impl Link {
                 return Ok(current);
             }
         }
-        match self.dial(&inner.config).await {
-            Ok(session) => {
-                let fresh = Arc::new(session);
-                *self.session.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        match self.dial(config).await {
+            Ok(connection) => {
+                let fresh = Arc::new(connection);
+                *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
                 *redial = Redial::default();
                 Ok(fresh)
             }
             Err(err) => {
-                let cfg = &inner.config;
+                let cfg = config;
                 let step = redial.backoff.clamp(cfg.backoff_min, cfg.backoff_max);
                 // "Equal jitter": between half and all of the step, so clients that lost the
                 // same server do not all come back at the same instant.
@@ -225,8 +232,8 @@ impl Link {
         }
     }
 
-    /// Dials the server, opens the lanes and exchanges the hello, within the connect timeout.
-    pub(crate) async fn dial(&self, config: &ClientConfig) -> Result<Session, ClientError> {
+    /// Dials the server, opens the pipes and exchanges the hello, within the connect timeout.
+    pub(crate) async fn dial(&self, config: &ClientConfig) -> Result<Connection, ClientError> {
         let (sock, name) = &self.target;
         let attempt = async {
             let connecting = self
@@ -236,7 +243,7 @@ impl Link {
             let conn = connecting
                 .await
                 .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
-            let session = Session::open(conn, config).await?;
+            let connection = Connection::open(conn, config).await?;
             // The hello: a refused certificate (which TLS 1.3 reports only on first use) shows
             // up here, in plain words, rather than on the application's first call.
             let (tx, rx) = oneshot::channel();
@@ -247,7 +254,7 @@ impl Link {
                 session: None,
             };
             // Bounded by the connect timeout around this whole attempt.
-            if session.send(hello, tx, None).await.is_err() {
+            if connection.send(hello, tx, None).await.is_err() {
                 return Err(ClientError::Connection("the connection is closed".into()));
             }
             match rx
@@ -256,7 +263,7 @@ impl Link {
             {
                 Reply::Hello { server, .. } => {
                     *self.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
-                    Ok(session)
+                    Ok(connection)
                 }
                 other => Err(refusal(other)),
             }
@@ -273,7 +280,8 @@ impl Link {
         &self,
         op: Op,
         session: Option<(WriteStamp, Option<Instant>)>,
-        inner: &Inner,
+        config: &ClientConfig,
+        closed: &AtomicBool,
         due: Option<Deadline>,
     ) -> Result<Pending, ClientError> {
         let (tx, rx) = oneshot::channel();
@@ -285,32 +293,33 @@ impl Link {
         };
         let mut call = Call { op, session };
         let mut reply = tx;
-        // The usual case, a session, without a timer. A dead one is noticed by its lanes, which
-        // then refuse the call (below: redial).
-        let mut session = match self.current() {
-            Some(_) if inner.closed.load(Ordering::Relaxed) => {
+        // The usual case, a connection, without a timer. A dead one is noticed by its pipes,
+        // which then refuse the call (below: redial).
+        let mut connection = match self.current() {
+            Some(_) if closed.load(Ordering::Relaxed) => {
                 return Err(ClientError::Connection("the client was closed".into()))
             }
-            Some(s) => s,
-            None => match within(due, self.redial(None, inner)).await {
+            Some(c) => c,
+            None => match within(due, self.redial(None, config, closed)).await {
                 Some(s) => s?,
                 None => return Ok(late(due)),
             },
         };
         // At most one retry, and only of a call that never left this process.
         for attempt in 0..2 {
-            match session.send(call, reply, due).await {
-                Ok((lane, id)) => {
+            match connection.send(call, reply, due).await {
+                Ok((pipe, id)) => {
                     return Ok(Pending {
                         rx: Some(rx),
-                        slot: Some((lane, id)),
+                        slot: Some((pipe, id)),
                         settled: None,
                     });
                 }
                 Err(Unsent::Late) => return Ok(late(due)),
                 Err(Unsent::Gone(unsent, back)) if attempt == 0 => {
                     (call, reply) = (unsent, back);
-                    session = match within(due, self.redial(Some(&session), inner)).await {
+                    let redial = self.redial(Some(&connection), config, closed);
+                    connection = match within(due, redial).await {
                         Some(s) => s?,
                         None => return Ok(late(due)),
                     };

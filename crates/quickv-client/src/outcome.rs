@@ -3,7 +3,7 @@
 
 use quickv_proto::{Outcome, Reply};
 
-use crate::ClientError;
+use crate::error::ClientError;
 
 impl From<&ClientError> for Outcome {
     /// Answers the server gave keep their outcome; a deadline is [`Outcome::Timeout`] (a write

@@ -30,11 +30,11 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::protocol::Reply;
-use crate::ClientError;
+use crate::error::ClientError;
+use quickv_proto::Reply;
 
 /// Where a call's outcome goes.
-pub(crate) type Answer = oneshot::Sender<Result<Reply, ClientError>>;
+pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, ClientError>>;
 
 /// Bits of a request id that name the slot.
 const SLOT_BITS: u32 = 32;
@@ -107,7 +107,7 @@ struct Slot {
 #[derive(Debug)]
 struct Waiting {
     /// Where the answer goes; `None` once the caller stopped waiting (the answer is discarded).
-    reply: Option<Answer>,
+    reply: Option<ReplyTx>,
     /// Writes become indeterminate, not failed, if the connection dies after they were sent.
     is_write: bool,
     /// Set by the writer when the request is encoded into a batch: from then on the server may
@@ -152,10 +152,10 @@ impl Owed {
     /// in theory, out of ids (2³² calls in flight on one stream).
     pub(crate) fn register(
         &mut self,
-        reply: Answer,
+        reply: ReplyTx,
         is_write: bool,
         due: Option<Deadline>,
-    ) -> Result<(u64, bool), Answer> {
+    ) -> Result<(u64, bool), ReplyTx> {
         if self.broken.is_some() {
             return Err(reply);
         }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::client::Client;
+use crate::error::ClientError;
 use crate::owed::Deadline;
-use crate::protocol::{ErrorCode, Op, Reply, WriteStamp};
-use crate::{Client, ClientError};
+use quickv_proto::{ErrorCode, Op, Reply, WriteStamp};
 
 /// How long a write is retried when the call has no deadline ([`Client::without_timeout`]).
 const RETRY_WINDOW_WITHOUT_DEADLINE: Duration = Duration::from_secs(60);
@@ -24,7 +25,7 @@ impl Client {
             session: inner.session_id,
             seq: inner.next_seq.fetch_add(1, Ordering::Relaxed) + 1,
         };
-        let budget = self.timeout.unwrap_or(RETRY_WINDOW_WITHOUT_DEADLINE);
+        let budget = self.timeout().unwrap_or(RETRY_WINDOW_WITHOUT_DEADLINE);
         let first = Instant::now();
         // A budget beyond what the clock can name: no deadline in practice.
         let deadline = first
@@ -52,7 +53,7 @@ impl Client {
             // A retry's age is counted from the call's start, an over-estimate, which is the safe
             // side (the server may refuse a retry as expired, never take it for a new write).
             let session = Some((stamp, maybe_applied.then_some(first)));
-            // The attempt ends at the call's deadline (settled by the lane's sweeper, no timer
+            // The attempt ends at the call's deadline (settled by the pipe's sweeper, no timer
             // per attempt): as `Indeterminate`, which makes the loop end just below.
             let due = Deadline {
                 at: deadline,
@@ -60,7 +61,7 @@ impl Client {
             };
             let outcome = match inner
                 .primary
-                .start(op.clone(), session, inner, Some(due))
+                .start(op.clone(), session, &inner.config, &inner.closed, Some(due))
                 .await
             {
                 Ok(mut pending) => pending.answer().await,

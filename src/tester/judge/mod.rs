@@ -43,10 +43,13 @@ pub enum Answer {
     Indeterminate(String),
     /// An error answer, or an answer that does not fit the operation.
     Error(String),
+    /// Refused: the client's certificate role does not grant the operation.
+    Forbidden(String),
     /// No connection: the request was never sent.
     Unreachable(String),
-    /// Sent, but nothing came back in time; a write may have taken effect.
-    NoAnswer(Duration),
+    /// Sent, but nothing came back in time; a write may have taken effect. Says how long the
+    /// wait was, or the client's own deadline error.
+    Timeout(String),
 }
 
 impl Answer {
@@ -59,9 +62,15 @@ impl Answer {
             Answer::Unavailable(_) => Outcome::Unavailable,
             Answer::Indeterminate(_) => Outcome::Indeterminate,
             Answer::Error(_) => Outcome::Error,
+            Answer::Forbidden(_) => Outcome::Forbidden,
             Answer::Unreachable(_) => Outcome::Unreachable,
-            Answer::NoAnswer(_) => Outcome::Timeout,
+            Answer::Timeout(_) => Outcome::Timeout,
         }
+    }
+
+    /// Nothing came back within `wait` (the runner's own timer).
+    pub fn no_answer_within(wait: Duration) -> Answer {
+        Answer::Timeout(format!("no answer within {} s", wait.as_secs_f64()))
     }
 
     /// A definite answer about the data (the request was served).
@@ -78,23 +87,37 @@ impl Answer {
             Reply::Exists => Answer::Exists,
             Reply::Unavailable(r) => Answer::Unavailable(r),
             Reply::Indeterminate(r) => Answer::Indeterminate(r),
-            Reply::Error { code, message } => Answer::Error(format!("{code}: {message}")),
+            Reply::Error { code, message } => match Outcome::of_error(code) {
+                Outcome::Forbidden => Answer::Forbidden(format!("{code}: {message}")),
+                _ => Answer::Error(format!("{code}: {message}")),
+            },
             other => Answer::Error(format!("unexpected answer {other:?}")),
         }
     }
 }
 
 impl From<ClientError> for Answer {
+    /// The verdict is the one mapping, [`Outcome::from(&ClientError)`](Outcome::from); this keeps
+    /// the reason beside it, so that `Answer::from(e).outcome() == Outcome::from(&e)`.
     fn from(e: ClientError) -> Answer {
-        match e {
-            ClientError::Exists => Answer::Exists,
-            ClientError::NotFound => Answer::NotFound,
-            ClientError::Unavailable(r) => Answer::Unavailable(r),
-            ClientError::Indeterminate(r) => Answer::Indeterminate(r),
-            ClientError::Connection(r) | ClientError::Timeout(r) => Answer::Unreachable(r),
-            e @ (ClientError::Server { .. }
-            | ClientError::Protocol(_)
-            | ClientError::Forbidden(_)) => Answer::Error(e.to_string()),
+        let outcome = Outcome::from(&e);
+        let why = match e {
+            ClientError::Unavailable(r)
+            | ClientError::Indeterminate(r)
+            | ClientError::Forbidden(r)
+            | ClientError::Connection(r) => r,
+            other => other.to_string(),
+        };
+        match outcome {
+            Outcome::Exists => Answer::Exists,
+            Outcome::NotFound => Answer::NotFound,
+            Outcome::Unavailable => Answer::Unavailable(why),
+            Outcome::Indeterminate => Answer::Indeterminate(why),
+            Outcome::Forbidden => Answer::Forbidden(why),
+            Outcome::Timeout => Answer::Timeout(why),
+            Outcome::Unreachable => Answer::Unreachable(why),
+            // An error is never `Ok`; should the mapping say so one day, it is not a success.
+            Outcome::Error | Outcome::Ok => Answer::Error(why),
         }
     }
 }
@@ -109,8 +132,9 @@ impl fmt::Display for Answer {
             Answer::Unavailable(r) => write!(f, "unavailable ({r})"),
             Answer::Indeterminate(r) => write!(f, "indeterminate ({r})"),
             Answer::Error(r) => write!(f, "error ({r})"),
+            Answer::Forbidden(r) => write!(f, "forbidden ({r})"),
             Answer::Unreachable(r) => write!(f, "no connection ({r})"),
-            Answer::NoAnswer(after) => write!(f, "no answer within {} s", after.as_secs_f64()),
+            Answer::Timeout(r) => f.write_str(r),
         }
     }
 }
@@ -377,10 +401,14 @@ fn learn(op: &KvOp, answer: &Answer, before: &Possible) -> Option<Possible> {
         (KvOp::Update { .. } | KvOp::Remove { .. } | KvOp::Get { .. }, Answer::NotFound) => {
             fits(before.may_be_absent(), Possible::absent())
         }
-        (_, Answer::Unavailable(_) | Answer::Error(_) | Answer::Unreachable(_)) => {
-            Some(before.clone())
-        }
-        (_, Answer::Indeterminate(_) | Answer::NoAnswer(_)) => Some(before.maybe_after(op)),
+        (
+            _,
+            Answer::Unavailable(_)
+            | Answer::Error(_)
+            | Answer::Forbidden(_)
+            | Answer::Unreachable(_),
+        ) => Some(before.clone()),
+        (_, Answer::Indeterminate(_) | Answer::Timeout(_)) => Some(before.maybe_after(op)),
         // A definite answer that does not fit the operation at all (e.g. `exists` to a get).
         _ => None,
     }

@@ -207,7 +207,7 @@ fn a_read_succeeding_while_the_primary_is_down_is_reported() {
     j.operation(&step(3, "Get a"), &Answer::Unreachable("gone".into()));
     j.operation(
         &step(4, "Insert b 1"),
-        &Answer::NoAnswer(Duration::from_secs(5)),
+        &Answer::no_answer_within(Duration::from_secs(5)),
     );
     j.operation(&step(5, "Get a"), &value("1"));
     assert_eq!(lines(&j), vec![At::Line(5)]);
@@ -404,4 +404,34 @@ fn answers_from_the_client_library_map_to_answers() {
         Answer::from_reply(Reply::Count(3)),
         Answer::Error(_)
     ));
+}
+
+#[test]
+fn client_errors_take_the_one_outcome_mapping() {
+    let errors = [
+        ClientError::Exists,
+        ClientError::NotFound,
+        ClientError::Unavailable("x".into()),
+        ClientError::Indeterminate("x".into()),
+        ClientError::Forbidden("x".into()),
+        ClientError::Server {
+            code: quickv_proto::ErrorCode::KeyTooLarge,
+            message: "x".into(),
+        },
+        ClientError::Connection("x".into()),
+        ClientError::Protocol("x".into()),
+        ClientError::Timeout("x".into()),
+    ];
+    for e in errors {
+        let want = quickv_proto::Outcome::from(&e);
+        assert_eq!(Answer::from(e.clone()).outcome(), want, "{e:?}");
+    }
+    let forbidden = Reply::Error {
+        code: quickv_proto::ErrorCode::Forbidden,
+        message: "role read".into(),
+    };
+    assert_eq!(
+        Answer::from_reply(forbidden.clone()).outcome(),
+        quickv_proto::Outcome::of(&forbidden)
+    );
 }

@@ -1,66 +1,37 @@
 //! The interpreter: walks a script's steps, sends operations to the primary, runs actions through
 //! [`super::servers`], and hands every answer to the [`Judge`].
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use super::servers::{Managed, Servers, Want};
-use super::{
-    PairSpec, RunOptions, Via, CLIENT_IDLE_TIMEOUT, CONNECT_TIMEOUT, EXEC_WAIT, LOG_TAIL_LINES,
-    OP_TIMEOUT, PROBE_TIMEOUT,
-};
-use crate::supervisor::{self, append, tail};
+use super::servers::{Pair, Want};
+use super::{RunOptions, EXEC_WAIT, LOG_TAIL_LINES, OP_TIMEOUT};
+use crate::supervisor::{append, tail};
 use crate::tester::judge::{Answer, At, Judge, Violation};
 use crate::tester::script::{Action, Block, Instruction, KvOp, PairMember, Script, Step};
-use quickv_client::{Client, ClientConfig};
+use quickv_client::Client;
 use quickv_proto::Op;
-
-/// The runner's connection to one server.
-pub(super) enum Conn {
-    /// None yet, or dropped after a server action.
-    Closed,
-    /// Usable; clones share it.
-    Open(Client),
-    /// Connecting failed while the server was believed down. Until the next server action
-    /// requests fail at once with this reason instead of waiting out another connect timeout:
-    /// nothing but a script instruction brings a server back.
-    Refused(String),
-}
 
 /// Everything one script run needs.
 pub(super) struct Runner<'o> {
     /// Timeouts and verbosity.
     pub(super) options: &'o RunOptions,
-    /// Holds certificates, logs and command output; removed when the run ends.
-    pub(super) work: TempDir,
-    /// The processes, or how to reach someone else's.
-    pub(super) servers: Servers<'o>,
-    /// `[primary, backup]` addresses as clients dial them.
-    pub(super) addrs: [String; 2],
-    /// `[primary, backup]` gateway addresses when operations go over HTTP ([`Via::Http`]).
-    pub(super) http: Option<[String; 2]>,
-    /// Client certificates.
-    pub(super) certs: PathBuf,
-    /// `[primary, backup]` connections.
-    pub(super) conns: [Conn; 2],
-    /// Whether each server was started and not since stopped or killed by the script (what the
-    /// runner did, as opposed to the judge's beliefs, which `Switch` scripts set by hand).
-    pub(super) running: [bool; 2],
+    /// The servers, and the connections to them.
+    pair: Pair<'o>,
     /// Commands from `Exec` still running after their wait; killed when the run ends.
-    pub(super) background: Vec<Child>,
+    background: Vec<Child>,
     /// A `Switch` changed the beliefs since the servers were last waited for: before the next
     /// operation, wait for the servers believed up that are running (never for one nobody
     /// started).
-    pub(super) unsettled: bool,
+    unsettled: bool,
     /// Where `Exec` runs.
-    pub(super) script_dir: PathBuf,
+    script_dir: PathBuf,
     /// The model, the beliefs, and the violations found.
     pub(super) judge: Judge,
     /// Client operations sent so far.
@@ -74,64 +45,9 @@ impl<'o> Runner<'o> {
         script: &Script,
         options: &'o RunOptions,
     ) -> anyhow::Result<Runner<'o>> {
-        let work = tempfile::Builder::new()
-            .prefix("quickv-test-")
-            .tempdir()
-            .context("cannot create a temporary directory")?;
-        let (servers, addrs, certs, http) = match &options.pair {
-            PairSpec::Managed { binary } => {
-                let certs = work.path().join("certs");
-                let (bin, dir) = (binary.clone(), certs.clone());
-                tokio::task::spawn_blocking(move || supervisor::make_certs(&bin, &dir))
-                    .await
-                    .context("making certificates")??;
-                let [primary, backup] = supervisor::free_udp_addrs()?;
-                let logs = PairMember::BOTH.map(|s| work.path().join(format!("{s}.log")));
-                let http = match options.via {
-                    Via::Quic => None,
-                    Via::Http => Some(supervisor::free_tcp_addrs()?.map(|a| a.to_string())),
-                };
-                let managed = Managed {
-                    binary: binary.clone(),
-                    logs,
-                    children: [None, None],
-                    http: http.clone(),
-                };
-                (
-                    Servers::Managed(Box::new(managed)),
-                    [primary.to_string(), backup.to_string()],
-                    certs,
-                    http,
-                )
-            }
-            PairSpec::External(external) => {
-                let http = match (options.via, &external.primary_http, &external.backup_http) {
-                    (Via::Quic, _, _) => None,
-                    (Via::Http, Some(p), Some(b)) => Some([p.clone(), b.clone()]),
-                    (Via::Http, _, _) => {
-                        bail!(
-                            "--via http against an external pair needs --primary-http and \
-                             --backup-http"
-                        )
-                    }
-                };
-                (
-                    Servers::External(external),
-                    [external.primary.clone(), external.backup.clone()],
-                    external.certs.clone(),
-                    http,
-                )
-            }
-        };
         Ok(Runner {
             options,
-            work,
-            servers,
-            addrs,
-            http,
-            certs,
-            conns: [Conn::Closed, Conn::Closed],
-            running: [false, false],
+            pair: Pair::new(options).await?,
             background: Vec::new(),
             unsettled: false,
             script_dir: script.dir.clone(),
@@ -176,6 +92,7 @@ impl<'o> Runner<'o> {
     /// Sends the block's operations all at once while its actions run in order.
     async fn block(&mut self, block: &Block) -> anyhow::Result<()> {
         let gateway = self
+            .pair
             .http
             .as_ref()
             .map(|h| h[PairMember::Primary.index()].clone());
@@ -219,10 +136,7 @@ impl<'o> Runner<'o> {
         };
         let (answers, acted) = tokio::join!(requests, actions);
         self.ops += block.ops.len();
-        if answers
-            .iter()
-            .any(|(a, _)| matches!(a, Answer::NoAnswer(_)))
-        {
+        if answers.iter().any(|(a, _)| matches!(a, Answer::Timeout(_))) {
             self.reset(PairMember::Primary);
         }
         for (step, (answer, took)) in block.ops.iter().zip(&answers) {
@@ -245,7 +159,7 @@ impl<'o> Runner<'o> {
     /// Sends one operation to the primary.
     async fn request(&mut self, op: &KvOp) -> Answer {
         self.ops += 1;
-        if let Some(http) = &self.http {
+        if let Some(http) = &self.pair.http {
             return crate::tester::http::call(&http[PairMember::Primary.index()], op, OP_TIMEOUT)
                 .await;
         }
@@ -253,55 +167,55 @@ impl<'o> Runner<'o> {
             Ok(client) => call(client, op.to_op()).await,
             Err(answer) => answer,
         };
-        if matches!(answer, Answer::NoAnswer(_)) {
+        if matches!(answer, Answer::Timeout(_)) {
             self.reset(PairMember::Primary);
         }
         answer
     }
 
     /// The connection to `server`, made if needed. A failure is the answer the request gets.
-    pub(super) async fn client(&mut self, server: PairMember) -> Result<Client, Answer> {
-        let i = server.index();
-        match &self.conns[i] {
-            Conn::Open(client) => return Ok(client.clone()),
-            Conn::Refused(reason) => return Err(Answer::Unreachable(reason.clone())),
-            Conn::Closed => {}
-        }
+    async fn client(&mut self, server: PairMember) -> Result<Client, Answer> {
         let believed_up = self.judge.up().contains(server);
-        let timeout = if believed_up {
-            CONNECT_TIMEOUT
-        } else {
-            PROBE_TIMEOUT
-        };
-        match connect(&self.addrs[i], &self.certs, timeout).await {
-            Ok(client) => {
-                self.conns[i] = Conn::Open(client.clone());
-                Ok(client)
-            }
-            Err(reason) => {
-                if !believed_up {
-                    self.conns[i] = Conn::Refused(reason.clone());
-                }
-                Err(Answer::Unreachable(reason))
-            }
-        }
+        self.pair
+            .client(server, believed_up)
+            .await
+            .map_err(Answer::Unreachable)
     }
 
-    /// Forgets the connection to `server`, closing it in the background so that requests still
-    /// in flight on it end now rather than at the idle timeout.
-    pub(super) fn reset(&mut self, server: PairMember) {
-        if let Conn::Open(client) = std::mem::replace(&mut self.conns[server.index()], Conn::Closed)
-        {
-            tokio::spawn(async move { client.close().await });
+    /// Forgets the connection to `server` ([`Pair::reset`]).
+    fn reset(&mut self, server: PairMember) {
+        self.pair.reset(server);
+    }
+
+    /// Before an operation, after a `Switch`: waits for the servers believed up
+    /// ([`Pair::settle`]).
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        if !std::mem::replace(&mut self.unsettled, false) {
+            return Ok(());
         }
+        self.pair.settle(self.judge.up()).await
+    }
+
+    /// Stops `server` gracefully and records a violation unless it exits with status 0.
+    async fn stop(&mut self, server: PairMember, line: usize, text: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.options.sync_timeout;
+        if let Some(stopped) = self.pair.stop(server, deadline).await? {
+            self.judge.record(Violation {
+                at: At::Line(line),
+                instruction: text.to_string(),
+                answer: stopped.to_string(),
+                expected: "a graceful stop with exit status 0".into(),
+            });
+        }
+        self.pair.stopped(server, deadline).await
     }
 
     /// Performs one server action (the judge's beliefs are updated by the caller).
     async fn act(&mut self, line: usize, text: &str, action: &Action) -> anyhow::Result<()> {
         match action {
-            Action::Start(server) => self.start(*server).await,
+            Action::Start(server) => self.pair.start(*server).await,
             Action::Stop(server) => self.stop(*server, line, text).await,
-            Action::Kill(server) => self.kill(*server).await,
+            Action::Kill(server) => self.pair.kill(*server).await,
             Action::Exec(argv) => self.exec(argv, line, text).await,
             Action::Switch(_) => {
                 self.switch();
@@ -320,7 +234,7 @@ impl<'o> Runner<'o> {
         let (command, args) = argv
             .split_first()
             .ok_or_else(|| anyhow!("Exec without a command"))?;
-        let log_path = self.work.path().join("commands.log");
+        let log_path = self.pair.work_dir().join("commands.log");
         let log = append(&log_path)?;
         let mut child = Command::new(command)
             .args(args)
@@ -366,24 +280,24 @@ impl<'o> Runner<'o> {
     /// Lets a disturbed pair settle, then compares the dump of every server believed up with the
     /// model (primary first, so the backup is held to what the primary showed).
     pub(super) async fn final_check(&mut self) -> anyhow::Result<()> {
-        if self.running.iter().all(|r| *r) {
+        if self.pair.running.iter().all(|r| *r) {
             let deadline = Instant::now() + self.options.sync_timeout;
             let both = PairMember::BOTH.map(|s| (s, Want::Synced));
-            self.wait_for(deadline, &both).await?;
+            self.pair.wait_for(deadline, &both).await?;
         }
         for server in PairMember::BOTH {
             if !self.judge.up().contains(server) {
                 continue;
             }
             let started = Instant::now();
-            let dump: Result<Vec<(Bytes, Bytes)>, Answer> = if let Some(http) = &self.http {
+            let dump: Result<Vec<(Bytes, Bytes)>, Answer> = if let Some(http) = &self.pair.http {
                 crate::tester::http::dump(&http[server.index()], OP_TIMEOUT).await
             } else {
                 match self.client(server).await {
                     Ok(client) => match tokio::time::timeout(OP_TIMEOUT, client.dump()).await {
                         Ok(Ok(entries)) => Ok(entries),
                         Ok(Err(e)) => Err(Answer::from(e)),
-                        Err(_) => Err(Answer::NoAnswer(OP_TIMEOUT)),
+                        Err(_) => Err(Answer::no_answer_within(OP_TIMEOUT)),
                     },
                     Err(answer) => Err(answer),
                 }
@@ -401,17 +315,7 @@ impl<'o> Runner<'o> {
 
     /// Closes connections and ends every process the run started.
     pub(super) async fn close(&mut self) {
-        for conn in &mut self.conns {
-            if let Conn::Open(client) = std::mem::replace(conn, Conn::Closed) {
-                client.close().await;
-            }
-        }
-        if let Servers::Managed(managed) = &mut self.servers {
-            for child in managed.children.iter_mut().flatten() {
-                let _ = child.kill().await;
-            }
-            managed.children = [None, None];
-        }
+        self.pair.close().await;
         for child in &mut self.background {
             let _ = child.kill().await;
         }
@@ -447,18 +351,6 @@ async fn call(client: Client, op: Op) -> Answer {
     match tokio::time::timeout(OP_TIMEOUT, client.call(op)).await {
         Ok(Ok(reply)) => Answer::from_reply(reply),
         Ok(Err(e)) => Answer::from(e),
-        Err(_) => Answer::NoAnswer(OP_TIMEOUT),
+        Err(_) => Answer::no_answer_within(OP_TIMEOUT),
     }
-}
-
-pub(super) async fn connect(addr: &str, certs: &Path, timeout: Duration) -> Result<Client, String> {
-    let mut config = ClientConfig::new(certs);
-    config.connect_timeout = timeout;
-    config.idle_timeout = CLIENT_IDLE_TIMEOUT;
-    // Scripts judge each answer as the classic harness did: a write cut off is indeterminate at
-    // once, not retried with its session stamp.
-    config.retry_writes = false;
-    Client::connect(addr, &config)
-        .await
-        .map_err(|e| e.to_string())
 }

@@ -17,6 +17,7 @@
 //! actions run in order; stopping or killing the primary closes the connection, so requests still
 //! in flight end as the client library reports them (`indeterminate` for writes).
 
+mod conn;
 mod interpreter;
 mod servers;
 

@@ -1,20 +1,50 @@
 //! The servers a script acts on: the runner's own child processes (through
-//! [`crate::supervisor`]) or someone else's pair driven through command templates, and the waits
-//! on their `status` that follow every server action.
+//! [`crate::supervisor`]) or someone else's pair driven through command templates, the runner's
+//! connections to them, and the waits on their `status` that follow every server action.
+//!
+//! [`Pair`] knows nothing of the judge: the interpreter tells it which servers are believed up and
+//! records what it reports (an unclean stop, an unreachable server) as violations.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use tempfile::TempDir;
 use tokio::process::Command;
 
-use super::interpreter::{connect, Conn, Runner};
-use super::{External, LOG_TAIL_LINES, OP_TIMEOUT, POLL_INTERVAL, PROBE_TIMEOUT};
-use crate::supervisor::{append, in_sync, tail, Output, ServerCommand, ServerProcess};
-use crate::tester::judge::{At, Violation};
+use super::conn::{connect, Conn};
+use super::{
+    External, PairSpec, RunOptions, Via, CONNECT_TIMEOUT, LOG_TAIL_LINES, OP_TIMEOUT,
+    POLL_INTERVAL, PROBE_TIMEOUT,
+};
+use crate::supervisor::{
+    self, append, in_sync, tail, Output, ServerCommand, ServerProcess, Stopped,
+};
+use crate::tester::model::Up;
 use crate::tester::script::PairMember;
-use quickv_client::Status;
+use quickv_client::{Client, Status};
+
+/// The pair a script runs against, and the runner's connections to it.
+pub(super) struct Pair<'o> {
+    /// Deadline of each wait on the servers ([`RunOptions::sync_timeout`]).
+    sync_timeout: Duration,
+    /// Holds certificates, logs and command output; removed when the run ends.
+    work: TempDir,
+    /// The processes, or how to reach someone else's.
+    servers: Servers<'o>,
+    /// `[primary, backup]` addresses as clients dial them.
+    addrs: [String; 2],
+    /// `[primary, backup]` gateway addresses when operations go over HTTP ([`Via::Http`]).
+    pub(super) http: Option<[String; 2]>,
+    /// Client certificates.
+    certs: PathBuf,
+    /// `[primary, backup]` connections.
+    conns: [Conn; 2],
+    /// Whether each server was started and not since stopped or killed by the script (what the
+    /// runner did, as opposed to the judge's beliefs, which `Switch` scripts set by hand).
+    pub(super) running: [bool; 2],
+}
 
 /// The servers themselves.
 pub(super) enum Servers<'o> {
@@ -58,11 +88,136 @@ impl Managed {
     }
 }
 
-impl<'o> Runner<'o> {
+impl<'o> Pair<'o> {
+    /// Sets up the pair `options` names: for a managed pair, a work directory with fresh
+    /// certificates and two free ports (the servers start on the script's `Start`).
+    pub(super) async fn new(options: &'o RunOptions) -> anyhow::Result<Pair<'o>> {
+        let work = tempfile::Builder::new()
+            .prefix("quickv-test-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let (servers, addrs, certs, http) = match &options.pair {
+            PairSpec::Managed { binary } => {
+                let certs = work.path().join("certs");
+                let (bin, dir) = (binary.clone(), certs.clone());
+                tokio::task::spawn_blocking(move || supervisor::make_certs(&bin, &dir))
+                    .await
+                    .context("making certificates")??;
+                let [primary, backup] = supervisor::free_udp_addrs()?;
+                let logs = PairMember::BOTH.map(|s| work.path().join(format!("{s}.log")));
+                let http = match options.via {
+                    Via::Quic => None,
+                    Via::Http => Some(supervisor::free_tcp_addrs()?.map(|a| a.to_string())),
+                };
+                let managed = Managed {
+                    binary: binary.clone(),
+                    logs,
+                    children: [None, None],
+                    http: http.clone(),
+                };
+                (
+                    Servers::Managed(Box::new(managed)),
+                    [primary.to_string(), backup.to_string()],
+                    certs,
+                    http,
+                )
+            }
+            PairSpec::External(external) => {
+                let http = match (options.via, &external.primary_http, &external.backup_http) {
+                    (Via::Quic, _, _) => None,
+                    (Via::Http, Some(p), Some(b)) => Some([p.clone(), b.clone()]),
+                    (Via::Http, _, _) => {
+                        bail!(
+                            "--via http against an external pair needs --primary-http and \
+                             --backup-http"
+                        )
+                    }
+                };
+                (
+                    Servers::External(external),
+                    [external.primary.clone(), external.backup.clone()],
+                    external.certs.clone(),
+                    http,
+                )
+            }
+        };
+        Ok(Pair {
+            sync_timeout: options.sync_timeout,
+            work,
+            servers,
+            addrs,
+            http,
+            certs,
+            conns: [Conn::Closed, Conn::Closed],
+            running: [false, false],
+        })
+    }
+
+    /// The run's work directory (certificates, logs, `commands.log`).
+    pub(super) fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// The connection to `server`, made if needed (with a short timeout when it is not
+    /// `believed_up`, and then remembered as refused). A failure is why it cannot be reached.
+    pub(super) async fn client(
+        &mut self,
+        server: PairMember,
+        believed_up: bool,
+    ) -> Result<Client, String> {
+        let i = server.index();
+        match &self.conns[i] {
+            Conn::Open(client) => return Ok(client.clone()),
+            Conn::Refused(reason) => return Err(reason.clone()),
+            Conn::Closed => {}
+        }
+        let timeout = if believed_up {
+            CONNECT_TIMEOUT
+        } else {
+            PROBE_TIMEOUT
+        };
+        match connect(&self.addrs[i], &self.certs, timeout).await {
+            Ok(client) => {
+                self.conns[i] = Conn::Open(client.clone());
+                Ok(client)
+            }
+            Err(reason) => {
+                if !believed_up {
+                    self.conns[i] = Conn::Refused(reason.clone());
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Forgets the connection to `server`, closing it in the background so that requests still
+    /// in flight on it end now rather than at the idle timeout.
+    pub(super) fn reset(&mut self, server: PairMember) {
+        if let Conn::Open(client) = std::mem::replace(&mut self.conns[server.index()], Conn::Closed)
+        {
+            tokio::spawn(async move { client.close().await });
+        }
+    }
+
+    /// Closes the connections and ends every server process the run started.
+    pub(super) async fn close(&mut self) {
+        for conn in &mut self.conns {
+            if let Conn::Open(client) = std::mem::replace(conn, Conn::Closed) {
+                client.close().await;
+            }
+        }
+        if let Servers::Managed(managed) = &mut self.servers {
+            for child in managed.children.iter_mut().flatten() {
+                let _ = child.kill().await;
+            }
+            managed.children = [None, None];
+        }
+    }
+
     /// Makes sure `server` runs, then waits until it answers and, with its peer running, until
     /// the pair is in sync.
     pub(super) async fn start(&mut self, server: PairMember) -> anyhow::Result<()> {
-        let deadline = Instant::now() + self.options.sync_timeout;
+        let deadline = Instant::now() + self.sync_timeout;
         self.reset(server);
         let i = server.index();
         if let Some(external) = self.external() {
@@ -99,14 +254,14 @@ impl<'o> Runner<'o> {
         }
     }
 
-    /// Stops `server` gracefully (SIGTERM) and expects it to exit with status 0.
+    /// Stops `server` gracefully (SIGTERM). A managed server is expected to exit with status 0:
+    /// how it ended otherwise is returned, for the caller to judge. The caller then waits for
+    /// the pair to notice ([`Pair::stopped`]) with the same `deadline`.
     pub(super) async fn stop(
         &mut self,
         server: PairMember,
-        line: usize,
-        text: &str,
-    ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + self.options.sync_timeout;
+        deadline: Instant,
+    ) -> anyhow::Result<Option<Stopped>> {
         if let Some(external) = self.external() {
             let template = external
                 .stop_cmd
@@ -114,22 +269,17 @@ impl<'o> Runner<'o> {
                 .ok_or_else(|| anyhow!("without --stop-cmd the tester cannot stop the {server}"))?;
             self.template(template, server, deadline).await?;
         } else if let Some(child) = self.take_child(server) {
-            let stopped = child.stop(self.options.sync_timeout).await;
+            let stopped = child.stop(self.sync_timeout).await;
             if !stopped.is_clean() {
-                self.judge.record(Violation {
-                    at: At::Line(line),
-                    instruction: text.to_string(),
-                    answer: stopped.to_string(),
-                    expected: "a graceful stop with exit status 0".into(),
-                });
+                return Ok(Some(stopped));
             }
         }
-        self.stopped(server, deadline).await
+        Ok(None)
     }
 
     /// Kills `server` (SIGKILL).
     pub(super) async fn kill(&mut self, server: PairMember) -> anyhow::Result<()> {
-        let deadline = Instant::now() + self.options.sync_timeout;
+        let deadline = Instant::now() + self.sync_timeout;
         if let Some(external) = self.external() {
             let template = external
                 .kill_cmd
@@ -146,7 +296,7 @@ impl<'o> Runner<'o> {
     }
 
     /// The external pair's description, if the pair is external.
-    pub(super) fn external(&self) -> Option<&'o External> {
+    fn external(&self) -> Option<&'o External> {
         match &self.servers {
             Servers::External(external) => Some(*external),
             Servers::Managed(_) => None,
@@ -181,22 +331,19 @@ impl<'o> Runner<'o> {
         Ok(())
     }
 
-    /// Before an operation, after a `Switch`: waits until every server that is believed up *and*
+    /// Before an operation, after a `Switch`: waits until every server that is believed `up` *and*
     /// running answers, and until both are in sync if both are. A server nobody started (our
     /// own child not running; for an external pair, one the script did not start and that does
     /// not answer a first probe) is not waited for: its requests then fail as they should, and
     /// the judge says so. Bounded by the sync timeout like every wait.
-    pub(super) async fn settle(&mut self) -> anyhow::Result<()> {
-        if !std::mem::replace(&mut self.unsettled, false) {
-            return Ok(());
-        }
+    pub(super) async fn settle(&mut self, up: Up) -> anyhow::Result<()> {
         let mut ready = Vec::new();
         for server in PairMember::BOTH {
-            if self.judge.up().contains(server) && self.started(server).await {
+            if up.contains(server) && self.started(server).await {
                 ready.push(server);
             }
         }
-        let deadline = Instant::now() + self.options.sync_timeout;
+        let deadline = Instant::now() + self.sync_timeout;
         let wants: Vec<(PairMember, Want)> = match ready.as_slice() {
             [_, _] => PairMember::BOTH.map(|s| (s, Want::Synced)).to_vec(),
             [one] => vec![(*one, Want::Answers)],
@@ -219,7 +366,7 @@ impl<'o> Runner<'o> {
     }
 
     /// Runs an external command template for `server` through `sh -c` and expects success.
-    pub(super) async fn template(
+    async fn template(
         &self,
         template: &str,
         server: PairMember,
@@ -300,7 +447,7 @@ impl<'o> Runner<'o> {
                     .collect();
                 bail!(
                     "timed out after {} s; {}",
-                    self.options.sync_timeout.as_secs_f64(),
+                    self.sync_timeout.as_secs_f64(),
                     shown.join("; ")
                 );
             }
@@ -309,7 +456,7 @@ impl<'o> Runner<'o> {
     }
 
     /// Fails if a managed server the script started has exited on its own.
-    pub(super) fn check_alive(&mut self) -> anyhow::Result<()> {
+    fn check_alive(&mut self) -> anyhow::Result<()> {
         let Servers::Managed(managed) = &mut self.servers else {
             return Ok(());
         };
@@ -328,7 +475,7 @@ impl<'o> Runner<'o> {
     }
 
     /// One status request, on the existing connection or a fresh one.
-    pub(super) async fn poll_status(&mut self, server: PairMember) -> Result<Status, String> {
+    async fn poll_status(&mut self, server: PairMember) -> Result<Status, String> {
         let i = server.index();
         let client = match &self.conns[i] {
             Conn::Open(client) => client.clone(),

@@ -1,4 +1,4 @@
-//! One long-lived stream of a client connection ("lane"): the queue its callers fill, and its
+//! One long-lived stream of a client connection ("pipe"): the queue its callers fill, and its
 //! writer, reader and deadline-sweeper tasks, which pipeline requests and hand answers back by
 //! request id through the stream's slab of pending calls (`owed.rs`).
 
@@ -10,20 +10,23 @@ use tokio::time::Instant;
 
 use quickv_net::{tls, BatchWriter, FramedReader};
 
-use crate::owed::{Answer, Deadline, Owed};
-use crate::protocol::{
+use crate::error::{unexpected, ClientError};
+use crate::owed::{Deadline, Owed, ReplyTx};
+use quickv_proto::{
     decode_response, encode_request, Limits, Op, Reply, Request, SessionWrite, WriteStamp,
 };
-use crate::{unexpected, ClientError, LANE_QUEUE};
+
+/// Calls queued per pipe before callers wait (backpressure).
+pub(crate) const PIPE_QUEUE: usize = 1024;
 
 /// One long-lived stream of a session: what its callers, writer, reader and deadline sweeper
-/// share. Dropping it (with its session) lets the writer finish the stream.
+/// share. Dropping it (with its connection) lets the writer finish the stream.
 #[derive(Debug)]
-pub(crate) struct Lane {
-    pub(crate) shared: Arc<LaneShared>,
+pub(crate) struct Pipe {
+    pub(crate) shared: Arc<PipeShared>,
 }
 
-impl Drop for Lane {
+impl Drop for Pipe {
     fn drop(&mut self) {
         if let Ok(mut state) = self.shared.state.lock() {
             state.closed = true;
@@ -34,32 +37,32 @@ impl Drop for Lane {
 
 /// What a stream's callers, writer, reader and deadline sweeper share.
 #[derive(Debug)]
-pub(crate) struct LaneShared {
+pub(crate) struct PipeShared {
     /// The calls in flight and the requests waiting to be written, under one lock: a caller
     /// takes it once to register and queue its call.
-    pub(crate) state: Mutex<LaneState>,
-    /// Wakes the writer: the queue went from empty to not empty, the lane closed or died.
+    pub(crate) state: Mutex<PipeState>,
+    /// Wakes the writer: the queue went from empty to not empty, the pipe closed or died.
     pub(crate) ready: Notify,
-    /// Wakes callers waiting for room in a full queue (backpressure), or for the lane's death.
+    /// Wakes callers waiting for room in a full queue (backpressure), or for the pipe's death.
     pub(crate) room: Notify,
     /// Wakes the sweeper: a call came with an earlier deadline than it sleeps until, or the
     /// stream died.
     pub(crate) sweep: Notify,
 }
 
-/// The locked part of a [`LaneShared`].
+/// The locked part of a [`PipeShared`].
 #[derive(Debug)]
-pub(crate) struct LaneState {
+pub(crate) struct PipeState {
     /// The calls queued or written and not yet answered, by request id.
     pub(crate) owed: Owed,
-    /// Requests waiting for the writer, in call order (at most [`LANE_QUEUE`]).
+    /// Requests waiting for the writer, in call order (at most [`PIPE_QUEUE`]).
     pub(crate) queue: Vec<Queued>,
-    /// Set when the session let go of the lane: the writer finishes the stream once the queue
+    /// Set when the connection let go of the pipe: the writer finishes the stream once the queue
     /// is written.
     pub(crate) closed: bool,
 }
 
-impl LaneShared {
+impl PipeShared {
     /// Fails every call in flight or queued, and stops the writer and the sweeper.
     pub(crate) fn fail_all(&self, err: ClientError) {
         if let Ok(mut state) = self.state.lock() {
@@ -75,16 +78,16 @@ impl LaneShared {
     pub(crate) fn try_queue(
         self: &Arc<Self>,
         call: Call,
-        reply: Answer,
+        reply: ReplyTx,
         due: Option<Deadline>,
-    ) -> Result<Sent, (Call, Answer)> {
+    ) -> Result<Sent, (Call, ReplyTx)> {
         let Ok(mut state) = self.state.lock() else {
             return Ok(Err(Unsent::Gone(call, reply)));
         };
         if state.closed {
             return Ok(Err(Unsent::Gone(call, reply)));
         }
-        if state.queue.len() >= LANE_QUEUE && state.owed.broken.is_none() {
+        if state.queue.len() >= PIPE_QUEUE && state.owed.broken.is_none() {
             return Err((call, reply));
         }
         let (id, wake_sweeper) = match state.owed.register(reply, call.op.is_write(), due) {
@@ -114,26 +117,26 @@ pub(crate) struct Call {
     pub(crate) session: Option<(WriteStamp, Option<Instant>)>,
 }
 
-/// A call in a lane's queue: its slot's request id and the request.
+/// A call in a pipe's queue: its slot's request id and the request.
 #[derive(Debug)]
 pub(crate) struct Queued {
     pub(crate) id: u64,
     pub(crate) call: Call,
 }
 
-/// What [`Session::send`] did: the call's lane and request id (to cancel it), or why not.
-pub(crate) type Sent = Result<(Arc<LaneShared>, u64), Unsent>;
+/// What [`Connection::send`] did: the call's pipe and request id (to cancel it), or why not.
+pub(crate) type Sent = Result<(Arc<PipeShared>, u64), Unsent>;
 
-/// Why [`Session::send`] did not queue a call.
+/// Why [`Connection::send`] did not queue a call.
 pub(crate) enum Unsent {
-    /// The lane is gone: the call (and its answer channel) can go to a new connection.
-    Gone(Call, Answer),
-    /// The deadline passed while waiting for room in the lane's queue.
+    /// The pipe is gone: the call (and its answer channel) can go to a new connection.
+    Gone(Call, ReplyTx),
+    /// The deadline passed while waiting for room in the pipe's queue.
     Late,
 }
 
 /// Awaits `work`, giving up (`None`) at the deadline. Used only where a call may wait (for a
-/// connection, for room in a queue); the answer itself is bounded by the lane's sweeper.
+/// connection, for room in a queue); the answer itself is bounded by the pipe's sweeper.
 pub(crate) async fn within<F: std::future::Future>(
     due: Option<Deadline>,
     work: F,
@@ -148,8 +151,8 @@ pub(crate) async fn within<F: std::future::Future>(
 pub(crate) struct Pending {
     /// `None` once the answer came (or the call never went out).
     pub(crate) rx: Option<oneshot::Receiver<Result<Reply, ClientError>>>,
-    /// The lane and request id, to cancel; `None` for a call settled without being queued.
-    pub(crate) slot: Option<(Arc<LaneShared>, u64)>,
+    /// The pipe and request id, to cancel; `None` for a call settled without being queued.
+    pub(crate) slot: Option<(Arc<PipeShared>, u64)>,
     /// The outcome of a call that was never queued (its deadline passed while it waited).
     pub(crate) settled: Option<Result<Reply, ClientError>>,
 }
@@ -174,9 +177,9 @@ impl Drop for Pending {
     /// written it yet skips it; a call already written keeps only a tombstone so its late answer
     /// is recognised and discarded.
     fn drop(&mut self) {
-        if let (Some(rx), Some((lane, id))) = (self.rx.take(), self.slot.as_ref()) {
+        if let (Some(rx), Some((pipe, id))) = (self.rx.take(), self.slot.as_ref()) {
             drop(rx);
-            if let Ok(mut state) = lane.state.lock() {
+            if let Ok(mut state) = pipe.state.lock() {
                 state.owed.cancel(*id);
             }
         }
@@ -184,17 +187,17 @@ impl Drop for Pending {
 }
 
 /// Opens stream number `index` and starts its writer, reader and deadline sweeper tasks.
-pub(crate) async fn open_lane(
+pub(crate) async fn open_pipe(
     conn: &quinn::Connection,
     limits: Limits,
     index: u16,
-) -> Result<Lane, ClientError> {
+) -> Result<Pipe, ClientError> {
     let (send, recv) = conn
         .open_bi()
         .await
         .map_err(|e| ClientError::Connection(tls::explain_connection_error(&e)))?;
-    let shared = Arc::new(LaneShared {
-        state: Mutex::new(LaneState {
+    let shared = Arc::new(PipeShared {
+        state: Mutex::new(PipeState {
             owed: Owed::new(index),
             queue: Vec::new(),
             closed: false,
@@ -203,17 +206,17 @@ pub(crate) async fn open_lane(
         room: Notify::new(),
         sweep: Notify::new(),
     });
-    tokio::spawn(write_lane(send, shared.clone(), conn.clone()));
-    tokio::spawn(read_lane(recv, shared.clone(), limits, conn.clone()));
-    tokio::spawn(sweep_lane(shared.clone()));
-    Ok(Lane { shared })
+    tokio::spawn(write_pipe(send, shared.clone(), conn.clone()));
+    tokio::spawn(read_pipe(recv, shared.clone(), limits, conn.clone()));
+    tokio::spawn(sweep_pipe(shared.clone()));
+    Ok(Pipe { shared })
 }
 
 /// Writes queued calls in batches: takes the whole queue per wake-up, marks each call written
 /// (skipping those whose callers stopped waiting), encodes and writes them.
-pub(crate) async fn write_lane(
+pub(crate) async fn write_pipe(
     send: quinn::SendStream,
-    shared: Arc<LaneShared>,
+    shared: Arc<PipeShared>,
     conn: quinn::Connection,
 ) {
     let mut writer = BatchWriter::new(send);
@@ -224,12 +227,12 @@ pub(crate) async fn write_lane(
                 return;
             };
             if state.owed.broken.is_some() {
-                // Every queued call was failed with the lane; later calls see it broken and go
+                // Every queued call was failed with the pipe; later calls see it broken and go
                 // to a new connection.
                 return;
             }
             std::mem::swap(&mut state.queue, &mut taken);
-            let was_full = taken.len() >= LANE_QUEUE;
+            let was_full = taken.len() >= PIPE_QUEUE;
             let owed = &mut state.owed;
             taken.retain(|q| owed.writing(q.id));
             (was_full, state.closed)
@@ -277,9 +280,9 @@ fn encode_queued(Queued { id, call }: Queued, out: &mut BytesMut) {
 }
 
 /// Reads answers and hands each to its caller.
-pub(crate) async fn read_lane(
+pub(crate) async fn read_pipe(
     recv: quinn::RecvStream,
-    shared: Arc<LaneShared>,
+    shared: Arc<PipeShared>,
     limits: Limits,
     conn: quinn::Connection,
 ) {
@@ -307,9 +310,9 @@ pub(crate) async fn read_lane(
     shared.fail_all(err);
 }
 
-/// Completes the calls of a lane that are past their deadline: sleeps until the earliest
-/// deadline in flight (one timer per lane, not one per call), and ends when the lane dies.
-pub(crate) async fn sweep_lane(shared: Arc<LaneShared>) {
+/// Completes the calls of a pipe that are past their deadline: sleeps until the earliest
+/// deadline in flight (one timer per pipe, not one per call), and ends when the pipe dies.
+pub(crate) async fn sweep_pipe(shared: Arc<PipeShared>) {
     loop {
         let next = {
             let Ok(mut state) = shared.state.lock() else {
@@ -335,11 +338,11 @@ pub(crate) async fn sweep_lane(shared: Arc<LaneShared>) {
 /// Decodes every complete answer in `inbuf` and completes its call.
 pub(crate) fn deliver(
     inbuf: &mut BytesMut,
-    state: &Mutex<LaneState>,
+    state: &Mutex<PipeState>,
     limits: &Limits,
 ) -> Result<(), ClientError> {
     let Ok(mut state) = state.lock() else {
-        return Err(ClientError::Protocol("lane state poisoned".into()));
+        return Err(ClientError::Protocol("pipe state poisoned".into()));
     };
     let owed = &mut state.owed;
     loop {
