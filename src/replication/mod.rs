@@ -39,6 +39,7 @@
 //! States are in [`state`], a sans-IO machine; [`primary`] and [`backup`] are the tokio drivers.
 
 pub mod backup;
+pub mod dial;
 pub mod lanes;
 pub mod link;
 pub mod primary;

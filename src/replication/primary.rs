@@ -9,6 +9,7 @@ use quickv_client::net::{BatchWriter, Outbox, Taken};
 use tracing::{debug, info, warn};
 
 use crate::protocol::peer::PeerMsg;
+use crate::replication::dial::dial;
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
@@ -17,7 +18,7 @@ use crate::replication::Replication;
 use crate::store::{BucketId, BUCKETS};
 use crate::tls::{self, CertPaths, Identity};
 
-/// First redial delay after a failed attempt or a lost link.
+/// First redial delay after a lost link (or an endpoint that cannot dial).
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest redial delay.
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
@@ -40,24 +41,14 @@ pub async fn run(repl: Arc<Replication>, endpoint: quinn::Endpoint) {
         }
     };
     let mut backoff = BACKOFF_MIN;
-    let mut announced = false;
     while !repl.stop.is_cancelled() {
-        let attempt = async {
-            let connecting = endpoint
-                .connect_with(client_cfg.clone(), peer, &peer.ip().to_string())
-                .map_err(LinkError::new)?;
-            connecting
-                .await
-                .map_err(|e| LinkError(tls::explain_connection_error(&e)))
-        };
         let conn = tokio::select! {
-            c = attempt => c,
+            c = dial(&endpoint, &client_cfg, peer) => c,
             _ = repl.stop.cancelled() => break,
         };
         match conn {
             Ok(conn) => {
                 backoff = BACKOFF_MIN;
-                announced = false;
                 let cause = match run_link(&repl, &conn).await {
                     Ok(cause) => cause,
                     Err(e) => e.0,
@@ -66,13 +57,7 @@ pub async fn run(repl: Arc<Replication>, endpoint: quinn::Endpoint) {
                 repl.link_lost(&cause);
                 warn!(%peer, %cause, "peer link lost");
             }
-            Err(e) => {
-                if !announced {
-                    info!(%peer, reason = %e, "backup not reachable; retrying with backoff");
-                    announced = true;
-                }
-                debug!(%peer, reason = %e, "dial failed");
-            }
+            Err(e) => warn!(%peer, reason = %e, "cannot dial the backup"),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
