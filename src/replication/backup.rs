@@ -133,14 +133,14 @@ async fn run_link(
         v.peer_run_id = Some(theirs.run_id);
         v.machine.handle_link_up();
     });
-    let ours = repl.hello();
+    let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
     let plan = repl.with_machine(|v| v.machine.handle_hellos(theirs, &ours, link.epoch));
     if !plan.buckets.is_empty() {
         match plan.source {
             Source::Primary => {
-                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, step).await?;
+                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
                 // The copy is verified: this store is the pair's data from here on, whether or
                 // not `Synced` ever arrives.
                 repl.with_machine(|v| v.machine.handle_transfer_verified());
@@ -334,7 +334,18 @@ impl StreamApplier {
                 digest,
             } => {
                 repl.counters.digest_checks.fetch_add(1, Ordering::Relaxed);
-                let ours = store.digest(bucket);
+                let mut ours = store.digest(bucket);
+                if offset == self.applied[bucket.index()] && ours != digest {
+                    // Before reporting, make sure the running digest describes the bucket (only
+                    // this applier writes to it now, so a recount is exact).
+                    if store.recount_bucket(bucket) {
+                        tracing::error!(%bucket, "internal error: this bucket's running totals disagreed with its contents; recounted");
+                        repl.counters
+                            .totals_repaired
+                            .fetch_add(1, Ordering::Relaxed);
+                        ours = store.digest(bucket);
+                    }
+                }
                 if offset == self.applied[bucket.index()] && ours != digest {
                     repl.counters
                         .digest_mismatches

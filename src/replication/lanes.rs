@@ -416,9 +416,13 @@ impl Lanes {
 
     /// The backup's digest of lane `b` differed: resend that bucket now, as it stands after the
     /// lane's last offset (a busy lane is repaired without waiting for a pause in the writes).
-    pub fn handle_mismatch(&self, store: &Store, b: BucketId) {
+    /// First recounts the bucket's running totals from its contents (exact: acks apply to this
+    /// bucket only under the lane lock); returns whether they were wrong, and so repaired.
+    pub fn handle_mismatch(&self, store: &Store, b: BucketId) -> bool {
         let mut guard = self.lane(b);
+        let repaired = store.recount_bucket(b);
         Self::send_resync(&mut guard, store, b, &self.limits);
+        repaired
     }
 
     /// Sends the whole bucket down the lane as it is after the lane's last offset: the store's

@@ -81,7 +81,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         v.machine.handle_link_up();
     });
     repl.counters.links.fetch_add(1, Ordering::Relaxed);
-    let ours = repl.hello();
+    let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
     let theirs = match bounded(step, "waiting for the backup's hello", ctl.next()).await? {
@@ -110,7 +110,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
                 send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?
             }
             Source::Backup => {
-                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, step).await?;
+                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
                 repl.with_machine(|v| v.machine.handle_transfer_verified());
             }
         }
@@ -258,7 +258,12 @@ async fn read_acks(
                     .digest_mismatches
                     .fetch_add(1, Ordering::Relaxed);
                 repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                repl.lanes.handle_mismatch(&repl.store, bucket);
+                if repl.lanes.handle_mismatch(&repl.store, bucket) {
+                    tracing::error!(%bucket, "internal error: this bucket's running totals disagreed with its contents; recounted");
+                    repl.counters
+                        .totals_repaired
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
             other => break format!("unexpected {other:?} on a data stream"),
         }
