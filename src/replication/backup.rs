@@ -11,7 +11,7 @@ use crate::protocol::peer::{PeerHello, PeerMsg, ReplOffset};
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
-use crate::replication::state::{admit, Refusal, Source};
+use crate::replication::state::{admit, may_supersede, Refusal, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, Digest, BUCKETS};
 
@@ -65,6 +65,7 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
         let mine = current.as_ref().is_some_and(|(g, _)| *g == generation);
         if mine {
             *current = None;
+            repl.heard_at.store(0, Ordering::Relaxed);
         }
         mine
     };
@@ -72,6 +73,12 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
         repl.link_lost(&cause);
         warn!(%remote, %cause, "peer link lost");
     }
+}
+
+/// How long a live link must have been silent before a primary that is not current may replace
+/// it: the ack timeout plus one digest-check interval (an idle link is heard from at every check).
+fn live_link_grace(config: &crate::config::ServerConfig) -> std::time::Duration {
+    config.ack_timeout + crate::replication::primary::CHECK_INTERVAL
 }
 
 /// How long a refused connection waits for the peer to read our goodbye before closing.
@@ -96,12 +103,15 @@ fn verify(
         digests: [Digest::default(); BUCKETS],
     });
     let epoch = admit(theirs, &ours)?;
+    let live = current.as_ref().and_then(|_| repl.heard_ago());
+    may_supersede(theirs, live, live_link_grace(&repl.config))?;
     let generation = repl.applying_link.load(Ordering::Acquire) + 1;
     repl.applying_link.store(generation, Ordering::Release);
     if let Some((_, old)) = current.take() {
         old.close(1u32.into(), b"superseded by a newer link from the primary");
     }
     *current = Some((generation, conn.clone()));
+    repl.heard(generation);
     drop(current);
     if repl.with_machine(|v| v.link_up) {
         repl.link_lost("superseded by a newer link from the primary");
@@ -180,7 +190,10 @@ async fn run_link(
         };
         tokio::select! {
             msg = ctl.next() => match msg? {
-                PeerMsg::Synced => repl.with_machine(|v| v.machine.handle_synced()),
+                PeerMsg::Synced => {
+                    repl.heard(link.generation);
+                    repl.with_machine(|v| v.machine.handle_synced());
+                }
                 PeerMsg::Goodbye(reason) => return Ok(format!("primary said goodbye: {reason}")),
                 other => return Err(LinkError(format!("unexpected {other:?} on the control stream"))),
             },
@@ -240,7 +253,9 @@ async fn apply_stream(
     let step = step_timeout(&repl.config);
     loop {
         let mut out = Vec::new();
+        let mut heard = false;
         while let Some(msg) = reader.buffered()? {
+            heard = true;
             // Fenced: once a newer link is admitted, this one applies nothing more.
             if repl.applying_link.load(Ordering::Acquire) != generation {
                 return Err(LinkError(format!(
@@ -261,6 +276,9 @@ async fn apply_stream(
                 });
                 repl.backup_applied[b.index()].store(applied, Ordering::Relaxed);
             }
+        }
+        if heard {
+            repl.heard(generation);
         }
         if !out.is_empty() {
             bounded(step, "sending acks", send_msgs(&mut send, &out)).await?;

@@ -40,6 +40,7 @@
 
 pub mod backup;
 pub mod dial;
+pub mod epoch_file;
 pub mod lanes;
 pub mod link;
 pub mod primary;
@@ -104,6 +105,15 @@ pub struct Replication {
     applying_link: AtomicU64,
     /// Backup: last offset applied per lane on the current link.
     backup_applied: [AtomicU64; BUCKETS],
+    /// Where the epoch is persisted ([`epoch_file`]), once [`Replication::restore_epoch`] has
+    /// read it; unset (nothing persisted) in the simulator and unit tests.
+    epoch_file: std::sync::OnceLock<std::path::PathBuf>,
+    /// When this replication was created: the origin of `heard_at`.
+    started: std::time::Instant,
+    /// Backup: when the live link was last heard from (a lane batch, `Synced`, its admission), in
+    /// milliseconds since `started`, plus one; 0 when there is no live link. A primary that is
+    /// not current does not replace a link heard from recently ([`state::may_supersede`]).
+    heard_at: AtomicU64,
     /// Held by whoever replaces or clears the store outside the lanes (see [`link::StoreFence`]).
     fence: link::StoreFence,
     /// Primary: the dialing driver's task, awaited at the end of a graceful stop.
@@ -168,15 +178,60 @@ impl Replication {
             backup_link: Mutex::new(None),
             applying_link: AtomicU64::new(0),
             backup_applied: std::array::from_fn(|_| AtomicU64::new(0)),
+            epoch_file: std::sync::OnceLock::new(),
+            started: std::time::Instant::now(),
+            heard_at: AtomicU64::new(0),
             fence: link::StoreFence::default(),
             driver: Mutex::new(None),
         })
     }
 
-    /// Runs `f` on the machine and logs every transition it made.
+    /// Reads the epoch a previous process of this server persisted (`config.epoch_file()`) and
+    /// persists every later change there. The server calls it once at start; an unreadable file
+    /// refuses the start (guessing 0 would drop the fence against stale primaries).
+    pub fn restore_epoch(&self) -> crate::error::Result<()> {
+        let path = self.config.epoch_file();
+        let epoch = epoch_file::load(&path)?;
+        self.with_machine(|v| v.machine.restore_epoch(epoch));
+        let _ = self.epoch_file.set(path);
+        Ok(())
+    }
+
+    /// Backup: the live link (generation `generation`) was heard from just now.
+    fn heard(&self, generation: u64) {
+        if self.applying_link.load(Ordering::Acquire) == generation {
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.heard_at.store(ms + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Backup: how long ago the live link was last heard from; `None` without a live link.
+    fn heard_ago(&self) -> Option<std::time::Duration> {
+        match self.heard_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(std::time::Duration::from_millis(at - 1)),
+            ),
+        }
+    }
+
+    /// Runs `f` on the machine and logs every transition it made. An epoch it changed is
+    /// persisted before anything else happens (the machine's lock is held meanwhile: once per
+    /// link, a few milliseconds at most).
     fn with_machine<T>(&self, f: impl FnOnce(&mut MachineView) -> T) -> T {
         let mut view = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        let before = view.machine.epoch();
         let out = f(&mut view);
+        let after = view.machine.epoch();
+        if after != before {
+            if let Some(path) = self.epoch_file.get() {
+                if let Err(e) = epoch_file::store(path, after) {
+                    tracing::error!(reason = %e, epoch = after, "cannot persist the replication epoch: a restart of this server would forget its fence against stale primaries");
+                }
+            }
+        }
         self.writes_open
             .store(view.machine.writes_allowed(), Ordering::Release);
         self.reads_open
@@ -332,16 +387,18 @@ impl Replication {
 
     /// The replication part of `status`.
     pub fn status(&self) -> serde_json::Value {
-        let (state, link_up, peer_run, synced, epoch, last) = self.with_machine(|v| {
-            (
-                v.machine.state().name(),
-                v.link_up,
-                v.peer_run_id,
-                v.machine.current(),
-                v.machine.epoch(),
-                v.last.clone(),
-            )
-        });
+        let (state, link_up, peer_run, synced, epoch, last, read_refusal) =
+            self.with_machine(|v| {
+                (
+                    v.machine.state().name(),
+                    v.link_up,
+                    v.peer_run_id,
+                    v.machine.current(),
+                    v.machine.epoch(),
+                    v.last.clone(),
+                    v.machine.read_refusal(),
+                )
+            });
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let lanes = self.lane_status();
@@ -350,6 +407,7 @@ impl Replication {
             "link_up": link_up,
             "peer_run_id": peer_run.map(|r| format!("{r:016x}")),
             "current": synced,
+            "read_refusal": read_refusal,
             "epoch": epoch,
             "last_transition": last.map(|t| serde_json::json!({
                 "from": t.from.name(), "to": t.to.name(), "cause": t.cause,

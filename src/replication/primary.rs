@@ -13,7 +13,7 @@ use crate::replication::dial::dial;
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
-use crate::replication::state::{admit, Source};
+use crate::replication::state::{admit, Refusal, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, BUCKETS};
 use crate::tls::{self, CertPaths, Identity};
@@ -87,7 +87,11 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     let theirs = match bounded(step, "waiting for the backup's hello", ctl.next()).await? {
         PeerMsg::Hello(h) => h,
         PeerMsg::Goodbye(reason) => {
-            return Err(LinkError(format!("the backup refused the link: {reason}")))
+            if Refusal::is_stale(&reason) {
+                warn!(%reason, "refused by the backup as a stale primary; reads stop until this server has taken the pair's data from the backup");
+                repl.with_machine(|v| v.machine.handle_refused_as_stale(reason.clone()));
+            }
+            return Err(LinkError(format!("the backup refused the link: {reason}")));
         }
         other => {
             return Err(LinkError(format!(
@@ -97,6 +101,9 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     };
     let epoch = admit(&ours, &theirs).map_err(|e| {
         warn!(reason = %e, "peer link refused");
+        if matches!(e, Refusal::StaleEpoch { .. }) {
+            repl.with_machine(|v| v.machine.handle_refused_as_stale(e.to_string()));
+        }
         LinkError(e.to_string())
     })?;
     info!(peer_run_id = %format!("{:016x}", theirs.run_id), peer_keys = theirs.keys, peer_current = theirs.synced, epoch, "warm start");
