@@ -93,20 +93,26 @@ fn verify(
     theirs: &PeerHello,
 ) -> Result<Admitted, Refusal> {
     let mut current = repl.backup_link.lock().unwrap_or_else(|p| p.into_inner());
-    let ours = repl.with_machine(|v| PeerHello {
-        primary: false,
-        run_id: repl.run_id,
-        pair: repl.pair_id,
-        epoch: v.machine.epoch(),
-        synced: v.machine.current(),
-        keys: 0,
-        digests: [Digest::default(); BUCKETS],
-    });
-    let epoch = admit(theirs, &ours)?;
     let live = current.as_ref().and_then(|_| repl.heard_ago());
-    may_supersede(theirs, live, live_link_grace(&repl.config))?;
-    let generation = repl.applying_link.load(Ordering::Acquire) + 1;
-    repl.applying_link.store(generation, Ordering::Release);
+    // The check and the new generation under the machine's lock: a superseded link's driver,
+    // which mutates the machine only under the same lock and for its own generation
+    // ([`Replication::with_link_machine`]), sees either the old generation or the new one whole.
+    let (epoch, generation) = repl.with_machine(|v| {
+        let ours = PeerHello {
+            primary: false,
+            run_id: repl.run_id,
+            pair: repl.pair_id,
+            epoch: v.machine.epoch(),
+            synced: v.machine.current(),
+            keys: 0,
+            digests: [Digest::default(); BUCKETS],
+        };
+        let epoch = admit(theirs, &ours)?;
+        may_supersede(theirs, live, live_link_grace(&repl.config))?;
+        let generation = repl.applying_link.load(Ordering::Acquire) + 1;
+        repl.applying_link.store(generation, Ordering::Release);
+        Ok::<_, Refusal>((epoch, generation))
+    })?;
     if let Some((_, old)) = current.take() {
         old.close(1u32.into(), b"superseded by a newer link from the primary");
     }
@@ -138,27 +144,34 @@ async fn run_link(
 ) -> Result<String, LinkError> {
     let step = step_timeout(&repl.config);
     repl.counters.links.fetch_add(1, Ordering::Relaxed);
-    repl.with_machine(|v| {
+    let g = link.generation;
+    let superseded = || LinkError(format!("link {g} superseded by a newer link"));
+    repl.with_link_machine(g, |v| {
         v.link_up = true;
         v.peer_run_id = Some(theirs.run_id);
         v.machine.handle_link_up();
-    });
+    })
+    .ok_or_else(superseded)?;
     let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
-    let plan = repl.with_machine(|v| v.machine.handle_hellos(theirs, &ours, link.epoch));
+    let plan = repl
+        .with_link_machine(g, |v| v.machine.handle_hellos(theirs, &ours, link.epoch))
+        .ok_or_else(superseded)?;
     if !plan.buckets.is_empty() {
         match plan.source {
             Source::Primary => {
                 receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
                 // The copy is verified: this store is the pair's data from here on, whether or
                 // not `Synced` ever arrives.
-                repl.with_machine(|v| v.machine.handle_transfer_verified());
+                repl.with_link_machine(g, |v| v.machine.handle_transfer_verified())
+                    .ok_or_else(superseded)?;
             }
             Source::Backup => {
                 send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
                 // The primary acknowledged our snapshot: it has our hello and the epoch.
-                repl.with_machine(|v| v.machine.handle_epoch_confirmed());
+                repl.with_link_machine(g, |v| v.machine.handle_epoch_confirmed())
+                    .ok_or_else(superseded)?;
             }
         }
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
@@ -166,9 +179,12 @@ async fn run_link(
             .buckets_transferred
             .fetch_add(plan.buckets.len() as u64, Ordering::Relaxed);
     }
-    for applied in &repl.backup_applied {
-        applied.store(0, Ordering::Relaxed);
-    }
+    repl.with_link_machine(g, |_| {
+        for applied in &repl.backup_applied {
+            applied.store(0, Ordering::Relaxed);
+        }
+    })
+    .ok_or_else(superseded)?;
 
     let link_failed = CancellationToken::new();
     let _stop_lanes_on_exit = link_failed.clone().drop_guard();
@@ -191,8 +207,8 @@ async fn run_link(
         tokio::select! {
             msg = ctl.next() => match msg? {
                 PeerMsg::Synced => {
-                    repl.heard(link.generation);
-                    repl.with_machine(|v| v.machine.handle_synced());
+                    repl.heard(g);
+                    repl.with_link_machine(g, |v| v.machine.handle_synced()).ok_or_else(superseded)?;
                 }
                 PeerMsg::Goodbye(reason) => return Ok(format!("primary said goodbye: {reason}")),
                 other => return Err(LinkError(format!("unexpected {other:?} on the control stream"))),

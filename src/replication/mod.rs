@@ -243,6 +243,21 @@ impl Replication {
         out
     }
 
+    /// Runs `f` on the machine only if link `generation` is still the live one (backup; checked
+    /// under the machine's lock, where a newer link's admission also takes its generation):
+    /// every machine mutation a link's driver makes goes through here, so a superseded driver
+    /// cannot adopt the newer link's epoch, nor mark the store current under the newer link's
+    /// bootstrap. `None` when superseded: the driver then ends.
+    fn with_link_machine<T>(
+        &self,
+        generation: u64,
+        f: impl FnOnce(&mut MachineView) -> T,
+    ) -> Option<T> {
+        self.with_machine(|v| {
+            (self.applying_link.load(Ordering::Acquire) == generation).then(|| f(v))
+        })
+    }
+
     /// The current state.
     pub fn state(&self) -> State {
         self.with_machine(|v| v.machine.state().clone())
@@ -624,6 +639,26 @@ mod tests {
             ),
             "shutting down: refused"
         );
+    }
+
+    #[test]
+    fn a_superseded_links_driver_cannot_change_the_machine() {
+        // F6: link 1's driver still holds a `Synced` when link 2 is admitted (generation 2).
+        let repl = replication(Role::Backup);
+        repl.applying_link.store(1, Ordering::Release);
+        repl.with_machine(|v| v.machine.handle_link_up());
+        let empty = repl.hello_now();
+        let stale_hello = PeerHello {
+            primary: true,
+            ..empty.clone()
+        };
+        repl.with_link_machine(1, |v| v.machine.handle_hellos(&stale_hello, &empty, 3));
+        repl.applying_link.store(2, Ordering::Release);
+        assert!(repl
+            .with_link_machine(1, |v| v.machine.handle_synced())
+            .is_none());
+        assert_eq!(repl.state(), State::WarmStart);
+        assert_eq!(repl.status()["epoch"], 0, "the old link adopted no epoch");
     }
 
     #[test]

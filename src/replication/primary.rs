@@ -134,6 +134,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     let _cancel_readers_on_exit = lane_failed.clone().drop_guard();
     let streams = repl.config.peer_streams.clamp(1, BUCKETS);
     let mut stream_senders = Vec::with_capacity(streams);
+    let mut readers = Vec::with_capacity(streams);
     for _ in 0..streams {
         let (send, recv) = bounded(step, "opening a data stream", async {
             conn.open_bi().await.map_err(LinkError::new)
@@ -142,13 +143,15 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         let outbox = Arc::new(Outbox::new());
         stream_senders.push(outbox.clone());
         tokio::spawn(write_lane(send, outbox, lane_failed.clone()));
-        let reader = PeerReader::new(recv, repl.config.limits);
-        tokio::spawn(read_acks(repl.clone(), reader, lane_failed.clone()));
+        readers.push(PeerReader::new(recv, repl.config.limits));
     }
     let senders = BucketId::all()
         .map(|b| stream_senders[b.index() % streams].clone())
         .collect();
-    repl.lanes.enable(senders);
+    let link = repl.lanes.enable(senders);
+    for reader in readers {
+        tokio::spawn(read_acks(repl.clone(), reader, link, lane_failed.clone()));
+    }
     repl.with_machine(|v| v.machine.handle_synced());
     bounded(
         step,
@@ -238,6 +241,7 @@ async fn write_lane(
 async fn read_acks(
     repl: Arc<Replication>,
     mut reader: PeerReader,
+    link: u64,
     link_failed: tokio_util::sync::CancellationToken,
 ) {
     let outcome = loop {
@@ -251,8 +255,10 @@ async fn read_acks(
         };
         match msg {
             PeerMsg::Ack { bucket, offset } => {
-                if let Err(e) = repl.lanes.handle_ack(&repl.store, bucket, offset) {
-                    break e;
+                match repl.lanes.handle_ack_on(link, &repl.store, bucket, offset) {
+                    Ok(true) => {}
+                    Ok(false) => break format!("link {link} superseded"),
+                    Err(e) => break e,
                 }
             }
             PeerMsg::Mismatch {
@@ -261,11 +267,15 @@ async fn read_acks(
                 digest,
             } => {
                 warn!(%bucket, offset, backup_digest = %digest, "digest mismatch; resyncing the bucket");
+                let Some(repaired) = repl.lanes.handle_mismatch_on(link, &repl.store, bucket)
+                else {
+                    break format!("link {link} superseded");
+                };
                 repl.counters
                     .digest_mismatches
                     .fetch_add(1, Ordering::Relaxed);
                 repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                if repl.lanes.handle_mismatch(&repl.store, bucket) {
+                if repaired {
                     tracing::error!(%bucket, "internal error: this bucket's running totals disagreed with its contents; recounted");
                     repl.counters
                         .totals_repaired
