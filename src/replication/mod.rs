@@ -114,6 +114,13 @@ pub struct Replication {
     /// milliseconds since `started`, plus one; 0 when there is no live link. A primary that is
     /// not current does not replace a link heard from recently ([`state::may_supersede`]).
     heard_at: AtomicU64,
+    /// Primary: a bootstrap is under way to a backup that is not current (it restarted): until it
+    /// verifies, this server holds the pair's only full copy, and a graceful stop waits for it
+    /// (bounded; see [`Replication::finish_shutdown`]). Cleared when the transfer is acknowledged
+    /// or the link is lost; `backup_caught_up` is signalled then.
+    backup_catching_up: std::sync::atomic::AtomicBool,
+    /// Signalled whenever `backup_catching_up` is cleared.
+    backup_caught_up: tokio::sync::Notify,
     /// Held by whoever replaces or clears the store outside the lanes (see [`link::StoreFence`]).
     fence: link::StoreFence,
     /// Primary: the dialing driver's task, awaited at the end of a graceful stop.
@@ -181,6 +188,8 @@ impl Replication {
             epoch_file: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
             heard_at: AtomicU64::new(0),
+            backup_catching_up: std::sync::atomic::AtomicBool::new(false),
+            backup_caught_up: tokio::sync::Notify::new(),
             fence: link::StoreFence::default(),
             driver: Mutex::new(None),
         })
@@ -337,6 +346,7 @@ impl Replication {
 
     /// The link went down (or never came up): leave sync, fail what was in flight.
     fn link_lost(self: &Arc<Self>, cause: &str) {
+        self.set_backup_catching_up(false);
         self.lanes.fail_all(cause);
         self.with_machine(|v| {
             v.link_up = false;
@@ -373,14 +383,66 @@ impl Replication {
         self.with_machine(|v| v.machine.handle_shutdown());
     }
 
-    /// Finishes a graceful stop: lets queued writes complete (bounded), tells the peer, ends the link.
+    /// Primary: marks whether a bootstrap to a backup that is not current is under way.
+    fn set_backup_catching_up(&self, catching_up: bool) {
+        self.backup_catching_up
+            .store(catching_up, Ordering::Release);
+        if !catching_up {
+            self.backup_caught_up.notify_waiters();
+        }
+    }
+
+    /// Finishes a graceful stop: waits (bounded by the drain timeout) for a backup that is being
+    /// bootstrapped to become current, lets queued writes complete (bounded), tells the peer,
+    /// ends the link.
+    ///
+    /// A primary stopped while its restarted backup's bootstrap is under way would stop the only
+    /// full copy of the pair's data (review F7: a quick rolling restart emptied the pair). It
+    /// says in the log which way it went.
     pub async fn finish_shutdown(&self) {
+        self.wait_backup_current(self.config.drain_timeout).await;
         self.wait_lanes_idle(self.config.ack_timeout).await;
         self.stop.cancel();
         // Let the primary's driver send its goodbye and close the link before the endpoint goes.
         let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(driver) = driver {
             let _ = tokio::time::timeout(self.config.ack_timeout, driver).await;
+        }
+    }
+
+    /// Waits up to `limit` while a bootstrap to a backup that is not current is under way, and
+    /// logs the outcome.
+    async fn wait_backup_current(&self, limit: std::time::Duration) {
+        let catching_up = || self.backup_catching_up.load(Ordering::Acquire);
+        if !catching_up() {
+            return;
+        }
+        tracing::warn!(
+            ?limit,
+            "graceful stop: the backup is not current yet (its bootstrap is under way) and this \
+             server holds the pair's only full copy; waiting for the bootstrap to verify"
+        );
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                let caught_up = self.backup_caught_up.notified();
+                tokio::pin!(caught_up);
+                caught_up.as_mut().enable();
+                if !catching_up() {
+                    return;
+                }
+                caught_up.await;
+            }
+        })
+        .await;
+        let current = self.with_machine(|v| v.link_up) && waited.is_ok();
+        if current {
+            info!("graceful stop: the backup verified its bootstrap and is current; stopping");
+        } else {
+            tracing::error!(
+                ?limit,
+                "graceful stop: the backup did not become current (bootstrap unfinished or link \
+                 lost); stopping anyway: the pair's data may be lost with this server"
+            );
         }
     }
 

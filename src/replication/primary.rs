@@ -114,7 +114,11 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     if !plan.buckets.is_empty() {
         match plan.source {
             Source::Primary => {
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?
+                // A backup that is not current gets the pair's only full copy: a graceful stop
+                // waits for it (F7).
+                repl.set_backup_catching_up(!theirs.synced);
+                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
+                repl.set_backup_catching_up(false);
             }
             Source::Backup => {
                 receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
