@@ -291,6 +291,10 @@ pub(crate) struct ServerArgs {
     /// never wait for the hash table to grow. Costs about 16 bytes per expected key at once.
     #[arg(long, value_name = "N")]
     pub(crate) expected_keys: Option<usize>,
+    /// Directory of this server's state file (its replication epoch, kept across restarts so a
+    /// stale primary stays refused); default: the certificate directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
     /// Answers of retried-write sessions kept per session and bucket (default 64); see
     /// docs/client.md, "Sessions and retries".
     #[arg(long, value_name = "N")]

@@ -251,6 +251,9 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
     }
     cfg.max_memory = args.max_memory.or(cfg.max_memory);
     cfg.expected_keys = args.expected_keys.unwrap_or(cfg.expected_keys);
+    if args.state_dir.is_some() {
+        cfg.state_dir = args.state_dir.clone();
+    }
     cfg.sessions.window = args.session_window.unwrap_or(cfg.sessions.window).max(1);
     cfg.sessions.max_sessions = args
         .max_sessions

@@ -1,8 +1,8 @@
 //! Test harness: real `quickv` processes on free loopback ports with fresh certificates.
 #![allow(dead_code)]
 
-pub mod identity;
 pub mod http;
+pub mod identity;
 pub mod netlab;
 pub mod prometheus;
 

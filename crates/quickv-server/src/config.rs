@@ -5,6 +5,7 @@
 //!
 //! ```toml
 //! certs = "certs"                 # directory with ca.pem, server.pem/key, client.pem/key
+//! # state_dir = "/var/lib/quickv"  # where each server keeps its epoch file (default: certs)
 //! [primary]
 //! listen = "10.0.0.1:4470"
 //! http = "127.0.0.1:8080"        # optional HTTP/JSON gateway and /metrics (TCP); off if absent
@@ -202,6 +203,10 @@ pub struct ServerConfig {
     pub expected_keys: usize,
     /// How strict the identity checks are; every default fails closed (docs/security.md).
     pub tls: TlsPolicy,
+    /// Directory of this server's state file (the replication epoch, which must survive a
+    /// restart so that a stale primary stays refused); `None`: the certificate directory. See
+    /// [`ServerConfig::epoch_file`].
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The identity rules a server applies, each default the strict one; the flags loosen them for
@@ -256,7 +261,21 @@ impl ServerConfig {
             sessions: SessionLimits::default(),
             expected_keys: 0,
             tls: TlsPolicy::default(),
+            state_dir: None,
         }
+    }
+
+    /// The file holding this server's replication epoch: `epoch-<role>-<ip>_<port>` in
+    /// `state_dir` (default: the certificate directory), one per role and listen address, so the
+    /// two servers of a pair may share a directory.
+    pub fn epoch_file(&self) -> PathBuf {
+        let dir = self.state_dir.as_deref().unwrap_or(&self.certs_dir);
+        let ip = self.listen.ip().to_string().replace([':', '.'], "-");
+        dir.join(format!(
+            "epoch-{}-{ip}_{}",
+            self.role.as_str(),
+            self.listen.port()
+        ))
     }
 
     /// Checks the combination of settings; a primary or backup needs a peer distinct from itself.
@@ -341,6 +360,8 @@ impl ServerConfig {
 pub struct FileConfig {
     /// Certificate directory; relative paths are taken from the working directory.
     pub certs: Option<PathBuf>,
+    /// Directory of the servers' state files (the replication epoch); default: `certs`.
+    pub state_dir: Option<PathBuf>,
     /// The primary's addresses.
     pub primary: Option<NodeSection>,
     /// The backup's addresses.
@@ -450,6 +471,7 @@ impl FileConfig {
         if let Some(dir) = &self.certs {
             cfg.certs_dir = dir.clone();
         }
+        cfg.state_dir = self.state_dir.clone();
         if let Some(l) = &self.limits {
             cfg.limits = Limits::new(
                 l.max_key.unwrap_or(cfg.limits.max_key),

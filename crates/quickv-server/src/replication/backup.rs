@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
-use crate::replication::state::{admit, Refusal, Source};
+use crate::replication::state::{admit, may_supersede, Refusal, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, Digest, BUCKETS};
 use quickv_proto::peer::{PeerHello, PeerMsg, ReplOffset};
@@ -65,6 +65,7 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
         let mine = current.as_ref().is_some_and(|(g, _)| *g == generation);
         if mine {
             *current = None;
+            repl.heard_at.store(0, Ordering::Relaxed);
         }
         mine
     };
@@ -72,6 +73,12 @@ pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: Ca
         repl.link_lost(&cause);
         warn!(%remote, %cause, "peer link lost");
     }
+}
+
+/// How long a live link must have been silent before a primary that is not current may replace
+/// it: the ack timeout plus one digest-check interval (an idle link is heard from at every check).
+fn live_link_grace(config: &crate::config::ServerConfig) -> std::time::Duration {
+    config.ack_timeout + crate::replication::primary::CHECK_INTERVAL
 }
 
 /// How long a refused connection waits for the peer to read our goodbye before closing.
@@ -86,22 +93,31 @@ fn verify(
     theirs: &PeerHello,
 ) -> Result<Admitted, Refusal> {
     let mut current = repl.backup_link.lock().unwrap_or_else(|p| p.into_inner());
-    let ours = repl.with_machine(|v| PeerHello {
-        primary: false,
-        run_id: repl.run_id,
-        pair: repl.pair_id,
-        epoch: v.machine.epoch(),
-        synced: v.machine.current(),
-        keys: 0,
-        digests: [Digest::default(); BUCKETS],
-    });
-    let epoch = admit(theirs, &ours)?;
-    let generation = repl.applying_link.load(Ordering::Acquire) + 1;
-    repl.applying_link.store(generation, Ordering::Release);
+    let live = current.as_ref().and_then(|_| repl.heard_ago());
+    // The check and the new generation under the machine's lock: a superseded link's driver,
+    // which mutates the machine only under the same lock and for its own generation
+    // ([`Replication::with_link_machine`]), sees either the old generation or the new one whole.
+    let (epoch, generation) = repl.with_machine(|v| {
+        let ours = PeerHello {
+            primary: false,
+            run_id: repl.run_id,
+            pair: repl.pair_id,
+            epoch: v.machine.epoch(),
+            synced: v.machine.current(),
+            keys: 0,
+            digests: [Digest::default(); BUCKETS],
+        };
+        let epoch = admit(theirs, &ours)?;
+        may_supersede(theirs, live, live_link_grace(&repl.config))?;
+        let generation = repl.applying_link.load(Ordering::Acquire) + 1;
+        repl.applying_link.store(generation, Ordering::Release);
+        Ok::<_, Refusal>((epoch, generation))
+    })?;
     if let Some((_, old)) = current.take() {
         old.close(1u32.into(), b"superseded by a newer link from the primary");
     }
     *current = Some((generation, conn.clone()));
+    repl.heard(generation);
     drop(current);
     if repl.with_machine(|v| v.link_up) {
         repl.link_lost("superseded by a newer link from the primary");
@@ -128,27 +144,34 @@ async fn run_link(
 ) -> Result<String, LinkError> {
     let step = step_timeout(&repl.config);
     repl.counters.links.fetch_add(1, Ordering::Relaxed);
-    repl.with_machine(|v| {
+    let g = link.generation;
+    let superseded = || LinkError(format!("link {g} superseded by a newer link"));
+    repl.with_link_machine(g, |v| {
         v.link_up = true;
         v.peer_run_id = Some(theirs.run_id);
         v.machine.handle_link_up();
-    });
-    let ours = repl.hello();
+    })
+    .ok_or_else(superseded)?;
+    let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
-    let plan = repl.with_machine(|v| v.machine.handle_hellos(theirs, &ours, link.epoch));
+    let plan = repl
+        .with_link_machine(g, |v| v.machine.handle_hellos(theirs, &ours, link.epoch))
+        .ok_or_else(superseded)?;
     if !plan.buckets.is_empty() {
         match plan.source {
             Source::Primary => {
-                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, step).await?;
+                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
                 // The copy is verified: this store is the pair's data from here on, whether or
                 // not `Synced` ever arrives.
-                repl.with_machine(|v| v.machine.handle_transfer_verified());
+                repl.with_link_machine(g, |v| v.machine.handle_transfer_verified())
+                    .ok_or_else(superseded)?;
             }
             Source::Backup => {
                 send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
                 // The primary acknowledged our snapshot: it has our hello and the epoch.
-                repl.with_machine(|v| v.machine.handle_epoch_confirmed());
+                repl.with_link_machine(g, |v| v.machine.handle_epoch_confirmed())
+                    .ok_or_else(superseded)?;
             }
         }
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
@@ -156,9 +179,12 @@ async fn run_link(
             .buckets_transferred
             .fetch_add(plan.buckets.len() as u64, Ordering::Relaxed);
     }
-    for applied in &repl.backup_applied {
-        applied.store(0, Ordering::Relaxed);
-    }
+    repl.with_link_machine(g, |_| {
+        for applied in &repl.backup_applied {
+            applied.store(0, Ordering::Relaxed);
+        }
+    })
+    .ok_or_else(superseded)?;
 
     let link_failed = CancellationToken::new();
     let _stop_lanes_on_exit = link_failed.clone().drop_guard();
@@ -180,7 +206,10 @@ async fn run_link(
         };
         tokio::select! {
             msg = ctl.next() => match msg? {
-                PeerMsg::Synced => repl.with_machine(|v| v.machine.handle_synced()),
+                PeerMsg::Synced => {
+                    repl.heard(g);
+                    repl.with_link_machine(g, |v| v.machine.handle_synced()).ok_or_else(superseded)?;
+                }
                 PeerMsg::Goodbye(reason) => return Ok(format!("primary said goodbye: {reason}")),
                 other => return Err(LinkError(format!("unexpected {other:?} on the control stream"))),
             },
@@ -240,7 +269,9 @@ async fn apply_stream(
     let step = step_timeout(&repl.config);
     loop {
         let mut out = Vec::new();
+        let mut heard = false;
         while let Some(msg) = reader.buffered()? {
+            heard = true;
             // Fenced: once a newer link is admitted, this one applies nothing more.
             if repl.applying_link.load(Ordering::Acquire) != generation {
                 return Err(LinkError(format!(
@@ -261,6 +292,9 @@ async fn apply_stream(
                 });
                 repl.backup_applied[b.index()].store(applied, Ordering::Relaxed);
             }
+        }
+        if heard {
+            repl.heard(generation);
         }
         if !out.is_empty() {
             bounded(step, "sending acks", send_msgs(&mut send, &out)).await?;
@@ -334,7 +368,18 @@ impl StreamApplier {
                 digest,
             } => {
                 repl.counters.digest_checks.fetch_add(1, Ordering::Relaxed);
-                let ours = store.digest(bucket);
+                let mut ours = store.digest(bucket);
+                if offset == self.applied[bucket.index()] && ours != digest {
+                    // Before reporting, make sure the running digest describes the bucket (only
+                    // this applier writes to it now, so a recount is exact).
+                    if store.recount_bucket(bucket) {
+                        tracing::error!(%bucket, "internal error: this bucket's running totals disagreed with its contents; recounted");
+                        repl.counters
+                            .totals_repaired
+                            .fetch_add(1, Ordering::Relaxed);
+                        ours = store.digest(bucket);
+                    }
+                }
                 if offset == self.applied[bucket.index()] && ours != digest {
                     repl.counters
                         .digest_mismatches

@@ -79,6 +79,9 @@ pub struct Lanes {
     limits: Limits,
     /// Signalled whenever a lane's queue becomes empty (graceful stops wait on it).
     pub drained: Notify,
+    /// The generation of the link the lanes are open on, bumped by every [`Lanes::enable`]: a
+    /// superseded link's ack reader presents its own and changes nothing ([`Lanes::handle_ack_on`]).
+    link: std::sync::atomic::AtomicU64,
 }
 
 /// A lane's state; guarded by its mutex, held only for short, non-blocking sections.
@@ -155,6 +158,7 @@ impl Lanes {
             lanes: (0..BUCKETS).map(|_| Mutex::new(Lane::default())).collect(),
             limits,
             drained: Notify::new(),
+            link: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -165,8 +169,47 @@ impl Lanes {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Opens every lane for writes on a new link, offsets from zero.
-    pub fn enable<S: Into<LaneSink>>(&self, senders: Vec<S>) {
+    /// Opens every lane for writes on a new link, offsets from zero; returns the link's
+    /// generation (see [`Lanes::handle_ack_on`]).
+    pub fn enable<S: Into<LaneSink>>(&self, senders: Vec<S>) -> u64 {
+        let link = self.link.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        self.open(senders);
+        link
+    }
+
+    /// Whether `link` is still the generation the lanes are open on (read under a lane's lock).
+    fn is_live(&self, link: u64) -> bool {
+        self.link.load(std::sync::atomic::Ordering::Acquire) == link
+    }
+
+    /// [`Lanes::handle_ack`] from the ack reader of link `link`: ignored (`Ok(false)`) once a
+    /// newer link has opened the lanes, so a superseded reader cannot apply the new link's writes.
+    pub fn handle_ack_on(
+        &self,
+        link: u64,
+        store: &Store,
+        b: BucketId,
+        offset: ReplOffset,
+    ) -> Result<bool, String> {
+        if !self.is_live(link) {
+            return Ok(false);
+        }
+        self.handle_ack_if(store, b, offset, || self.is_live(link))
+            .map(|()| true)
+    }
+
+    /// [`Lanes::handle_mismatch`] from the reader of link `link`; `None` once superseded.
+    pub fn handle_mismatch_on(&self, link: u64, store: &Store, b: BucketId) -> Option<bool> {
+        let mut guard = self.lane(b);
+        if !self.is_live(link) {
+            return None;
+        }
+        let repaired = store.recount_bucket(b);
+        Self::send_resync(&mut guard, store, b, &self.limits);
+        Some(repaired)
+    }
+
+    fn open<S: Into<LaneSink>>(&self, senders: Vec<S>) {
         for (b, tx) in BucketId::all().zip(senders) {
             let mut l = self.lane(b);
             *l = Lane {
@@ -334,7 +377,21 @@ impl Lanes {
 
     /// The backup applied everything up to `offset` on lane `b`: apply and answer in order.
     pub fn handle_ack(&self, store: &Store, b: BucketId, offset: ReplOffset) -> Result<(), String> {
+        self.handle_ack_if(store, b, offset, || true)
+    }
+
+    /// [`Lanes::handle_ack`], applied only if `live()` holds under the lane's lock.
+    fn handle_ack_if(
+        &self,
+        store: &Store,
+        b: BucketId,
+        offset: ReplOffset,
+        live: impl FnOnce() -> bool,
+    ) -> Result<(), String> {
         let mut guard = self.lane(b);
+        if !live() {
+            return Ok(());
+        }
         let l = &mut *guard;
         if offset > l.next {
             return Err(format!(
@@ -416,9 +473,13 @@ impl Lanes {
 
     /// The backup's digest of lane `b` differed: resend that bucket now, as it stands after the
     /// lane's last offset (a busy lane is repaired without waiting for a pause in the writes).
-    pub fn handle_mismatch(&self, store: &Store, b: BucketId) {
+    /// First recounts the bucket's running totals from its contents (exact: acks apply to this
+    /// bucket only under the lane lock); returns whether they were wrong, and so repaired.
+    pub fn handle_mismatch(&self, store: &Store, b: BucketId) -> bool {
         let mut guard = self.lane(b);
+        let repaired = store.recount_bucket(b);
         Self::send_resync(&mut guard, store, b, &self.limits);
+        repaired
     }
 
     /// Sends the whole bucket down the lane as it is after the lane's last offset: the store's
@@ -510,6 +571,33 @@ mod tests {
             key: Bytes::from(k),
             value: Bytes::from(v),
         }
+    }
+
+    #[tokio::test]
+    async fn a_superseded_links_ack_reader_cannot_apply_the_next_links_writes() {
+        // F6: an old link's reader with an `Ack { offset: 1 }` still buffered must not settle
+        // offset 1 of the lanes the next link has just opened.
+        let store = Store::new();
+        let lanes = Lanes::default();
+        let (txs, _old): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
+        let old = lanes.enable(txs);
+        lanes.fail_all("link lost");
+        let (txs, _new): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
+        let new = lanes.enable(txs);
+        let b = BucketId::of(b"k");
+        let Ok(pending) = lanes.submit(&store, insert("k", "v"), String::new) else {
+            panic!("queued");
+        };
+        assert_eq!(lanes.handle_ack_on(old, &store, b, 1), Ok(false));
+        assert_eq!(lanes.handle_mismatch_on(old, &store, b), None);
+        assert_eq!(
+            store.get(b"k"),
+            None,
+            "not applied by the superseded reader"
+        );
+        assert_eq!(lanes.handle_ack_on(new, &store, b, 1), Ok(true));
+        assert_eq!(pending.await.expect("answered"), Reply::Ok);
+        assert_eq!(store.get(b"k"), Some(Bytes::from("v")));
     }
 
     #[tokio::test]

@@ -375,27 +375,36 @@ pub async fn send_buckets(
         tokio::task::spawn_blocking(move || encode_bucket(&store, bucket, &limits))
     };
     let mut next = buckets.first().map(|&b| encode(b));
-    for i in 0..buckets.len() {
-        let Some(job) = next.take() else { break };
-        let (frames, k, b) = job
-            .await
-            .map_err(|e| LinkError(format!("encoding a snapshot failed: {e}")))?;
-        next = buckets.get(i + 1).map(|&b| encode(b));
-        keys += k;
-        bytes += b;
-        // Handed to quinn without a copy, a chunk's worth per bounded step.
-        let mut offset = 0;
-        while offset < frames.len() {
-            let piece = frames.slice(offset..frames.len().min(offset + CHUNK_BYTES));
-            offset += piece.len();
-            bounded(step, "sending a snapshot", async {
-                send.write_chunk(piece)
-                    .await
-                    .map_err(|e| LinkError(format!("cannot write to the peer: {e}")))
-            })
-            .await?;
+    let sent = async {
+        for i in 0..buckets.len() {
+            let Some(job) = next.take() else { break };
+            let (frames, k, b) = job
+                .await
+                .map_err(|e| LinkError(format!("encoding a snapshot failed: {e}")))?;
+            next = buckets.get(i + 1).map(|&b| encode(b));
+            keys += k;
+            bytes += b;
+            // Handed to quinn without a copy, a chunk's worth per bounded step.
+            let mut offset = 0;
+            while offset < frames.len() {
+                let piece = frames.slice(offset..frames.len().min(offset + CHUNK_BYTES));
+                offset += piece.len();
+                bounded(step, "sending a snapshot", async {
+                    send.write_chunk(piece)
+                        .await
+                        .map_err(|e| LinkError(format!("cannot write to the peer: {e}")))
+                })
+                .await?;
+            }
         }
+        Ok::<(), LinkError>(())
     }
+    .await;
+    // The encoding job of the next bucket belongs to this call: it ends before we return.
+    if let Some(job) = next.take() {
+        let _ = job.await;
+    }
+    sent?;
     bounded(
         step,
         "sending a snapshot",
@@ -423,52 +432,38 @@ pub async fn send_buckets(
 }
 
 /// Receives a snapshot, replacing each bucket it carries after checking its count and digest, and
-/// answers the sender. Callers guarantee nobody else writes to the store meanwhile.
+/// answers the sender.
 ///
 /// Each bucket received whole is applied on a blocking thread while the next one is read: the
 /// stream keeps flowing (its flow-control window would otherwise hold the sender while a bucket
 /// is installed). One bucket is applied at a time, in order.
+///
+/// The apply jobs belong to this call: on every way out (verdict, link error) the job in flight
+/// is awaited before returning, and each job also holds `fence` (the store's transfer fence, see
+/// [`StoreFence`]) until it ends, so even if this future is dropped mid-transfer, nothing else
+/// clears or replaces the store until the job has finished.
 pub async fn receive_buckets(
     send: &mut quinn::SendStream,
     reader: &mut PeerReader,
     store: &Arc<Store>,
+    fence: &StoreFence,
     step: Duration,
 ) -> Result<(), LinkError> {
     let started = Instant::now();
-    let mut receiver = TransferReceiver::default();
-    let mut applying: Option<tokio::task::JoinHandle<Result<u64, String>>> = None;
+    let held = Arc::new(fence.hold().await);
+    let mut applying: Option<ApplyJob> = None;
     let mut keys = 0u64;
-    let finish = |job: Option<tokio::task::JoinHandle<Result<u64, String>>>| async move {
-        match job {
-            None => Ok(0),
-            Some(job) => job
-                .await
-                .map_err(|e| format!("applying a bucket failed: {e}"))?,
+    let received = receive_loop(reader, store, &held, &mut applying, &mut keys, step).await;
+    // Whatever ended the loop, the job in flight ends before we return.
+    let last = finish(applying.take()).await;
+    let verdict = match (received?, last) {
+        (Ok(()), Ok(k)) => {
+            keys += k;
+            Ok(())
         }
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
     };
-    let verdict = loop {
-        let msg = bounded(step, "receiving a snapshot", reader.next()).await?;
-        match receiver.feed(msg) {
-            Received::More => {}
-            Received::Bucket(job) => {
-                match finish(applying.take()).await {
-                    Ok(k) => keys += k,
-                    Err(e) => break Err(e),
-                }
-                let store = store.clone();
-                applying = Some(tokio::task::spawn_blocking(move || job.apply(&store)));
-            }
-            Received::Done(verdict) => {
-                break match (verdict, finish(applying.take()).await) {
-                    (Ok(()), Ok(k)) => {
-                        keys += k;
-                        Ok(())
-                    }
-                    (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-                }
-            }
-        }
-    };
+    drop(held);
     let ack = PeerMsg::TransferAck {
         ok: verdict.is_ok(),
         reason: verdict.clone().err().unwrap_or_default(),
@@ -481,6 +476,66 @@ pub async fn receive_buckets(
         "bootstrap: snapshot received and verified"
     );
     Ok(())
+}
+
+/// A bucket being applied on a blocking thread: the keys it installed, or why it was refused.
+type ApplyJob = tokio::task::JoinHandle<Result<u64, String>>;
+
+/// Awaits an apply job, if any.
+async fn finish(job: Option<ApplyJob>) -> Result<u64, String> {
+    match job {
+        None => Ok(0),
+        Some(job) => job
+            .await
+            .map_err(|e| format!("applying a bucket failed: {e}"))?,
+    }
+}
+
+/// The reading part of [`receive_buckets`]: feeds messages to a [`TransferReceiver`] and starts
+/// each bucket's apply job once the previous one has finished. Leaves the last job in `applying`
+/// for the caller to await. `Err` for a link failure, `Ok(verdict)` at the end of the transfer.
+async fn receive_loop(
+    reader: &mut PeerReader,
+    store: &Arc<Store>,
+    held: &Arc<tokio::sync::OwnedMutexGuard<()>>,
+    applying: &mut Option<ApplyJob>,
+    keys: &mut u64,
+    step: Duration,
+) -> Result<Result<(), String>, LinkError> {
+    let mut receiver = TransferReceiver::default();
+    loop {
+        let msg = bounded(step, "receiving a snapshot", reader.next()).await?;
+        match receiver.feed(msg) {
+            Received::More => {}
+            Received::Bucket(job) => {
+                match finish(applying.take()).await {
+                    Ok(k) => *keys += k,
+                    Err(e) => return Ok(Err(e)),
+                }
+                let (store, held) = (store.clone(), held.clone());
+                *applying = Some(tokio::task::spawn_blocking(move || {
+                    let applied = job.apply(&store);
+                    drop(held);
+                    applied
+                }));
+            }
+            Received::Done(verdict) => return Ok(verdict),
+        }
+    }
+}
+
+/// The store's transfer fence: held by whoever replaces or clears the store outside the lanes (a
+/// bootstrap's receiver and each of its apply jobs, the warm start's discard of a partial copy).
+/// An apply job holds it until it ends, so a newer link cannot clear the store under a job its
+/// predecessor left running.
+#[derive(Debug, Clone, Default)]
+pub struct StoreFence(Arc<tokio::sync::Mutex<()>>);
+
+impl StoreFence {
+    /// Waits until no transfer or apply job holds the store, then holds it.
+    pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.0.clone().lock_owned().await
+    }
 }
 
 #[cfg(test)]

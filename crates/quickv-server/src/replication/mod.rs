@@ -39,6 +39,8 @@
 //! States are in [`state`], a sans-IO machine; [`primary`] and [`backup`] are the tokio drivers.
 
 pub mod backup;
+pub mod dial;
+pub mod epoch_file;
 pub mod lanes;
 pub mod link;
 pub mod primary;
@@ -103,6 +105,24 @@ pub struct Replication {
     applying_link: AtomicU64,
     /// Backup: last offset applied per lane on the current link.
     backup_applied: [AtomicU64; BUCKETS],
+    /// Where the epoch is persisted ([`epoch_file`]), once [`Replication::restore_epoch`] has
+    /// read it; unset (nothing persisted) in the simulator and unit tests.
+    epoch_file: std::sync::OnceLock<std::path::PathBuf>,
+    /// When this replication was created: the origin of `heard_at`.
+    started: std::time::Instant,
+    /// Backup: when the live link was last heard from (a lane batch, `Synced`, its admission), in
+    /// milliseconds since `started`, plus one; 0 when there is no live link. A primary that is
+    /// not current does not replace a link heard from recently ([`state::may_supersede`]).
+    heard_at: AtomicU64,
+    /// Primary: a bootstrap is under way to a backup that is not current (it restarted): until it
+    /// verifies, this server holds the pair's only full copy, and a graceful stop waits for it
+    /// (bounded; see [`Replication::finish_shutdown`]). Cleared when the transfer is acknowledged
+    /// or the link is lost; `backup_caught_up` is signalled then.
+    backup_catching_up: std::sync::atomic::AtomicBool,
+    /// Signalled whenever `backup_catching_up` is cleared.
+    backup_caught_up: tokio::sync::Notify,
+    /// Held by whoever replaces or clears the store outside the lanes (see [`link::StoreFence`]).
+    fence: link::StoreFence,
     /// Primary: the dialing driver's task, awaited at the end of a graceful stop.
     driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -134,6 +154,9 @@ pub struct Counters {
     pub digest_mismatches: AtomicU64,
     /// Digest checks sent (primary) or verified (backup).
     pub digest_checks: AtomicU64,
+    /// Buckets whose running totals (digest, count, bytes) were found to disagree with their
+    /// contents when a digest check mismatched, and were recounted. Always 0 unless a bug.
+    pub totals_repaired: AtomicU64,
 }
 
 impl Replication {
@@ -162,14 +185,62 @@ impl Replication {
             backup_link: Mutex::new(None),
             applying_link: AtomicU64::new(0),
             backup_applied: std::array::from_fn(|_| AtomicU64::new(0)),
+            epoch_file: std::sync::OnceLock::new(),
+            started: std::time::Instant::now(),
+            heard_at: AtomicU64::new(0),
+            backup_catching_up: std::sync::atomic::AtomicBool::new(false),
+            backup_caught_up: tokio::sync::Notify::new(),
+            fence: link::StoreFence::default(),
             driver: Mutex::new(None),
         })
     }
 
-    /// Runs `f` on the machine and logs every transition it made.
+    /// Reads the epoch a previous process of this server persisted (`config.epoch_file()`) and
+    /// persists every later change there. The server calls it once at start; an unreadable file
+    /// refuses the start (guessing 0 would drop the fence against stale primaries).
+    pub fn restore_epoch(&self) -> crate::error::Result<()> {
+        let path = self.config.epoch_file();
+        let epoch = epoch_file::load(&path)?;
+        self.with_machine(|v| v.machine.restore_epoch(epoch));
+        let _ = self.epoch_file.set(path);
+        Ok(())
+    }
+
+    /// Backup: the live link (generation `generation`) was heard from just now.
+    fn heard(&self, generation: u64) {
+        if self.applying_link.load(Ordering::Acquire) == generation {
+            let ms = self.started.elapsed().as_millis() as u64;
+            self.heard_at.store(ms + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Backup: how long ago the live link was last heard from; `None` without a live link.
+    fn heard_ago(&self) -> Option<std::time::Duration> {
+        match self.heard_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(
+                self.started
+                    .elapsed()
+                    .saturating_sub(std::time::Duration::from_millis(at - 1)),
+            ),
+        }
+    }
+
+    /// Runs `f` on the machine and logs every transition it made. An epoch it changed is
+    /// persisted before anything else happens (the machine's lock is held meanwhile: once per
+    /// link, a few milliseconds at most).
     fn with_machine<T>(&self, f: impl FnOnce(&mut MachineView) -> T) -> T {
         let mut view = self.machine.lock().unwrap_or_else(|p| p.into_inner());
+        let before = view.machine.epoch();
         let out = f(&mut view);
+        let after = view.machine.epoch();
+        if after != before {
+            if let Some(path) = self.epoch_file.get() {
+                if let Err(e) = epoch_file::store(path, after) {
+                    tracing::error!(reason = %e, epoch = after, "cannot persist the replication epoch: a restart of this server would forget its fence against stale primaries");
+                }
+            }
+        }
         self.writes_open
             .store(view.machine.writes_allowed(), Ordering::Release);
         self.reads_open
@@ -179,6 +250,21 @@ impl Replication {
             view.last = Some(t);
         }
         out
+    }
+
+    /// Runs `f` on the machine only if link `generation` is still the live one (backup; checked
+    /// under the machine's lock, where a newer link's admission also takes its generation):
+    /// every machine mutation a link's driver makes goes through here, so a superseded driver
+    /// cannot adopt the newer link's epoch, nor mark the store current under the newer link's
+    /// bootstrap. `None` when superseded: the driver then ends.
+    fn with_link_machine<T>(
+        &self,
+        generation: u64,
+        f: impl FnOnce(&mut MachineView) -> T,
+    ) -> Option<T> {
+        self.with_machine(|v| {
+            (self.applying_link.load(Ordering::Acquire) == generation).then(|| f(v))
+        })
     }
 
     /// The current state.
@@ -233,8 +319,16 @@ impl Replication {
             .submit_to(&self.store, op, session, refusal, reply_to)
     }
 
-    /// Our hello for a warm start (see [`hello_of`]).
-    fn hello(&self) -> PeerHello {
+    /// Our hello for a warm start (see [`hello_of`]), taken once no transfer or apply job of an
+    /// earlier link holds the store ([`link::StoreFence`]): the discard of a partial copy must not
+    /// race a job that is still installing a bucket.
+    async fn hello(&self) -> PeerHello {
+        let _fence = self.fence.hold().await;
+        self.hello_now()
+    }
+
+    /// [`Replication::hello`] without waiting for the fence (unit tests, which run no transfer).
+    fn hello_now(&self) -> PeerHello {
         let (current, epoch) = self.with_machine(|v| (v.machine.current(), v.machine.epoch()));
         hello_of(
             self.config.role == Role::Primary,
@@ -248,6 +342,7 @@ impl Replication {
 
     /// The link went down (or never came up): leave sync, fail what was in flight.
     fn link_lost(self: &Arc<Self>, cause: &str) {
+        self.set_backup_catching_up(false);
         self.lanes.fail_all(cause);
         self.with_machine(|v| {
             v.link_up = false;
@@ -284,14 +379,66 @@ impl Replication {
         self.with_machine(|v| v.machine.handle_shutdown());
     }
 
-    /// Finishes a graceful stop: lets queued writes complete (bounded), tells the peer, ends the link.
+    /// Primary: marks whether a bootstrap to a backup that is not current is under way.
+    fn set_backup_catching_up(&self, catching_up: bool) {
+        self.backup_catching_up
+            .store(catching_up, Ordering::Release);
+        if !catching_up {
+            self.backup_caught_up.notify_waiters();
+        }
+    }
+
+    /// Finishes a graceful stop: waits (bounded by the drain timeout) for a backup that is being
+    /// bootstrapped to become current, lets queued writes complete (bounded), tells the peer,
+    /// ends the link.
+    ///
+    /// A primary stopped while its restarted backup's bootstrap is under way would stop the only
+    /// full copy of the pair's data (review F7: a quick rolling restart emptied the pair). It
+    /// says in the log which way it went.
     pub async fn finish_shutdown(&self) {
+        self.wait_backup_current(self.config.drain_timeout).await;
         self.wait_lanes_idle(self.config.ack_timeout).await;
         self.stop.cancel();
         // Let the primary's driver send its goodbye and close the link before the endpoint goes.
         let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(driver) = driver {
             let _ = tokio::time::timeout(self.config.ack_timeout, driver).await;
+        }
+    }
+
+    /// Waits up to `limit` while a bootstrap to a backup that is not current is under way, and
+    /// logs the outcome.
+    async fn wait_backup_current(&self, limit: std::time::Duration) {
+        let catching_up = || self.backup_catching_up.load(Ordering::Acquire);
+        if !catching_up() {
+            return;
+        }
+        tracing::warn!(
+            ?limit,
+            "graceful stop: the backup is not current yet (its bootstrap is under way) and this \
+             server holds the pair's only full copy; waiting for the bootstrap to verify"
+        );
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                let caught_up = self.backup_caught_up.notified();
+                tokio::pin!(caught_up);
+                caught_up.as_mut().enable();
+                if !catching_up() {
+                    return;
+                }
+                caught_up.await;
+            }
+        })
+        .await;
+        let current = self.with_machine(|v| v.link_up) && waited.is_ok();
+        if current {
+            info!("graceful stop: the backup verified its bootstrap and is current; stopping");
+        } else {
+            tracing::error!(
+                ?limit,
+                "graceful stop: the backup did not become current (bootstrap unfinished or link \
+                 lost); stopping anyway: the pair's data may be lost with this server"
+            );
         }
     }
 
@@ -313,16 +460,18 @@ impl Replication {
 
     /// The replication part of `status`.
     pub fn status(&self) -> serde_json::Value {
-        let (state, link_up, peer_run, synced, epoch, last) = self.with_machine(|v| {
-            (
-                v.machine.state().name(),
-                v.link_up,
-                v.peer_run_id,
-                v.machine.current(),
-                v.machine.epoch(),
-                v.last.clone(),
-            )
-        });
+        let (state, link_up, peer_run, synced, epoch, last, read_refusal) =
+            self.with_machine(|v| {
+                (
+                    v.machine.state().name(),
+                    v.link_up,
+                    v.peer_run_id,
+                    v.machine.current(),
+                    v.machine.epoch(),
+                    v.last.clone(),
+                    v.machine.read_refusal(),
+                )
+            });
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let lanes = self.lane_status();
@@ -331,6 +480,7 @@ impl Replication {
             "link_up": link_up,
             "peer_run_id": peer_run.map(|r| format!("{r:016x}")),
             "current": synced,
+            "read_refusal": read_refusal,
             "epoch": epoch,
             "last_transition": last.map(|t| serde_json::json!({
                 "from": t.from.name(), "to": t.to.name(), "cause": t.cause,
@@ -343,6 +493,7 @@ impl Replication {
             "resyncs": get(&c.resyncs),
             "digest_checks": get(&c.digest_checks),
             "digest_mismatches": get(&c.digest_mismatches),
+            "totals_repaired": get(&c.totals_repaired),
             "digests": self.store.digests().iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         })
     }
@@ -502,7 +653,7 @@ mod tests {
     fn a_partial_copy_from_an_interrupted_bootstrap_is_never_offered_as_data() {
         let repl = replication(Role::Primary);
         repl.store.put(Bytes::from("half"), Bytes::from("copied"));
-        let hello = repl.hello();
+        let hello = repl.hello_now();
         assert!(!hello.synced);
         assert_eq!(
             hello.keys, 0,
@@ -549,16 +700,36 @@ mod tests {
     }
 
     #[test]
+    fn a_superseded_links_driver_cannot_change_the_machine() {
+        // F6: link 1's driver still holds a `Synced` when link 2 is admitted (generation 2).
+        let repl = replication(Role::Backup);
+        repl.applying_link.store(1, Ordering::Release);
+        repl.with_machine(|v| v.machine.handle_link_up());
+        let empty = repl.hello_now();
+        let stale_hello = PeerHello {
+            primary: true,
+            ..empty.clone()
+        };
+        repl.with_link_machine(1, |v| v.machine.handle_hellos(&stale_hello, &empty, 3));
+        repl.applying_link.store(2, Ordering::Release);
+        assert!(repl
+            .with_link_machine(1, |v| v.machine.handle_synced())
+            .is_none());
+        assert_eq!(repl.state(), State::WarmStart);
+        assert_eq!(repl.status()["epoch"], 0, "the old link adopted no epoch");
+    }
+
+    #[test]
     fn a_current_store_is_offered_as_it_is() {
         let repl = replication(Role::Backup);
-        let empty = repl.hello();
+        let empty = repl.hello_now();
         repl.with_machine(|v| {
             v.machine.handle_link_up();
             v.machine.handle_hellos(&empty, &empty, 1);
             v.machine.handle_synced();
         });
         repl.store.put(Bytes::from("k"), Bytes::from("v"));
-        let hello = repl.hello();
+        let hello = repl.hello_now();
         assert!(hello.synced);
         assert_eq!(hello.keys, 1);
         assert_eq!(repl.status()["state"], "sync");

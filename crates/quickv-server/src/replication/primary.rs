@@ -8,16 +8,17 @@ use std::time::Duration;
 use quickv_net::{BatchWriter, Outbox, Taken};
 use tracing::{debug, info, warn};
 
+use crate::replication::dial::dial;
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
-use crate::replication::state::{admit, Source};
+use crate::replication::state::{admit, Refusal, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, BUCKETS};
 use crate::tls::{self, CertPaths, Identity};
 use quickv_proto::peer::PeerMsg;
 
-/// First redial delay after a failed attempt or a lost link.
+/// First redial delay after a lost link (or an endpoint that cannot dial).
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest redial delay.
 const BACKOFF_MAX: Duration = Duration::from_millis(250);
@@ -40,24 +41,14 @@ pub async fn run(repl: Arc<Replication>, endpoint: quinn::Endpoint) {
         }
     };
     let mut backoff = BACKOFF_MIN;
-    let mut announced = false;
     while !repl.stop.is_cancelled() {
-        let attempt = async {
-            let connecting = endpoint
-                .connect_with(client_cfg.clone(), peer, &peer.ip().to_string())
-                .map_err(LinkError::new)?;
-            connecting
-                .await
-                .map_err(|e| LinkError(tls::explain_connection_error(&e)))
-        };
         let conn = tokio::select! {
-            c = attempt => c,
+            c = dial(&endpoint, &client_cfg, peer) => c,
             _ = repl.stop.cancelled() => break,
         };
         match conn {
             Ok(conn) => {
                 backoff = BACKOFF_MIN;
-                announced = false;
                 let cause = match run_link(&repl, &conn).await {
                     Ok(cause) => cause,
                     Err(e) => e.0,
@@ -66,13 +57,7 @@ pub async fn run(repl: Arc<Replication>, endpoint: quinn::Endpoint) {
                 repl.link_lost(&cause);
                 warn!(%peer, %cause, "peer link lost");
             }
-            Err(e) => {
-                if !announced {
-                    info!(%peer, reason = %e, "backup not reachable; retrying with backoff");
-                    announced = true;
-                }
-                debug!(%peer, reason = %e, "dial failed");
-            }
+            Err(e) => warn!(%peer, reason = %e, "cannot dial the backup"),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -96,13 +81,17 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         v.machine.handle_link_up();
     });
     repl.counters.links.fetch_add(1, Ordering::Relaxed);
-    let ours = repl.hello();
+    let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
     let theirs = match bounded(step, "waiting for the backup's hello", ctl.next()).await? {
         PeerMsg::Hello(h) => h,
         PeerMsg::Goodbye(reason) => {
-            return Err(LinkError(format!("the backup refused the link: {reason}")))
+            if Refusal::is_stale(&reason) {
+                warn!(%reason, "refused by the backup as a stale primary; reads stop until this server has taken the pair's data from the backup");
+                repl.with_machine(|v| v.machine.handle_refused_as_stale(reason.clone()));
+            }
+            return Err(LinkError(format!("the backup refused the link: {reason}")));
         }
         other => {
             return Err(LinkError(format!(
@@ -112,6 +101,9 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     };
     let epoch = admit(&ours, &theirs).map_err(|e| {
         warn!(reason = %e, "peer link refused");
+        if matches!(e, Refusal::StaleEpoch { .. }) {
+            repl.with_machine(|v| v.machine.handle_refused_as_stale(e.to_string()));
+        }
         LinkError(e.to_string())
     })?;
     info!(peer_run_id = %format!("{:016x}", theirs.run_id), peer_keys = theirs.keys, peer_current = theirs.synced, epoch, "warm start");
@@ -122,10 +114,14 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     if !plan.buckets.is_empty() {
         match plan.source {
             Source::Primary => {
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?
+                // A backup that is not current gets the pair's only full copy: a graceful stop
+                // waits for it (F7).
+                repl.set_backup_catching_up(!theirs.synced);
+                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
+                repl.set_backup_catching_up(false);
             }
             Source::Backup => {
-                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, step).await?;
+                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
                 repl.with_machine(|v| v.machine.handle_transfer_verified());
             }
         }
@@ -142,6 +138,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     let _cancel_readers_on_exit = lane_failed.clone().drop_guard();
     let streams = repl.config.peer_streams.clamp(1, BUCKETS);
     let mut stream_senders = Vec::with_capacity(streams);
+    let mut readers = Vec::with_capacity(streams);
     for _ in 0..streams {
         let (send, recv) = bounded(step, "opening a data stream", async {
             conn.open_bi().await.map_err(LinkError::new)
@@ -150,13 +147,15 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         let outbox = Arc::new(Outbox::new());
         stream_senders.push(outbox.clone());
         tokio::spawn(write_lane(send, outbox, lane_failed.clone()));
-        let reader = PeerReader::new(recv, repl.config.limits);
-        tokio::spawn(read_acks(repl.clone(), reader, lane_failed.clone()));
+        readers.push(PeerReader::new(recv, repl.config.limits));
     }
     let senders = BucketId::all()
         .map(|b| stream_senders[b.index() % streams].clone())
         .collect();
-    repl.lanes.enable(senders);
+    let link = repl.lanes.enable(senders);
+    for reader in readers {
+        tokio::spawn(read_acks(repl.clone(), reader, link, lane_failed.clone()));
+    }
     repl.with_machine(|v| v.machine.handle_synced());
     bounded(
         step,
@@ -246,6 +245,7 @@ async fn write_lane(
 async fn read_acks(
     repl: Arc<Replication>,
     mut reader: PeerReader,
+    link: u64,
     link_failed: tokio_util::sync::CancellationToken,
 ) {
     let outcome = loop {
@@ -259,8 +259,10 @@ async fn read_acks(
         };
         match msg {
             PeerMsg::Ack { bucket, offset } => {
-                if let Err(e) = repl.lanes.handle_ack(&repl.store, bucket, offset) {
-                    break e;
+                match repl.lanes.handle_ack_on(link, &repl.store, bucket, offset) {
+                    Ok(true) => {}
+                    Ok(false) => break format!("link {link} superseded"),
+                    Err(e) => break e,
                 }
             }
             PeerMsg::Mismatch {
@@ -269,11 +271,20 @@ async fn read_acks(
                 digest,
             } => {
                 warn!(%bucket, offset, backup_digest = %digest, "digest mismatch; resyncing the bucket");
+                let Some(repaired) = repl.lanes.handle_mismatch_on(link, &repl.store, bucket)
+                else {
+                    break format!("link {link} superseded");
+                };
                 repl.counters
                     .digest_mismatches
                     .fetch_add(1, Ordering::Relaxed);
                 repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                repl.lanes.handle_mismatch(&repl.store, bucket);
+                if repaired {
+                    tracing::error!(%bucket, "internal error: this bucket's running totals disagreed with its contents; recounted");
+                    repl.counters
+                        .totals_repaired
+                        .fetch_add(1, Ordering::Relaxed);
+                }
             }
             other => break format!("unexpected {other:?} on a data stream"),
         }

@@ -129,6 +129,42 @@ pub enum Refusal {
     /// Two primaries or two backups.
     #[error("both servers claim the same role ({0})")]
     SameRole(&'static str),
+    /// A primary that is not current (a fresh process) while the backup's live link was heard
+    /// from within the grace period: another primary process is serving; it is not replaced.
+    #[error(
+        "another primary's link is live (heard {heard_ms} ms ago): a primary that is not current \
+         does not replace it; retry once that link is silent"
+    )]
+    LivePrimary {
+        /// How long ago the live link was last heard from, in milliseconds.
+        heard_ms: u64,
+    },
+}
+
+impl Refusal {
+    /// Whether a refusal's reason, as sent in a `Goodbye`, says the primary is stale: what the
+    /// refused primary reads to stop serving reads (see [`Machine::handle_refused_as_stale`]).
+    pub fn is_stale(reason: &str) -> bool {
+        reason.starts_with("stale primary")
+    }
+}
+
+/// Whether a primary whose hello `admit` accepted may replace the backup's live link, last heard
+/// from `heard` ago (`None`: no live link). A current primary always may (it redials after a lost
+/// link, and `admit` already refused a stale one); a primary that is not current (a fresh
+/// process) may only once the live link has been silent for `grace`: otherwise a second primary
+/// process would take the backup from the one that is serving.
+pub fn may_supersede(
+    primary: &PeerHello,
+    heard: Option<std::time::Duration>,
+    grace: std::time::Duration,
+) -> Result<(), Refusal> {
+    match heard {
+        Some(ago) if !primary.synced && ago < grace => Err(Refusal::LivePrimary {
+            heard_ms: ago.as_millis() as u64,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Checks two hellos before anything of the link is used, and returns the new link's epoch.
@@ -195,6 +231,9 @@ pub struct Machine {
     /// A backup that lost its link for longer than the ack timeout stops answering reads until
     /// the next warm start: it can no longer tell whether it still follows the pair.
     reads_fenced: bool,
+    /// A primary the backup refused as stale (another primary has linked with it since): its
+    /// store is not the pair's data, so it serves no reads until a warm start gives it the data.
+    refused_as_stale: bool,
     /// Transitions not yet taken by `poll_transition`.
     transitions: Vec<Transition>,
 }
@@ -209,7 +248,26 @@ impl Machine {
             epoch: 0,
             proposed_epoch: 0,
             reads_fenced: false,
+            refused_as_stale: false,
             transitions: Vec::new(),
+        }
+    }
+
+    /// The epoch a previous process of this server persisted (its state file): the fence a stale
+    /// primary is refused with survives the restart.
+    pub fn restore_epoch(&mut self, epoch: u64) {
+        self.epoch = self.epoch.max(epoch);
+    }
+
+    /// The backup refused this primary as stale: another primary linked with it since. This
+    /// store is no longer the pair's data: it stops being current (reads are refused, saying
+    /// why), and its next hello asks for the backup's data like a restarted primary's.
+    pub fn handle_refused_as_stale(&mut self, reason: String) {
+        if self.primary && !self.refused_as_stale {
+            self.current = false;
+            self.refused_as_stale = true;
+            let state = self.state.clone();
+            self.go(state, format!("refused as a stale primary: {reason}"));
         }
     }
 
@@ -236,7 +294,12 @@ impl Machine {
 
     /// Why reads are refused, or `None` when they are allowed.
     pub fn read_refusal(&self) -> Option<&'static str> {
-        if !self.current {
+        if self.refused_as_stale {
+            Some(
+                "stale primary: the backup has linked with another primary since; this server \
+                 serves no reads until it has taken the pair's data from the backup",
+            )
+        } else if !self.current {
             Some("not yet synced: this server restarted and has not caught up with its peer")
         } else if self.reads_fenced {
             Some(
@@ -277,6 +340,7 @@ impl Machine {
             self.proposed_epoch = epoch;
         }
         self.reads_fenced = false;
+        self.refused_as_stale = false;
         if plan.buckets.is_empty() {
             self.current = true;
             return plan;
@@ -538,6 +602,39 @@ mod tests {
         p.handle_link_up();
         p.handle_hellos(&with(true, true, 4), &with(false, true, 4), 5);
         assert_eq!(p.epoch(), 5, "the primary has the backup's hello");
+    }
+
+    #[test]
+    fn a_fresh_primary_does_not_replace_a_live_link_and_a_stale_one_stops_reading() {
+        let grace = std::time::Duration::from_secs(3);
+        let heard = Some(std::time::Duration::from_millis(200));
+        let fresh = hello(true, false, 0);
+        assert!(matches!(
+            may_supersede(&fresh, heard, grace),
+            Err(Refusal::LivePrimary { heard_ms: 200 })
+        ));
+        assert_eq!(may_supersede(&fresh, Some(grace), grace), Ok(()));
+        assert_eq!(may_supersede(&fresh, None, grace), Ok(()));
+        assert_eq!(may_supersede(&hello(true, true, 0), heard, grace), Ok(()));
+        let stale = Refusal::StaleEpoch {
+            primary: 1,
+            backup: 2,
+        };
+        assert!(Refusal::is_stale(&stale.to_string()));
+        let mut p = Machine::new(true);
+        p.handle_link_up();
+        p.handle_hellos(&hello(true, false, 0), &hello(false, false, 0), 1);
+        p.handle_synced();
+        p.handle_link_lost("superseded".into());
+        assert!(p.reads_allowed());
+        p.handle_refused_as_stale(stale.to_string());
+        assert!(!p.reads_allowed() && !p.current());
+        assert!(p
+            .read_refusal()
+            .is_some_and(|r| r.starts_with("stale primary")));
+        let mut b = Machine::new(false);
+        b.restore_epoch(4);
+        assert_eq!(b.epoch(), 4, "a restarted server keeps its fence");
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl Server {
             config.http = Some(h.local_addr());
         }
         let node = Arc::new(Node::new(config, security));
+        if let Some(repl) = &node.repl {
+            repl.restore_epoch()?;
+        }
         if let Some(tls) = http.as_ref().and_then(http::Listener::tls_config) {
             node.security.set_http_config(tls);
         }

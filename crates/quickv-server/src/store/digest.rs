@@ -45,6 +45,14 @@ impl DigestCell {
         )
     }
 
+    /// Sets the digest to `d` (a recount of the bucket's contents); only valid while no writer
+    /// touches the bucket.
+    pub(super) fn set(&self, d: Digest) {
+        let (hi, lo) = d.halves();
+        self.hi.store(hi, Ordering::Relaxed);
+        self.lo.store(lo, Ordering::Relaxed);
+    }
+
     /// Forgets every entry; only valid while no writer touches the bucket.
     pub(super) fn reset(&self) {
         self.hi.store(0, Ordering::Relaxed);

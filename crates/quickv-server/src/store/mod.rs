@@ -321,6 +321,30 @@ impl Store {
         for key in stale {
             self.remove(&key);
         }
+        // Defence in depth: whatever the totals were before (a clear that raced a writer, a bug),
+        // a bucket replaced whole leaves with totals counted from what it holds.
+        self.recount_bucket(b);
+    }
+
+    /// Recounts bucket `b`'s running totals (digest, entries, bytes) from its contents; returns
+    /// whether they were wrong. Exact only while no write to `b` runs (callers hold what orders
+    /// the bucket's writes: the replace path, the lane's lock).
+    pub fn recount_bucket(&self, b: BucketId) -> bool {
+        let bucket = &self.buckets[b.index()];
+        let (mut digest, mut len, mut bytes) = (Digest::default(), 0i64, 0i64);
+        for (k, v) in bucket.map.pin().iter() {
+            let print = Footprint::of(k, v);
+            digest = digest.plus(print.digest);
+            len += 1;
+            bytes += print.bytes;
+        }
+        let wrong = bucket.digest.load() != digest
+            || bucket.len.load(Ordering::Relaxed) != len
+            || bucket.bytes.load(Ordering::Relaxed) != bytes;
+        bucket.digest.set(digest);
+        bucket.len.store(len, Ordering::Relaxed);
+        bucket.bytes.store(bytes, Ordering::Relaxed);
+        wrong
     }
 
     /// Removes every entry. Like [`Store::replace_bucket`], exact only if no
