@@ -38,7 +38,7 @@ pub struct Generated {
 /// (IP addresses become IP SANs). Existing files are kept unless `force`; if the CA is kept, new leaf
 /// certificates are signed with the existing CA key. Private keys are written with mode 0600.
 pub fn generate(dir: &Path, sans: &[String], force: bool) -> Result<Generated> {
-    fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    prepare_dir(dir)?;
     let paths = CertPaths::new(dir);
     let mut out = Generated {
         written: Vec::new(),
@@ -208,33 +208,63 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(|e| Error::file(path, e))
 }
 
-/// Writes `contents` to a temporary file beside `path`, then renames it over `path`, so readers
-/// see the old file or the new one, never a half-written one.
+/// Writes `contents` to a fresh temporary file beside `path`, then renames it over `path`, so
+/// readers see the old file or the new one, never a half-written one. The temporary file has a
+/// random name and is created exclusively (never an existing file or a planted symlink), with
+/// mode 0600; a certificate (`private` false) is made 0644 before the rename.
 pub(crate) fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<()> {
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    write_in_place(&tmp, contents, private)?;
-    fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".quickv-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| Error::file(dir, e))?;
+    #[cfg(unix)]
+    if !private {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::file(tmp.path(), e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    tmp.write_all(contents)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| Error::file(tmp.path(), e))?;
+    tmp.persist(path)
+        .map(drop)
+        .map_err(|e| Error::file(path, e.error))
 }
 
-fn write_in_place(path: &Path, contents: &[u8], private: bool) -> Result<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+/// Creates the certificate directory (mode 0700 when new) and refuses one that every local user
+/// may write to: they could replace `ca.pem` or plant files the server then trusts.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
     #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir).map_err(|e| Error::file(dir, e))?;
+        let mode = fs::metadata(dir)
+            .map_err(|e| Error::file(dir, e))?
+            .permissions()
+            .mode();
+        if mode & 0o002 != 0 {
+            return Err(Error::Config(format!(
+                "{}: the certificate directory is writable by every user (mode {:04o}); use a \
+                 directory of your own (chmod o-w, or 0700)",
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+        Ok(())
     }
-    let mut file = opts.open(path).map_err(|e| Error::file(path, e))?;
-    #[cfg(unix)]
-    if private {
-        // An existing file keeps its old mode on open; force 0600 on keys regardless.
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::file(path, e))?;
-    }
-    file.write_all(contents).map_err(|e| Error::file(path, e))
+    #[cfg(not(unix))]
+    builder.create(dir).map_err(|e| Error::file(dir, e))
 }
 
 pub(crate) fn cert_err(e: impl std::fmt::Display) -> Error {
