@@ -158,3 +158,38 @@ async fn the_https_gateway_speaks_tls_1_3_only_unless_asked() {
     );
     assert_eq!(https_count(http, dir, tls12, None).await, Ok(200));
 }
+
+#[test]
+fn key_files_are_written_through_fresh_temporary_files_never_a_planted_link() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().expect("tempdir");
+    let dir = base.path().join("certs");
+    std::fs::create_dir(&dir).expect("mkdir");
+    // Another user, able to write here, plants the old predictable temporary names.
+    let loot = base.path().join("loot");
+    std::fs::write(&loot, b"").expect("loot");
+    for name in ["ca.key.tmp", "server.key.tmp", "client.key.tmp"] {
+        std::os::unix::fs::symlink(&loot, dir.join(name)).expect("symlink");
+    }
+    let (code, _, err) = certs_cli(&dir, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(&loot).expect("loot"),
+        b"",
+        "a key went through the planted link"
+    );
+    for key in ["ca.key", "server.key", "client.key"] {
+        let meta = std::fs::symlink_metadata(dir.join(key)).expect("key");
+        assert!(meta.file_type().is_file(), "{key} is not a regular file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{key}");
+    }
+    let cert = std::fs::metadata(dir.join("server.pem")).expect("cert");
+    assert_eq!(cert.permissions().mode() & 0o777, 0o644);
+    // A directory every user may write to is refused.
+    let open = base.path().join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (code, _, err) = certs_cli(&open, &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("writable by every user"), "{err}");
+}

@@ -268,3 +268,48 @@ async fn a_handshake_that_straddles_a_reload_is_judged_by_the_new_crl() {
     let doc = admin.status().await.expect("status");
     assert_eq!(doc["certificates"]["authenticated_connections"], 1, "{doc}");
 }
+
+#[tokio::test]
+async fn after_renew_the_primary_refuses_a_backup_that_shows_the_replaced_server_certificate() {
+    let certs = fresh_certs();
+    let dir = certs.path();
+    // The thief's copy of the pair's identity, taken before the renewal.
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .expect("pem")
+        .collect::<Result<_, _>>()
+        .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("key");
+    let fake_addr = free_addr();
+    let peer = fake_addr.to_string();
+    // The primary starts with the old server.pem (the one the thief holds) ...
+    let primary = ServerProc::start("primary", free_addr(), dir, &["--peer", &peer]);
+    // ... and the operator renews it (revoking the old one); the primary reloads.
+    let (code, _, err) = common::identity::certs_cli(dir, &["renew"]);
+    assert_eq!(code, 0, "{err}");
+    signal(primary.child.id(), "HUP");
+    wait_certificates(primary.addr, dir, "reloads", 1).await;
+
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server cert");
+    tls.alpn_protocols = vec![quickv_server::tls::PEER_ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic");
+    let fake = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), fake_addr)
+        .expect("fake backup");
+    let incoming = tokio::time::timeout(WAIT, fake.accept())
+        .await
+        .expect("the primary dials its backup")
+        .expect("endpoint open");
+    let handshake = tokio::time::timeout(WAIT, incoming)
+        .await
+        .expect("handshake ends");
+    assert!(
+        handshake.is_err(),
+        "the primary linked to a backup showing the replaced (revoked) server certificate"
+    );
+}

@@ -13,6 +13,11 @@
 //! # http_insecure = true          # ... or plain HTTP off loopback anyway (unauthenticated)
 //! [backup]
 //! listen = "10.0.0.2:4471"
+//! [tls]                           # optional; every default is the strict one
+//! # tls12 = true                  # TLS 1.2 too on the HTTPS gateway
+//! # allow_roleless = true         # client certificates without a role count as admin
+//! # allow_crl_removal = true      # an absent or empty crl.pem may lift revocation
+//! # http_token = "http.token"     # plain gateway: Authorization: Bearer from this 0600 file
 //! [limits]                        # all optional
 //! max_key = 65536
 //! max_value = 16777216
@@ -370,6 +375,22 @@ pub struct FileConfig {
     pub limits: Option<LimitsSection>,
     /// Optional timeouts in milliseconds.
     pub timeouts: Option<TimeoutsSection>,
+    /// Optional loosening of the identity rules (both servers); see [`TlsPolicy`].
+    pub tls: Option<TlsSection>,
+}
+
+/// `[tls]`: the fail-closed identity rules a pair may loosen (docs/security.md); absent = strict.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Offer TLS 1.2 on the HTTPS gateway (`--tls12`).
+    pub tls12: Option<bool>,
+    /// Take client certificates without a role as `admin` (`--allow-roleless`).
+    pub allow_roleless: Option<bool>,
+    /// Let a reload lift the CRL (`--allow-crl-removal`).
+    pub allow_crl_removal: Option<bool>,
+    /// Bearer-token file of the plain HTTP gateway (`--http-token`).
+    pub http_token: Option<PathBuf>,
 }
 
 /// One server's section of the file.
@@ -472,6 +493,14 @@ impl FileConfig {
             cfg.certs_dir = dir.clone();
         }
         cfg.state_dir = self.state_dir.clone();
+        if let Some(t) = &self.tls {
+            cfg.tls = TlsPolicy {
+                tls12: t.tls12.unwrap_or(false),
+                allow_roleless: t.allow_roleless.unwrap_or(false),
+                allow_crl_removal: t.allow_crl_removal.unwrap_or(false),
+                http_token: t.http_token.clone(),
+            };
+        }
         if let Some(l) = &self.limits {
             cfg.limits = Limits::new(
                 l.max_key.unwrap_or(cfg.limits.max_key),
@@ -551,7 +580,19 @@ mod tests {
         assert_eq!(b.certs_dir, PathBuf::from("/etc/quickv"));
         assert_eq!(b.ack_timeout, Duration::from_millis(300));
         assert_eq!(b.http, None, "the gateway is off unless configured");
+        assert_eq!(
+            b.tls,
+            TlsPolicy::default(),
+            "every identity rule strict by default"
+        );
         b.validate().expect("valid");
+        let relaxed: FileConfig = toml::from_str(
+            "[primary]\nlisten = \"10.0.0.1:4470\"\n[tls]\ntls12 = true\nallow_roleless = true\n",
+        )
+        .expect("valid toml");
+        let s = relaxed.server_config(Role::Standalone).expect("config");
+        assert!(s.tls.tls12 && s.tls.allow_roleless && !s.tls.allow_crl_removal);
+        assert!(toml::from_str::<FileConfig>("[tls]\nallow_everything = true\n").is_err());
     }
 
     #[test]

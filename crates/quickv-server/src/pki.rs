@@ -22,9 +22,7 @@
 //! to the list (keeping every earlier entry) and writes the CRL again with a higher CRL number.
 //! Servers load it at start and on SIGHUP ([`load_crls`]).
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use rcgen::{
     CertificateRevocationListParams, ExtendedKeyUsagePurpose, Issuer, KeyIdMethod, KeyPair,
@@ -35,59 +33,11 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use crate::error::{Error, Result};
 use crate::tls::{self, CertPaths};
 
-/// Prefix of the subject's organizational unit that carries a client's role.
-pub const ROLE_UNIT_PREFIX: &str = "quickv-role=";
+pub use crate::tls::role::{role_unit, Access, ROLE_UNIT_PREFIX};
 /// File names a client certificate may not take: they belong to the CA, the server and the CRL.
 const RESERVED_NAMES: [&str; 3] = ["ca", "server", "crl"];
 /// Longest client name, in bytes (it becomes a file name and a common name).
 const MAX_NAME_BYTES: usize = 64;
-
-/// What a client may do; each role includes the ones below it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Access {
-    /// `get`, `count`, `dump`, `status`, `ping`.
-    Read,
-    /// `read` + `insert`, `update`, `delete`.
-    Write,
-    /// `write` + `shutdown`.
-    Admin,
-}
-
-impl Access {
-    /// The lowercase name used on the command line, in certificates and in messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Access::Read => "read",
-            Access::Write => "write",
-            Access::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Access {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Access {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Access> {
-        match s {
-            "read" => Ok(Access::Read),
-            "write" => Ok(Access::Write),
-            "admin" => Ok(Access::Admin),
-            other => Err(Error::Config(format!(
-                "unknown role {other:?}: pick read, write or admin"
-            ))),
-        }
-    }
-}
-
-/// The subject unit that carries `access`.
-pub fn role_unit(access: Access) -> String {
-    format!("{ROLE_UNIT_PREFIX}{access}")
-}
 
 /// The role a (chain-verified) client certificate carries in its subject: `None` when it has no
 /// role unit (the server refuses it unless told to take it as `admin`, see `--allow-roleless`).

@@ -407,4 +407,56 @@ mod tests {
             }
         }
     }
+
+    /// The chain of client `name` in `paths`.
+    fn chain_of(paths: &CertPaths, name: &str) -> Vec<CertificateDer<'static>> {
+        crate::tls::load_certs(&paths.dir.join(format!("{name}.pem"))).expect("chain")
+    }
+
+    #[test]
+    fn a_connection_registers_against_the_crl_in_force_and_a_reload_rechecks_the_registered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::tls::generate(dir.path(), &[], false).expect("certs");
+        let paths = CertPaths::new(dir.path());
+        for name in ["early", "late"] {
+            crate::pki::issue_client(&paths, name, Access::Write, false).expect("issue");
+        }
+        let mut config = ServerConfig::new(
+            crate::config::Role::Standalone,
+            "127.0.0.1:1".parse().expect("addr"),
+        );
+        config.certs_dir = dir.path().to_path_buf();
+        let security = Security::load(&config).expect("security");
+        // Registered before the revocation is in force: the re-check closes it.
+        let early_closed = CancellationToken::new();
+        let (access, _early) = security
+            .admit(
+                chain_of(&paths, "early"),
+                Closer::Http(early_closed.clone()),
+            )
+            .expect("admitted");
+        assert_eq!(access, Access::Write);
+        for name in ["early", "late"] {
+            crate::pki::revoke(&paths, name).expect("revoke");
+        }
+        let next = Current::load(&paths, Some(&security.trust.current().revocation), false)
+            .expect("new CRL");
+        security.trust.install(next);
+        // A handshake verified before the install registers after it: refused at registration.
+        let late = security.admit(
+            chain_of(&paths, "late"),
+            Closer::Http(CancellationToken::new()),
+        );
+        assert_eq!(late.map(|(a, _)| a).map_err(|r| r.code), Err(CLOSE_REVOKED));
+        assert_eq!(security.recheck(), 1);
+        assert!(early_closed.is_cancelled());
+        assert_eq!(security.closed_revoked.load(Ordering::Relaxed), 2);
+        // A server certificate is no client, whatever the CRL says.
+        let server = crate::tls::load_certs(&paths.server_cert()).expect("server.pem");
+        let refused = security.admit(server, Closer::Http(CancellationToken::new()));
+        assert_eq!(
+            refused.map(|(a, _)| a).map_err(|r| r.code),
+            Err(CLOSE_BAD_ROLE)
+        );
+    }
 }
