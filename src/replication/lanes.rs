@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::peer::{PeerMsg, ReplOffset};
 use crate::protocol::{Limits, Op, Reply, SessionWrite, WriteStamp};
-use crate::replication::link::chunks;
 use crate::replication::reply::{via_oneshot, ReplyTo, Waiter};
+use crate::replication::resync::{AckClock, ResyncPlan};
 use crate::replication::Submitted;
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
@@ -101,6 +101,11 @@ struct Lane {
     /// Stamped writes sent and not yet acknowledged: their offset and answer, so that a retry
     /// arriving meanwhile waits for the same ack and gets the same answer.
     stamped: HashMap<WriteStamp, (ReplOffset, Reply)>,
+    /// Since when the lane waits for ack progress (the ack timeout's measure; see [`AckClock`]).
+    clock: AckClock,
+    /// A resync of this lane's bucket is being built ([`Lanes::begin_resync`]): writes to the
+    /// bucket are refused until it is queued, so the lane's offset and overlay stay as planned.
+    resyncing: bool,
 }
 
 /// A queued answer.
@@ -112,8 +117,8 @@ struct Queued {
     effect: Effect,
     /// Where the answer goes, and the answer, if a client is waiting.
     reply: Option<(Waiter, Reply)>,
-    /// When it was sent, for the ack timeout.
-    sent: Instant,
+    /// Whether this entry is a resync (the ack clock gives those longer).
+    resync: bool,
     /// The session stamp of the write, recorded in the bucket's session table when applied.
     stamp: Option<WriteStamp>,
 }
@@ -198,17 +203,6 @@ impl Lanes {
             .map(|()| true)
     }
 
-    /// [`Lanes::handle_mismatch`] from the reader of link `link`; `None` once superseded.
-    pub fn handle_mismatch_on(&self, link: u64, store: &Store, b: BucketId) -> Option<bool> {
-        let mut guard = self.lane(b);
-        if !self.is_live(link) {
-            return None;
-        }
-        let repaired = store.recount_bucket(b);
-        Self::send_resync(&mut guard, store, b, &self.limits);
-        Some(repaired)
-    }
-
     fn open<S: Into<LaneSink>>(&self, senders: Vec<S>) {
         for (b, tx) in BucketId::all().zip(senders) {
             let mut l = self.lane(b);
@@ -226,6 +220,8 @@ impl Lanes {
             l.tx = None;
             l.overlay.clear();
             l.stamped.clear();
+            l.clock.reset();
+            l.resyncing = false;
             let now = Instant::now();
             for q in l.queue.drain(..) {
                 if let Some((waiter, _)) = q.reply {
@@ -288,15 +284,21 @@ impl Lanes {
         let Some(tx) = l.tx.as_ref() else {
             return Err(Reply::Unavailable(refusal()));
         };
+        if l.resyncing {
+            return Err(Reply::Unavailable(format!(
+                "bucket {bucket} is being resynced after a digest mismatch; retry in a moment"
+            )));
+        }
         if let Some(write) = &session {
             if let Some((offset, answer)) = l.stamped.get(&write.stamp) {
                 // A retry of a write still in flight: answer it with that write, after its ack.
                 let (offset, answer) = (*offset, answer.clone());
+                l.clock.queued(now, false);
                 l.queue.push_back(Queued {
                     offset: offset.max(l.queue.back().map_or(0, |q| q.offset)),
                     effect: Effect::Nothing,
                     reply: Some((Waiter::new(reply_to()), answer)),
-                    sent: now,
+                    resync: false,
                     stamp: None,
                 });
                 return Ok(());
@@ -342,11 +344,12 @@ impl Lanes {
             }
             // The refusal rests on a write not yet acknowledged: answer it after that one.
             let offset = l.next;
+            l.clock.queued(now, false);
             l.queue.push_back(Queued {
                 offset,
                 effect,
                 reply: Some((Waiter::new(reply_to()), answer)),
-                sent: now,
+                resync: false,
                 stamp: None,
             });
             return Ok(());
@@ -365,11 +368,12 @@ impl Lanes {
         if let Some(stamp) = stamp {
             l.stamped.insert(stamp, (offset, answer.clone()));
         }
+        l.clock.queued(now, false);
         l.queue.push_back(Queued {
             offset,
             effect,
             reply: Some((Waiter::new(reply_to()), answer)),
-            sent: now,
+            resync: false,
             stamp,
         });
         Ok(())
@@ -399,11 +403,14 @@ impl Lanes {
                 l.next
             ));
         }
+        let advanced = offset > l.acked;
         l.acked = l.acked.max(offset);
         // One clock read per ack (which may settle many writes): session records and answers.
         let now = Instant::now();
+        let mut resyncs = 0;
         while l.queue.front().is_some_and(|q| q.offset <= l.acked) {
             let Some(q) = l.queue.pop_front() else { break };
+            resyncs += usize::from(q.resync);
             let (key, removed) = match q.effect {
                 Effect::Put(key, value) => {
                     store.put(key.clone(), value);
@@ -428,6 +435,9 @@ impl Lanes {
                 waiter.send(answer, now);
             }
         }
+        if advanced {
+            l.clock.progressed(now, resyncs, l.queue.is_empty());
+        }
         if l.queue.is_empty() {
             self.drained.notify_waiters();
         }
@@ -440,6 +450,7 @@ impl Lanes {
     pub fn check(&self, store: &Store, b: BucketId) -> CheckOutcome {
         let l = self.lane(b);
         match &l.tx {
+            Some(_) if l.resyncing => CheckOutcome::Skipped,
             Some(tx) => {
                 let check = PeerMsg::Check {
                     bucket: b,
@@ -473,59 +484,77 @@ impl Lanes {
 
     /// The backup's digest of lane `b` differed: resend that bucket now, as it stands after the
     /// lane's last offset (a busy lane is repaired without waiting for a pause in the writes).
-    /// First recounts the bucket's running totals from its contents (exact: acks apply to this
-    /// bucket only under the lane lock); returns whether they were wrong, and so repaired.
-    pub fn handle_mismatch(&self, store: &Store, b: BucketId) -> bool {
-        let mut guard = self.lane(b);
-        let repaired = store.recount_bucket(b);
-        Self::send_resync(&mut guard, store, b, &self.limits);
-        repaired
+    /// All in one call, on the caller's thread: [`Lanes::begin_resync`], [`ResyncPlan::build`],
+    /// [`Lanes::finish_resync`] (the simulator and unit tests; a live primary runs the build on a
+    /// blocking thread).
+    pub fn handle_mismatch(&self, store: &Store, b: BucketId) {
+        let link = self.link.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(plan) = self.begin_resync(link, b) {
+            let frames = plan.build(store, &self.limits);
+            self.finish_resync(&plan, frames);
+        }
     }
 
-    /// Sends the whole bucket down the lane as it is after the lane's last offset: the store's
-    /// entries with the writes still in flight laid over them. Exact because the lane lock is held.
-    fn send_resync(l: &mut Lane, store: &Store, b: BucketId, limits: &Limits) {
-        let Some(tx) = &l.tx else { return };
-        let mut entries: HashMap<Bytes, Bytes> = store.bucket_snapshot(b).into_iter().collect();
-        for (key, (after, _)) in &l.overlay {
-            match after {
-                Some(v) => entries.insert(key.clone(), v.clone()),
-                None => entries.remove(key),
-            };
+    /// Pauses lane `b` for a resync planned by link `link`: until [`Lanes::finish_resync`], writes
+    /// to the bucket are refused and its offset and overlay stay fixed. `None` if the lane is
+    /// closed, already resyncing, or `link` is superseded.
+    pub fn begin_resync(&self, link: u64, b: BucketId) -> Option<ResyncPlan> {
+        let mut l = self.lane(b);
+        if !self.is_live(link) || l.tx.is_none() || l.resyncing {
+            return None;
         }
-        let entries: Vec<_> = entries.into_iter().collect();
-        let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
-        let offset = l.next + 1;
-        let chunks = chunks(entries, limits);
-        let sent = tx.send(|buf| {
-            PeerMsg::ReplaceBegin(b).encode(buf);
-            for chunk in &chunks {
-                chunk.encode(buf);
-            }
-            PeerMsg::ReplaceEnd {
-                bucket: b,
-                offset,
-                digest,
-            }
-            .encode(buf);
+        l.resyncing = true;
+        Some(ResyncPlan {
+            bucket: b,
+            offset: l.next + 1,
+            link,
+            overlay: l
+                .overlay
+                .iter()
+                .map(|(k, (after, _))| (k.clone(), after.clone()))
+                .collect(),
+        })
+    }
+
+    /// Queues a resync's `frames` (from [`ResyncPlan::build`]) on its lane and resumes the lane;
+    /// dropped if the link that planned it is gone. Returns whether it was sent.
+    pub fn finish_resync(&self, plan: &ResyncPlan, frames: Bytes) -> bool {
+        let mut guard = self.lane(plan.bucket);
+        let l = &mut *guard;
+        if !self.is_live(plan.link) || !l.resyncing {
+            return false;
+        }
+        l.resyncing = false;
+        let Some(tx) = &l.tx else { return false };
+        if l.next + 1 != plan.offset || !tx.send(|buf| buf.extend_from_slice(&frames)) {
+            return false;
+        }
+        l.next = plan.offset;
+        l.clock.queued(Instant::now(), true);
+        l.queue.push_back(Queued {
+            offset: plan.offset,
+            effect: Effect::Nothing,
+            reply: None,
+            resync: true,
+            stamp: None,
         });
-        if sent {
-            l.next = offset;
-            l.queue.push_back(Queued {
-                offset,
-                effect: Effect::Nothing,
-                reply: None,
-                sent: Instant::now(),
-                stamp: None,
-            });
-        }
+        true
     }
 
-    /// The oldest unacknowledged entry's age, over all lanes (for the ack timeout).
-    pub fn oldest_unacked(&self) -> Option<Duration> {
-        BucketId::all()
-            .filter_map(|b| self.lane(b).queue.front().map(|q| q.sent.elapsed()))
-            .max()
+    /// The first lane, if any, that has had something outstanding and no ack progress for longer
+    /// than `ack_timeout` (`resync_limit` while it waits for a resync) at `now`: the link is dead.
+    pub fn stalled(
+        &self,
+        now: Instant,
+        ack_timeout: Duration,
+        resync_limit: Duration,
+    ) -> Option<(BucketId, Duration)> {
+        BucketId::all().find_map(|b| {
+            self.lane(b)
+                .clock
+                .stalled(now, ack_timeout, resync_limit)
+                .map(|waited| (b, waited))
+        })
     }
 
     /// True when no lane has anything waiting.
@@ -589,7 +618,10 @@ mod tests {
             panic!("queued");
         };
         assert_eq!(lanes.handle_ack_on(old, &store, b, 1), Ok(false));
-        assert_eq!(lanes.handle_mismatch_on(old, &store, b), None);
+        assert!(
+            lanes.begin_resync(old, b).is_none(),
+            "no resync for a superseded link"
+        );
         assert_eq!(
             store.get(b"k"),
             None,
@@ -598,6 +630,32 @@ mod tests {
         assert_eq!(lanes.handle_ack_on(new, &store, b, 1), Ok(true));
         assert_eq!(pending.await.expect("answered"), Reply::Ok);
         assert_eq!(store.get(b"k"), Some(Bytes::from("v")));
+    }
+
+    #[test]
+    fn a_lane_being_resynced_refuses_writes_until_its_resync_is_queued() {
+        let store = Store::new();
+        let (lanes, mut rxs) = lanes_with_links();
+        let b = BucketId::of(b"k");
+        let link = lanes.link.load(std::sync::atomic::Ordering::Acquire);
+        let plan = lanes.begin_resync(link, b).expect("lane open");
+        assert!(
+            lanes.begin_resync(link, b).is_none(),
+            "one resync at a time"
+        );
+        assert!(matches!(
+            reply_now(lanes.submit(&store, insert("k", "v"), String::new)),
+            Reply::Unavailable(_)
+        ));
+        let frames = plan.build(&store, &Limits::default());
+        assert!(lanes.finish_resync(&plan, frames));
+        assert_eq!(
+            lanes.status()[b.index()].offset,
+            1,
+            "the resync took offset 1"
+        );
+        assert!(rxs[b.index()].try_recv().is_ok(), "sent on the lane");
+        assert!(lanes.submit(&store, insert("k", "v"), String::new).is_ok());
     }
 
     #[tokio::test]

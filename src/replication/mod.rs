@@ -22,7 +22,7 @@
 //! resends that bucket only (counted in status).
 //!
 //! Failure detection: keep-alives and a short idle timeout on the peer connection, and an ack
-//! timeout on the oldest unacknowledged write. Either one takes the primary out of `Sync` at once,
+//! timeout on lanes with writes outstanding and no ack progress. Either one takes the primary out of `Sync` at once,
 //! so later writes are refused (`unavailable`) immediately, and writes in flight answer
 //! `indeterminate`. The primary redials with backoff; the next warm start repairs the difference.
 //!
@@ -45,6 +45,7 @@ pub mod lanes;
 pub mod link;
 pub mod primary;
 pub mod reply;
+pub mod resync;
 pub mod state;
 
 /// Per-bucket replication figures in a [`Snapshot`], named here so readers of the snapshot (the
