@@ -542,11 +542,15 @@ impl PeerMsg {
                     stamp,
                 }
             }
-            0x52 => PeerMsg::Remove {
-                offset: r.u64("offset")?,
-                stamp: stamp(&mut r)?,
-                key: r.bytes("key")?,
-            },
+            0x52 => {
+                let (offset, stamp, key) = (r.u64("offset")?, stamp(&mut r)?, r.bytes("key")?);
+                if key.len() > limits.max_key {
+                    return Err(invalid(
+                        "replicated remove of a key over the size limit".into(),
+                    ));
+                }
+                PeerMsg::Remove { offset, key, stamp }
+            }
             0x53 => PeerMsg::Check {
                 bucket: bucket(&mut r)?,
                 offset: r.u64("offset")?,
@@ -625,6 +629,19 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_replicated_remove_of_a_key_over_the_limit_is_invalid() {
+        let limits = Limits::default();
+        let mut buf = BytesMut::new();
+        PeerMsg::Remove {
+            offset: 1,
+            key: Bytes::from(vec![b'k'; limits.max_key + 1]),
+            stamp: None,
+        }
+        .encode(&mut buf);
+        assert!(PeerMsg::decode(&mut buf, &limits).is_err());
+    }
 
     #[test]
     fn the_chunk_writer_writes_the_bytes_of_split_entries_whatever_is_taken_meanwhile() {
