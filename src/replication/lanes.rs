@@ -549,10 +549,14 @@ impl Lanes {
         ack_timeout: Duration,
         resync_limit: Duration,
     ) -> Option<(BucketId, Duration)> {
-        BucketId::all().find_map(|b| {
-            self.lane(b)
-                .clock
-                .stalled(now, ack_timeout, resync_limit)
+        // A resync delays the acks of every lane that shares its data stream (the backup installs
+        // the bucket before it reads on): while one is outstanding, every lane gets its limit.
+        let clocks: Vec<AckClock> = BucketId::all().map(|b| self.lane(b).clock).collect();
+        let resyncing = clocks.iter().any(AckClock::resyncing);
+        BucketId::all().zip(clocks).find_map(|(b, clock)| {
+            let limit = if resyncing { resync_limit } else { ack_timeout };
+            clock
+                .stalled(now, limit, resync_limit)
                 .map(|waited| (b, waited))
         })
     }

@@ -17,8 +17,9 @@
 //! **Ack clock.** A link is declared dead when a lane has something outstanding and has seen no ack
 //! progress for the ack timeout ([`AckClock::stalled`]), not when its oldest queued write is older
 //! than that: a burst queued faster than the link drains it keeps making progress and is not a
-//! dead peer. A lane whose queue holds a resync waits for the longer resync limit instead (the
-//! backup checks and installs a whole bucket before it acks).
+//! dead peer. While a resync is outstanding every lane waits for the longer resync limit instead
+//! (the backup checks and installs a whole bucket, off its runtime, before it reads on the data
+//! stream that carried it, so the acks of the lanes sharing that stream wait too).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -97,6 +98,11 @@ impl AckClock {
     pub fn progressed(&mut self, now: Instant, resyncs: usize, idle: bool) {
         self.resyncs = self.resyncs.saturating_sub(resyncs);
         self.since = (!idle).then_some(now);
+    }
+
+    /// Whether a resync is outstanding on the lane.
+    pub fn resyncing(&self) -> bool {
+        self.resyncs > 0
     }
 
     /// Forgets everything outstanding (the link is gone).
