@@ -199,7 +199,7 @@ impl Lanes {
         if !self.is_live(link) {
             return Ok(false);
         }
-        self.handle_ack_if(store, b, offset, || self.is_live(link))
+        self.handle_ack_if(store, b, offset, Instant::now(), || self.is_live(link))
             .map(|()| true)
     }
 
@@ -215,6 +215,11 @@ impl Lanes {
 
     /// The link is gone: nothing queued will be acknowledged. Every waiting write is indeterminate.
     pub fn fail_all(&self, reason: &str) {
+        self.fail_all_at(reason, Instant::now())
+    }
+
+    /// [`Lanes::fail_all`] at `now` (the time is an argument: a simulator passes virtual time).
+    pub fn fail_all_at(&self, reason: &str, now: Instant) {
         for b in BucketId::all() {
             let mut l = self.lane(b);
             l.tx = None;
@@ -222,7 +227,6 @@ impl Lanes {
             l.stamped.clear();
             l.clock.reset();
             l.resyncing = false;
-            let now = Instant::now();
             for q in l.queue.drain(..) {
                 if let Some((waiter, _)) = q.reply {
                     let why = format!("sent to the backup, but no ack came: {reason}");
@@ -261,7 +265,23 @@ impl Lanes {
         refusal: impl FnOnce() -> String,
         reply_to: impl FnOnce() -> ReplyTo,
     ) -> Option<Reply> {
-        self.decide(store, op, session, refusal, reply_to).err()
+        // One clock read per write: the session lookup and the ack clock.
+        self.submit_to_at(store, op, session, refusal, reply_to, Instant::now())
+    }
+
+    /// [`Lanes::submit_to`] at `now`: the session lookup and the ack clock use it (a simulator
+    /// passes virtual time).
+    pub fn submit_to_at(
+        &self,
+        store: &Store,
+        op: Op,
+        session: Option<SessionWrite>,
+        refusal: impl FnOnce() -> String,
+        reply_to: impl FnOnce() -> ReplyTo,
+        now: Instant,
+    ) -> Option<Reply> {
+        self.decide(store, op, session, refusal, reply_to, now)
+            .err()
     }
 
     /// [`Lanes::submit_to`]: `Ok(())` when queued, `Err(answer)` when answered now.
@@ -272,13 +292,12 @@ impl Lanes {
         session: Option<SessionWrite>,
         refusal: impl FnOnce() -> String,
         reply_to: impl FnOnce() -> ReplyTo,
+        now: Instant,
     ) -> Result<(), Reply> {
         let Some(key) = op.key().cloned() else {
             return Err(Reply::Unavailable("not a write".into()));
         };
         let bucket = BucketId::of(&key);
-        // One clock read per write: the session lookup and the ack timeout's start.
-        let now = Instant::now();
         let mut guard = self.lane(bucket);
         let l = &mut *guard;
         let Some(tx) = l.tx.as_ref() else {
@@ -381,7 +400,19 @@ impl Lanes {
 
     /// The backup applied everything up to `offset` on lane `b`: apply and answer in order.
     pub fn handle_ack(&self, store: &Store, b: BucketId, offset: ReplOffset) -> Result<(), String> {
-        self.handle_ack_if(store, b, offset, || true)
+        self.handle_ack_at(store, b, offset, Instant::now())
+    }
+
+    /// [`Lanes::handle_ack`] at `now`: session records, answers and the ack clock use it (one
+    /// clock read per ack, which may settle many writes; a simulator passes virtual time).
+    pub fn handle_ack_at(
+        &self,
+        store: &Store,
+        b: BucketId,
+        offset: ReplOffset,
+        now: Instant,
+    ) -> Result<(), String> {
+        self.handle_ack_if(store, b, offset, now, || true)
     }
 
     /// [`Lanes::handle_ack`], applied only if `live()` holds under the lane's lock.
@@ -390,6 +421,7 @@ impl Lanes {
         store: &Store,
         b: BucketId,
         offset: ReplOffset,
+        now: Instant,
         live: impl FnOnce() -> bool,
     ) -> Result<(), String> {
         let mut guard = self.lane(b);
@@ -405,8 +437,6 @@ impl Lanes {
         }
         let advanced = offset > l.acked;
         l.acked = l.acked.max(offset);
-        // One clock read per ack (which may settle many writes): session records and answers.
-        let now = Instant::now();
         let mut resyncs = 0;
         while l.queue.front().is_some_and(|q| q.offset <= l.acked) {
             let Some(q) = l.queue.pop_front() else { break };
