@@ -303,3 +303,37 @@ async fn a_primary_refused_as_stale_stops_serving_reads_and_says_why() {
     );
     assert_eq!(status["current"], false, "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_remove_of_a_key_over_the_limit_ends_the_link_unapplied() {
+    // F10: `Put` checked its key against `max_key`; `Remove` did not. A peer's oversized key is
+    // invalid input: the lane (and link) ends, nothing is applied or acknowledged.
+    let mut pair = Pair::start(&[]).await;
+    pair.kill_primary();
+    let mut scripted = ScriptedPrimary::dial(&pair).await;
+    let answer = scripted
+        .send_hello(primary_hello(pair.certs.path(), 0x7E, true, 1000, &[]))
+        .await;
+    assert!(matches!(answer, PeerMsg::Hello(_)), "{answer:?}");
+    send_peer(&mut scripted.ctl_send, &[PeerMsg::Synced]).await;
+    let (mut lane_send, lane_recv) = scripted.conn.open_bi().await.expect("data stream");
+    let mut lane = RawPeerStream {
+        recv: lane_recv,
+        buf: BytesMut::new(),
+    };
+    let key = Bytes::from(vec![b'k'; Limits::default().max_key + 1]);
+    send_peer(
+        &mut lane_send,
+        &[PeerMsg::Remove {
+            offset: 1,
+            key,
+            stamp: None,
+        }],
+    )
+    .await;
+    let answer = lane.try_next().await;
+    assert!(
+        answer.is_none(),
+        "an oversized replicated key must end the lane, not be applied: {answer:?}"
+    );
+}

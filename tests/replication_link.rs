@@ -46,3 +46,30 @@ async fn a_primary_started_a_second_before_its_backup_links_in_time_for_the_harn
     let dump = pair.assert_converged().await;
     assert_eq!(dump.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_started_a_second_before_its_primary_links_in_time_for_the_harness() {
+    // The other order (a guard, not a regression test: it passed before too): the primary's
+    // first dial finds the backup listening.
+    let mut pair = unstarted_pair();
+    pair.start_backup();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pair.start_primary();
+    let primary_started = Instant::now();
+    let (addr, certs) = (pair.primary_addr, pair.certs.path().to_path_buf());
+    let linked = tokio::spawn(async move {
+        common::wait_state(addr, &certs, "sync").await;
+        primary_started.elapsed()
+    });
+    tokio::time::sleep_until((primary_started + Duration::from_secs(1)).into()).await;
+    let written = pair
+        .primary_client()
+        .await
+        .insert("harness", "first write")
+        .await;
+    let delay = linked.await.expect("status poller");
+    eprintln!("link up (primary in sync) {delay:?} after the primary was ready");
+    written.expect("a write 1 s after the later server started is accepted");
+    pair.wait_sync().await;
+    assert_eq!(pair.assert_converged().await.len(), 1);
+}

@@ -35,3 +35,56 @@ async fn a_primary_stopped_during_its_backups_bootstrap_waits_for_it_and_loses_n
     assert_eq!(count, KEYS as u64, "the rolling restart lost data");
     pair.assert_converged().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_queued_longer_than_the_ack_timeout_keeps_the_link_while_acks_flow() {
+    // F5: the ack timeout means "no ack progress while something is outstanding", not "a write
+    // waited in the queue longer than the ack timeout". Four clients each pipeline a large batch
+    // at once: writes queue on the primary for a while, but the backup acknowledges steadily, so
+    // the link must stay up and every insert succeed.
+    const CLIENTS: usize = 4;
+    const PER_CLIENT: usize = 40_000;
+    let pair = Pair::start(&[]).await;
+    let before = pair
+        .primary_client()
+        .await
+        .status_json()
+        .await
+        .expect("status");
+    let value = Bytes::from(vec![b'v'; 200]);
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let client = pair.primary_client().await;
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let pairs = (0..PER_CLIENT).map(|i| (format!("c{c}k{i:07}"), value.clone()));
+            let failed: Vec<String> = client
+                .insert_many(pairs)
+                .await
+                .into_iter()
+                .filter_map(|r| r.err().map(|e| e.to_string()))
+                .collect();
+            failed
+        }));
+    }
+    let mut failed = Vec::new();
+    for t in tasks {
+        failed.extend(t.await.expect("client task"));
+    }
+    let after = pair
+        .primary_client()
+        .await
+        .status_json()
+        .await
+        .expect("status");
+    assert!(
+        failed.is_empty(),
+        "{} of {} inserts failed, first: {:?}; last transition: {}",
+        failed.len(),
+        CLIENTS * PER_CLIENT,
+        failed.first(),
+        after["last_transition"]
+    );
+    assert_eq!(after["links"], before["links"], "the link was dropped");
+    pair.assert_converged().await;
+}

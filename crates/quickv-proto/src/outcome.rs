@@ -156,8 +156,10 @@ impl Outcome {
 
     /// The outcome a server's answer stands for: the one mapping from [`Reply`].
     ///
-    /// Every error code but [`ErrorCode::Forbidden`] is [`Outcome::Error`], including codes added
-    /// later: a new code is a refusal of the request, never something that took effect.
+    /// Every error code but [`ErrorCode::Forbidden`] and [`ErrorCode::SessionExpired`] is
+    /// [`Outcome::Error`], including codes added later: a new code is a refusal of the request,
+    /// never something that took effect. `SessionExpired` answers a retry whose original may
+    /// have been applied: [`Outcome::Indeterminate`].
     pub fn of(reply: &Reply) -> Outcome {
         match reply {
             Reply::Hello { .. }
@@ -178,6 +180,7 @@ impl Outcome {
     pub fn of_error(code: ErrorCode) -> Outcome {
         match code {
             ErrorCode::Forbidden => Outcome::Forbidden,
+            ErrorCode::SessionExpired => Outcome::Indeterminate,
             _ => Outcome::Error,
         }
     }
@@ -299,5 +302,9 @@ mod tests {
         assert!(!Outcome::Unavailable.may_have_taken_effect(OpKind::Update));
         assert!(!Outcome::Ok.may_have_taken_effect(OpKind::Get));
         assert!(!Outcome::Error.may_have_taken_effect(OpKind::Insert));
+        // A retry refused because its original's record may be gone: the original may have
+        // been applied (review F11).
+        assert!(Outcome::of_error(ErrorCode::SessionExpired).may_have_taken_effect(OpKind::Insert));
+        assert_eq!(Outcome::of_error(ErrorCode::KeyTooLarge), Outcome::Error);
     }
 }

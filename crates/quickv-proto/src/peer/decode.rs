@@ -43,11 +43,15 @@ impl PeerMsg {
                 ms_ago: r.u64("table age")?,
             },
             0x51 => put(&mut r, limits)?,
-            0x52 => PeerMsg::Remove {
-                offset: r.u64("offset")?,
-                stamp: stamp(&mut r)?,
-                key: r.bytes("key")?,
-            },
+            0x52 => {
+                let (offset, stamp, key) = (r.u64("offset")?, stamp(&mut r)?, r.bytes("key")?);
+                if key.len() > limits.max_key {
+                    return Err(invalid(
+                        "replicated remove of a key over the size limit".into(),
+                    ));
+                }
+                PeerMsg::Remove { offset, key, stamp }
+            }
             0x53 => PeerMsg::Check {
                 bucket: bucket(&mut r)?,
                 offset: r.u64("offset")?,

@@ -7,6 +7,19 @@ use super::*;
 use crate::{BucketId, Digest, Limits, WriteStamp, BUCKETS};
 
 #[test]
+fn a_replicated_remove_of_a_key_over_the_limit_is_invalid() {
+    let limits = Limits::default();
+    let mut buf = BytesMut::new();
+    PeerMsg::Remove {
+        offset: 1,
+        key: Bytes::from(vec![b'k'; limits.max_key + 1]),
+        stamp: None,
+    }
+    .encode(&mut buf);
+    assert!(PeerMsg::decode(&mut buf, &limits).is_err());
+}
+
+#[test]
 fn the_chunk_writer_writes_the_bytes_of_split_entries_whatever_is_taken_meanwhile() {
     let entries: Vec<(Bytes, Bytes)> = (0..300usize)
         .map(|i| {

@@ -278,6 +278,30 @@ async fn apply_stream(
                     "link {generation} superseded; its writes are no longer applied"
                 )));
             }
+            if let PeerMsg::ReplaceEnd {
+                bucket,
+                offset,
+                digest,
+            } = msg
+            {
+                // A whole bucket is checked and installed off the runtime (keep-alives and the
+                // other streams go on), holding the store's transfer fence so that the job,
+                // owned by this stream and awaited here, is never overtaken by a newer link's
+                // warm start even if this future is dropped.
+                let entries = lanes.take_replace(bucket, offset)?;
+                let fence = repl.fence.hold().await;
+                let store = repl.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    let applied = apply_resync(&store, bucket, entries, digest);
+                    drop(fence);
+                    applied
+                })
+                .await
+                .map_err(|e| LinkError(format!("applying a resync failed: {e}")))??;
+                repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                info!(%bucket, "bucket resynced from the primary");
+                continue;
+            }
             if let Some(report) = lanes.handle(msg, repl)? {
                 out.push(report);
             }
@@ -326,6 +350,25 @@ impl StreamApplier {
         }
         *applied = offset;
         Ok(())
+    }
+
+    /// The entries of the resync that `ReplaceEnd { bucket, offset }` closes, with the lane moved
+    /// to `offset`: for the caller to check and install ([`apply_resync`]).
+    pub fn take_replace(
+        &mut self,
+        bucket: BucketId,
+        offset: ReplOffset,
+    ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>, LinkError> {
+        let entries = match self.replacing.take() {
+            Some((b, entries)) if b == bucket => entries,
+            _ => {
+                return Err(LinkError(format!(
+                    "lane {bucket}: resync end without begin"
+                )))
+            }
+        };
+        self.next(bucket, offset)?;
+        Ok(entries)
     }
 
     /// Applies one message; returns a report for the primary (a mismatch), if any. Acks are the
@@ -404,22 +447,8 @@ impl StreamApplier {
                 offset,
                 digest,
             } => {
-                let entries = match self.replacing.take() {
-                    Some((b, entries)) if b == bucket => entries,
-                    _ => {
-                        return Err(LinkError(format!(
-                            "lane {bucket}: resync end without begin"
-                        )))
-                    }
-                };
-                self.next(bucket, offset)?;
-                let got = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
-                if got != digest {
-                    return Err(LinkError(format!(
-                        "lane {bucket}: resync digest {got} != {digest}"
-                    )));
-                }
-                store.replace_bucket(bucket, entries);
+                let entries = self.take_replace(bucket, offset)?;
+                apply_resync(store, bucket, entries, digest)?;
                 repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
                 info!(%bucket, "bucket resynced from the primary");
             }
@@ -427,6 +456,25 @@ impl StreamApplier {
         }
         Ok(None)
     }
+}
+
+/// Checks a resync's entries against the digest the primary sent and, if they match, makes the
+/// bucket hold exactly them. Hashes and walks the whole bucket: a live backup runs it on a
+/// blocking thread ([`apply_stream`]).
+pub fn apply_resync(
+    store: &crate::store::Store,
+    bucket: BucketId,
+    entries: Vec<(bytes::Bytes, bytes::Bytes)>,
+    digest: Digest,
+) -> Result<(), LinkError> {
+    let got = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
+    if got != digest {
+        return Err(LinkError(format!(
+            "lane {bucket}: resync digest {got} != {digest}"
+        )));
+    }
+    store.replace_bucket(bucket, entries);
+    Ok(())
 }
 
 #[cfg(test)]

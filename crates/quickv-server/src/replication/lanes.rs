@@ -27,8 +27,8 @@ use bytes::{Bytes, BytesMut};
 use quickv_net::Outbox;
 use tokio::sync::{mpsc, Notify};
 
-use crate::replication::link::chunks;
 use crate::replication::reply::{via_oneshot, ReplyTo, Waiter};
+use crate::replication::resync::{AckClock, ResyncPlan};
 use crate::replication::Submitted;
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
@@ -101,6 +101,11 @@ struct Lane {
     /// Stamped writes sent and not yet acknowledged: their offset and answer, so that a retry
     /// arriving meanwhile waits for the same ack and gets the same answer.
     stamped: HashMap<WriteStamp, (ReplOffset, Reply)>,
+    /// Since when the lane waits for ack progress (the ack timeout's measure; see [`AckClock`]).
+    clock: AckClock,
+    /// A resync of this lane's bucket is being built ([`Lanes::begin_resync`]): writes to the
+    /// bucket are refused until it is queued, so the lane's offset and overlay stay as planned.
+    resyncing: bool,
 }
 
 /// A queued answer.
@@ -112,8 +117,8 @@ struct Queued {
     effect: Effect,
     /// Where the answer goes, and the answer, if a client is waiting.
     reply: Option<(Waiter, Reply)>,
-    /// When it was sent, for the ack timeout.
-    sent: Instant,
+    /// Whether this entry is a resync (the ack clock gives those longer).
+    resync: bool,
     /// The session stamp of the write, recorded in the bucket's session table when applied.
     stamp: Option<WriteStamp>,
 }
@@ -194,19 +199,8 @@ impl Lanes {
         if !self.is_live(link) {
             return Ok(false);
         }
-        self.handle_ack_if(store, b, offset, || self.is_live(link))
+        self.handle_ack_if(store, b, offset, Instant::now(), || self.is_live(link))
             .map(|()| true)
-    }
-
-    /// [`Lanes::handle_mismatch`] from the reader of link `link`; `None` once superseded.
-    pub fn handle_mismatch_on(&self, link: u64, store: &Store, b: BucketId) -> Option<bool> {
-        let mut guard = self.lane(b);
-        if !self.is_live(link) {
-            return None;
-        }
-        let repaired = store.recount_bucket(b);
-        Self::send_resync(&mut guard, store, b, &self.limits);
-        Some(repaired)
     }
 
     fn open<S: Into<LaneSink>>(&self, senders: Vec<S>) {
@@ -221,12 +215,18 @@ impl Lanes {
 
     /// The link is gone: nothing queued will be acknowledged. Every waiting write is indeterminate.
     pub fn fail_all(&self, reason: &str) {
+        self.fail_all_at(reason, Instant::now())
+    }
+
+    /// [`Lanes::fail_all`] at `now` (the time is an argument: a simulator passes virtual time).
+    pub fn fail_all_at(&self, reason: &str, now: Instant) {
         for b in BucketId::all() {
             let mut l = self.lane(b);
             l.tx = None;
             l.overlay.clear();
             l.stamped.clear();
-            let now = Instant::now();
+            l.clock.reset();
+            l.resyncing = false;
             for q in l.queue.drain(..) {
                 if let Some((waiter, _)) = q.reply {
                     let why = format!("sent to the backup, but no ack came: {reason}");
@@ -265,7 +265,23 @@ impl Lanes {
         refusal: impl FnOnce() -> String,
         reply_to: impl FnOnce() -> ReplyTo,
     ) -> Option<Reply> {
-        self.decide(store, op, session, refusal, reply_to).err()
+        // One clock read per write: the session lookup and the ack clock.
+        self.submit_to_at(store, op, session, refusal, reply_to, Instant::now())
+    }
+
+    /// [`Lanes::submit_to`] at `now`: the session lookup and the ack clock use it (a simulator
+    /// passes virtual time).
+    pub fn submit_to_at(
+        &self,
+        store: &Store,
+        op: Op,
+        session: Option<SessionWrite>,
+        refusal: impl FnOnce() -> String,
+        reply_to: impl FnOnce() -> ReplyTo,
+        now: Instant,
+    ) -> Option<Reply> {
+        self.decide(store, op, session, refusal, reply_to, now)
+            .err()
     }
 
     /// [`Lanes::submit_to`]: `Ok(())` when queued, `Err(answer)` when answered now.
@@ -276,27 +292,32 @@ impl Lanes {
         session: Option<SessionWrite>,
         refusal: impl FnOnce() -> String,
         reply_to: impl FnOnce() -> ReplyTo,
+        now: Instant,
     ) -> Result<(), Reply> {
         let Some(key) = op.key().cloned() else {
             return Err(Reply::Unavailable("not a write".into()));
         };
         let bucket = BucketId::of(&key);
-        // One clock read per write: the session lookup and the ack timeout's start.
-        let now = Instant::now();
         let mut guard = self.lane(bucket);
         let l = &mut *guard;
         let Some(tx) = l.tx.as_ref() else {
             return Err(Reply::Unavailable(refusal()));
         };
+        if l.resyncing {
+            return Err(Reply::Unavailable(format!(
+                "bucket {bucket} is being resynced after a digest mismatch; retry in a moment"
+            )));
+        }
         if let Some(write) = &session {
             if let Some((offset, answer)) = l.stamped.get(&write.stamp) {
                 // A retry of a write still in flight: answer it with that write, after its ack.
                 let (offset, answer) = (*offset, answer.clone());
+                l.clock.queued(now, false);
                 l.queue.push_back(Queued {
                     offset: offset.max(l.queue.back().map_or(0, |q| q.offset)),
                     effect: Effect::Nothing,
                     reply: Some((Waiter::new(reply_to()), answer)),
-                    sent: now,
+                    resync: false,
                     stamp: None,
                 });
                 return Ok(());
@@ -342,11 +363,12 @@ impl Lanes {
             }
             // The refusal rests on a write not yet acknowledged: answer it after that one.
             let offset = l.next;
+            l.clock.queued(now, false);
             l.queue.push_back(Queued {
                 offset,
                 effect,
                 reply: Some((Waiter::new(reply_to()), answer)),
-                sent: now,
+                resync: false,
                 stamp: None,
             });
             return Ok(());
@@ -365,11 +387,12 @@ impl Lanes {
         if let Some(stamp) = stamp {
             l.stamped.insert(stamp, (offset, answer.clone()));
         }
+        l.clock.queued(now, false);
         l.queue.push_back(Queued {
             offset,
             effect,
             reply: Some((Waiter::new(reply_to()), answer)),
-            sent: now,
+            resync: false,
             stamp,
         });
         Ok(())
@@ -377,7 +400,19 @@ impl Lanes {
 
     /// The backup applied everything up to `offset` on lane `b`: apply and answer in order.
     pub fn handle_ack(&self, store: &Store, b: BucketId, offset: ReplOffset) -> Result<(), String> {
-        self.handle_ack_if(store, b, offset, || true)
+        self.handle_ack_at(store, b, offset, Instant::now())
+    }
+
+    /// [`Lanes::handle_ack`] at `now`: session records, answers and the ack clock use it (one
+    /// clock read per ack, which may settle many writes; a simulator passes virtual time).
+    pub fn handle_ack_at(
+        &self,
+        store: &Store,
+        b: BucketId,
+        offset: ReplOffset,
+        now: Instant,
+    ) -> Result<(), String> {
+        self.handle_ack_if(store, b, offset, now, || true)
     }
 
     /// [`Lanes::handle_ack`], applied only if `live()` holds under the lane's lock.
@@ -386,6 +421,7 @@ impl Lanes {
         store: &Store,
         b: BucketId,
         offset: ReplOffset,
+        now: Instant,
         live: impl FnOnce() -> bool,
     ) -> Result<(), String> {
         let mut guard = self.lane(b);
@@ -399,11 +435,12 @@ impl Lanes {
                 l.next
             ));
         }
+        let advanced = offset > l.acked;
         l.acked = l.acked.max(offset);
-        // One clock read per ack (which may settle many writes): session records and answers.
-        let now = Instant::now();
+        let mut resyncs = 0;
         while l.queue.front().is_some_and(|q| q.offset <= l.acked) {
             let Some(q) = l.queue.pop_front() else { break };
+            resyncs += usize::from(q.resync);
             let (key, removed) = match q.effect {
                 Effect::Put(key, value) => {
                     store.put(key.clone(), value);
@@ -428,6 +465,9 @@ impl Lanes {
                 waiter.send(answer, now);
             }
         }
+        if advanced {
+            l.clock.progressed(now, resyncs, l.queue.is_empty());
+        }
         if l.queue.is_empty() {
             self.drained.notify_waiters();
         }
@@ -440,6 +480,7 @@ impl Lanes {
     pub fn check(&self, store: &Store, b: BucketId) -> CheckOutcome {
         let l = self.lane(b);
         match &l.tx {
+            Some(_) if l.resyncing => CheckOutcome::Skipped,
             Some(tx) => {
                 let check = PeerMsg::Check {
                     bucket: b,
@@ -473,59 +514,81 @@ impl Lanes {
 
     /// The backup's digest of lane `b` differed: resend that bucket now, as it stands after the
     /// lane's last offset (a busy lane is repaired without waiting for a pause in the writes).
-    /// First recounts the bucket's running totals from its contents (exact: acks apply to this
-    /// bucket only under the lane lock); returns whether they were wrong, and so repaired.
-    pub fn handle_mismatch(&self, store: &Store, b: BucketId) -> bool {
-        let mut guard = self.lane(b);
-        let repaired = store.recount_bucket(b);
-        Self::send_resync(&mut guard, store, b, &self.limits);
-        repaired
+    /// All in one call, on the caller's thread: [`Lanes::begin_resync`], [`ResyncPlan::build`],
+    /// [`Lanes::finish_resync`] (the simulator and unit tests; a live primary runs the build on a
+    /// blocking thread).
+    pub fn handle_mismatch(&self, store: &Store, b: BucketId) {
+        let link = self.link.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(plan) = self.begin_resync(link, b) {
+            let frames = plan.build(store, &self.limits);
+            self.finish_resync(&plan, frames);
+        }
     }
 
-    /// Sends the whole bucket down the lane as it is after the lane's last offset: the store's
-    /// entries with the writes still in flight laid over them. Exact because the lane lock is held.
-    fn send_resync(l: &mut Lane, store: &Store, b: BucketId, limits: &Limits) {
-        let Some(tx) = &l.tx else { return };
-        let mut entries: HashMap<Bytes, Bytes> = store.bucket_snapshot(b).into_iter().collect();
-        for (key, (after, _)) in &l.overlay {
-            match after {
-                Some(v) => entries.insert(key.clone(), v.clone()),
-                None => entries.remove(key),
-            };
+    /// Pauses lane `b` for a resync planned by link `link`: until [`Lanes::finish_resync`], writes
+    /// to the bucket are refused and its offset and overlay stay fixed. `None` if the lane is
+    /// closed, already resyncing, or `link` is superseded.
+    pub fn begin_resync(&self, link: u64, b: BucketId) -> Option<ResyncPlan> {
+        let mut l = self.lane(b);
+        if !self.is_live(link) || l.tx.is_none() || l.resyncing {
+            return None;
         }
-        let entries: Vec<_> = entries.into_iter().collect();
-        let digest = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
-        let offset = l.next + 1;
-        let chunks = chunks(entries, limits);
-        let sent = tx.send(|buf| {
-            PeerMsg::ReplaceBegin(b).encode(buf);
-            for chunk in &chunks {
-                chunk.encode(buf);
-            }
-            PeerMsg::ReplaceEnd {
-                bucket: b,
-                offset,
-                digest,
-            }
-            .encode(buf);
+        l.resyncing = true;
+        Some(ResyncPlan {
+            bucket: b,
+            offset: l.next + 1,
+            link,
+            overlay: l
+                .overlay
+                .iter()
+                .map(|(k, (after, _))| (k.clone(), after.clone()))
+                .collect(),
+        })
+    }
+
+    /// Queues a resync's `frames` (from [`ResyncPlan::build`]) on its lane and resumes the lane;
+    /// dropped if the link that planned it is gone. Returns whether it was sent.
+    pub fn finish_resync(&self, plan: &ResyncPlan, frames: Bytes) -> bool {
+        let mut guard = self.lane(plan.bucket);
+        let l = &mut *guard;
+        if !self.is_live(plan.link) || !l.resyncing {
+            return false;
+        }
+        l.resyncing = false;
+        let Some(tx) = &l.tx else { return false };
+        if l.next + 1 != plan.offset || !tx.send(|buf| buf.extend_from_slice(&frames)) {
+            return false;
+        }
+        l.next = plan.offset;
+        l.clock.queued(Instant::now(), true);
+        l.queue.push_back(Queued {
+            offset: plan.offset,
+            effect: Effect::Nothing,
+            reply: None,
+            resync: true,
+            stamp: None,
         });
-        if sent {
-            l.next = offset;
-            l.queue.push_back(Queued {
-                offset,
-                effect: Effect::Nothing,
-                reply: None,
-                sent: Instant::now(),
-                stamp: None,
-            });
-        }
+        true
     }
 
-    /// The oldest unacknowledged entry's age, over all lanes (for the ack timeout).
-    pub fn oldest_unacked(&self) -> Option<Duration> {
-        BucketId::all()
-            .filter_map(|b| self.lane(b).queue.front().map(|q| q.sent.elapsed()))
-            .max()
+    /// The first lane, if any, that has had something outstanding and no ack progress for longer
+    /// than `ack_timeout` (`resync_limit` while it waits for a resync) at `now`: the link is dead.
+    pub fn stalled(
+        &self,
+        now: Instant,
+        ack_timeout: Duration,
+        resync_limit: Duration,
+    ) -> Option<(BucketId, Duration)> {
+        // A resync delays the acks of every lane that shares its data stream (the backup installs
+        // the bucket before it reads on): while one is outstanding, every lane gets its limit.
+        let clocks: Vec<AckClock> = BucketId::all().map(|b| self.lane(b).clock).collect();
+        let resyncing = clocks.iter().any(AckClock::resyncing);
+        BucketId::all().zip(clocks).find_map(|(b, clock)| {
+            let limit = if resyncing { resync_limit } else { ack_timeout };
+            clock
+                .stalled(now, limit, resync_limit)
+                .map(|waited| (b, waited))
+        })
     }
 
     /// True when no lane has anything waiting.
@@ -549,334 +612,5 @@ impl Lanes {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply_now(h: Submitted) -> Reply {
-        match h {
-            Err(r) => r,
-            Ok(_) => panic!("expected an immediate answer, got a write waiting for its ack"),
-        }
-    }
-
-    fn lanes_with_links() -> (Lanes, Vec<mpsc::UnboundedReceiver<Bytes>>) {
-        let lanes = Lanes::default();
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
-        lanes.enable(txs);
-        (lanes, rxs)
-    }
-
-    fn insert(k: &'static str, v: &'static str) -> Op {
-        Op::Insert {
-            key: Bytes::from(k),
-            value: Bytes::from(v),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_superseded_links_ack_reader_cannot_apply_the_next_links_writes() {
-        // F6: an old link's reader with an `Ack { offset: 1 }` still buffered must not settle
-        // offset 1 of the lanes the next link has just opened.
-        let store = Store::new();
-        let lanes = Lanes::default();
-        let (txs, _old): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
-        let old = lanes.enable(txs);
-        lanes.fail_all("link lost");
-        let (txs, _new): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
-        let new = lanes.enable(txs);
-        let b = BucketId::of(b"k");
-        let Ok(pending) = lanes.submit(&store, insert("k", "v"), String::new) else {
-            panic!("queued");
-        };
-        assert_eq!(lanes.handle_ack_on(old, &store, b, 1), Ok(false));
-        assert_eq!(lanes.handle_mismatch_on(old, &store, b), None);
-        assert_eq!(
-            store.get(b"k"),
-            None,
-            "not applied by the superseded reader"
-        );
-        assert_eq!(lanes.handle_ack_on(new, &store, b, 1), Ok(true));
-        assert_eq!(pending.await.expect("answered"), Reply::Ok);
-        assert_eq!(store.get(b"k"), Some(Bytes::from("v")));
-    }
-
-    #[tokio::test]
-    async fn writes_become_visible_only_when_acknowledged() {
-        let store = Store::new();
-        let (lanes, mut rxs) = lanes_with_links();
-        let b = BucketId::of(b"k");
-        let Ok(first) = lanes.submit(&store, insert("k", "1"), String::new) else {
-            panic!("insert must wait for the ack");
-        };
-        // A second insert of the same key depends on the first: it waits too.
-        let Ok(second) = lanes.submit(&store, insert("k", "2"), String::new) else {
-            panic!("dependent refusal must wait");
-        };
-        assert_eq!(store.get(b"k"), None, "not visible before the ack");
-        let frame = rxs[b.index()].try_recv().expect("sent to the lane");
-        let mut buf = BytesMut::from(&frame[..]);
-        let msg = PeerMsg::decode(&mut buf, &Default::default())
-            .expect("valid")
-            .expect("whole");
-        assert!(matches!(msg, PeerMsg::Put { offset: 1, .. }), "{msg:?}");
-        lanes.handle_ack(&store, b, 1).expect("ack");
-        assert_eq!(first.await.expect("answered"), Reply::Ok);
-        assert_eq!(second.await.expect("answered"), Reply::Exists);
-        assert_eq!(store.get(b"k"), Some(Bytes::from("1")));
-        // With nothing in flight, a refusal is immediate.
-        assert_eq!(
-            reply_now(lanes.submit(&store, insert("k", "3"), String::new)),
-            Reply::Exists
-        );
-    }
-
-    #[tokio::test]
-    async fn a_retried_stamped_write_is_sent_once_and_answered_like_the_original() {
-        let store = Store::new();
-        let (lanes, mut rxs) = lanes_with_links();
-        let b = BucketId::of(b"k");
-        let stamped = |seq, age_ms| {
-            Some(SessionWrite {
-                stamp: WriteStamp { session: 7, seq },
-                age_ms,
-            })
-        };
-        let submit = |op, session| lanes.submit_stamped(&store, op, session, String::new);
-        let Ok(first) = submit(insert("k", "1"), stamped(1, 0)) else {
-            panic!("must wait for the ack");
-        };
-        // The retry arrives while the original is in flight: it waits for the same ack.
-        let Ok(retry) = submit(insert("k", "1"), stamped(1, 20)) else {
-            panic!("the retry waits behind the original");
-        };
-        let mut frames = 0;
-        while rxs[b.index()].try_recv().is_ok() {
-            frames += 1;
-        }
-        assert_eq!(frames, 1, "the write is sent to the backup once");
-        lanes.handle_ack(&store, b, 1).expect("ack");
-        assert_eq!(first.await.expect("answered"), Reply::Ok);
-        assert_eq!(retry.await.expect("answered"), Reply::Ok, "not Exists");
-        // After the ack, a retry is answered from the session table at once; nothing is sent.
-        assert_eq!(
-            reply_now(submit(insert("k", "1"), stamped(1, 900))),
-            Reply::Ok
-        );
-        assert!(rxs[b.index()].try_recv().is_err());
-        // A new write of the session is decided as usual.
-        assert_eq!(
-            reply_now(submit(insert("k", "2"), stamped(2, 0))),
-            Reply::Exists
-        );
-        // A delete's record keeps the removed value for its retries.
-        let Ok(del) = submit(
-            Op::Delete {
-                key: Bytes::from("k"),
-            },
-            stamped(3, 0),
-        ) else {
-            panic!("must wait");
-        };
-        lanes.handle_ack(&store, b, 2).expect("ack");
-        assert_eq!(del.await.expect("answered"), Reply::Value(Bytes::from("1")));
-        assert_eq!(
-            reply_now(submit(
-                Op::Delete {
-                    key: Bytes::from("k")
-                },
-                stamped(3, 50)
-            )),
-            Reply::Value(Bytes::from("1"))
-        );
-        assert_eq!(store.get(b"k"), None);
-    }
-
-    /// A client stream's answer sink that records what it was given.
-    #[derive(Debug, Default)]
-    struct Sink(std::sync::Mutex<Vec<(u64, Reply)>>);
-
-    impl crate::replication::reply::StreamAnswers for Sink {
-        fn answer(&self, ticket: crate::replication::reply::Ticket, reply: Reply, _now: Instant) {
-            self.0
-                .lock()
-                .expect("not poisoned")
-                .push((ticket.id, reply));
-        }
-    }
-
-    fn to_stream(sink: &std::sync::Arc<Sink>, id: u64) -> impl FnOnce() -> ReplyTo {
-        let sink = sink.clone();
-        move || {
-            ReplyTo::Stream(
-                sink,
-                crate::replication::reply::Ticket {
-                    id,
-                    kind: quickv_proto::OpKind::Insert,
-                    started: Instant::now(),
-                },
-            )
-        }
-    }
-
-    #[tokio::test]
-    async fn an_ack_answers_a_stream_sink_and_a_oneshot_alike_each_once() {
-        let store = Store::new();
-        let (lanes, _rxs) = lanes_with_links();
-        let sink = std::sync::Arc::new(Sink::default());
-        let b = BucketId::of(b"k");
-        let stamp = |seq| {
-            Some(SessionWrite {
-                stamp: WriteStamp { session: 9, seq },
-                age_ms: 0,
-            })
-        };
-        // A stamped write answered at the stream, its retry (in flight) at a oneshot, a dependent
-        // refusal at the stream again.
-        let queued = lanes.submit_to(
-            &store,
-            insert("k", "1"),
-            stamp(1),
-            String::new,
-            to_stream(&sink, 10),
-        );
-        assert_eq!(queued, None, "the write waits for its ack");
-        let Ok(retry) = lanes.submit_stamped(&store, insert("k", "1"), stamp(1), String::new)
-        else {
-            panic!("the retry waits behind the original");
-        };
-        let dependent = lanes.submit_to(
-            &store,
-            insert("k", "2"),
-            None,
-            String::new,
-            to_stream(&sink, 11),
-        );
-        assert_eq!(
-            dependent, None,
-            "the refusal waits for the write it rests on"
-        );
-        assert!(
-            sink.0.lock().expect("not poisoned").is_empty(),
-            "nothing answered before the ack"
-        );
-        lanes.handle_ack(&store, b, 1).expect("ack");
-        assert_eq!(retry.await.expect("answered"), Reply::Ok);
-        assert_eq!(
-            *sink.0.lock().expect("not poisoned"),
-            vec![(10, Reply::Ok), (11, Reply::Exists)]
-        );
-        // Answered once: a later ack of the same offset answers nothing more.
-        lanes.handle_ack(&store, b, 1).expect("ack again");
-        assert_eq!(sink.0.lock().expect("not poisoned").len(), 2);
-        // An answer decided now is returned, and the sink is not touched.
-        let now = lanes.submit_to(
-            &store,
-            insert("k", "3"),
-            None,
-            String::new,
-            to_stream(&sink, 12),
-        );
-        assert_eq!(now, Some(Reply::Exists));
-        assert_eq!(sink.0.lock().expect("not poisoned").len(), 2);
-        // A lost link answers a stream's waiting write indeterminate, once.
-        let lost = lanes.submit_to(
-            &store,
-            insert("x", "1"),
-            None,
-            String::new,
-            to_stream(&sink, 13),
-        );
-        assert_eq!(lost, None);
-        lanes.fail_all("test");
-        let got = sink.0.lock().expect("not poisoned").clone();
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert!(matches!(&got[2], (13, Reply::Indeterminate(_))), "{got:?}");
-        assert_eq!(store.get(b"x"), None);
-    }
-
-    #[tokio::test]
-    async fn a_lost_link_makes_waiting_writes_indeterminate_and_applies_nothing() {
-        let store = Store::new();
-        let (lanes, _rxs) = lanes_with_links();
-        let Ok(w) = lanes.submit(&store, insert("a", "1"), String::new) else {
-            panic!("must wait");
-        };
-        lanes.fail_all("test");
-        assert!(matches!(
-            w.await.expect("answered"),
-            Reply::Indeterminate(_)
-        ));
-        assert_eq!(store.get(b"a"), None);
-        let refused = reply_now(lanes.submit(&store, insert("a", "1"), || "not in sync".into()));
-        assert_eq!(refused, Reply::Unavailable("not in sync".into()));
-        assert!(lanes.handle_ack(&store, BucketId::of(b"a"), 5).is_err());
-    }
-
-    #[test]
-    fn a_busy_lane_is_checked_and_repaired_without_waiting_for_a_pause() {
-        // Finding 7: under steady load a lane's queue is never empty; it must still be checked.
-        use crate::replication::backup::StreamApplier;
-        let store = Store::new();
-        let (lanes, mut rxs) = lanes_with_links();
-        let backup = crate::replication::Replication::new(
-            std::sync::Arc::new(Store::new()),
-            crate::config::ServerConfig::new(
-                crate::config::Role::Backup,
-                "127.0.0.1:1".parse().expect("addr"),
-            ),
-            7,
-        );
-        let b = BucketId::of(b"k");
-        let mut applier = StreamApplier::default();
-        let feed = |rx: &mut mpsc::UnboundedReceiver<Bytes>, applier: &mut StreamApplier| {
-            let mut buf = BytesMut::new();
-            while let Ok(frame) = rx.try_recv() {
-                buf.extend_from_slice(&frame);
-            }
-            let mut reports = Vec::new();
-            while let Some(msg) = PeerMsg::decode(&mut buf, &Default::default()).expect("valid") {
-                reports.extend(applier.handle(msg, &backup).expect("apply"));
-            }
-            reports
-        };
-        let _w1 = lanes.submit(&store, insert("k", "1"), String::new);
-        assert!(feed(&mut rxs[b.index()], &mut applier).is_empty());
-        lanes.handle_ack(&store, b, 1).expect("ack");
-        // A second write in flight: the lane is busy when the check is due.
-        let _w2 = lanes.submit(
-            &store,
-            Op::Update {
-                key: Bytes::from("k"),
-                value: Bytes::from("2"),
-            },
-            String::new,
-        );
-        assert!(
-            matches!(lanes.check(&store, b), CheckOutcome::Sent),
-            "a busy lane must be checked"
-        );
-        assert!(
-            feed(&mut rxs[b.index()], &mut applier).is_empty(),
-            "the check accounts for the write in flight: no false mismatch"
-        );
-        // A divergence on the backup, found and repaired while the lane is still busy.
-        backup.store.put(Bytes::from("k"), Bytes::from("rot"));
-        assert!(matches!(lanes.check(&store, b), CheckOutcome::Sent));
-        let reports = feed(&mut rxs[b.index()], &mut applier);
-        assert!(
-            matches!(reports.as_slice(), [PeerMsg::Mismatch { .. }]),
-            "{reports:?}"
-        );
-        lanes.handle_mismatch(&store, b);
-        assert!(feed(&mut rxs[b.index()], &mut applier).is_empty());
-        assert_eq!(
-            backup.store.get(b"k"),
-            Some(Bytes::from("2")),
-            "repaired to the state after the write in flight"
-        );
-        lanes
-            .handle_ack(&store, b, applier.applied[b.index()])
-            .expect("ack everything");
-        assert_eq!(store.digest(b), backup.store.digest(b));
-    }
-}
+#[path = "lanes_tests.rs"]
+mod tests;

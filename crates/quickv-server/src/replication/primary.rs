@@ -5,13 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quickv_net::{BatchWriter, Outbox, Taken};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::replication::dial::dial;
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
+use crate::replication::resync::ResyncPlan;
 use crate::replication::state::{admit, Refusal, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, BUCKETS};
@@ -179,12 +182,15 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
                 Err(e) => return Err(e),
             },
             _ = tick.tick() => {
-                if let Some(age) = repl.lanes.oldest_unacked() {
-                    if age > repl.config.ack_timeout {
-                        return Err(LinkError(format!(
-                            "no ack from the backup within {:?}", repl.config.ack_timeout
-                        )));
-                    }
+                // Dead link: something outstanding and no ack progress for the ack timeout (a
+                // resync, which the backup checks and installs whole, gets the step timeout).
+                if let Some((bucket, waited)) =
+                    repl.lanes.stalled(std::time::Instant::now(), repl.config.ack_timeout, step)
+                {
+                    return Err(LinkError(format!(
+                        "no ack from the backup within {:?} (lane {bucket} waited {waited:?} without progress)",
+                        repl.config.ack_timeout
+                    )));
                 }
             }
             _ = check.tick() => {
@@ -242,15 +248,32 @@ async fn write_lane(
 
 /// Applies a data stream's acks and mismatch reports until the stream ends or fails; then fails
 /// the link it belongs to (and only that one).
+///
+/// A mismatch pauses the bucket's lane and builds its resync on a blocking thread (see
+/// [`crate::replication::resync`]); the build is owned here (a [`JoinSet`] that ends with this
+/// reader), and its frames are queued only if this reader's link still holds the lanes. Acks
+/// for every other lane keep flowing meanwhile.
 async fn read_acks(
     repl: Arc<Replication>,
     mut reader: PeerReader,
     link: u64,
     link_failed: tokio_util::sync::CancellationToken,
 ) {
+    let mut resyncs: JoinSet<(ResyncPlan, Bytes)> = JoinSet::new();
     let outcome = loop {
         let next = tokio::select! {
             m = reader.next() => m,
+            Some(built) = resyncs.join_next() => {
+                match built {
+                    Ok((plan, frames)) => {
+                        if repl.lanes.finish_resync(&plan, frames) {
+                            repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => break format!("building a resync failed: {e}"),
+                }
+                continue;
+            }
             _ = link_failed.cancelled() => return,
         };
         let msg = match next {
@@ -271,19 +294,15 @@ async fn read_acks(
                 digest,
             } => {
                 warn!(%bucket, offset, backup_digest = %digest, "digest mismatch; resyncing the bucket");
-                let Some(repaired) = repl.lanes.handle_mismatch_on(link, &repl.store, bucket)
-                else {
-                    break format!("link {link} superseded");
-                };
                 repl.counters
                     .digest_mismatches
                     .fetch_add(1, Ordering::Relaxed);
-                repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                if repaired {
-                    tracing::error!(%bucket, "internal error: this bucket's running totals disagreed with its contents; recounted");
-                    repl.counters
-                        .totals_repaired
-                        .fetch_add(1, Ordering::Relaxed);
+                if let Some(plan) = repl.lanes.begin_resync(link, bucket) {
+                    let (store, limits) = (repl.store.clone(), repl.config.limits);
+                    resyncs.spawn_blocking(move || {
+                        let frames = plan.build(&store, &limits);
+                        (plan, frames)
+                    });
                 }
             }
             other => break format!("unexpected {other:?} on a data stream"),

@@ -126,7 +126,11 @@ impl Sessions {
     /// peer's data keeps the records. A pair that lost both servers therefore answers such
     /// retries `SessionExpired` instead of deciding them against an empty store.
     pub fn new(limits: SessionLimits) -> Sessions {
-        let now = Instant::now();
+        Sessions::new_at(limits, Instant::now())
+    }
+
+    /// [`Sessions::new`] born at `now` (a simulator passes virtual time).
+    pub fn new_at(limits: SessionLimits, now: Instant) -> Sessions {
         Sessions {
             buckets: (0..BUCKETS)
                 .map(|_| {
@@ -291,7 +295,11 @@ impl Sessions {
     /// Forgets every record (the store was emptied with them); as for a new table, retries of
     /// writes sent before now are refused until a bootstrap installs a table.
     pub fn clear(&self) {
-        let now = Instant::now();
+        self.clear_at(Instant::now())
+    }
+
+    /// [`Sessions::clear`] at `now` (a simulator passes virtual time).
+    pub fn clear_at(&self, now: Instant) {
         for b in BucketId::all() {
             let mut t = self.bucket(b);
             t.sessions.clear();
