@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quickv_client::{Client, ClientConfig, ClientError};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 use super::bin;
@@ -162,4 +164,135 @@ pub async fn https_count(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("no status line in {text:?}"))
+}
+
+/// A client of `addr` with the identity in `dir` (`ca.pem`, `client.pem`, `client.key`).
+pub async fn connect_as(addr: SocketAddr, dir: &Path) -> Result<Client, ClientError> {
+    Client::connect(&addr.to_string(), &ClientConfig::new(dir)).await
+}
+
+/// A rustls client config presenting NAME's certificate (`NAME.pem` in `certs`), trusting the
+/// cluster CA: for the HTTPS gateway.
+pub fn https_config(certs: &Path, name: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(certs.join("ca.pem")).expect("ca.pem") {
+        roots.add(cert.expect("ca cert")).expect("add root");
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(certs.join(format!("{name}.pem")))
+            .expect("cert")
+            .collect::<Result<_, _>>()
+            .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(certs.join(format!("{name}.key"))).expect("key");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client auth"),
+    )
+}
+
+/// One HTTP(S) request on a fresh connection (TLS with `tls`, plain without), through the tools'
+/// one HTTP client: (status, body), or an error if the connection or the TLS handshake failed.
+pub async fn http_call(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    method: hyper::Method,
+    path: &str,
+    form: &str,
+) -> Result<(u16, String), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let form_type = Some(quickv::http::FORM);
+    let answer = match tls {
+        Some(cfg) => {
+            let name =
+                rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let stream = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
+            super::http::try_send(stream, "localhost", method, path, form_type, form.into()).await?
+        }
+        None => {
+            super::http::try_send(tcp, "localhost", method, path, form_type, form.into()).await?
+        }
+    };
+    Ok((answer.status, answer.body))
+}
+
+/// A client config presenting NAME's certificate on the client ALPN.
+pub fn quic_config(certs: &Path, name: &str) -> quinn::ClientConfig {
+    quickv_server::tls::client_config_from_files(
+        &certs.join("ca.pem"),
+        Some((
+            &certs.join(format!("{name}.pem")),
+            &certs.join(format!("{name}.key")),
+        )),
+        quickv_proto::ALPN,
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+    )
+    .expect("client config")
+}
+
+/// A raw QUIC connection presenting NAME's certificate, which has exchanged the hello (so the
+/// server has accepted and registered it).
+pub async fn hello_connection(
+    addr: SocketAddr,
+    certs: &Path,
+    name: &str,
+) -> (quinn::Endpoint, quinn::Connection) {
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let conn = connect_hello(&endpoint, quic_config(certs, name), addr).await;
+    (endpoint, conn)
+}
+
+/// Dials `addr` from `endpoint` and exchanges the protocol hello.
+pub async fn connect_hello(
+    endpoint: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: SocketAddr,
+) -> quinn::Connection {
+    let conn = endpoint
+        .connect_with(cfg, addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let mut out = bytes::BytesMut::new();
+    quickv_proto::encode_request(
+        &quickv_proto::Request {
+            id: 1,
+            op: quickv_proto::Op::Hello {
+                version: quickv_proto::PROTOCOL_VERSION,
+            },
+            session: None,
+        },
+        &mut out,
+    );
+    send.write_all(&out).await.expect("send hello");
+    let mut inbuf = bytes::BytesMut::new();
+    loop {
+        if let Some(resp) =
+            quickv_proto::decode_response(&mut inbuf, &quickv_proto::Limits::default())
+                .expect("decode")
+        {
+            assert!(
+                matches!(resp.reply, quickv_proto::Reply::Hello { .. }),
+                "{resp:?}"
+            );
+            break;
+        }
+        let n = tokio::io::AsyncReadExt::read_buf(&mut recv, &mut inbuf)
+            .await
+            .expect("read");
+        assert!(n > 0, "stream ended before the hello answer");
+    }
+    conn
 }

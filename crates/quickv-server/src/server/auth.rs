@@ -90,6 +90,10 @@ pub struct Security {
     pub refused_identities: AtomicU64,
     /// Requests refused because the certificate's role did not allow them.
     pub forbidden: AtomicU64,
+    /// The QUIC endpoint's config in force. A reload swaps its certificates and verifier but
+    /// keeps the rest, above all its Retry token key: a client that got a Retry just before a
+    /// reload returns its token just after, and a fresh random key would drop that handshake.
+    quic: Mutex<Option<quinn::ServerConfig>>,
 }
 
 /// One open client connection: its certificate chain and how to close it.
@@ -135,6 +139,7 @@ impl Security {
             closed_revoked: AtomicU64::new(0),
             refused_identities: AtomicU64::new(0),
             forbidden: AtomicU64::new(0),
+            quic: Mutex::default(),
         })
     }
 
@@ -145,7 +150,25 @@ impl Security {
         limits: TransportLimits,
     ) -> Result<quinn::ServerConfig> {
         let hints = self.trust.current();
-        tls::server_config_with(paths, limits, self.trust.verifier(&hints))
+        let cfg = tls::server_config_with(paths, limits, self.trust.verifier(&hints))?;
+        *self.quic.lock().unwrap_or_else(PoisonError::into_inner) = Some(cfg.clone());
+        Ok(cfg)
+    }
+
+    /// `fresh` as the endpoint's next config: its certificates, verifier and transport on top of
+    /// the config in force (same token key), or `fresh` itself if none is.
+    fn next_quic(&self, fresh: quinn::ServerConfig) -> quinn::ServerConfig {
+        let mut in_force = self.quic.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = match in_force.take() {
+            Some(mut kept) => {
+                kept.crypto = fresh.crypto;
+                kept.transport = fresh.transport;
+                kept
+            }
+            None => fresh,
+        };
+        *in_force = Some(next.clone());
+        next
     }
 
     /// The HTTPS gateway's config (`--http-tls`), its verifier following this server's [`Trust`].
@@ -258,7 +281,7 @@ impl Security {
             false => None,
         };
         self.trust.install(next);
-        endpoint.set_server_config(Some(quic));
+        endpoint.set_server_config(Some(self.next_quic(quic)));
         if let Some(https) = https {
             self.set_http_config(https);
         }
