@@ -1,10 +1,9 @@
 //! Ownership and fencing of the peer link (issue 20, review F1, F3, F6): what one link starts ends
 //! or is fenced before the next link touches the store; epochs survive restarts. Real processes,
-//! real QUIC and TLS; a scripted primary (`replication_kit`) where a test must stop a link at a
+//! real QUIC and TLS; a scripted primary (`tests/common/peer.rs`) where a test must stop a link at a
 //! chosen message.
 
 mod common;
-mod replication_kit;
 
 use std::time::{Duration, Instant};
 
@@ -14,10 +13,10 @@ use quickv_proto::Limits;
 use quickv_server::replication::link::chunks;
 use quickv_server::store::{BucketId, Digest};
 
-use common::Pair;
-use replication_kit::{
+use common::peer::{
     entries_in, keys_of, primary_hello, send_peer, snapshot, RawPeerStream, ScriptedPrimary,
 };
+use common::Pair;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_bootstrap_leaves_running_totals_that_match_the_bucket() {

@@ -4,6 +4,7 @@
 pub mod http;
 pub mod identity;
 pub mod netlab;
+pub mod peer;
 pub mod prometheus;
 
 use std::net::SocketAddr;

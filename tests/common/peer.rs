@@ -84,6 +84,14 @@ impl ScriptedPrimary {
         send_peer(&mut self.ctl_send, &[PeerMsg::Hello(Box::new(ours))]).await;
         self.ctl.next().await
     }
+
+    /// Sends our hello and returns the backup's, which it must be.
+    pub async fn hello(&mut self, ours: PeerHello) -> PeerHello {
+        match self.send_hello(ours).await {
+            PeerMsg::Hello(h) => *h,
+            other => panic!("expected the backup's hello, got {other:?}"),
+        }
+    }
 }
 
 /// A hello as a primary of the pair whose certificates are in `certs`, at link `epoch`, with
