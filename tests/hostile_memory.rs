@@ -47,21 +47,9 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// A raw connection holding the `read` certificate `name`.
+/// A raw connection holding the certificate `name` (`client` is the cluster's admin client).
 async fn connect_as(server: &ServerProc, name: &str) -> (quinn::Endpoint, quinn::Connection) {
-    let dir = &server.certs;
-    let cfg = quickv_server::tls::client_config_from_files(
-        &dir.join("ca.pem"),
-        Some((
-            &dir.join(format!("{name}.pem")),
-            &dir.join(format!("{name}.key")),
-        )),
-        protocol::ALPN,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    )
-    .expect("client config");
-    common::raw_connection(server.addr, cfg).await
+    common::identity::raw_as(server.addr, &server.certs, name).await
 }
 
 fn requests(ops: impl IntoIterator<Item = (u64, Op)>) -> BytesMut {

@@ -12,29 +12,11 @@ use std::time::Duration;
 
 use common::identity::{https_count, WAIT};
 use common::{bin, free_addr, free_tcp_addr, fresh_certs, ServerProc};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Writes one raw request (`Connection: close`) and reads the whole answer: status and body.
 async fn raw(http: SocketAddr, request: String) -> (u16, String) {
-    let mut tcp = TcpStream::connect(http).await.expect("connect http");
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
-        .await
-        .expect("the server answers and closes")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    common::http::raw(http, request.as_bytes()).await
 }
 
 /// A GET with the given extra header lines, as `Host: HOST`.
@@ -178,6 +160,9 @@ async fn idle_unauthenticated_tcp_connections_do_not_hold_the_https_gateways_slo
             "--http-tls",
             "--max-connections",
             "1",
+            // The idle connections below must outlive the admin's request whatever the load.
+            "--handshake-timeout-ms",
+            "60000",
         ],
     );
     let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];

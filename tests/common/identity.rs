@@ -241,6 +241,16 @@ pub fn quic_config(certs: &Path, name: &str) -> quinn::ClientConfig {
     .expect("client config")
 }
 
+/// A raw QUIC connection presenting NAME's certificate (`NAME.pem` in `certs`; `client` is the
+/// cluster's admin client), with no hello exchanged.
+pub async fn raw_as(
+    addr: SocketAddr,
+    certs: &Path,
+    name: &str,
+) -> (quinn::Endpoint, quinn::Connection) {
+    super::raw_connection(addr, quic_config(certs, name)).await
+}
+
 /// A raw QUIC connection presenting NAME's certificate, which has exchanged the hello (so the
 /// server has accepted and registered it).
 pub async fn hello_connection(

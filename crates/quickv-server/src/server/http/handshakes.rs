@@ -4,7 +4,7 @@
 //! the client's certificate verified: before that, anyone can open a TCP connection and send
 //! nothing. Such unauthenticated connections get their own small budget instead — at most
 //! [`PENDING_HANDSHAKES`] at once, at most [`PENDING_PER_SOURCE`] from one IP address — and
-//! [`super::TLS_HANDSHAKE_TIMEOUT`] to finish. A connection over budget is closed at once, so a
+//! the server's handshake timeout (`--handshake-timeout-ms`, default 3 s) to finish. A connection over budget is closed at once, so a
 //! source that keeps idle connections open cannot queue ahead of others, nor hold the slots of
 //! authenticated clients.
 

@@ -73,9 +73,6 @@ use crate::server::node::{Node, Stats};
 /// How long a client may take to send a request's headers, from connect or from the end of the
 /// previous response (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a TLS handshake may take (it holds a place of the small pre-handshake budget,
-/// [`handshakes`], meanwhile).
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again, so the loop
 /// does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -283,7 +280,9 @@ async fn connection(node: Arc<Node>, stream: TcpStream, admission: Admission, se
         return;
     };
     let handshake = tokio::select! {
-        h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)) => h,
+        // The server's one handshake timeout (QUIC and HTTPS alike, `--handshake-timeout-ms`): a
+        // handshake holds a place of the small pre-handshake budget ([`handshakes`]) meanwhile.
+        h = tokio::time::timeout(node.config.handshake_timeout, TlsAcceptor::from(config).accept(stream)) => h,
         _ = node.shutdown.cancelled() => return,
     };
     let stream = match handshake {
