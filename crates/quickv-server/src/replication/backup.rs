@@ -460,7 +460,7 @@ impl StreamApplier {
 
 /// Checks a resync's entries against the digest the primary sent and, if they match, makes the
 /// bucket hold exactly them. Hashes and walks the whole bucket: a live backup runs it on a
-/// blocking thread ([`apply_stream`]).
+/// blocking thread (`apply_stream`).
 pub fn apply_resync(
     store: &crate::store::Store,
     bucket: BucketId,
