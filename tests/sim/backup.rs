@@ -1,0 +1,189 @@
+//! The backup's side of the simulated pair: the handshake, applying a bootstrap and lane writes,
+//! and losing the link.
+
+use super::*;
+
+impl Sim {
+    // ---- the backup's driver ----
+
+    pub(super) fn backup_ctl(&mut self, conn: u64, msg: PeerMsg) {
+        let Some(b) = self.backup.as_mut() else {
+            return;
+        };
+        let current = b.link.as_ref().map(|l| l.conn);
+        if current != Some(conn) {
+            // A new connection: only a verified hello may replace the live link.
+            let PeerMsg::Hello(theirs) = msg else {
+                return self.cut(conn, "expected the primary's hello");
+            };
+            let view = PeerHello {
+                primary: false,
+                run_id: b.proc,
+                pair: 0,
+                epoch: b.machine.epoch(),
+                synced: b.machine.current(),
+                keys: 0,
+                digests: Default::default(),
+            };
+            let epoch = match admit(&theirs, &view) {
+                Ok(e) => e,
+                Err(refusal) => {
+                    let reason = refusal.to_string();
+                    self.note(format!("backup refuses connection {conn}: {reason}"));
+                    self.send(conn, Side::Backup, 0, &[PeerMsg::Goodbye(reason.clone())]);
+                    return self.cut(conn, &reason);
+                }
+            };
+            b.applying_link += 1;
+            let generation = b.applying_link;
+            if let Some(old) = b.link.take() {
+                b.machine.handle_link_lost("superseded".into());
+                self.cut(old.conn, "superseded by a newer link");
+            }
+            let Some(b) = self.backup.as_mut() else {
+                return;
+            };
+            b.machine.handle_link_up();
+            let ours = replication::hello_of(
+                false,
+                b.proc,
+                0,
+                b.machine.current(),
+                b.machine.epoch(),
+                &b.store,
+            );
+            let plan = b.machine.handle_hellos(&theirs, &ours, epoch);
+            let phase = if plan.buckets.is_empty() {
+                BPhase::Running
+            } else if plan.source == Source::Primary {
+                BPhase::Receiving(TransferReceiver::default())
+            } else {
+                BPhase::AwaitAck
+            };
+            let mut msgs = vec![PeerMsg::Hello(Box::new(ours))];
+            if matches!(phase, BPhase::AwaitAck) {
+                msgs.extend(snapshot_msgs(&b.store, &plan.buckets, &self.limits).0);
+            }
+            b.link = Some(BLink {
+                conn,
+                generation,
+                phase,
+                inbox: HashMap::new(),
+                appliers: HashMap::new(),
+            });
+            self.note(format!("backup admits connection {conn} at epoch {epoch}"));
+            self.send(conn, Side::Backup, 0, &msgs);
+            return self.backup_drain(conn);
+        }
+        let Some(link) = b.link.as_mut() else { return };
+        let phase = std::mem::replace(&mut link.phase, BPhase::Running);
+        match (phase, msg) {
+            (BPhase::Receiving(mut rx), msg) => match rx.handle(msg, &b.store) {
+                None => link.phase = BPhase::Receiving(rx),
+                Some(verdict) => {
+                    let ack = PeerMsg::TransferAck {
+                        ok: verdict.is_ok(),
+                        reason: verdict.clone().err().unwrap_or_default(),
+                    };
+                    if verdict.is_ok() {
+                        b.machine.handle_transfer_verified();
+                    }
+                    self.send(conn, Side::Backup, 0, &[ack]);
+                    match verdict {
+                        Ok(()) => self.backup_drain(conn),
+                        Err(e) => self.cut(conn, &e),
+                    }
+                }
+            },
+            (BPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
+                b.machine.handle_epoch_confirmed();
+                self.backup_drain(conn)
+            }
+            (BPhase::Running, PeerMsg::Synced) => b.machine.handle_synced(),
+            (_, other) => self.cut(conn, &format!("unexpected {other:?} on the control stream")),
+        }
+    }
+
+    /// Applies what the data streams buffered, once the link runs (the real backup accepts the
+    /// data streams only after the transfer, so earlier bytes wait in QUIC's buffers).
+    pub(super) fn backup_drain(&mut self, conn: u64) {
+        let limits = self.limits;
+        let Some(b) = self.backup.as_mut() else {
+            return;
+        };
+        let Some(link) = b.link.as_mut().filter(|l| l.conn == conn) else {
+            return;
+        };
+        if !matches!(link.phase, BPhase::Running) {
+            return;
+        }
+        let mut replies = Vec::new();
+        let mut failure = None;
+        let streams: Vec<usize> = link.inbox.keys().copied().filter(|s| *s > 0).collect();
+        for stream in streams {
+            let Some(buf) = link.inbox.get_mut(&stream) else {
+                continue;
+            };
+            let (applier, acked) = link
+                .appliers
+                .entry(stream)
+                .or_insert_with(|| (StreamApplier::default(), [0; BUCKETS]));
+            let mut out = Vec::new();
+            loop {
+                match PeerMsg::decode(buf, &limits) {
+                    Ok(Some(msg)) => {
+                        if b.applying_link != link.generation {
+                            failure = Some("fenced: superseded link".to_string());
+                            break;
+                        }
+                        match applier.handle(msg, &b.repl) {
+                            Ok(report) => out.extend(report),
+                            Err(e) => {
+                                failure = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            for lane in BucketId::all() {
+                let applied = applier.applied[lane.index()];
+                if applied > acked[lane.index()] {
+                    acked[lane.index()] = applied;
+                    out.push(PeerMsg::Ack {
+                        bucket: lane,
+                        offset: applied,
+                    });
+                }
+            }
+            if !out.is_empty() {
+                replies.push((stream, out));
+            }
+            if failure.is_some() {
+                break;
+            }
+        }
+        for (stream, msgs) in replies {
+            self.send(conn, Side::Backup, stream, &msgs);
+        }
+        if let Some(e) = failure {
+            self.note(format!("backup: data stream failed: {e}"));
+            self.cut(conn, &e);
+        }
+    }
+
+    pub(super) fn backup_link_lost(&mut self, conn: u64, cause: &str) {
+        let Some(b) = self.backup.as_mut() else {
+            return;
+        };
+        if b.link.as_ref().map(|l| l.conn) == Some(conn) {
+            b.link = None;
+            b.machine.handle_link_lost(cause.to_string());
+        }
+    }
+}

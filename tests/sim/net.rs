@@ -1,0 +1,148 @@
+//! The simulated network: bytes sent on a connection's streams, delivered after a seeded delay
+//! (in order per stream, overtaking across streams), cuts, and delivery to each side's driver.
+
+use super::*;
+
+impl Sim {
+    // ---- network ----
+
+    /// Sends already encoded frames on a stream of `conn`, in order with what that stream carried.
+    pub(super) fn send_bytes(&mut self, conn: u64, from: Side, stream: usize, bytes: Bytes) {
+        let to = match from {
+            Side::Primary => Side::Backup,
+            Side::Backup => Side::Primary,
+        };
+        let delay = if self.rng.chance(8) {
+            self.rng.range(100, 900)
+        } else {
+            self.rng.range(1, 15)
+        };
+        let now = self.now;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.alive {
+            return;
+        }
+        let last = c.last.entry((from, stream)).or_insert(0);
+        let when = (now + delay).max(*last);
+        *last = when;
+        self.at(
+            when - now,
+            Event::Deliver {
+                conn,
+                to,
+                stream,
+                bytes,
+            },
+        );
+    }
+
+    pub(super) fn send(&mut self, conn: u64, from: Side, stream: usize, msgs: &[PeerMsg]) {
+        let mut out = BytesMut::new();
+        for m in msgs {
+            m.encode(&mut out);
+        }
+        self.send_bytes(conn, from, stream, out.freeze());
+    }
+
+    /// Cuts a connection: what is in flight is lost; each side notices after its own delay.
+    pub(super) fn cut(&mut self, conn: u64, cause: &str) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.alive {
+            return;
+        }
+        c.alive = false;
+        self.note(format!("connection {conn} cut: {cause}"));
+        for side in [Side::Primary, Side::Backup] {
+            let delay = self.rng.range(1, 1200);
+            self.at(
+                delay,
+                Event::LinkDown {
+                    conn,
+                    side,
+                    cause: cause.to_string(),
+                },
+            );
+        }
+    }
+
+    // ---- delivery ----
+
+    pub(super) fn deliver(&mut self, conn: u64, to: Side, stream: usize, bytes: Bytes) {
+        if !self.conns.get(&conn).is_some_and(|c| c.alive) {
+            return;
+        }
+        let limits = self.limits;
+        match to {
+            Side::Backup => {
+                let Some(b) = self.backup.as_mut() else {
+                    return;
+                };
+                if stream == 0 {
+                    // The control stream of a connection not yet admitted has its own buffer.
+                    let mut buf = match b.link.as_mut().filter(|l| l.conn == conn) {
+                        Some(l) => std::mem::take(l.inbox.entry(0).or_default()),
+                        None => BytesMut::new(),
+                    };
+                    buf.extend_from_slice(&bytes);
+                    loop {
+                        match PeerMsg::decode(&mut buf, &limits) {
+                            Ok(Some(msg)) => self.backup_ctl(conn, msg),
+                            Ok(None) => break,
+                            Err(e) => return self.cut(conn, &e.to_string()),
+                        }
+                        if !self.conns.get(&conn).is_some_and(|c| c.alive) {
+                            return;
+                        }
+                    }
+                    if let Some(l) = self
+                        .backup
+                        .as_mut()
+                        .and_then(|b| b.link.as_mut())
+                        .filter(|l| l.conn == conn)
+                    {
+                        l.inbox.insert(0, buf);
+                    }
+                } else {
+                    let Some(l) = b.link.as_mut().filter(|l| l.conn == conn) else {
+                        return;
+                    };
+                    l.inbox.entry(stream).or_default().extend_from_slice(&bytes);
+                    self.backup_drain(conn);
+                }
+            }
+            Side::Primary => {
+                let Some(p) = self.primary.as_mut() else {
+                    return;
+                };
+                let Some(link) = p.link.as_mut().filter(|l| l.conn == conn) else {
+                    return;
+                };
+                let mut buf = std::mem::take(link.inbox.entry(stream).or_default());
+                buf.extend_from_slice(&bytes);
+                loop {
+                    match PeerMsg::decode(&mut buf, &limits) {
+                        Ok(Some(msg)) if stream == 0 => self.primary_ctl(conn, msg),
+                        Ok(Some(msg)) => self.primary_data(conn, msg),
+                        Ok(None) => break,
+                        Err(e) => return self.primary_link_lost(conn, &e.to_string()),
+                    }
+                    if !self.conns.get(&conn).is_some_and(|c| c.alive) {
+                        return;
+                    }
+                }
+                if let Some(l) = self
+                    .primary
+                    .as_mut()
+                    .and_then(|p| p.link.as_mut())
+                    .filter(|l| l.conn == conn)
+                {
+                    l.inbox.insert(stream, buf);
+                }
+            }
+        }
+    }
+}

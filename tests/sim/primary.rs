@@ -1,0 +1,233 @@
+//! The primary's side of the simulated pair: dialing, the handshake, its lanes, and the tick
+//! that runs its digest checks and ack timeout.
+
+use super::*;
+
+impl Sim {
+    // ---- the primary's driver ----
+
+    pub(super) fn dial(&mut self) {
+        self.dial_scheduled = false;
+        let Some(p) = self.primary.as_ref() else {
+            return;
+        };
+        if p.link.is_some() {
+            return;
+        }
+        let (Some(b), false) = (self.backup.as_ref(), self.partitioned) else {
+            let backoff = self.rng.range(50, 250);
+            self.schedule_dial(backoff);
+            return;
+        };
+        let (pproc, bproc) = (p.proc, b.proc);
+        let conn = self.id();
+        self.conns.insert(
+            conn,
+            Conn {
+                alive: true,
+                primary_proc: pproc,
+                backup_proc: bproc,
+                last: HashMap::new(),
+            },
+        );
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        p.machine.handle_link_up();
+        let ours = replication::hello_of(
+            true,
+            p.proc,
+            0,
+            p.machine.current(),
+            p.machine.epoch(),
+            &p.store,
+        );
+        p.link = Some(PLink {
+            conn,
+            phase: PPhase::Hello {
+                ours: Box::new(ours.clone()),
+            },
+            streams: 0,
+            inbox: HashMap::new(),
+            lane_rx: Vec::new(),
+            progress: vec![(0, 0); BUCKETS],
+            next_check: 0,
+        });
+        self.note(format!("primary dials (connection {conn})"));
+        self.send(conn, Side::Primary, 0, &[PeerMsg::Hello(Box::new(ours))]);
+    }
+
+    pub(super) fn primary_link_lost(&mut self, conn: u64, cause: &str) {
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        if p.link.as_ref().map(|l| l.conn) != Some(conn) {
+            return;
+        }
+        p.link = None;
+        p.lanes.fail_all(cause);
+        p.machine.handle_link_lost(cause.to_string());
+        self.cut(conn, cause);
+        let backoff = self.rng.range(50, 250);
+        self.schedule_dial(backoff);
+    }
+
+    pub(super) fn primary_ctl(&mut self, conn: u64, msg: PeerMsg) {
+        let limits = self.limits;
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        let Some(link) = p.link.as_mut().filter(|l| l.conn == conn) else {
+            return;
+        };
+        let phase = std::mem::replace(&mut link.phase, PPhase::AwaitAck);
+        match (phase, msg) {
+            (PPhase::Hello { ours }, PeerMsg::Hello(theirs)) => {
+                let epoch = match admit(&ours, &theirs) {
+                    Ok(e) => e,
+                    Err(e) => return self.primary_link_lost(conn, &e.to_string()),
+                };
+                let plan = p.machine.handle_hellos(&ours, &theirs, epoch);
+                if plan.buckets.is_empty() {
+                    self.open_lanes(conn);
+                } else if plan.source == Source::Primary {
+                    let (msgs, _, _) = snapshot_msgs(&p.store, &plan.buckets, &limits);
+                    link.phase = PPhase::AwaitAck;
+                    self.send(conn, Side::Primary, 0, &msgs);
+                } else {
+                    link.phase = PPhase::Receiving(TransferReceiver::default());
+                }
+            }
+            (PPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => self.open_lanes(conn),
+            (PPhase::Receiving(mut rx), msg) => match rx.handle(msg, &p.store) {
+                None => link.phase = PPhase::Receiving(rx),
+                Some(verdict) => {
+                    let ack = PeerMsg::TransferAck {
+                        ok: verdict.is_ok(),
+                        reason: verdict.clone().err().unwrap_or_default(),
+                    };
+                    self.send(conn, Side::Primary, 0, &[ack]);
+                    match verdict {
+                        Ok(()) => {
+                            if let Some(p) = self.primary.as_mut() {
+                                p.machine.handle_transfer_verified();
+                            }
+                            self.open_lanes(conn);
+                        }
+                        Err(e) => self.primary_link_lost(conn, &e),
+                    }
+                }
+            },
+            (_, other) => self.primary_link_lost(conn, &format!("unexpected {other:?}")),
+        }
+    }
+
+    pub(super) fn open_lanes(&mut self, conn: u64) {
+        let streams = self.peer_streams;
+        let now = self.now;
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        let Some(link) = p.link.as_mut().filter(|l| l.conn == conn) else {
+            return;
+        };
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..streams).map(|_| mpsc::unbounded_channel()).unzip();
+        p.lanes.enable(
+            BucketId::all()
+                .map(|b| txs[b.index() % streams].clone())
+                .collect(),
+        );
+        link.lane_rx = rxs;
+        link.streams = streams;
+        link.phase = PPhase::Lanes;
+        link.progress = vec![(0, now); BUCKETS];
+        link.next_check = now + CHECK_EVERY_MS;
+        p.machine.handle_synced();
+        let pair = self
+            .conns
+            .get(&conn)
+            .map(|c| (c.primary_proc, c.backup_proc));
+        self.linked.extend(pair);
+        self.note(format!("primary opens the lanes on connection {conn}"));
+        self.send(conn, Side::Primary, 0, &[PeerMsg::Synced]);
+        self.at(50, Event::Tick);
+    }
+
+    /// Moves what the lanes queued onto their data streams.
+    pub(super) fn flush_lanes(&mut self) {
+        let Some(link) = self.primary.as_mut().and_then(|p| p.link.as_mut()) else {
+            return;
+        };
+        let conn = link.conn;
+        let mut out = Vec::new();
+        for (i, rx) in link.lane_rx.iter_mut().enumerate() {
+            let mut buf = BytesMut::new();
+            while let Ok(frame) = rx.try_recv() {
+                buf.extend_from_slice(&frame);
+            }
+            if !buf.is_empty() {
+                out.push((i + 1, buf.freeze()));
+            }
+        }
+        for (stream, bytes) in out {
+            self.send_bytes(conn, Side::Primary, stream, bytes);
+        }
+    }
+
+    pub(super) fn primary_data(&mut self, conn: u64, msg: PeerMsg) {
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        if p.link.as_ref().map(|l| l.conn) != Some(conn) {
+            return;
+        }
+        let failed = match msg {
+            PeerMsg::Ack { bucket, offset } => p.lanes.handle_ack(&p.store, bucket, offset).err(),
+            PeerMsg::Mismatch { bucket, .. } => {
+                self.note(format!("digest mismatch on lane {bucket}: resync"));
+                let Some(p) = self.primary.as_mut() else {
+                    return;
+                };
+                p.lanes.handle_mismatch(&p.store, bucket);
+                None
+            }
+            other => Some(format!("unexpected {other:?} on a data stream")),
+        };
+        if let Some(e) = failed {
+            self.primary_link_lost(conn, &e);
+        }
+    }
+
+    pub(super) fn tick(&mut self) {
+        let now = self.now;
+        let Some(p) = self.primary.as_mut() else {
+            return;
+        };
+        let Some(link) = p.link.as_mut() else { return };
+        if !matches!(link.phase, PPhase::Lanes) {
+            return;
+        }
+        let conn = link.conn;
+        let status = p.lanes.status();
+        let mut late = false;
+        for (lane, s) in status.iter().enumerate() {
+            let (acked, since) = &mut link.progress[lane];
+            if s.acked != *acked || s.pending == 0 {
+                *acked = s.acked;
+                *since = now;
+            } else if now - *since > ACK_TIMEOUT_MS {
+                late = true;
+            }
+        }
+        if late {
+            return self.primary_link_lost(conn, "no ack from the backup within the ack timeout");
+        }
+        if now >= link.next_check {
+            link.next_check = now + CHECK_EVERY_MS;
+            for b in BucketId::all() {
+                p.lanes.check(&p.store, b);
+            }
+        }
+        self.at(50, Event::Tick);
+    }
+}
