@@ -637,7 +637,7 @@ mod tests {
         let b = BucketId::of(b"k");
         let stamped = |seq, age_ms| {
             Some(SessionWrite {
-                stamp: WriteStamp { session: 7, seq },
+                stamp: WriteStamp::new(7, seq),
                 age_ms,
             })
         };
@@ -726,7 +726,7 @@ mod tests {
         let b = BucketId::of(b"k");
         let stamp = |seq| {
             Some(SessionWrite {
-                stamp: WriteStamp { session: 9, seq },
+                stamp: WriteStamp::new(9, seq),
                 age_ms: 0,
             })
         };
