@@ -79,6 +79,7 @@ async fn forty_stamped_deletes_of_16_mib_stay_inside_the_budget() {
     let before = rss(pid);
     let value = Bytes::from(vec![b'v'; BIG]);
     let mut peak = before;
+    let mut early = before;
     for i in 0..40 {
         let key = format!("k{i}");
         client
@@ -88,15 +89,33 @@ async fn forty_stamped_deletes_of_16_mib_stay_inside_the_budget() {
         let old = client.delete(key).await.expect("delete");
         assert_eq!(old.len(), BIG, "the first attempt returns the value");
         peak = peak.max(rss(pid));
+        if i == 4 {
+            early = rss(pid);
+        }
     }
     let s = sessions(&client).await;
     let after = rss(pid);
     println!(
-        "RSS before {} MiB, peak {} MiB, after 40 x (insert 16 MiB, stamped delete) {} MiB; \
-         sessions {s}",
+        "RSS before {} MiB, after 5 deletes {} MiB, peak {} MiB, after 40 x (insert 16 MiB, \
+         stamped delete) {} MiB; sessions {s}",
         before >> 20,
+        early >> 20,
         peak >> 20,
         after >> 20
+    );
+    // Memory does not grow with the number of deletes (it grew by 16 MiB per delete)...
+    assert!(
+        after.saturating_sub(early) <= 64 << 20,
+        "RSS grew from {} MiB to {} MiB over 35 deletes",
+        early >> 20,
+        after >> 20
+    );
+    // ...and stays under a generous bound.
+    assert!(
+        after <= RSS_BOUND,
+        "RSS {} MiB over {} MiB with an empty store",
+        after >> 20,
+        RSS_BOUND >> 20
     );
     let (bytes, budget) = (number(&s, "bytes"), number(&s, "budget_bytes"));
     assert!(
@@ -109,12 +128,6 @@ async fn forty_stamped_deletes_of_16_mib_stay_inside_the_budget() {
     assert!(bytes < 64 * 1024, "a 16 MiB delete leaves a marker: {s}");
     // The store is empty, so writes are admitted again.
     client.insert("after", "x").await.expect("insert admitted");
-    assert!(
-        after <= RSS_BOUND,
-        "RSS {} MiB over {} MiB with an empty store",
-        after >> 20,
-        RSS_BOUND >> 20
-    );
 }
 
 /// A key in bucket `b`, distinct per `i`.
