@@ -184,6 +184,9 @@ pub struct Sessions {
     swept: AtomicU64,
     /// Deletes whose removed value was too large to keep, since start.
     not_kept: AtomicU64,
+    /// Bytes charged to all buckets (the sum of their `bytes`), kept apart so that the memory
+    /// check on every write reads one atomic instead of 32 locks.
+    bytes: AtomicU64,
 }
 
 impl Default for Sessions {
@@ -210,6 +213,7 @@ impl Sessions {
             evicted: AtomicU64::new(0),
             swept: AtomicU64::new(0),
             not_kept: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 
@@ -224,6 +228,20 @@ impl Sessions {
         self.buckets[b.index()]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `change` on bucket `b`'s table and carries its change in bytes to the total.
+    fn change<R>(&self, b: BucketId, change: impl FnOnce(&mut BucketTable) -> R) -> R {
+        let mut t = self.bucket(b);
+        let before = t.bytes as u64;
+        let result = change(&mut t);
+        let after = t.bytes as u64;
+        if after >= before {
+            self.bytes.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.bytes.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        result
     }
 
     /// Looks a stamped write to bucket `b` up at time `now`.
@@ -276,14 +294,16 @@ impl Sessions {
     pub fn record(&self, b: BucketId, stamp: WriteStamp, removed: Option<Bytes>, now: Instant) {
         let limits = self.limits;
         let answer = self.answer_of(removed);
-        let mut t = self.bucket(b);
-        t.insert(stamp, 0, answer, now, limits.window);
-        if now.saturating_duration_since(t.swept) >= limits.max_idle / 4 {
-            let n = t.sweep(now, limits.max_idle);
-            self.swept.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        let n = t.enforce(stamp.owner, &limits);
-        self.evicted.fetch_add(n as u64, Ordering::Relaxed);
+        let (swept, evicted) = self.change(b, |t| {
+            t.insert(stamp, 0, answer, now, limits.window);
+            let swept = match now.saturating_duration_since(t.swept) >= limits.max_idle / 4 {
+                true => t.sweep(now, limits.max_idle),
+                false => 0,
+            };
+            (swept, t.enforce(stamp.owner, &limits))
+        });
+        self.swept.fetch_add(swept as u64, Ordering::Relaxed);
+        self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
     }
 
     /// Drops the sessions idle for longer than [`SessionLimits::max_idle`] at `now`, in every
@@ -291,7 +311,7 @@ impl Sessions {
     /// Returns the sessions dropped.
     pub fn sweep(&self, now: Instant) -> usize {
         let n: usize = BucketId::all()
-            .map(|b| self.bucket(b).sweep(now, self.limits.max_idle))
+            .map(|b| self.change(b, |t| t.sweep(now, self.limits.max_idle)))
             .sum();
         self.swept.fetch_add(n as u64, Ordering::Relaxed);
         n
@@ -344,26 +364,27 @@ impl Sessions {
     ) {
         let ago = |ms: u64| now.checked_sub(Duration::from_millis(ms));
         let limits = self.limits;
-        let mut owners = Vec::new();
-        let mut t = self.bucket(b);
-        // A mark older than this process's clock can express is "long ago": anything is later.
-        *t = BucketTable::new(marks.born_ms_ago.map(|ms| ago(ms).unwrap_or(now)), now);
-        t.horizon = marks.evicted_ms_ago.map(|ms| ago(ms).unwrap_or(now));
-        for a in answers {
-            let last_used = ago(a.idle_ms).unwrap_or(now);
-            let answer = match a.answer {
-                RecordedAnswer::Removed(v) => self.answer_of(Some(v)),
-                other => other,
-            };
-            owners.push(a.stamp.owner);
-            t.insert(a.stamp, a.floor, answer, last_used, limits.window);
-        }
-        owners.sort_unstable();
-        owners.dedup();
-        let mut evicted = 0;
-        for owner in owners {
-            evicted += t.enforce(owner, &limits);
-        }
+        let evicted = self.change(b, |t| {
+            // A mark older than this process's clock can express is "long ago": anything is later.
+            *t = BucketTable::new(marks.born_ms_ago.map(|ms| ago(ms).unwrap_or(now)), now);
+            t.horizon = marks.evicted_ms_ago.map(|ms| ago(ms).unwrap_or(now));
+            let mut owners = Vec::new();
+            for a in answers {
+                let last_used = ago(a.idle_ms).unwrap_or(now);
+                let answer = match a.answer {
+                    RecordedAnswer::Removed(v) => self.answer_of(Some(v)),
+                    other => other,
+                };
+                owners.push(a.stamp.owner);
+                t.insert(a.stamp, a.floor, answer, last_used, limits.window);
+            }
+            owners.sort_unstable();
+            owners.dedup();
+            owners
+                .into_iter()
+                .map(|o| t.enforce(o, &limits))
+                .sum::<usize>()
+        });
         self.evicted.fetch_add(evicted as u64, Ordering::Relaxed);
     }
 
@@ -372,7 +393,7 @@ impl Sessions {
     pub fn clear(&self) {
         let now = Instant::now();
         for b in BucketId::all() {
-            *self.bucket(b) = BucketTable::new(Some(now), now);
+            self.change(b, |t| *t = BucketTable::new(Some(now), now));
         }
     }
 
@@ -389,7 +410,7 @@ impl Sessions {
 
     /// Bytes charged to the tables (what `max_memory` counts besides the store).
     pub fn bytes(&self) -> u64 {
-        BucketId::all().map(|b| self.bucket(b).bytes as u64).sum()
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Records, sessions, identities and bytes, and the eviction counters.

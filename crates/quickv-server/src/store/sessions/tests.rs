@@ -221,6 +221,7 @@ fn the_tables_stay_inside_their_byte_budget() {
         let at = t0 + Duration::from_millis(i);
         s.record(b0(), WriteStamp::new(i, 1), Some(value.clone()), at);
         assert!(s.bytes() <= 8192, "after {i}: {:?}", s.usage());
+        assert_eq!(s.bytes(), s.usage().bytes, "the total follows the buckets");
     }
     let u = s.usage();
     assert!(u.evicted > 0 && u.records > 0, "{u:?}");
@@ -295,5 +296,6 @@ fn the_timer_sweep_drops_idle_records_of_a_bucket_without_writes() {
         (0, 0, 0, 0),
         "{u:?}"
     );
+    assert_eq!(s.bytes(), 0);
     assert!(is_expired(&s.lookup(b0(), &write(1, 1, 61_000), later)));
 }
