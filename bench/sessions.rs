@@ -36,10 +36,7 @@ fn main() {
         .map(|i| Bytes::from(format!("key-{i:012}")))
         .collect();
     let value = Bytes::from(vec![b'v'; 100]);
-    let stamp_of = |i: usize| WriteStamp {
-        session: 1 + i as u64 % SESSIONS,
-        seq: 1 + (i as u64 / SESSIONS),
-    };
+    let stamp_of = |i: usize| WriteStamp::new(1 + i as u64 % SESSIONS, 1 + (i as u64 / SESSIONS));
 
     let primary = |stamped: bool| {
         let store = Store::new();

@@ -18,16 +18,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quickv::history::{check, Recorder, Workload};
 use quickv_client::{Client, ClientConfig, ClientError};
 use quickv_proto::{
-    decode_response, encode_request, ErrorCode, Limits, Op, Reply, Request, SessionWrite,
-    WriteStamp, PROTOCOL_VERSION,
+    ErrorCode, Op, Reply, Request, Response, SessionWrite, WriteStamp, PROTOCOL_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 
-use common::{wait_state, Pair};
+use common::{exchange, wait_state, Pair};
 
 /// Longest wait for any condition.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -285,60 +284,12 @@ async fn kill_hammer_with_retries_is_linearizable_and_leaves_no_indeterminate_wr
     );
 }
 
-/// Sends `requests` on a fresh stream (after a hello if `hello`) and returns the answers by id.
-async fn exchange(conn: &quinn::Connection, hello: bool, requests: &[Request]) -> Vec<Response> {
-    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
-    let mut out = BytesMut::new();
-    let mut expected = requests.len();
-    if hello {
-        encode_request(
-            &Request::new(
-                u64::MAX,
-                Op::Hello {
-                    version: PROTOCOL_VERSION,
-                },
-            ),
-            &mut out,
-        );
-        expected += 1;
-    }
-    for r in requests {
-        encode_request(r, &mut out);
-    }
-    send.write_all(&out).await.expect("send");
-    send.finish().expect("finish");
-    let mut inbuf = BytesMut::new();
-    let mut answers = Vec::new();
-    let limits = Limits::default();
-    let deadline = Instant::now() + PATIENCE;
-    while answers.len() < expected {
-        while let Some(resp) = decode_response(&mut inbuf, &limits).expect("valid answer") {
-            answers.push(resp);
-        }
-        if answers.len() >= expected {
-            break;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, recv.read_chunk(64 * 1024, true)).await {
-            Ok(Ok(Some(chunk))) => inbuf.extend_from_slice(&chunk.bytes),
-            other => panic!("stream ended early: {other:?} after {answers:?}"),
-        }
-    }
-    answers.retain(|r| r.id != u64::MAX);
-    answers
-}
-
-type Response = quickv_proto::Response;
-
 fn stamped(id: u64, op: Op, seq: u64, age_ms: u32) -> Request {
     Request {
         id,
         op,
         session: Some(SessionWrite {
-            stamp: WriteStamp {
-                session: 0x5E55_1017,
-                seq,
-            },
+            stamp: WriteStamp::new(0x5E55_1017, seq),
             age_ms,
         }),
     }

@@ -299,9 +299,20 @@ pub(crate) struct ServerArgs {
     /// docs/client.md, "Sessions and retries".
     #[arg(long, value_name = "N")]
     pub(crate) session_window: Option<usize>,
-    /// Client sessions remembered per bucket, 32 buckets (default 4096).
+    /// Client sessions remembered per client certificate and bucket, 32 buckets (default 4096).
     #[arg(long, value_name = "N")]
     pub(crate) max_sessions: Option<usize>,
+    /// Byte budget of the session tables in all (default 64 MiB; at most half of --max-memory,
+    /// and counted toward it).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) session_memory: Option<usize>,
+    /// Bytes one client certificate's session records may hold (default 16 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) session_memory_per_client: Option<usize>,
+    /// Largest removed value a delete's session record keeps for its retry (default 1024);
+    /// a retry of a delete of a larger value is answered `ok` (applied, value not kept).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) session_keep_removed: Option<usize>,
     /// Forget a session's records after it wrote nothing for this many seconds (default 600).
     #[arg(long, value_name = "SECS")]
     pub(crate) session_idle_secs: Option<u64>,

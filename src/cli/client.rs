@@ -33,8 +33,12 @@ pub(super) async fn client_command(
             client.update(key, value).await?
         }
         Command::Delete(args) => {
-            let old = client.delete(parse_key(&args.key, args.key_hex)?).await?;
-            print_value(&old, &args)?;
+            match client.delete(parse_key(&args.key, args.key_hex)?).await {
+                Ok(old) => print_value(&old, &args)?,
+                // Deleted (by an earlier attempt): a success without the value.
+                Err(e) if e.took_effect() => eprintln!("{e}"),
+                Err(e) => return Err(e.into()),
+            }
         }
         Command::Get(args) => match client.get(parse_key(&args.key, args.key_hex)?).await? {
             Some(v) => print_value(&v, &args)?,

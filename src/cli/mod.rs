@@ -259,6 +259,13 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
         .max_sessions
         .unwrap_or(cfg.sessions.max_sessions)
         .max(1);
+    cfg.sessions.max_bytes = args.session_memory.unwrap_or(cfg.sessions.max_bytes);
+    cfg.sessions.max_bytes_per_identity = args
+        .session_memory_per_client
+        .unwrap_or(cfg.sessions.max_bytes_per_identity);
+    cfg.sessions.keep_removed_max = args
+        .session_keep_removed
+        .unwrap_or(cfg.sessions.keep_removed_max);
     if let Some(secs) = args.session_idle_secs {
         cfg.sessions.max_idle = Duration::from_secs(secs.max(1));
     }

@@ -92,6 +92,24 @@ fn a_linearizable_concurrent_history_passes() {
 }
 
 #[test]
+fn a_delete_answered_ok_is_a_removal_whose_value_was_not_kept() {
+    // A retried delete found applied, its large value not kept (docs/protocol.md, "Sessions").
+    let present = history(vec![
+        op(1, ins("a"), 0, 10, Observed::Ok),
+        op(2, Kind::Delete, 20, 30, Observed::Ok),
+        op(1, Kind::Get, 40, 50, Observed::NotFound),
+    ]);
+    let r = report(&present, None);
+    assert!(r.is_clean(), "{r}");
+    // It still removes something: on an absent key it cannot be placed.
+    let absent = history(vec![
+        op(1, Kind::Get, 0, 10, Observed::NotFound),
+        op(2, Kind::Delete, 20, 30, Observed::Ok),
+    ]);
+    assert!(!report(&absent, None).is_clean());
+}
+
+#[test]
 fn new_then_old_value_from_concurrent_reads_fails() {
     // …but once a read returned the new value, a later read may not return the old one.
     let h = history(vec![
@@ -533,7 +551,12 @@ fn replay(ops: &[&Operation], order: &[usize], final_value: &Option<Option<Bytes
                 s.clone(),
             ),
         };
-        if op.outcome.is_definite() && op.outcome != answer {
+        // `Ok` to a delete: a removal whose value was not kept (docs/protocol.md, "Sessions").
+        let removal_not_kept = matches!(
+            (&op.kind, &op.outcome, &answer),
+            (Kind::Delete, Observed::Ok, Observed::Value(_))
+        );
+        if op.outcome.is_definite() && op.outcome != answer && !removal_not_kept {
             return false;
         }
         state = next;

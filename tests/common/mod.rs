@@ -10,10 +10,14 @@ pub mod prometheus;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use quickv::supervisor::{self, ServerCommand, ServerProcess, Signal};
 use quickv_client::{Client, ClientConfig};
+use quickv_proto::{
+    decode_response, encode_request, Limits, Op, Request, Response, PROTOCOL_VERSION,
+};
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -388,4 +392,51 @@ pub fn raw_client_config(
         Duration::from_secs(1),
     )
     .expect("client config")
+}
+
+/// Sends `requests` on a fresh stream (after a hello if `hello`) and returns the answers by id.
+pub async fn exchange(
+    conn: &quinn::Connection,
+    hello: bool,
+    requests: &[Request],
+) -> Vec<Response> {
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let mut out = BytesMut::new();
+    let mut expected = requests.len();
+    if hello {
+        encode_request(
+            &Request::new(
+                u64::MAX,
+                Op::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            ),
+            &mut out,
+        );
+        expected += 1;
+    }
+    for r in requests {
+        encode_request(r, &mut out);
+    }
+    send.write_all(&out).await.expect("send");
+    send.finish().expect("finish");
+    let mut inbuf = BytesMut::new();
+    let mut answers = Vec::new();
+    let limits = Limits::default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answers.len() < expected {
+        while let Some(resp) = decode_response(&mut inbuf, &limits).expect("valid answer") {
+            answers.push(resp);
+        }
+        if answers.len() >= expected {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, recv.read_chunk(64 * 1024, true)).await {
+            Ok(Ok(Some(chunk))) => inbuf.extend_from_slice(&chunk.bytes),
+            other => panic!("stream ended early: {other:?} after {answers:?}"),
+        }
+    }
+    answers.retain(|r| r.id != u64::MAX);
+    answers
 }

@@ -29,10 +29,7 @@ impl Sim {
         let stamp = (!matches!(kind, Kind::Get)).then(|| {
             let seq = &mut self.write_seqs[client as usize];
             *seq += 1;
-            WriteStamp {
-                session: u64::from(client) + 1,
-                seq: *seq,
-            }
+            WriteStamp::new(u64::from(client) + 1, *seq)
         });
         let slot = self.pending.len();
         self.pending.push(Some(Pending {

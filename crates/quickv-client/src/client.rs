@@ -296,9 +296,16 @@ impl Client {
     }
 
     /// Deletes a key and returns its old value; fails with [`ClientError::NotFound`] if absent.
+    ///
+    /// With [`retry_writes`](crate::ClientConfigBuilder::retry_writes), a retry that finds the
+    /// delete already applied by an earlier attempt gets the removed value only if it was small
+    /// (1 KiB by default); for a larger one this returns [`ClientError::DeletedValueNotKept`],
+    /// which means the delete **took effect** ([`ClientError::took_effect`]).
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<Bytes, ClientError> {
         match self.call(Op::Delete { key: key.into() }).await? {
             Reply::Value(v) => Ok(v),
+            // A retry that found the delete applied, its (large) value not kept.
+            Reply::Ok => Err(ClientError::DeletedValueNotKept),
             other => Err(refusal(other)),
         }
     }

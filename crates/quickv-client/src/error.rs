@@ -46,6 +46,12 @@ pub enum ClientError {
     /// their deadline are [`ClientError::Indeterminate`] instead.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// Not a failure of the delete: it **took effect** (the key is gone), but the value it removed
+    /// is unknown. A retry of the delete found it applied by an earlier attempt, and the server had
+    /// not kept a removed value that large for retries (it answers `Ok` instead of the value:
+    /// docs/protocol.md, "Sessions"). Only [`Client::delete`](crate::Client::delete) returns it.
+    #[error("deleted by an earlier attempt; the removed value was too large to keep")]
+    DeletedValueNotKept,
 }
 
 impl ClientError {
@@ -58,6 +64,7 @@ impl ClientError {
     /// assert!(!ClientError::Timeout("no answer".into()).is_refusal());
     /// ```
     pub fn is_refusal(&self) -> bool {
+        // `DeletedValueNotKept` is not here: the delete took effect (see `took_effect`).
         matches!(
             self,
             ClientError::Exists
@@ -66,6 +73,20 @@ impl ClientError {
                 | ClientError::Indeterminate(_)
                 | ClientError::Forbidden(_)
         )
+    }
+}
+
+impl ClientError {
+    /// True when the write this error answers certainly took effect (only
+    /// [`ClientError::DeletedValueNotKept`]): treat the delete as done.
+    ///
+    /// ```
+    /// use quickv_client::ClientError;
+    /// assert!(ClientError::DeletedValueNotKept.took_effect());
+    /// assert!(!ClientError::NotFound.took_effect());
+    /// ```
+    pub fn took_effect(&self) -> bool {
+        matches!(self, ClientError::DeletedValueNotKept)
     }
 }
 

@@ -18,6 +18,8 @@ impl From<&ClientError> for Outcome {
             ClientError::Forbidden(_) => Outcome::Forbidden,
             ClientError::Server { code, .. } => Outcome::of_error(*code),
             ClientError::Timeout(_) => Outcome::Timeout,
+            // The delete took effect; only its value is unknown.
+            ClientError::DeletedValueNotKept => Outcome::Ok,
             ClientError::Connection(_) | ClientError::Protocol(_) => Outcome::Unreachable,
         }
     }

@@ -21,10 +21,10 @@ impl Client {
     /// definite answer or the deadline passes. See `docs/client.md`, "Sessions and retries".
     pub(crate) async fn write_with_retries(&self, op: Op) -> Result<Reply, ClientError> {
         let inner = &self.inner;
-        let stamp = WriteStamp {
-            session: inner.session_id,
-            seq: inner.next_seq.fetch_add(1, Ordering::Relaxed) + 1,
-        };
+        let stamp = WriteStamp::new(
+            inner.session_id,
+            inner.next_seq.fetch_add(1, Ordering::Relaxed) + 1,
+        );
         let budget = self.timeout().unwrap_or(RETRY_WINDOW_WITHOUT_DEADLINE);
         let first = Instant::now();
         // A budget beyond what the clock can name: no deadline in practice.

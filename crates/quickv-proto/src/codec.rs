@@ -184,10 +184,8 @@ pub fn decode_request(src: &mut BytesMut, limits: &Limits) -> Result<Option<Requ
     let id = reader.u64("request id")?;
     let (tag, session) = match tag {
         tag::S_INSERT | tag::S_UPDATE | tag::S_DELETE => {
-            let stamp = WriteStamp {
-                session: reader.u64("session")?,
-                seq: reader.u64("sequence")?,
-            };
+            // The owner is not on the client wire: the server sets it from the connection.
+            let stamp = WriteStamp::new(reader.u64("session")?, reader.u64("sequence")?);
             let age_ms = reader.u32("attempt age")?;
             let plain = tag - tag::S_INSERT + tag::INSERT;
             (plain, Some(SessionWrite { stamp, age_ms }))

@@ -30,7 +30,7 @@ pub const ALPN: &[u8] = b"quickv/1";
 /// ALPN of the primary↔backup link (the [`crate::peer`] protocol); a server tells the two kinds of
 /// connection apart by it. Version 2 carries session records with replicated writes and transfers;
 /// a server of the previous version fails the handshake instead of misreading them.
-pub const PEER_ALPN: &[u8] = b"quickv-peer/2";
+pub const PEER_ALPN: &[u8] = b"quickv-peer/3";
 
 /// Bytes of the length prefix that starts every frame (a big-endian `u32`).
 pub const LEN_PREFIX: usize = 4;
@@ -122,10 +122,32 @@ impl Request {
 /// `docs/client.md`, "Sessions"), and the record travels with the write to the backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WriteStamp {
+    /// Whose session this is, as the *server* knows it: a hash of the client's certificate
+    /// ([`WriteStamp::owner_of`]), so one client's records are never another's. Not on the client
+    /// wire (a client cannot choose it): the client codec decodes it as 0 and the server sets it
+    /// from the connection; the peer link carries it to the backup.
+    pub owner: u64,
     /// The client session, random per client.
     pub session: u64,
     /// The write's number in the session, from 1, never reused.
     pub seq: u64,
+}
+
+impl WriteStamp {
+    /// A stamp as a client makes it (owner unset: the server fills it in).
+    pub const fn new(session: u64, seq: u64) -> WriteStamp {
+        WriteStamp {
+            owner: 0,
+            session,
+            seq,
+        }
+    }
+
+    /// The owner id of a client certificate (its DER bytes): a 64-bit hash, never 0 (0 means
+    /// "no identity").
+    pub fn owner_of(certificate_der: &[u8]) -> u64 {
+        xxhash_rust::xxh3::xxh3_64(certificate_der).max(1)
+    }
 }
 
 /// A write's stamp as a client sends it: the stamp and how long ago the client first sent it.

@@ -48,7 +48,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
             let session = stamp
                 .filter(|_| op.is_write())
                 .map(|(session, seq, age_ms)| SessionWrite {
-                    stamp: WriteStamp { session, seq },
+                    stamp: WriteStamp::new(session, seq),
                     age_ms,
                 });
             Request { id, op, session }
@@ -553,10 +553,7 @@ fn a_stamped_write_has_the_documented_layout() {
             key: Bytes::from_static(b"k"),
         },
         session: Some(SessionWrite {
-            stamp: WriteStamp {
-                session: 0xAA,
-                seq: 7,
-            },
+            stamp: WriteStamp::new(0xAA, 7),
             age_ms: 250,
         }),
     };

@@ -200,8 +200,9 @@ pub struct ServerConfig {
     /// `admin`). Off by default: without it or `http_tls`, a non-loopback `http` is refused.
     pub http_insecure: bool,
     /// Bounds of the session tables that make retried writes exactly-once (answers kept per
-    /// session and bucket, sessions per bucket, idle age); see `store::sessions` and
-    /// `docs/client.md`. Defaults: 64 answers, 4096 sessions per bucket, 10 minutes.
+    /// session and bucket, sessions per client and bucket, idle age, bytes in all and per client,
+    /// largest removed value kept); see `store::sessions` and `docs/client.md`. Defaults: 64
+    /// answers, 4096 sessions, 10 minutes, 64 MiB (at most half of `max_memory`), 16 MiB, 1 KiB.
     pub sessions: SessionLimits,
     /// Keys the store's maps are sized for at start (0: grow from empty). A sizing hint, not a
     /// limit: it moves flurry's table-growth copies out of the first inserts (docs/benchmarks.md).

@@ -101,6 +101,7 @@ impl From<ClientError> for Answer {
     /// the reason beside it, so that `Answer::from(e).outcome() == Outcome::from(&e)`.
     fn from(e: ClientError) -> Answer {
         let outcome = Outcome::from(&e);
+        let took_effect = e.took_effect();
         let why = match e {
             ClientError::Unavailable(r)
             | ClientError::Indeterminate(r)
@@ -116,7 +117,9 @@ impl From<ClientError> for Answer {
             Outcome::Forbidden => Answer::Forbidden(why),
             Outcome::Timeout => Answer::Timeout(why),
             Outcome::Unreachable => Answer::Unreachable(why),
-            // An error is never `Ok`; should the mapping say so one day, it is not a success.
+            // The one error that is a success: a delete found applied, value not kept.
+            Outcome::Ok if took_effect => Answer::Ok,
+            // Any other error is never `Ok`; should the mapping say so one day, it is not one.
             Outcome::Error | Outcome::Ok => Answer::Error(why),
         }
     }
@@ -394,6 +397,8 @@ fn learn(op: &KvOp, answer: &Answer, before: &Possible) -> Option<Possible> {
             fits(before.may_be_present(), Possible::value(value.clone()))
         }
         (KvOp::Remove { .. }, Answer::Value(v)) => fits(before.may_hold(v), Possible::absent()),
+        // A retried remove found applied, its (large) value not kept (docs/protocol.md).
+        (KvOp::Remove { .. }, Answer::Ok) => fits(before.may_be_present(), Possible::absent()),
         (KvOp::Get { .. }, Answer::Value(v)) => fits(
             before.may_hold(v),
             Possible::value(String::from_utf8_lossy(v)),

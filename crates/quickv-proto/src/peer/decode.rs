@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::{PeerHello, PeerMsg, SessionAnswer};
+use super::{PeerHello, PeerMsg, RecordedAnswer, SessionAnswer};
 use crate::codec::Reader;
 use crate::{BucketId, DecodeError, Digest, Limits, WriteStamp, BUCKETS, LEN_PREFIX};
 
@@ -153,24 +153,31 @@ fn session_answer(r: &mut Reader, limits: &Limits) -> Result<PeerMsg, DecodeErro
     let stamp = WriteStamp {
         session: r.u64("session")?,
         seq: r.u64("sequence")?,
+        owner: r.u64("owner")?,
     };
     let floor = r.u64("floor")?;
     let idle_ms = r.u64("idle")?;
-    let removed = match flag(r.u8("answer kind")?)? {
-        false => None,
-        true => {
+    let answer = match r.u8("answer kind")? {
+        0 => RecordedAnswer::Ok,
+        1 => {
             let v = r.bytes("removed value")?;
             if v.len() > limits.max_value {
                 return Err(invalid("session answer over the size limits".into()));
             }
-            Some(v)
+            RecordedAnswer::Removed(v)
+        }
+        2 => RecordedAnswer::RemovedNotKept,
+        other => {
+            return Err(invalid(format!(
+                "session answer kind is {other}, not 0, 1 or 2"
+            )))
         }
     };
     Ok(PeerMsg::SessionAnswer(SessionAnswer {
         stamp,
         floor,
         idle_ms,
-        removed,
+        answer,
     }))
 }
 
@@ -209,6 +216,7 @@ fn stamp(r: &mut Reader) -> Result<Option<WriteStamp>, DecodeError> {
         true => Some(WriteStamp {
             session: r.u64("session")?,
             seq: r.u64("sequence")?,
+            owner: r.u64("owner")?,
         }),
     })
 }

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::PeerMsg;
+use super::{PeerMsg, RecordedAnswer};
 use crate::codec::{put_bytes, wire_len};
 use crate::{WriteStamp, LEN_PREFIX};
 
@@ -90,11 +90,13 @@ impl PeerMsg {
             PeerMsg::SessionAnswer(a) => {
                 dst.put_u64(a.stamp.session);
                 dst.put_u64(a.stamp.seq);
+                dst.put_u64(a.stamp.owner);
                 dst.put_u64(a.floor);
                 dst.put_u64(a.idle_ms);
-                match &a.removed {
-                    None => dst.put_u8(0),
-                    Some(v) => {
+                match &a.answer {
+                    RecordedAnswer::Ok => dst.put_u8(0),
+                    RecordedAnswer::RemovedNotKept => dst.put_u8(2),
+                    RecordedAnswer::Removed(v) => {
                         dst.put_u8(1);
                         put_bytes(dst, v);
                     }
@@ -132,7 +134,7 @@ impl PeerMsg {
     }
 }
 
-/// A replicated write's optional stamp: a flag byte, then session and sequence if set.
+/// A replicated write's optional stamp: a flag byte, then session, sequence and owner if set.
 fn put_stamp(dst: &mut BytesMut, stamp: &Option<WriteStamp>) {
     match stamp {
         None => dst.put_u8(0),
@@ -140,6 +142,7 @@ fn put_stamp(dst: &mut BytesMut, stamp: &Option<WriteStamp>) {
             dst.put_u8(1);
             dst.put_u64(s.session);
             dst.put_u64(s.seq);
+            dst.put_u64(s.owner);
         }
     }
 }

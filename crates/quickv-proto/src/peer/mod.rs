@@ -183,6 +183,18 @@ pub struct SessionAnswer {
     pub floor: u64,
     /// Milliseconds since the session last wrote to the bucket (for the age limit).
     pub idle_ms: u64,
-    /// The original answer: `None` for `Ok` (insert, update), `Some(old value)` for a delete.
-    pub removed: Option<Bytes>,
+    /// The original answer.
+    pub answer: RecordedAnswer,
+}
+
+/// The answer a session table remembers for an applied write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordedAnswer {
+    /// `Ok` (an insert or an update).
+    Ok,
+    /// A delete, with the value it removed (small values only: see `RemovedNotKept`).
+    Removed(Bytes),
+    /// A delete whose removed value was too large to keep: a retry is answered `Ok`, "applied,
+    /// value not kept" (docs/protocol.md, "Sessions").
+    RemovedNotKept,
 }

@@ -60,9 +60,13 @@ fn any_bytes() -> impl Strategy<Value = Bytes> {
 }
 
 fn any_stamp() -> impl Strategy<Value = Option<WriteStamp>> {
-    proptest::option::of(
-        (any::<u64>(), any::<u64>()).prop_map(|(session, seq)| WriteStamp { session, seq }),
-    )
+    proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+        |(owner, session, seq)| WriteStamp {
+            owner,
+            session,
+            seq,
+        },
+    ))
 }
 
 fn any_msg() -> impl Strategy<Value = PeerMsg> {
@@ -116,15 +120,25 @@ fn any_msg() -> impl Strategy<Value = PeerMsg> {
             stamp
         }),
         (
-            any::<(u64, u64, u64, u64)>(),
-            proptest::option::of(any_bytes())
+            any::<(u64, u64, u64, u64, u64)>(),
+            proptest::option::of(any_bytes()),
+            any::<bool>()
         )
-            .prop_map(|((session, seq, floor, idle_ms), removed)| {
+            .prop_map(|((owner, session, seq, floor, idle_ms), removed, kept)| {
+                let answer = match (removed, kept) {
+                    (None, _) => RecordedAnswer::Ok,
+                    (Some(v), true) => RecordedAnswer::Removed(v),
+                    (Some(_), false) => RecordedAnswer::RemovedNotKept,
+                };
                 PeerMsg::SessionAnswer(SessionAnswer {
-                    stamp: WriteStamp { session, seq },
+                    stamp: WriteStamp {
+                        owner,
+                        session,
+                        seq,
+                    },
                     floor,
                     idle_ms,
-                    removed,
+                    answer,
                 })
             }),
         any::<u64>().prop_map(|ms_ago| PeerMsg::SessionsEvicted { ms_ago }),

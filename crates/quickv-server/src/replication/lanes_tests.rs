@@ -116,7 +116,7 @@ async fn a_retried_stamped_write_is_sent_once_and_answered_like_the_original() {
     let b = BucketId::of(b"k");
     let stamped = |seq, age_ms| {
         Some(SessionWrite {
-            stamp: WriteStamp { session: 7, seq },
+            stamp: WriteStamp::new(7, seq),
             age_ms,
         })
     };
@@ -205,7 +205,7 @@ async fn an_ack_answers_a_stream_sink_and_a_oneshot_alike_each_once() {
     let b = BucketId::of(b"k");
     let stamp = |seq| {
         Some(SessionWrite {
-            stamp: WriteStamp { session: 9, seq },
+            stamp: WriteStamp::new(9, seq),
             age_ms: 0,
         })
     };

@@ -1,5 +1,5 @@
 //! The server: a QUIC endpoint whose connections are client sessions (ALPN `quickv/1`) or the peer
-//! link (ALPN `quickv-peer/2`).
+//! link (ALPN `quickv-peer/3`).
 //!
 //! [`Server::bind`] opens the endpoint (and the HTTP gateway's TCP socket when configured, see
 //! [`http`]); [`Server::run`] accepts until the `shutdown` future completes (production
@@ -111,6 +111,11 @@ impl Server {
             repl.start(endpoint.clone());
         }
         tokio::spawn(reload_on_hangup(node.clone(), endpoint.clone()));
+        // Owned by this function: aborted when it returns, and it ends itself at shutdown.
+        let _sweeper = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_sessions(
+            node.store.clone(),
+            node.shutdown.clone(),
+        )));
         // The gateway's accept loop and its requests in flight join the same tracker, so the
         // drain below covers HTTP requests too (and ends after its listener is closed).
         if let Some(listener) = http {
@@ -298,6 +303,28 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming, pending: Pending) {
             }
         }
         _ => serve_client(node, conn, remote).await,
+    }
+}
+
+/// Sweeps idle session records on a timer (`Sessions::sweep_period`), so the records of a bucket
+/// that gets no more writes still go; ends when the server stops.
+async fn sweep_sessions(
+    store: Arc<crate::store::Store>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let period = store.sessions().sweep_period();
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let dropped = store.sessions().sweep(std::time::Instant::now());
+                if dropped > 0 {
+                    debug!(dropped, "idle session records swept");
+                }
+            }
+            _ = stop.cancelled() => break,
+        }
     }
 }
 

@@ -94,7 +94,8 @@ impl Drop for Open<'_> {
 impl Node {
     /// A fresh node with an empty store, and the TLS state loaded for `config`.
     pub fn new(config: ServerConfig, security: crate::server::auth::Security) -> Node {
-        let store = Arc::new(Store::with_session_limits(config.sessions));
+        let sessions = config.sessions.within_memory(config.max_memory);
+        let store = Arc::new(Store::with_session_limits(sessions));
         store.presize(config.expected_keys);
         let run_id = fresh_run_id();
         let dump_slots = Arc::new(tokio::sync::Semaphore::new(config.max_dumps));
@@ -153,6 +154,7 @@ pub fn status_json(node: &Node) -> serde_json::Value {
         "handshakes_pending": node.admission.pending(),
         "forbidden": node.security.forbidden.load(Relaxed),
         "certificates": node.security.status(),
+        "sessions": node.store.sessions().usage(),
     });
     if let (Some(repl), Some(obj)) = (&node.repl, doc.as_object_mut()) {
         if let serde_json::Value::Object(extra) = repl.status() {

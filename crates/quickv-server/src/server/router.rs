@@ -126,14 +126,18 @@ pub fn handle_request_to(
     }
 }
 
-/// Refuses a write that adds data when the store is over `max_memory`; deletes always pass (they
-/// are how an operator gets back under the limit).
+/// Refuses a write that adds data when the store and the session tables together are over
+/// `max_memory`; deletes always pass (they are how an operator gets back under the limit, and
+/// what they leave in the session tables is bounded by the tables' own budget, at most half of
+/// `max_memory`: see `store::sessions`).
 fn over_memory(node: &Node, op: &Op) -> Option<Reply> {
     let limit = node.config.max_memory?;
-    let used = node.store.approx_bytes();
+    let stored = node.store.approx_bytes();
+    let used = stored.saturating_add(node.store.sessions().bytes());
     (used >= limit && !matches!(op, Op::Delete { .. })).then(|| {
         Reply::Unavailable(format!(
-            "memory limit reached: {used} bytes stored, limit {limit} (--max-memory); delete keys or raise the limit"
+            "memory limit reached: {used} bytes used ({stored} stored, the rest session records), \
+             limit {limit} (--max-memory); delete keys or raise the limit"
         ))
     })
 }

@@ -33,7 +33,8 @@ use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
 use crate::store::BucketId;
 use quickv_proto::{
-    decode_request, encode_response, DecodeError, Reply, Request, Response, DUMP_CHUNK_HEADER,
+    decode_request, encode_response, DecodeError, Reply, Request, Response, WriteStamp,
+    DUMP_CHUNK_HEADER,
 };
 
 /// Target size of one dump chunk frame, in bytes (a single larger entry gets a chunk of its own).
@@ -54,6 +55,9 @@ pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, access: 
     async move {
         debug!("client connected");
         let shared = Arc::new(ConnShared {
+            owner: crate::tls::peer_certificates(&conn)
+                .first()
+                .map_or(0, |cert| WriteStamp::owner_of(cert.as_ref())),
             budget: Arc::new(ByteBudget::new(node.config.max_queued_bytes_per_connection)),
             dump_turn: Arc::new(Semaphore::new(1)),
         });
@@ -100,6 +104,9 @@ pub async fn serve_connection(node: Arc<Node>, conn: quinn::Connection, access: 
 /// What the streams of one connection share.
 #[derive(Debug)]
 struct ConnShared {
+    /// The client identity its stamped writes are recorded under (a hash of its certificate,
+    /// [`WriteStamp::owner_of`]): session records are scoped per identity (docs/security.md).
+    owner: u64,
     /// Bytes of answers encoded and not yet written, over all the connection's streams.
     budget: Arc<ByteBudget>,
     /// One dump at a time per connection: the next waits for its turn.
@@ -225,8 +232,11 @@ impl RequestStream {
     }
 
     /// Authorizes, routes and answers (or parks) one decoded request.
-    fn answer(&mut self, req: Request) {
+    fn answer(&mut self, mut req: Request) {
         let node = &self.node;
+        if let Some(write) = req.session.as_mut() {
+            write.stamp.owner = self.conn.owner;
+        }
         Stats::bump(&node.stats.requests);
         // Metrics: recorded when the answer is known, with the time since routing.
         let kind = OpKind::of(&req.op);

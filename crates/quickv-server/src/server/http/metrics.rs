@@ -186,6 +186,42 @@ fn store(page: &mut Page, node: &Node) {
         "Sum of key and value lengths in the store (excludes map overhead).",
         node.store.approx_bytes(),
     );
+    let sessions = node.store.sessions().usage();
+    page.gauge(
+        "quickv_session_records",
+        "Answers remembered in the session tables (for retried writes).",
+        sessions.records,
+    );
+    page.gauge(
+        "quickv_session_sessions",
+        "Client sessions with records, counted per bucket.",
+        sessions.sessions,
+    );
+    page.gauge(
+        "quickv_session_bytes",
+        "Bytes charged to the session tables (counted toward --max-memory).",
+        sessions.bytes,
+    );
+    page.gauge(
+        "quickv_session_budget_bytes",
+        "Byte budget of the session tables.",
+        sessions.budget_bytes,
+    );
+    page.counter(
+        "quickv_session_evicted_total",
+        "Sessions evicted to stay inside a session-table limit.",
+        sessions.evicted,
+    );
+    page.counter(
+        "quickv_session_swept_total",
+        "Sessions dropped from the session tables as idle.",
+        sessions.swept,
+    );
+    page.counter(
+        "quickv_session_values_not_kept_total",
+        "Deletes recorded as applied with the removed value not kept (over the size threshold).",
+        sessions.values_not_kept,
+    );
     if let Some(rss) = resident_bytes() {
         page.gauge(
             "process_resident_memory_bytes",
