@@ -340,6 +340,44 @@ impl Outbox {
         true
     }
 
+    /// Hands over a batch of frames the producer encoded into its own buffer (e.g. every answer
+    /// of one wake-up): one lock, one charge per budget and at most one wake-up for the whole
+    /// batch instead of one per frame. `settles` frames of it count in [`Taken::Frames`].
+    /// `frames` is left empty (when the outbox held nothing the buffers are swapped, so neither
+    /// side allocates in steady state). Dropped, like [`Outbox::push`], once abandoned.
+    pub fn push_batch(&self, frames: &mut BytesMut, settles: usize) {
+        if frames.is_empty() && settles == 0 {
+            return;
+        }
+        let added = frames.len();
+        let mut state = self.lock();
+        if state.abandoned {
+            frames.clear();
+            return;
+        }
+        let was_empty = state.frames.is_empty();
+        if was_empty {
+            std::mem::swap(&mut state.frames, frames);
+        } else {
+            state.frames.extend_from_slice(frames);
+        }
+        frames.clear();
+        state.settles += settles;
+        for budget in &self.budgets {
+            budget.charge(added);
+        }
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// True when any budget would be full with `extra` more bytes charged: a producer that
+    /// encodes a batch of its own before [`Outbox::push_batch`] checks this before each frame.
+    pub fn is_full_with(&self, extra: usize) -> bool {
+        self.budgets.iter().any(|b| b.queued() + extra >= b.cap)
+    }
+
     /// No more frames: the writer writes what is pending, then sees [`Taken::Closed`].
     pub fn close(&self) {
         self.lock().closed = true;
