@@ -39,7 +39,7 @@ trap cleanup EXIT
 "$BIN" certs --dir "$WORK/certs" >/dev/null
 PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 total_ir() { # callgrind output files -> summed Ir
-  cat "$@" | awk '/^summary:|^totals:/ {s += $2} END {print s}'
+  cat "$@" | awk '/^totals:/ {s += $2} END {print s}'
 }
 bench() { # workload requests [extra]
   local w=$1 n=$2; shift 2
