@@ -480,6 +480,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_is_one_push_charged_once_and_dropped_once_abandoned() {
+        let budget = Arc::new(ByteBudget::new(100));
+        let outbox = Outbox::with_budgets(vec![budget.clone()]);
+        let mut batch = BytesMut::new();
+        batch.put_slice(b"one two");
+        assert!(!outbox.is_full_with(batch.len()));
+        assert!(
+            !outbox.is_full_with(99),
+            "nothing is charged before the push"
+        );
+        assert!(
+            outbox.is_full_with(100),
+            "100 uncharged bytes reach the 100-byte cap"
+        );
+        outbox.push_batch(&mut batch, 2);
+        assert!(batch.is_empty(), "the batch is handed over whole");
+        assert_eq!(budget.queued(), 7);
+        outbox.push(true, |out| out.put_slice(b" three"));
+        batch.put_slice(b" four");
+        outbox.push_batch(&mut batch, 1);
+        assert_eq!(
+            take(&outbox).await,
+            (Taken::Frames(4), b"one two three four".to_vec())
+        );
+        outbox.written();
+        assert_eq!(budget.queued(), 0);
+        outbox.abandon();
+        batch.put_slice(b"late");
+        outbox.push_batch(&mut batch, 1);
+        assert!(batch.is_empty());
+        assert_eq!(budget.queued(), 0, "nothing is charged once abandoned");
+    }
+
+    #[tokio::test]
     async fn try_push_refuses_once_closed() {
         let outbox = Outbox::new();
         assert!(outbox.try_push(false, |out| out.put_slice(b"a")));
