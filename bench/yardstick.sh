@@ -9,6 +9,8 @@
 #   --rounds N       interleaved rounds (default 3)
 #   --duration T     measured time per quickv/ceiling run (default 3s; warm-up 1s)
 #   --requests N     requests per redis-benchmark run (default 2000000: a few seconds)
+#   --bin PATH       the quickv binary to measure (default: build target/release/quickv)
+#   --ceiling PATH   the ceiling bench binary (default: build it)
 #
 # Shapes: 16 streams x 16 pipelined on one connection (quickv, ceiling); redis-benchmark -c 16
 # -P 16 (16 connections, 16 pipelined: the same 256 in flight); insert also at 64 in flight
@@ -21,12 +23,16 @@ ROOT=$(pwd)
 ROUNDS=3
 DURATION=3s
 REQUESTS=2000000
+Q=""
+CEIL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --requests) REQUESTS=$2; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --bin) Q=$(realpath "$2"); shift ;;
+    --ceiling) CEIL=$(realpath "$2"); shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "yardstick.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -37,10 +43,14 @@ command -v redis-server >/dev/null && command -v redis-benchmark >/dev/null || {
   say "redis-server/redis-benchmark missing: installing with apt"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
 }
-cargo build --release --features redis --quiet
-cargo build --release --features redis --bench ceiling --quiet
-Q="$ROOT/target/release/quickv"
-CEIL=$(ls -t "$ROOT"/target/release/deps/ceiling-* | grep -v '\.d$' | head -n 1)
+if [ -z "$Q" ]; then
+  cargo build --release --features redis --quiet
+  Q="$ROOT/target/release/quickv"
+fi
+if [ -z "$CEIL" ]; then
+  cargo build --release --features redis --bench ceiling --quiet
+  CEIL=$(ls -t "$ROOT"/target/release/deps/ceiling-* | grep -v '\.d$' | head -n 1)
+fi
 
 OUT=$(mktemp -d /tmp/yardstick.XXXXXX)
 PIDS=()

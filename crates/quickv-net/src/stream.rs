@@ -340,6 +340,44 @@ impl Outbox {
         true
     }
 
+    /// Hands over a batch of frames the producer encoded into its own buffer (e.g. every answer
+    /// of one wake-up): one lock, one charge per budget and at most one wake-up for the whole
+    /// batch instead of one per frame. `settles` frames of it count in [`Taken::Frames`].
+    /// `frames` is left empty (when the outbox held nothing the buffers are swapped, so neither
+    /// side allocates in steady state). Dropped, like [`Outbox::push`], once abandoned.
+    pub fn push_batch(&self, frames: &mut BytesMut, settles: usize) {
+        if frames.is_empty() && settles == 0 {
+            return;
+        }
+        let added = frames.len();
+        let mut state = self.lock();
+        if state.abandoned {
+            frames.clear();
+            return;
+        }
+        let was_empty = state.frames.is_empty();
+        if was_empty {
+            std::mem::swap(&mut state.frames, frames);
+        } else {
+            state.frames.extend_from_slice(frames);
+        }
+        frames.clear();
+        state.settles += settles;
+        for budget in &self.budgets {
+            budget.charge(added);
+        }
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// True when any budget would be full with `extra` more bytes charged: a producer that
+    /// encodes a batch of its own before [`Outbox::push_batch`] checks this before each frame.
+    pub fn is_full_with(&self, extra: usize) -> bool {
+        self.budgets.iter().any(|b| b.queued() + extra >= b.cap)
+    }
+
     /// No more frames: the writer writes what is pending, then sees [`Taken::Closed`].
     pub fn close(&self) {
         self.lock().closed = true;
@@ -439,6 +477,40 @@ mod tests {
     ) -> std::task::Poll<F::Output> {
         let waker = std::task::Waker::noop();
         f.poll(&mut std::task::Context::from_waker(waker))
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_push_charged_once_and_dropped_once_abandoned() {
+        let budget = Arc::new(ByteBudget::new(100));
+        let outbox = Outbox::with_budgets(vec![budget.clone()]);
+        let mut batch = BytesMut::new();
+        batch.put_slice(b"one two");
+        assert!(!outbox.is_full_with(batch.len()));
+        assert!(
+            !outbox.is_full_with(99),
+            "nothing is charged before the push"
+        );
+        assert!(
+            outbox.is_full_with(100),
+            "100 uncharged bytes reach the 100-byte cap"
+        );
+        outbox.push_batch(&mut batch, 2);
+        assert!(batch.is_empty(), "the batch is handed over whole");
+        assert_eq!(budget.queued(), 7);
+        outbox.push(true, |out| out.put_slice(b" three"));
+        batch.put_slice(b" four");
+        outbox.push_batch(&mut batch, 1);
+        assert_eq!(
+            take(&outbox).await,
+            (Taken::Frames(4), b"one two three four".to_vec())
+        );
+        outbox.written();
+        assert_eq!(budget.queued(), 0);
+        outbox.abandon();
+        batch.put_slice(b"late");
+        outbox.push_batch(&mut batch, 1);
+        assert!(batch.is_empty());
+        assert_eq!(budget.queued(), 0, "nothing is charged once abandoned");
     }
 
     #[tokio::test]

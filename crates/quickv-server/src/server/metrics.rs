@@ -72,11 +72,27 @@ impl OpMetrics {
 
     /// Records one answered request whose outcome is known without a [`Reply`] (dump, shutdown).
     pub fn record_outcome(&self, kind: OpKind, outcome: Outcome, elapsed: Duration) {
+        self.count(kind, outcome.index());
+        self.latency[kind.index()].observe(elapsed);
+    }
+
+    /// Counts one answered request without observing its latency: the caller observes a batch
+    /// of them at once with [`OpMetrics::observe_many`] (one clock read per batch, not two per
+    /// request).
+    pub fn count_answer(&self, kind: OpKind, reply: &Reply) {
+        self.count(kind, Outcome::of(reply).index());
+    }
+
+    /// Observes `n` answers of `kind` that each took `elapsed`.
+    pub fn observe_many(&self, kind: OpKind, n: u64, elapsed: Duration) {
+        self.latency[kind.index()].observe_n(elapsed, n);
+    }
+
+    fn count(&self, kind: OpKind, outcome: usize) {
         // Client-side outcomes (timeout, unreachable) never reach a server's metrics.
-        if let Some(count) = self.answered[kind.index()].get(outcome.index()) {
+        if let Some(count) = self.answered[kind.index()].get(outcome) {
             count.fetch_add(1, Relaxed);
         }
-        self.latency[kind.index()].observe(elapsed);
     }
 
     /// Requests of `op` answered with `outcome` so far (indexes into [`OP_NAMES`] and
@@ -115,12 +131,20 @@ impl Default for Histogram {
 impl Histogram {
     /// Adds one observation.
     pub fn observe(&self, elapsed: Duration) {
+        self.observe_n(elapsed, 1);
+    }
+
+    /// Adds `n` observations of the same `elapsed`.
+    pub fn observe_n(&self, elapsed: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         // `le` is inclusive: the first bound that is >= the observation.
         let slot = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
-        self.buckets[slot].fetch_add(1, Relaxed);
+        self.buckets[slot].fetch_add(n, Relaxed);
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_ns.fetch_add(ns, Relaxed);
+        self.sum_ns.fetch_add(ns.saturating_mul(n), Relaxed);
     }
 
     /// Cumulative counts, as the exposition wants them. The count is the `+Inf` bucket, so a page

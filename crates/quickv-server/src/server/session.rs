@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quickv_net::{BatchWriter, ByteBudget, FramedReader, Outbox, Taken};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
@@ -145,6 +145,7 @@ async fn serve_stream(
         access,
         reader: FramedReader::new(recv),
         outbox,
+        batch: Batch::default(),
         credit,
         conn,
         dumps: JoinSet::new(),
@@ -176,6 +177,8 @@ struct RequestStream {
     reader: FramedReader,
     /// Answers encoded for the writer task; charged to the stream's and the connection's budgets.
     outbox: Arc<Outbox>,
+    /// The answers of the current wake-up, handed to `outbox` in one go at its end.
+    batch: Batch,
     /// One permit per answer the stream may owe; the writer returns them once written.
     credit: Arc<Semaphore>,
     /// What the connection's streams share (its byte budget, its dump turn).
@@ -204,8 +207,8 @@ impl RequestStream {
         while self.dumps.try_join_next().is_some() {}
         let limits = self.node.config.limits;
         let mut completed_frame = false;
-        while !self.stop_reading && !self.outbox.is_full() {
-            let Ok(permit) = self.credit.clone().try_acquire_owned() else {
+        while !self.stop_reading && !self.outbox.is_full_with(self.batch.frames.len()) {
+            let Ok(permit) = self.credit.try_acquire() else {
                 break;
             };
             match decode_request(self.reader.buffer(), &limits) {
@@ -219,15 +222,17 @@ impl RequestStream {
                     permit.forget();
                     Stats::bump(&self.node.stats.bad_frames);
                     debug!(%message, "request rejected");
-                    self.reply(id, Reply::Error { code, message });
+                    self.batch.push(id, Reply::Error { code, message });
                 }
                 Err(DecodeError::Invalid(message)) => {
+                    drop(permit);
                     Stats::bump(&self.node.stats.bad_frames);
                     warn!(%message, "invalid frame; closing stream");
                     self.break_stream();
                 }
             }
         }
+        self.batch.flush(&self.outbox, &self.node);
         completed_frame
     }
 
@@ -238,13 +243,14 @@ impl RequestStream {
             write.stamp.owner = self.conn.owner;
         }
         Stats::bump(&node.stats.requests);
-        // Metrics: recorded when the answer is known, with the time since routing.
+        // Metrics: counted when the answer is known; the latency runs from the start of the
+        // wake-up that read the request (one clock read per batch, see `Batch`).
         let kind = OpKind::of(&req.op);
-        let started = Instant::now();
+        let started = self.batch.started();
         if let Some(refused) = auth::refusal(self.access, &req.op) {
             node.security.count_forbidden();
-            node.metrics.record(kind, &refused, started.elapsed());
-            return self.reply(req.id, refused);
+            node.metrics.count_answer(kind, &refused);
+            return self.batch.answer(kind, req.id, refused);
         }
         let id = req.id;
         let reply_to = || {
@@ -254,8 +260,8 @@ impl RequestStream {
         };
         match router::handle_request_to(node, req, reply_to) {
             Handled::Now(reply) => {
-                node.metrics.record(kind, &reply, started.elapsed());
-                self.reply(id, reply);
+                node.metrics.count_answer(kind, &reply);
+                self.batch.answer(kind, id, reply);
             }
             // Answered by the task that applies the backup's ack, straight into the outbox.
             Handled::Later(()) => {}
@@ -275,15 +281,10 @@ impl RequestStream {
             Handled::Shutdown => {
                 node.metrics
                     .record_outcome(kind, Outcome::Ok, started.elapsed());
-                self.reply(id, Reply::Ok);
+                self.batch.push(id, Reply::Ok);
                 node.shutdown.cancel();
             }
         }
-    }
-
-    /// Encodes one answer for the writer.
-    fn reply(&self, id: u64, reply: Reply) {
-        send_reply(&self.outbox, id, reply);
     }
 
     /// True once nothing more will be read or answered; counts a frame cut off by the end of the
@@ -390,12 +391,63 @@ impl RequestStream {
     fn refuse_buffered(&mut self) {
         let limits = self.node.config.limits;
         while let Ok(Some(req)) = decode_request(self.reader.buffer(), &limits) {
-            self.reply(
+            self.batch.push(
                 req.id,
                 Reply::Unavailable("the server is shutting down".into()),
             );
         }
+        self.batch.flush(&self.outbox, &self.node);
         self.stop_reading = true;
+    }
+}
+
+/// The answers a stream's reader gives in one wake-up, encoded into a buffer of its own and handed
+/// to the outbox once at the end ([`Outbox::push_batch`]): one lock, one budget charge and one
+/// wake-up of the writer per batch rather than per answer. Likewise the clock: it is read once
+/// when the batch's first request is routed and once when the batch is handed over, and every
+/// immediate answer of the batch is observed with that span (its time on the server, including
+/// the requests ahead of it in the same read).
+#[derive(Debug, Default)]
+struct Batch {
+    /// Encoded answers not yet handed to the outbox.
+    frames: BytesMut,
+    /// How many of them settle a request (return a credit once written).
+    settles: usize,
+    /// When the batch's first request was routed; `None` while the batch is empty.
+    started: Option<Instant>,
+    /// Immediate answers per [`OpKind`] whose latency is observed when the batch is handed over.
+    immediate: [u64; OpKind::ALL.len()],
+}
+
+impl Batch {
+    /// The start of this batch (read from the clock for its first request only).
+    fn started(&mut self) -> Instant {
+        *self.started.get_or_insert_with(Instant::now)
+    }
+
+    /// Encodes an answer of a request of `kind` known at once; its latency is observed at
+    /// [`Batch::flush`].
+    fn answer(&mut self, kind: OpKind, id: u64, reply: Reply) {
+        self.immediate[kind.index()] += 1;
+        self.push(id, reply);
+    }
+
+    /// Encodes one answer (its metrics, if any, are the caller's).
+    fn push(&mut self, id: u64, reply: Reply) {
+        encode_response(&Response { id, reply }, &mut self.frames);
+        self.settles += 1;
+    }
+
+    /// Observes the batch's immediate answers and hands its frames to the writer.
+    fn flush(&mut self, outbox: &Outbox, node: &Node) {
+        if let Some(started) = self.started.take() {
+            let elapsed = started.elapsed();
+            for kind in OpKind::ALL {
+                let n = std::mem::take(&mut self.immediate[kind.index()]);
+                node.metrics.observe_many(kind, n, elapsed);
+            }
+        }
+        outbox.push_batch(&mut self.frames, std::mem::take(&mut self.settles));
     }
 }
 
