@@ -110,8 +110,12 @@ impl Server {
         if let Some(repl) = &node.repl {
             repl.start(endpoint.clone());
         }
-        tokio::spawn(reload_on_hangup(node.clone(), endpoint.clone()));
-        // Owned by this function: aborted when it returns, and it ends itself at shutdown.
+        // Both owned by this function: aborted when it returns (the sweeper also ends itself at
+        // shutdown), so neither outlives the server it serves.
+        let _reloader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(reload_on_hangup(
+            node.clone(),
+            endpoint.clone(),
+        )));
         let _sweeper = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_sessions(
             node.store.clone(),
             node.shutdown.clone(),
