@@ -6,14 +6,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quickv_client::{Client, ClientConfig};
 use quickv_proto as protocol;
 
-use common::{bin, free_addr, fresh_certs, Pair, ServerProc};
+use common::identity::issue;
+use common::{free_addr, fresh_certs, Pair, ServerProc};
 
 /// Bound on every wait below.
 const WAIT: Duration = Duration::from_secs(15);
@@ -213,20 +212,6 @@ async fn a_handshake_that_never_finishes_frees_its_slot_after_the_handshake_time
         started.elapsed().as_secs_f64()
     );
     assert!(refused > 0, "the flood never held the slots");
-}
-
-fn issue(certs: &Path, name: &str, role: &str) {
-    let out = Command::new(bin())
-        .args(["certs", "--dir"])
-        .arg(certs)
-        .args(["client", name, "--role", role])
-        .output()
-        .expect("run quickv certs client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A raw connection holding the certificate `name` (`client` is the cluster's admin client).

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,27 +13,14 @@ use quickv_client::Client;
 use quickv_proto::{self as protocol, Limits, Op, Reply, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::{bin, free_addr, free_tcp_addr, fresh_certs, ServerProc};
+use common::identity::issue;
+use common::{free_addr, free_tcp_addr, fresh_certs, ServerProc};
 
 /// Bound on every wait below.
 const WAIT: Duration = Duration::from_secs(30);
 /// The goal of issue 21 at the defaults: growth of the server's RSS under the attack.
 const GROWTH_LIMIT_KIB: u64 = 256 * 1024;
 const MIB: usize = 1024 * 1024;
-
-fn issue(certs: &Path, name: &str, role: &str) {
-    let out = Command::new(bin())
-        .args(["certs", "--dir"])
-        .arg(certs)
-        .args(["client", name, "--role", role])
-        .output()
-        .expect("run quickv certs client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The server's resident set, in KiB.
 fn rss_kib(pid: u32) -> u64 {

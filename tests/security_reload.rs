@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::identity::{
-    connect_as, connect_hello, hello_connection, http_call, https_config, identity_dir, issue,
-    quic_config, status, wait_certificates, WAIT,
+    connect_as, connect_hello, fake_backup, hello_connection, http_call, https_config,
+    identity_dir, issue, quic_config, status, wait_certificates, WAIT,
 };
 use common::{bin, free_addr, free_tcp_addr, fresh_certs, signal, Pair, ServerProc};
 
@@ -21,7 +21,7 @@ use hyper::header::HOST;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -267,25 +267,12 @@ async fn the_primary_refuses_a_backup_that_shows_another_certificate_of_the_same
         .output()
         .expect("renew");
     assert!(out.status.success());
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(impostor.path().join("server.pem"))
-            .expect("pem")
-            .collect::<Result<_, _>>()
-            .expect("cert");
-    let key = PrivateKeyDer::from_pem_file(impostor.path().join("server.key")).expect("key");
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .expect("tls13")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server cert");
-    tls.alpn_protocols = vec![quickv_server::tls::PEER_ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic");
     let fake_addr = free_addr();
-    let fake = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), fake_addr)
-        .expect("fake backup");
+    let fake = fake_backup(
+        &impostor.path().join("server.pem"),
+        &impostor.path().join("server.key"),
+        fake_addr,
+    );
 
     let peer = fake_addr.to_string();
     let _primary = ServerProc::start("primary", free_addr(), certs.path(), &["--peer", &peer]);

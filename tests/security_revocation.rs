@@ -274,11 +274,10 @@ async fn after_renew_the_primary_refuses_a_backup_that_shows_the_replaced_server
     let certs = fresh_certs();
     let dir = certs.path();
     // The thief's copy of the pair's identity, taken before the renewal.
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
-        .expect("pem")
-        .collect::<Result<_, _>>()
-        .expect("cert");
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("key");
+    let stolen = tempfile::tempdir().expect("tempdir");
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(dir.join(f), stolen.path().join(f)).expect("copy");
+    }
     let fake_addr = free_addr();
     let peer = fake_addr.to_string();
     // The primary starts with the old server.pem (the one the thief holds) ...
@@ -289,18 +288,11 @@ async fn after_renew_the_primary_refuses_a_backup_that_shows_the_replaced_server
     signal(primary.child.id(), "HUP");
     wait_certificates(primary.addr, dir, "reloads", 1).await;
 
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .expect("tls13")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server cert");
-    tls.alpn_protocols = vec![quickv_server::tls::PEER_ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic");
-    let fake = quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), fake_addr)
-        .expect("fake backup");
+    let fake = common::identity::fake_backup(
+        &stolen.path().join("server.pem"),
+        &stolen.path().join("server.key"),
+        fake_addr,
+    );
     let incoming = tokio::time::timeout(WAIT, fake.accept())
         .await
         .expect("the primary dials its backup")

@@ -306,3 +306,25 @@ pub async fn connect_hello(
     }
     conn
 }
+
+/// A QUIC endpoint on `addr` that poses as a backup on the peer ALPN with the certificate and key
+/// at `cert`/`key` (for tests of which certificates a primary accepts as its backup).
+pub fn fake_backup(cert: &Path, key: &Path, addr: SocketAddr) -> quinn::Endpoint {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("pem")
+        .collect::<Result<_, _>>()
+        .expect("cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key");
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server cert");
+    tls.alpn_protocols = vec![quickv_server::tls::PEER_ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic");
+    quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), addr)
+        .expect("fake backup")
+}
