@@ -28,6 +28,11 @@ use quickv_client::{Client, ClientConfig};
 pub struct Workload {
     /// The server to load (`host:port`): the primary.
     pub addr: String,
+    /// The pair's backup: when set, each client connects to the pair
+    /// ([`Client::connect_pair`]) and its reads go through [`Client::read`] with
+    /// `client_config.read_from` ([`ReadFrom::Any`](quickv_client::ReadFrom::Any) spreads them
+    /// over both servers); every read records the server that answered.
+    pub backup_addr: Option<String>,
     /// How each client connects (certificates, timeouts).
     pub client_config: ClientConfig,
     /// Concurrent clients, each with its own connection.
@@ -59,6 +64,7 @@ impl Workload {
     pub fn new(addr: impl Into<String>, client_config: ClientConfig) -> Workload {
         Workload {
             addr: addr.into(),
+            backup_addr: None,
             client_config,
             clients: 6,
             hot_keys: 2,
@@ -114,7 +120,7 @@ impl Workload {
                 Some(c) => c.clone(),
                 None => {
                     let attempt = tokio::select! {
-                        c = Client::connect(&self.addr, &self.client_config) => c,
+                        c = self.connect() => c,
                         _ = stop.cancelled() => break,
                     };
                     match attempt {
@@ -145,12 +151,17 @@ impl Workload {
                 50..65 => Kind::Delete,
                 _ => Kind::Get,
             };
-            let outcome =
-                match tokio::time::timeout(self.call_timeout, rec.call(id, &c, key, kind)).await {
-                    Ok(outcome) => outcome,
-                    // Dropping the call recorded it (indeterminate write / failed read).
-                    Err(_) => Observed::Failed("call timed out".into()),
-                };
+            let call = async {
+                match (&kind, &self.backup_addr) {
+                    (Kind::Get, Some(_)) => rec.read(id, &c, key).await,
+                    _ => rec.call(id, &c, key, kind).await,
+                }
+            };
+            let outcome = match tokio::time::timeout(self.call_timeout, call).await {
+                Ok(outcome) => outcome,
+                // Dropping the call recorded it (indeterminate write / failed read).
+                Err(_) => Observed::Failed("call timed out".into()),
+            };
             done += 1;
             figures.operations += 1;
             let wait = match outcome {
@@ -172,6 +183,16 @@ impl Workload {
             c.close().await;
         }
         figures
+    }
+}
+
+impl Workload {
+    /// One client's connection: to the primary, or to the pair when reads may go to the backup.
+    async fn connect(&self) -> Result<Client, quickv_client::ClientError> {
+        match &self.backup_addr {
+            Some(backup) => Client::connect_pair(&self.addr, backup, &self.client_config).await,
+            None => Client::connect(&self.addr, &self.client_config).await,
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! 1. **Record.** A [`Recorder`] notes every client operation: who (client id), which key, what
 //!    (insert / update / delete / get, each write with a value unique in the run), the monotonic
 //!    time it was invoked and the time its answer came back, and the outcome: a definite answer
-//!    (`ok`, a value, `not found`, `exists`), *refused* (`unavailable`: the server promises it never
+//!    (`ok`, a value, `not found`, `exists`) and, for a read, which server of the pair gave it
+//!    ([`Server`]: reads at both servers go into one history), *refused* (`unavailable`: the server promises it never
 //!    took effect), *indeterminate* (sent, no answer: it may or may not have happened) or *failed*
 //!    (no answer; for a write, never sent). An operation dropped half-way (a cancelled task)
 //!    records itself as indeterminate, so nothing invoked is ever missing from a history.
@@ -185,6 +186,38 @@ impl Observed {
     }
 }
 
+/// Which server of a pair answered an operation. Reads at both servers go into one history and
+/// are judged together: with the commit point at the backup (DESIGN.md §3), a read is
+/// linearizable wherever it was answered, so the checker treats every read alike and only
+/// names the server in its findings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Server {
+    /// The primary (every write, and reads sent there).
+    Primary,
+    /// The backup (reads only).
+    Backup,
+}
+
+impl Server {
+    /// `primary` or `backup`, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Primary => "primary",
+            Server::Backup => "backup",
+        }
+    }
+}
+
+impl From<quickv_client::Source> for Server {
+    fn from(source: quickv_client::Source) -> Server {
+        match source {
+            quickv_client::Source::Primary => Server::Primary,
+            quickv_client::Source::Backup => Server::Backup,
+        }
+    }
+}
+
 /// One recorded operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operation {
@@ -201,6 +234,10 @@ pub struct Operation {
     pub complete: Duration,
     /// How it ended.
     pub outcome: Observed,
+    /// The server that answered, when known: a read sent to either server of a pair records
+    /// which one gave its answer (`None`: the primary, or a history from before reads at both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<Server>,
 }
 
 /// A point in a run the test wants figures about.

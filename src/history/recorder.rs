@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{ClientId, History, Kind, Mark, MarkKind, Observed, Operation};
-use quickv_client::Client;
+use super::{ClientId, History, Kind, Mark, MarkKind, Observed, Operation, Server};
+use quickv_client::{Client, Read};
 
 /// Records operations from any number of tasks. Cheap to clone; clones share the log.
 #[derive(Clone, Debug)]
@@ -102,6 +102,39 @@ impl Recorder {
         outcome
     }
 
+    /// Runs one operation on `conn`, a connection to `server`, and records which server answered.
+    pub async fn call_at(
+        &self,
+        client: ClientId,
+        conn: &Client,
+        server: Server,
+        key: Bytes,
+        kind: Kind,
+    ) -> Observed {
+        let op = kind.op(key.clone());
+        let invocation = self.begin(client, key, kind.clone());
+        let result = conn.call(op).await;
+        let outcome = Observed::from_call(&kind, result);
+        invocation.finish_at(outcome.clone(), Some(server));
+        outcome
+    }
+
+    /// Reads `key` with [`Client::read`] — on a pair client with
+    /// [`ReadFrom::Any`](quickv_client::ReadFrom::Any), from either server — and records which
+    /// server answered (nothing for a read that got no answer).
+    pub async fn read(&self, client: ClientId, conn: &Client, key: Bytes) -> Observed {
+        let invocation = self.begin(client, key.clone(), Kind::Get);
+        let (outcome, server) = match conn.read(key).await {
+            Ok(Read { value, from }) => (
+                value.map_or(Observed::NotFound, Observed::Value),
+                Some(Server::from(from)),
+            ),
+            Err(err) => (Observed::from_call(&Kind::Get, Err(err)), None),
+        };
+        invocation.finish_at(outcome.clone(), server);
+        outcome
+    }
+
     /// Marks a fault injected now.
     pub fn mark_fault(&self, label: impl Into<String>) {
         self.mark(MarkKind::Fault, label.into());
@@ -191,10 +224,15 @@ pub struct Invocation {
 impl Invocation {
     /// Records the outcome, with the completion time now.
     pub fn finish(mut self, outcome: Observed) {
-        self.complete(outcome);
+        self.complete(outcome, None);
     }
 
-    fn complete(&mut self, outcome: Observed) {
+    /// Records the outcome and the server that gave it, with the completion time now.
+    pub fn finish_at(mut self, outcome: Observed, server: Option<Server>) {
+        self.complete(outcome, server);
+    }
+
+    fn complete(&mut self, outcome: Observed, server: Option<Server>) {
         if let Some((client, key, kind, invoke)) = self.op.take() {
             let complete = self.recorder.now();
             self.recorder.record(Operation {
@@ -204,6 +242,7 @@ impl Invocation {
                 invoke,
                 complete,
                 outcome,
+                server,
             });
         }
     }
@@ -213,10 +252,10 @@ impl Drop for Invocation {
     fn drop(&mut self) {
         let write = self.op.as_ref().is_some_and(|(_, _, k, _)| k.is_write());
         let why = "abandoned before an answer came".to_string();
-        self.complete(if write {
-            Observed::Indeterminate(why)
-        } else {
-            Observed::Failed(why)
-        });
+        let outcome = match write {
+            true => Observed::Indeterminate(why),
+            false => Observed::Failed(why),
+        };
+        self.complete(outcome, None);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::linearize::{check_key, Verdict};
-use super::{History, MarkKind, Observed, Operation};
+use super::{History, MarkKind, Observed, Operation, Server};
 
 /// Search steps allowed per key and epoch before the key is reported undecided. A linearizable
 /// key of a few hundred operations takes a few thousand steps; this leaves room for histories
@@ -39,6 +39,8 @@ pub struct HistoryReport {
     pub acknowledged_writes: usize,
     /// Reads with a definite answer.
     pub reads: usize,
+    /// Of those, the reads the backup answered (judged in the same history as the rest).
+    pub reads_at_backup: usize,
     /// Writes answered `unavailable`.
     pub refused: usize,
     /// Writes that ended indeterminate.
@@ -107,10 +109,11 @@ impl fmt::Display for HistoryReport {
         )?;
         writeln!(
             f,
-            "operations: {} (acknowledged writes {}, reads {}, refused {}, indeterminate {}, failed {}); {} key histories, longest {} ops",
+            "operations: {} (acknowledged writes {}, reads {} ({} at the backup), refused {}, indeterminate {}, failed {}); {} key histories, longest {} ops",
             self.operations,
             self.acknowledged_writes,
             self.reads,
+            self.reads_at_backup,
             self.refused,
             self.indeterminate,
             self.failed,
@@ -182,7 +185,12 @@ fn count_outcomes(history: &History, report: &mut HistoryReport) {
         let write = op.kind.is_write();
         match &op.outcome {
             o if o.is_definite() && write => report.acknowledged_writes += 1,
-            o if o.is_definite() => report.reads += 1,
+            o if o.is_definite() => {
+                report.reads += 1;
+                if op.server == Some(Server::Backup) {
+                    report.reads_at_backup += 1;
+                }
+            }
             Observed::Refused(_) if write => report.refused += 1,
             Observed::Indeterminate(_) => report.indeterminate += 1,
             _ => report.failed += 1,
@@ -454,7 +462,8 @@ fn last_acknowledged(ops: &[&Operation], n: usize) -> String {
     }
 }
 
-/// One operation in words: `client 3 update k=hot1 "c3.77" -> ok [1.204 s, 1.206 s]`.
+/// One operation in words: `client 3 update k=hot1 "c3.77" -> ok [1.204 s, 1.206 s]`, or
+/// `client 2 get hot1 -> value "c3.77" at the backup [1.205 s, 1.205 s]`.
 fn describe(op: &Operation) -> String {
     let value = op
         .kind
@@ -465,8 +474,12 @@ fn describe(op: &Operation) -> String {
         Observed::Value(v) => format!("value {:?}", String::from_utf8_lossy(v)),
         other => format!("{other:?}"),
     };
+    let at = op
+        .server
+        .map(|s| format!(" at the {}", s.name()))
+        .unwrap_or_default();
     format!(
-        "client {} {} {}{value} -> {outcome} [{:.3} s, {:.3} s]",
+        "client {} {} {}{value} -> {outcome}{at} [{:.3} s, {:.3} s]",
         op.client,
         op.kind.name(),
         String::from_utf8_lossy(&op.key),

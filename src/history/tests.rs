@@ -25,6 +25,7 @@ fn op(client: ClientId, kind: Kind, from: u64, to: u64, outcome: Observed) -> Op
         invoke: ms(from),
         complete: ms(to),
         outcome,
+        server: None,
     }
 }
 

@@ -92,6 +92,7 @@ fn random_history(rng: &mut Rng, n: usize) -> (Vec<Operation>, Option<Option<Byt
             invoke: ms(from),
             complete: ms(to),
             outcome,
+            server: None,
         });
     }
     let final_value = match rng.below(3) {

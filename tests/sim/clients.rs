@@ -116,6 +116,7 @@ impl Sim {
             invoke: Duration::from_millis(op.invoke),
             complete: Duration::from_millis(self.now),
             outcome,
+            server: None,
         });
         let think = self.rng.range(0, 30);
         self.at(think, Event::Client(op.client));

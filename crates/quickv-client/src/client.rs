@@ -27,7 +27,7 @@ pub struct Read {
     /// The value, or `None` if the key is absent there.
     pub value: Option<Bytes>,
     /// The server that answered; [`Source::Backup`] only with [`ReadFrom::BackupIfPrimaryDown`]
-    /// while the primary could not be reached.
+    /// while the primary could not be reached, or with [`ReadFrom::Any`].
     pub from: Source,
 }
 
@@ -56,7 +56,8 @@ pub struct Client {
 pub(crate) struct Inner {
     /// Where writes and linearizable reads go.
     pub(crate) primary: Link,
-    /// The pair's backup, for [`Client::read`] with [`ReadFrom::BackupIfPrimaryDown`].
+    /// The pair's backup, for [`Client::read`] with [`ReadFrom::BackupIfPrimaryDown`] or
+    /// [`ReadFrom::Any`].
     pub(crate) backup: Option<Link>,
     /// Streams, limits and timeouts.
     pub(crate) config: ClientConfig,
@@ -66,6 +67,8 @@ pub(crate) struct Inner {
     pub(crate) backup_current_at: Mutex<Option<std::time::Instant>>,
     /// A background dial of the primary is under way (pair clients reading from the backup).
     pub(crate) primary_redialing: AtomicBool,
+    /// Reads made with [`ReadFrom::Any`]: its parity picks the server a read tries first.
+    pub(crate) next_read: AtomicU64,
     /// This client's session id: random, stamped on every write with [`Inner::next_seq`] so a
     /// retried write is recognised by the server.
     pub(crate) session_id: u64,
@@ -161,6 +164,7 @@ impl Client {
                     return Err(err);
                 }
             }
+            // Reads that may go to the backup start there while the primary is down.
             Err(err) if config.read_from == ReadFrom::Primary || b.is_err() => return Err(err),
             Err(_) => {}
         }
@@ -181,6 +185,7 @@ impl Client {
                 closed: AtomicBool::new(false),
                 backup_current_at: Mutex::new(None),
                 primary_redialing: AtomicBool::new(false),
+                next_read: AtomicU64::new(0),
                 session_id: jitter_seed() ^ u64::from(std::process::id()).rotate_left(32),
                 next_seq: AtomicU64::new(0),
                 write_retries: AtomicU64::new(0),
@@ -322,11 +327,16 @@ impl Client {
     /// read) and the backup reports its store current; then `from` is [`Source::Backup`]. The
     /// primary is redialled in the background meanwhile. With [`ReadFrom::Primary`] (the
     /// default) this never reads from the backup.
+    ///
+    /// With [`ReadFrom::Any`] reads take turns between the two servers; a read refused
+    /// (`unavailable`) or cut off at one goes to the other, and `from` names the one that
+    /// answered. The error of the second attempt is returned if both fail.
     pub async fn read(&self, key: impl Into<Bytes>) -> Result<Read, ClientError> {
         let key = key.into();
         let inner = &self.inner;
         let backup = match (&inner.backup, inner.config.read_from) {
             (Some(b), ReadFrom::BackupIfPrimaryDown) => b,
+            (Some(b), ReadFrom::Any) => return self.read_any(b, key).await,
             _ => {
                 let value = self.get(key).await?;
                 return Ok(Read {
@@ -354,6 +364,38 @@ impl Client {
             value,
             from: Source::Backup,
         })
+    }
+
+    /// [`ReadFrom::Any`]: this read's turn names the first server; a refusal or a lost
+    /// connection there sends the read to the other one. A primary without a live connection is
+    /// skipped (and redialled in the background) as with [`ReadFrom::BackupIfPrimaryDown`], so a
+    /// dead primary costs no dial per read.
+    async fn read_any(&self, backup: &Link, key: Bytes) -> Result<Read, ClientError> {
+        let inner = &self.inner;
+        let primary_live = inner.primary.current().is_some_and(|s| !s.dead());
+        if !primary_live {
+            self.redial_primary_in_background();
+        }
+        let backup_first = !primary_live || inner.next_read.fetch_add(1, Ordering::Relaxed) % 2 == 1;
+        let order = match backup_first {
+            true => [(backup, Source::Backup), (&inner.primary, Source::Primary)],
+            false => [(&inner.primary, Source::Primary), (backup, Source::Backup)],
+        };
+        let mut last = None;
+        for (link, from) in order {
+            let outcome = match self.call_on(link, Op::Get { key: key.clone() }).await {
+                Ok(reply) => get_answer(reply),
+                Err(err) => Err(err),
+            };
+            match outcome {
+                Ok(value) => return Ok(Read { value, from }),
+                Err(err @ (ClientError::Unavailable(_) | ClientError::Connection(_))) => {
+                    last = Some(err);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Connection("no server was tried".into())))
     }
 
     /// Starts one background dial of the primary, unless one is under way (the dial itself

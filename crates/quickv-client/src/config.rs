@@ -34,6 +34,16 @@ pub enum ReadFrom {
     /// backup does not see writes the primary applied after it lost the backup, and it may hold
     /// writes the primary answered as indeterminate (docs/client.md, "Read modes").
     BackupIfPrimaryDown,
+    /// Spread reads over both servers: each [`Client::read`](crate::Client::read) goes to the
+    /// primary and the backup in turn, and to the other server when the first refuses
+    /// (`unavailable`: a backup that is not current or not linked, a primary not yet synced) or
+    /// cannot be reached. Meant for pairs whose commit point is the backup (chain replication's
+    /// tail, DESIGN.md §3): there a read at either server is linearizable, because the backup
+    /// serves only writes it applied — the commit point — and the primary answers a read of a
+    /// key with a write in flight only after that write's ack. Against servers without that
+    /// commit point, reads at the backup may run ahead of the primary's (docs/client.md, "Read
+    /// modes"). Both servers answering a read is what doubles a pair's read capacity.
+    Any,
 }
 
 /// Which server gave an answer; see [`Read`](crate::Read).
@@ -41,7 +51,8 @@ pub enum ReadFrom {
 pub enum Source {
     /// The primary (or the only server of a single-server client).
     Primary,
-    /// The backup, because the primary could not be reached.
+    /// The backup: with [`ReadFrom::BackupIfPrimaryDown`] because the primary could not be
+    /// reached, with [`ReadFrom::Any`] by turn or because the primary refused.
     Backup,
 }
 
