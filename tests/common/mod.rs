@@ -6,6 +6,7 @@ pub mod identity;
 pub mod netlab;
 pub mod peer;
 pub mod prometheus;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
