@@ -47,8 +47,14 @@ async fn relayed_pair(timeouts: &str) -> (Pair, Relay) {
     )
     .expect("write config");
     let config = file.to_string_lossy().into_owned();
-    let (primary_addr, backup_addr) = (common::free_addr(), common::free_addr());
-    let relay = Relay::start(backup_addr).await;
+    let mut addrs = None;
+    let relay = Relay::start(|| {
+        let [primary, backup] = quickv::supervisor::free_udp_addrs().expect("free ports");
+        addrs = Some((primary, backup));
+        backup
+    })
+    .await;
+    let (primary_addr, backup_addr) = addrs.expect("addresses chosen");
     let (front, back) = (relay.front.to_string(), relay.back.to_string());
     let backup = ServerProc::start(
         "backup",

@@ -52,11 +52,16 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Binds both sockets on loopback and starts relaying to `backup`, both ways passing.
-    pub async fn start(backup: SocketAddr) -> Relay {
+    /// Binds both sockets on loopback, then asks `backup` for the backup's address (so the
+    /// servers' free ports are chosen while the relay's are taken, and cannot collide with them)
+    /// and starts relaying to it, both ways passing.
+    pub async fn start(backup: impl FnOnce() -> SocketAddr) -> Relay {
         let front_socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind front"));
         let back_socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind back"));
-        back_socket.connect(backup).await.expect("connect to backup");
+        back_socket
+            .connect(backup())
+            .await
+            .expect("connect to backup");
         let valve = Arc::new(Mutex::new(Valve {
             to_backup: Flow::Pass,
             to_primary: Flow::Pass,
