@@ -5,6 +5,10 @@
 //! that took effect and 0 keys differing between the servers after resync; the figures are printed
 //! (`cargo test --test faults -- --nocapture`) and copied into `docs/reliability.md`.
 //!
+//! Reads go to the primary, or with `QUICKV_FAULT_READS=both` to both servers
+//! (`ReadFrom::Any`, each read recording the server that answered), judged in one history
+//! (issue 22: linearizable only once the commit point is the backup).
+//!
 //! Each scenario: start the pair and the load; wait for acknowledged writes (a recorder counter,
 //! not a sleep); inject the fault and mark it in the history; wait for the state the fault must
 //! produce (status polls with deadlines); repair; wait until writes are acknowledged again; stop
@@ -16,7 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use quickv::history::{check, HistoryReport, Recorder, Workload, WorkloadFigures};
-use quickv_client::ClientConfig;
+use quickv_client::{ClientConfig, ReadFrom};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +53,12 @@ impl Run {
         cfg.connect_timeout = Duration::from_secs(1);
         cfg.idle_timeout = Duration::from_secs(2);
         cfg.streams = 1;
+        let both = reads_at_both();
+        if both {
+            cfg.read_from = ReadFrom::Any;
+        }
         let mut w = Workload::new(pair.primary_addr.to_string(), cfg);
+        w.backup_addr = both.then(|| pair.backup_addr.to_string());
         w.clients = 6;
         w.hot_keys = 2;
         w.ops_per_round = 60;
@@ -132,6 +141,11 @@ impl Run {
         );
         assert!(report.is_clean(), "{}: {report}", self.name);
         assert!(
+            !reads_at_both() || report.reads_at_backup > 0,
+            "{}: no read was answered by the backup",
+            self.name
+        );
+        assert!(
             report.acknowledged_writes as u64 >= 2 * PROGRESS,
             "{}: too little acknowledged work to mean anything",
             self.name
@@ -143,6 +157,11 @@ impl Run {
         );
         report
     }
+}
+
+/// `QUICKV_FAULT_READS=both`: the load reads from both servers of the pair.
+fn reads_at_both() -> bool {
+    std::env::var("QUICKV_FAULT_READS").is_ok_and(|v| v == "both")
 }
 
 async fn status(addr: std::net::SocketAddr, certs: &Path) -> serde_json::Value {
