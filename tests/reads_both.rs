@@ -135,7 +135,13 @@ async fn a_read_at_the_primary_never_returns_a_value_older_than_one_the_backup_s
     let key = Bytes::from_static(b"ahead");
     let v1 = rec.unique_value(1);
     let inserted = rec
-        .call_at(1, &p, Server::Primary, key.clone(), Kind::Insert(v1.clone()))
+        .call_at(
+            1,
+            &p,
+            Server::Primary,
+            key.clone(),
+            Kind::Insert(v1.clone()),
+        )
         .await;
     assert_eq!(inserted, Observed::Ok);
 
@@ -164,7 +170,11 @@ async fn a_read_at_the_primary_never_returns_a_value_older_than_one_the_backup_s
         None => read.await,
     };
     let updated = update.await.expect("update task");
-    assert_eq!(updated, Observed::Ok, "the update is acknowledged once the acks pass");
+    assert_eq!(
+        updated,
+        Observed::Ok,
+        "the update is acknowledged once the acks pass"
+    );
     let report = judge(&pair, &rec).await;
     assert_ne!(
         answer,
@@ -190,7 +200,13 @@ async fn a_value_read_at_the_backup_survives_the_relink_after_its_ack_was_lost()
     let key = Bytes::from_static(b"phantom");
     let v1 = rec.unique_value(1);
     let inserted = rec
-        .call_at(1, &p, Server::Primary, key.clone(), Kind::Insert(v1.clone()))
+        .call_at(
+            1,
+            &p,
+            Server::Primary,
+            key.clone(),
+            Kind::Insert(v1.clone()),
+        )
         .await;
     assert_eq!(inserted, Observed::Ok);
 

@@ -154,6 +154,7 @@ pub async fn run(cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
         redis_wait: cfg.redis_wait,
         redis_wait_ms: cfg.redis_wait_ms,
         timeout: cfg.timeout,
+        backup: cfg.backup.as_deref().map(|b| (b, cfg.read_from.into())),
     };
     match &spec {
         TargetSpec::Quickv(addr) => {

@@ -54,6 +54,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use target::TargetSpec;
+
 pub use dist::DistKind;
 pub use driver::run;
 pub use progress::ProgressMode;
@@ -74,6 +76,11 @@ pub const DEFAULT_MAX_REQUESTS: u64 = 1_000_000_000;
 pub struct BenchConfig {
     /// `HOST:PORT` of a quickv server, or a `redis://`/`rediss://` URL.
     pub target: String,
+    /// quickv: `HOST:PORT` of the target's backup, for gets at both servers (`--read-from any`).
+    pub backup: Option<String>,
+    /// quickv: where gets go (`--read-from`); writes always go to the primary.
+    #[serde(serialize_with = "as_display")]
+    pub read_from: ReadAt,
     /// Directory with `ca.pem`, `client.pem`, `client.key`.
     pub certs_dir: PathBuf,
     /// Which operations, in which proportions.
@@ -134,6 +141,8 @@ impl BenchConfig {
     pub fn new(target: impl Into<String>, certs_dir: impl Into<PathBuf>) -> BenchConfig {
         BenchConfig {
             target: target.into(),
+            backup: None,
+            read_from: ReadAt::Primary,
             certs_dir: certs_dir.into(),
             mix: Mix::single(LoadOp::Get),
             keys: 100_000,
@@ -190,6 +199,15 @@ impl BenchConfig {
             self.keys > 0 || !self.mix.kinds().any(LoadOp::needs_preload),
             "--keys must be positive for get, update and delete"
         );
+        anyhow::ensure!(
+            self.read_from == ReadAt::Primary || self.backup.is_some(),
+            "--read-from any needs the pair's backup (--backup HOST:PORT)"
+        );
+        if let Some(backup) = &self.backup {
+            TargetSpec::parse(backup)
+                .check_loopback()
+                .map_err(anyhow::Error::msg)?;
+        }
         if let Some(rate) = self.rate {
             anyhow::ensure!(
                 rate.is_finite() && rate > 0.0,
@@ -204,13 +222,46 @@ impl BenchConfig {
         match &self.label {
             Some(label) => label.clone(),
             None => format!(
-                "{} {} c{}s{}d{}",
+                "{}{} {} c{}s{}d{}",
                 target::TargetSpec::parse(&self.target).system(),
+                match self.read_from {
+                    ReadAt::Primary => "",
+                    ReadAt::Any => " reads-any",
+                },
                 self.mix,
                 self.connections,
                 self.streams,
                 self.pipeline
             ),
+        }
+    }
+}
+
+/// Where a quickv run sends its gets (`--read-from`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadAt {
+    /// Every get to the primary (the target).
+    #[default]
+    Primary,
+    /// Gets take turns between the primary and its backup (`ReadFrom::Any`), each falling back
+    /// to the other server on a refusal.
+    Any,
+}
+
+impl std::fmt::Display for ReadAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadAt::Primary => "primary",
+            ReadAt::Any => "any",
+        })
+    }
+}
+
+impl From<ReadAt> for quickv_client::ReadFrom {
+    fn from(at: ReadAt) -> quickv_client::ReadFrom {
+        match at {
+            ReadAt::Primary => quickv_client::ReadFrom::Primary,
+            ReadAt::Any => quickv_client::ReadFrom::Any,
         }
     }
 }

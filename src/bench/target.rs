@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::workload::LoadOp;
-use quickv_client::{Client, ClientConfig, ClientError};
+use quickv_client::{Client, ClientConfig, ClientError, Read, ReadFrom};
 use quickv_proto::{Op, Outcome, Reply};
 
 /// What to connect to, parsed from `--target`.
@@ -169,31 +169,59 @@ pub struct ConnectOptions<'a> {
     /// Deadline of each request (`--timeout`): quickv clients keep it themselves (no timer per
     /// call), so the driver adds none of its own ([`Handle::bounds_its_calls`]).
     pub timeout: Duration,
+    /// quickv: the pair's backup (`--backup`), and where gets go (`--read-from`): with
+    /// [`ReadFrom::Any`] each connection is a pair client and gets take turns between the two
+    /// servers ([`Client::read`]); writes always go to the primary.
+    pub backup: Option<(&'a str, ReadFrom)>,
 }
 
-/// quickv: one [`Client`] per `--connections`, each with `--streams` streams.
+/// quickv: one [`Client`] per `--connections`, each with `--streams` streams (per server, for a
+/// pair).
 pub struct QuickvTarget {
     /// The connections.
     clients: Vec<Client>,
+    /// Gets go through [`Client::read`] (a pair client spreading reads), not to the primary.
+    spread_reads: bool,
 }
 
 impl QuickvTarget {
-    /// Opens every connection to the server at `addr` (concurrently), or fails with the first
-    /// error.
+    /// Opens every connection to the server at `addr` (and to the backup, if
+    /// [`ConnectOptions::backup`] is set) concurrently, or fails with the first error.
     pub async fn connect(addr: &str, opts: &ConnectOptions<'_>) -> anyhow::Result<QuickvTarget> {
         let mut config = ClientConfig::new(opts.certs_dir);
         config.streams = opts.streams.max(1);
         config.timeout = Some(opts.timeout);
-        let attempts = (0..opts.connections.max(1)).map(|_| Client::connect(addr, &config));
+        let backup = opts.backup.filter(|(_, from)| *from != ReadFrom::Primary);
+        if let Some((_, read_from)) = backup {
+            config.read_from = read_from;
+        }
+        let attempts = (0..opts.connections.max(1)).map(|_| async {
+            match backup {
+                Some((backup, _)) => Client::connect_pair(addr, backup, &config).await,
+                None => Client::connect(addr, &config).await,
+            }
+        });
         let clients = futures_util::future::try_join_all(attempts)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to quickv at {addr}: {e}"))?;
-        Ok(QuickvTarget { clients })
+        Ok(QuickvTarget {
+            clients,
+            spread_reads: backup.is_some(),
+        })
     }
 }
 
+/// One worker's clone of a quickv [`Client`], and whether its gets may go to either server.
+#[derive(Clone, Debug)]
+pub struct QuickvHandle {
+    /// The connection (to one server or to the pair).
+    client: Client,
+    /// Gets go through [`Client::read`] ([`ConnectOptions::backup`]).
+    spread_reads: bool,
+}
+
 impl Target for QuickvTarget {
-    type Handle = Client;
+    type Handle = QuickvHandle;
 
     fn server_info(&self) -> String {
         self.clients
@@ -202,8 +230,11 @@ impl Target for QuickvTarget {
             .unwrap_or_default()
     }
 
-    fn handle(&self, worker: usize) -> Client {
-        self.clients[worker % self.clients.len()].clone()
+    fn handle(&self, worker: usize) -> QuickvHandle {
+        QuickvHandle {
+            client: self.clients[worker % self.clients.len()].clone(),
+            spread_reads: self.spread_reads,
+        }
     }
 
     async fn close(self) {
@@ -213,8 +244,7 @@ impl Target for QuickvTarget {
     }
 }
 
-/// A clone of one quickv [`Client`].
-impl Handle for Client {
+impl Handle for QuickvHandle {
     fn bounds_its_calls(&self) -> bool {
         true
     }
@@ -225,6 +255,13 @@ impl Handle for Client {
         key: Bytes,
         value: Bytes,
     ) -> (Outcome, Option<String>) {
+        if kind == LoadOp::Get && self.spread_reads {
+            return match self.client.read(key).await {
+                Ok(Read { value: Some(_), .. }) => (Outcome::Ok, None),
+                Ok(Read { value: None, .. }) => (Outcome::NotFound, None),
+                Err(e) => (Outcome::from(&e), Some(e.to_string())),
+            };
+        }
         let op = match kind {
             LoadOp::Get => Op::Get { key },
             LoadOp::Insert => Op::Insert { key, value },
@@ -232,12 +269,15 @@ impl Handle for Client {
             LoadOp::Delete => Op::Delete { key },
             LoadOp::Ping => Op::Ping(value),
         };
-        classify_quickv(kind, self.call(op).await)
+        classify_quickv(kind, self.client.call(op).await)
     }
 
     /// An insert: an `exists` answer means a previous run left the key there, which is as good.
     async fn preload(&mut self, key: Bytes, value: Bytes) -> (Outcome, Option<String>) {
-        classify_quickv(LoadOp::Insert, self.call(Op::Insert { key, value }).await)
+        classify_quickv(
+            LoadOp::Insert,
+            self.client.call(Op::Insert { key, value }).await,
+        )
     }
 }
 

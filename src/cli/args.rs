@@ -151,6 +151,13 @@ pub(crate) struct BenchRunArgs {
     /// Weighted mix, e.g. get=90,update=10.
     #[arg(long)]
     pub(crate) mix: Option<bench::Mix>,
+    /// quickv: the target's backup (HOST:PORT), for --read-from any.
+    #[arg(long)]
+    pub(crate) backup: Option<String>,
+    /// quickv: where gets go: primary (the target), or any (taking turns between the primary and
+    /// --backup); writes always go to the primary.
+    #[arg(long, default_value = "primary")]
+    pub(crate) read_from: bench::ReadAt,
     /// Keyspace size (preloaded for get/update/delete).
     #[arg(long, default_value_t = 100_000)]
     pub(crate) keys: u64,

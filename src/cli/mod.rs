@@ -166,6 +166,8 @@ fn run_bench(args: BenchArgs, server: String, certs: PathBuf) -> anyhow::Result<
                 (None, Some(kind)) => bench::Mix::single(kind),
                 (None, None) => bench::Mix::single(bench::LoadOp::Get),
             };
+            cfg.backup = a.backup;
+            cfg.read_from = a.read_from;
             cfg.keys = a.keys;
             cfg.value_size = a.value_size;
             cfg.dist = a.dist;

@@ -376,7 +376,8 @@ impl Client {
         if !primary_live {
             self.redial_primary_in_background();
         }
-        let backup_first = !primary_live || inner.next_read.fetch_add(1, Ordering::Relaxed) % 2 == 1;
+        let backup_first =
+            !primary_live || inner.next_read.fetch_add(1, Ordering::Relaxed) % 2 == 1;
         let order = match backup_first {
             true => [(backup, Source::Backup), (&inner.primary, Source::Primary)],
             false => [(&inner.primary, Source::Primary), (backup, Source::Backup)],
