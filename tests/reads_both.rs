@@ -122,7 +122,6 @@ async fn judge(pair: &Pair, rec: &Recorder) -> HistoryReport {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 22: fails until the commit point moves to the backup"]
 async fn a_read_at_the_primary_never_returns_a_value_older_than_one_the_backup_served() {
     // Timeouts far longer than the test holds the acks: only the order of events is under test.
     let (pair, relay) = relayed_pair("ack_ms = 10000\npeer_idle_ms = 10000").await;
@@ -187,7 +186,6 @@ async fn a_read_at_the_primary_never_returns_a_value_older_than_one_the_backup_s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 22: fails until the commit point moves to the backup"]
 async fn a_value_read_at_the_backup_survives_the_relink_after_its_ack_was_lost() {
     // A short ack timeout: the primary gives up on the held write soon after the cut.
     let (pair, relay) = relayed_pair("ack_ms = 1500\npeer_idle_ms = 1500").await;

@@ -79,10 +79,19 @@ impl ScriptedPrimary {
         }
     }
 
-    /// Sends our hello and returns the backup's first answer (its hello, or a goodbye).
+    /// Sends our hello and returns the backup's first answer (its hello, or a goodbye). A hello
+    /// is followed by the backup's `Applied` marks, which are read here too.
     pub async fn send_hello(&mut self, ours: PeerHello) -> PeerMsg {
         send_peer(&mut self.ctl_send, &[PeerMsg::Hello(Box::new(ours))]).await;
-        self.ctl.next().await
+        let answer = self.ctl.next().await;
+        if matches!(answer, PeerMsg::Hello(_)) {
+            let marks = self.ctl.next().await;
+            assert!(
+                matches!(marks, PeerMsg::Applied(_)),
+                "the backup's hello comes with its applied marks, got {marks:?}"
+            );
+        }
+        answer
     }
 
     /// Sends our hello and returns the backup's, which it must be.

@@ -9,9 +9,15 @@
 //!
 //! A refusal that depended on an unacknowledged write (insert of a key whose insert is in flight)
 //! waits in the queue behind that write, so it is answered only once what it depended on is known;
-//! if the link fails first it is indeterminate too. When the link is lost every queued write becomes
-//! indeterminate and the overlay is dropped: those writes were not applied here, and the next warm
-//! start makes the backup agree with this store (the primary's data wins after a link loss).
+//! if the link fails first it is indeterminate too.
+//!
+//! **The commit point is the backup** (chain replication's tail; issue 22, `lanes_commit.rs`): the
+//! backup serves reads of what it applied, so a read here of a key with a write in flight waits
+//! behind that write's ack (CRAQ's dirty check, [`Lanes::read`]) instead of answering the value
+//! from before it. When the link is lost every queued write is answered indeterminate and kept as
+//! *unresolved*; reads of those keys are refused until the next warm start learns from the
+//! backup's [`PeerMsg::Applied`] which of them it applied: those are applied here too, the others
+//! dropped ([`Lanes::resolve`]).
 //!
 //! A session-stamped write (`store::sessions`) is first looked up: among the lane's stamped writes
 //! in flight (a retry of one of them waits behind it and gets the same answer), then in the key's
@@ -29,7 +35,7 @@ use crate::reply::{ReplyTo, Waiter};
 use crate::resync::{AckClock, ResyncPlan};
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
-use quickv_proto::peer::{PeerMsg, ReplOffset};
+use quickv_proto::peer::{LaneMark, PeerMsg, ReplOffset};
 use quickv_proto::{Limits, Op, Reply, SessionWrite, WriteStamp};
 
 /// Where a lane's frames go: the data stream of the current link that carries the lane.
@@ -85,6 +91,13 @@ pub struct Lanes {
     /// The generation of the link the lanes are open on, bumped by every [`Lanes::enable`]: a
     /// superseded link's ack reader presents its own and changes nothing ([`Lanes::handle_ack_on`]).
     link: std::sync::atomic::AtomicU64,
+    /// Per lane, the keys a read must not answer from the store alone (writes in flight plus
+    /// unresolved writes), mirrored after every change under the lane's lock: a read of a lane
+    /// with none takes no lock (the dirty check costs one atomic load then).
+    dirty: Vec<std::sync::atomic::AtomicUsize>,
+    /// The identity the backup will report for writes of the link the lanes are open on: this
+    /// primary's run id and the link's epoch ([`Lanes::enable_marked`]).
+    mark: Mutex<LaneMark>,
 }
 
 /// A lane's state; guarded by its mutex, held only for short, non-blocking sections.
@@ -109,6 +122,9 @@ struct Lane {
     /// A resync of this lane's bucket is being built ([`Lanes::begin_resync`]): writes to the
     /// bucket are refused until it is queued, so the lane's offset and overlay stay as planned.
     resyncing: bool,
+    /// Writes of a lost link whose ack never came: the backup may or may not have applied them
+    /// (and served them). Kept until the next warm start resolves them ([`Lanes::resolve`]).
+    unresolved: commit::Unresolved,
 }
 
 /// A queued answer.
@@ -124,6 +140,9 @@ struct Queued {
     resync: bool,
     /// The session stamp of the write, recorded in the bucket's session table when applied.
     stamp: Option<WriteStamp>,
+    /// A read waiting behind a write in flight ([`Lanes::read`]): if the link is lost first it
+    /// is refused (`unavailable`), since a read that took no effect is never indeterminate.
+    read: bool,
 }
 
 #[derive(Debug)]
@@ -167,6 +186,10 @@ impl Lanes {
             limits,
             drained: None,
             link: std::sync::atomic::AtomicU64::new(0),
+            dirty: (0..BUCKETS)
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
+            mark: Mutex::new(LaneMark::default()),
         }
     }
 
@@ -190,11 +213,11 @@ impl Lanes {
     }
 
     /// Opens every lane for writes on a new link, offsets from zero; returns the link's
-    /// generation (see [`Lanes::handle_ack_on`]).
+    /// generation (see [`Lanes::handle_ack_on`]). The link has no identity the backup could
+    /// report ([`Lanes::enable_marked`]): writes it loses are dropped at the next warm start
+    /// unless the backup restarted.
     pub fn enable<S: FrameSink + 'static>(&self, senders: Vec<S>) -> u64 {
-        let link = self.link.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
-        self.open(senders);
-        link
+        self.enable_marked(senders, LaneMark::default())
     }
 
     /// Whether `link` is still the generation the lanes are open on (read under a lane's lock).
@@ -222,29 +245,47 @@ impl Lanes {
     fn open<S: FrameSink + 'static>(&self, senders: Vec<S>) {
         for (b, tx) in BucketId::all().zip(senders) {
             let mut l = self.lane(b);
+            if !l.unresolved.is_empty() {
+                // A driver resolves (or discards) a lost link's writes before it opens the lanes
+                // again; one that did not (the simulator) keeps the older rule: dropped.
+                tracing::warn!(lane = %b, writes = l.unresolved.len(), "dropping unresolved writes of a lost link");
+            }
             *l = Lane {
                 tx: Some(Arc::new(tx)),
                 ..Lane::default()
             };
+            self.mirror_dirty(b, &l);
         }
     }
 
     /// The link is gone: nothing queued will be acknowledged. Every waiting write is indeterminate
-    /// (answered as of `now`).
+    /// (answered as of `now`) and kept as unresolved until the next warm start; every waiting read
+    /// is refused.
     pub fn fail_all(&self, reason: &str, now: Instant) {
+        let mark = *self.mark.lock().unwrap_or_else(|p| p.into_inner());
         for b in BucketId::all() {
-            let mut l = self.lane(b);
+            let mut guard = self.lane(b);
+            let l = &mut *guard;
             l.tx = None;
             l.overlay.clear();
             l.stamped.clear();
             l.clock.reset();
             l.resyncing = false;
             for q in l.queue.drain(..) {
+                let answer = match q.read {
+                    true => Reply::Unavailable(format!(
+                        "the key had a write in flight and the link to the backup was lost: {reason}"
+                    )),
+                    false => Reply::Indeterminate(format!(
+                        "sent to the backup, but no ack came: {reason}"
+                    )),
+                };
                 if let Some((waiter, _)) = q.reply {
-                    let why = format!("sent to the backup, but no ack came: {reason}");
-                    waiter.send(Reply::Indeterminate(why), now);
+                    waiter.send(answer, now);
                 }
+                l.unresolved.keep(mark, q.offset, q.effect, q.stamp);
             }
+            self.mirror_dirty(b, l);
         }
         self.drained();
     }
@@ -303,6 +344,7 @@ impl Lanes {
                     reply: Some((Waiter::new(reply_to()), answer)),
                     resync: false,
                     stamp: None,
+                    read: false,
                 });
                 return Ok(());
             }
@@ -354,6 +396,7 @@ impl Lanes {
                 reply: Some((Waiter::new(reply_to()), answer)),
                 resync: false,
                 stamp: None,
+                read: false,
             });
             return Ok(());
         };
@@ -368,6 +411,7 @@ impl Lanes {
             _ => None,
         };
         l.overlay.insert(key, (after, offset));
+        self.mirror_dirty(bucket, l);
         if let Some(stamp) = stamp {
             l.stamped.insert(stamp, (offset, answer.clone()));
         }
@@ -378,6 +422,7 @@ impl Lanes {
             reply: Some((Waiter::new(reply_to()), answer)),
             resync: false,
             stamp,
+            read: false,
         });
         Ok(())
     }
@@ -445,6 +490,7 @@ impl Lanes {
                 waiter.send(answer, now);
             }
         }
+        self.mirror_dirty(b, l);
         if advanced {
             l.clock.progressed(now, resyncs, l.queue.is_empty());
         }
@@ -548,6 +594,7 @@ impl Lanes {
             reply: None,
             resync: true,
             stamp: None,
+            read: false,
         });
         true
     }
@@ -591,6 +638,10 @@ impl Lanes {
             .collect()
     }
 }
+
+#[path = "lanes_commit.rs"]
+mod commit;
+pub use commit::Resolved;
 
 #[cfg(test)]
 #[path = "lanes_tests.rs"]

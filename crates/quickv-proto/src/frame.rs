@@ -29,8 +29,9 @@ pub const ALPN: &[u8] = b"quickv/1";
 
 /// ALPN of the primary↔backup link (the [`crate::peer`] protocol); a server tells the two kinds of
 /// connection apart by it. Version 2 carries session records with replicated writes and transfers;
-/// a server of the previous version fails the handshake instead of misreading them.
-pub const PEER_ALPN: &[u8] = b"quickv-peer/3";
+/// version 4 the backup's [`PeerMsg::Applied`](crate::peer::PeerMsg::Applied) after its hello; a
+/// server of a previous version fails the handshake instead of misreading them.
+pub const PEER_ALPN: &[u8] = b"quickv-peer/4";
 
 /// Bytes of the length prefix that starts every frame (a big-endian `u32`).
 pub const LEN_PREFIX: usize = 4;

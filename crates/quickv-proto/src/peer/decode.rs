@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::{PeerHello, PeerMsg, RecordedAnswer, SessionAnswer};
+use super::{LaneMark, PeerHello, PeerMsg, RecordedAnswer, SessionAnswer};
 use crate::codec::Reader;
 use crate::{BucketId, DecodeError, Digest, Limits, WriteStamp, BUCKETS, LEN_PREFIX};
 
@@ -42,6 +42,17 @@ impl PeerMsg {
             0x4A => PeerMsg::SessionsBorn {
                 ms_ago: r.u64("table age")?,
             },
+            0x4B => {
+                let mut marks = Box::new([LaneMark::default(); BUCKETS]);
+                for m in marks.iter_mut() {
+                    *m = LaneMark {
+                        primary_run: r.u64("primary run id")?,
+                        epoch: r.u64("link epoch")?,
+                        offset: r.u64("offset")?,
+                    };
+                }
+                PeerMsg::Applied(marks)
+            }
             0x51 => put(&mut r, limits)?,
             0x52 => {
                 let (offset, stamp, key) = (r.u64("offset")?, stamp(&mut r)?, r.bytes("key")?);

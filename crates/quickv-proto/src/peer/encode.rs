@@ -26,6 +26,7 @@ impl PeerMsg {
             PeerMsg::SessionAnswer(_) => 0x48,
             PeerMsg::SessionsEvicted { .. } => 0x49,
             PeerMsg::SessionsBorn { .. } => 0x4A,
+            PeerMsg::Applied(_) => 0x4B,
             PeerMsg::Ack { .. } => 0x60,
             PeerMsg::Mismatch { .. } => 0x61,
         }
@@ -46,6 +47,13 @@ impl PeerMsg {
                 dst.put_u64(h.keys);
                 for d in &h.digests {
                     dst.put_u128(d.0);
+                }
+            }
+            PeerMsg::Applied(marks) => {
+                for m in marks.iter() {
+                    dst.put_u64(m.primary_run);
+                    dst.put_u64(m.epoch);
+                    dst.put_u64(m.offset);
                 }
             }
             PeerMsg::BucketBegin(b) | PeerMsg::ReplaceBegin(b) => dst.put_u8(b.index() as u8),

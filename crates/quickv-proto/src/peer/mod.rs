@@ -67,11 +67,30 @@ pub struct PeerHello {
     pub digests: [Digest; BUCKETS],
 }
 
+/// What a backup last applied on one lane: the write at `offset` of the link that the primary
+/// process `primary_run` opened at epoch `epoch` (all zero: nothing applied in this process).
+/// A lane's offsets restart at 1 on every link, so an offset means something only together with
+/// the link it was counted on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LaneMark {
+    /// The run id of the primary that sent the write.
+    pub primary_run: u64,
+    /// The epoch of the link it came on.
+    pub epoch: u64,
+    /// Its offset on that link's lane.
+    pub offset: ReplOffset,
+}
+
 /// One message on the peer link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerMsg {
     /// Warm start: who I am and what I hold.
     Hello(Box<PeerHello>),
+    /// Backup → primary, right after the backup's hello: per lane, the last write it applied
+    /// ([`LaneMark`]). The commit point is the backup: a write the primary sent and never heard
+    /// acknowledged (its link was lost) took effect exactly if the backup applied it, so the
+    /// primary keeps those writes and drops the others (issue 22).
+    Applied(Box<[LaneMark; BUCKETS]>),
     /// A bucket's snapshot follows (bootstrap).
     BucketBegin(BucketId),
     /// Some entries of the bucket being sent (bootstrap or lane resync).

@@ -92,6 +92,13 @@ fn any_msg() -> impl Strategy<Value = PeerMsg> {
                     digests: std::array::from_fn(|i| Digest(d.wrapping_add(i as u128))),
                 }))
             }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(run, epoch, offset)| {
+            PeerMsg::Applied(Box::new(std::array::from_fn(|i| LaneMark {
+                primary_run: run,
+                epoch: epoch.wrapping_add(i as u64 % 2),
+                offset: offset.wrapping_add(i as u64),
+            })))
+        }),
         bucket.clone().prop_map(PeerMsg::BucketBegin),
         proptest::collection::vec((any_bytes(), any_bytes()), 0..5).prop_map(PeerMsg::BucketChunk),
         (bucket.clone(), any::<u64>(), digest.clone()).prop_map(|(bucket, count, digest)| {

@@ -15,7 +15,7 @@ use crate::replication::Replication;
 use quickv_core::apply::{apply_resync, StreamApplier};
 use quickv_core::state::{admit, may_supersede, Refusal, Source};
 use quickv_core::store::{BucketId, Digest, BUCKETS};
-use quickv_proto::peer::{PeerHello, PeerMsg, ReplOffset};
+use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg, ReplOffset};
 
 /// Serves one link from the primary until it ends. The primary's hello is read and verified
 /// ([`admit`]: same pair, not a stale epoch) before the connection touches anything; only then
@@ -155,7 +155,13 @@ async fn run_link(
     })
     .ok_or_else(superseded)?;
     let ours = repl.hello().await;
-    let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
+    // What this store applied, per lane, taken after the admission fenced the older links'
+    // appliers (under the lock they apply under): the primary keeps exactly those writes.
+    let applied = *repl.backup_marks.lock().unwrap_or_else(|p| p.into_inner());
+    let hello = [
+        PeerMsg::Hello(Box::new(ours.clone())),
+        PeerMsg::Applied(Box::new(applied)),
+    ];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
     let plan = repl
         .with_link_machine(g, |v| v.machine.handle_hellos(theirs, &ours, link.epoch))
@@ -190,10 +196,15 @@ async fn run_link(
 
     let link_failed = CancellationToken::new();
     let _stop_lanes_on_exit = link_failed.clone().drop_guard();
+    let mark = LaneMark {
+        primary_run: theirs.run_id,
+        epoch: link.epoch,
+        offset: 0,
+    };
     tokio::spawn(accept_lanes(
         repl.clone(),
         conn.clone(),
-        link.generation,
+        (link.generation, mark),
         link_failed.clone(),
     ));
 
@@ -233,7 +244,7 @@ async fn run_link(
 async fn accept_lanes(
     repl: Arc<Replication>,
     conn: quinn::Connection,
-    generation: u64,
+    link: (u64, LaneMark),
     link_failed: CancellationToken,
 ) {
     loop {
@@ -247,7 +258,7 @@ async fn accept_lanes(
         let failed = link_failed.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
-                r = apply_stream(&repl, send, reader, generation) => r,
+                r = apply_stream(&repl, send, reader, link) => r,
                 _ = failed.cancelled() => return,
             };
             if let Err(e) = outcome {
@@ -260,11 +271,15 @@ async fn accept_lanes(
 
 /// Applies one data stream's writes in lane order and acknowledges, after each batch read, every
 /// lane the batch advanced (one write for all of them).
+///
+/// Each write is applied under the lock of the lane marks, after the fence check, and its mark
+/// (`link`: the primary's run id and the link's epoch) recorded there: a newer link's report of
+/// the marks, taken after its admission, sees every write an older applier got in.
 async fn apply_stream(
     repl: &Replication,
     mut send: quinn::SendStream,
     mut reader: PeerReader,
-    generation: u64,
+    (generation, mark): (u64, LaneMark),
 ) -> Result<(), LinkError> {
     let mut lanes = StreamApplier::default();
     let mut acked = [0 as ReplOffset; BUCKETS];
@@ -277,10 +292,13 @@ async fn apply_stream(
         while let Some(msg) = reader.buffered()? {
             heard = true;
             // Fenced: once a newer link is admitted, this one applies nothing more.
-            if repl.applying_link.load(Ordering::Acquire) != generation {
-                return Err(LinkError(format!(
+            let superseded = || {
+                LinkError(format!(
                     "link {generation} superseded; its writes are no longer applied"
-                )));
+                ))
+            };
+            if repl.applying_link.load(Ordering::Acquire) != generation {
+                return Err(superseded());
             }
             if let PeerMsg::ReplaceEnd {
                 bucket,
@@ -306,7 +324,23 @@ async fn apply_stream(
                 info!(%bucket, "bucket resynced from the primary");
                 continue;
             }
-            if let Some(report) = lanes.handle(msg, &repl.store, &repl.counters, now)? {
+            let lane = match &msg {
+                PeerMsg::Put { key, .. } | PeerMsg::Remove { key, .. } => Some(BucketId::of(key)),
+                _ => None,
+            };
+            let mut marks = repl.backup_marks.lock().unwrap_or_else(|p| p.into_inner());
+            if repl.applying_link.load(Ordering::Acquire) != generation {
+                return Err(superseded());
+            }
+            let report = lanes.handle(msg, &repl.store, &repl.counters, now)?;
+            if let Some(b) = lane {
+                marks[b.index()] = LaneMark {
+                    offset: lanes.applied[b.index()],
+                    ..mark
+                };
+            }
+            drop(marks);
+            if let Some(report) = report {
                 out.push(report);
             }
         }

@@ -66,7 +66,7 @@ use quickv_core::reply::ReplyTo;
 use quickv_core::state::{Machine, State, Transition};
 use quickv_core::store::{Store, BUCKETS};
 use quickv_core::Counters;
-use quickv_proto::peer::PeerHello;
+use quickv_proto::peer::{LaneMark, PeerHello};
 use quickv_proto::Op;
 
 /// The replication side of one server (primary or backup), shared by its sessions and drivers.
@@ -105,6 +105,11 @@ pub struct Replication {
     applying_link: AtomicU64,
     /// Backup: last offset applied per lane on the current link.
     backup_applied: [AtomicU64; BUCKETS],
+    /// Backup: per lane, the last write applied and the link it came on, reported to the next
+    /// primary after the hello (`PeerMsg::Applied`: the commit point is the backup). Locked by
+    /// each applier around its fence check and the write it applies, and by the report after a
+    /// newer link's admission, so the report misses no write a superseded applier got in.
+    backup_marks: Mutex<[LaneMark; BUCKETS]>,
     /// Where the epoch is persisted ([`epoch_file`]), once [`Replication::restore_epoch`] has
     /// read it; unset (nothing persisted) in the simulator and unit tests.
     epoch_file: std::sync::OnceLock<std::path::PathBuf>,
@@ -167,6 +172,7 @@ impl Replication {
             backup_link: Mutex::new(None),
             applying_link: AtomicU64::new(0),
             backup_applied: std::array::from_fn(|_| AtomicU64::new(0)),
+            backup_marks: Mutex::new([LaneMark::default(); BUCKETS]),
             epoch_file: std::sync::OnceLock::new(),
             started: std::time::Instant::now(),
             heard_at: AtomicU64::new(0),
@@ -295,6 +301,24 @@ impl Replication {
         }
         self.lanes
             .submit(&self.store, op, session, refusal, reply_to, Instant::now())
+    }
+
+    /// A client read on this server (the caller checked [`Replication::reads_allowed`]). On the
+    /// primary, a read of a key with a write in flight waits for that write's ack (`None`: it is
+    /// answered at `reply_to()`), and one with a write of unknown fate is refused: see
+    /// `quickv_core::lanes` (the commit point is the backup). The backup answers from its store.
+    pub fn read(
+        &self,
+        key: &bytes::Bytes,
+        reply_to: impl FnOnce() -> ReplyTo,
+    ) -> Option<quickv_proto::Reply> {
+        match self.config.role {
+            Role::Primary => self.lanes.read(&self.store, key, reply_to, Instant::now),
+            _ => Some(match self.store.get(key) {
+                Some(value) => quickv_proto::Reply::Value(value),
+                None => quickv_proto::Reply::NotFound,
+            }),
+        }
     }
 
     /// Our hello for a warm start (see [`hello_of`]), taken once no transfer or apply job of an
@@ -465,6 +489,7 @@ impl Replication {
                 "from": t.from.name(), "to": t.to.name(), "cause": t.cause,
             })),
             "lag": lanes.iter().map(|l| l.pending).sum::<usize>(),
+            "unresolved": self.lanes.unresolved(),
             "lanes": lanes,
             "links": get(&c.links),
             "bootstraps": get(&c.bootstraps),

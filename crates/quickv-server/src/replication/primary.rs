@@ -20,7 +20,7 @@ use quickv_core::lanes::{CheckOutcome, FrameSink};
 use quickv_core::resync::ResyncPlan;
 use quickv_core::state::{admit, Refusal, Source};
 use quickv_core::store::{BucketId, BUCKETS};
-use quickv_proto::peer::PeerMsg;
+use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 
 /// First redial delay after a lost link (or an endpoint that cannot dial).
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -110,6 +110,15 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         }
         LinkError(e.to_string())
     })?;
+    let applied = match bounded(step, "waiting for the backup's applied marks", ctl.next()).await? {
+        PeerMsg::Applied(marks) => marks,
+        other => {
+            return Err(LinkError(format!(
+                "expected the backup's applied marks, got {other:?}"
+            )))
+        }
+    };
+    resolve_lost_writes(repl, &ours, &theirs, &applied).await;
     info!(peer_run_id = %format!("{:016x}", theirs.run_id), peer_keys = theirs.keys, peer_current = theirs.synced, epoch, "warm start");
     let plan = repl.with_machine(|v| {
         v.peer_run_id = Some(theirs.run_id);
@@ -156,7 +165,12 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     let senders = BucketId::all()
         .map(|b| OutboxSink(stream_senders[b.index() % streams].clone()))
         .collect();
-    let link = repl.lanes.enable(senders);
+    let mark = LaneMark {
+        primary_run: repl.run_id,
+        epoch,
+        offset: 0,
+    };
+    let link = repl.lanes.enable_marked(senders, mark);
     for reader in readers {
         tokio::spawn(read_acks(repl.clone(), reader, link, lane_failed.clone()));
     }
@@ -215,6 +229,38 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
                 return Ok("primary shutting down".into());
             }
         }
+    }
+}
+
+/// Settles the writes of the previous link whose acks were lost (the commit point is the backup;
+/// see `quickv_core::lanes`), before anything of this link's warm start touches the store: kept
+/// if the backup applied them (or, restarted, may have and served them), dropped if it never did;
+/// all forgotten if this primary is not current (it takes the backup's data whole).
+async fn resolve_lost_writes(
+    repl: &Replication,
+    ours: &PeerHello,
+    theirs: &PeerHello,
+    applied: &[LaneMark; BUCKETS],
+) {
+    let _fence = repl.fence.hold().await;
+    if !ours.synced {
+        let dropped = repl.lanes.discard_unresolved();
+        if dropped > 0 {
+            info!(dropped, "writes of the lost link left to the backup's data");
+        }
+        return;
+    }
+    let backup = theirs.synced.then_some(applied);
+    let done = repl
+        .lanes
+        .resolve(&repl.store, backup, std::time::Instant::now());
+    if done.kept + done.dropped > 0 {
+        info!(
+            kept = done.kept,
+            dropped = done.dropped,
+            backup_current = theirs.synced,
+            "writes of the lost link resolved: kept those the backup applied"
+        );
     }
 }
 

@@ -100,10 +100,18 @@ pub fn handle_request_to(
             match read {
                 Op::Count => Handled::Now(Reply::Count(node.store.count())),
                 Op::Dump => Handled::Dump,
-                Op::Get { key } => Handled::Now(match node.store.get(&key) {
-                    Some(value) => Reply::Value(value),
-                    None => Reply::NotFound,
-                }),
+                Op::Get { key } => match &node.repl {
+                    // The primary's dirty check: a key with a write in flight is answered after
+                    // that write's ack (the commit point is the backup).
+                    Some(repl) => match repl.read(&key, reply_to) {
+                        Some(reply) => Handled::Now(reply),
+                        None => Handled::Later(()),
+                    },
+                    None => Handled::Now(match node.store.get(&key) {
+                        Some(value) => Reply::Value(value),
+                        None => Reply::NotFound,
+                    }),
+                },
                 other => Handled::Now(not_a(&other)),
             }
         }
