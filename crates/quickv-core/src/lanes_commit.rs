@@ -222,3 +222,142 @@ impl Lanes {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{submit, t0, Pending};
+    use quickv_proto::Op;
+
+    fn open(lanes: &Lanes, run: u64, epoch: u64) -> Vec<std::sync::mpsc::Receiver<Bytes>> {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| std::sync::mpsc::channel()).unzip();
+        let mark = LaneMark {
+            primary_run: run,
+            epoch,
+            offset: 0,
+        };
+        lanes.enable_marked(txs, mark);
+        rxs
+    }
+
+    fn update(k: &'static str, v: &'static str) -> Op {
+        Op::Update {
+            key: Bytes::from(k),
+            value: Bytes::from(v),
+        }
+    }
+
+    /// A read on a channel: `Err(answer)` now, `Ok(channel)` when it waits.
+    fn read(lanes: &Lanes, store: &Store, key: &'static str) -> Result<Pending, Reply> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let to = move || {
+            ReplyTo::Once(Box::new(move |reply| {
+                let _ = tx.send(reply);
+            }))
+        };
+        match lanes.read(store, &Bytes::from(key), to, t0) {
+            Some(now) => Err(now),
+            None => Ok(rx),
+        }
+    }
+
+    fn at_once(h: Result<Pending, Reply>) -> Reply {
+        match h {
+            Err(reply) => reply,
+            Ok(_) => panic!("expected an answer at once, the read waits"),
+        }
+    }
+
+    fn queued(h: Result<Pending, Reply>) -> Pending {
+        h.unwrap_or_else(|now| panic!("expected to wait for the ack, got {now:?} at once"))
+    }
+
+    fn value(v: &'static str) -> Reply {
+        Reply::Value(Bytes::from(v))
+    }
+
+    #[test]
+    fn a_read_of_a_key_with_a_write_in_flight_answers_that_write_after_its_ack() {
+        let store = Store::new();
+        store.put(Bytes::from("k"), Bytes::from("v1"));
+        let lanes = Lanes::default();
+        let _rx = open(&lanes, 7, 1);
+        assert_eq!(
+            at_once(read(&lanes, &store, "k")),
+            value("v1"),
+            "clean: at once"
+        );
+        let write = queued(submit(&lanes, &store, update("k", "v2"), None, ""));
+        let r = queued(read(&lanes, &store, "k"));
+        assert_eq!(
+            at_once(read(&lanes, &store, "other")),
+            Reply::NotFound,
+            "another key of the lane is answered at once"
+        );
+        assert!(r.try_recv().is_err(), "not before the ack");
+        lanes
+            .handle_ack(&store, BucketId::of(b"k"), 1, t0())
+            .expect("ack");
+        assert_eq!(write.try_recv().expect("write answered"), Reply::Ok);
+        assert_eq!(r.try_recv().expect("read answered"), value("v2"));
+    }
+
+    #[test]
+    fn a_lost_ack_keeps_the_write_unresolved_and_the_backups_marks_settle_it() {
+        let b = BucketId::of(b"k");
+        for (backup, want, kept) in [
+            // The backup applied offset 1 of this link: kept.
+            (Some((7, 1, 1)), Some("v2"), 1),
+            // It applied nothing of this link (its mark is an older link's): dropped.
+            (Some((7, 0, 5)), Some("v1"), 0),
+            // It restarted: kept (it may have served the value before it died).
+            (None, Some("v2"), 1),
+        ] {
+            let store = Store::new();
+            store.put(Bytes::from("k"), Bytes::from("v1"));
+            let lanes = Lanes::default();
+            let _rx = open(&lanes, 7, 1);
+            let write = queued(submit(&lanes, &store, update("k", "v2"), None, ""));
+            let r = queued(read(&lanes, &store, "k"));
+            lanes.fail_all("link lost", t0());
+            assert!(matches!(write.try_recv(), Ok(Reply::Indeterminate(_))));
+            assert!(matches!(r.try_recv(), Ok(Reply::Unavailable(_))));
+            assert!(
+                matches!(read(&lanes, &store, "k"), Err(Reply::Unavailable(_))),
+                "refused while unresolved"
+            );
+            assert_eq!(lanes.unresolved(), 1);
+            let mut marks = [LaneMark::default(); BUCKETS];
+            if let Some((run, epoch, offset)) = backup {
+                marks[b.index()] = LaneMark {
+                    primary_run: run,
+                    epoch,
+                    offset,
+                };
+            }
+            let done = lanes.resolve(&store, backup.map(|_| &marks), t0());
+            assert_eq!(done.kept, kept, "{backup:?}");
+            assert_eq!(store.get(b"k"), want.map(Bytes::from), "{backup:?}");
+            assert_eq!(
+                at_once(read(&lanes, &store, "k")),
+                value(want.unwrap_or("v1"))
+            );
+            assert_eq!(lanes.unresolved(), 0);
+        }
+    }
+
+    #[test]
+    fn a_primary_that_takes_the_backups_data_discards_its_unresolved_writes() {
+        let store = Store::new();
+        let lanes = Lanes::default();
+        let _rx = open(&lanes, 7, 1);
+        let insert = Op::Insert {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+        };
+        let _write = queued(submit(&lanes, &store, insert, None, ""));
+        lanes.fail_all("link lost", t0());
+        assert_eq!(lanes.discard_unresolved(), 1);
+        assert_eq!(at_once(read(&lanes, &store, "k")), Reply::NotFound);
+    }
+}
