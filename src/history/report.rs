@@ -213,10 +213,31 @@ fn linearizability(
         .collect();
     resets.sort();
     let last_epoch = resets.len();
+    let epoch_at = |t: Duration| resets.iter().filter(|&&r| r <= t).count();
+    // A write invoked before a reset and answered after it may have been first sent to the
+    // restarted pair (a call queued while its connection was redialled): its effect may land in
+    // either epoch, so each of them sees it as possibly-happened.
+    let straddling: Vec<Operation> = history
+        .ops
+        .iter()
+        .filter(|op| op.kind.is_write() && epoch_at(op.complete) > epoch_at(op.invoke))
+        .map(|op| Operation {
+            outcome: Observed::Indeterminate("straddles a reset".into()),
+            ..op.clone()
+        })
+        .collect();
     let mut groups: BTreeMap<(usize, Bytes), Vec<&Operation>> = BTreeMap::new();
     for op in &history.ops {
-        let epoch = resets.iter().filter(|&&r| r <= op.invoke).count();
-        groups.entry((epoch, op.key.clone())).or_default().push(op);
+        let (first, last) = (epoch_at(op.invoke), epoch_at(op.complete));
+        if op.kind.is_write() && last > first {
+            continue;
+        }
+        groups.entry((first, op.key.clone())).or_default().push(op);
+    }
+    for op in &straddling {
+        for epoch in epoch_at(op.invoke)..=epoch_at(op.complete) {
+            groups.entry((epoch, op.key.clone())).or_default().push(op);
+        }
     }
     let finals: Option<BTreeMap<&Bytes, &Bytes>> =
         primary_dump.map(|d| d.iter().map(|(k, v)| (k, v)).collect());

@@ -316,6 +316,27 @@ fn a_reset_starts_an_empty_epoch() {
 }
 
 #[test]
+fn a_write_straddling_a_reset_may_take_effect_in_either_epoch() {
+    // Invoked before both servers were killed, first sent to the restarted pair (its call waited
+    // for a connection), answered there: its value is read after the reset.
+    let mut h = history(vec![
+        op(1, ins("a"), 0, 10, Observed::Ok),
+        op(2, ins("b"), 15, 40, Observed::Ok),
+        op(3, Kind::Get, 50, 60, val("b")),
+    ]);
+    h.marks.push(Mark {
+        at: ms(20),
+        kind: MarkKind::Reset,
+        label: "both killed".into(),
+    });
+    let r = report(&h, Some("b"));
+    assert!(r.is_clean(), "{r}");
+    // Read before the reset as well, its value would still need its write.
+    h.ops.push(op(4, Kind::Get, 11, 14, val("b")));
+    assert_eq!(report(&h, Some("b")).violations, 1);
+}
+
+#[test]
 fn differing_dumps_are_counted() {
     let h = history(vec![op(1, ins("a"), 0, 10, Observed::Ok)]);
     let p = vec![(b("k"), b("a")), (b("x"), b("1"))];

@@ -30,19 +30,18 @@ pub enum ReadFrom {
     #[default]
     Primary,
     /// When the primary cannot be reached (no connection, no dial succeeded), read from the backup
-    /// instead — provided the backup reports its store current. Such a read may be stale: the
-    /// backup does not see writes the primary applied after it lost the backup, and it may hold
-    /// writes the primary answered as indeterminate (docs/client.md, "Read modes").
+    /// instead — provided the backup reports its store current. Linearizable with servers of
+    /// peer protocol 4, whose commit point is the backup (see [`ReadFrom::Any`]).
     BackupIfPrimaryDown,
     /// Spread reads over both servers: each [`Client::read`](crate::Client::read) goes to the
     /// primary and the backup in turn, and to the other server when the first refuses
     /// (`unavailable`: a backup that is not current or not linked, a primary not yet synced) or
-    /// cannot be reached. Meant for pairs whose commit point is the backup (chain replication's
-    /// tail, DESIGN.md §3): there a read at either server is linearizable, because the backup
-    /// serves only writes it applied — the commit point — and the primary answers a read of a
-    /// key with a write in flight only after that write's ack. Against servers without that
-    /// commit point, reads at the backup may run ahead of the primary's (docs/client.md, "Read
-    /// modes"). Both servers answering a read is what doubles a pair's read capacity.
+    /// cannot be reached. Linearizable: a write takes effect when the backup applies it (chain
+    /// replication's tail), the backup answers only while its store is current, and the primary
+    /// answers a read of a key with a write in flight only after that write's ack — so reads at
+    /// either server fit one history. (Servers before peer protocol 4 did not keep the last
+    /// rule, and a read at the backup could run ahead of a later one at the primary:
+    /// docs/client.md, "Read modes".)
     Any,
 }
 

@@ -1,5 +1,5 @@
 //! The server: a QUIC endpoint whose connections are client sessions (ALPN `quickv/1`) or the peer
-//! link (ALPN `quickv-peer/3`).
+//! link (ALPN `quickv-peer/4`).
 //!
 //! [`Server::bind`] opens the endpoint (and the HTTP gateway's TCP socket when configured, see
 //! [`http`]); [`Server::run`] accepts until the `shutdown` future completes (production
