@@ -1,4 +1,4 @@
-//! The server: a QUIC endpoint whose connections are client sessions (ALPN `quickv/1`) or the peer
+//! The server: a QUIC endpoint whose connections are client connections (ALPN `quickv/1`) or the peer
 //! link (ALPN `quickv-peer/3`).
 //!
 //! [`Server::bind`] opens the endpoint (and the HTTP gateway's TCP socket when configured, see
@@ -6,7 +6,7 @@
 //! passes ctrl-c/SIGTERM, tests their own) or a client sends `shutdown` (QUIC or HTTP).
 //! Stopping is graceful: no new connections or requests are taken, answers already owed are
 //! delivered (bounded by `drain_timeout`), then every connection is closed with application code
-//! [`session::CLOSE_SHUTDOWN`] and the endpoint waits until idle (bounded). Then the ports are
+//! [`conn::CLOSE_SHUTDOWN`] and the endpoint waits until idle (bounded). Then the ports are
 //! released — the UDP socket and the gateway's TCP listener are closed, which [`Server::run`]
 //! checks by binding the UDP address itself — and only then is `/kvman/shutdown` answered: a
 //! harness that starts the next server as soon as it has that answer finds the ports free.
@@ -22,7 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod router;
-pub mod session;
+pub mod conn;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -170,13 +170,13 @@ impl Server {
         {
             warn!("drain timeout passed; closing connections with requests still in flight");
         }
-        // Sessions are drained (their replicated writes were acked or failed); now tell the peer.
+        // Connections are drained (their replicated writes were acked or failed); now tell the peer.
         if let Some(repl) = &node.repl {
             repl.finish_shutdown().await;
         }
         endpoint.close(
-            session::CLOSE_SHUTDOWN.into(),
-            session::SHUTDOWN_REASON.as_bytes(),
+            conn::CLOSE_SHUTDOWN.into(),
+            conn::SHUTDOWN_REASON.as_bytes(),
         );
         // The close frames go out at once; waiting out every connection's draining period (3 PTOs,
         // seconds on an idle link) would only delay the exit, so bound it.
@@ -363,7 +363,7 @@ async fn serve_client(node: Arc<Node>, conn: quinn::Connection, remote: SocketAd
         }
     };
     Stats::bump(&node.stats.connections_total);
-    session::serve_connection(node, conn, access).await;
+    conn::serve_connection(node, conn, access).await;
 }
 
 /// Gives up the endpoint's UDP port: connections still draining hold the socket, so the endpoint

@@ -1,4 +1,4 @@
-//! The state one server process shares between its sessions: config, store, identity, counters and
+//! The state one server process shares between its connections: config, store, identity, counters and
 //! the stop signal.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use crate::replication::Replication;
 use crate::server::metrics::OpMetrics;
 use crate::store::Store;
 
-/// Shared by every session of a server; cheap to clone through `Arc`.
+/// Shared by every connection of a server; cheap to clone through `Arc`.
 #[derive(Debug)]
 pub struct Node {
     /// The configuration the server was started with.

@@ -1,5 +1,5 @@
 //! Request routing: one decoded request in, one answer out. No I/O here beyond handing replicated
-//! writes to the replicator; sessions own the streams.
+//! writes to the replicator; connections own the streams.
 
 use tokio::sync::oneshot;
 
