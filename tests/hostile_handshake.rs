@@ -98,7 +98,7 @@ async fn unanswered_initials_take_no_slot_from_a_legitimate_client() {
         "client connected and answered in {:.1} ms under a flood of 12 Initials (max_connections 4)",
         started.elapsed().as_secs_f64() * 1e3
     );
-    let status = client.status().await.expect("status").into_raw();
+    let status = client.status_json().await.expect("status");
     assert_eq!(status["handshakes_pending"], 0, "{status}");
 }
 
@@ -266,7 +266,7 @@ async fn one_certificate_cannot_take_every_connection() {
     drop(second);
     first.close(0u32.into(), b"done");
     let deadline = Instant::now() + WAIT;
-    while admin.status().await.expect("status").into_raw()["connections"] != 1 {
+    while admin.status_json().await.expect("status")["connections"] != 1 {
         assert!(Instant::now() < deadline, "slots never given back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -61,7 +61,7 @@ async fn growth_once_paused(admin: &Client, pid: u32, before: u64) -> u64 {
         if grown > GROWTH_LIMIT_KIB {
             return grown;
         }
-        let status = admin.status().await.expect("status").into_raw();
+        let status = admin.status_json().await.expect("status");
         if status["stream_pauses"].as_u64().unwrap_or(0) >= 1 {
             return rss_kib(pid).saturating_sub(before);
         }

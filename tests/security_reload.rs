@@ -72,7 +72,7 @@ async fn a_revoked_client_is_cut_off_at_reload_and_cannot_reconnect_while_others
     }
     // Alice's connection was untouched.
     alice.insert("b", "2").await.expect("alice still writes");
-    let doc = alice.status().await.expect("status");
+    let doc = alice.status_json().await.expect("status");
     assert_eq!(doc["certificates"]["closed_revoked"], 1, "{doc}");
     assert!(doc["certificates"]["reloads"].as_u64() >= Some(1), "{doc}");
 }

@@ -265,7 +265,7 @@ async fn a_handshake_that_straddles_a_reload_is_judged_by_the_new_crl() {
         admin.get("written-after-revocation").await.expect("get"),
         None
     );
-    let doc = admin.status().await.expect("status");
+    let doc = admin.status_json().await.expect("status");
     assert_eq!(doc["certificates"]["authenticated_connections"], 1, "{doc}");
 }
 

@@ -47,7 +47,7 @@ fn rss(pid: u32) -> u64 {
 
 /// The `sessions` object of the server's status.
 async fn sessions(client: &Client) -> Value {
-    let status = client.status().await.expect("status");
+    let status = client.status_json().await.expect("status");
     status["sessions"].clone()
 }
 

@@ -29,6 +29,7 @@ use tracing::{error, info};
 use crate::config::ServerConfig;
 use crate::error::Result;
 use crate::pki::Access;
+use quickv_proto::status::CertificateStatus;
 use quickv_proto::{ErrorCode, Op, Reply};
 
 use crate::tls::{self, CertPaths, Current, TransportLimits, Trust};
@@ -334,17 +335,17 @@ impl Security {
     }
 
     /// The `certificates` part of `status`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> CertificateStatus {
         let (crl_entries, crl_number) = self.trust.current().revocation.status();
-        serde_json::json!({
-            "reloads": self.reloads.load(Ordering::Relaxed),
-            "reload_failures": self.reload_failures.load(Ordering::Relaxed),
-            "closed_revoked": self.closed_revoked.load(Ordering::Relaxed),
-            "refused_identities": self.refused_identities.load(Ordering::Relaxed),
-            "authenticated_connections": self.lock().len(),
-            "crl_entries": crl_entries,
-            "crl_number": crl_number,
-        })
+        let mut s = CertificateStatus::default();
+        s.reloads = self.reloads.load(Ordering::Relaxed);
+        s.reload_failures = self.reload_failures.load(Ordering::Relaxed);
+        s.closed_revoked = self.closed_revoked.load(Ordering::Relaxed);
+        s.refused_identities = self.refused_identities.load(Ordering::Relaxed);
+        s.authenticated_connections = self.lock().len() as u64;
+        s.crl_entries = crl_entries as u64;
+        s.crl_number = crl_number;
+        s
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveClient>> {

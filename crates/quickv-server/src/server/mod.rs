@@ -18,11 +18,11 @@
 
 pub mod admission;
 pub mod auth;
+pub mod conn;
 pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod router;
-pub mod conn;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -420,5 +420,3 @@ fn peer_allowed(node: &Node, conn: &quinn::Connection) -> Result<(), &'static st
         _ => Err("the peer's certificate is not this pair's server certificate"),
     }
 }
-
-pub use node::status_json;
