@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quickv_client::{Client, ClientConfig, ClientError};
+use quickv_net::tls::{self, CertPaths};
 use quickv_proto::{self as protocol, ErrorCode, Limits, Op, Reply, Request};
-use quickv_server::tls::{self, CertPaths};
 
 use common::{cli, free_addr, fresh_certs, ServerProc};
 

@@ -49,7 +49,7 @@ fn blackhole_relay(server: SocketAddr) -> (SocketAddr, std::sync::mpsc::Receiver
 /// flooding.
 fn flood(n: usize, target: SocketAddr) -> Vec<quinn::Endpoint> {
     let evil = fresh_certs();
-    let cfg = quickv_server::tls::client_config_from_files(
+    let cfg = quickv_net::tls::client_config_from_files(
         &evil.path().join("ca.pem"),
         None,
         protocol::ALPN,
@@ -307,7 +307,7 @@ async fn handshakes_per_second_with_and_without_retry() {
             certs.path(),
             &["--retry-above-pending", retry_above],
         );
-        let cfg = common::raw_client_config(certs.path(), quickv_server::tls::Identity::Client);
+        let cfg = common::raw_client_config(certs.path(), quickv_net::tls::Identity::Client);
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("a")).expect("ep");
         let started = Instant::now();
         for id in 0..N {

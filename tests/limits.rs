@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quickv_client::{Client, ClientConfig, ClientError};
+use quickv_net::tls::{self, CertPaths};
 use quickv_proto::{self as protocol, Limits, Op, Reply, Request};
-use quickv_server::tls::{self, CertPaths};
+use quickv_server::tls::issue_client_cert;
 
 use common::{free_addr, fresh_certs, ServerProc};
 
@@ -24,7 +25,7 @@ async fn an_expired_client_certificate_is_refused_in_plain_words() {
     let paths = CertPaths::new(certs.path());
     let (cert, key) = (certs.path().join("old.pem"), certs.path().join("old.key"));
     let now = time::OffsetDateTime::now_utc();
-    tls::issue_client_cert(
+    issue_client_cert(
         &paths,
         "expired client",
         now - time::Duration::days(30),
@@ -56,7 +57,7 @@ async fn an_expired_client_certificate_is_refused_in_plain_words() {
     );
     // A fresh certificate from the same CA works (the refusal was about validity only).
     let (cert2, key2) = (certs.path().join("new.pem"), certs.path().join("new.key"));
-    tls::issue_client_cert(
+    issue_client_cert(
         &paths,
         "new client",
         now - time::Duration::days(1),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quickv_client::{Client, ClientError};
+use quickv_net::tls::{self, CertPaths};
 use quickv_proto::{Op, Reply};
-use quickv_server::tls::{self, CertPaths};
 
 use common::{connect, signal, wait_state, Pair};
 
@@ -228,7 +228,7 @@ async fn a_client_certificate_cannot_pose_as_the_primary_on_the_peer_port() {
     let cfg = tls::client_config_from_files(
         &paths.ca_cert(),
         Some((&paths.client_cert(), &paths.client_key())),
-        tls::PEER_ALPN,
+        quickv_proto::PEER_ALPN,
         Duration::from_secs(5),
         Duration::from_secs(1),
     )

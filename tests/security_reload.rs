@@ -222,7 +222,7 @@ async fn crl_handshake_cost() {
         }
     };
     // The check itself, in process: one client-certificate verification, as the handshake does.
-    let paths = quickv_server::tls::CertPaths::new(dir);
+    let paths = quickv_net::tls::CertPaths::new(dir);
     let bench_cert = CertificateDer::from_pem_file(dir.join("bench.pem")).expect("bench.pem");
     let verify_cost = |label: &'static str| {
         let verifier = quickv_server::tls::client_verifier(&paths).expect("verifier");
@@ -242,7 +242,7 @@ async fn crl_handshake_cost() {
         .map(|n| [&[0x42u8][..], &n.to_be_bytes()[..]].concat())
         .collect();
     let (_, newly, entries) =
-        quickv_server::pki::revoke_serials(&quickv_server::tls::CertPaths::new(dir), &serials)
+        quickv_server::pki::revoke_serials(&quickv_net::tls::CertPaths::new(dir), &serials)
             .expect("crl");
     assert_eq!((newly, entries), (1000, 1000));
     signal(server.child.id(), "HUP");

@@ -126,7 +126,8 @@ fn check(doc: &Value, pair: bool, who: &str) {
             continue;
         }
         for v in values {
-            let v = v.unwrap_or_else(|| panic!("{who}: documented field {} missing: {doc}", f.path));
+            let v =
+                v.unwrap_or_else(|| panic!("{who}: documented field {} missing: {doc}", f.path));
             assert!(
                 has_kind(v, &f.kind),
                 "{who}: {} is {v}, documented as {}",
@@ -173,7 +174,11 @@ async fn a_standalone_server_sends_the_documented_fields() {
     assert_eq!(doc["keys"], 1);
     assert_eq!(doc["http"], http_arg.as_str());
     check(&doc, false, "standalone (QUIC)");
-    check(&get(http, "/kvman/status").await.json(), false, "standalone (HTTP)");
+    check(
+        &get(http, "/kvman/status").await.json(),
+        false,
+        "standalone (HTTP)",
+    );
     let typed = client.status().await.expect("typed status");
     assert_eq!((typed.keys, typed.replication), (1, None));
 }

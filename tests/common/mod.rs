@@ -383,12 +383,9 @@ pub async fn raw_connection(
 }
 
 /// Client-side TLS settings used by raw tests: 5 s idle timeout, 1 s keep-alive.
-pub fn raw_client_config(
-    certs: &Path,
-    identity: quickv_server::tls::Identity,
-) -> quinn::ClientConfig {
+pub fn raw_client_config(certs: &Path, identity: quickv_net::tls::Identity) -> quinn::ClientConfig {
     quickv_server::tls::client_config(
-        &quickv_server::tls::CertPaths::new(certs),
+        &quickv_net::tls::CertPaths::new(certs),
         identity,
         Duration::from_secs(5),
         Duration::from_secs(1),

@@ -548,7 +548,7 @@ pub fn hello_of(
 /// keeps the identity and a pair rolled to renewed certificates still links. 0 when the
 /// certificate cannot be read (unit tests); the TLS handshake has checked it anyway.
 pub fn pair_id(certs_dir: &std::path::Path) -> u64 {
-    let Ok(cert) = crate::tls::own_server_cert(&crate::tls::CertPaths::new(certs_dir)) else {
+    let Ok(cert) = crate::tls::own_server_cert(&quickv_net::tls::CertPaths::new(certs_dir)) else {
         return 0;
     };
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {

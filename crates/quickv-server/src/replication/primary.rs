@@ -18,7 +18,8 @@ use crate::replication::resync::ResyncPlan;
 use crate::replication::state::{admit, Refusal, Source};
 use crate::replication::Replication;
 use crate::store::{BucketId, BUCKETS};
-use crate::tls::{self, CertPaths, Identity};
+use crate::tls;
+use quickv_net::tls::{CertPaths, Identity};
 use quickv_proto::peer::PeerMsg;
 
 /// First redial delay after a lost link (or an endpoint that cannot dial).

@@ -24,7 +24,7 @@ fn the_pair_identity_survives_a_renewed_server_certificate_but_not_another_pair(
     crate::tls::generate(dir.path(), &[], false).expect("certs");
     let before = pair_id(dir.path());
     assert_ne!(before, 0);
-    crate::pki::renew_server(&crate::tls::CertPaths::new(dir.path())).expect("renew");
+    crate::pki::renew_server(&quickv_net::tls::CertPaths::new(dir.path())).expect("renew");
     assert_eq!(
         pair_id(dir.path()),
         before,

@@ -32,7 +32,8 @@ use crate::pki::Access;
 use quickv_proto::status::CertificateStatus;
 use quickv_proto::{ErrorCode, Op, Reply};
 
-use crate::tls::{self, CertPaths, Current, TransportLimits, Trust};
+use crate::tls::{self, Current, TransportLimits, Trust};
+use quickv_net::tls::CertPaths;
 
 /// Application close code for a connection whose certificate was revoked (or is no longer
 /// trusted): at a reload, or when it registers after a handshake that straddled one.
@@ -434,7 +435,7 @@ mod tests {
 
     /// The chain of client `name` in `paths`.
     fn chain_of(paths: &CertPaths, name: &str) -> Vec<CertificateDer<'static>> {
-        crate::tls::load_certs(&paths.dir.join(format!("{name}.pem"))).expect("chain")
+        quickv_net::tls::load_certs(&paths.dir.join(format!("{name}.pem"))).expect("chain")
     }
 
     #[test]
@@ -476,7 +477,7 @@ mod tests {
         assert!(early_closed.is_cancelled());
         assert_eq!(security.closed_revoked.load(Ordering::Relaxed), 2);
         // A server certificate is no client, whatever the CRL says.
-        let server = crate::tls::load_certs(&paths.server_cert()).expect("server.pem");
+        let server = quickv_net::tls::load_certs(&paths.server_cert()).expect("server.pem");
         let refused = security.admit(server, Closer::Http(CancellationToken::new()));
         assert_eq!(
             refused.map(|(a, _)| a).map_err(|r| r.code),

@@ -35,7 +35,9 @@ use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::server::admission::{Pending, Verdict};
 use crate::server::node::{Node, Stats};
-use crate::tls::{self, CertPaths, TransportLimits};
+use crate::tls::{self, TransportLimits};
+use quickv_net::tls::{explain_connection_error, CertPaths};
+use quickv_proto::PEER_ALPN;
 
 pub use node::Node as ServerNode;
 
@@ -281,7 +283,7 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming, pending: Pending) {
     let conn = match tokio::time::timeout(node.config.handshake_timeout, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            warn!(%remote, reason = %tls::explain_connection_error(&e), "handshake failed");
+            warn!(%remote, reason = %explain_connection_error(&e), "handshake failed");
             return;
         }
         // Dropping the handshake closes it: its state and its slot are freed now.
@@ -296,7 +298,7 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming, pending: Pending) {
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
-        Some(p) if p == tls::PEER_ALPN => {
+        Some(p) if p == PEER_ALPN => {
             if let Err(why) = peer_allowed(&node, &conn) {
                 warn!(%remote, reason = why, "peer link refused");
                 conn.close(CLOSE_PEER_REFUSED.into(), why.as_bytes());

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::CertificateRevocationListDer;
 
-use super::CertPaths;
 use crate::error::{Error, Result};
+use quickv_net::tls::CertPaths;
 use quickv_proto::status::CrlNumber;
 
 /// The CRLs in force, and what the next load is compared with.
