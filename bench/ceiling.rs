@@ -37,8 +37,9 @@ use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 
+use quickv_net::tls::{CertPaths, Identity};
 use quickv_proto::{encode_request, encode_response, Op, Reply, Request, Response};
-use quickv_server::tls::{self, CertPaths, Identity, TransportLimits};
+use quickv_server::tls::{self, TransportLimits};
 
 /// Bytes of the length prefix in front of every quickv frame (big-endian `u32`).
 const LEN_PREFIX: usize = 4;

@@ -36,6 +36,7 @@ use crate::resync::{AckClock, ResyncPlan};
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
 use quickv_proto::peer::{LaneMark, PeerMsg, ReplOffset};
+use quickv_proto::status::LaneStatus;
 use quickv_proto::{Limits, Op, Reply, SessionWrite, WriteStamp};
 
 /// Where a lane's frames go: the data stream of the current link that carries the lane.
@@ -151,17 +152,6 @@ enum Effect {
     Remove(Bytes),
     /// A refusal or a resync: nothing to apply.
     Nothing,
-}
-
-/// Per-lane figures for `status`.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct LaneStatus {
-    /// Last offset sent.
-    pub offset: ReplOffset,
-    /// Last offset acknowledged.
-    pub acked: ReplOffset,
-    /// Entries waiting for an ack.
-    pub pending: usize,
 }
 
 impl Default for Lanes {
@@ -629,11 +619,7 @@ impl Lanes {
         BucketId::all()
             .map(|b| {
                 let l = self.lane(b);
-                LaneStatus {
-                    offset: l.next,
-                    acked: l.acked,
-                    pending: l.queue.len(),
-                }
+                LaneStatus::new(l.next, l.acked, l.queue.len() as u64)
             })
             .collect()
     }

@@ -15,11 +15,12 @@ use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
 use crate::replication::Replication;
-use crate::tls::{self, CertPaths, Identity};
+use crate::tls;
 use quickv_core::lanes::{CheckOutcome, FrameSink};
 use quickv_core::resync::ResyncPlan;
 use quickv_core::state::{admit, Refusal, Source};
 use quickv_core::store::{BucketId, BUCKETS};
+use quickv_net::tls::{CertPaths, Identity};
 use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 
 /// First redial delay after a lost link (or an endpoint that cannot dial).
