@@ -159,9 +159,11 @@ async fn inner_partition_between_primary_and_backup() {
         .filter(|&i| p["digests"][i] != b["digests"][i])
         .count() as u64;
     // Within the ack timeout of the cut the backup still serves reads; what it serves that the
-    // primary does not hold are writes answered indeterminate and rolled back at the heal (the
-    // primary's data wins). Past the ack timeout it fences itself and refuses reads: which of the
-    // two this dump meets depends on timing, and both are correct answers.
+    // primary does not hold are writes answered indeterminate, which the backup applied: the
+    // primary keeps them at the heal (the commit point is the backup). Past the ack timeout it
+    // fences itself and refuses reads: which of the two this dump meets depends on timing, and
+    // both are correct answers. The primary's hello predates that settling, so the buckets that
+    // differed are resent (identical by then).
     let pd = connect(addr(PRIMARY), run.certs.path())
         .await
         .dump()
@@ -169,7 +171,7 @@ async fn inner_partition_between_primary_and_backup() {
         .expect("primary dump");
     let on_backup_only = match connect(addr(BACKUP), run.certs.path()).await.dump().await {
         Ok(bd) => format!(
-            "{} key(s) with values the primary does not hold (rolled back at heal)",
+            "{} key(s) with values the primary does not hold yet (kept at heal)",
             bd.iter().filter(|e| !pd.contains(e)).count()
         ),
         Err(ClientError::Unavailable(why)) => {

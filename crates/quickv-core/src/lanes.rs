@@ -315,9 +315,9 @@ impl Lanes {
         let bucket = BucketId::of(&key);
         let mut guard = self.lane(bucket);
         let l = &mut *guard;
-        let Some(tx) = l.tx.as_ref() else {
+        if l.tx.is_none() {
             return Err(Reply::Unavailable(refusal()));
-        };
+        }
         if l.resyncing {
             return Err(Reply::Unavailable(format!(
                 "bucket {bucket} is being resynced after a digest mismatch; retry in a moment"
@@ -390,18 +390,28 @@ impl Lanes {
             });
             return Ok(());
         };
-        if !send(tx, |buf| frame.encode(buf)) {
+        let after = match &effect {
+            Effect::Put(_, v) => Some(v.clone()),
+            _ => None,
+        };
+        // Dirty before the frame leaves: the backup may serve the write before this returns.
+        let before = l.overlay.insert(key.clone(), (after, offset));
+        self.mirror_dirty(bucket, l);
+        if !l
+            .tx
+            .as_ref()
+            .is_some_and(|tx| send(tx, |buf| frame.encode(buf)))
+        {
+            match before {
+                Some(before) => l.overlay.insert(key, before),
+                None => l.overlay.remove(&key),
+            };
+            self.mirror_dirty(bucket, l);
             return Err(Reply::Unavailable(
                 "the link to the backup just closed".into(),
             ));
         }
         l.next = offset;
-        let after = match &effect {
-            Effect::Put(_, v) => Some(v.clone()),
-            _ => None,
-        };
-        l.overlay.insert(key, (after, offset));
-        self.mirror_dirty(bucket, l);
         if let Some(stamp) = stamp {
             l.stamped.insert(stamp, (offset, answer.clone()));
         }
