@@ -11,8 +11,8 @@
 //! and every clone shares the connection.
 //!
 //! Beyond one server: [`Client::connect_pair`] knows a primary and its backup and, if allowed by
-//! [`ReadFrom`], answers [`Client::read`] from the backup while the primary is down, saying so in
-//! [`Read::from`]. Every call has a deadline ([`ClientConfig::timeout`], [`Client::with_timeout`]);
+//! [`ReadFrom`], answers [`Client::read`] from the backup while the primary is down, or spreads
+//! reads over both servers ([`ReadFrom::Any`], linearizable), saying which in [`Read::from`]. Every call has a deadline ([`ClientConfig::timeout`], [`Client::with_timeout`]);
 //! dropping a call's future cancels it. [`Client::get_many`], [`Client::insert_many`] and
 //! [`Client::pipeline`] put many requests in flight at once. [`Client::status`] is typed
 //! ([`Status`], the one status type the server fills, from `quickv-proto`). docs/client.md explains read modes, deadlines, retries and the planned
