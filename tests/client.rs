@@ -27,6 +27,33 @@ fn quick_config(certs: &Path, read_from: ReadFrom) -> ClientConfig {
 }
 
 #[tokio::test]
+async fn reads_from_any_take_turns_between_the_servers_and_go_on_when_one_is_down() {
+    let mut pair = Pair::start(&[]).await;
+    let (p, b) = (pair.primary_addr.to_string(), pair.backup_addr.to_string());
+    let certs = pair.certs.path().to_path_buf();
+    let any = Client::connect_pair(&p, &b, &quick_config(&certs, ReadFrom::Any))
+        .await
+        .expect("connect pair");
+    any.insert("k", "v1").await.expect("insert");
+    let mut from = Vec::new();
+    for _ in 0..4 {
+        let read = any.read("k").await.expect("read");
+        assert_eq!(read.value.as_deref(), Some(&b"v1"[..]));
+        from.push(read.from);
+    }
+    assert!(
+        from.contains(&Source::Primary) && from.contains(&Source::Backup),
+        "{from:?}"
+    );
+    // The backup gone: every read is answered by the primary.
+    pair.kill_backup();
+    for _ in 0..4 {
+        let read = any.read("k").await.expect("read with the backup down");
+        assert_eq!(read.from, Source::Primary);
+    }
+}
+
+#[tokio::test]
 async fn pair_client_reads_from_the_backup_only_when_allowed_and_says_so() {
     let mut pair = Pair::start(&[]).await;
     let (p, b) = (pair.primary_addr.to_string(), pair.backup_addr.to_string());
