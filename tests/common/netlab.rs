@@ -270,8 +270,8 @@ impl LabRun {
         cfg.connect_timeout = Duration::from_secs(2);
         cfg.idle_timeout = Duration::from_secs(3);
         cfg.streams = 1;
-        // These scenarios study writes left indeterminate by a cut link (and rolled back at the
-        // heal); session retries would hold each client on one write for its whole deadline.
+        // These scenarios study writes left indeterminate by a cut link (kept at the heal if the
+        // backup applied them, dropped if not); session retries would hold each client on one write for its whole deadline.
         // tests/exactly_once.rs covers the retries.
         cfg.retry_writes = false;
         let mut w = Workload::new(PRIMARY, cfg);

@@ -80,7 +80,8 @@ pub struct Plan {
 ///
 /// - primary restarted, backup current → the backup survived: its data wins;
 /// - otherwise (backup restarted, both restarted and empty, or a link loss without restart) → the
-///   primary's data wins.
+///   primary's data wins, after the primary has settled the writes of the lost link from the
+///   backup's `Applied` marks (`lanes::Lanes::resolve`: the commit point is the backup).
 ///
 /// Either way only buckets whose digests differ are sent; both empty means nothing to send. The
 /// exception is a receiver that is not current (it restarted) fed by a current sender: it gets

@@ -31,7 +31,8 @@
 //! stores equal. "Current" follows the data, never `Synced`, which a lane write on another stream
 //! can overtake. A restarted server is empty and not current; it refuses reads until it is. If the
 //! primary restarted and the backup is current, the backup's data wins; in every other case the
-//! primary's.
+//! primary's, once it has kept the writes of the lost link the backup applied (the commit point is
+//! the backup: `quickv_core::lanes`, docs/replication.md "The commit point").
 //!
 //! The same logic runs without I/O in `tests/simulation.rs`, a deterministic simulator of the pair
 //! under crashes, partitions and reordering, judged by the history checker.
