@@ -7,20 +7,17 @@
 //! next to a plain `Store::insert` of the same keys as the reference (ratios in one run).
 //! `cargo bench --bench apply` (add `-- --quick` for a smoke run). Best of 3 rounds.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use std::sync::mpsc;
 
+use quickv_core::apply::StreamApplier;
+use quickv_core::lanes::Lanes;
+use quickv_core::store::{BucketId, Store, BUCKETS};
 use quickv_proto::peer::PeerMsg;
 use quickv_proto::{Limits, Op};
-use quickv_server::config::{Role, ServerConfig};
-use quickv_server::replication::backup::StreamApplier;
-use quickv_server::replication::lanes::Lanes;
-use quickv_server::replication::Replication;
-use quickv_server::store::{BucketId, Store, BUCKETS};
+use quickv_server::replication::SubmitOneshot;
 
 /// Rounds per figure; the best counts.
 const ROUNDS: usize = 3;
@@ -45,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let primary = best(|| {
         let store = Store::new();
         let lanes = Lanes::default();
-        let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
+        let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::channel::<Bytes>()).unzip();
         lanes.enable(txs);
         let mut last = [0u64; BUCKETS];
         let t = Instant::now();
@@ -54,13 +51,13 @@ fn main() -> anyhow::Result<()> {
                 key: k.clone(),
                 value: value.clone(),
             };
-            if lanes.submit(&store, op, String::new).is_ok() {
+            if lanes.submit_stamped(&store, op, None, String::new).is_ok() {
                 last[BucketId::of(k).index()] += 1;
             }
         }
         for b in BucketId::all() {
             // One cumulative ack per lane, as after a batch.
-            let _ = lanes.handle_ack(&store, b, last[b.index()]);
+            let _ = lanes.handle_ack(&store, b, last[b.index()], Instant::now());
         }
         let ns = t.elapsed().as_nanos() as f64 / n as f64;
         assert_eq!(store.count(), n as u64);
@@ -83,14 +80,15 @@ fn main() -> anyhow::Result<()> {
     }
     let limits = Limits::default();
     let backup = best(|| {
-        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let store = Arc::new(Store::new());
-        let repl = Replication::new(store.clone(), ServerConfig::new(Role::Backup, addr), 1);
+        let store = Store::new();
+        let counters = quickv_core::Counters::default();
         let mut input = stream.clone();
         let mut lanes = StreamApplier::default();
         let t = Instant::now();
+        // One clock read per batch, as the server's applier does (here the stream is one batch).
+        let now = Instant::now();
         while let Ok(Some(msg)) = PeerMsg::decode(&mut input, &limits) {
-            let _ = lanes.handle(msg, &repl);
+            let _ = lanes.handle(msg, &store, &counters, now);
         }
         let ns = t.elapsed().as_nanos() as f64 / n as f64;
         assert_eq!(store.count(), n as u64);

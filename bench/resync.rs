@@ -1,9 +1,9 @@
 //! Full-resync pipeline without I/O: where a bootstrap's CPU goes, phase by phase, for N keys of
 //! 16 bytes with 100-byte values (the 1M × 116 B case of issue 13).
 //!
-//! The sender's half as a live sender runs it (`link::encode_bucket`: one walk of the map writing
+//! The sender's half as a live sender runs it (`transfer::encode_bucket`: one walk of the map writing
 //! the frames and summing the digest) and in the message form the simulator uses
-//! (`link::bucket_msgs`, then encoding the frames; the two must give the same bytes), decoding them, and the receiver's half (`TransferReceiver`: bucket check, digest, replace in an
+//! (`transfer::bucket_msgs`, then encoding the frames; the two must give the same bytes), decoding them, and the receiver's half (`TransferReceiver`: bucket check, digest, replace in an
 //! empty store, i.e. a restarted server) are timed one after the other over every bucket, next to a
 //! plain `Store::put` of the same entries into an empty store as the reference (ratios in one run).
 //! MB/s counts key + value bytes, as the primary's log does.
@@ -15,10 +15,10 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use quickv_core::store::{BucketId, Store};
+use quickv_core::transfer::{bucket_msgs, encode_bucket, TransferReceiver};
 use quickv_proto::peer::PeerMsg;
 use quickv_proto::Limits;
-use quickv_server::replication::link::{bucket_msgs, encode_bucket, TransferReceiver};
-use quickv_server::store::{BucketId, Store};
 
 /// Rounds per figure; the best counts.
 const ROUNDS: usize = 3;
@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut msgs = 0usize;
         for b in BucketId::all() {
-            msgs += bucket_msgs(&source, b, &limits).0.len();
+            msgs += bucket_msgs(&source, b, &limits, Instant::now()).0.len();
         }
         assert!(msgs > 32);
         t.elapsed().as_secs_f64()
@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
     let sender = best(|| {
         let t = Instant::now();
         let frames: Vec<Bytes> = BucketId::all()
-            .map(|b| encode_bucket(&source, b, &limits).0)
+            .map(|b| encode_bucket(&source, b, &limits, Instant::now()).0)
             .collect();
         let secs = t.elapsed().as_secs_f64();
         live = frames;
@@ -70,7 +70,7 @@ fn main() -> anyhow::Result<()> {
     });
     let mut live: BytesMut = live.iter().flat_map(|f| f.iter().copied()).collect();
     let all: Vec<PeerMsg> = BucketId::all()
-        .flat_map(|b| bucket_msgs(&source, b, &limits).0)
+        .flat_map(|b| bucket_msgs(&source, b, &limits, Instant::now()).0)
         .chain(std::iter::once(PeerMsg::TransferDone))
         .collect();
     let mut wire = BytesMut::new();
@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut verdict = None;
         for m in msgs {
-            verdict = rx.handle(m, &fresh);
+            verdict = rx.handle(m, &fresh, Instant::now());
             if verdict.is_some() {
                 break;
             }

@@ -9,20 +9,17 @@
 //! Each client session writes many keys, as a real client does. `cargo bench --bench sessions`
 //! (add `-- --quick` for a smoke run). Best of 5 rounds per figure, interleaved.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use std::sync::mpsc;
 
+use quickv_core::apply::StreamApplier;
+use quickv_core::lanes::Lanes;
+use quickv_core::store::{BucketId, Store, BUCKETS};
 use quickv_proto::peer::PeerMsg;
 use quickv_proto::{Limits, Op, SessionWrite, WriteStamp};
-use quickv_server::config::{Role, ServerConfig};
-use quickv_server::replication::backup::StreamApplier;
-use quickv_server::replication::lanes::Lanes;
-use quickv_server::replication::Replication;
-use quickv_server::store::{BucketId, Store, BUCKETS};
+use quickv_server::replication::SubmitOneshot;
 
 /// Rounds per figure; the best counts.
 const ROUNDS: usize = 5;
@@ -41,7 +38,7 @@ fn main() {
     let primary = |stamped: bool| {
         let store = Store::new();
         let lanes = Lanes::default();
-        let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
+        let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| mpsc::channel::<Bytes>()).unzip();
         lanes.enable(txs);
         let mut last = [0u64; BUCKETS];
         let t = Instant::now();
@@ -62,7 +59,7 @@ fn main() {
             }
         }
         for b in BucketId::all() {
-            let _ = lanes.handle_ack(&store, b, last[b.index()]);
+            let _ = lanes.handle_ack(&store, b, last[b.index()], Instant::now());
         }
         let ns = t.elapsed().as_nanos() as f64 / n as f64;
         assert_eq!(store.count(), n as u64);
@@ -88,14 +85,15 @@ fn main() {
     let (plain_stream, stamped_stream) = (stream(false), stream(true));
     let limits = Limits::default();
     let backup = |input: &BytesMut| {
-        let addr: SocketAddr = ([127, 0, 0, 1], 1).into();
-        let store = Arc::new(Store::new());
-        let repl = Replication::new(store.clone(), ServerConfig::new(Role::Backup, addr), 1);
+        let store = Store::new();
+        let counters = quickv_core::Counters::default();
         let mut input = input.clone();
         let mut lanes = StreamApplier::default();
         let t = Instant::now();
+        // One clock read per batch, as the server's applier does (here the stream is one batch).
+        let now = Instant::now();
         while let Ok(Some(msg)) = PeerMsg::decode(&mut input, &limits) {
-            let _ = lanes.handle(msg, &repl);
+            let _ = lanes.handle(msg, &store, &counters, now);
         }
         let ns = t.elapsed().as_nanos() as f64 / n as f64;
         assert_eq!(store.count(), n as u64);

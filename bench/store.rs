@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use quickv_server::store::{BucketId, Digest, Store, BUCKETS};
+use quickv_core::store::{BucketId, Digest, Store, BUCKETS};
 
 /// Entries per run in the full benchmark.
 const ENTRIES_FULL: usize = 1_000_000;

@@ -8,10 +8,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use quickv_core::store::{BucketId, Digest};
+use quickv_core::transfer::chunks;
 use quickv_proto::peer::PeerMsg;
 use quickv_proto::Limits;
-use quickv_server::replication::link::chunks;
-use quickv_server::store::{BucketId, Digest};
 
 use common::peer::{
     entries_in, keys_of, primary_hello, send_peer, snapshot, RawPeerStream, ScriptedPrimary,

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quickv_client::Client;
+use quickv_core::store::{BucketId, Digest};
 use quickv_net::tls;
 use quickv_proto::peer::PeerMsg;
-use quickv_server::store::{BucketId, Digest};
 
 use common::{wait_state, Pair};
 

@@ -6,8 +6,8 @@
 //! different streams overtake each other, e.g. a lane write overtakes `Synced`), connection cuts,
 //! partitions, crashes that lose a server's memory, and restarts. The servers run the real
 //! replication logic without I/O: the state machine and the hello rules ([`state::Machine`],
-//! [`state::admit`], [`state::decide`], [`replication::hello_of`]), the bootstrap transfer
-//! ([`link::snapshot_msgs`], [`link::TransferReceiver`]), the primary's lanes ([`Lanes`]: decide,
+//! [`state::admit`], [`state::decide`], [`hello_of`]), the bootstrap transfer
+//! ([`snapshot_msgs`], [`TransferReceiver`]), the primary's lanes ([`Lanes`]: decide,
 //! send, apply on ack, digest checks, resyncs), the backup's applier ([`StreamApplier`]), the
 //! store, and every frame goes through the real peer codec with the real frame limit. What this
 //! file adds is what the tokio drivers (`replication/primary.rs`, `backup.rs`) do: moving frames,
@@ -27,18 +27,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
 
 use quickv::history::{self, History, Kind, Observed, Operation};
+use quickv_core::apply::StreamApplier;
+use quickv_core::hello::hello_of;
+use quickv_core::lanes::Lanes;
+use quickv_core::state::{admit, Machine, Source};
+use quickv_core::store::{BucketId, Store, BUCKETS};
+use quickv_core::transfer::{snapshot_msgs, TransferReceiver};
 use quickv_proto::peer::{PeerHello, PeerMsg};
 use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
 use quickv_server::config::{Role, ServerConfig};
-use quickv_server::replication::backup::StreamApplier;
-use quickv_server::replication::lanes::Lanes;
-use quickv_server::replication::link::{snapshot_msgs, TransferReceiver};
-use quickv_server::replication::state::{admit, Machine, Source};
-use quickv_server::replication::{self, Replication};
-use quickv_server::store::{BucketId, Store, BUCKETS};
+use quickv_server::replication::{Replication, SubmitOneshot};
 
 #[path = "sim/backup.rs"]
 mod backup;
@@ -159,7 +161,7 @@ struct PLink {
     /// Bytes received per stream, not yet decoded.
     inbox: HashMap<usize, BytesMut>,
     /// The lane writers' queues, one per data stream.
-    lane_rx: Vec<mpsc::UnboundedReceiver<Bytes>>,
+    lane_rx: Vec<mpsc::Receiver<Bytes>>,
     /// Per lane: last acked offset seen and when it last moved (for the ack timeout).
     progress: Vec<(u64, Ms)>,
     next_check: Ms,

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use quickv_core::store::{BucketId, Digest};
+use quickv_core::transfer::chunks;
 use quickv_net::tls;
 use quickv_proto::peer::{PeerHello, PeerMsg};
 use quickv_proto::Limits;
-use quickv_server::replication::link::chunks;
-use quickv_server::store::{BucketId, Digest};
 
 use crate::common::{self, Pair};
 

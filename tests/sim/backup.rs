@@ -44,13 +44,14 @@ impl Sim {
                 return;
             };
             b.machine.handle_link_up();
-            let ours = replication::hello_of(
+            let ours = hello_of(
                 false,
                 b.proc,
                 0,
                 b.machine.current(),
                 b.machine.epoch(),
                 &b.store,
+                std::time::Instant::now(),
             );
             let plan = b.machine.handle_hellos(&theirs, &ours, epoch);
             let phase = if plan.buckets.is_empty() {
@@ -62,7 +63,15 @@ impl Sim {
             };
             let mut msgs = vec![PeerMsg::Hello(Box::new(ours))];
             if matches!(phase, BPhase::AwaitAck) {
-                msgs.extend(snapshot_msgs(&b.store, &plan.buckets, &self.limits).0);
+                msgs.extend(
+                    snapshot_msgs(
+                        &b.store,
+                        &plan.buckets,
+                        &self.limits,
+                        std::time::Instant::now(),
+                    )
+                    .0,
+                );
             }
             b.link = Some(BLink {
                 conn,
@@ -78,23 +87,25 @@ impl Sim {
         let Some(link) = b.link.as_mut() else { return };
         let phase = std::mem::replace(&mut link.phase, BPhase::Running);
         match (phase, msg) {
-            (BPhase::Receiving(mut rx), msg) => match rx.handle(msg, &b.store) {
-                None => link.phase = BPhase::Receiving(rx),
-                Some(verdict) => {
-                    let ack = PeerMsg::TransferAck {
-                        ok: verdict.is_ok(),
-                        reason: verdict.clone().err().unwrap_or_default(),
-                    };
-                    if verdict.is_ok() {
-                        b.machine.handle_transfer_verified();
-                    }
-                    self.send(conn, Side::Backup, 0, &[ack]);
-                    match verdict {
-                        Ok(()) => self.backup_drain(conn),
-                        Err(e) => self.cut(conn, &e),
+            (BPhase::Receiving(mut rx), msg) => {
+                match rx.handle(msg, &b.store, std::time::Instant::now()) {
+                    None => link.phase = BPhase::Receiving(rx),
+                    Some(verdict) => {
+                        let ack = PeerMsg::TransferAck {
+                            ok: verdict.is_ok(),
+                            reason: verdict.clone().err().unwrap_or_default(),
+                        };
+                        if verdict.is_ok() {
+                            b.machine.handle_transfer_verified();
+                        }
+                        self.send(conn, Side::Backup, 0, &[ack]);
+                        match verdict {
+                            Ok(()) => self.backup_drain(conn),
+                            Err(e) => self.cut(conn, &e),
+                        }
                     }
                 }
-            },
+            }
             (BPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
                 b.machine.handle_epoch_confirmed();
                 self.backup_drain(conn)
@@ -136,7 +147,12 @@ impl Sim {
                             failure = Some("fenced: superseded link".to_string());
                             break;
                         }
-                        match applier.handle(msg, &b.repl) {
+                        match applier.handle(
+                            msg,
+                            &b.store,
+                            b.repl.counters(),
+                            std::time::Instant::now(),
+                        ) {
                             Ok(report) => out.extend(report),
                             Err(e) => {
                                 failure = Some(e.to_string());

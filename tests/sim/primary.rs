@@ -34,13 +34,14 @@ impl Sim {
             return;
         };
         p.machine.handle_link_up();
-        let ours = replication::hello_of(
+        let ours = hello_of(
             true,
             p.proc,
             0,
             p.machine.current(),
             p.machine.epoch(),
             &p.store,
+            std::time::Instant::now(),
         );
         p.link = Some(PLink {
             conn,
@@ -65,7 +66,7 @@ impl Sim {
             return;
         }
         p.link = None;
-        p.lanes.fail_all(cause);
+        p.lanes.fail_all(cause, std::time::Instant::now());
         p.machine.handle_link_lost(cause.to_string());
         self.cut(conn, cause);
         let backoff = self.rng.range(50, 250);
@@ -91,7 +92,8 @@ impl Sim {
                 if plan.buckets.is_empty() {
                     self.open_lanes(conn);
                 } else if plan.source == Source::Primary {
-                    let (msgs, _, _) = snapshot_msgs(&p.store, &plan.buckets, &limits);
+                    let (msgs, _, _) =
+                        snapshot_msgs(&p.store, &plan.buckets, &limits, std::time::Instant::now());
                     link.phase = PPhase::AwaitAck;
                     self.send(conn, Side::Primary, 0, &msgs);
                 } else {
@@ -99,25 +101,27 @@ impl Sim {
                 }
             }
             (PPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => self.open_lanes(conn),
-            (PPhase::Receiving(mut rx), msg) => match rx.handle(msg, &p.store) {
-                None => link.phase = PPhase::Receiving(rx),
-                Some(verdict) => {
-                    let ack = PeerMsg::TransferAck {
-                        ok: verdict.is_ok(),
-                        reason: verdict.clone().err().unwrap_or_default(),
-                    };
-                    self.send(conn, Side::Primary, 0, &[ack]);
-                    match verdict {
-                        Ok(()) => {
-                            if let Some(p) = self.primary.as_mut() {
-                                p.machine.handle_transfer_verified();
+            (PPhase::Receiving(mut rx), msg) => {
+                match rx.handle(msg, &p.store, std::time::Instant::now()) {
+                    None => link.phase = PPhase::Receiving(rx),
+                    Some(verdict) => {
+                        let ack = PeerMsg::TransferAck {
+                            ok: verdict.is_ok(),
+                            reason: verdict.clone().err().unwrap_or_default(),
+                        };
+                        self.send(conn, Side::Primary, 0, &[ack]);
+                        match verdict {
+                            Ok(()) => {
+                                if let Some(p) = self.primary.as_mut() {
+                                    p.machine.handle_transfer_verified();
+                                }
+                                self.open_lanes(conn);
                             }
-                            self.open_lanes(conn);
+                            Err(e) => self.primary_link_lost(conn, &e),
                         }
-                        Err(e) => self.primary_link_lost(conn, &e),
                     }
                 }
-            },
+            }
             (_, other) => self.primary_link_lost(conn, &format!("unexpected {other:?}")),
         }
     }
@@ -131,7 +135,7 @@ impl Sim {
         let Some(link) = p.link.as_mut().filter(|l| l.conn == conn) else {
             return;
         };
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..streams).map(|_| mpsc::unbounded_channel()).unzip();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..streams).map(|_| mpsc::channel()).unzip();
         p.lanes.enable(
             BucketId::all()
                 .map(|b| txs[b.index() % streams].clone())
@@ -182,13 +186,17 @@ impl Sim {
             return;
         }
         let failed = match msg {
-            PeerMsg::Ack { bucket, offset } => p.lanes.handle_ack(&p.store, bucket, offset).err(),
+            PeerMsg::Ack { bucket, offset } => p
+                .lanes
+                .handle_ack(&p.store, bucket, offset, std::time::Instant::now())
+                .err(),
             PeerMsg::Mismatch { bucket, .. } => {
                 self.note(format!("digest mismatch on lane {bucket}: resync"));
                 let Some(p) = self.primary.as_mut() else {
                     return;
                 };
-                p.lanes.handle_mismatch(&p.store, bucket);
+                p.lanes
+                    .handle_mismatch(&p.store, bucket, std::time::Instant::now());
                 None
             }
             other => Some(format!("unexpected {other:?} on a data stream")),

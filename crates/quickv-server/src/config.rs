@@ -35,7 +35,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::store::sessions::SessionLimits;
+use quickv_core::store::sessions::SessionLimits;
 use quickv_proto::Limits;
 
 /// Where the local primary listens by default (UDP).
@@ -315,11 +315,11 @@ impl ServerConfig {
                         .into(),
                 ))
             }
-            _ if !(1..=crate::store::BUCKETS).contains(&self.peer_streams) => {
+            _ if !(1..=quickv_core::store::BUCKETS).contains(&self.peer_streams) => {
                 Err(Error::Config(format!(
                     "peer-streams {} is out of range: the 32 lanes share 1 to {} data streams",
                     self.peer_streams,
-                    crate::store::BUCKETS
+                    quickv_core::store::BUCKETS
                 )))
             }
             // The peer link's control stream plus its data streams must fit the per-connection

@@ -1,8 +1,9 @@
 //! The backup's driver: accept the primary's link, warm start, bootstrap, then apply each lane's
-//! writes in order and acknowledge them cumulatively.
+//! writes in order (`quickv_core::apply`) and acknowledge them cumulatively.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -10,9 +11,10 @@ use tracing::{debug, info, warn};
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
-use crate::replication::state::{admit, may_supersede, Refusal, Source};
 use crate::replication::Replication;
-use crate::store::{BucketId, Digest, BUCKETS};
+use quickv_core::apply::{apply_resync, StreamApplier};
+use quickv_core::state::{admit, may_supersede, Refusal, Source};
+use quickv_core::store::{BucketId, Digest, BUCKETS};
 use quickv_proto::peer::{PeerHello, PeerMsg, ReplOffset};
 
 /// Serves one link from the primary until it ends. The primary's hello is read and verified
@@ -270,6 +272,8 @@ async fn apply_stream(
     loop {
         let mut out = Vec::new();
         let mut heard = false;
+        // One clock read per batch read: it dates the session records the batch's writes make.
+        let now = Instant::now();
         while let Some(msg) = reader.buffered()? {
             heard = true;
             // Fenced: once a newer link is admitted, this one applies nothing more.
@@ -302,7 +306,7 @@ async fn apply_stream(
                 info!(%bucket, "bucket resynced from the primary");
                 continue;
             }
-            if let Some(report) = lanes.handle(msg, repl)? {
+            if let Some(report) = lanes.handle(msg, &repl.store, &repl.counters, now)? {
                 out.push(report);
             }
         }
@@ -326,294 +330,5 @@ async fn apply_stream(
         if !reader.fill().await? {
             return Ok(());
         }
-    }
-}
-
-/// The backup's side of one data stream, without I/O: applies each lane's messages in offset
-/// order and says what to report. A lane is carried by one stream per link, so the offsets here
-/// are the lane's.
-#[derive(Debug, Default)]
-pub struct StreamApplier {
-    /// Highest offset applied per lane (the next ack).
-    pub applied: [ReplOffset; BUCKETS],
-    /// A single-bucket resync being received: its lane and the entries so far.
-    replacing: Option<(BucketId, Vec<(bytes::Bytes, bytes::Bytes)>)>,
-}
-
-impl StreamApplier {
-    fn next(&mut self, b: BucketId, offset: ReplOffset) -> Result<(), LinkError> {
-        let applied = &mut self.applied[b.index()];
-        if offset != *applied + 1 {
-            return Err(LinkError(format!(
-                "lane {b}: offset {offset} after {applied}"
-            )));
-        }
-        *applied = offset;
-        Ok(())
-    }
-
-    /// The entries of the resync that `ReplaceEnd { bucket, offset }` closes, with the lane moved
-    /// to `offset`: for the caller to check and install ([`apply_resync`]).
-    pub fn take_replace(
-        &mut self,
-        bucket: BucketId,
-        offset: ReplOffset,
-    ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>, LinkError> {
-        let entries = match self.replacing.take() {
-            Some((b, entries)) if b == bucket => entries,
-            _ => {
-                return Err(LinkError(format!(
-                    "lane {bucket}: resync end without begin"
-                )))
-            }
-        };
-        self.next(bucket, offset)?;
-        Ok(entries)
-    }
-
-    /// Applies one message; returns a report for the primary (a mismatch), if any. Acks are the
-    /// caller's, once per batch, from `applied`.
-    pub fn handle(
-        &mut self,
-        msg: PeerMsg,
-        repl: &Replication,
-    ) -> Result<Option<PeerMsg>, LinkError> {
-        let store = &repl.store;
-        match msg {
-            PeerMsg::Put {
-                offset,
-                key,
-                value,
-                stamp,
-            } => {
-                let b = BucketId::of(&key);
-                self.next(b, offset)?;
-                store.put(key, value);
-                if let Some(stamp) = stamp {
-                    store
-                        .sessions()
-                        .record(b, stamp, None, std::time::Instant::now());
-                }
-            }
-            PeerMsg::Remove { offset, key, stamp } => {
-                let b = BucketId::of(&key);
-                self.next(b, offset)?;
-                let old = store.remove(&key);
-                if let Some(stamp) = stamp {
-                    store
-                        .sessions()
-                        .record(b, stamp, old, std::time::Instant::now());
-                }
-            }
-            PeerMsg::Check {
-                bucket,
-                offset,
-                digest,
-            } => {
-                repl.counters.digest_checks.fetch_add(1, Ordering::Relaxed);
-                let mut ours = store.digest(bucket);
-                if offset == self.applied[bucket.index()] && ours != digest {
-                    // Before reporting, make sure the running digest describes the bucket (only
-                    // this applier writes to it now, so a recount is exact).
-                    if store.recount_bucket(bucket) {
-                        tracing::error!(%bucket, "internal error: this bucket's running totals disagreed with its contents; recounted");
-                        repl.counters
-                            .totals_repaired
-                            .fetch_add(1, Ordering::Relaxed);
-                        ours = store.digest(bucket);
-                    }
-                }
-                if offset == self.applied[bucket.index()] && ours != digest {
-                    repl.counters
-                        .digest_mismatches
-                        .fetch_add(1, Ordering::Relaxed);
-                    warn!(%bucket, offset, ours = %ours, primary = %digest, "digest mismatch");
-                    return Ok(Some(PeerMsg::Mismatch {
-                        bucket,
-                        offset,
-                        digest: ours,
-                    }));
-                }
-            }
-            PeerMsg::ReplaceBegin(b) => self.replacing = Some((b, Vec::new())),
-            PeerMsg::BucketChunk(entries) => match self.replacing.as_mut() {
-                Some((b, gathered)) if entries.iter().all(|(k, _)| BucketId::of(k) == *b) => {
-                    gathered.extend(entries)
-                }
-                _ => return Err(LinkError("stray or foreign bucket chunk".into())),
-            },
-            PeerMsg::ReplaceEnd {
-                bucket,
-                offset,
-                digest,
-            } => {
-                let entries = self.take_replace(bucket, offset)?;
-                apply_resync(store, bucket, entries, digest)?;
-                repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                info!(%bucket, "bucket resynced from the primary");
-            }
-            other => return Err(LinkError(format!("unexpected {other:?} on a data stream"))),
-        }
-        Ok(None)
-    }
-}
-
-/// Checks a resync's entries against the digest the primary sent and, if they match, makes the
-/// bucket hold exactly them. Hashes and walks the whole bucket: a live backup runs it on a
-/// blocking thread (`apply_stream`).
-pub fn apply_resync(
-    store: &crate::store::Store,
-    bucket: BucketId,
-    entries: Vec<(bytes::Bytes, bytes::Bytes)>,
-    digest: Digest,
-) -> Result<(), LinkError> {
-    let got = Digest::of_entries(entries.iter().map(|(k, v)| (k, v)));
-    if got != digest {
-        return Err(LinkError(format!(
-            "lane {bucket}: resync digest {got} != {digest}"
-        )));
-    }
-    store.replace_bucket(bucket, entries);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-
-    use bytes::{Bytes, BytesMut};
-    use tokio::sync::mpsc;
-
-    use super::*;
-    use crate::config::{Role, ServerConfig};
-    use crate::replication::lanes::{CheckOutcome, Lanes};
-    use crate::store::{Store, BUCKETS};
-    use quickv_proto::Op;
-
-    fn backup() -> Arc<Replication> {
-        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
-        Replication::new(
-            Arc::new(Store::new()),
-            ServerConfig::new(Role::Backup, addr),
-            7,
-        )
-    }
-
-    /// Everything the primary queued on lane `b`, decoded.
-    fn drain(rx: &mut mpsc::UnboundedReceiver<Bytes>) -> Vec<PeerMsg> {
-        let mut buf = BytesMut::new();
-        while let Ok(frame) = rx.try_recv() {
-            buf.extend_from_slice(&frame);
-        }
-        std::iter::from_fn(|| PeerMsg::decode(&mut buf, &Default::default()).expect("valid"))
-            .collect()
-    }
-
-    /// The integrity loop end to end without I/O: writes flow and are acked; a divergence is caught
-    /// by a check, reported, and repaired by resending that bucket only.
-    #[tokio::test]
-    async fn a_digest_mismatch_resyncs_only_that_bucket() {
-        let primary = Store::new();
-        let lanes = Lanes::default();
-        let (txs, mut rxs): (Vec<_>, Vec<_>) =
-            (0..BUCKETS).map(|_| mpsc::unbounded_channel()).unzip();
-        lanes.enable(txs);
-        let backup = backup();
-        let b = BucketId::of(b"k1");
-        let mut applier = StreamApplier::default();
-
-        let Ok(done) = lanes.submit(
-            &primary,
-            Op::Insert {
-                key: Bytes::from("k1"),
-                value: Bytes::from("v1"),
-            },
-            String::new,
-        ) else {
-            panic!("a replicated insert waits for its ack");
-        };
-        for msg in drain(&mut rxs[b.index()]) {
-            assert_eq!(applier.handle(msg, &backup).expect("apply"), None);
-        }
-        lanes
-            .handle_ack(&primary, b, applier.applied[b.index()])
-            .expect("ack");
-        assert_eq!(done.await.expect("answered"), quickv_proto::Reply::Ok);
-        assert_eq!(primary.digest(b), backup.store.digest(b));
-
-        // Divergence on the backup (a bug or bit rot): an extra key in the same bucket.
-        let stray = (0u32..)
-            .map(|i| format!("stray{i}"))
-            .find(|k| BucketId::of(k.as_bytes()) == b)
-            .expect("some key lands in the bucket");
-        backup
-            .store
-            .put(Bytes::from(stray.clone()), Bytes::from("x"));
-        let other = BucketId::new((b.index() + 1) % BUCKETS).expect("bucket");
-        let other_digest = backup.store.digest(other);
-
-        assert!(matches!(lanes.check(&primary, b), CheckOutcome::Sent));
-        let mut reports = Vec::new();
-        for msg in drain(&mut rxs[b.index()]) {
-            reports.extend(applier.handle(msg, &backup).expect("check"));
-        }
-        assert!(
-            matches!(reports.as_slice(), [PeerMsg::Mismatch { .. }]),
-            "{reports:?}"
-        );
-        lanes.handle_mismatch(&primary, b);
-        for msg in drain(&mut rxs[b.index()]) {
-            assert_eq!(applier.handle(msg, &backup).expect("resync"), None);
-        }
-        lanes
-            .handle_ack(&primary, b, applier.applied[b.index()])
-            .expect("ack resync");
-        assert_eq!(backup.store.digest(b), primary.digest(b), "bucket repaired");
-        assert_eq!(backup.store.get(stray.as_bytes()), None);
-        assert_eq!(
-            backup.store.digest(other),
-            other_digest,
-            "other buckets untouched"
-        );
-        assert_eq!(backup.counters.digest_mismatches.load(Ordering::Relaxed), 1);
-        assert_eq!(backup.counters.resyncs.load(Ordering::Relaxed), 1);
-        assert!(lanes.idle());
-    }
-
-    #[test]
-    fn lanes_are_ordered_independently_and_gaps_are_refused() {
-        let backup = backup();
-        let b = BucketId::of(b"k");
-        let mut applier = StreamApplier::default();
-        let put = |key: &str, offset| PeerMsg::Put {
-            offset,
-            key: Bytes::from(key.to_string()),
-            value: Bytes::from("v"),
-            stamp: None,
-        };
-        assert!(applier.handle(put("k", 2), &backup).is_err(), "offset gap");
-        assert!(applier.handle(put("k", 1), &backup).is_ok());
-        let other = (0u32..)
-            .map(|i| format!("f{i}"))
-            .find(|k| BucketId::of(k.as_bytes()) != b)
-            .expect("a key elsewhere");
-        assert!(
-            applier.handle(put(&other, 1), &backup).is_ok(),
-            "another lane starts at 1"
-        );
-        assert!(
-            applier.handle(put(&other, 3), &backup).is_err(),
-            "gap in that lane"
-        );
-        assert_eq!(applier.applied[b.index()], 1);
-        // A resync's chunk must hold keys of the bucket being replaced.
-        applier
-            .handle(PeerMsg::ReplaceBegin(b), &backup)
-            .expect("begin");
-        let chunk = PeerMsg::BucketChunk(vec![(Bytes::from(other), Bytes::new())]);
-        assert!(
-            applier.handle(chunk, &backup).is_err(),
-            "foreign key in a resync"
-        );
     }
 }

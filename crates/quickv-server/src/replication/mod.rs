@@ -5,9 +5,9 @@
 //! first bidirectional stream, the *control stream*, the two exchange a [`PeerHello`]: role, run
 //! id, the pair's identity, the epoch of the latest link, whether their store is known current,
 //! key count and the 32 bucket digests. The backup verifies the primary's hello
-//! ([`state::admit`]: same pair, not a stale primary from an older epoch) before the connection
+//! ([`quickv_core::state::admit`]: same pair, not a stale primary from an older epoch) before the connection
 //! may replace the live link. From the two
-//! hellos both compute the same [`state::Plan`] ([`state::decide`]): whose data wins, and which
+//! hellos both compute the same [`quickv_core::state::Plan`] ([`quickv_core::state::decide`]): whose data wins, and which
 //! buckets differ. The side holding the data streams those buckets (bootstrap), the receiver checks
 //! each bucket's count and digest, and then the primary opens its data streams (the 32 *lanes*,
 //! one per bucket, each with its own offsets, share `peer_streams` of them) and the
@@ -15,7 +15,7 @@
 //!
 //! In `Sync`, a client write on the primary is decided against the store plus the writes still in
 //! flight, given the next offset of its lane, sent, and answered only when the backup's cumulative
-//! ack for that lane covers it — only then is it applied to the primary's store (see [`lanes`]).
+//! ack for that lane covers it — only then is it applied to the primary's store (see [`quickv_core::lanes`]).
 //! Lanes are independent, so writes to different buckets proceed in parallel and many writes
 //! pipeline within a lane. Every lane, busy or idle, is checked periodically: the primary sends its
 //! bucket digest at the lane's last offset in lane order, the backup compares, and a mismatch
@@ -36,38 +36,36 @@
 //! The same logic runs without I/O in `tests/simulation.rs`, a deterministic simulator of the pair
 //! under crashes, partitions and reordering, judged by the history checker.
 //!
-//! States are in [`state`], a sans-IO machine; [`primary`] and [`backup`] are the tokio drivers.
+//! The protocol without I/O (the state machine, the lanes, the backup's applier, the transfer,
+//! the store and its session records) is the `quickv_core` crate; [`primary`] and [`backup`] are
+//! the tokio drivers that run it over QUIC, [`link`] their shared plumbing.
 
 pub mod backup;
 pub mod dial;
 pub mod epoch_file;
-pub mod lanes;
 pub mod link;
+pub mod oneshot;
 pub mod primary;
-pub mod reply;
-pub mod resync;
-pub mod state;
+
+pub use oneshot::{SubmitOneshot, Submitted};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{Role, ServerConfig};
-use crate::store::{Store, BUCKETS};
-use lanes::Lanes;
+use quickv_core::hello::hello_of;
+use quickv_core::lanes::Lanes;
+use quickv_core::reply::ReplyTo;
+use quickv_core::state::{Machine, State, Transition};
+use quickv_core::store::{Store, BUCKETS};
+use quickv_core::Counters;
 use quickv_proto::peer::PeerHello;
 use quickv_proto::status::{LaneStatus, LastTransition, ReplicationStatus, Status};
 use quickv_proto::Op;
-use state::{Machine, State, Transition};
-
-/// What submitting a client write gives back: the receiver of its answer once the backup has
-/// acknowledged it (a dropped sender means its fate is unknown: `indeterminate`), or the answer
-/// now (refused, or decided without replicating anything). The router wraps it for the session;
-/// replication knows nothing of sessions.
-pub type Submitted =
-    Result<tokio::sync::oneshot::Receiver<quickv_proto::Reply>, quickv_proto::Reply>;
 
 /// The replication side of one server (primary or backup), shared by its sessions and drivers.
 #[derive(Debug)]
@@ -91,6 +89,8 @@ pub struct Replication {
     machine: Mutex<MachineView>,
     /// The primary's lanes (unused on the backup).
     lanes: Lanes,
+    /// Woken whenever a lane's queue becomes empty (a graceful stop waits for it).
+    drained: Arc<oneshot::Notified>,
     /// Counters for status.
     counters: Counters,
     /// Cancelled to end the peer link for good (graceful stop finished).
@@ -110,7 +110,7 @@ pub struct Replication {
     started: std::time::Instant,
     /// Backup: when the live link was last heard from (a lane batch, `Synced`, its admission), in
     /// milliseconds since `started`, plus one; 0 when there is no live link. A primary that is
-    /// not current does not replace a link heard from recently ([`state::may_supersede`]).
+    /// not current does not replace a link heard from recently ([`quickv_core::state::may_supersede`]).
     heard_at: AtomicU64,
     /// Primary: a bootstrap is under way to a backup that is not current (it restarted): until it
     /// verifies, this server holds the pair's only full copy, and a graceful stop waits for it
@@ -137,32 +137,13 @@ struct MachineView {
     last: Option<Transition>,
 }
 
-/// Monotonic counters shown in status.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Links established since start.
-    pub links: AtomicU64,
-    /// Bootstraps (transfers of at least one bucket) completed.
-    pub bootstraps: AtomicU64,
-    /// Buckets copied by bootstraps.
-    pub buckets_transferred: AtomicU64,
-    /// Single-bucket resyncs sent after a digest mismatch.
-    pub resyncs: AtomicU64,
-    /// Digest checks that found a difference.
-    pub digest_mismatches: AtomicU64,
-    /// Digest checks sent (primary) or verified (backup).
-    pub digest_checks: AtomicU64,
-    /// Buckets whose running totals (digest, count, bytes) were found to disagree with their
-    /// contents when a digest check mismatched, and were recounted. Always 0 unless a bug.
-    pub totals_repaired: AtomicU64,
-}
-
 impl Replication {
     /// Replication for a primary or backup node.
     pub fn new(store: Arc<Store>, config: ServerConfig, run_id: u64) -> Arc<Replication> {
         let primary = config.role == Role::Primary;
         let pair_id = pair_id(&config.certs_dir);
-        let lanes = Lanes::new(config.limits);
+        let drained = Arc::new(oneshot::Notified::default());
+        let lanes = Lanes::new(config.limits).waking(drained.clone());
         let machine = Machine::new(primary);
         Arc::new(Replication {
             store,
@@ -178,6 +159,7 @@ impl Replication {
                 last: None,
             }),
             lanes,
+            drained,
             counters: Counters::default(),
             stop: CancellationToken::new(),
             backup_link: Mutex::new(None),
@@ -283,26 +265,22 @@ impl Replication {
             .unwrap_or("reads are refused while the replication state changes; retry")
     }
 
-    /// A client write: admitted only when the state machine allows writes (the primary in
-    /// `Sync`), then replicated; otherwise refused before anything is sent.
-    pub fn submit(&self, op: Op) -> Submitted {
-        self.submit_stamped(op, None)
+    /// The status counters (the simulator's backup applier counts into them too).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
-    /// [`Replication::submit`] for a write that may carry a session stamp (see
-    /// `store::sessions`): a retry gets the original answer and is not applied again.
-    pub fn submit_stamped(&self, op: Op, session: Option<quickv_proto::SessionWrite>) -> Submitted {
-        reply::via_oneshot(|to| self.submit_to(op, session, to))
-    }
-
-    /// [`Replication::submit_stamped`] for a caller that names where a write waiting for its ack
-    /// is answered (a client stream's sink, see [`reply`]): `reply_to` is called once if the write
-    /// is queued, and whoever applies the ack answers there; `None` then. `Some(answer)` now.
-    pub fn submit_to(
+    /// A client write, which may carry a session stamp (see `quickv_core::store::sessions`: a
+    /// retry gets the original answer and is not applied again): admitted only when the state
+    /// machine allows writes (the primary in `Sync`), then replicated; otherwise refused before
+    /// anything is sent. `reply_to` names where a write waiting for its ack is answered (a
+    /// client stream's sink, or [`oneshot::reply_to`]): it is called once if the write is
+    /// queued, and whoever applies the ack answers there; `None` then. `Some(answer)` now.
+    pub fn submit(
         &self,
         op: Op,
         session: Option<quickv_proto::SessionWrite>,
-        reply_to: impl FnOnce() -> reply::ReplyTo,
+        reply_to: impl FnOnce() -> ReplyTo,
     ) -> Option<quickv_proto::Reply> {
         let refusal = || {
             let state = self.state();
@@ -314,7 +292,7 @@ impl Replication {
             return Some(quickv_proto::Reply::Unavailable(refusal()));
         }
         self.lanes
-            .submit_to(&self.store, op, session, refusal, reply_to)
+            .submit(&self.store, op, session, refusal, reply_to, Instant::now())
     }
 
     /// Our hello for a warm start (see [`hello_of`]), taken once no transfer or apply job of an
@@ -335,13 +313,14 @@ impl Replication {
             current,
             epoch,
             &self.store,
+            Instant::now(),
         )
     }
 
     /// The link went down (or never came up): leave sync, fail what was in flight.
     fn link_lost(self: &Arc<Self>, cause: &str) {
         self.set_backup_catching_up(false);
-        self.lanes.fail_all(cause);
+        self.lanes.fail_all(cause, Instant::now());
         self.with_machine(|v| {
             v.link_up = false;
             v.peer_run_id = None;
@@ -444,7 +423,7 @@ impl Replication {
     async fn wait_lanes_idle(&self, limit: std::time::Duration) {
         let _ = tokio::time::timeout(limit, async {
             loop {
-                let drained = self.lanes.drained.notified();
+                let drained = self.drained.0.notified();
                 tokio::pin!(drained);
                 drained.as_mut().enable();
                 if self.lanes.idle() {
@@ -508,37 +487,6 @@ impl Replication {
                 .collect(),
             _ => self.lanes.status(),
         }
-    }
-}
-
-/// A server's hello for a warm start, from its machine's `current` and `epoch` and its store.
-///
-/// A store that is not current but holds keys is what an interrupted bootstrap leaves behind:
-/// some buckets copied, others not. It is never the truth, so it is dropped here, before it can
-/// be offered as data (a pair whose only full copy died then restarts empty, not half-full).
-pub fn hello_of(
-    primary: bool,
-    run_id: u64,
-    pair: u64,
-    current: bool,
-    epoch: u64,
-    store: &Store,
-) -> PeerHello {
-    if !current && store.count() > 0 {
-        tracing::warn!(
-            keys = store.count(),
-            "discarding a partial copy left by an interrupted bootstrap"
-        );
-        store.clear();
-    }
-    PeerHello {
-        primary,
-        run_id,
-        pair,
-        epoch,
-        synced: current,
-        keys: store.count(),
-        digests: store.digests(),
     }
 }
 

@@ -14,11 +14,12 @@ use crate::replication::dial::dial;
 use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
-use crate::replication::resync::ResyncPlan;
-use crate::replication::state::{admit, Refusal, Source};
 use crate::replication::Replication;
-use crate::store::{BucketId, BUCKETS};
 use crate::tls;
+use quickv_core::lanes::{CheckOutcome, FrameSink};
+use quickv_core::resync::ResyncPlan;
+use quickv_core::state::{admit, Refusal, Source};
+use quickv_core::store::{BucketId, BUCKETS};
 use quickv_net::tls::{CertPaths, Identity};
 use quickv_proto::peer::PeerMsg;
 
@@ -154,7 +155,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         readers.push(PeerReader::new(recv, repl.config.limits));
     }
     let senders = BucketId::all()
-        .map(|b| stream_senders[b.index() % streams].clone())
+        .map(|b| OutboxSink(stream_senders[b.index() % streams].clone()))
         .collect();
     let link = repl.lanes.enable(senders);
     for reader in readers {
@@ -196,7 +197,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             }
             _ = check.tick() => {
                 for b in BucketId::all() {
-                    if let crate::replication::lanes::CheckOutcome::Sent = repl.lanes.check(&repl.store, b) {
+                    if let CheckOutcome::Sent = repl.lanes.check(&repl.store, b) {
                         repl.counters.digest_checks.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -267,7 +268,7 @@ async fn read_acks(
             Some(built) = resyncs.join_next() => {
                 match built {
                     Ok((plan, frames)) => {
-                        if repl.lanes.finish_resync(&plan, frames) {
+                        if repl.lanes.finish_resync(&plan, frames, std::time::Instant::now()) {
                             repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -283,7 +284,13 @@ async fn read_acks(
         };
         match msg {
             PeerMsg::Ack { bucket, offset } => {
-                match repl.lanes.handle_ack_on(link, &repl.store, bucket, offset) {
+                match repl.lanes.handle_ack_on(
+                    link,
+                    &repl.store,
+                    bucket,
+                    offset,
+                    std::time::Instant::now(),
+                ) {
                     Ok(true) => {}
                     Ok(false) => break format!("link {link} superseded"),
                     Err(e) => break e,
@@ -311,4 +318,15 @@ async fn read_acks(
     };
     debug!(%outcome, "data stream reader ended");
     link_failed.cancel();
+}
+
+/// A lane's sink on a data stream: frames are encoded straight into the stream writer's next
+/// batch (no allocation, no channel message per write).
+#[derive(Debug)]
+struct OutboxSink(Arc<Outbox>);
+
+impl FrameSink for OutboxSink {
+    fn push(&self, encode: &mut dyn FnMut(&mut bytes::BytesMut)) -> bool {
+        self.0.try_push(false, |buf| encode(buf))
+    }
 }

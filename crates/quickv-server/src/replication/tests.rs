@@ -54,7 +54,7 @@ fn writes_are_admitted_only_by_the_machine_in_sync() {
     // shuts down; neither window may admit a write.
     let repl = replication(Role::Primary);
     let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS)
-        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .map(|_| std::sync::mpsc::channel::<Bytes>())
         .unzip();
     repl.with_machine(|v| v.machine.handle_link_up());
     repl.lanes.enable(txs);
@@ -64,21 +64,21 @@ fn writes_are_admitted_only_by_the_machine_in_sync() {
     };
     assert!(
         matches!(
-            repl.submit(insert()),
+            oneshot::via_oneshot(|to| repl.submit(insert(), None, to)),
             Err(quickv_proto::Reply::Unavailable(_))
         ),
         "lanes open, machine in warm_start: refused"
     );
     repl.with_machine(|v| {
-        let empty = hello_of(true, 1, 0, false, 0, &Store::new());
+        let empty = hello_of(true, 1, 0, false, 0, &Store::new(), Instant::now());
         v.machine.handle_hellos(&empty, &empty, 1);
         v.machine.handle_synced();
     });
-    assert!(repl.submit(insert()).is_ok());
+    assert!(oneshot::via_oneshot(|to| repl.submit(insert(), None, to)).is_ok());
     repl.begin_shutdown();
     assert!(
         matches!(
-            repl.submit(insert()),
+            oneshot::via_oneshot(|to| repl.submit(insert(), None, to)),
             Err(quickv_proto::Reply::Unavailable(_))
         ),
         "shutting down: refused"

@@ -26,12 +26,12 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::pki::Access;
-use crate::replication::reply::{ReplyTo, StreamAnswers, Ticket};
 use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
-use crate::store::BucketId;
+use quickv_core::reply::{ReplyTo, StreamAnswers, Ticket};
+use quickv_core::store::BucketId;
 use quickv_proto::{
     decode_request, encode_response, DecodeError, Reply, Request, Response, WriteStamp,
     DUMP_CHUNK_HEADER,
@@ -489,6 +489,10 @@ impl StreamAnswers for AnswerSink {
         self.node.metrics.record(ticket.kind, &reply, elapsed);
         send_reply(&self.outbox, ticket.id, reply);
         self.settled();
+    }
+
+    fn lost(&self, ticket: Ticket, reply: Reply) {
+        self.answer(ticket, reply, Instant::now())
     }
 }
 

@@ -315,7 +315,7 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming, pending: Pending) {
 /// Sweeps idle session records on a timer (`Sessions::sweep_period`), so the records of a bucket
 /// that gets no more writes still go; ends when the server stops.
 async fn sweep_sessions(
-    store: Arc<crate::store::Store>,
+    store: Arc<quickv_core::store::Store>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let period = store.sessions().sweep_period();

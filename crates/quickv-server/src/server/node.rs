@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Role, ServerConfig};
 use crate::replication::Replication;
 use crate::server::metrics::OpMetrics;
-use crate::store::Store;
+use quickv_core::store::Store;
 
 /// Shared by every connection of a server; cheap to clone through `Arc`.
 #[derive(Debug)]
@@ -97,7 +97,10 @@ impl Node {
     /// A fresh node with an empty store, and the TLS state loaded for `config`.
     pub fn new(config: ServerConfig, security: crate::server::auth::Security) -> Node {
         let sessions = config.sessions.within_memory(config.max_memory);
-        let store = Arc::new(Store::with_session_limits(sessions));
+        let store = Arc::new(Store::with_session_limits(
+            sessions,
+            std::time::Instant::now(),
+        ));
         store.presize(config.expected_keys);
         let run_id = fresh_run_id();
         let dump_slots = Arc::new(tokio::sync::Semaphore::new(config.max_dumps));

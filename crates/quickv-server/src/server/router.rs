@@ -4,9 +4,9 @@
 use tokio::sync::oneshot;
 
 use crate::config::Role;
-use crate::replication::reply::ReplyTo;
 use crate::server::node::Node;
-use crate::store::sessions::Lookup;
+use quickv_core::reply::ReplyTo;
+use quickv_core::store::sessions::Lookup;
 use quickv_proto::{
     ErrorCode, Op, Reply, Request, SessionWrite, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
@@ -45,7 +45,7 @@ pub fn handle_request(node: &Node, req: Request) -> Handled {
     let waiting = || {
         let (tx, receiver) = oneshot::channel();
         rx = Some(receiver);
-        ReplyTo::Oneshot(tx)
+        crate::replication::oneshot::reply_to(tx)
     };
     match handle_request_to(node, req, waiting) {
         Handled::Later(()) => match rx {
@@ -117,7 +117,7 @@ pub fn handle_request_to(
                 (Role::Backup, _) => Handled::Now(Reply::Unavailable(
                     "this server is the backup; send writes to the primary".into(),
                 )),
-                (Role::Primary, Some(repl)) => match repl.submit_to(write, session, reply_to) {
+                (Role::Primary, Some(repl)) => match repl.submit(write, session, reply_to) {
                     None => Handled::Later(()),
                     Some(now) => Handled::Now(now),
                 },
@@ -149,7 +149,7 @@ fn apply_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Reply {
     let Some(write) = session else {
         return apply_write(node, op);
     };
-    let Some(bucket) = op.key().map(|k| crate::store::BucketId::of(k)) else {
+    let Some(bucket) = op.key().map(|k| quickv_core::store::BucketId::of(k)) else {
         return not_a(&op);
     };
     let sessions = node.store.sessions();

@@ -23,7 +23,7 @@ use crate::server::node::{Node, Stats};
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every replication state name, for the one-hot `quickv_replication_state` gauge (kept equal to
-/// [`crate::replication::state::State::name`] by a test).
+/// [`quickv_core::state::State::name`] by a test).
 pub const REPLICATION_STATES: [&str; 5] = [
     "cold_start",
     "warm_start",
@@ -401,7 +401,7 @@ fn resident_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::state::State;
+    use quickv_core::state::State;
 
     #[test]
     fn bounds_render_as_exact_seconds() {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::server::node::Node;
-use crate::store::BucketId;
+use quickv_core::store::BucketId;
 
 /// Size at which a piece of the dump's text is handed to the body, in bytes.
 const PIECE_BYTES: usize = 64 * 1024;

@@ -169,12 +169,6 @@ pub struct Sessions {
     bytes: AtomicU64,
 }
 
-impl Default for Sessions {
-    fn default() -> Self {
-        Sessions::new(SessionLimits::default())
-    }
-}
-
 impl Sessions {
     /// Empty tables with these bounds.
     ///
@@ -183,15 +177,23 @@ impl Sessions {
     /// installs the peer's table (and its start) first, which is how a restarted server taking its
     /// peer's data keeps the records. A pair that lost both servers therefore answers such
     /// retries `SessionExpired` instead of deciding them against an empty store.
-    pub fn new(limits: SessionLimits) -> Sessions {
-        Sessions::new_at(limits, Instant::now())
+    ///
+    /// The tables start at `now` (the caller's clock: a server passes its start, a simulator
+    /// virtual time).
+    pub fn new(limits: SessionLimits, now: Instant) -> Sessions {
+        Sessions::born(limits, Some(now))
     }
 
-    /// [`Sessions::new`] born at `now` (a simulator passes virtual time).
-    pub fn new_at(limits: SessionLimits, now: Instant) -> Sessions {
+    /// Empty tables without a birth mark: a retry is never refused for predating them (for
+    /// tests, benches and tools, which have no clock to give; a server uses [`Sessions::new`]).
+    pub fn unborn(limits: SessionLimits) -> Sessions {
+        Sessions::born(limits, None)
+    }
+
+    fn born(limits: SessionLimits, now: Option<Instant>) -> Sessions {
         Sessions {
             buckets: (0..BUCKETS)
-                .map(|_| Mutex::new(BucketTable::new(Some(now), now)))
+                .map(|_| Mutex::new(BucketTable::new(now, now)))
                 .collect(),
             limits: limits.sane(),
             evicted: AtomicU64::new(0),
@@ -280,7 +282,10 @@ impl Sessions {
         let answer = self.answer_of(removed);
         let (swept, evicted) = self.change(b, |t| {
             t.insert(stamp, 0, answer, now, limits.window);
-            let swept = match now.saturating_duration_since(t.swept) >= limits.max_idle / 4 {
+            let due = t
+                .swept
+                .is_none_or(|at| now.saturating_duration_since(at) >= limits.max_idle / 4);
+            let swept = match due {
                 true => t.sweep(now, limits.max_idle),
                 false => 0,
             };
@@ -350,7 +355,10 @@ impl Sessions {
         let limits = self.limits;
         let evicted = self.change(b, |t| {
             // A mark older than this process's clock can express is "long ago": anything is later.
-            *t = BucketTable::new(marks.born_ms_ago.map(|ms| ago(ms).unwrap_or(now)), now);
+            *t = BucketTable::new(
+                marks.born_ms_ago.map(|ms| ago(ms).unwrap_or(now)),
+                Some(now),
+            );
             t.horizon = marks.evicted_ms_ago.map(|ms| ago(ms).unwrap_or(now));
             let mut owners = Vec::new();
             for a in answers {
@@ -374,14 +382,9 @@ impl Sessions {
 
     /// Forgets every record (the store was emptied with them); as for a new table, retries of
     /// writes sent before now are refused until a bootstrap installs a table.
-    pub fn clear(&self) {
-        self.clear_at(Instant::now())
-    }
-
-    /// [`Sessions::clear`] at `now` (a simulator passes virtual time).
-    pub fn clear_at(&self, now: Instant) {
+    pub fn clear(&self, now: Instant) {
         for b in BucketId::all() {
-            self.change(b, |t| *t = BucketTable::new(Some(now), now));
+            self.change(b, |t| *t = BucketTable::new(Some(now), Some(now)));
         }
     }
 

@@ -72,16 +72,22 @@ pub struct Store {
 }
 
 impl Store {
-    /// An empty store, with default session limits.
+    /// An empty store, with default session limits and session tables without a birth mark
+    /// (see [`Sessions::unborn`]): for tests, benches and tools. A server creates its store with
+    /// [`Store::with_session_limits`] and the time of its start.
     pub fn new() -> Store {
-        Store::with_session_limits(SessionLimits::default())
-    }
-
-    /// An empty store whose session tables keep to `limits`.
-    pub fn with_session_limits(limits: SessionLimits) -> Store {
         Store {
             buckets: std::array::from_fn(|_| Bucket::default()),
-            sessions: Sessions::new(limits),
+            sessions: Sessions::unborn(SessionLimits::default()),
+        }
+    }
+
+    /// An empty store whose session tables keep to `limits` and start at `now` (a retry of a
+    /// write first sent before then is refused as expired: see [`Sessions::new`]).
+    pub fn with_session_limits(limits: SessionLimits, now: std::time::Instant) -> Store {
+        Store {
+            buckets: std::array::from_fn(|_| Bucket::default()),
+            sessions: Sessions::new(limits, now),
         }
     }
 
@@ -350,13 +356,13 @@ impl Store {
         wrong
     }
 
-    /// Removes every entry. Like [`Store::replace_bucket`], exact only if no
-    /// writes run concurrently.
-    pub fn clear(&self) {
+    /// Removes every entry, and the session records with them (the tables restart at `now`). Like
+    /// [`Store::replace_bucket`], exact only if no writes run concurrently.
+    pub fn clear(&self, now: std::time::Instant) {
         for bucket in &self.buckets {
             bucket.clear();
         }
-        self.sessions.clear();
+        self.sessions.clear(now);
     }
 
     /// Sum of key and value lengths over all entries; the basis of the

@@ -6,6 +6,11 @@ use bytes::Bytes;
 
 use super::*;
 
+/// The tests' time origin (the only clock they read, through [`crate::testing::origin`]).
+fn origin() -> Instant {
+    crate::testing::origin()
+}
+
 fn write(session: u64, seq: u64, age_ms: u32) -> SessionWrite {
     SessionWrite {
         stamp: WriteStamp::new(session, seq),
@@ -29,9 +34,9 @@ fn is_expired(l: &Lookup) -> bool {
 
 #[test]
 fn a_duplicate_gets_the_original_answer_and_an_unknown_write_is_fresh() {
-    let s = Sessions::default();
+    let s = Sessions::new(SessionLimits::default(), origin());
     // A minute after the table was made, so the retries below postdate it.
-    let now = Instant::now() + Duration::from_secs(60);
+    let now = origin() + Duration::from_secs(60);
     assert_eq!(s.lookup(b0(), &write(1, 1, 0), now), Lookup::Fresh);
     s.record(b0(), write(1, 1, 0).stamp, None, now);
     s.record(b0(), write(1, 2, 0).stamp, Some(Bytes::from("old")), now);
@@ -53,8 +58,8 @@ fn a_duplicate_gets_the_original_answer_and_an_unknown_write_is_fresh() {
 #[test]
 fn answers_recorded_out_of_order_are_all_found() {
     // Pipelined writes of one session reach the lane in any order.
-    let s = Sessions::default();
-    let now = Instant::now() + Duration::from_secs(60);
+    let s = Sessions::new(SessionLimits::default(), origin());
+    let now = origin() + Duration::from_secs(60);
     for seq in [5, 2, 9, 3] {
         s.record(b0(), WriteStamp::new(4, seq), None, now);
     }
@@ -71,11 +76,14 @@ fn answers_recorded_out_of_order_are_all_found() {
 
 #[test]
 fn the_window_evicts_the_oldest_sequences_and_their_retries_expire() {
-    let s = Sessions::new(SessionLimits {
-        window: 3,
-        ..SessionLimits::default()
-    });
-    let now = Instant::now();
+    let s = Sessions::new(
+        SessionLimits {
+            window: 3,
+            ..SessionLimits::default()
+        },
+        origin(),
+    );
+    let now = origin();
     for seq in 1..=5 {
         s.record(b0(), WriteStamp::new(9, seq), None, now);
     }
@@ -92,11 +100,14 @@ fn the_window_evicts_the_oldest_sequences_and_their_retries_expire() {
 
 #[test]
 fn an_evicted_session_refuses_retries_first_sent_before_the_eviction_only() {
-    let s = Sessions::new(SessionLimits {
-        max_sessions: 8,
-        ..SessionLimits::default()
-    });
-    let t0 = Instant::now();
+    let s = Sessions::new(
+        SessionLimits {
+            max_sessions: 8,
+            ..SessionLimits::default()
+        },
+        origin(),
+    );
+    let t0 = origin();
     s.record(b0(), WriteStamp::new(1, 1), None, t0);
     // Eight younger sessions push session 1 (the least recently used) out.
     let later = t0 + Duration::from_secs(1);
@@ -115,8 +126,8 @@ fn an_evicted_session_refuses_retries_first_sent_before_the_eviction_only() {
 
 #[test]
 fn a_new_table_refuses_retries_older_than_itself_until_a_bootstrap_installs_one() {
-    let s = Sessions::default();
-    let now = Instant::now() + Duration::from_secs(30);
+    let s = Sessions::new(SessionLimits::default(), origin());
+    let now = origin() + Duration::from_secs(30);
     // First sent 40 s ago, before this table existed: it may have been applied elsewhere.
     assert!(is_expired(&s.lookup(b0(), &write(1, 1, 40_000), now)));
     // Sent 10 s ago (after creation, beyond the margin): never seen here, so fresh.
@@ -128,11 +139,14 @@ fn a_new_table_refuses_retries_older_than_itself_until_a_bootstrap_installs_one(
 
 #[test]
 fn idle_sessions_are_swept_by_age() {
-    let s = Sessions::new(SessionLimits {
-        max_idle: Duration::from_secs(60),
-        ..SessionLimits::default()
-    });
-    let t0 = Instant::now();
+    let s = Sessions::new(
+        SessionLimits {
+            max_idle: Duration::from_secs(60),
+            ..SessionLimits::default()
+        },
+        origin(),
+    );
+    let t0 = origin();
     s.record(b0(), WriteStamp::new(1, 1), None, t0);
     let later = t0 + Duration::from_secs(120);
     s.record(b0(), WriteStamp::new(2, 1), None, later);
@@ -142,12 +156,15 @@ fn idle_sessions_are_swept_by_age() {
 
 #[test]
 fn an_image_installed_elsewhere_answers_the_same() {
-    let a = Sessions::new(SessionLimits {
-        window: 2,
-        max_sessions: 1,
-        ..SessionLimits::default()
-    });
-    let t0 = Instant::now();
+    let a = Sessions::new(
+        SessionLimits {
+            window: 2,
+            max_sessions: 1,
+            ..SessionLimits::default()
+        },
+        origin(),
+    );
+    let t0 = origin();
     a.record(b0(), WriteStamp::new(1, 1), None, t0);
     let t1 = t0 + Duration::from_secs(10);
     for seq in 1..=3 {
@@ -155,7 +172,7 @@ fn an_image_installed_elsewhere_answers_the_same() {
     }
     let (marks, answers) = a.image(b0(), t1);
     assert!(marks.evicted_ms_ago.is_some(), "session 1 was evicted");
-    let b = Sessions::default();
+    let b = Sessions::new(SessionLimits::default(), origin());
     b.install(b0(), marks, answers, t1);
     let kind = |l: Lookup| match l {
         Lookup::Fresh => "fresh".to_string(),
@@ -188,8 +205,8 @@ fn owned(owner: u64, session: u64, seq: u64) -> WriteStamp {
 
 #[test]
 fn a_large_removed_value_is_not_kept_and_its_retry_is_answered_ok() {
-    let s = Sessions::default();
-    let now = Instant::now() + Duration::from_secs(60);
+    let s = Sessions::new(SessionLimits::default(), origin());
+    let now = origin() + Duration::from_secs(60);
     let big = Bytes::from(vec![7u8; 16 << 20]);
     s.record(b0(), WriteStamp::new(1, 1), Some(big), now);
     s.record(b0(), WriteStamp::new(1, 2), Some(Bytes::from("small")), now);
@@ -214,8 +231,8 @@ fn the_tables_stay_inside_their_byte_budget() {
         max_bytes_per_identity: 32 * 8192,
         ..SessionLimits::default()
     };
-    let s = Sessions::new(limits);
-    let t0 = Instant::now();
+    let s = Sessions::new(limits, origin());
+    let t0 = origin();
     let value = Bytes::from(vec![1u8; 1000]);
     for i in 0..2_000u64 {
         let at = t0 + Duration::from_millis(i);
@@ -238,11 +255,14 @@ fn the_tables_stay_inside_their_byte_budget() {
 /// every client `SessionExpired`. Now only the flooding identity's own records go.
 #[test]
 fn a_session_flood_of_one_identity_does_not_expire_another_identitys_retry() {
-    let s = Sessions::new(SessionLimits {
-        max_sessions: 256,
-        ..SessionLimits::default()
-    });
-    let t0 = Instant::now() + Duration::from_secs(60);
+    let s = Sessions::new(
+        SessionLimits {
+            max_sessions: 256,
+            ..SessionLimits::default()
+        },
+        origin(),
+    );
+    let t0 = origin() + Duration::from_secs(60);
     let (honest, flooder) = (0xA11CE, 0xBAD);
     s.record(b0(), owned(honest, 0xA, 6), None, t0);
     for i in 0..5_000u64 {
@@ -280,11 +300,14 @@ fn a_session_flood_of_one_identity_does_not_expire_another_identitys_retry() {
 
 #[test]
 fn the_timer_sweep_drops_idle_records_of_a_bucket_without_writes() {
-    let s = Sessions::new(SessionLimits {
-        max_idle: Duration::from_secs(60),
-        ..SessionLimits::default()
-    });
-    let t0 = Instant::now();
+    let s = Sessions::new(
+        SessionLimits {
+            max_idle: Duration::from_secs(60),
+            ..SessionLimits::default()
+        },
+        origin(),
+    );
+    let t0 = origin();
     s.record(b0(), WriteStamp::new(1, 1), Some(Bytes::from("v")), t0);
     assert_eq!(s.sweep(t0 + Duration::from_secs(30)), 0);
     assert_eq!(s.usage().records, 1);

@@ -6,13 +6,13 @@
 //! (hundreds of milliseconds for a bucket of a million entries), so it must neither hold the lane's
 //! lock (every write to the bucket takes it, on the runtime) nor run on the runtime (the primary's
 //! runtime is single-threaded by default: keep-alives and acks would wait). The lane is *paused*
-//! instead ([`Lanes::begin_resync`](super::lanes::Lanes::begin_resync)): new writes to the bucket
+//! instead ([`Lanes::begin_resync`](crate::lanes::Lanes::begin_resync)): new writes to the bucket
 //! are refused (`unavailable`, never applied) while the image is built, so the lane's offset and
 //! its overlay of writes in flight stay fixed. The image is the store's bucket with that overlay
 //! laid over it ([`ResyncPlan::build`], on a blocking thread): exact although acks keep applying
 //! in-flight writes to the store meanwhile, because every key such an ack touches is in the
 //! overlay, which wins. The frames are then queued on the lane at the offset planned, if the link
-//! that planned it is still the lanes' link ([`Lanes::finish_resync`](super::lanes::Lanes::finish_resync)).
+//! that planned it is still the lanes' link ([`Lanes::finish_resync`](crate::lanes::Lanes::finish_resync)).
 //!
 //! **Ack clock.** A link is declared dead when a lane has something outstanding and has seen no ack
 //! progress for the ack timeout ([`AckClock::stalled`]), not when its oldest queued write is older
@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::replication::link::chunks;
 use crate::store::{BucketId, Digest, Store};
+use crate::transfer::chunks;
 use quickv_proto::peer::{PeerMsg, ReplOffset};
 use quickv_proto::Limits;
 
@@ -40,7 +40,7 @@ pub struct ResyncPlan {
     pub bucket: BucketId,
     /// The lane offset of the resync (`ReplaceEnd`).
     pub offset: ReplOffset,
-    /// The link generation that planned it ([`Lanes::enable`](super::lanes::Lanes::enable)).
+    /// The link generation that planned it ([`Lanes::enable`](crate::lanes::Lanes::enable)).
     pub link: u64,
     /// The lane's overlay when it was paused.
     pub overlay: Vec<(Bytes, Option<Bytes>)>,
@@ -135,7 +135,7 @@ mod tests {
     #[test]
     fn a_busy_lane_that_keeps_making_progress_is_not_stalled() {
         let (ack, resync) = (Duration::from_secs(1), Duration::from_secs(10));
-        let t0 = Instant::now();
+        let t0 = crate::testing::origin();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut clock = AckClock::default();
         assert_eq!(clock.stalled(at(5_000), ack, resync), None, "idle");

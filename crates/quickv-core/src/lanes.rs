@@ -24,12 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use quickv_net::Outbox;
-use tokio::sync::{mpsc, Notify};
 
-use crate::replication::reply::{via_oneshot, ReplyTo, Waiter};
-use crate::replication::resync::{AckClock, ResyncPlan};
-use crate::replication::Submitted;
+use crate::reply::{ReplyTo, Waiter};
+use crate::resync::{AckClock, ResyncPlan};
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
 use quickv_proto::peer::{PeerMsg, ReplOffset};
@@ -37,39 +34,45 @@ use quickv_proto::status::LaneStatus;
 use quickv_proto::{Limits, Op, Reply, SessionWrite, WriteStamp};
 
 /// Where a lane's frames go: the data stream of the current link that carries the lane.
-#[derive(Debug, Clone)]
-pub enum LaneSink {
-    /// A channel of encoded frames (the simulator, unit tests, benches).
-    Channel(mpsc::UnboundedSender<Bytes>),
-    /// The data stream's outbox: frames are encoded straight into its writer's next batch (no
-    /// allocation, no channel message per write).
-    Outbox(Arc<Outbox>),
+///
+/// A trait the caller implements, not a queue the caller polls: a write is decided and its frame
+/// encoded under its lane's lock by whichever client thread submits it, and going through a
+/// polled queue would add a hop (and a wake-up of the link's task) per write. The server
+/// implements it with the data stream's outbox (frames encoded straight into the writer's next
+/// batch); the simulator, unit tests and benches with a `std::sync::mpsc` channel (below).
+pub trait FrameSink: Send + Sync + std::fmt::Debug {
+    /// Appends the frames `encode` writes; false if the stream's writer is gone. Called with the
+    /// lane's lock held: it must not block nor call back into the lanes.
+    fn push(&self, encode: &mut dyn FnMut(&mut BytesMut)) -> bool;
 }
 
-impl LaneSink {
-    /// Sends the frames `encode` appends; false if the stream's writer is gone.
-    fn send(&self, encode: impl FnOnce(&mut BytesMut)) -> bool {
-        match self {
-            LaneSink::Channel(tx) => {
-                let mut buf = BytesMut::new();
-                encode(&mut buf);
-                tx.send(buf.freeze()).is_ok()
-            }
-            LaneSink::Outbox(outbox) => outbox.try_push(false, encode),
+/// A channel of encoded frames, one message per push (the simulator, unit tests, benches).
+impl FrameSink for std::sync::mpsc::Sender<Bytes> {
+    fn push(&self, encode: &mut dyn FnMut(&mut BytesMut)) -> bool {
+        let mut buf = BytesMut::new();
+        encode(&mut buf);
+        self.send(buf.freeze()).is_ok()
+    }
+}
+
+/// A lane's sink.
+pub type LaneSink = Arc<dyn FrameSink>;
+
+/// Told when something the caller may wait for happened (here: a lane's queue became empty; a
+/// graceful stop waits for that). The server implements it with a `tokio::sync::Notify`.
+pub trait Wake: Send + Sync + std::fmt::Debug {
+    /// Wakes whoever waits; must not block.
+    fn wake(&self);
+}
+
+/// Sends `encode`'s frames to `sink` (a helper for the `FnOnce` encoders of this module).
+fn send(sink: &LaneSink, encode: impl FnOnce(&mut BytesMut)) -> bool {
+    let mut encode = Some(encode);
+    sink.push(&mut |buf| {
+        if let Some(encode) = encode.take() {
+            encode(buf)
         }
-    }
-}
-
-impl From<mpsc::UnboundedSender<Bytes>> for LaneSink {
-    fn from(tx: mpsc::UnboundedSender<Bytes>) -> LaneSink {
-        LaneSink::Channel(tx)
-    }
-}
-
-impl From<Arc<Outbox>> for LaneSink {
-    fn from(outbox: Arc<Outbox>) -> LaneSink {
-        LaneSink::Outbox(outbox)
-    }
+    })
 }
 
 /// One lane per bucket.
@@ -78,8 +81,8 @@ pub struct Lanes {
     lanes: Vec<Mutex<Lane>>,
     /// Frame limits of the link: resync chunks must fit them.
     limits: Limits,
-    /// Signalled whenever a lane's queue becomes empty (graceful stops wait on it).
-    pub drained: Notify,
+    /// Woken whenever a lane's queue becomes empty (graceful stops wait for it).
+    drained: Option<Arc<dyn Wake>>,
     /// The generation of the link the lanes are open on, bumped by every [`Lanes::enable`]: a
     /// superseded link's ack reader presents its own and changes nothing ([`Lanes::handle_ack_on`]).
     link: std::sync::atomic::AtomicU64,
@@ -152,8 +155,20 @@ impl Lanes {
         Lanes {
             lanes: (0..BUCKETS).map(|_| Mutex::new(Lane::default())).collect(),
             limits,
-            drained: Notify::new(),
+            drained: None,
             link: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// These lanes, waking `drained` whenever a lane's queue becomes empty.
+    pub fn waking(mut self, drained: Arc<dyn Wake>) -> Lanes {
+        self.drained = Some(drained);
+        self
+    }
+
+    fn drained(&self) {
+        if let Some(w) = &self.drained {
+            w.wake();
         }
     }
 
@@ -166,7 +181,7 @@ impl Lanes {
 
     /// Opens every lane for writes on a new link, offsets from zero; returns the link's
     /// generation (see [`Lanes::handle_ack_on`]).
-    pub fn enable<S: Into<LaneSink>>(&self, senders: Vec<S>) -> u64 {
+    pub fn enable<S: FrameSink + 'static>(&self, senders: Vec<S>) -> u64 {
         let link = self.link.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
         self.open(senders);
         link
@@ -185,31 +200,28 @@ impl Lanes {
         store: &Store,
         b: BucketId,
         offset: ReplOffset,
+        now: Instant,
     ) -> Result<bool, String> {
         if !self.is_live(link) {
             return Ok(false);
         }
-        self.handle_ack_if(store, b, offset, Instant::now(), || self.is_live(link))
+        self.handle_ack_if(store, b, offset, now, || self.is_live(link))
             .map(|()| true)
     }
 
-    fn open<S: Into<LaneSink>>(&self, senders: Vec<S>) {
+    fn open<S: FrameSink + 'static>(&self, senders: Vec<S>) {
         for (b, tx) in BucketId::all().zip(senders) {
             let mut l = self.lane(b);
             *l = Lane {
-                tx: Some(tx.into()),
+                tx: Some(Arc::new(tx)),
                 ..Lane::default()
             };
         }
     }
 
-    /// The link is gone: nothing queued will be acknowledged. Every waiting write is indeterminate.
-    pub fn fail_all(&self, reason: &str) {
-        self.fail_all_at(reason, Instant::now())
-    }
-
-    /// [`Lanes::fail_all`] at `now` (the time is an argument: a simulator passes virtual time).
-    pub fn fail_all_at(&self, reason: &str, now: Instant) {
+    /// The link is gone: nothing queued will be acknowledged. Every waiting write is indeterminate
+    /// (answered as of `now`).
+    pub fn fail_all(&self, reason: &str, now: Instant) {
         for b in BucketId::all() {
             let mut l = self.lane(b);
             l.tx = None;
@@ -224,44 +236,16 @@ impl Lanes {
                 }
             }
         }
-        self.drained.notify_waiters();
+        self.drained();
     }
 
-    /// Decides a client write and, if it changes anything, sends it down its lane.
-    pub fn submit(&self, store: &Store, op: Op, refusal: impl FnOnce() -> String) -> Submitted {
-        self.submit_stamped(store, op, None, refusal)
-    }
-
-    /// [`Lanes::submit`] for a write that may carry a session stamp: a retry of a write this pair
-    /// already applied (or is applying) gets that write's answer and changes nothing.
-    pub fn submit_stamped(
-        &self,
-        store: &Store,
-        op: Op,
-        session: Option<SessionWrite>,
-        refusal: impl FnOnce() -> String,
-    ) -> Submitted {
-        via_oneshot(|to| self.submit_to(store, op, session, refusal, to))
-    }
-
-    /// Decides a write as [`Lanes::submit_stamped`] does, but a write that waits for an ack is
-    /// answered at `reply_to()` (called only then, once) by whoever applies that ack; `None` then.
-    /// `Some(answer)` when it is answered now.
-    pub fn submit_to(
-        &self,
-        store: &Store,
-        op: Op,
-        session: Option<SessionWrite>,
-        refusal: impl FnOnce() -> String,
-        reply_to: impl FnOnce() -> ReplyTo,
-    ) -> Option<Reply> {
-        // One clock read per write: the session lookup and the ack clock.
-        self.submit_to_at(store, op, session, refusal, reply_to, Instant::now())
-    }
-
-    /// [`Lanes::submit_to`] at `now`: the session lookup and the ack clock use it (a simulator
-    /// passes virtual time).
-    pub fn submit_to_at(
+    /// Decides a client write (which may carry a session stamp) and, if it changes anything,
+    /// sends it down its lane: the one way a write enters the lanes. `Some(answer)` when it is
+    /// answered now; `None` when it waits for an ack, to be answered at `reply_to()` (called only
+    /// then, once) by whoever applies that ack. A retry of a write this pair already applied (or
+    /// is applying) gets that write's answer and changes nothing. `now` serves the session lookup
+    /// and the ack clock (one clock read per write, the caller's; a simulator passes virtual time).
+    pub fn submit(
         &self,
         store: &Store,
         op: Op,
@@ -274,7 +258,7 @@ impl Lanes {
             .err()
     }
 
-    /// [`Lanes::submit_to`]: `Ok(())` when queued, `Err(answer)` when answered now.
+    /// [`Lanes::submit`]: `Ok(())` when queued, `Err(answer)` when answered now.
     fn decide(
         &self,
         store: &Store,
@@ -363,7 +347,7 @@ impl Lanes {
             });
             return Ok(());
         };
-        if !tx.send(|buf| frame.encode(buf)) {
+        if !send(tx, |buf| frame.encode(buf)) {
             return Err(Reply::Unavailable(
                 "the link to the backup just closed".into(),
             ));
@@ -388,14 +372,10 @@ impl Lanes {
         Ok(())
     }
 
-    /// The backup applied everything up to `offset` on lane `b`: apply and answer in order.
-    pub fn handle_ack(&self, store: &Store, b: BucketId, offset: ReplOffset) -> Result<(), String> {
-        self.handle_ack_at(store, b, offset, Instant::now())
-    }
-
-    /// [`Lanes::handle_ack`] at `now`: session records, answers and the ack clock use it (one
-    /// clock read per ack, which may settle many writes; a simulator passes virtual time).
-    pub fn handle_ack_at(
+    /// The backup applied everything up to `offset` on lane `b`: apply and answer in order, at
+    /// `now` (session records, answers and the ack clock use it: one clock read per ack, which
+    /// may settle many writes; a simulator passes virtual time).
+    pub fn handle_ack(
         &self,
         store: &Store,
         b: BucketId,
@@ -459,7 +439,7 @@ impl Lanes {
             l.clock.progressed(now, resyncs, l.queue.is_empty());
         }
         if l.queue.is_empty() {
-            self.drained.notify_waiters();
+            self.drained();
         }
         Ok(())
     }
@@ -478,7 +458,7 @@ impl Lanes {
                     digest: Self::digest_at_next(&l, store, b),
                 };
                 // A closed stream fails the link; the check goes with it.
-                let _ = tx.send(|buf| check.encode(buf));
+                let _ = send(tx, |buf| check.encode(buf));
                 CheckOutcome::Sent
             }
             None => CheckOutcome::Skipped,
@@ -507,11 +487,11 @@ impl Lanes {
     /// All in one call, on the caller's thread: [`Lanes::begin_resync`], [`ResyncPlan::build`],
     /// [`Lanes::finish_resync`] (the simulator and unit tests; a live primary runs the build on a
     /// blocking thread).
-    pub fn handle_mismatch(&self, store: &Store, b: BucketId) {
+    pub fn handle_mismatch(&self, store: &Store, b: BucketId, now: Instant) {
         let link = self.link.load(std::sync::atomic::Ordering::Acquire);
         if let Some(plan) = self.begin_resync(link, b) {
             let frames = plan.build(store, &self.limits);
-            self.finish_resync(&plan, frames);
+            self.finish_resync(&plan, frames, now);
         }
     }
 
@@ -537,8 +517,9 @@ impl Lanes {
     }
 
     /// Queues a resync's `frames` (from [`ResyncPlan::build`]) on its lane and resumes the lane;
-    /// dropped if the link that planned it is gone. Returns whether it was sent.
-    pub fn finish_resync(&self, plan: &ResyncPlan, frames: Bytes) -> bool {
+    /// dropped if the link that planned it is gone. Returns whether it was sent. `now` starts the
+    /// ack clock's wait for it.
+    pub fn finish_resync(&self, plan: &ResyncPlan, frames: Bytes, now: Instant) -> bool {
         let mut guard = self.lane(plan.bucket);
         let l = &mut *guard;
         if !self.is_live(plan.link) || !l.resyncing {
@@ -546,11 +527,11 @@ impl Lanes {
         }
         l.resyncing = false;
         let Some(tx) = &l.tx else { return false };
-        if l.next + 1 != plan.offset || !tx.send(|buf| buf.extend_from_slice(&frames)) {
+        if l.next + 1 != plan.offset || !send(tx, |buf| buf.extend_from_slice(&frames)) {
             return false;
         }
         l.next = plan.offset;
-        l.clock.queued(Instant::now(), true);
+        l.clock.queued(now, true);
         l.queue.push_back(Queued {
             offset: plan.offset,
             effect: Effect::Nothing,

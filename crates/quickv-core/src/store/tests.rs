@@ -323,7 +323,7 @@ fn clear_empties_every_bucket() {
     for i in 0..100u32 {
         store.put(Bytes::from(i.to_string()), Bytes::from_static(b"v"));
     }
-    store.clear();
+    store.clear(crate::testing::origin());
     assert_eq!(store.count(), 0);
     assert_eq!(store.approx_bytes(), 0);
     assert_eq!(store.digests(), [Digest::default(); BUCKETS]);

@@ -30,8 +30,9 @@ pub(super) struct BucketTable {
     /// no longer exists (both servers lost): it is refused as expired. No margin is needed here,
     /// unlike the horizons: misjudging it cannot apply a write twice to surviving data.
     pub(super) born: Option<Instant>,
-    /// When idle sessions were last swept (by a write or by the timer).
-    pub(super) swept: Instant,
+    /// When idle sessions were last swept (by a write or by the timer); `None` before the first
+    /// sweep of a table created without a clock.
+    pub(super) swept: Option<Instant>,
     /// Bytes charged to this bucket (every owner's `bytes`).
     pub(super) bytes: usize,
     /// Answers remembered in this bucket.
@@ -72,8 +73,8 @@ pub(super) struct Freed {
 }
 
 impl BucketTable {
-    /// An empty table whose records start at `born`.
-    pub(super) fn new(born: Option<Instant>, now: Instant) -> BucketTable {
+    /// An empty table whose records start at `born`, last swept at `now`.
+    pub(super) fn new(born: Option<Instant>, now: Option<Instant>) -> BucketTable {
         BucketTable {
             owners: HashMap::new(),
             horizon: None,
@@ -185,7 +186,7 @@ impl BucketTable {
     /// left without sessions whose latest eviction is itself older than `max_idle` (their mark
     /// moves to the bucket's horizon). Returns the sessions dropped.
     pub(super) fn sweep(&mut self, now: Instant, max_idle: Duration) -> usize {
-        self.swept = now;
+        self.swept = Some(now);
         let idle = |at: Instant| now.saturating_duration_since(at) > max_idle;
         let mut dropped = Freed::default();
         for o in self.owners.values_mut() {
