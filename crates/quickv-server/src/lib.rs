@@ -8,7 +8,7 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`replication`] | primary/backup: the peer link's drivers over QUIC, status |
+//! | [`replication`] | primary/backup: the peer link's drivers over QUIC |
 //! | [`server`] | QUIC endpoint, client connections, routing, limits, graceful shutdown, op metrics; the HTTP/JSON gateway in [`server::http`] |
 //! | [`tls`] | certificate generation (rcgen) and the server's rustls/quinn configs |
 //! | [`pki`] | client identities with roles, revocation (CRL), server certificate renewal |
