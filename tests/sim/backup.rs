@@ -7,6 +7,7 @@ impl Sim {
     // ---- the backup's driver ----
 
     pub(super) fn backup_ctl(&mut self, conn: u64, msg: PeerMsg) {
+        let now = self.clock();
         let Some(b) = self.backup.as_mut() else {
             return;
         };
@@ -44,13 +45,14 @@ impl Sim {
                 return;
             };
             b.machine.handle_link_up();
-            let ours = replication::hello_of(
+            let ours = replication::hello_of_at(
                 false,
                 b.proc,
                 0,
                 b.machine.current(),
                 b.machine.epoch(),
                 &b.store,
+                now,
             );
             let plan = b.machine.handle_hellos(&theirs, &ours, epoch);
             let phase = if plan.buckets.is_empty() {
@@ -62,7 +64,7 @@ impl Sim {
             };
             let mut msgs = vec![PeerMsg::Hello(Box::new(ours))];
             if matches!(phase, BPhase::AwaitAck) {
-                msgs.extend(snapshot_msgs(&b.store, &plan.buckets, &self.limits).0);
+                msgs.extend(snapshot_msgs_at(&b.store, &plan.buckets, &self.limits, now).0);
             }
             b.link = Some(BLink {
                 conn,
@@ -78,7 +80,7 @@ impl Sim {
         let Some(link) = b.link.as_mut() else { return };
         let phase = std::mem::replace(&mut link.phase, BPhase::Running);
         match (phase, msg) {
-            (BPhase::Receiving(mut rx), msg) => match rx.handle(msg, &b.store) {
+            (BPhase::Receiving(mut rx), msg) => match rx.handle_at(msg, &b.store, now) {
                 None => link.phase = BPhase::Receiving(rx),
                 Some(verdict) => {
                     let ack = PeerMsg::TransferAck {
@@ -108,6 +110,7 @@ impl Sim {
     /// data streams only after the transfer, so earlier bytes wait in QUIC's buffers).
     pub(super) fn backup_drain(&mut self, conn: u64) {
         let limits = self.limits;
+        let now = self.clock();
         let Some(b) = self.backup.as_mut() else {
             return;
         };
@@ -136,7 +139,7 @@ impl Sim {
                             failure = Some("fenced: superseded link".to_string());
                             break;
                         }
-                        match applier.handle(msg, &b.repl) {
+                        match applier.handle_at(msg, &b.repl, now) {
                             Ok(report) => out.extend(report),
                             Err(e) => {
                                 failure = Some(e.to_string());

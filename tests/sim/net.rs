@@ -12,11 +12,16 @@ impl Sim {
             Side::Primary => Side::Backup,
             Side::Backup => Side::Primary,
         };
-        let delay = if self.rng.chance(8) {
+        let mut delay = if self.rng.chance(8) {
             self.rng.range(100, 900)
         } else {
             self.rng.range(1, 15)
         };
+        // A slow link: a batch takes its size over the bandwidth to arrive, and the stream's
+        // later bytes queue behind it.
+        if let Some(bytes_per_ms) = self.bandwidth {
+            delay += bytes.len() as u64 / bytes_per_ms;
+        }
         let now = self.now;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -69,6 +74,46 @@ impl Sim {
         }
     }
 
+    // ---- resyncs ----
+
+    /// Before the primary takes a lane message: counts a mismatch (returns its lane, to note the
+    /// resync it starts) and an ack that covers a watched resync.
+    fn watch_resync(&mut self, conn: u64, msg: &PeerMsg) -> Option<BucketId> {
+        match msg {
+            PeerMsg::Mismatch { bucket, .. } => {
+                self.cov.mismatches += 1;
+                Some(*bucket)
+            }
+            PeerMsg::Ack { bucket, offset } => {
+                let key = (conn, bucket.index());
+                if let Some(&(since, resync)) = self.resync_watch.get(&key) {
+                    if *offset >= resync {
+                        self.resync_watch.remove(&key);
+                        self.cov.resyncs += 1;
+                        if self.now - since > ACK_TIMEOUT_MS {
+                            self.cov.slow_resyncs += 1;
+                        }
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// After a mismatch: the offset of the resync it queued, if any, is watched for its ack.
+    fn watched_resync(&mut self, conn: u64, lane: Option<BucketId>) {
+        let Some(b) = lane else { return };
+        let Some(p) = self.primary.as_ref() else {
+            return;
+        };
+        let offset = p.lanes.status()[b.index()].offset;
+        let now = self.now;
+        self.resync_watch
+            .entry((conn, b.index()))
+            .or_insert((now, offset));
+    }
+
     // ---- delivery ----
 
     pub(super) fn deliver(&mut self, conn: u64, to: Side, stream: usize, bytes: Bytes) {
@@ -81,6 +126,10 @@ impl Sim {
                 let Some(b) = self.backup.as_mut() else {
                     return;
                 };
+                if b.stopping && b.link.as_ref().map(|l| l.conn) != Some(conn) {
+                    // A server shutting down admits no new link.
+                    return self.cut(conn, "backup shutting down");
+                }
                 if stream == 0 {
                     // The control stream of a connection not yet admitted has its own buffer.
                     let mut buf = match b.link.as_mut().filter(|l| l.conn == conn) {
@@ -125,8 +174,17 @@ impl Sim {
                 buf.extend_from_slice(&bytes);
                 loop {
                     match PeerMsg::decode(&mut buf, &limits) {
-                        Ok(Some(msg)) if stream == 0 => self.primary_ctl(conn, msg),
-                        Ok(Some(msg)) => self.primary_data(conn, msg),
+                        Ok(Some(msg)) if stream == 0 => {
+                            if matches!(&msg, PeerMsg::Goodbye(r) if Refusal::is_stale(r)) {
+                                self.cov.stale_refusals += 1;
+                            }
+                            self.primary_ctl(conn, msg)
+                        }
+                        Ok(Some(msg)) => {
+                            let watch = self.watch_resync(conn, &msg);
+                            self.primary_data(conn, msg);
+                            self.watched_resync(conn, watch);
+                        }
                         Ok(None) => break,
                         Err(e) => return self.primary_link_lost(conn, &e.to_string()),
                     }

@@ -378,6 +378,17 @@ impl StreamApplier {
         msg: PeerMsg,
         repl: &Replication,
     ) -> Result<Option<PeerMsg>, LinkError> {
+        self.handle_at(msg, repl, std::time::Instant::now())
+    }
+
+    /// [`StreamApplier::handle`] at `now`: session records are made then (a simulator passes
+    /// virtual time).
+    pub fn handle_at(
+        &mut self,
+        msg: PeerMsg,
+        repl: &Replication,
+        now: std::time::Instant,
+    ) -> Result<Option<PeerMsg>, LinkError> {
         let store = &repl.store;
         match msg {
             PeerMsg::Put {
@@ -390,9 +401,7 @@ impl StreamApplier {
                 self.next(b, offset)?;
                 store.put(key, value);
                 if let Some(stamp) = stamp {
-                    store
-                        .sessions()
-                        .record(b, stamp, None, std::time::Instant::now());
+                    store.sessions().record(b, stamp, None, now);
                 }
             }
             PeerMsg::Remove { offset, key, stamp } => {
@@ -400,9 +409,7 @@ impl StreamApplier {
                 self.next(b, offset)?;
                 let old = store.remove(&key);
                 if let Some(stamp) = stamp {
-                    store
-                        .sessions()
-                        .record(b, stamp, old, std::time::Instant::now());
+                    store.sessions().record(b, stamp, old, now);
                 }
             }
             PeerMsg::Check {

@@ -518,10 +518,16 @@ impl Lanes {
     /// [`Lanes::finish_resync`] (the simulator and unit tests; a live primary runs the build on a
     /// blocking thread).
     pub fn handle_mismatch(&self, store: &Store, b: BucketId) {
+        self.handle_mismatch_at(store, b, Instant::now())
+    }
+
+    /// [`Lanes::handle_mismatch`] at `now`: the ack clock starts then (a simulator passes virtual
+    /// time).
+    pub fn handle_mismatch_at(&self, store: &Store, b: BucketId, now: Instant) {
         let link = self.link.load(std::sync::atomic::Ordering::Acquire);
         if let Some(plan) = self.begin_resync(link, b) {
             let frames = plan.build(store, &self.limits);
-            self.finish_resync(&plan, frames);
+            self.finish_resync_at(&plan, frames, now);
         }
     }
 
@@ -549,6 +555,11 @@ impl Lanes {
     /// Queues a resync's `frames` (from [`ResyncPlan::build`]) on its lane and resumes the lane;
     /// dropped if the link that planned it is gone. Returns whether it was sent.
     pub fn finish_resync(&self, plan: &ResyncPlan, frames: Bytes) -> bool {
+        self.finish_resync_at(plan, frames, Instant::now())
+    }
+
+    /// [`Lanes::finish_resync`] at `now` (the ack clock's start).
+    pub fn finish_resync_at(&self, plan: &ResyncPlan, frames: Bytes, now: Instant) -> bool {
         let mut guard = self.lane(plan.bucket);
         let l = &mut *guard;
         if !self.is_live(plan.link) || !l.resyncing {
@@ -560,7 +571,7 @@ impl Lanes {
             return false;
         }
         l.next = plan.offset;
-        l.clock.queued(Instant::now(), true);
+        l.clock.queued(now, true);
         l.queue.push_back(Queued {
             offset: plan.offset,
             effect: Effect::Nothing,

@@ -123,10 +123,21 @@ pub fn snapshot_msgs(
     buckets: &[BucketId],
     limits: &Limits,
 ) -> (Vec<PeerMsg>, u64, u64) {
+    snapshot_msgs_at(store, buckets, limits, Instant::now())
+}
+
+/// [`snapshot_msgs`] at `now`: the session tables' ages are taken then (a simulator passes
+/// virtual time).
+pub fn snapshot_msgs_at(
+    store: &Store,
+    buckets: &[BucketId],
+    limits: &Limits,
+    now: Instant,
+) -> (Vec<PeerMsg>, u64, u64) {
     let (mut keys, mut bytes) = (0u64, 0u64);
     let mut msgs = Vec::new();
     for &bucket in buckets {
-        let (bucket_msgs, k, b) = bucket_msgs(store, bucket, limits);
+        let (bucket_msgs, k, b) = bucket_msgs_at(store, bucket, limits, now);
         msgs.extend(bucket_msgs);
         keys += k;
         bytes += b;
@@ -271,6 +282,12 @@ impl BucketJob {
     /// Checks the bucket's count and digest and, only if they match, replaces the bucket and
     /// installs its session table. Returns the keys installed.
     pub fn apply(self, store: &Store) -> Result<u64, String> {
+        self.apply_at(store, std::time::Instant::now())
+    }
+
+    /// [`BucketJob::apply`] at `now`: the installed session table's ages count from then (a
+    /// simulator passes virtual time).
+    pub fn apply_at(self, store: &Store, now: Instant) -> Result<u64, String> {
         let BucketJob {
             bucket,
             entries,
@@ -285,9 +302,7 @@ impl BucketJob {
                     "bucket {bucket}: {got_count} entries with digest {got}, expected {count} with {digest}"
                 )
             })?;
-        store
-            .sessions()
-            .install(bucket, marks, answers, std::time::Instant::now());
+        store.sessions().install(bucket, marks, answers, now);
         Ok(count)
     }
 }
@@ -296,9 +311,19 @@ impl TransferReceiver {
     /// Takes one message and applies a completed bucket at once: `None` while the transfer goes
     /// on, then its verdict (`Ok` after `TransferDone`, `Err` at the first inconsistency).
     pub fn handle(&mut self, msg: PeerMsg, store: &Store) -> Option<Result<(), String>> {
+        self.handle_at(msg, store, Instant::now())
+    }
+
+    /// [`TransferReceiver::handle`] at `now` (a simulator passes virtual time).
+    pub fn handle_at(
+        &mut self,
+        msg: PeerMsg,
+        store: &Store,
+        now: Instant,
+    ) -> Option<Result<(), String>> {
         match self.feed(msg) {
             Received::More => None,
-            Received::Bucket(job) => match job.apply(store) {
+            Received::Bucket(job) => match job.apply_at(store, now) {
                 Ok(keys) => {
                     self.keys += keys;
                     None

@@ -553,12 +553,34 @@ pub fn hello_of(
     epoch: u64,
     store: &Store,
 ) -> PeerHello {
+    hello_of_at(
+        primary,
+        run_id,
+        pair,
+        current,
+        epoch,
+        store,
+        std::time::Instant::now(),
+    )
+}
+
+/// [`hello_of`] at `now`: a discarded partial copy leaves session tables born then (a simulator
+/// passes virtual time).
+pub fn hello_of_at(
+    primary: bool,
+    run_id: u64,
+    pair: u64,
+    current: bool,
+    epoch: u64,
+    store: &Store,
+    now: std::time::Instant,
+) -> PeerHello {
     if !current && store.count() > 0 {
         tracing::warn!(
             keys = store.count(),
             "discarding a partial copy left by an interrupted bootstrap"
         );
-        store.clear();
+        store.clear_at(now);
     }
     PeerHello {
         primary,

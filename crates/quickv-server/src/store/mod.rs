@@ -79,9 +79,15 @@ impl Store {
 
     /// An empty store whose session tables keep to `limits`.
     pub fn with_session_limits(limits: SessionLimits) -> Store {
+        Store::with_session_limits_at(limits, std::time::Instant::now())
+    }
+
+    /// [`Store::with_session_limits`] whose tables are born at `now` (a simulator passes virtual
+    /// time).
+    pub fn with_session_limits_at(limits: SessionLimits, now: std::time::Instant) -> Store {
         Store {
             buckets: std::array::from_fn(|_| Bucket::default()),
-            sessions: Sessions::new(limits),
+            sessions: Sessions::new_at(limits, now),
         }
     }
 
@@ -353,10 +359,16 @@ impl Store {
     /// Removes every entry. Like [`Store::replace_bucket`], exact only if no
     /// writes run concurrently.
     pub fn clear(&self) {
+        self.clear_at(std::time::Instant::now())
+    }
+
+    /// [`Store::clear`] at `now`: the emptied session tables are born then (a simulator passes
+    /// virtual time).
+    pub fn clear_at(&self, now: std::time::Instant) {
         for bucket in &self.buckets {
             bucket.clear();
         }
-        self.sessions.clear();
+        self.sessions.clear_at(now);
     }
 
     /// Sum of key and value lengths over all entries; the basis of the
