@@ -66,6 +66,8 @@ const ACK_TIMEOUT_MS: Ms = 1_000;
 /// The step timeout (the server's: the larger of the ack and frame timeouts): how long a resync
 /// may go unacknowledged.
 const STEP_TIMEOUT_MS: Ms = 10_000;
+/// How long a refused or stopping server waits for its goodbye to leave before it closes.
+const CLOSE_GRACE_MS: Ms = 200;
 /// Interval of the primary's digest checks.
 const CHECK_EVERY_MS: Ms = 400;
 /// Keys the clients share: few, so operations collide, in few buckets, so that snapshots and
@@ -75,6 +77,8 @@ const KEYS: usize = 10;
 const CLIENTS: u32 = 3;
 /// The client id of the bulk loader and of entries slipped into the backup's store.
 const LOADER: u32 = 99;
+/// Writes the bulk loader keeps in flight.
+const LOADER_WINDOW: usize = 6;
 /// How long a client retries a write whose fate is unknown (the call's deadline), virtual ms.
 const RETRY_BUDGET_MS: Ms = 4_000;
 
@@ -148,6 +152,8 @@ enum Event {
     Heal,
     /// Both servers sweep idle session records (the server's timer).
     Sweep,
+    /// A connection is closed (after a refusal's goodbye had time to leave).
+    Cut { conn: u64, cause: String },
     /// A bulk loader fills one bucket through the primary, once it takes writes.
     Preload,
     /// The stale primary process dials the backup.
@@ -302,6 +308,10 @@ struct Sim {
     bandwidth: Option<u64>,
     /// Per (connection, lane): when a mismatch arrived and the offset of the resync it started.
     resync_watch: HashMap<(u64, usize), (Ms, u64)>,
+    /// No fault is injected before this time (a slow resync runs its course).
+    quiet_until: Ms,
+    /// Entries the bulk loader has still to write.
+    load: Vec<(Bytes, Bytes)>,
 }
 
 impl Sim {
@@ -320,8 +330,8 @@ impl Sim {
         } else {
             SessionLimits::default()
         };
-        let big_bucket = rng.chance(25);
-        let bandwidth = big_bucket.then(|| rng.range(300, 1200));
+        let big_bucket = rng.chance(12);
+        let bandwidth = big_bucket.then(|| rng.range(80, 200));
         let mut sim = Sim {
             seed,
             rng,
@@ -360,12 +370,14 @@ impl Sim {
             backup_ops: Vec::new(),
             bandwidth,
             resync_watch: HashMap::new(),
+            quiet_until: 0,
+            load: Vec::new(),
         };
         sim.start(Side::Primary);
         sim.start(Side::Backup);
         if big_bucket {
             sim.cov.big_bucket_seeds += 1;
-            sim.at(0, Event::Preload);
+            sim.plan_preload();
         }
         let sweep = sim.session_limits.max_idle / 4;
         sim.at(sweep.as_millis() as Ms, Event::Sweep);
@@ -373,7 +385,11 @@ impl Sim {
             let at = sim.rng.range(0, 50);
             sim.at(at, Event::Client(c));
         }
-        let at = sim.rng.range(300, 1500);
+        // A bulk load over a slow link takes a few seconds: faults start once it is in.
+        let at = match big_bucket {
+            true => sim.rng.range(4000, 5000),
+            false => sim.rng.range(300, 1500),
+        };
         sim.at(at, Event::Fault);
         sim
     }

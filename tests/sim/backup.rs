@@ -32,7 +32,9 @@ impl Sim {
                     let reason = refusal.to_string();
                     self.note(format!("backup refuses connection {conn}: {reason}"));
                     self.send(conn, Side::Backup, 0, &[PeerMsg::Goodbye(reason.clone())]);
-                    return self.cut(conn, &reason);
+                    // Closed after a grace, so that the goodbye reaches the refused primary.
+                    let cause = reason;
+                    return self.at(CLOSE_GRACE_MS, Event::Cut { conn, cause });
                 }
             };
             b.applying_link += 1;

@@ -220,12 +220,15 @@ impl Sim {
             complete: Duration::from_millis(self.now),
             outcome,
         };
+        if op.client == LOADER {
+            self.loader_done(&done.key, &done.kind, &done.outcome);
+        }
         if op.at_backup {
             self.backup_ops.push(done);
         } else {
             self.ops.push(done);
         }
-        if op.client < CLIENTS {
+        if op.client != LOADER {
             let think = self.rng.range(0, 30);
             self.at(think, Event::Client(op.client));
         }
@@ -282,6 +285,7 @@ impl Sim {
             .map(|l| l.conn);
         self.freeze_snapshot_sometimes();
         match self.rng.below(100) {
+            _ if self.now < self.quiet_until => {}
             0..=14 if safe => {
                 self.note("FAULT: primary crashes".into());
                 self.crash(Side::Primary);

@@ -8,8 +8,6 @@ use super::*;
 /// How long a stopping backup keeps applying before it exits (the server's drain timeout is 5 s;
 /// shorter here, so that a stop fits the fault phase).
 const DRAIN_MS: Ms = 2_000;
-/// How long a refused or stopping server waits for its goodbye to leave before it closes.
-const CLOSE_GRACE_MS: Ms = 200;
 
 impl Sim {
     /// The events of this file.
@@ -30,6 +28,7 @@ impl Sim {
                 self.at(period.as_millis().max(100) as Ms, Event::Sweep);
             }
             Event::Preload => self.preload(),
+            Event::Cut { conn, cause } => self.cut(conn, &cause),
             Event::ZombieDial => self.as_zombie(|sim| sim.dial()),
             Event::ZombieExit => self.zombie_exit(),
             Event::Stopping {
@@ -95,43 +94,64 @@ impl Sim {
 
     // ---- a large bucket ----
 
-    /// Loads one bucket with a few hundred entries of a few KiB through the primary, as a bulk
-    /// loader would (recorded like any client's writes): its transfers and resyncs then take
-    /// longer than the ack timeout over the seed's slow link.
-    pub(super) fn preload(&mut self) {
-        if !self.primary.as_ref().is_some_and(|p| p.machine.writes_allowed()) {
-            return self.at(20, Event::Preload);
-        }
+    /// Plans the bulk load of one bucket: a few hundred entries of a few KiB, written through
+    /// the primary by a loader with a few writes in flight (recorded like any client's): the
+    /// bucket's transfers and resyncs then take longer than the ack timeout over the seed's
+    /// slow link.
+    pub(super) fn plan_preload(&mut self) {
         let bucket = BucketId::new(7).expect("bucket 7");
-        let n = self.rng.range(150, 400);
+        let n = self.rng.range(150, 300);
         let mut i = 0u64;
-        let mut added = 0;
-        while added < n {
+        while (self.load.len() as u64) < n {
             i += 1;
             let key = Bytes::from(format!("fill{i}"));
             if BucketId::of(&key) != bucket {
                 continue;
             }
-            let size = self.rng.range(1000, 3000) as usize;
-            let slot = self.pending.len();
-            self.pending.push(Some(Pending {
-                client: LOADER,
-                key,
-                kind: Kind::Insert(Bytes::from(vec![b'f'; size])),
-                invoke: self.now,
-                stamp: None,
-                maybe_applied: false,
-                at_backup: false,
-            }));
-            self.attempt(slot);
-            added += 1;
+            let size = self.rng.range(1000, 2000) as usize;
+            self.load.push((key, Bytes::from(vec![b'f'; size])));
         }
+        for _ in 0..LOADER_WINDOW {
+            self.at(0, Event::Preload);
+        }
+    }
+
+    /// The loader's next write, once the primary takes writes.
+    fn preload(&mut self) {
+        if !self.clients_on || self.load.is_empty() {
+            return;
+        }
+        if !self.primary.as_ref().is_some_and(|p| p.machine.writes_allowed()) {
+            return self.at(20, Event::Preload);
+        }
+        let Some((key, value)) = self.load.pop() else {
+            return;
+        };
+        let slot = self.pending.len();
+        self.pending.push(Some(Pending {
+            client: LOADER,
+            key,
+            kind: Kind::Insert(value),
+            invoke: self.now,
+            stamp: None,
+            maybe_applied: false,
+            at_backup: false,
+        }));
+        self.attempt(slot);
+    }
+
+    /// A loader's write ended: a refused one is tried again later; the next one goes.
+    pub(super) fn loader_done(&mut self, key: &Bytes, kind: &Kind, outcome: &Observed) {
+        if let (Observed::Refused(_), Kind::Insert(value)) = (outcome, kind) {
+            self.load.insert(0, (key.clone(), value.clone()));
+        }
+        self.at(1, Event::Preload);
     }
 
     /// Puts an entry into the linked backup's store that the primary never sent: the next digest
     /// check of its lane mismatches and the primary resyncs the bucket. Only keys no client uses.
     pub(super) fn corrupt_backup(&mut self) {
-        let bucket = if self.rng.chance(50) {
+        let bucket = if self.bandwidth.is_some() || self.rng.chance(30) {
             BucketId::new(7).expect("bucket 7")
         } else {
             BucketId::of(&self.keys[self.rng.below(self.keys.len() as u64) as usize])
@@ -150,6 +170,10 @@ impl Sim {
         let value = Bytes::from_static(b"not from the primary");
         b.store.put(key.clone(), value.clone());
         self.cov.corruptions += 1;
+        if self.bandwidth.is_some() && bucket.index() == 7 {
+            // Let the resync of the large bucket run its course over the slow link.
+            self.quiet_until = self.now + 4_000;
+        }
         // Recorded as a write of unknown fate: the key may survive (the primary crashed before
         // the resync removed it, and took the backup's data) or not.
         let at = Duration::from_millis(self.now);

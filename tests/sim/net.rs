@@ -7,40 +7,51 @@ impl Sim {
     // ---- network ----
 
     /// Sends already encoded frames on a stream of `conn`, in order with what that stream carried.
-    pub(super) fn send_bytes(&mut self, conn: u64, from: Side, stream: usize, bytes: Bytes) {
+    pub(super) fn send_bytes(&mut self, conn: u64, from: Side, stream: usize, mut bytes: Bytes) {
         let to = match from {
             Side::Primary => Side::Backup,
             Side::Backup => Side::Primary,
         };
-        let mut delay = if self.rng.chance(8) {
+        let delay = if self.rng.chance(8) {
             self.rng.range(100, 900)
         } else {
             self.rng.range(1, 15)
         };
-        // A slow link: a batch takes its size over the bandwidth to arrive, and the stream's
-        // later bytes queue behind it.
-        if let Some(bytes_per_ms) = self.bandwidth {
-            delay += bytes.len() as u64 / bytes_per_ms;
-        }
         let now = self.now;
+        let bandwidth = self.bandwidth;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         if !c.alive {
             return;
         }
+        // A slow link streams a batch: each piece arrives once its bytes have crossed at the
+        // link's bandwidth (so the backup applies and acks a long batch as it comes in), and the
+        // stream's later bytes queue behind it.
+        let piece = if bandwidth.is_some() { 16 << 10 } else { bytes.len().max(1) };
         let last = c.last.entry((from, stream)).or_insert(0);
-        let when = (now + delay).max(*last);
-        *last = when;
-        self.at(
-            when - now,
-            Event::Deliver {
-                conn,
-                to,
-                stream,
-                bytes,
-            },
-        );
+        let mut deliveries = Vec::new();
+        let mut crossed = 0u64;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let part = rest.split_to(piece.min(rest.len()));
+            crossed += part.len() as u64;
+            let transfer = bandwidth.map_or(0, |bytes_per_ms| crossed / bytes_per_ms);
+            let when = (now + delay + transfer).max(*last);
+            *last = when;
+            deliveries.push((when, part));
+        }
+        for (when, part) in deliveries {
+            self.at(
+                when - now,
+                Event::Deliver {
+                    conn,
+                    to,
+                    stream,
+                    bytes: part,
+                },
+            );
+        }
     }
 
     pub(super) fn send(&mut self, conn: u64, from: Side, stream: usize, msgs: &[PeerMsg]) {
