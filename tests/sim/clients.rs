@@ -286,6 +286,8 @@ impl Sim {
         self.freeze_snapshot_sometimes();
         match self.rng.below(100) {
             _ if self.now < self.quiet_until => {}
+            // The large bucket's first fault: a mismatch, so its resync outlasts the ack timeout.
+            _ if self.bandwidth.is_some() && self.cov.corruptions == 0 => self.corrupt_backup(),
             0..=14 if safe => {
                 self.note("FAULT: primary crashes".into());
                 self.crash(Side::Primary);

@@ -108,7 +108,7 @@ impl Sim {
             if BucketId::of(&key) != bucket {
                 continue;
             }
-            let size = self.rng.range(1000, 2000) as usize;
+            let size = self.rng.range(600, 1400) as usize;
             self.load.push((key, Bytes::from(vec![b'f'; size])));
         }
         for _ in 0..LOADER_WINDOW {

@@ -12,7 +12,9 @@ impl Sim {
             Side::Primary => Side::Backup,
             Side::Backup => Side::Primary,
         };
-        let delay = if self.rng.chance(8) {
+        // Now and then a long delay (a lost packet, a busy peer); on a slow link the bandwidth
+        // is the delay.
+        let delay = if self.bandwidth.is_none() && self.rng.chance(8) {
             self.rng.range(100, 900)
         } else {
             self.rng.range(1, 15)
