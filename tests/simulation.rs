@@ -4,22 +4,29 @@
 //! One seed drives everything: a virtual clock in milliseconds, a network whose peer streams
 //! deliver in order per stream but with independent, sometimes long delays (so messages on
 //! different streams overtake each other, e.g. a lane write overtakes `Synced`), connection cuts,
-//! partitions, crashes that lose a server's memory, and restarts. The servers run the real
-//! replication logic without I/O: the state machine and the hello rules ([`state::Machine`],
-//! [`state::admit`], [`state::decide`], [`replication::hello_of`]), the bootstrap transfer
-//! ([`link::snapshot_msgs`], [`link::TransferReceiver`]), the primary's lanes ([`Lanes`]: decide,
-//! send, apply on ack, digest checks, resyncs), the backup's applier ([`StreamApplier`]), the
-//! store, and every frame goes through the real peer codec with the real frame limit. What this
-//! file adds is what the tokio drivers (`replication/primary.rs`, `backup.rs`) do: moving frames,
-//! timers, and the order of the handshake steps, mirrored step for step.
+//! partitions, crashes that lose a server's memory, restarts, graceful shutdowns, a second (stale)
+//! primary process, client connections lost with a write in flight, entries slipped into the
+//! backup's store, and a large bucket behind a slow link. The servers run the real replication
+//! logic without I/O, on virtual time (every `*_at` entry point; nothing reads the real clock):
+//! the state machine and the hello rules ([`state::Machine`], [`state::admit`], [`state::decide`],
+//! [`replication::hello_of_at`]), the bootstrap transfer ([`link::snapshot_msgs_at`],
+//! [`link::TransferReceiver`]), the primary's lanes ([`Lanes`]: decide, send, apply on ack,
+//! digest checks, resyncs, the ack timeout), the backup's applier ([`StreamApplier`]), the store
+//! and its session tables, and every frame goes through the real peer codec with the real frame
+//! limit. What this file adds is what the tokio drivers (`replication/primary.rs`, `backup.rs`)
+//! do: moving frames, timers, and the order of the handshake steps, mirrored step for step.
 //!
-//! Clients run operations on a few keys against the primary; every operation and its outcome is
-//! recorded and judged by the project's history checker ([`quickv::history::check`]): no
-//! acknowledged write lost, no refused write taking effect, linearizable per key, and both stores
-//! equal after healing.
+//! Clients run operations on a few keys against the primary (and reads at the backup); every
+//! operation and its outcome is recorded and judged by the project's history checker
+//! ([`quickv::history::check`]): no acknowledged write lost, no refused write taking effect,
+//! linearizable per key, and both stores equal after healing. Reads at the backup are judged in a
+//! second pass and only counted (issue 22), unless `QUICKV_SIM_STRICT_BACKUP_READS` is set.
 //!
-//! `QUICKV_SIM_SEEDS=N` runs N seeds (default 200: 10-25 s in a debug build on two cores);
-//! `QUICKV_SIM_SEED=S` replays one seed exactly. A failing seed prints itself and its findings.
+//! `QUICKV_SIM_SEEDS=N` runs N seeds (default [`DEFAULT_SEEDS`]) from `QUICKV_SIM_FIRST_SEED`
+//! (default 1); `QUICKV_SIM_SEED=S` replays one seed exactly (`QUICKV_SIM_TRACE=1` prints its
+//! events). Every run prints coverage counters (`sim/coverage.rs`); a run of at least
+//! [`FLOOR_SEEDS`] seeds fails if one of them stayed at zero. docs/replication.md, "The
+//! simulator", says what runs here and what does not.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -53,6 +60,8 @@ mod faults;
 mod net;
 #[path = "sim/primary.rs"]
 mod primary;
+#[path = "sim/run.rs"]
+mod run;
 
 /// Virtual milliseconds.
 type Ms = u64;
@@ -545,110 +554,6 @@ impl Sim {
         self.collect_answers();
         self.persist_epochs();
         true
-    }
-
-    fn settled(&self) -> bool {
-        let (Some(p), Some(b)) = (&self.primary, &self.backup) else {
-            return false;
-        };
-        p.machine.state().name() == "sync"
-            && b.machine.state().name() == "sync"
-            && p.lanes.idle()
-            && p.waiting.is_empty()
-            // Entries slipped into the backup are found by the digest checks and resynced away.
-            && p.store.digests() == b.store.digests()
-            && self.pending.iter().all(Option::is_none)
-    }
-
-    /// Runs the seed; returns the figures of a clean history, or the findings.
-    fn run(mut self) -> Result<Figures, String> {
-        while self.now < FAULT_PHASE_MS && self.step() {}
-        self.faults = false;
-        self.clients_on = false;
-        self.partitioned = false;
-        self.zombie_exit();
-        for side in [Side::Primary, Side::Backup] {
-            let down = match side {
-                Side::Primary => self.primary.as_ref().is_none_or(|p| p.stopping),
-                Side::Backup => self.backup.as_ref().is_none_or(|b| b.stopping),
-            };
-            if down {
-                self.exit(side);
-                self.start(side);
-            }
-        }
-        self.schedule_dial(0);
-        let limit = self.now + HEAL_LIMIT_MS;
-        while !self.settled() && self.now < limit && self.step() {}
-        if !self.settled() {
-            return Err(self.failure(format!(
-                "the healed pair did not settle in sync within {HEAL_LIMIT_MS} ms: primary {}, backup {}",
-                self.primary.as_ref().map_or("down", |p| p.machine.state().name()),
-                self.backup.as_ref().map_or("down", |b| b.machine.state().name()),
-            )));
-        }
-        let (Some(p), Some(b)) = (&self.primary, &self.backup) else {
-            return Err(self.failure("a server is down after healing".into()));
-        };
-        let pd = p.store.dump();
-        let bd = b.store.dump();
-        let mut history = History {
-            ops: std::mem::take(&mut self.ops),
-            marks: Vec::new(),
-        };
-        for s in &self.stores {
-            let usage = s.sessions().usage();
-            self.cov.session_evictions += usage.evicted;
-            self.cov.sessions_swept += usage.swept;
-        }
-        let mut figures = Figures {
-            operations: history.ops.len(),
-            indeterminate: history
-                .ops
-                .iter()
-                .filter(|o| matches!(o.outcome, Observed::Indeterminate(_)))
-                .count(),
-            cov: self.cov,
-        };
-        let report = history::check(&history, Some(&pd), Some(&bd));
-        if !report.is_clean() {
-            return Err(self.failure(format!(
-                "the history is not clean: {} lost, {} violations, {} refused took effect, {} unsent took effect, {} diverged keys, {} undecided; {:?}",
-                report.lost_writes,
-                report.violations,
-                report.refused_took_effect,
-                report.unsent_took_effect,
-                report.diverged_keys,
-                report.undecided,
-                report.findings
-            )));
-        }
-        // Reads at the backup, judged with the rest: today's design lets them read ahead of the
-        // primary (issue 22), so a violation is counted, and fails the seed only on request.
-        if !self.backup_ops.is_empty() {
-            history.ops.append(&mut self.backup_ops);
-            let report = history::check(&history, Some(&pd), Some(&bd));
-            if !report.is_clean() {
-                figures.cov.backup_read_violations += 1;
-                if std::env::var_os("QUICKV_SIM_STRICT_BACKUP_READS").is_some() {
-                    return Err(self.failure(format!(
-                        "with the backup's reads the history is not clean: {} violations; {:?}",
-                        report.violations, report.findings
-                    )));
-                }
-            }
-        }
-        Ok(figures)
-    }
-
-    fn failure(&self, what: String) -> String {
-        let tail: Vec<_> = self.log.iter().rev().take(25).rev().cloned().collect();
-        format!(
-            "seed {}: {what}\n  last events:\n  {}\n  replay: QUICKV_SIM_SEED={} cargo test --release --test simulation (QUICKV_SIM_TRACE=1 prints every event)",
-            self.seed,
-            tail.join("\n  "),
-            self.seed
-        )
     }
 }
 

@@ -85,7 +85,10 @@ impl Sim {
 
     /// Which way the primary will take a retry of `slot` (see [`RetryPath`]).
     fn retry_path(&mut self, slot: usize, write: &SessionWrite, key: &Bytes) -> Option<RetryPath> {
-        let p = self.primary.as_ref().filter(|p| p.machine.writes_allowed())?;
+        let p = self
+            .primary
+            .as_ref()
+            .filter(|p| p.machine.writes_allowed())?;
         let proc = p.proc;
         let store = p.store.clone();
         let mut in_flight = false;

@@ -121,7 +121,11 @@ impl Sim {
         if !self.clients_on || self.load.is_empty() {
             return;
         }
-        if !self.primary.as_ref().is_some_and(|p| p.machine.writes_allowed()) {
+        if !self
+            .primary
+            .as_ref()
+            .is_some_and(|p| p.machine.writes_allowed())
+        {
             return self.at(20, Event::Preload);
         }
         let Some((key, value)) = self.load.pop() else {
@@ -160,7 +164,11 @@ impl Sim {
         let Some(b) = self.backup.as_ref() else {
             return;
         };
-        if !b.link.as_ref().is_some_and(|l| matches!(l.phase, BPhase::Running)) {
+        if !b
+            .link
+            .as_ref()
+            .is_some_and(|l| matches!(l.phase, BPhase::Running))
+        {
             return;
         }
         let key = (0u32..)
@@ -243,14 +251,21 @@ impl Sim {
             Side::Backup => self.backup.as_ref().is_none_or(|b| b.link.is_none()),
         };
         if !done && self.now < deadline {
-            return self.at(5, Event::Stopping {
-                side,
-                proc,
-                deadline,
-            });
+            return self.at(
+                5,
+                Event::Stopping {
+                    side,
+                    proc,
+                    deadline,
+                },
+            );
         }
         if side == Side::Primary {
-            if let Some(conn) = self.primary.as_ref().and_then(|p| p.link.as_ref()).map(|l| l.conn)
+            if let Some(conn) = self
+                .primary
+                .as_ref()
+                .and_then(|p| p.link.as_ref())
+                .map(|l| l.conn)
             {
                 let bye = PeerMsg::Goodbye("primary shutting down".into());
                 self.send(conn, Side::Primary, 0, &[bye]);

@@ -30,7 +30,11 @@ impl Sim {
         // A slow link streams a batch: each piece arrives once its bytes have crossed at the
         // link's bandwidth (so the backup applies and acks a long batch as it comes in), and the
         // stream's later bytes queue behind it.
-        let piece = if bandwidth.is_some() { 16 << 10 } else { bytes.len().max(1) };
+        let piece = if bandwidth.is_some() {
+            16 << 10
+        } else {
+            bytes.len().max(1)
+        };
         let last = c.last.entry((from, stream)).or_insert(0);
         let mut deliveries = Vec::new();
         let mut crossed = 0u64;

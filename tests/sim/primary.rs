@@ -65,7 +65,8 @@ impl Sim {
             return;
         }
         p.link = None;
-        p.lanes.fail_all_at(cause, base() + Duration::from_millis(self.now));
+        p.lanes
+            .fail_all_at(cause, base() + Duration::from_millis(self.now));
         p.machine.handle_link_lost(cause.to_string());
         self.cut(conn, cause);
         let backoff = self.rng.range(50, 250);
