@@ -7,7 +7,7 @@ impl Sim {
     // ---- network ----
 
     /// Sends already encoded frames on a stream of `conn`, in order with what that stream carried.
-    pub(super) fn send_bytes(&mut self, conn: u64, from: Side, stream: usize, mut bytes: Bytes) {
+    pub(super) fn send_bytes(&mut self, conn: u64, from: Side, stream: usize, bytes: Bytes) {
         let to = match from {
             Side::Primary => Side::Backup,
             Side::Backup => Side::Primary,
