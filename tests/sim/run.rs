@@ -67,6 +67,20 @@ impl Sim {
                 .count(),
             cov: self.cov,
         };
+        // `QUICKV_SIM_KEY=k` prints the history of key k (what a finding names).
+        if let Ok(k) = std::env::var("QUICKV_SIM_KEY") {
+            for o in history
+                .ops
+                .iter()
+                .filter(|o| o.key.as_ref() == k.as_bytes())
+            {
+                let (invoke, complete) = (o.invoke.as_millis(), o.complete.as_millis());
+                eprintln!(
+                    "client {} {:?} [{invoke} ms, {complete} ms] -> {:?}",
+                    o.client, o.kind, o.outcome
+                );
+            }
+        }
         let report = history::check(&history, Some(&pd), Some(&bd));
         if !report.is_clean() {
             return Err(self.failure(format!(
