@@ -36,12 +36,10 @@ impl Sim {
                 proc,
                 deadline,
             } => self.stopping(side, proc, deadline),
-            Event::Exit { side, proc } => {
-                if self.proc_of(side) == Some(proc) {
-                    self.exit(side);
-                    let back = self.rng.range(50, 1000);
-                    self.at(back, Event::Restart(side));
-                }
+            Event::Exit { side, proc } if self.proc_of(side) == Some(proc) => {
+                self.exit(side);
+                let back = self.rng.range(50, 1000);
+                self.at(back, Event::Restart(side));
             }
             Event::PrimaryDrain { conn, deadline } => {
                 let Some(p) = self.primary.as_ref() else {
@@ -323,7 +321,7 @@ impl Sim {
             return;
         };
         let backup_epoch = self.backup.as_ref().map(|b| b.machine.epoch());
-        if self.zombie.is_some() || !backup_epoch.is_some_and(|e| epoch < e) {
+        if self.zombie.is_some() || backup_epoch.is_none_or(|e| epoch >= e) {
             return;
         }
         let store = self.new_store();
