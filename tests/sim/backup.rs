@@ -124,7 +124,8 @@ impl Sim {
         }
         let mut replies = Vec::new();
         let mut failure = None;
-        let streams: Vec<usize> = link.inbox.keys().copied().filter(|s| *s > 0).collect();
+        let mut streams: Vec<usize> = link.inbox.keys().copied().filter(|s| *s > 0).collect();
+        streams.sort_unstable(); // the map's order is random: a seed must replay exactly
         for stream in streams {
             let Some(buf) = link.inbox.get_mut(&stream) else {
                 continue;

@@ -27,25 +27,26 @@ impl Sim {
         if !c.alive {
             return;
         }
-        // A slow link streams a batch: each piece arrives once its bytes have crossed at the
+        // A slow link streams a batch: each frame arrives once its bytes have crossed at the
         // link's bandwidth (so the backup applies and acks a long batch as it comes in), and the
         // stream's later bytes queue behind it.
-        let piece = if bandwidth.is_some() {
-            16 << 10
-        } else {
-            bytes.len().max(1)
-        };
         let last = c.last.entry((from, stream)).or_insert(0);
         let mut deliveries = Vec::new();
-        let mut crossed = 0u64;
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let part = rest.split_to(piece.min(rest.len()));
-            crossed += part.len() as u64;
-            let transfer = bandwidth.map_or(0, |bytes_per_ms| crossed / bytes_per_ms);
-            let when = (now + delay + transfer).max(*last);
-            *last = when;
-            deliveries.push((when, part));
+        match bandwidth {
+            None => {
+                let when = (now + delay).max(*last);
+                *last = when;
+                deliveries.push((when, bytes));
+            }
+            Some(bytes_per_ms) => {
+                let mut crossed = 0u64;
+                for (frame, cost) in frames_and_costs(bytes, &self.limits) {
+                    crossed += cost;
+                    let when = (now + delay + crossed / bytes_per_ms).max(*last);
+                    *last = when;
+                    deliveries.push((when, frame));
+                }
+            }
         }
         for (when, part) in deliveries {
             self.at(
@@ -218,6 +219,36 @@ impl Sim {
                     l.inbox.insert(stream, buf);
                 }
             }
+        }
+    }
+}
+
+/// The frames of a batch, each with what it costs on a slow link: its length, but for a chunk of
+/// bucket entries the entries' own lengths. How the store's (randomly ordered) entries fall into
+/// chunks then changes no arrival time that matters (a bucket is installed at its end frame), so
+/// a seed replays exactly.
+fn frames_and_costs(mut bytes: Bytes, limits: &Limits) -> Vec<(Bytes, u64)> {
+    let whole = bytes.clone();
+    let mut buf = BytesMut::from(&bytes[..]);
+    let mut out = Vec::new();
+    loop {
+        let before = buf.len();
+        match PeerMsg::decode(&mut buf, limits) {
+            Ok(Some(msg)) => {
+                let len = before - buf.len();
+                let frame = bytes.split_to(len);
+                let cost = match &msg {
+                    PeerMsg::BucketChunk(entries) => entries
+                        .iter()
+                        .map(|(k, v)| (k.len() + v.len() + 8) as u64)
+                        .sum(),
+                    _ => len as u64,
+                };
+                out.push((frame, cost));
+            }
+            Ok(None) if buf.is_empty() => return out,
+            // Not whole frames (never sent so): one piece at its length.
+            _ => return vec![(whole.clone(), whole.len() as u64)],
         }
     }
 }

@@ -122,3 +122,22 @@ impl Sim {
         )
     }
 }
+
+/// The seeds to run: `QUICKV_SIM_SEED`, or `QUICKV_SIM_SEEDS` from `QUICKV_SIM_FIRST_SEED`.
+pub(super) fn seeds() -> Vec<u64> {
+    if let Some(seed) = std::env::var("QUICKV_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return vec![seed];
+    }
+    let n: u64 = std::env::var("QUICKV_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEEDS);
+    let base: u64 = ["QUICKV_SIM_FIRST_SEED", "QUICKV_SIM_BASE"]
+        .iter()
+        .find_map(|var| std::env::var(var).ok().and_then(|s| s.parse().ok()))
+        .unwrap_or(1);
+    (base..base + n).collect()
+}
