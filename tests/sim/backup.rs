@@ -7,6 +7,7 @@ impl Sim {
     // ---- the backup's driver ----
 
     pub(super) fn backup_ctl(&mut self, conn: u64, msg: PeerMsg) {
+        let now = self.clock();
         let Some(b) = self.backup.as_mut() else {
             return;
         };
@@ -31,7 +32,9 @@ impl Sim {
                     let reason = refusal.to_string();
                     self.note(format!("backup refuses connection {conn}: {reason}"));
                     self.send(conn, Side::Backup, 0, &[PeerMsg::Goodbye(reason.clone())]);
-                    return self.cut(conn, &reason);
+                    // Closed after a grace, so that the goodbye reaches the refused primary.
+                    let cause = reason;
+                    return self.at(CLOSE_GRACE_MS, Event::Cut { conn, cause });
                 }
             };
             b.applying_link += 1;
@@ -51,7 +54,7 @@ impl Sim {
                 b.machine.current(),
                 b.machine.epoch(),
                 &b.store,
-                std::time::Instant::now(),
+                now,
             );
             let plan = b.machine.handle_hellos(&theirs, &ours, epoch);
             let phase = if plan.buckets.is_empty() {
@@ -63,15 +66,7 @@ impl Sim {
             };
             let mut msgs = vec![PeerMsg::Hello(Box::new(ours))];
             if matches!(phase, BPhase::AwaitAck) {
-                msgs.extend(
-                    snapshot_msgs(
-                        &b.store,
-                        &plan.buckets,
-                        &self.limits,
-                        std::time::Instant::now(),
-                    )
-                    .0,
-                );
+                msgs.extend(snapshot_msgs(&b.store, &plan.buckets, &self.limits, now).0);
             }
             b.link = Some(BLink {
                 conn,
@@ -87,25 +82,23 @@ impl Sim {
         let Some(link) = b.link.as_mut() else { return };
         let phase = std::mem::replace(&mut link.phase, BPhase::Running);
         match (phase, msg) {
-            (BPhase::Receiving(mut rx), msg) => {
-                match rx.handle(msg, &b.store, std::time::Instant::now()) {
-                    None => link.phase = BPhase::Receiving(rx),
-                    Some(verdict) => {
-                        let ack = PeerMsg::TransferAck {
-                            ok: verdict.is_ok(),
-                            reason: verdict.clone().err().unwrap_or_default(),
-                        };
-                        if verdict.is_ok() {
-                            b.machine.handle_transfer_verified();
-                        }
-                        self.send(conn, Side::Backup, 0, &[ack]);
-                        match verdict {
-                            Ok(()) => self.backup_drain(conn),
-                            Err(e) => self.cut(conn, &e),
-                        }
+            (BPhase::Receiving(mut rx), msg) => match rx.handle(msg, &b.store, now) {
+                None => link.phase = BPhase::Receiving(rx),
+                Some(verdict) => {
+                    let ack = PeerMsg::TransferAck {
+                        ok: verdict.is_ok(),
+                        reason: verdict.clone().err().unwrap_or_default(),
+                    };
+                    if verdict.is_ok() {
+                        b.machine.handle_transfer_verified();
+                    }
+                    self.send(conn, Side::Backup, 0, &[ack]);
+                    match verdict {
+                        Ok(()) => self.backup_drain(conn),
+                        Err(e) => self.cut(conn, &e),
                     }
                 }
-            }
+            },
             (BPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
                 b.machine.handle_epoch_confirmed();
                 self.backup_drain(conn)
@@ -119,6 +112,7 @@ impl Sim {
     /// data streams only after the transfer, so earlier bytes wait in QUIC's buffers).
     pub(super) fn backup_drain(&mut self, conn: u64) {
         let limits = self.limits;
+        let now = self.clock();
         let Some(b) = self.backup.as_mut() else {
             return;
         };
@@ -130,7 +124,8 @@ impl Sim {
         }
         let mut replies = Vec::new();
         let mut failure = None;
-        let streams: Vec<usize> = link.inbox.keys().copied().filter(|s| *s > 0).collect();
+        let mut streams: Vec<usize> = link.inbox.keys().copied().filter(|s| *s > 0).collect();
+        streams.sort_unstable(); // the map's order is random: a seed must replay exactly
         for stream in streams {
             let Some(buf) = link.inbox.get_mut(&stream) else {
                 continue;
@@ -147,12 +142,7 @@ impl Sim {
                             failure = Some("fenced: superseded link".to_string());
                             break;
                         }
-                        match applier.handle(
-                            msg,
-                            &b.store,
-                            b.repl.counters(),
-                            std::time::Instant::now(),
-                        ) {
+                        match applier.handle(msg, &b.store, b.repl.counters(), now) {
                             Ok(report) => out.extend(report),
                             Err(e) => {
                                 failure = Some(e.to_string());
