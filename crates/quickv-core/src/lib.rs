@@ -33,7 +33,7 @@
 //! | [`reply`] | where a replicated write's answer goes |
 //! | [`apply`] | the backup's applier of a data stream |
 //! | [`transfer`] | the bootstrap transfer: encoding buckets, receiving and verifying them |
-//! | [`write`] | the outcome table of a client write ([`write::decide`]), for standalone and primary |
+//! | [`write`](mod@write) | the outcome table of a client write ([`write::decide`]), for standalone and primary |
 //! | [`counters`], [`error`] | status counters; why a link failed |
 
 pub mod apply;
