@@ -52,6 +52,9 @@ pub use counters::Counters;
 pub use error::LinkError;
 
 #[cfg(test)]
+mod golden;
+
+#[cfg(test)]
 pub(crate) mod testing {
     //! What the unit tests share.
 

@@ -541,3 +541,7 @@ fn non_negative(total: &AtomicI64) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod apply_tests;
