@@ -32,6 +32,7 @@
 //! | [`resync`] | a lane resync's plan and image; the ack clock |
 //! | [`reply`] | where a replicated write's answer goes |
 //! | [`apply`] | the backup's applier of a data stream |
+//! | [`timers`] | the primary's link timers: the ack timeout and the digest-check schedule |
 //! | [`transfer`] | the bootstrap transfer: encoding buckets, receiving and verifying them |
 //! | [`write`](mod@write) | the outcome table of a client write ([`write::decide`]), for standalone and primary |
 //! | [`counters`], [`error`] | status counters; why a link failed |
@@ -45,6 +46,7 @@ pub mod reply;
 pub mod resync;
 pub mod state;
 pub mod store;
+pub mod timers;
 pub mod transfer;
 pub mod write;
 

@@ -16,10 +16,11 @@ use crate::replication::link::{
 };
 use crate::replication::Replication;
 use crate::tls::{self, CertPaths, Identity};
-use quickv_core::lanes::{CheckOutcome, FrameSink};
+use quickv_core::lanes::FrameSink;
 use quickv_core::resync::ResyncPlan;
 use quickv_core::state::{admit, Refusal, Source};
 use quickv_core::store::{BucketId, BUCKETS};
+use quickv_core::timers::LinkTimers;
 use quickv_proto::peer::PeerMsg;
 
 /// First redial delay after a lost link (or an endpoint that cannot dial).
@@ -168,8 +169,13 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     )
     .await?;
 
-    let mut tick = tokio::time::interval(repl.config.ack_timeout / 4);
-    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    // The ack timeout and the digest checks: the core's rules, on one timer.
+    let mut timers = LinkTimers::new(
+        std::time::Instant::now(),
+        repl.config.ack_timeout,
+        step,
+        CHECK_INTERVAL,
+    );
     loop {
         tokio::select! {
             msg = ctl.next() => match msg {
@@ -182,24 +188,13 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
                 Ok(other) => return Err(LinkError(format!("unexpected {other:?} on the control stream"))),
                 Err(e) => return Err(e),
             },
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(timers.poll_timeout().into()) => {
                 // Dead link: something outstanding and no ack progress for the ack timeout (a
                 // resync, which the backup checks and installs whole, gets the step timeout).
-                if let Some((bucket, waited)) =
-                    repl.lanes.stalled(std::time::Instant::now(), repl.config.ack_timeout, step)
-                {
-                    return Err(LinkError(format!(
-                        "no ack from the backup within {:?} (lane {bucket} waited {waited:?} without progress)",
-                        repl.config.ack_timeout
-                    )));
-                }
-            }
-            _ = check.tick() => {
-                for b in BucketId::all() {
-                    if let CheckOutcome::Sent = repl.lanes.check(&repl.store, b) {
-                        repl.counters.digest_checks.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let checks = timers
+                    .handle_timeout(std::time::Instant::now(), &repl.lanes, &repl.store)
+                    .map_err(LinkError)?;
+                repl.counters.digest_checks.fetch_add(checks, Ordering::Relaxed);
             }
             _ = lane_failed.cancelled() => {
                 return Err(LinkError("a lane of the peer link failed".into()));
