@@ -31,7 +31,7 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 use quickv::history::{self, History, Kind, Observed, Operation};
-use quickv_core::apply::StreamApplier;
+use quickv_core::apply::{Pass, StreamApplier};
 use quickv_core::hello::hello_of;
 use quickv_core::lanes::Lanes;
 use quickv_core::state::{admit, Machine, Source};
@@ -190,7 +190,7 @@ struct BLink {
     generation: u64,
     phase: BPhase,
     inbox: HashMap<usize, BytesMut>,
-    appliers: HashMap<usize, (StreamApplier, [u64; BUCKETS])>,
+    appliers: HashMap<usize, StreamApplier>,
 }
 
 struct Backup {

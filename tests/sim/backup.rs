@@ -135,48 +135,34 @@ impl Sim {
             let Some(buf) = link.inbox.get_mut(&stream) else {
                 continue;
             };
-            let (applier, acked) = link
-                .appliers
-                .entry(stream)
-                .or_insert_with(|| (StreamApplier::default(), [0; BUCKETS]));
+            let applier = link.appliers.entry(stream).or_default();
+            let live = || b.applying_link == link.generation;
             let mut out = Vec::new();
+            let now = std::time::Instant::now();
             loop {
-                match PeerMsg::decode(buf, &limits) {
-                    Ok(Some(msg)) => {
-                        if b.applying_link != link.generation {
-                            failure = Some("fenced: superseded link".to_string());
-                            break;
-                        }
-                        match applier.handle(
-                            msg,
-                            &b.store,
-                            b.repl.counters(),
-                            std::time::Instant::now(),
-                        ) {
-                            Ok(report) => out.extend(report),
-                            Err(e) => {
-                                failure = Some(e.to_string());
-                                break;
-                            }
-                        }
-                    }
-                    Ok(None) => break,
+                let pass = applier.apply_buffered(
+                    buf,
+                    &limits,
+                    &b.store,
+                    b.repl.counters(),
+                    now,
+                    live,
+                    &mut out,
+                );
+                match pass.and_then(|pass| match pass {
+                    // The server installs it off its runtime, under the store's fence; here at once.
+                    Pass::Resync(job) => job.apply(&b.store, b.repl.counters()).map(|()| true),
+                    Pass::Done => Ok(false),
+                }) {
+                    Ok(true) => {}
+                    Ok(false) => break,
                     Err(e) => {
                         failure = Some(e.to_string());
                         break;
                     }
                 }
             }
-            for lane in BucketId::all() {
-                let applied = applier.applied[lane.index()];
-                if applied > acked[lane.index()] {
-                    acked[lane.index()] = applied;
-                    out.push(PeerMsg::Ack {
-                        bucket: lane,
-                        offset: applied,
-                    });
-                }
-            }
+            applier.acks(&mut out);
             if !out.is_empty() {
                 replies.push((stream, out));
             }

@@ -34,6 +34,12 @@ impl PeerReader {
         }
     }
 
+    /// The bytes read and not yet decoded (a decoder that takes several frames at once reads
+    /// them here).
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        self.reader.buffer()
+    }
+
     /// A message already buffered, without waiting.
     pub fn buffered(&mut self) -> Result<Option<PeerMsg>, LinkError> {
         PeerMsg::decode(self.reader.buffer(), &self.limits).map_err(LinkError::new)
