@@ -53,13 +53,11 @@ impl Sim {
                 &b.store,
                 std::time::Instant::now(),
             );
-            let plan = b.machine.handle_hellos(&theirs, &ours, epoch);
-            let phase = if plan.buckets.is_empty() {
-                BPhase::Running
-            } else if plan.source == Source::Primary {
-                BPhase::Receiving(TransferReceiver::default())
-            } else {
-                BPhase::AwaitAck
+            let (plan, transfer) = backup_plan(&mut b.machine, &theirs, &ours, epoch);
+            let phase = match transfer {
+                Transfer::Nothing => BPhase::Running,
+                Transfer::Receive(_) => BPhase::Receiving(TransferReceiver::default()),
+                Transfer::Send(_) => BPhase::AwaitAck,
             };
             let mut msgs = vec![PeerMsg::Hello(Box::new(ours))];
             if matches!(phase, BPhase::AwaitAck) {
@@ -91,14 +89,10 @@ impl Sim {
                 match rx.handle(msg, &b.store, std::time::Instant::now()) {
                     None => link.phase = BPhase::Receiving(rx),
                     Some(verdict) => {
-                        let ack = PeerMsg::TransferAck {
-                            ok: verdict.is_ok(),
-                            reason: verdict.clone().err().unwrap_or_default(),
-                        };
                         if verdict.is_ok() {
-                            b.machine.handle_transfer_verified();
+                            transfer_ended(&mut b.machine, true);
                         }
-                        self.send(conn, Side::Backup, 0, &[ack]);
+                        self.send(conn, Side::Backup, 0, &[transfer_ack(&verdict)]);
                         match verdict {
                             Ok(()) => self.backup_drain(conn),
                             Err(e) => self.cut(conn, &e),
@@ -107,7 +101,7 @@ impl Sim {
                 }
             }
             (BPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
-                b.machine.handle_epoch_confirmed();
+                transfer_ended(&mut b.machine, false);
                 self.backup_drain(conn)
             }
             (BPhase::Running, PeerMsg::Synced) => b.machine.handle_synced(),

@@ -83,37 +83,37 @@ impl Sim {
         };
         let phase = std::mem::replace(&mut link.phase, PPhase::AwaitAck);
         match (phase, msg) {
-            (PPhase::Hello { ours }, PeerMsg::Hello(theirs)) => {
-                let epoch = match admit(&ours, &theirs) {
-                    Ok(e) => e,
-                    Err(e) => return self.primary_link_lost(conn, &e.to_string()),
+            (PPhase::Hello { ours }, answer) => {
+                let transfer = match primary_answered(&mut p.machine, &ours, answer) {
+                    Ok((_, _, transfer)) => transfer,
+                    Err(e) => return self.primary_link_lost(conn, &e),
                 };
-                let plan = p.machine.handle_hellos(&ours, &theirs, epoch);
-                if plan.buckets.is_empty() {
-                    self.open_lanes(conn);
-                } else if plan.source == Source::Primary {
-                    let (msgs, _, _) =
-                        snapshot_msgs(&p.store, &plan.buckets, &limits, std::time::Instant::now());
-                    link.phase = PPhase::AwaitAck;
-                    self.send(conn, Side::Primary, 0, &msgs);
-                } else {
-                    link.phase = PPhase::Receiving(TransferReceiver::default());
+                match transfer {
+                    Transfer::Nothing => self.open_lanes(conn),
+                    Transfer::Send(buckets) => {
+                        let (msgs, _, _) =
+                            snapshot_msgs(&p.store, &buckets, &limits, std::time::Instant::now());
+                        link.phase = PPhase::AwaitAck;
+                        self.send(conn, Side::Primary, 0, &msgs);
+                    }
+                    Transfer::Receive(_) => {
+                        link.phase = PPhase::Receiving(TransferReceiver::default())
+                    }
                 }
             }
-            (PPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => self.open_lanes(conn),
+            (PPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
+                transfer_ended(&mut p.machine, false);
+                self.open_lanes(conn)
+            }
             (PPhase::Receiving(mut rx), msg) => {
                 match rx.handle(msg, &p.store, std::time::Instant::now()) {
                     None => link.phase = PPhase::Receiving(rx),
                     Some(verdict) => {
-                        let ack = PeerMsg::TransferAck {
-                            ok: verdict.is_ok(),
-                            reason: verdict.clone().err().unwrap_or_default(),
-                        };
-                        self.send(conn, Side::Primary, 0, &[ack]);
+                        self.send(conn, Side::Primary, 0, &[transfer_ack(&verdict)]);
                         match verdict {
                             Ok(()) => {
                                 if let Some(p) = self.primary.as_mut() {
-                                    p.machine.handle_transfer_verified();
+                                    transfer_ended(&mut p.machine, true);
                                 }
                                 self.open_lanes(conn);
                             }

@@ -28,6 +28,7 @@
 //! | [`store`] | 32 flurry buckets with counts and order-independent digests; session records |
 //! | [`state`] | the replication state machine: admission, epochs, the warm-start plan |
 //! | [`hello`] | a server's hello (and the discard of a partial copy) |
+//! | [`opening`] | a link's opening steps: the hello answered, the plan, the transfer's direction and end |
 //! | [`lanes`] | the primary's 32 lanes: decide, send, apply on ack, checks, resyncs |
 //! | [`resync`] | a lane resync's plan and image; the ack clock |
 //! | [`reply`] | where a replicated write's answer goes |
@@ -42,6 +43,7 @@ pub mod counters;
 pub mod error;
 pub mod hello;
 pub mod lanes;
+pub mod opening;
 pub mod reply;
 pub mod resync;
 pub mod state;

@@ -13,7 +13,8 @@ use crate::replication::link::{
 };
 use crate::replication::Replication;
 use quickv_core::apply::{Pass, StreamApplier};
-use quickv_core::state::{admit, may_supersede, Refusal, Source};
+use quickv_core::opening::{backup_plan, transfer_ended, Transfer};
+use quickv_core::state::{admit, may_supersede, Refusal};
 use quickv_core::store::{BucketId, Digest, BUCKETS};
 use quickv_proto::peer::{PeerHello, PeerMsg};
 
@@ -157,25 +158,28 @@ async fn run_link(
     let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
-    let plan = repl
-        .with_link_machine(g, |v| v.machine.handle_hellos(theirs, &ours, link.epoch))
+    let (plan, transfer) = repl
+        .with_link_machine(g, |v| {
+            backup_plan(&mut v.machine, theirs, &ours, link.epoch)
+        })
         .ok_or_else(superseded)?;
-    if !plan.buckets.is_empty() {
-        match plan.source {
-            Source::Primary => {
-                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
-                // The copy is verified: this store is the pair's data from here on, whether or
-                // not `Synced` ever arrives.
-                repl.with_link_machine(g, |v| v.machine.handle_transfer_verified())
-                    .ok_or_else(superseded)?;
-            }
-            Source::Backup => {
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
-                // The primary acknowledged our snapshot: it has our hello and the epoch.
-                repl.with_link_machine(g, |v| v.machine.handle_epoch_confirmed())
-                    .ok_or_else(superseded)?;
-            }
+    let received = match &transfer {
+        Transfer::Nothing => None,
+        Transfer::Receive(_) => {
+            receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
+            // The copy is verified: this store is the pair's data from here on, whether or not
+            // `Synced` ever arrives.
+            Some(true)
         }
+        Transfer::Send(buckets) => {
+            send_buckets(&mut ctl_send, &mut ctl, &repl.store, buckets, step).await?;
+            // The primary acknowledged our snapshot: it has our hello and the epoch.
+            Some(false)
+        }
+    };
+    if let Some(received) = received {
+        repl.with_link_machine(g, |v| transfer_ended(&mut v.machine, received))
+            .ok_or_else(superseded)?;
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
         repl.counters
             .buckets_transferred

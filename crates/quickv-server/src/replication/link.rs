@@ -10,6 +10,7 @@ use quickv_net::FramedReader;
 use tracing::info;
 
 use crate::config::ServerConfig;
+use quickv_core::opening::transfer_ack;
 use quickv_core::store::{BucketId, Store};
 use quickv_core::transfer::{encode_bucket, Received, TransferReceiver, CHUNK_BYTES};
 pub use quickv_core::LinkError;
@@ -205,10 +206,7 @@ pub async fn receive_buckets(
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
     };
     drop(held);
-    let ack = PeerMsg::TransferAck {
-        ok: verdict.is_ok(),
-        reason: verdict.clone().err().unwrap_or_default(),
-    };
+    let ack = transfer_ack(&verdict);
     bounded(step, "sending the transfer ack", send_msgs(send, &[ack])).await?;
     verdict.map_err(LinkError)?;
     info!(
