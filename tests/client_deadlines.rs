@@ -105,7 +105,7 @@ async fn short_deadlines_end_on_time_behind_a_long_call_and_the_client_carries_o
     }
     assert_eq!(client.in_flight(), 0);
     assert_eq!(
-        client.status().await.expect("status")["connections_total"],
+        client.status().await.expect("status").connections_total,
         before,
         "the client had to reconnect"
     );

@@ -298,7 +298,7 @@ fn stamped(id: u64, op: Op, seq: u64, age_ms: u32) -> Request {
 #[tokio::test]
 async fn a_retry_gets_the_original_answer_and_an_evicted_one_a_clear_error() {
     let pair = Pair::start(&["--session-window", "1"]).await;
-    let cfg = common::raw_client_config(pair.certs.path(), quickv_server::tls::Identity::Client);
+    let cfg = common::raw_client_config(pair.certs.path(), quickv_net::tls::Identity::Client);
     let (_endpoint, conn) = common::raw_connection(pair.primary_addr, cfg).await;
     let k = || Bytes::from_static(b"k");
     let insert = |v: &'static str| Op::Insert {
@@ -348,15 +348,14 @@ async fn a_retry_gets_the_original_answer_and_an_evicted_one_a_clear_error() {
     conn.close(0u32.into(), b"done");
     let mut pair = pair;
     kill_and_restart_primary(&mut pair).await;
-    let cfg = common::raw_client_config(pair.certs.path(), quickv_server::tls::Identity::Client);
+    let cfg = common::raw_client_config(pair.certs.path(), quickv_net::tls::Identity::Client);
     let (_endpoint2, conn2) = common::raw_connection(pair.primary_addr, cfg).await;
     let after = exchange(&conn2, true, &[stamped(1, insert("v5"), 4, 9_000)]).await;
     assert_eq!(reply(after), Reply::Ok, "the record survived the restart");
     // A version 1 client is still served (it sends no stamps), an unknown version is refused
     // in plain words.
     for (version, served) in [(1u16, true), (PROTOCOL_VERSION + 1, false)] {
-        let cfg =
-            common::raw_client_config(pair.certs.path(), quickv_server::tls::Identity::Client);
+        let cfg = common::raw_client_config(pair.certs.path(), quickv_net::tls::Identity::Client);
         let (_e, c) = common::raw_connection(pair.primary_addr, cfg).await;
         match reply(exchange(&c, false, &[Request::new(1, Op::Hello { version })]).await) {
             Reply::Hello { version: v, .. } if served => assert_eq!(v, version),

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quickv_client::{Client, ClientConfig, ClientError};
+use quickv_net::tls::{self, CertPaths};
 use quickv_proto::{self as protocol, ErrorCode, Limits, Op, Reply, Request};
-use quickv_server::tls::{self, CertPaths};
 
 use common::{cli, free_addr, fresh_certs, ServerProc};
 
@@ -46,9 +46,9 @@ async fn every_op_and_result_kind() {
     assert_eq!(c.delete("k1").await.expect("delete"), Bytes::from("v2"));
     assert_eq!(c.delete("k1").await, Err(ClientError::NotFound));
     let status = c.status().await.expect("status");
-    assert_eq!(status["role"], "standalone");
-    assert_eq!(status["keys"], 1);
-    assert!(status["state"].is_string());
+    assert_eq!(status.role, "standalone");
+    assert_eq!(status.keys, 1);
+    assert_eq!(status.state, "serving");
 
     // Limits: a key over --max-key and a value over --max-value are errors, the stream goes on.
     match c.insert("a-key-longer-than-16", "v").await {
@@ -100,7 +100,7 @@ async fn a_lone_backup_refuses_writes_and_unsynced_reads() {
         }
         other => panic!("expected unavailable, got {other:?}"),
     }
-    assert_eq!(c.status().await.expect("status")["state"], "cold_start");
+    assert_eq!(c.status().await.expect("status").state, "cold_start");
 }
 
 #[tokio::test]
@@ -137,7 +137,7 @@ async fn fifty_tasks_pipeline_two_hundred_ops_each_through_one_client() {
     }
     assert_eq!(c.count().await.expect("count"), 0);
     let status = c.status().await.expect("status");
-    assert!(status["requests"].as_u64().expect("requests") >= 10_000);
+    assert!(status.requests >= 10_000);
 }
 
 /// Opens a raw stream with the real client certificate and writes `bytes`; returns what came back.
@@ -231,10 +231,7 @@ async fn garbage_and_oversized_frames_end_only_their_stream() {
         Some(&b"1"[..])
     );
     let status = good.status().await.expect("status");
-    assert!(
-        status["bad_frames"].as_u64().expect("bad_frames") >= 3,
-        "{status}"
-    );
+    assert!(status.bad_frames >= 3, "{status:?}");
 }
 
 #[tokio::test]

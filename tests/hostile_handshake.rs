@@ -49,7 +49,7 @@ fn blackhole_relay(server: SocketAddr) -> (SocketAddr, std::sync::mpsc::Receiver
 /// flooding.
 fn flood(n: usize, target: SocketAddr) -> Vec<quinn::Endpoint> {
     let evil = fresh_certs();
-    let cfg = quickv_server::tls::client_config_from_files(
+    let cfg = quickv_net::tls::client_config_from_files(
         &evil.path().join("ca.pem"),
         None,
         protocol::ALPN,
@@ -98,7 +98,7 @@ async fn unanswered_initials_take_no_slot_from_a_legitimate_client() {
         "client connected and answered in {:.1} ms under a flood of 12 Initials (max_connections 4)",
         started.elapsed().as_secs_f64() * 1e3
     );
-    let status = client.status().await.expect("status").into_raw();
+    let status = client.status_json().await.expect("status");
     assert_eq!(status["handshakes_pending"], 0, "{status}");
 }
 
@@ -266,7 +266,7 @@ async fn one_certificate_cannot_take_every_connection() {
     drop(second);
     first.close(0u32.into(), b"done");
     let deadline = Instant::now() + WAIT;
-    while admin.status().await.expect("status").into_raw()["connections"] != 1 {
+    while admin.status_json().await.expect("status")["connections"] != 1 {
         assert!(Instant::now() < deadline, "slots never given back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -307,7 +307,7 @@ async fn handshakes_per_second_with_and_without_retry() {
             certs.path(),
             &["--retry-above-pending", retry_above],
         );
-        let cfg = common::raw_client_config(certs.path(), quickv_server::tls::Identity::Client);
+        let cfg = common::raw_client_config(certs.path(), quickv_net::tls::Identity::Client);
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("a")).expect("ep");
         let started = Instant::now();
         for id in 0..N {

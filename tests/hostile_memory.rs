@@ -61,7 +61,7 @@ async fn growth_once_paused(admin: &Client, pid: u32, before: u64) -> u64 {
         if grown > GROWTH_LIMIT_KIB {
             return grown;
         }
-        let status = admin.status().await.expect("status").into_raw();
+        let status = admin.status_json().await.expect("status");
         if status["stream_pauses"].as_u64().unwrap_or(0) >= 1 {
             return rss_kib(pid).saturating_sub(before);
         }
@@ -223,7 +223,7 @@ async fn dumps_past_max_dumps_are_refused_unavailable_on_quic_and_http() {
     // chunk waits for room in the 1-byte budget.
     let (_endpoint, conn) = common::raw_connection(
         server.addr,
-        common::raw_client_config(certs.path(), quickv_server::tls::Identity::Client),
+        common::raw_client_config(certs.path(), quickv_net::tls::Identity::Client),
     )
     .await;
     let (mut send, _recv) = conn.open_bi().await.expect("open");

@@ -14,7 +14,7 @@ mod common;
 
 use std::time::Duration;
 
-use quickv_server::tls::Identity;
+use quickv_net::tls::Identity;
 
 use common::{free_addr, fresh_certs, ServerProc};
 

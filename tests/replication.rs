@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quickv_client::{Client, ClientError};
+use quickv_net::tls::{self, CertPaths};
 use quickv_proto::{Op, Reply};
-use quickv_server::tls::{self, CertPaths};
 
 use common::{connect, signal, wait_state, Pair};
 
@@ -45,7 +45,7 @@ async fn writes_replicate_and_both_stores_converge() {
         b.insert("x", "y").await,
         Err(ClientError::Unavailable(_))
     ));
-    let status = p.status().await.expect("status");
+    let status = p.status_json().await.expect("status");
     assert_eq!(status["state"], "sync");
     assert_eq!(status["link_up"], true);
     assert_eq!(status["lag"], 0);
@@ -87,7 +87,7 @@ async fn with_the_backup_down_writes_are_refused_reads_served_then_it_resyncs() 
             (Bytes::from("b"), Bytes::from("2"))
         ]
     );
-    let status = p.status().await.expect("status");
+    let status = p.status_json().await.expect("status");
     assert!(
         status["bootstraps"].as_u64().expect("bootstraps") >= 1,
         "{status}"
@@ -228,7 +228,7 @@ async fn a_client_certificate_cannot_pose_as_the_primary_on_the_peer_port() {
     let cfg = tls::client_config_from_files(
         &paths.ca_cert(),
         Some((&paths.client_cert(), &paths.client_key())),
-        tls::PEER_ALPN,
+        quickv_proto::PEER_ALPN,
         Duration::from_secs(5),
         Duration::from_secs(1),
     )
@@ -245,7 +245,12 @@ async fn a_client_certificate_cannot_pose_as_the_primary_on_the_peer_port() {
         "{reason}"
     );
     // The real pair is unaffected.
-    let status = pair.backup_client().await.status().await.expect("status");
+    let status = pair
+        .backup_client()
+        .await
+        .status_json()
+        .await
+        .expect("status");
     assert_eq!(status["state"], "sync");
     assert_eq!(status["links"], 1, "{status}");
 }
@@ -458,12 +463,12 @@ async fn hammer_with_kills_of_backup_and_primary_loses_no_acknowledged_write() {
 /// Waits until the primary has answered `n` more requests (an event in its status counters).
 async fn wait_for_progress(addr: std::net::SocketAddr, certs: &std::path::Path, n: u64) {
     let c = connect(addr, certs).await;
-    let start = c.status().await.expect("status")["requests"]
+    let start = c.status_json().await.expect("status")["requests"]
         .as_u64()
         .unwrap_or(0);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let now = c.status().await.expect("status")["requests"]
+        let now = c.status_json().await.expect("status")["requests"]
             .as_u64()
             .unwrap_or(0);
         if now >= start + n {

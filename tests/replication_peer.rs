@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use quickv_client::Client;
 use quickv_core::store::{BucketId, Digest};
+use quickv_net::tls;
 use quickv_proto::peer::PeerMsg;
-use quickv_server::tls::{self};
 
 use common::{wait_state, Pair};
 
@@ -198,7 +198,12 @@ async fn a_stale_primary_cannot_replace_the_live_link_nor_overwrite_the_backup()
     let pair = Pair::start(&[]).await;
     let p = pair.primary_client().await;
     p.insert("real", "data").await.expect("insert");
-    let before = pair.backup_client().await.status().await.expect("status");
+    let before = pair
+        .backup_client()
+        .await
+        .status_json()
+        .await
+        .expect("status");
     let stale_data = vec![(Bytes::from("stale"), Bytes::from("data"))];
     let mut stale = ScriptedPrimary::dial(&pair).await;
     send_peer(
@@ -220,7 +225,12 @@ async fn a_stale_primary_cannot_replace_the_live_link_nor_overwrite_the_backup()
         .await
         .expect("the backup closes the stale link");
     assert!(reason.to_string().contains("stale"), "{reason}");
-    let after = pair.backup_client().await.status().await.expect("status");
+    let after = pair
+        .backup_client()
+        .await
+        .status_json()
+        .await
+        .expect("status");
     assert_eq!(
         after["links"], before["links"],
         "the live link was replaced: {after}"

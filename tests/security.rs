@@ -74,7 +74,7 @@ async fn each_role_over_quic_gets_exactly_its_operations_and_refusals_change_not
         );
         assert!(c.count().await.expect("count") >= 6);
         assert!(c.dump().await.expect("dump").len() >= 6);
-        assert!(c.status().await.expect("status")["role"].is_string());
+        assert!(c.status_json().await.expect("status")["role"].is_string());
         c.ping(Bytes::from_static(b"p")).await.expect("ping");
         // Writes.
         let new_key = format!("new-{role}");
@@ -130,7 +130,7 @@ async fn each_role_over_quic_gets_exactly_its_operations_and_refusals_change_not
     assert_eq!(admin.get("cli-key").await.expect("get"), None);
 
     // Counted in status and in /metrics.
-    let doc = admin.status().await.expect("status");
+    let doc = admin.status_json().await.expect("status");
     assert_eq!(doc["forbidden"], 6, "{doc}");
     let (code, page) = http_call(http, None, Method::GET, "/metrics", "")
         .await
@@ -235,7 +235,7 @@ async fn each_role_over_https_gets_exactly_its_operations_and_refusals_change_no
             admin.ping(Bytes::new()).await.expect("still serving");
         }
     }
-    let doc = admin.status().await.expect("status");
+    let doc = admin.status_json().await.expect("status");
     assert_eq!(doc["forbidden"].as_u64(), Some(refused), "{doc}");
     assert_eq!(refused, 5);
     let (code, _) = http_call(

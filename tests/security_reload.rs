@@ -72,7 +72,7 @@ async fn a_revoked_client_is_cut_off_at_reload_and_cannot_reconnect_while_others
     }
     // Alice's connection was untouched.
     alice.insert("b", "2").await.expect("alice still writes");
-    let doc = alice.status().await.expect("status");
+    let doc = alice.status_json().await.expect("status");
     assert_eq!(doc["certificates"]["closed_revoked"], 1, "{doc}");
     assert!(doc["certificates"]["reloads"].as_u64() >= Some(1), "{doc}");
 }
@@ -222,7 +222,7 @@ async fn crl_handshake_cost() {
         }
     };
     // The check itself, in process: one client-certificate verification, as the handshake does.
-    let paths = quickv_server::tls::CertPaths::new(dir);
+    let paths = quickv_net::tls::CertPaths::new(dir);
     let bench_cert = CertificateDer::from_pem_file(dir.join("bench.pem")).expect("bench.pem");
     let verify_cost = |label: &'static str| {
         let verifier = quickv_server::tls::client_verifier(&paths).expect("verifier");
@@ -242,7 +242,7 @@ async fn crl_handshake_cost() {
         .map(|n| [&[0x42u8][..], &n.to_be_bytes()[..]].concat())
         .collect();
     let (_, newly, entries) =
-        quickv_server::pki::revoke_serials(&quickv_server::tls::CertPaths::new(dir), &serials)
+        quickv_server::pki::revoke_serials(&quickv_net::tls::CertPaths::new(dir), &serials)
             .expect("crl");
     assert_eq!((newly, entries), (1000, 1000));
     signal(server.child.id(), "HUP");

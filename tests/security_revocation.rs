@@ -213,12 +213,9 @@ async fn a_handshake_that_straddles_a_reload_is_judged_by_the_new_crl() {
         .with_root_certificates(roots)
         .with_client_cert_resolver(Arc::new(gate));
     tls.alpn_protocols = vec![protocol::ALPN.to_vec()];
-    let cfg = quickv_server::tls::quic_client_config(
-        tls,
-        Duration::from_secs(30),
-        Duration::from_secs(2),
-    )
-    .expect("quic config");
+    let cfg =
+        quickv_net::tls::quic_client_config(tls, Duration::from_secs(30), Duration::from_secs(2))
+            .expect("quic config");
 
     // Mallory's parked handshake runs on its own thread (the resolver blocks that thread).
     let (report_tx, report_rx) = mpsc::channel::<String>();
@@ -265,7 +262,7 @@ async fn a_handshake_that_straddles_a_reload_is_judged_by_the_new_crl() {
         admin.get("written-after-revocation").await.expect("get"),
         None
     );
-    let doc = admin.status().await.expect("status");
+    let doc = admin.status_json().await.expect("status");
     assert_eq!(doc["certificates"]["authenticated_connections"], 1, "{doc}");
 }
 

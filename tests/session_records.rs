@@ -47,7 +47,7 @@ fn rss(pid: u32) -> u64 {
 
 /// The `sessions` object of the server's status.
 async fn sessions(client: &Client) -> Value {
-    let status = client.status().await.expect("status");
+    let status = client.status_json().await.expect("status");
     status["sessions"].clone()
 }
 
@@ -164,7 +164,7 @@ async fn a_flood_of_session_ids_from_one_identity_does_not_expire_anothers_retry
         let dir = identity_dir(certs.path(), name);
         let addr = server.addr;
         async move {
-            let cfg = common::raw_client_config(dir.path(), quickv_server::tls::Identity::Client);
+            let cfg = common::raw_client_config(dir.path(), quickv_net::tls::Identity::Client);
             let (endpoint, conn) = common::raw_connection(addr, cfg).await;
             (dir, endpoint, conn)
         }

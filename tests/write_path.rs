@@ -86,7 +86,7 @@ async fn a_stream_of_writes_to_every_bucket_gets_each_answer_exactly_once() {
     let buckets: HashSet<BucketId> = (0..KEYS).map(|i| BucketId::of(&key(i))).collect();
     assert_eq!(buckets.len(), 32, "the keys must cover every bucket");
     let pair = Pair::start(&[]).await;
-    let cfg = common::raw_client_config(pair.certs.path(), quickv_server::tls::Identity::Client);
+    let cfg = common::raw_client_config(pair.certs.path(), quickv_net::tls::Identity::Client);
     let (_endpoint, conn) = common::raw_connection(pair.primary_addr, cfg).await;
     let script = script();
     let expected: HashMap<u64, Reply> = script
@@ -142,7 +142,7 @@ async fn a_stream_of_writes_to_every_bucket_gets_each_answer_exactly_once() {
 #[tokio::test]
 async fn writes_in_flight_when_the_backup_dies_are_answered_not_dropped() {
     let mut pair = Pair::start(&[]).await; // ack timeout: 1 s by default
-    let cfg = common::raw_client_config(pair.certs.path(), quickv_server::tls::Identity::Client);
+    let cfg = common::raw_client_config(pair.certs.path(), quickv_net::tls::Identity::Client);
     let (_endpoint, conn) = common::raw_connection(pair.primary_addr, cfg).await;
     // Freeze the backup: it stops acknowledging, and the writes below stay in flight.
     let backup_pid = pair.backup.as_ref().expect("backup").child.id();

@@ -29,8 +29,8 @@ use redis::{AsyncConnectionConfig, ClientTlsConfig, RedisError, TlsCertificates,
 
 use super::target::{ConnectOptions, Handle, Target};
 use super::workload::LoadOp;
+use quickv_net::tls::CertPaths;
 use quickv_proto::Outcome;
-use quickv_server::tls::CertPaths;
 
 /// Time allowed to open one connection (TCP + TLS + HELLO).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -4,11 +4,10 @@ use std::path::Path;
 
 use super::args::CertsAction;
 use quickv_server::pki;
-use quickv_server::tls;
 
 /// Runs one `quickv certs` action in the certificate directory `dir`.
 pub(crate) fn action(dir: &Path, action: CertsAction, force: bool) -> anyhow::Result<()> {
-    let paths = tls::CertPaths::new(dir);
+    let paths = quickv_net::tls::CertPaths::new(dir);
     match action {
         CertsAction::Client { name, role } => {
             let access: pki::Access = role.parse()?;

@@ -55,11 +55,12 @@ pub(super) async fn client_command(
             say!("{}", serde_json::to_string_pretty(&map)?);
         }
         Command::Status { json } => {
-            let status = client.status_json().await?;
             if json {
+                // The document as sent, fields this version does not know included.
+                let status = client.status_json().await?;
                 say!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                print_status(&status);
+                print_status(&client.status().await?);
             }
         }
         Command::Ping => {

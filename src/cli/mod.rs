@@ -305,44 +305,52 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     server.run(crate::supervisor::stop_signal()).await?;
     Ok(())
 }
+
 /// Human status: the headline fields first, then counters; per-lane and per-bucket arrays are
 /// summarised (they are in `--json`).
-pub fn print_status(status: &serde_json::Value) {
-    let field = |name: &str| match status.get(name) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
-    };
-    const HEADLINE: [&str; 7] = [
-        "role", "state", "keys", "listen", "peer", "link_up", "current",
-    ];
-    for name in HEADLINE {
-        if status.get(name).is_some() {
-            say!("{:<22}{}", format!("{name}:"), field(name));
+pub fn print_status(status: &quickv_client::Status) {
+    let line =
+        |name: &str, value: &dyn std::fmt::Display| say!("{:<22}{value}", format!("{name}:"));
+    line("role", &status.role);
+    line("state", &status.state);
+    line("keys", &status.keys);
+    line("listen", &status.listen);
+    line("peer", &status.peer.as_deref().unwrap_or("-"));
+    if let Some(r) = &status.replication {
+        line("link_up", &r.link_up);
+        line("current", &r.current);
+        if let Some(t) = &r.last_transition {
+            line(
+                "last transition",
+                &format_args!("{} -> {} ({})", t.from, t.to, t.cause),
+            );
         }
-    }
-    if let Some(t) = status.get("last_transition").filter(|t| !t.is_null()) {
-        say!(
-            "{:<22}{} -> {} ({})",
-            "last transition:",
-            t["from"].as_str().unwrap_or("?"),
-            t["to"].as_str().unwrap_or("?"),
-            t["cause"].as_str().unwrap_or("?")
+        let behind = r.lanes.iter().filter(|l| l.offset != l.acked).count();
+        line(
+            "lanes",
+            &format_args!(
+                "{} lanes, {behind} with writes awaiting an ack",
+                r.lanes.len()
+            ),
         );
     }
-    if let Some(lanes) = status.get("lanes").and_then(|l| l.as_array()) {
-        let behind = lanes.iter().filter(|l| l["offset"] != l["acked"]).count();
-        say!(
-            "{:<22}{} lanes, {behind} with writes awaiting an ack",
-            "lanes:",
-            lanes.len()
-        );
-    }
-    let skip = ["last_transition", "lanes", "digests"];
-    if let Some(obj) = status.as_object() {
-        for (k, v) in obj {
-            if !HEADLINE.contains(&k.as_str()) && !skip.contains(&k.as_str()) {
-                say!("{:<22}{v}", format!("{k}:"));
+    // The counters, from the same typed document, by their field names.
+    const SHOWN: [&str; 10] = [
+        "role",
+        "state",
+        "keys",
+        "listen",
+        "peer",
+        "link_up",
+        "current",
+        "last_transition",
+        "lanes",
+        "digests",
+    ];
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(status) {
+        for (name, value) in fields {
+            if !SHOWN.contains(&name.as_str()) {
+                line(&name, &value);
             }
         }
     }

@@ -37,7 +37,9 @@ pub async fn wait_status(
                     c.close().await;
                     return Ok(status);
                 }
-                Ok(Ok(status)) => last = status.raw().to_string(),
+                Ok(Ok(status)) => {
+                    last = serde_json::to_string(&status).unwrap_or_else(|e| e.to_string())
+                }
                 Ok(Err(e)) => {
                     last = format!("no status ({e})");
                     client = None;
@@ -62,7 +64,7 @@ pub async fn wait_status(
 
 /// Whether a status shows a server in steady replication with its link up.
 pub fn in_sync(status: &Status) -> bool {
-    status.state == "sync" && status.link_up != Some(false)
+    status.state == "sync" && status.link_up() != Some(false)
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: what a server and `quickv up` stop on.

@@ -228,7 +228,7 @@ pub async fn http_call(
 
 /// A client config presenting NAME's certificate on the client ALPN.
 pub fn quic_config(certs: &Path, name: &str) -> quinn::ClientConfig {
-    quickv_server::tls::client_config_from_files(
+    quickv_net::tls::client_config_from_files(
         &certs.join("ca.pem"),
         Some((
             &certs.join(format!("{name}.pem")),
@@ -323,7 +323,7 @@ pub fn fake_backup(cert: &Path, key: &Path, addr: SocketAddr) -> quinn::Endpoint
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .expect("server cert");
-    tls.alpn_protocols = vec![quickv_server::tls::PEER_ALPN.to_vec()];
+    tls.alpn_protocols = vec![quickv_proto::PEER_ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic");
     quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(quic)), addr)
         .expect("fake backup")

@@ -130,14 +130,14 @@ pub fn signal(pid: u32, name: &str) {
 /// that the client carried on over the same connection.
 pub async fn standalone_with_client(
     config: impl FnOnce(&Path) -> ClientConfig,
-) -> (tempfile::TempDir, ServerProc, Client, serde_json::Value) {
+) -> (tempfile::TempDir, ServerProc, Client, u64) {
     let certs = fresh_certs();
     let server = ServerProc::start("standalone", free_addr(), certs.path(), &[]);
     let client = Client::connect(&server.addr.to_string(), &config(certs.path()))
         .await
         .expect("connect");
     client.insert("k", "v").await.expect("insert");
-    let connections = client.status().await.expect("status")["connections_total"].clone();
+    let connections = client.status().await.expect("status").connections_total;
     (certs, server, client, connections)
 }
 
@@ -340,10 +340,11 @@ impl Pair {
         let pd = p.dump().await.expect("primary dump");
         let bd = b.dump().await.expect("backup dump");
         assert_eq!(pd, bd, "primary and backup dumps differ");
-        let ps = p.status().await.expect("status");
-        let bs = b.status().await.expect("status");
-        assert_eq!(ps["digests"], bs["digests"], "bucket digests differ");
-        assert_eq!(ps["digests"].as_array().map(Vec::len), Some(32));
+        let digests = |s: quickv_client::Status| s.replication.expect("a pair's status").digests;
+        let ps = digests(p.status().await.expect("status"));
+        let bs = digests(b.status().await.expect("status"));
+        assert_eq!(ps, bs, "bucket digests differ");
+        assert_eq!(ps.len(), 32);
         pd
     }
 }
@@ -355,13 +356,14 @@ pub async fn connect(addr: SocketAddr, certs: &Path) -> Client {
         .expect("connect")
 }
 
-/// Polls `status` until the server reports `state`, failing after 20 s.
+/// Polls `status` until the server reports `state`, failing after 20 s; the status it found, as
+/// JSON.
 pub async fn wait_state(addr: SocketAddr, certs: &Path, state: &str) -> serde_json::Value {
     let config = ClientConfig::new(certs);
     match supervisor::wait_status(&addr.to_string(), &config, READY_WAIT, |s| s.state == state)
         .await
     {
-        Ok(status) => status.into_raw(),
+        Ok(status) => serde_json::to_value(status).expect("the status serialises"),
         Err(e) => panic!("{e}"),
     }
 }
@@ -381,12 +383,9 @@ pub async fn raw_connection(
 }
 
 /// Client-side TLS settings used by raw tests: 5 s idle timeout, 1 s keep-alive.
-pub fn raw_client_config(
-    certs: &Path,
-    identity: quickv_server::tls::Identity,
-) -> quinn::ClientConfig {
+pub fn raw_client_config(certs: &Path, identity: quickv_net::tls::Identity) -> quinn::ClientConfig {
     quickv_server::tls::client_config(
-        &quickv_server::tls::CertPaths::new(certs),
+        &quickv_net::tls::CertPaths::new(certs),
         identity,
         Duration::from_secs(5),
         Duration::from_secs(1),

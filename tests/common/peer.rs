@@ -8,9 +8,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quickv_core::store::{BucketId, Digest};
 use quickv_core::transfer::chunks;
+use quickv_net::tls;
 use quickv_proto::peer::{PeerHello, PeerMsg};
 use quickv_proto::Limits;
-use quickv_server::tls;
 
 use crate::common::{self, Pair};
 

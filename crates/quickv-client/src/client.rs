@@ -13,7 +13,7 @@ use crate::config::{ClientConfig, ReadFrom, Source};
 use crate::error::{client_tls, expect_ok, get_answer, parse_status, refusal, ClientError};
 use crate::link::{jitter_seed, Link};
 use crate::owed::Deadline;
-use crate::status::Status;
+use quickv_proto::status::Status;
 
 /// Longest [`Client::close`] waits for the close to reach the server.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
@@ -390,7 +390,7 @@ impl Client {
                 )))
             }
         };
-        if status.current != Some(true) {
+        if status.current() != Some(true) {
             return Err(ClientError::Unavailable(format!(
                 "the primary cannot be reached ({why}) and the backup's store is not known \
                  current (state {})",
@@ -424,7 +424,26 @@ impl Client {
         }
     }
 
-    /// The (primary) server's status document, typed; see [`Status`].
+    /// The (primary) server's status document, typed; see [`Status`] (docs/operations.md lists
+    /// every field). Fields this client version does not know are skipped; [`Client::status_json`]
+    /// has the document as sent.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let certs_dir = std::path::Path::new("certs");
+    /// # let addr = "127.0.0.1:4470";
+    /// use quickv_client::{Client, ClientConfig};
+    ///
+    /// let client = Client::connect(&addr, &ClientConfig::new(certs_dir)).await?;
+    /// client.insert("a", "1").await?;
+    /// let status = client.status().await?;
+    /// assert_eq!(status.role, "standalone");
+    /// assert_eq!(status.keys, 1);
+    /// assert!(status.replication.is_none()); // no replication on a standalone server
+    /// assert_eq!(status.current(), None);
+    /// # Ok(()) }
+    /// ```
     pub async fn status(&self) -> Result<Status, ClientError> {
         match self.call(Op::Status).await? {
             Reply::Status(text) => parse_status(&text),
@@ -445,9 +464,14 @@ impl Client {
         }
     }
 
-    /// The (primary) server's status document as sent (JSON), e.g. to print it whole.
+    /// The (primary) server's status document as sent (JSON), e.g. to print it whole, fields
+    /// this client version does not know included.
     pub async fn status_json(&self) -> Result<serde_json::Value, ClientError> {
-        Ok(self.status().await?.into_raw())
+        match self.call(Op::Status).await? {
+            Reply::Status(text) => serde_json::from_str(&text)
+                .map_err(|e| ClientError::Protocol(format!("status is not JSON: {e}"))),
+            other => Err(refusal(other)),
+        }
     }
 
     /// Round trip with an echoed payload.

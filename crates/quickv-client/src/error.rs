@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use crate::config::ClientConfig;
-use crate::status::Status;
 use quickv_net::tls::{self, CertPaths, Identity};
+use quickv_proto::status::Status;
 use quickv_proto::{ErrorCode, Reply};
 
 /// Why a call did not succeed. The first four are answers from the server about the operation;
@@ -101,11 +101,13 @@ pub(crate) fn client_tls(config: &ClientConfig) -> Result<quinn::ClientConfig, C
     .map_err(|e| ClientError::Connection(e.to_string()))
 }
 
+/// A status document, typed.
 pub(crate) fn parse_status(text: &str) -> Result<Status, ClientError> {
-    let raw: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| ClientError::Protocol(format!("status is not JSON: {e}")))?;
-    Status::from_json(raw)
-        .map_err(|e| ClientError::Protocol(format!("status lacks a field this client needs: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        ClientError::Protocol(format!(
+            "the status document does not parse (not JSON, or without a field this client needs): {e}"
+        ))
+    })
 }
 
 /// The answer to a Get.

@@ -15,7 +15,7 @@
 //! [`Read::from`]. Every call has a deadline ([`ClientConfig::timeout`], [`Client::with_timeout`]);
 //! dropping a call's future cancels it. [`Client::get_many`], [`Client::insert_many`] and
 //! [`Client::pipeline`] put many requests in flight at once. [`Client::status`] is typed
-//! ([`Status`]). docs/client.md explains read modes, deadlines, retries and the planned
+//! ([`Status`], the one status type the server fills, from `quickv-proto`). docs/client.md explains read modes, deadlines, retries and the planned
 //! exactly-once sessions.
 //!
 //! ```no_run
@@ -49,7 +49,6 @@
 //! | `config` | [`ClientConfig`] and its builder, [`ReadFrom`], [`Source`] |
 //! | `error` | [`ClientError`] and the mapping of refusals |
 //! | [`outcome`] | the one mapping of a call's result to the protocol's [`Outcome`](protocol::Outcome) |
-//! | `status` | [`Status`], the typed status document |
 
 #![warn(missing_docs)]
 
@@ -62,7 +61,6 @@ pub mod outcome;
 mod owed;
 mod pipe;
 mod retry;
-mod status;
 
 pub use batch::Pipeline;
 pub use client::{Client, Read};
@@ -72,7 +70,12 @@ pub use config::{
     DEFAULT_TIMEOUT_MS,
 };
 pub use error::ClientError;
-pub use status::Status;
+/// The server's status document, typed ([`Client::status`]): the types the server itself fills,
+/// from the protocol crate.
+pub use quickv_proto::status::{
+    CertificateStatus, CrlNumber, LaneStatus, LastTransition, ReplicationStatus, SessionUsage,
+    Status,
+};
 
 /// The wire protocol the client speaks ([`Op`](protocol::Op), [`Reply`](protocol::Reply),
 /// [`Limits`](protocol::Limits), …), re-exported so that an application needs no second

@@ -78,12 +78,24 @@ impl Connection {
         })
     }
 
-    /// Queues a call on the next pipe, with its deadline (if any). Gives the call back if the
-    /// pipe is gone (never sent), and says `Late` if the deadline passed while waiting for room
-    /// in the pipe's queue. Returns the pipe and the request id, for cancelling.
-    pub(crate) async fn send(&self, call: Call, reply: ReplyTx, due: Option<Deadline>) -> Sent {
-        let i = self.next_pipe.fetch_add(1, Ordering::Relaxed) % self.pipes.len();
-        let shared = &self.pipes[i].shared;
+    /// The pipe the next call goes to (round robin).
+    pub(crate) fn pick(&self) -> usize {
+        self.next_pipe.fetch_add(1, Ordering::Relaxed) % self.pipes.len()
+    }
+
+    /// Queues a call on pipe `i` (from [`Connection::pick`]), with its deadline (if any). Gives
+    /// the call back if the pipe is gone (never sent), and says `Late` if the deadline passed
+    /// while waiting for room in the pipe's queue. Returns the pipe and the request id, for
+    /// cancelling. A call waits on the pipe it was given, never on another: a session-stamped
+    /// write must not overtake, or be overtaken by, many later writes of its caller.
+    pub(crate) async fn send_on(
+        &self,
+        i: usize,
+        call: Call,
+        reply: ReplyTx,
+        due: Option<Deadline>,
+    ) -> Sent {
+        let shared = &self.pipes[i % self.pipes.len()].shared;
         let (mut call, mut reply) = match shared.try_queue(call, reply, due) {
             Ok(queued) => return queued,
             Err(full) => full,
@@ -254,7 +266,11 @@ impl Link {
                 session: None,
             };
             // Bounded by the connect timeout around this whole attempt.
-            if connection.send(hello, tx, None).await.is_err() {
+            if connection
+                .send_on(connection.pick(), hello, tx, None)
+                .await
+                .is_err()
+            {
                 return Err(ClientError::Connection("the connection is closed".into()));
             }
             match rx
@@ -276,6 +292,10 @@ impl Link {
     /// Queues one call (redialling once if the connection turns out gone before it was sent),
     /// waiting for a connection at most until `due`. A call whose deadline passes before it is
     /// queued is settled at once with its past-deadline outcome.
+    ///
+    /// The usual case (a live connection whose chosen pipe has room) queues synchronously; only
+    /// the rest (no connection yet, a full queue, a dead pipe) enters [`Link::start_slow`],
+    /// boxed, so that every call's future does not carry the redial path's state.
     pub(crate) async fn start(
         &self,
         op: Op,
@@ -286,43 +306,77 @@ impl Link {
     ) -> Result<Pending, ClientError> {
         let (tx, rx) = oneshot::channel();
         let is_write = op.is_write();
-        let late = |d: Option<Deadline>| Pending {
-            rx: None,
-            slot: None,
-            settled: d.map(|d| d.outcome(is_write)),
-        };
-        let mut call = Call { op, session };
-        let mut reply = tx;
-        // The usual case, a connection, without a timer. A dead one is noticed by its pipes,
-        // which then refuse the call (below: redial).
-        let mut connection = match self.current() {
+        let call = Call { op, session };
+        let current = match self.current() {
             Some(_) if closed.load(Ordering::Relaxed) => {
                 return Err(ClientError::Connection("the client was closed".into()))
             }
-            Some(c) => c,
-            None => match within(due, self.redial(None, config, closed)).await {
-                Some(s) => s?,
-                None => return Ok(late(due)),
-            },
+            Some(c) => {
+                let i = c.pick();
+                match c.pipes[i].shared.try_queue(call, tx, due) {
+                    Ok(Ok((pipe, id))) => {
+                        return Ok(Pending {
+                            rx: Some(rx),
+                            slot: Some((pipe, id)),
+                            settled: None,
+                        })
+                    }
+                    Ok(Err(Unsent::Late)) => return Ok(late(due, is_write)),
+                    // Full: wait on this same pipe. Gone: redial.
+                    Err((call, tx)) => (call, tx, Some((c, i))),
+                    Ok(Err(Unsent::Gone(call, tx))) => (call, tx, None),
+                }
+            }
+            None => (call, tx, None),
+        };
+        Box::pin(self.start_slow(current, rx, is_write, config, closed, due)).await
+    }
+
+    /// [`Link::start`]'s slow path: wait for room on the pipe already chosen, or dial (or redial
+    /// a dead connection) first.
+    async fn start_slow(
+        &self,
+        (mut call, mut reply, chosen): (Call, ReplyTx, Option<(Arc<Connection>, usize)>),
+        rx: oneshot::Receiver<Result<Reply, ClientError>>,
+        is_write: bool,
+        config: &ClientConfig,
+        closed: &AtomicBool,
+        due: Option<Deadline>,
+    ) -> Result<Pending, ClientError> {
+        let (mut connection, mut pipe) = match chosen {
+            Some(chosen) => chosen,
+            None => {
+                let stale = self.current();
+                let redial = self.redial(stale.as_ref(), config, closed);
+                match within(due, redial).await {
+                    Some(c) => {
+                        let c = c?;
+                        let i = c.pick();
+                        (c, i)
+                    }
+                    None => return Ok(late(due, is_write)),
+                }
+            }
         };
         // At most one retry, and only of a call that never left this process.
         for attempt in 0..2 {
-            match connection.send(call, reply, due).await {
-                Ok((pipe, id)) => {
+            match connection.send_on(pipe, call, reply, due).await {
+                Ok((slot, id)) => {
                     return Ok(Pending {
                         rx: Some(rx),
-                        slot: Some((pipe, id)),
+                        slot: Some((slot, id)),
                         settled: None,
                     });
                 }
-                Err(Unsent::Late) => return Ok(late(due)),
+                Err(Unsent::Late) => return Ok(late(due, is_write)),
                 Err(Unsent::Gone(unsent, back)) if attempt == 0 => {
                     (call, reply) = (unsent, back);
                     let redial = self.redial(Some(&connection), config, closed);
                     connection = match within(due, redial).await {
                         Some(s) => s?,
-                        None => return Ok(late(due)),
+                        None => return Ok(late(due, is_write)),
                     };
+                    pipe = connection.pick();
                 }
                 Err(Unsent::Gone(..)) => break,
             }
@@ -338,6 +392,15 @@ impl Link {
             .find_map(|w| w.strip_prefix("role="))
             .unwrap_or_default()
             .to_string()
+    }
+}
+
+/// A call settled without being queued: its deadline passed while it waited.
+fn late(due: Option<Deadline>, is_write: bool) -> Pending {
+    Pending {
+        rx: None,
+        slot: None,
+        settled: due.map(|d| d.outcome(is_write)),
     }
 }
 

@@ -56,7 +56,7 @@ pub(crate) struct PipeState {
     /// The calls queued or written and not yet answered, by request id.
     pub(crate) owed: Owed,
     /// Requests waiting for the writer, in call order (at most [`PIPE_QUEUE`]).
-    pub(crate) queue: Vec<Queued>,
+    pub(crate) queue: Vec<QueuedCall>,
     /// Set when the connection let go of the pipe: the writer finishes the stream once the queue
     /// is written.
     pub(crate) closed: bool,
@@ -95,7 +95,7 @@ impl PipeShared {
             Err(reply) => return Ok(Err(Unsent::Gone(call, reply))),
         };
         let wake_writer = state.queue.is_empty();
-        state.queue.push(Queued { id, call });
+        state.queue.push(QueuedCall { id, call });
         drop(state);
         if wake_writer {
             self.ready.notify_one();
@@ -119,7 +119,7 @@ pub(crate) struct Call {
 
 /// A call in a pipe's queue: its slot's request id and the request.
 #[derive(Debug)]
-pub(crate) struct Queued {
+pub(crate) struct QueuedCall {
     pub(crate) id: u64,
     pub(crate) call: Call,
 }
@@ -220,7 +220,7 @@ pub(crate) async fn write_pipe(
     conn: quinn::Connection,
 ) {
     let mut writer = BatchWriter::new(send);
-    let mut taken: Vec<Queued> = Vec::new();
+    let mut taken: Vec<QueuedCall> = Vec::new();
     loop {
         let (was_full, closed) = {
             let Ok(mut state) = shared.state.lock() else {
@@ -265,7 +265,7 @@ pub(crate) async fn write_pipe(
 }
 
 /// Encodes one queued request; a retried write's age is taken now, as it is written.
-fn encode_queued(Queued { id, call }: Queued, out: &mut BytesMut) {
+fn encode_queued(QueuedCall { id, call }: QueuedCall, out: &mut BytesMut) {
     let request = Request {
         id,
         op: call.op,

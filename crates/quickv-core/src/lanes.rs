@@ -31,6 +31,7 @@ use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
 use crate::write::{decide, Effect};
 use quickv_proto::peer::{PeerMsg, ReplOffset};
+use quickv_proto::status::LaneStatus;
 use quickv_proto::{Limits, Op, Reply, SessionWrite, WriteStamp};
 
 /// Where a lane's frames go: the data stream of the current link that carries the lane.
@@ -125,17 +126,6 @@ struct Queued {
     resync: bool,
     /// The session stamp of the write, recorded in the bucket's session table when applied.
     stamp: Option<WriteStamp>,
-}
-
-/// Per-lane figures for `status`.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct LaneStatus {
-    /// Last offset sent.
-    pub offset: ReplOffset,
-    /// Last offset acknowledged.
-    pub acked: ReplOffset,
-    /// Entries waiting for an ack.
-    pub pending: usize,
 }
 
 impl Default for Lanes {
@@ -567,11 +557,7 @@ impl Lanes {
         BucketId::all()
             .map(|b| {
                 let l = self.lane(b);
-                LaneStatus {
-                    offset: l.next,
-                    acked: l.acked,
-                    pending: l.queue.len(),
-                }
+                LaneStatus::new(l.next, l.acked, l.queue.len() as u64)
             })
             .collect()
     }

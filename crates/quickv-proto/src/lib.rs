@@ -1,10 +1,11 @@
 //! The quickv wire protocol as a sans-IO codec: how requests and responses travel over QUIC streams
 //! ([`encode_request`], [`decode_response`], …), what the primary and the backup say to each other
-//! ([`peer`]), and the bucket identity both servers must agree on ([`BucketId`], [`Digest`]).
+//! ([`peer`]), the bucket identity both servers must agree on ([`BucketId`], [`Digest`]), and the
+//! server's status document ([`status::Status`]).
 //!
-//! This crate depends on `bytes`, `thiserror` and `xxhash-rust` only: no tokio, no quinn, so the
-//! compiler itself keeps it free of I/O. The client (`quickv-client`) and the server (`quickv`) both
-//! build on it.
+//! This crate depends on `bytes`, `thiserror` and `xxhash-rust` only (and, with the `serde` feature,
+//! `serde`, for the [`status`] document): no tokio, no quinn, so the compiler itself keeps it free
+//! of I/O. The client (`quickv-client`) and the server (`quickv-server`) both build on it.
 //!
 //! This crate turns [`Request`]s and [`Response`]s into bytes and back. It never touches a socket, a
 //! stream or a clock, so the client, the server and the tests all drive the same code with whatever
@@ -65,6 +66,7 @@ mod codec;
 mod frame;
 mod outcome;
 pub mod peer;
+pub mod status;
 
 pub use bucket::{BucketId, Digest, BUCKETS};
 pub use outcome::{OpKind, Outcome};

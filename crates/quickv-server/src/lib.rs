@@ -8,8 +8,8 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`replication`] | primary/backup: the peer link's drivers over QUIC, status |
-//! | [`server`] | QUIC endpoint, client sessions, routing, limits, graceful shutdown, op metrics; the HTTP/JSON gateway in [`server::http`] |
+//! | [`replication`] | primary/backup: the peer link's drivers over QUIC |
+//! | [`server`] | QUIC endpoint, client connections, routing, limits, graceful shutdown, op metrics; the HTTP/JSON gateway in [`server::http`] |
 //! | [`tls`] | certificate generation (rcgen) and the server's rustls/quinn configs |
 //! | [`pki`] | client identities with roles, revocation (CRL), server certificate renewal |
 //! | [`config`] | typed config and every default, in one place |
@@ -22,7 +22,7 @@
 //!
 //! # The path of a request
 //!
-//! [`server::session`] reads a client's long-lived stream through a `quickv_net::FramedReader`,
+//! [`server::conn`] reads a client's long-lived stream through a `quickv_net::FramedReader`,
 //! decodes frames with `quickv_proto::decode_request` (which tells *incomplete* from *invalid*
 //! and checks lengths before allocating), and hands each request to [`server::router`]. A GET is
 //! answered from the `quickv_core::store::Store` at once; a write on a primary goes through

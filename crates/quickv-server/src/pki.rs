@@ -31,7 +31,8 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 
 use crate::error::{Error, Result};
-use crate::tls::{self, CertPaths};
+use crate::tls;
+use quickv_net::tls::{load_certs, CertPaths};
 
 pub use crate::tls::role::{role_unit, Access, ROLE_UNIT_PREFIX};
 /// File names a client certificate may not take: they belong to the CA, the server and the CRL.
@@ -359,7 +360,7 @@ fn existing_entries(paths: &CertPaths) -> Result<(Vec<RevokedCertParams>, Option
 
 /// The first certificate of a PEM file.
 fn first_cert(path: &std::path::Path) -> Result<CertificateDer<'static>> {
-    tls::load_certs(path)?
+    load_certs(path)?
         .into_iter()
         .next()
         .ok_or_else(|| Error::Certificate(format!("{}: no certificate", path.display())))
@@ -423,7 +424,7 @@ mod tests {
         tls::generate(dir.path(), &["db.example".into()], false).expect("generate");
         let paths = CertPaths::new(dir.path());
         let first = |p: &Path| {
-            tls::load_certs(p)
+            load_certs(p)
                 .expect("load")
                 .into_iter()
                 .next()

@@ -1,6 +1,7 @@
-//! Certificates and TLS: generation with rcgen, PEM loading, and the rustls/quinn configs of both
-//! links. The client half (certificate file names, PEM loading, client configs, refusal sentences)
-//! lives in `quickv-client` so that applications get it without the server; it is re-exported here.
+//! Certificates and TLS: generation with rcgen, and the rustls/quinn configs of both links. The
+//! half both sides share (certificate file names, PEM loading, client configs, refusal sentences)
+//! is `quickv_net::tls`, so that applications get it without the server; it has that one name
+//! everywhere (this module does not re-export it).
 //!
 //! One private CA signs everything. Files written by [`generate`] into the certificate directory:
 //!
@@ -24,23 +25,14 @@
 //!   peer link.
 //!
 //! Mutual TLS is mandatory: a server demands a client certificate chaining to `ca.pem` and not
-//! listed in `crl.pem` ([`client_verifier`]). On the peer link ([`PEER_ALPN`]) both sides also
+//! listed in `crl.pem` ([`client_verifier`]). On the peer link ([`quickv_proto::PEER_ALPN`]) both sides also
 //! demand that the other's certificate *is* the pair's server certificate, so a client certificate
 //! cannot pose as the peer (the backup checks in `server::peer_allowed`, the dialing primary in
-//! the verifier of [`client_config`] with [`Identity::Peer`]). Only TLS 1.3 and only the ring provider are used, passed
+//! the verifier of [`client_config`] with [`quickv_net::tls::Identity::Peer`]). Only TLS 1.3 and only the ring provider are used, passed
 //! explicitly (with two providers compiled in, rustls cannot pick one on its own).
 //!
 //! With TLS 1.3 a client whose certificate is refused still sees `connect()` succeed; the refusal comes
-//! as an alert on first use. [`explain_connection_error`] turns those alerts into plain sentences.
-
-pub(crate) use quickv_net::tls::{load_certs, load_key, load_roots};
-
-/// The client side of TLS (file names, PEM loading, client configs, refusal sentences) lives in
-/// `quickv-client`; re-exported here so both sides are found in one place.
-pub use quickv_net::tls::{
-    client_config_from_files, explain_connection_error, quic_client_config, CertPaths, Identity,
-    TlsError,
-};
+//! as an alert on first use. [`quickv_net::tls::explain_connection_error`] turns those alerts into plain sentences.
 
 mod config;
 mod crl;
@@ -60,6 +52,3 @@ pub use generate::{
     LEAF_VALIDITY_DAYS,
 };
 pub use verifier::{Current, Trust};
-
-/// ALPN of the primary↔backup link; the client ALPN is [`quickv_proto::ALPN`].
-pub use quickv_proto::PEER_ALPN;

@@ -434,7 +434,7 @@ impl<'o> Pair<'o> {
                                 "state {:?}, link_up {}",
                                 status.state,
                                 status
-                                    .link_up
+                                    .link_up()
                                     .map_or_else(|| "null".to_string(), |l| l.to_string())
                             ),
                             Err(e) => format!("no status ({e})"),

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::replication::link::LinkError;
-use crate::tls;
+use quickv_net::tls;
 
 /// Time between two dial attempts while none has completed.
 pub const DIAL_SPACING: Duration = Duration::from_millis(100);

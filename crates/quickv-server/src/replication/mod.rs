@@ -48,9 +48,6 @@ pub mod oneshot;
 pub mod primary;
 
 pub use oneshot::{SubmitOneshot, Submitted};
-/// Per-bucket replication figures in a [`Snapshot`], named here so readers of the snapshot (the
-/// HTTP gateway, `status`) need not reach into the lane internals.
-pub use quickv_core::lanes::LaneStatus;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +64,7 @@ use quickv_core::state::{Machine, State, Transition};
 use quickv_core::store::{Store, BUCKETS};
 use quickv_core::Counters;
 use quickv_proto::peer::PeerHello;
+use quickv_proto::status::{LaneStatus, LastTransition, ReplicationStatus, Status};
 use quickv_proto::Op;
 
 /// The replication side of one server (primary or backup), shared by its sessions and drivers.
@@ -437,9 +435,10 @@ impl Replication {
         .await;
     }
 
-    /// The replication part of `status`.
-    pub fn status(&self) -> serde_json::Value {
-        let (state, link_up, peer_run, synced, epoch, last, read_refusal) =
+    /// Fills the replication part of `status`: the document's `state`, and its replication
+    /// figures (one lock for the machine's, relaxed loads for the counters).
+    pub fn fill_status(&self, status: &mut Status) {
+        let (state, link_up, peer_run, current, epoch, last, read_refusal) =
             self.with_machine(|v| {
                 (
                     v.machine.state().name(),
@@ -454,27 +453,25 @@ impl Replication {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let lanes = self.lane_status();
-        serde_json::json!({
-            "state": state,
-            "link_up": link_up,
-            "peer_run_id": peer_run.map(|r| format!("{r:016x}")),
-            "current": synced,
-            "read_refusal": read_refusal,
-            "epoch": epoch,
-            "last_transition": last.map(|t| serde_json::json!({
-                "from": t.from.name(), "to": t.to.name(), "cause": t.cause,
-            })),
-            "lag": lanes.iter().map(|l| l.pending).sum::<usize>(),
-            "lanes": lanes,
-            "links": get(&c.links),
-            "bootstraps": get(&c.bootstraps),
-            "buckets_transferred": get(&c.buckets_transferred),
-            "resyncs": get(&c.resyncs),
-            "digest_checks": get(&c.digest_checks),
-            "digest_mismatches": get(&c.digest_mismatches),
-            "totals_repaired": get(&c.totals_repaired),
-            "digests": self.store.digests().iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-        })
+        let mut r = ReplicationStatus::default();
+        r.link_up = link_up;
+        r.peer_run_id = peer_run.map(|id| format!("{id:016x}"));
+        r.current = current;
+        r.read_refusal = read_refusal.map(String::from);
+        r.epoch = epoch;
+        r.last_transition = last.map(|t| LastTransition::new(t.from.name(), t.to.name(), t.cause));
+        r.lag = lanes.iter().map(|l| l.pending).sum();
+        r.lanes = lanes;
+        r.links = get(&c.links);
+        r.bootstraps = get(&c.bootstraps);
+        r.buckets_transferred = get(&c.buckets_transferred);
+        r.resyncs = get(&c.resyncs);
+        r.digest_checks = get(&c.digest_checks);
+        r.digest_mismatches = get(&c.digest_mismatches);
+        r.totals_repaired = get(&c.totals_repaired);
+        r.digests = self.store.digests().iter().map(|d| d.to_string()).collect();
+        status.state = state.to_string();
+        status.replication = Some(r);
     }
 
     /// Per-lane offsets: sent/acked/pending on the primary, applied on the backup.
@@ -485,35 +482,10 @@ impl Replication {
                 .iter()
                 .map(|a| {
                     let applied = a.load(Ordering::Relaxed);
-                    LaneStatus {
-                        offset: applied,
-                        acked: applied,
-                        pending: 0,
-                    }
+                    LaneStatus::new(applied, applied, 0)
                 })
                 .collect(),
             _ => self.lanes.status(),
-        }
-    }
-
-    /// The figures of [`Replication::status`] as a typed value, for the metrics page (which must
-    /// not parse JSON nor recompute the 32 digests on every scrape).
-    pub fn snapshot(&self) -> Snapshot {
-        let (state, link_up, current) =
-            self.with_machine(|v| (v.machine.state().name(), v.link_up, v.machine.current()));
-        let c = &self.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Snapshot {
-            state,
-            link_up,
-            current,
-            lanes: self.lane_status(),
-            links: get(&c.links),
-            bootstraps: get(&c.bootstraps),
-            buckets_transferred: get(&c.buckets_transferred),
-            resyncs: get(&c.resyncs),
-            digest_checks: get(&c.digest_checks),
-            digest_mismatches: get(&c.digest_mismatches),
         }
     }
 }
@@ -524,7 +496,7 @@ impl Replication {
 /// keeps the identity and a pair rolled to renewed certificates still links. 0 when the
 /// certificate cannot be read (unit tests); the TLS handshake has checked it anyway.
 pub fn pair_id(certs_dir: &std::path::Path) -> u64 {
-    let Ok(cert) = crate::tls::own_server_cert(&crate::tls::CertPaths::new(certs_dir)) else {
+    let Ok(cert) = crate::tls::own_server_cert(&quickv_net::tls::CertPaths::new(certs_dir)) else {
         return 0;
     };
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
@@ -539,32 +511,6 @@ pub fn pair_id(certs_dir: &std::path::Path) -> u64 {
         }
     }
     xxhash_rust::xxh3::xxh3_64(&names)
-}
-
-/// Replication figures at one moment; see [`Replication::snapshot`]. Field meanings are those of
-/// the same-named `status` fields (docs/operations.md).
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The state's name ([`State::name`]).
-    pub state: &'static str,
-    /// Whether a peer connection is up.
-    pub link_up: bool,
-    /// Whether this store is known current.
-    pub current: bool,
-    /// Per-lane offsets, indexed by bucket.
-    pub lanes: Vec<LaneStatus>,
-    /// Links established since start.
-    pub links: u64,
-    /// Bootstraps completed.
-    pub bootstraps: u64,
-    /// Buckets copied by bootstraps.
-    pub buckets_transferred: u64,
-    /// Single-bucket resyncs after a digest mismatch.
-    pub resyncs: u64,
-    /// Digest checks sent or verified.
-    pub digest_checks: u64,
-    /// Digest checks that found a difference.
-    pub digest_mismatches: u64,
 }
 
 #[cfg(test)]

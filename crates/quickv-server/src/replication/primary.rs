@@ -15,12 +15,13 @@ use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
 use crate::replication::Replication;
-use crate::tls::{self, CertPaths, Identity};
+use crate::tls;
 use quickv_core::lanes::FrameSink;
 use quickv_core::opening::{primary_answered, transfer_ended, Transfer};
 use quickv_core::resync::ResyncPlan;
 use quickv_core::store::{BucketId, BUCKETS};
 use quickv_core::timers::LinkTimers;
+use quickv_net::tls::{CertPaths, Identity};
 use quickv_proto::peer::PeerMsg;
 
 /// First redial delay after a lost link (or an endpoint that cannot dial).

@@ -29,9 +29,11 @@ use tracing::{error, info};
 use crate::config::ServerConfig;
 use crate::error::Result;
 use crate::pki::Access;
+use quickv_proto::status::CertificateStatus;
 use quickv_proto::{ErrorCode, Op, Reply};
 
-use crate::tls::{self, CertPaths, Current, TransportLimits, Trust};
+use crate::tls::{self, Current, TransportLimits, Trust};
+use quickv_net::tls::CertPaths;
 
 /// Application close code for a connection whose certificate was revoked (or is no longer
 /// trusted): at a reload, or when it registers after a handshake that straddled one.
@@ -334,17 +336,17 @@ impl Security {
     }
 
     /// The `certificates` part of `status`.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> CertificateStatus {
         let (crl_entries, crl_number) = self.trust.current().revocation.status();
-        serde_json::json!({
-            "reloads": self.reloads.load(Ordering::Relaxed),
-            "reload_failures": self.reload_failures.load(Ordering::Relaxed),
-            "closed_revoked": self.closed_revoked.load(Ordering::Relaxed),
-            "refused_identities": self.refused_identities.load(Ordering::Relaxed),
-            "authenticated_connections": self.lock().len(),
-            "crl_entries": crl_entries,
-            "crl_number": crl_number,
-        })
+        let mut s = CertificateStatus::default();
+        s.reloads = self.reloads.load(Ordering::Relaxed);
+        s.reload_failures = self.reload_failures.load(Ordering::Relaxed);
+        s.closed_revoked = self.closed_revoked.load(Ordering::Relaxed);
+        s.refused_identities = self.refused_identities.load(Ordering::Relaxed);
+        s.authenticated_connections = self.lock().len() as u64;
+        s.crl_entries = crl_entries as u64;
+        s.crl_number = crl_number;
+        s
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, LiveClient>> {
@@ -433,7 +435,7 @@ mod tests {
 
     /// The chain of client `name` in `paths`.
     fn chain_of(paths: &CertPaths, name: &str) -> Vec<CertificateDer<'static>> {
-        crate::tls::load_certs(&paths.dir.join(format!("{name}.pem"))).expect("chain")
+        quickv_net::tls::load_certs(&paths.dir.join(format!("{name}.pem"))).expect("chain")
     }
 
     #[test]
@@ -475,7 +477,7 @@ mod tests {
         assert!(early_closed.is_cancelled());
         assert_eq!(security.closed_revoked.load(Ordering::Relaxed), 2);
         // A server certificate is no client, whatever the CRL says.
-        let server = crate::tls::load_certs(&paths.server_cert()).expect("server.pem");
+        let server = quickv_net::tls::load_certs(&paths.server_cert()).expect("server.pem");
         let refused = security.admit(server, Closer::Http(CancellationToken::new()));
         assert_eq!(
             refused.map(|(a, _)| a).map_err(|r| r.code),

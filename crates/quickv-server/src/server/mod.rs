@@ -1,4 +1,4 @@
-//! The server: a QUIC endpoint whose connections are client sessions (ALPN `quickv/1`) or the peer
+//! The server: a QUIC endpoint whose connections are client connections (ALPN `quickv/1`) or the peer
 //! link (ALPN `quickv-peer/3`).
 //!
 //! [`Server::bind`] opens the endpoint (and the HTTP gateway's TCP socket when configured, see
@@ -6,7 +6,7 @@
 //! passes ctrl-c/SIGTERM, tests their own) or a client sends `shutdown` (QUIC or HTTP).
 //! Stopping is graceful: no new connections or requests are taken, answers already owed are
 //! delivered (bounded by `drain_timeout`), then every connection is closed with application code
-//! [`session::CLOSE_SHUTDOWN`] and the endpoint waits until idle (bounded). Then the ports are
+//! [`conn::CLOSE_SHUTDOWN`] and the endpoint waits until idle (bounded). Then the ports are
 //! released — the UDP socket and the gateway's TCP listener are closed, which [`Server::run`]
 //! checks by binding the UDP address itself — and only then is `/kvman/shutdown` answered: a
 //! harness that starts the next server as soon as it has that answer finds the ports free.
@@ -18,11 +18,11 @@
 
 pub mod admission;
 pub mod auth;
+pub mod conn;
 pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod router;
-pub mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,7 +35,9 @@ use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::server::admission::{Pending, Verdict};
 use crate::server::node::{Node, Stats};
-use crate::tls::{self, CertPaths, TransportLimits};
+use crate::tls::{self, TransportLimits};
+use quickv_net::tls::{explain_connection_error, CertPaths};
+use quickv_proto::PEER_ALPN;
 
 pub use node::Node as ServerNode;
 
@@ -170,13 +172,13 @@ impl Server {
         {
             warn!("drain timeout passed; closing connections with requests still in flight");
         }
-        // Sessions are drained (their replicated writes were acked or failed); now tell the peer.
+        // Connections are drained (their replicated writes were acked or failed); now tell the peer.
         if let Some(repl) = &node.repl {
             repl.finish_shutdown().await;
         }
         endpoint.close(
-            session::CLOSE_SHUTDOWN.into(),
-            session::SHUTDOWN_REASON.as_bytes(),
+            conn::CLOSE_SHUTDOWN.into(),
+            conn::SHUTDOWN_REASON.as_bytes(),
         );
         // The close frames go out at once; waiting out every connection's draining period (3 PTOs,
         // seconds on an idle link) would only delay the exit, so bound it.
@@ -281,7 +283,7 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming, pending: Pending) {
     let conn = match tokio::time::timeout(node.config.handshake_timeout, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
-            warn!(%remote, reason = %tls::explain_connection_error(&e), "handshake failed");
+            warn!(%remote, reason = %explain_connection_error(&e), "handshake failed");
             return;
         }
         // Dropping the handshake closes it: its state and its slot are freed now.
@@ -296,7 +298,7 @@ async fn accept(node: Arc<Node>, incoming: quinn::Incoming, pending: Pending) {
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
-        Some(p) if p == tls::PEER_ALPN => {
+        Some(p) if p == PEER_ALPN => {
             if let Err(why) = peer_allowed(&node, &conn) {
                 warn!(%remote, reason = why, "peer link refused");
                 conn.close(CLOSE_PEER_REFUSED.into(), why.as_bytes());
@@ -363,7 +365,7 @@ async fn serve_client(node: Arc<Node>, conn: quinn::Connection, remote: SocketAd
         }
     };
     Stats::bump(&node.stats.connections_total);
-    session::serve_connection(node, conn, access).await;
+    conn::serve_connection(node, conn, access).await;
 }
 
 /// Gives up the endpoint's UDP port: connections still draining hold the socket, so the endpoint
@@ -420,5 +422,3 @@ fn peer_allowed(node: &Node, conn: &quinn::Connection) -> Result<(), &'static st
         _ => Err("the peer's certificate is not this pair's server certificate"),
     }
 }
-
-pub use node::status_json;

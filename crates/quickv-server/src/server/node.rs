@@ -1,10 +1,12 @@
-//! The state one server process shares between its sessions: config, store, identity, counters and
+//! The state one server process shares between its connections: config, store, identity, counters and
 //! the stop signal.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use quickv_proto::status::Status;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Role, ServerConfig};
@@ -12,7 +14,7 @@ use crate::replication::Replication;
 use crate::server::metrics::OpMetrics;
 use quickv_core::store::Store;
 
-/// Shared by every session of a server; cheap to clone through `Arc`.
+/// Shared by every connection of a server; cheap to clone through `Arc`.
 #[derive(Debug)]
 pub struct Node {
     /// The configuration the server was started with.
@@ -134,35 +136,35 @@ fn fresh_run_id() -> u64 {
     xxhash_rust::xxh3::xxh3_64(seed.as_bytes())
 }
 
-/// The `status` document: JSON with at least `role`, `state`, `keys`.
-pub fn status_json(node: &Node) -> serde_json::Value {
-    use std::sync::atomic::Ordering::Relaxed;
-    let s = &node.stats;
-    let mut doc = serde_json::json!({
-        "role": node.config.role.as_str(),
-        "state": "serving",
-        "keys": node.store.count(),
-        "listen": node.config.listen.to_string(),
-        "peer": node.config.peer.map(|p| p.to_string()),
-        "http": node.config.http.map(|a| a.to_string()),
-        "run_id": format!("{:016x}", node.run_id),
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_s": node.started.elapsed().as_secs(),
-        "connections": s.connections.load(Relaxed),
-        "connections_total": s.connections_total.load(Relaxed),
-        "connections_refused": s.connections_refused.load(Relaxed),
-        "requests": s.requests.load(Relaxed),
-        "bad_frames": s.bad_frames.load(Relaxed),
-        "stream_pauses": s.stream_pauses.load(Relaxed),
-        "handshakes_pending": node.admission.pending(),
-        "forbidden": node.security.forbidden.load(Relaxed),
-        "certificates": node.security.status(),
-        "sessions": node.store.sessions().usage(),
-    });
-    if let (Some(repl), Some(obj)) = (&node.repl, doc.as_object_mut()) {
-        if let serde_json::Value::Object(extra) = repl.status() {
-            obj.extend(extra);
+impl Node {
+    /// The `status` document, built once per ask: the `status` op and `GET /kvman/status` send it
+    /// as JSON, `/metrics` renders it. Relaxed loads, and one short lock for the replication
+    /// machine on a pair.
+    pub fn status(&self) -> Status {
+        let s = &self.stats;
+        let mut status = Status::default();
+        status.role = self.config.role.as_str().to_string();
+        status.state = "serving".to_string();
+        status.keys = self.store.count();
+        status.listen = self.config.listen.to_string();
+        status.peer = self.config.peer.map(|p| p.to_string());
+        status.http = self.config.http.map(|a| a.to_string());
+        status.run_id = format!("{:016x}", self.run_id);
+        status.version = env!("CARGO_PKG_VERSION").to_string();
+        status.uptime_s = self.started.elapsed().as_secs();
+        status.connections = s.connections.load(Relaxed);
+        status.connections_total = s.connections_total.load(Relaxed);
+        status.connections_refused = s.connections_refused.load(Relaxed);
+        status.requests = s.requests.load(Relaxed);
+        status.bad_frames = s.bad_frames.load(Relaxed);
+        status.stream_pauses = s.stream_pauses.load(Relaxed);
+        status.handshakes_pending = self.admission.pending() as u64;
+        status.forbidden = self.security.forbidden.load(Relaxed);
+        status.certificates = self.security.status();
+        status.sessions = self.store.sessions().usage();
+        if let Some(repl) = &self.repl {
+            repl.fill_status(&mut status);
         }
+        status
     }
-    doc
 }

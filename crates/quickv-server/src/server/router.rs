@@ -1,5 +1,5 @@
 //! Request routing: one decoded request in, one answer out. No I/O here beyond handing replicated
-//! writes to the replicator; sessions own the streams.
+//! writes to the replicator; connections own the streams.
 
 use crate::config::Role;
 use crate::server::node::Node;
@@ -50,7 +50,8 @@ pub fn handle(node: &Node, req: Request, reply_to: impl FnOnce() -> ReplyTo) -> 
         }),
         Op::Ping(payload) => Handled::Now(Reply::Value(payload)),
         Op::Status => Handled::Now(Reply::Status(
-            crate::server::node::status_json(node).to_string(),
+            // Plain structs of strings and numbers: serialising them cannot fail.
+            serde_json::to_string(&node.status()).expect("the status serialises"),
         )),
         Op::Shutdown => Handled::Shutdown,
         read @ (Op::Count | Op::Dump | Op::Get { .. }) => {

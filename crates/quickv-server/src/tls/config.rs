@@ -11,9 +11,10 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 
 use super::generate::cert_err;
-use super::{load_certs, load_key, peer, CertPaths, Current, Identity, PEER_ALPN};
+use super::{peer, Current};
 use crate::error::{Error, Result};
-use quickv_proto::ALPN;
+use quickv_net::tls::{load_certs, load_key, CertPaths, Identity};
+use quickv_proto::{ALPN, PEER_ALPN};
 
 /// Transport knobs shared by the server endpoint configs.
 #[derive(Clone, Copy, Debug)]

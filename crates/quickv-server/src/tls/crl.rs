@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 use rustls::pki_types::pem::{PemObject, SectionKind};
 use rustls::pki_types::CertificateRevocationListDer;
 
-use super::CertPaths;
 use crate::error::{Error, Result};
+use quickv_net::tls::CertPaths;
+use quickv_proto::status::CrlNumber;
 
 /// The CRLs in force, and what the next load is compared with.
 #[derive(Clone, Debug, Default)]
@@ -101,16 +102,15 @@ impl Revocation {
 
     /// `crl_entries` and `crl_number` for `status.certificates` (the number of the highest CRL,
     /// `null` without one).
-    pub fn status(&self) -> (usize, serde_json::Value) {
+    pub fn status(&self) -> (usize, Option<CrlNumber>) {
         let number = self
             .issuers
             .values()
             .max_by(|a, b| compare_numbers(&a.number, &b.number))
             .map(|c| match c.number_text.parse::<u64>() {
-                Ok(n) => serde_json::Value::from(n),
-                Err(_) => serde_json::Value::from(c.number_text.clone()),
-            })
-            .unwrap_or(serde_json::Value::Null);
+                Ok(n) => CrlNumber::Number(n),
+                Err(_) => CrlNumber::Text(c.number_text.clone()),
+            });
         (self.entries(), number)
     }
 

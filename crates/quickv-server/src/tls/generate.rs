@@ -13,8 +13,8 @@ use rcgen::{
 };
 
 use super::role::{role_unit, Access};
-use super::CertPaths;
 use crate::error::{Error, Result};
+use quickv_net::tls::CertPaths;
 
 /// Validity of the generated CA, in days from generation.
 pub const CA_VALIDITY_DAYS: i64 = 3650;

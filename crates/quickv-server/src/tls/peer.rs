@@ -8,11 +8,10 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
-use super::{
-    cert_err, load_certs, load_key, load_roots, own_server_cert, quic_client_config, CertPaths,
-    Revocation, PEER_ALPN,
-};
+use super::{cert_err, own_server_cert, Revocation};
 use crate::error::Result;
+use quickv_net::tls::{load_certs, load_key, load_roots, quic_client_config, CertPaths};
+use quickv_proto::PEER_ALPN;
 
 /// The config a server dials its peer with.
 ///

@@ -16,8 +16,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::crl::Revocation;
-use super::{load_roots, CertPaths};
 use crate::error::{Error, Result};
+use quickv_net::tls::{load_roots, CertPaths};
 
 /// The verifier and CRLs in force.
 #[derive(Debug)]

@@ -61,6 +61,7 @@ use bytes::Bytes;
 use self::table::BucketTable;
 use crate::store::{BucketId, BUCKETS};
 use quickv_proto::peer::{RecordedAnswer, SessionAnswer};
+use quickv_proto::status::SessionUsage;
 use quickv_proto::{ErrorCode, Reply, SessionWrite, WriteStamp};
 
 /// Slack allowed for the trip of a retry from the client to the server when deciding whether its
@@ -148,27 +149,6 @@ pub enum Lookup {
     Answered(Reply),
     /// Its record may have been evicted: refuse it, apply nothing.
     Expired(Reply),
-}
-
-/// How full the tables are, for `status` and `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct SessionUsage {
-    /// Remembered answers.
-    pub records: u64,
-    /// Sessions with records, counted per bucket.
-    pub sessions: u64,
-    /// Client identities with a table, counted per bucket.
-    pub identities: u64,
-    /// Bytes charged to the tables.
-    pub bytes: u64,
-    /// The budget of all tables, in bytes.
-    pub budget_bytes: u64,
-    /// Sessions evicted to stay inside a byte or count limit, since start.
-    pub evicted: u64,
-    /// Sessions dropped as idle, since start.
-    pub swept: u64,
-    /// Deletes recorded as "applied, value not kept", since start.
-    pub values_not_kept: u64,
 }
 
 /// The 32 per-bucket session tables.
@@ -426,13 +406,11 @@ impl Sessions {
 
     /// Records, sessions, identities and bytes, and the eviction counters.
     pub fn usage(&self) -> SessionUsage {
-        let mut u = SessionUsage {
-            budget_bytes: (self.limits.bucket_bytes() * BUCKETS) as u64,
-            evicted: self.evicted.load(Ordering::Relaxed),
-            swept: self.swept.load(Ordering::Relaxed),
-            values_not_kept: self.not_kept.load(Ordering::Relaxed),
-            ..SessionUsage::default()
-        };
+        let mut u = SessionUsage::default();
+        u.budget_bytes = (self.limits.bucket_bytes() * BUCKETS) as u64;
+        u.evicted = self.evicted.load(Ordering::Relaxed);
+        u.swept = self.swept.load(Ordering::Relaxed);
+        u.values_not_kept = self.not_kept.load(Ordering::Relaxed);
         for b in BucketId::all() {
             let t = self.bucket(b);
             u.records += t.records as u64;

@@ -59,7 +59,7 @@ pub(super) struct SessionEntry {
     /// Sequences below this were evicted from `answers`.
     pub(super) floor: u64,
     /// Sequence → answer, sorted by sequence.
-    pub(super) answers: Answers,
+    pub(super) answers: AnswerWindow,
     /// Last write of this session to this bucket.
     pub(super) last_used: Instant,
 }
@@ -116,7 +116,7 @@ impl BucketTable {
             owner.bytes += SESSION_BYTES;
             SessionEntry {
                 floor,
-                answers: Answers::default(),
+                answers: AnswerWindow::default(),
                 last_used,
             }
         });
@@ -289,14 +289,14 @@ impl OwnerTable {
 /// back, evicting a pop at the front, and a fresh write (newer than every answer) is recognised
 /// without a search.
 #[derive(Debug, Default)]
-pub(super) struct Answers {
+pub(super) struct AnswerWindow {
     /// The answers.
     pub(super) list: VecDeque<(u64, RecordedAnswer)>,
     /// Their cost: [`ANSWER_BYTES`] each plus kept values' lengths.
     pub(super) bytes: usize,
 }
 
-impl Answers {
+impl AnswerWindow {
     pub(super) fn get(&self, seq: u64) -> Option<&RecordedAnswer> {
         match (self.list.front(), self.list.back()) {
             (Some((lo, _)), Some((hi, _))) if (*lo..=*hi).contains(&seq) => {}

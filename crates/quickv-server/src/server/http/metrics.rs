@@ -6,12 +6,15 @@
 //! and `_count`. Every known label combination is always present (zero until it happens), so a
 //! rate over it never starts from a missing series.
 //!
-//! Rendering reads the relaxed counters of [`crate::server::node::Stats`] and
-//! [`crate::server::metrics::OpMetrics`], one replication [`crate::replication::Snapshot`] (one
-//! short lock) and the process's resident memory; it allocates, which is fine off the hot path.
+//! Rendering reads one [`Status`] (the same document `status` sends, built by [`Node::status`]:
+//! relaxed counters and one short lock), the figures only this page shows (streams, the gateway's
+//! connections and responses, [`crate::server::metrics::OpMetrics`], the store's bytes) and the
+//! process's resident memory; it allocates, which is fine off the hot path.
 
 use std::fmt::{Display, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use quickv_proto::status::{LaneStatus, ReplicationStatus, Status};
 
 use crate::server::metrics::{LATENCY_BOUNDS_US, OP_NAMES, OUTCOME_NAMES};
 use crate::server::node::{Node, Stats};
@@ -31,38 +34,38 @@ pub const REPLICATION_STATES: [&str; 5] = [
 
 /// Renders the whole page.
 pub fn render(node: &Node) -> String {
+    let status = node.status();
     let mut page = Page::default();
-    identity(&mut page, node);
+    identity(&mut page, &status);
     operations(&mut page, node);
-    connections(&mut page, &node.stats);
-    store(&mut page, node);
-    if let Some(repl) = &node.repl {
-        replication(&mut page, &repl.snapshot());
+    connections(&mut page, &status, &node.stats);
+    store(&mut page, &status, node);
+    if let Some(r) = &status.replication {
+        replication(&mut page, &status.state, r);
     }
     page.out
 }
 
 /// Who this server is and how long it has run.
-fn identity(page: &mut Page, node: &Node) {
+fn identity(page: &mut Page, status: &Status) {
     page.family(
         "quickv_info",
         "gauge",
         "Constant 1, labelled with this server's role, version and run id.",
     );
-    let run_id = format!("{:016x}", node.run_id);
     page.sample(
         "quickv_info",
         &[
-            ("role", node.config.role.as_str()),
-            ("version", env!("CARGO_PKG_VERSION")),
-            ("run_id", &run_id),
+            ("role", &status.role),
+            ("version", &status.version),
+            ("run_id", &status.run_id),
         ],
         1,
     );
     page.gauge(
         "quickv_uptime_seconds",
         "Seconds since this server process started.",
-        node.started.elapsed().as_secs_f64(),
+        status.uptime_s,
     );
 }
 
@@ -118,22 +121,22 @@ fn operations(page: &mut Page, node: &Node) {
 }
 
 /// QUIC connections and streams, and the HTTP gateway's connections and responses.
-fn connections(page: &mut Page, s: &Stats) {
+fn connections(page: &mut Page, status: &Status, s: &Stats) {
     let get = |a: &AtomicU64| a.load(Relaxed);
     page.gauge(
         "quickv_connections",
         "QUIC client connections open.",
-        get(&s.connections),
+        status.connections,
     );
     page.counter(
         "quickv_connections_total",
         "QUIC client connections accepted.",
-        get(&s.connections_total),
+        status.connections_total,
     );
     page.counter(
         "quickv_connections_refused_total",
         "QUIC client connections refused at max_connections.",
-        get(&s.connections_refused),
+        status.connections_refused,
     );
     page.gauge(
         "quickv_streams",
@@ -148,7 +151,7 @@ fn connections(page: &mut Page, s: &Stats) {
     page.counter(
         "quickv_bad_frames_total",
         "QUIC frames rejected as malformed or over a limit.",
-        get(&s.bad_frames),
+        status.bad_frames,
     );
     page.gauge(
         "quickv_http_connections",
@@ -175,18 +178,14 @@ fn connections(page: &mut Page, s: &Stats) {
 }
 
 /// The table's size and the process's memory.
-fn store(page: &mut Page, node: &Node) {
-    page.gauge(
-        "quickv_store_keys",
-        "Entries in the store.",
-        node.store.count(),
-    );
+fn store(page: &mut Page, status: &Status, node: &Node) {
+    page.gauge("quickv_store_keys", "Entries in the store.", status.keys);
     page.gauge(
         "quickv_store_bytes",
         "Sum of key and value lengths in the store (excludes map overhead).",
         node.store.approx_bytes(),
     );
-    let sessions = node.store.sessions().usage();
+    let sessions = &status.sessions;
     page.gauge(
         "quickv_session_records",
         "Answers remembered in the session tables (for retried writes).",
@@ -232,7 +231,7 @@ fn store(page: &mut Page, node: &Node) {
 }
 
 /// The replication families (primary and backup only).
-fn replication(page: &mut Page, r: &crate::replication::Snapshot) {
+fn replication(page: &mut Page, state_now: &str, r: &ReplicationStatus) {
     page.family(
         "quickv_replication_state",
         "gauge",
@@ -242,7 +241,7 @@ fn replication(page: &mut Page, r: &crate::replication::Snapshot) {
         page.sample(
             "quickv_replication_state",
             &[("state", state)],
-            u8::from(r.state == state),
+            u8::from(state_now == state),
         );
     }
     page.gauge(
@@ -258,14 +257,14 @@ fn replication(page: &mut Page, r: &crate::replication::Snapshot) {
     page.gauge(
         "quickv_replication_lag",
         "Writes sent to the backup and not yet acknowledged, all lanes.",
-        r.lanes.iter().map(|l| l.pending).sum::<usize>(),
+        r.lag,
     );
     per_lane(
         page,
         "quickv_replication_lane_pending",
         "Writes waiting for the backup's ack, per lane (always 0 on the backup).",
         &r.lanes,
-        |l| u64::try_from(l.pending).unwrap_or(u64::MAX),
+        |l| l.pending,
     );
     per_lane(
         page,
@@ -313,8 +312,14 @@ fn replication(page: &mut Page, r: &crate::replication::Snapshot) {
     );
 }
 
-/// One gauge family with a sample per lane (bucket), from the snapshot's per-lane offsets.
-fn per_lane<L>(page: &mut Page, name: &str, help: &str, lanes: &[L], pick: impl Fn(&L) -> u64) {
+/// One gauge family with a sample per lane (bucket), from the status's per-lane offsets.
+fn per_lane(
+    page: &mut Page,
+    name: &str,
+    help: &str,
+    lanes: &[LaneStatus],
+    pick: impl Fn(&LaneStatus) -> u64,
+) {
     page.family(name, "gauge", help);
     for (lane, status) in lanes.iter().enumerate() {
         page.sample(name, &[("lane", &lane.to_string())], pick(status));

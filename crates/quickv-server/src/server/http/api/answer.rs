@@ -17,8 +17,8 @@ pub type ApiBody = Either<Full<Bytes>, DumpBody>;
 pub(super) const JSON: &str = "application/json";
 
 /// `{"success":"true"}`.
-pub(super) fn success() -> Answer {
-    Answer::json(&Verdict::TRUE)
+pub(super) fn success() -> ApiResponse {
+    ApiResponse::json(&Verdict::TRUE)
 }
 
 /// The classic answer document, fields in the classic order: `success` first, then whichever of
@@ -60,12 +60,12 @@ pub(super) struct Count {
 }
 
 /// A 400 for a form or query string we could not read.
-pub(super) fn bad_form(e: FormError) -> Answer {
-    Answer::error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+pub(super) fn bad_form(e: FormError) -> ApiResponse {
+    ApiResponse::error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
 }
 
 /// A response about to be sent.
-pub(super) struct Answer {
+pub(super) struct ApiResponse {
     /// 200 whenever the request was understood (see the module docs).
     pub(super) status: StatusCode,
     /// JSON everywhere but `/metrics`.
@@ -78,11 +78,11 @@ pub(super) struct Answer {
     pub(super) stream: Option<DumpBody>,
 }
 
-impl Answer {
+impl ApiResponse {
     /// A 200 with a JSON body.
-    pub(super) fn json(doc: &impl Serialize) -> Answer {
+    pub(super) fn json(doc: &impl Serialize) -> ApiResponse {
         match serde_json::to_vec(doc) {
-            Ok(body) => Answer {
+            Ok(body) => ApiResponse {
                 status: StatusCode::OK,
                 content_type: JSON,
                 body: Bytes::from(body),
@@ -90,7 +90,7 @@ impl Answer {
                 stream: None,
             },
             // Only maps with non-string keys fail to serialize; ours have none.
-            Err(e) => Answer {
+            Err(e) => ApiResponse {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 content_type: "text/plain; charset=utf-8",
                 body: Bytes::from(format!("cannot encode the answer: {e}")),
@@ -101,10 +101,10 @@ impl Answer {
     }
 
     /// A 4xx/5xx with `{"success":"false","error":code,"reason":reason}`.
-    pub(super) fn error(status: StatusCode, code: &str, reason: String) -> Answer {
-        Answer {
+    pub(super) fn error(status: StatusCode, code: &str, reason: String) -> ApiResponse {
+        ApiResponse {
             status,
-            ..Answer::json(&Verdict {
+            ..ApiResponse::json(&Verdict {
                 error: Some(code),
                 reason: Some(&reason),
                 ..Verdict::FALSE
@@ -113,8 +113,8 @@ impl Answer {
     }
 
     /// A 200 whose JSON body is streamed (no `Content-Length`: chunked).
-    pub(super) fn streamed(body: DumpBody) -> Answer {
-        Answer {
+    pub(super) fn streamed(body: DumpBody) -> ApiResponse {
+        ApiResponse {
             status: StatusCode::OK,
             content_type: JSON,
             body: Bytes::new(),

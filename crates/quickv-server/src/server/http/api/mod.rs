@@ -25,7 +25,7 @@ mod answer;
 mod dump;
 
 pub use answer::ApiBody;
-use answer::{bad_form, success, Answer, Count, Verdict, JSON};
+use answer::{bad_form, success, ApiResponse, Count, Verdict, JSON};
 
 use crate::server::http::form::{Form, FormError};
 use crate::server::http::metrics;
@@ -92,7 +92,7 @@ pub async fn respond(
 /// or the query string, the body winning when both name a field. Reads (`/kv/get`, `/kvman/*`,
 /// `/metrics`) take GET or POST; writes take POST (a GET must not change data: a crawler or a
 /// browser's prefetch would).
-async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Answer {
+async fn route(node: &Arc<Node>, req: Request<Incoming>) -> ApiResponse {
     let path = req.uri().path().to_string();
     let (write, read) = (Allowed::Post, Allowed::GetOrPost);
     match path.as_str() {
@@ -120,7 +120,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Answer {
         "/kvman/countkey" => {
             with_params(node, req, read, |_| async move {
                 match call(node, Op::Count).await {
-                    Routed::Reply(Reply::Count(n)) => Answer::json(&Count {
+                    Routed::Reply(Reply::Count(n)) => ApiResponse::json(&Count {
                         result: n.to_string(),
                     }),
                     other => refusal(other),
@@ -132,7 +132,9 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Answer {
             with_params(node, req, read, |_| async move {
                 match call(node, Op::Dump).await {
                     Routed::Dump => match node.dump_slots.clone().try_acquire_owned() {
-                        Ok(slot) => Answer::streamed(dump::DumpBody::start(node.clone(), slot)),
+                        Ok(slot) => {
+                            ApiResponse::streamed(dump::DumpBody::start(node.clone(), slot))
+                        }
                         Err(_) => refusal(Routed::Reply(Reply::Unavailable(format!(
                             "too many dumps in progress (max_dumps {}); retry later",
                             node.config.max_dumps
@@ -147,7 +149,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Answer {
             with_params(node, req, read, |_| async move {
                 match call(node, Op::Status).await {
                     // Already a JSON document: sent as the router wrote it.
-                    Routed::Reply(Reply::Status(text)) => Answer {
+                    Routed::Reply(Reply::Status(text)) => ApiResponse {
                         status: StatusCode::OK,
                         content_type: JSON,
                         body: Bytes::from(text),
@@ -173,7 +175,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Answer {
         }
         "/metrics" => {
             with_params(node, req, read, |_| async move {
-                Answer {
+                ApiResponse {
                     status: StatusCode::OK,
                     content_type: metrics::CONTENT_TYPE,
                     body: Bytes::from(metrics::render(node)),
@@ -183,7 +185,7 @@ async fn route(node: &Arc<Node>, req: Request<Incoming>) -> Answer {
             })
             .await
         }
-        path => Answer::error(
+        path => ApiResponse::error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no endpoint {path}; see docs/http.md"),
@@ -239,11 +241,15 @@ pub struct Params {
 impl Params {
     /// Decodes the query string and, for a POST, the form body (at most `body_cap` bytes);
     /// bounded in size and time.
-    async fn read(node: &Node, req: Request<Incoming>, body_cap: usize) -> Result<Params, Answer> {
+    async fn read(
+        node: &Node,
+        req: Request<Incoming>,
+        body_cap: usize,
+    ) -> Result<Params, ApiResponse> {
         let limits = node.config.limits;
         let query = req.uri().query().unwrap_or("");
         if query.len() > max_query(&limits) {
-            return Err(Answer::error(
+            return Err(ApiResponse::error(
                 StatusCode::URI_TOO_LONG,
                 "too_large",
                 format!(
@@ -284,13 +290,13 @@ async fn with_params<'n, F, Fut>(
     req: Request<Incoming>,
     allowed: Allowed,
     serve: F,
-) -> Answer
+) -> ApiResponse
 where
     F: FnOnce(Params) -> Fut,
-    Fut: std::future::Future<Output = Answer> + 'n,
+    Fut: std::future::Future<Output = ApiResponse> + 'n,
 {
     if !allowed.admits(req.method()) {
-        let mut answer = Answer::error(
+        let mut answer = ApiResponse::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!(
@@ -318,15 +324,15 @@ enum Write {
 }
 
 /// `POST /kv/insert|update|delete`.
-async fn write_op(node: &Node, form: &Params, kind: Write) -> Answer {
+async fn write_op(node: &Node, form: &Params, kind: Write) -> ApiResponse {
     let limits = node.config.limits;
-    let fields = || -> Result<Op, Answer> {
+    let fields = || -> Result<Op, ApiResponse> {
         let key = form.required("key").map_err(bad_form)?;
         check_key(&key, &limits)?;
-        let value = |form: &Params| -> Result<Bytes, Answer> {
+        let value = |form: &Params| -> Result<Bytes, ApiResponse> {
             let value = form.required("value").map_err(bad_form)?;
             if value.len() > limits.max_value {
-                return Err(Answer::error(
+                return Err(ApiResponse::error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "value_too_large",
                     format!(
@@ -357,7 +363,7 @@ async fn write_op(node: &Node, form: &Params, kind: Write) -> Answer {
 }
 
 /// `GET|POST /kv/get` with `key`.
-async fn read_key(node: &Node, params: &Params) -> Answer {
+async fn read_key(node: &Node, params: &Params) -> ApiResponse {
     let key = match params.required("key") {
         Ok(key) => key,
         Err(e) => return bad_form(e),
@@ -369,7 +375,7 @@ async fn read_key(node: &Node, params: &Params) -> Answer {
 }
 
 /// Reads and decodes a form body, bounded in size (`cap`) and time (the idle timeout).
-async fn form_body(node: &Node, req: Request<Incoming>, cap: usize) -> Result<Form, Answer> {
+async fn form_body(node: &Node, req: Request<Incoming>, cap: usize) -> Result<Form, ApiResponse> {
     // Another media type is refused only if a body came with it (an empty POST with any
     // Content-Type carries its fields in the query string, which classic clients do).
     let wrong_type = req.headers().get(CONTENT_TYPE).and_then(|ct| {
@@ -380,7 +386,7 @@ async fn form_body(node: &Node, req: Request<Incoming>, cap: usize) -> Result<Fo
             .map(str::trim);
         match form_type {
             Some(t) if t.eq_ignore_ascii_case("application/x-www-form-urlencoded") => None,
-            _ => Some(Answer::error(
+            _ => Some(ApiResponse::error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 format!(
@@ -391,7 +397,7 @@ async fn form_body(node: &Node, req: Request<Incoming>, cap: usize) -> Result<Fo
         }
     });
     let too_large = |n: u64| {
-        Answer::error(
+        ApiResponse::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("body of {n} bytes or more exceeds the limit of {cap} bytes"),
@@ -408,7 +414,7 @@ async fn form_body(node: &Node, req: Request<Incoming>, cap: usize) -> Result<Fo
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => {
-                return Err(Answer::error(
+                return Err(ApiResponse::error(
                     StatusCode::REQUEST_TIMEOUT,
                     "timeout",
                     "the request body did not arrive in time".into(),
@@ -416,7 +422,7 @@ async fn form_body(node: &Node, req: Request<Incoming>, cap: usize) -> Result<Fo
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return Err(Answer::error(
+                return Err(ApiResponse::error(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     format!("cannot read the request body: {e}"),
@@ -439,9 +445,9 @@ async fn form_body(node: &Node, req: Request<Incoming>, cap: usize) -> Result<Fo
 }
 
 /// Refuses a key over `max_key`, as the QUIC decoder does.
-fn check_key(key: &Bytes, limits: &Limits) -> Result<(), Answer> {
+fn check_key(key: &Bytes, limits: &Limits) -> Result<(), ApiResponse> {
     if key.len() > limits.max_key {
-        return Err(Answer::error(
+        return Err(ApiResponse::error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "key_too_large",
             format!(
@@ -496,10 +502,10 @@ async fn call(node: &Node, op: Op) -> Routed {
 }
 
 /// The JSON of a key-value operation's answer.
-fn outcome(routed: Routed) -> Answer {
+fn outcome(routed: Routed) -> ApiResponse {
     match routed {
         Routed::Reply(Reply::Ok) => success(),
-        Routed::Reply(Reply::Value(v)) => Answer::json(&Verdict {
+        Routed::Reply(Reply::Value(v)) => ApiResponse::json(&Verdict {
             value: Some(&String::from_utf8_lossy(&v)),
             ..Verdict::TRUE
         }),
@@ -508,9 +514,9 @@ fn outcome(routed: Routed) -> Answer {
 }
 
 /// The JSON of a refusal, or of an answer that does not fit the endpoint (a bug: 500).
-fn refusal(routed: Routed) -> Answer {
+fn refusal(routed: Routed) -> ApiResponse {
     let refused = |reason: String| {
-        Answer::json(&Verdict {
+        ApiResponse::json(&Verdict {
             reason: Some(&reason),
             ..Verdict::FALSE
         })
@@ -525,9 +531,9 @@ fn refusal(routed: Routed) -> Answer {
                 ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             };
-            Answer::error(status, "server_error", format!("{code}: {message}"))
+            ApiResponse::error(status, "server_error", format!("{code}: {message}"))
         }
-        Routed::Reply(_) | Routed::Dump | Routed::Shutdown => Answer::error(
+        Routed::Reply(_) | Routed::Dump | Routed::Shutdown => ApiResponse::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the router gave an answer this endpoint does not expect".into(),
@@ -551,7 +557,7 @@ mod tests {
 
     #[test]
     fn refusals_keep_the_classic_shape() {
-        let body = |a: Answer| serde_json::from_slice::<Value>(&a.body).expect("json");
+        let body = |a: ApiResponse| serde_json::from_slice::<Value>(&a.body).expect("json");
         let a = refusal(Routed::Reply(Reply::Indeterminate("link lost".into())));
         assert_eq!(a.status, StatusCode::OK);
         assert_eq!(

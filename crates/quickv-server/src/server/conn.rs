@@ -135,7 +135,7 @@ async fn serve_stream(
         writer_gone.clone(),
     )));
     let mut stream = RequestStream {
-        answers: Arc::new(Answers {
+        answers: Arc::new(AnswerSink {
             node: node.clone(),
             outbox: outbox.clone(),
             waiting: AtomicUsize::new(0),
@@ -189,7 +189,7 @@ struct RequestStream {
     /// connection died): nothing more is read, and dumps end.
     writer_gone: CancellationToken,
     /// Where replicated writes and dumps are answered, and how many are still owed.
-    answers: Arc<Answers>,
+    answers: Arc<AnswerSink>,
     /// The client finished its sending side.
     eof: bool,
     /// No more requests are taken (invalid frame, read error, slow sender, shutdown).
@@ -454,7 +454,7 @@ impl Batch {
 /// A stream's sink for the answers of its replicated writes, called by the task that applies the
 /// backup's acks: it records the metrics and encodes the answer straight into the stream's outbox
 /// (which wakes the writer); the reading task is not involved.
-struct Answers {
+struct AnswerSink {
     /// For the metrics.
     node: Arc<Node>,
     /// The stream's answers.
@@ -466,7 +466,7 @@ struct Answers {
     none_waiting: Notify,
 }
 
-impl Answers {
+impl AnswerSink {
     /// One owed answer (a replicated write's, a dump's last chunk) has been given.
     fn settled(&self) {
         if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -475,15 +475,15 @@ impl Answers {
     }
 }
 
-impl std::fmt::Debug for Answers {
+impl std::fmt::Debug for AnswerSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Answers")
+        f.debug_struct("AnswerSink")
             .field("waiting", &self.waiting)
             .finish_non_exhaustive()
     }
 }
 
-impl StreamAnswers for Answers {
+impl StreamAnswers for AnswerSink {
     fn answer(&self, ticket: Ticket, reply: Reply, now: Instant) {
         let elapsed = now.saturating_duration_since(ticket.started);
         self.node.metrics.record(ticket.kind, &reply, elapsed);
@@ -512,7 +512,7 @@ struct Dump {
     /// Where the chunks go.
     outbox: Arc<Outbox>,
     /// Settled when the last chunk is queued (or the dump is abandoned).
-    answers: Arc<Answers>,
+    answers: Arc<AnswerSink>,
     /// The stream's writer is gone: stop.
     writer_gone: CancellationToken,
 }
