@@ -10,7 +10,7 @@
 //! # Rules
 //!
 //! - No tokio, quinn or rustls: `cargo tree -p quickv-core -e normal` lists only the codec
-//!   (`quickv-proto`), `bytes`, `flurry`, `serde`, `thiserror`, `tracing` and `xxhash-rust`.
+//!   (`quickv-proto`), `bytes`, `flurry`, `thiserror`, `tracing` and `xxhash-rust`.
 //! - No clock: every function that needs the time takes `now: Instant`, and the caller reads
 //!   its clock (the server once per batch, the simulator its virtual time). The only clock
 //!   read in this crate is the unit tests' time origin (`testing::origin`, `cfg(test)`).
