@@ -38,12 +38,13 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 use quickv::history::{self, History, Kind, Observed, Operation};
-use quickv_core::apply::StreamApplier;
+use quickv_core::apply::{Pass, StreamApplier};
 use quickv_core::hello::hello_of;
 use quickv_core::lanes::Lanes;
-use quickv_core::state::{admit, Machine, Refusal, Source};
+use quickv_core::opening::{backup_plan, primary_answered, transfer_ack, transfer_ended, Transfer};
+use quickv_core::state::{admit, Machine, Refusal};
 use quickv_core::store::sessions::SessionLimits;
-use quickv_core::store::{BucketId, Store, BUCKETS};
+use quickv_core::store::{BucketId, Store};
 use quickv_core::transfer::{snapshot_msgs, TransferReceiver};
 use quickv_proto::peer::{PeerHello, PeerMsg};
 use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
@@ -239,7 +240,7 @@ struct BLink {
     generation: u64,
     phase: BPhase,
     inbox: HashMap<usize, BytesMut>,
-    appliers: HashMap<usize, (StreamApplier, [u64; BUCKETS])>,
+    appliers: HashMap<usize, StreamApplier>,
 }
 
 struct Backup {

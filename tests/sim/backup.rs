@@ -56,13 +56,11 @@ impl Sim {
                 &b.store,
                 now,
             );
-            let plan = b.machine.handle_hellos(&theirs, &ours, epoch);
-            let phase = if plan.buckets.is_empty() {
-                BPhase::Running
-            } else if plan.source == Source::Primary {
-                BPhase::Receiving(TransferReceiver::default())
-            } else {
-                BPhase::AwaitAck
+            let (plan, transfer) = backup_plan(&mut b.machine, &theirs, &ours, epoch);
+            let phase = match transfer {
+                Transfer::Nothing => BPhase::Running,
+                Transfer::Receive(_) => BPhase::Receiving(TransferReceiver::default()),
+                Transfer::Send(_) => BPhase::AwaitAck,
             };
             let mut msgs = vec![PeerMsg::Hello(Box::new(ours))];
             if matches!(phase, BPhase::AwaitAck) {
@@ -85,14 +83,10 @@ impl Sim {
             (BPhase::Receiving(mut rx), msg) => match rx.handle(msg, &b.store, now) {
                 None => link.phase = BPhase::Receiving(rx),
                 Some(verdict) => {
-                    let ack = PeerMsg::TransferAck {
-                        ok: verdict.is_ok(),
-                        reason: verdict.clone().err().unwrap_or_default(),
-                    };
                     if verdict.is_ok() {
-                        b.machine.handle_transfer_verified();
+                        transfer_ended(&mut b.machine, true);
                     }
-                    self.send(conn, Side::Backup, 0, &[ack]);
+                    self.send(conn, Side::Backup, 0, &[transfer_ack(&verdict)]);
                     match verdict {
                         Ok(()) => self.backup_drain(conn),
                         Err(e) => self.cut(conn, &e),
@@ -100,7 +94,7 @@ impl Sim {
                 }
             },
             (BPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
-                b.machine.handle_epoch_confirmed();
+                transfer_ended(&mut b.machine, false);
                 self.backup_drain(conn)
             }
             (BPhase::Running, PeerMsg::Synced) => b.machine.handle_synced(),
@@ -130,43 +124,33 @@ impl Sim {
             let Some(buf) = link.inbox.get_mut(&stream) else {
                 continue;
             };
-            let (applier, acked) = link
-                .appliers
-                .entry(stream)
-                .or_insert_with(|| (StreamApplier::default(), [0; BUCKETS]));
+            let applier = link.appliers.entry(stream).or_default();
+            let live = || b.applying_link == link.generation;
             let mut out = Vec::new();
             loop {
-                match PeerMsg::decode(buf, &limits) {
-                    Ok(Some(msg)) => {
-                        if b.applying_link != link.generation {
-                            failure = Some("fenced: superseded link".to_string());
-                            break;
-                        }
-                        match applier.handle(msg, &b.store, b.repl.counters(), now) {
-                            Ok(report) => out.extend(report),
-                            Err(e) => {
-                                failure = Some(e.to_string());
-                                break;
-                            }
-                        }
-                    }
-                    Ok(None) => break,
+                let pass = applier.apply_buffered(
+                    buf,
+                    &limits,
+                    &b.store,
+                    b.repl.counters(),
+                    now,
+                    live,
+                    &mut out,
+                );
+                match pass.and_then(|pass| match pass {
+                    // The server installs it off its runtime, under the store's fence; here at once.
+                    Pass::Resync(job) => job.apply(&b.store, b.repl.counters()).map(|()| true),
+                    Pass::Done => Ok(false),
+                }) {
+                    Ok(true) => {}
+                    Ok(false) => break,
                     Err(e) => {
                         failure = Some(e.to_string());
                         break;
                     }
                 }
             }
-            for lane in BucketId::all() {
-                let applied = applier.applied[lane.index()];
-                if applied > acked[lane.index()] {
-                    acked[lane.index()] = applied;
-                    out.push(PeerMsg::Ack {
-                        bucket: lane,
-                        offset: applied,
-                    });
-                }
-            }
+            applier.acks(&mut out);
             if !out.is_empty() {
                 replies.push((stream, out));
             }

@@ -84,14 +84,6 @@ impl Sim {
         };
         let phase = std::mem::replace(&mut link.phase, PPhase::AwaitAck);
         match (phase, msg) {
-            (PPhase::Hello { .. }, PeerMsg::Goodbye(reason)) => {
-                // Refused: a stale primary stops serving reads until it has the pair's data.
-                if Refusal::is_stale(&reason) {
-                    p.machine.handle_refused_as_stale(reason.clone());
-                }
-                let why = format!("the backup refused the link: {reason}");
-                self.primary_link_lost(conn, &why)
-            }
             (PPhase::Lanes, PeerMsg::Goodbye(reason)) => {
                 // The backup shuts down: stop taking writes at once, let what is in flight
                 // finish (bounded), then end the link.
@@ -101,40 +93,35 @@ impl Sim {
                 let deadline = self.now + ACK_TIMEOUT_MS;
                 self.at(0, Event::PrimaryDrain { conn, deadline });
             }
-            (PPhase::Hello { ours }, PeerMsg::Hello(theirs)) => {
-                let epoch = match admit(&ours, &theirs) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        if matches!(e, Refusal::StaleEpoch { .. }) {
-                            p.machine.handle_refused_as_stale(e.to_string());
-                        }
-                        return self.primary_link_lost(conn, &e.to_string());
-                    }
+            (PPhase::Hello { ours }, answer) => {
+                let transfer = match primary_answered(&mut p.machine, &ours, answer) {
+                    Ok((_, _, transfer)) => transfer,
+                    Err(e) => return self.primary_link_lost(conn, &e),
                 };
-                let plan = p.machine.handle_hellos(&ours, &theirs, epoch);
-                if plan.buckets.is_empty() {
-                    self.open_lanes(conn);
-                } else if plan.source == Source::Primary {
-                    let (msgs, _, _) = snapshot_msgs(&p.store, &plan.buckets, &limits, now);
-                    link.phase = PPhase::AwaitAck;
-                    self.send(conn, Side::Primary, 0, &msgs);
-                } else {
-                    link.phase = PPhase::Receiving(TransferReceiver::default());
+                match transfer {
+                    Transfer::Nothing => self.open_lanes(conn),
+                    Transfer::Send(buckets) => {
+                        let (msgs, _, _) = snapshot_msgs(&p.store, &buckets, &limits, now);
+                        link.phase = PPhase::AwaitAck;
+                        self.send(conn, Side::Primary, 0, &msgs);
+                    }
+                    Transfer::Receive(_) => {
+                        link.phase = PPhase::Receiving(TransferReceiver::default())
+                    }
                 }
             }
-            (PPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => self.open_lanes(conn),
+            (PPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
+                transfer_ended(&mut p.machine, false);
+                self.open_lanes(conn)
+            }
             (PPhase::Receiving(mut rx), msg) => match rx.handle(msg, &p.store, now) {
                 None => link.phase = PPhase::Receiving(rx),
                 Some(verdict) => {
-                    let ack = PeerMsg::TransferAck {
-                        ok: verdict.is_ok(),
-                        reason: verdict.clone().err().unwrap_or_default(),
-                    };
-                    self.send(conn, Side::Primary, 0, &[ack]);
+                    self.send(conn, Side::Primary, 0, &[transfer_ack(&verdict)]);
                     match verdict {
                         Ok(()) => {
                             if let Some(p) = self.primary.as_mut() {
-                                p.machine.handle_transfer_verified();
+                                transfer_ended(&mut p.machine, true);
                             }
                             self.open_lanes(conn);
                         }

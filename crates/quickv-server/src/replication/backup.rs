@@ -12,10 +12,11 @@ use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
 use crate::replication::Replication;
-use quickv_core::apply::{apply_resync, StreamApplier};
-use quickv_core::state::{admit, may_supersede, Refusal, Source};
+use quickv_core::apply::{Pass, StreamApplier};
+use quickv_core::opening::{backup_plan, transfer_ended, Transfer};
+use quickv_core::state::{admit, may_supersede, Refusal};
 use quickv_core::store::{BucketId, Digest, BUCKETS};
-use quickv_proto::peer::{PeerHello, PeerMsg, ReplOffset};
+use quickv_proto::peer::{PeerHello, PeerMsg};
 
 /// Serves one link from the primary until it ends. The primary's hello is read and verified
 /// ([`admit`]: same pair, not a stale epoch) before the connection touches anything; only then
@@ -157,25 +158,28 @@ async fn run_link(
     let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
-    let plan = repl
-        .with_link_machine(g, |v| v.machine.handle_hellos(theirs, &ours, link.epoch))
+    let (plan, transfer) = repl
+        .with_link_machine(g, |v| {
+            backup_plan(&mut v.machine, theirs, &ours, link.epoch)
+        })
         .ok_or_else(superseded)?;
-    if !plan.buckets.is_empty() {
-        match plan.source {
-            Source::Primary => {
-                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
-                // The copy is verified: this store is the pair's data from here on, whether or
-                // not `Synced` ever arrives.
-                repl.with_link_machine(g, |v| v.machine.handle_transfer_verified())
-                    .ok_or_else(superseded)?;
-            }
-            Source::Backup => {
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
-                // The primary acknowledged our snapshot: it has our hello and the epoch.
-                repl.with_link_machine(g, |v| v.machine.handle_epoch_confirmed())
-                    .ok_or_else(superseded)?;
-            }
+    let received = match &transfer {
+        Transfer::Nothing => None,
+        Transfer::Receive(_) => {
+            receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
+            // The copy is verified: this store is the pair's data from here on, whether or not
+            // `Synced` ever arrives.
+            Some(true)
         }
+        Transfer::Send(buckets) => {
+            send_buckets(&mut ctl_send, &mut ctl, &repl.store, buckets, step).await?;
+            // The primary acknowledged our snapshot: it has our hello and the epoch.
+            Some(false)
+        }
+    };
+    if let Some(received) = received {
+        repl.with_link_machine(g, |v| transfer_ended(&mut v.machine, received))
+            .ok_or_else(superseded)?;
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
         repl.counters
             .buckets_transferred
@@ -261,67 +265,49 @@ async fn accept_lanes(
 /// Applies one data stream's writes in lane order and acknowledges, after each batch read, every
 /// lane the batch advanced (one write for all of them).
 async fn apply_stream(
-    repl: &Replication,
+    repl: &Arc<Replication>,
     mut send: quinn::SendStream,
     mut reader: PeerReader,
     generation: u64,
 ) -> Result<(), LinkError> {
     let mut lanes = StreamApplier::default();
-    let mut acked = [0 as ReplOffset; BUCKETS];
     let step = step_timeout(&repl.config);
+    let limits = reader.limits;
+    // Fenced: once a newer link is admitted, this one applies nothing more.
+    let live = || repl.applying_link.load(Ordering::Acquire) == generation;
     loop {
         let mut out = Vec::new();
-        let mut heard = false;
+        let before = reader.buffer().len();
         // One clock read per batch read: it dates the session records the batch's writes make.
         let now = Instant::now();
-        while let Some(msg) = reader.buffered()? {
-            heard = true;
-            // Fenced: once a newer link is admitted, this one applies nothing more.
-            if repl.applying_link.load(Ordering::Acquire) != generation {
-                return Err(LinkError(format!(
-                    "link {generation} superseded; its writes are no longer applied"
-                )));
-            }
-            if let PeerMsg::ReplaceEnd {
-                bucket,
-                offset,
-                digest,
-            } = msg
-            {
-                // A whole bucket is checked and installed off the runtime (keep-alives and the
-                // other streams go on), holding the store's transfer fence so that the job,
-                // owned by this stream and awaited here, is never overtaken by a newer link's
-                // warm start even if this future is dropped.
-                let entries = lanes.take_replace(bucket, offset)?;
-                let fence = repl.fence.hold().await;
-                let store = repl.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    let applied = apply_resync(&store, bucket, entries, digest);
-                    drop(fence);
-                    applied
-                })
-                .await
-                .map_err(|e| LinkError(format!("applying a resync failed: {e}")))??;
-                repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                info!(%bucket, "bucket resynced from the primary");
-                continue;
-            }
-            if let Some(report) = lanes.handle(msg, &repl.store, &repl.counters, now)? {
-                out.push(report);
-            }
+        while let Pass::Resync(job) = lanes.apply_buffered(
+            reader.buffer(),
+            &limits,
+            &repl.store,
+            &repl.counters,
+            now,
+            live,
+            &mut out,
+        )? {
+            // A whole bucket is checked and installed off the runtime (keep-alives and the other
+            // streams go on), holding the store's transfer fence so that the job, owned by this
+            // stream and awaited here, is never overtaken by a newer link's warm start even if
+            // this future is dropped.
+            let fence = repl.fence.hold().await;
+            let repl = repl.clone();
+            tokio::task::spawn_blocking(move || {
+                let applied = job.apply(&repl.store, &repl.counters);
+                drop(fence);
+                applied
+            })
+            .await
+            .map_err(|e| LinkError(format!("applying a resync failed: {e}")))??;
         }
+        let applied = lanes.acks(&mut out);
         for b in BucketId::all() {
-            let applied = lanes.applied[b.index()];
-            if applied > acked[b.index()] {
-                acked[b.index()] = applied;
-                out.push(PeerMsg::Ack {
-                    bucket: b,
-                    offset: applied,
-                });
-                repl.backup_applied[b.index()].store(applied, Ordering::Relaxed);
-            }
+            repl.backup_applied[b.index()].store(applied[b.index()], Ordering::Relaxed);
         }
-        if heard {
+        if reader.buffer().len() != before {
             repl.heard(generation);
         }
         if !out.is_empty() {
