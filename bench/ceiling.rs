@@ -23,6 +23,12 @@
 //! ```
 //! Prints one line per mode: requests/s, p50, p99 and p99.9 in µs. With `--json FILE` it also
 //! writes those figures as a JSON array (read by `bench/compare.sh`).
+//!
+//! For instruction counts (`bench/ceiling-callgrind.sh`): `--requests N` sends exactly N requests
+//! (spread evenly over the streams; no warm-up or duration), after which the skeleton servers exit
+//! on their own once their connection closes (so a profiler wrapped around them writes its
+//! output); `QUICKV_CEILING_SERVER_WRAP="valgrind --tool=callgrind ..."` starts each skeleton
+//! server under that command.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write as _};
@@ -102,6 +108,8 @@ struct Options {
     value: usize,
     /// Where to write the JSON figures.
     json: Option<PathBuf>,
+    /// Exactly this many requests instead of a timed run (`--requests`), for instruction counts.
+    requests: Option<usize>,
 }
 
 impl Options {
@@ -131,6 +139,12 @@ impl Options {
             duration: time("--duration", Duration::from_secs(4))?,
             value: num("--value", 100)?,
             json: flag(args, "--json").map(PathBuf::from),
+            requests: flag(args, "--requests")
+                .map(|v| {
+                    v.parse()
+                        .with_context(|| format!("--requests takes a number, not {v}"))
+                })
+                .transpose()?,
         };
         if opts.streams == 0 || opts.pipeline == 0 || opts.streams > 512 {
             bail!("--streams must be 1..=512 and --pipeline at least 1");
@@ -159,17 +173,24 @@ async fn run(opts: &Options) -> anyhow::Result<Vec<Figures>> {
         let mut procs = Vec::new();
         let target = if mode == "echo" {
             let addr = free_addr()?;
-            procs.push(Proc::start("echo", addr, None, certs.path())?);
+            procs.push(Proc::start("echo", addr, None, certs.path(), opts)?);
             addr
         } else {
             let backup = free_addr()?;
-            procs.push(Proc::start("relay-backup", backup, None, certs.path())?);
+            procs.push(Proc::start(
+                "relay-backup",
+                backup,
+                None,
+                certs.path(),
+                opts,
+            )?);
             let primary = free_addr()?;
             procs.push(Proc::start(
                 "relay-primary",
                 primary,
                 Some(backup),
                 certs.path(),
+                opts,
             )?);
             primary
         };
@@ -190,8 +211,9 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// A skeleton server process, killed when dropped.
-struct Proc(Child);
+/// A skeleton server process, killed when dropped; `.1`: a counted run's server, which exits by
+/// itself.
+struct Proc(Child, bool);
 
 impl Proc {
     /// Starts this same binary as `--serve ROLE` and waits for its `listening on` line.
@@ -200,8 +222,21 @@ impl Proc {
         listen: SocketAddr,
         peer: Option<SocketAddr>,
         certs: &Path,
+        opts: &Options,
     ) -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let wrap = std::env::var("QUICKV_CEILING_SERVER_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(std::env::current_exe()?);
+                cmd
+            }
+            None => Command::new(std::env::current_exe()?),
+        };
+        if opts.requests.is_some() {
+            cmd.arg("--exit-after-connection");
+        }
         cmd.args(["--serve", role, "--listen", &listen.to_string(), "--certs"])
             .arg(certs)
             .stdout(Stdio::piped());
@@ -219,12 +254,24 @@ impl Proc {
             }
         }
         std::thread::spawn(move || for _ in lines.by_ref() {});
-        Ok(Proc(child))
+        Ok(Proc(child, opts.requests.is_some()))
     }
 }
 
 impl Drop for Proc {
+    /// Kills the skeleton, or, after a counted run (its server exits by itself once its
+    /// connection closes, so that a wrapping profiler writes its output), waits for it a while
+    /// first.
     fn drop(&mut self) {
+        if self.1 {
+            let until = Instant::now() + SLACK * 3;
+            while Instant::now() < until {
+                match self.0.try_wait() {
+                    Ok(Some(_)) | Err(_) => return,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -271,6 +318,7 @@ async fn serve(role: &str, args: &[String]) -> anyhow::Result<()> {
         "echo" | "relay-backup" => None,
         other => bail!("unknown skeleton role {other}"),
     };
+    let exit_after = args.iter().any(|a| a == "--exit-after-connection");
     println!("skeleton {role}: listening on {listen}");
     let _ = std::io::stdout().flush();
     while let Some(incoming) = endpoint.accept().await {
@@ -278,6 +326,15 @@ async fn serve(role: &str, args: &[String]) -> anyhow::Result<()> {
         let backup_acks = role == "relay-backup";
         tokio::spawn(async move {
             let Ok(conn) = incoming.await else { return };
+            if exit_after {
+                // A counted run: the process ends with its one connection, cleanly, so that a
+                // wrapping profiler writes its output.
+                let closing = conn.clone();
+                tokio::spawn(async move {
+                    closing.closed().await;
+                    std::process::exit(0);
+                });
+            }
             while let Ok((send, recv)) = conn.accept_bi().await {
                 match &peer {
                     Some(peer) => {
@@ -433,28 +490,43 @@ async fn drive(
             stream: s,
             pipeline: opts.pipeline,
             value: Bytes::from(vec![b'v'; opts.value]),
+            quota: opts
+                .requests
+                .map(|n| (n / opts.streams + usize::from(s < n % opts.streams)) as u64),
             hist: hist.clone(),
             recording: recording.clone(),
             stop: stop.clone(),
         };
         tasks.push(tokio::spawn(ctx.run(send, recv)));
     }
-    tokio::time::sleep(opts.warmup).await;
-    recording.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(opts.duration).await;
-    recording.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let deadline = tokio::time::Instant::now() + SLACK;
+    let started;
+    let deadline;
+    // A timed run's recorded span ends when it stops recording (before the drain).
+    let mut timed = None;
+    if opts.requests.is_some() {
+        // A counted run: every request is recorded, and each stream stops at its quota.
+        recording.store(true, Ordering::Relaxed);
+        started = Instant::now();
+        deadline = tokio::time::Instant::now() + SLACK * 30;
+    } else {
+        tokio::time::sleep(opts.warmup).await;
+        recording.store(true, Ordering::Relaxed);
+        started = Instant::now();
+        tokio::time::sleep(opts.duration).await;
+        recording.store(false, Ordering::Relaxed);
+        timed = Some(started.elapsed());
+        stop.store(true, Ordering::Relaxed);
+        deadline = tokio::time::Instant::now() + SLACK;
+    }
     for t in tasks {
         match tokio::time::timeout_at(deadline, t).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => bail!("{mode}: a stream failed: {e}"),
             Ok(Err(e)) => bail!("{mode}: a stream task panicked: {e}"),
-            Err(_) => bail!("{mode}: a stream did not finish within {SLACK:?}"),
+            Err(_) => bail!("{mode}: a stream did not finish in time"),
         }
     }
+    let elapsed = timed.unwrap_or_else(|| started.elapsed());
     conn.close(0u32.into(), b"done");
     let h = hist
         .lock()
@@ -474,6 +546,8 @@ struct StreamCtx {
     stream: usize,
     pipeline: usize,
     value: Bytes,
+    /// Requests this stream sends in a counted run (`--requests`); `None`: until told to stop.
+    quota: Option<u64>,
     hist: Arc<Mutex<Histogram<u64>>>,
     recording: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -492,8 +566,11 @@ impl StreamCtx {
         let mut chunks: [Bytes; CHUNKS_PER_READ] = std::array::from_fn(|_| Bytes::new());
         let mut walk = FrameWalk::default();
         let mut seq = 0u64;
+        let more = |seq: u64| self.quota.is_none_or(|q| seq < q);
         for _ in 0..self.pipeline {
-            push(&template, &mut out, &mut seq, &mut sent);
+            if more(seq) {
+                push(&template, &mut out, &mut seq, &mut sent);
+            }
         }
         send.write_chunk(out.split().freeze()).await?;
         while !sent.is_empty() {
@@ -513,7 +590,7 @@ impl StreamCtx {
                 if recording {
                     local.saturating_record(now.duration_since(at).as_nanos() as u64);
                 }
-                if !stopping {
+                if !stopping && more(seq) {
                     push(&template, &mut out, &mut seq, &mut sent);
                 }
             }

@@ -7,6 +7,7 @@ impl Sim {
     // ---- the backup's driver ----
 
     pub(super) fn backup_ctl(&mut self, conn: u64, msg: PeerMsg) {
+        let now = self.clock();
         let Some(b) = self.backup.as_mut() else {
             return;
         };
@@ -31,7 +32,9 @@ impl Sim {
                     let reason = refusal.to_string();
                     self.note(format!("backup refuses connection {conn}: {reason}"));
                     self.send(conn, Side::Backup, 0, &[PeerMsg::Goodbye(reason.clone())]);
-                    return self.cut(conn, &reason);
+                    // Closed after a grace, so that the goodbye reaches the refused primary.
+                    let cause = reason;
+                    return self.at(CLOSE_GRACE_MS, Event::Cut { conn, cause });
                 }
             };
             b.applying_link += 1;
@@ -51,27 +54,17 @@ impl Sim {
                 b.machine.current(),
                 b.machine.epoch(),
                 &b.store,
-                std::time::Instant::now(),
+                now,
             );
-            let plan = b.machine.handle_hellos(&theirs, &ours, epoch);
-            let phase = if plan.buckets.is_empty() {
-                BPhase::Running
-            } else if plan.source == Source::Primary {
-                BPhase::Receiving(TransferReceiver::default())
-            } else {
-                BPhase::AwaitAck
+            let (plan, transfer) = backup_plan(&mut b.machine, &theirs, &ours, epoch);
+            let phase = match transfer {
+                Transfer::Nothing => BPhase::Running,
+                Transfer::Receive(_) => BPhase::Receiving(TransferReceiver::default()),
+                Transfer::Send(_) => BPhase::AwaitAck,
             };
             let mut msgs = vec![PeerMsg::Hello(Box::new(ours))];
             if matches!(phase, BPhase::AwaitAck) {
-                msgs.extend(
-                    snapshot_msgs(
-                        &b.store,
-                        &plan.buckets,
-                        &self.limits,
-                        std::time::Instant::now(),
-                    )
-                    .0,
-                );
+                msgs.extend(snapshot_msgs(&b.store, &plan.buckets, &self.limits, now).0);
             }
             b.link = Some(BLink {
                 conn,
@@ -87,27 +80,21 @@ impl Sim {
         let Some(link) = b.link.as_mut() else { return };
         let phase = std::mem::replace(&mut link.phase, BPhase::Running);
         match (phase, msg) {
-            (BPhase::Receiving(mut rx), msg) => {
-                match rx.handle(msg, &b.store, std::time::Instant::now()) {
-                    None => link.phase = BPhase::Receiving(rx),
-                    Some(verdict) => {
-                        let ack = PeerMsg::TransferAck {
-                            ok: verdict.is_ok(),
-                            reason: verdict.clone().err().unwrap_or_default(),
-                        };
-                        if verdict.is_ok() {
-                            b.machine.handle_transfer_verified();
-                        }
-                        self.send(conn, Side::Backup, 0, &[ack]);
-                        match verdict {
-                            Ok(()) => self.backup_drain(conn),
-                            Err(e) => self.cut(conn, &e),
-                        }
+            (BPhase::Receiving(mut rx), msg) => match rx.handle(msg, &b.store, now) {
+                None => link.phase = BPhase::Receiving(rx),
+                Some(verdict) => {
+                    if verdict.is_ok() {
+                        transfer_ended(&mut b.machine, true);
+                    }
+                    self.send(conn, Side::Backup, 0, &[transfer_ack(&verdict)]);
+                    match verdict {
+                        Ok(()) => self.backup_drain(conn),
+                        Err(e) => self.cut(conn, &e),
                     }
                 }
-            }
+            },
             (BPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
-                b.machine.handle_epoch_confirmed();
+                transfer_ended(&mut b.machine, false);
                 self.backup_drain(conn)
             }
             (BPhase::Running, PeerMsg::Synced) => b.machine.handle_synced(),
@@ -119,6 +106,7 @@ impl Sim {
     /// data streams only after the transfer, so earlier bytes wait in QUIC's buffers).
     pub(super) fn backup_drain(&mut self, conn: u64) {
         let limits = self.limits;
+        let now = self.clock();
         let Some(b) = self.backup.as_mut() else {
             return;
         };
@@ -130,53 +118,39 @@ impl Sim {
         }
         let mut replies = Vec::new();
         let mut failure = None;
-        let streams: Vec<usize> = link.inbox.keys().copied().filter(|s| *s > 0).collect();
+        let mut streams: Vec<usize> = link.inbox.keys().copied().filter(|s| *s > 0).collect();
+        streams.sort_unstable(); // the map's order is random: a seed must replay exactly
         for stream in streams {
             let Some(buf) = link.inbox.get_mut(&stream) else {
                 continue;
             };
-            let (applier, acked) = link
-                .appliers
-                .entry(stream)
-                .or_insert_with(|| (StreamApplier::default(), [0; BUCKETS]));
+            let applier = link.appliers.entry(stream).or_default();
+            let live = || b.applying_link == link.generation;
             let mut out = Vec::new();
             loop {
-                match PeerMsg::decode(buf, &limits) {
-                    Ok(Some(msg)) => {
-                        if b.applying_link != link.generation {
-                            failure = Some("fenced: superseded link".to_string());
-                            break;
-                        }
-                        match applier.handle(
-                            msg,
-                            &b.store,
-                            b.repl.counters(),
-                            std::time::Instant::now(),
-                        ) {
-                            Ok(report) => out.extend(report),
-                            Err(e) => {
-                                failure = Some(e.to_string());
-                                break;
-                            }
-                        }
-                    }
-                    Ok(None) => break,
+                let pass = applier.apply_buffered(
+                    buf,
+                    &limits,
+                    &b.store,
+                    b.repl.counters(),
+                    now,
+                    live,
+                    &mut out,
+                );
+                match pass.and_then(|pass| match pass {
+                    // The server installs it off its runtime, under the store's fence; here at once.
+                    Pass::Resync(job) => job.apply(&b.store, b.repl.counters()).map(|()| true),
+                    Pass::Done => Ok(false),
+                }) {
+                    Ok(true) => {}
+                    Ok(false) => break,
                     Err(e) => {
                         failure = Some(e.to_string());
                         break;
                     }
                 }
             }
-            for lane in BucketId::all() {
-                let applied = applier.applied[lane.index()];
-                if applied > acked[lane.index()] {
-                    acked[lane.index()] = applied;
-                    out.push(PeerMsg::Ack {
-                        bucket: lane,
-                        offset: applied,
-                    });
-                }
-            }
+            applier.acks(&mut out);
             if !out.is_empty() {
                 replies.push((stream, out));
             }

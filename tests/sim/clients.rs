@@ -1,7 +1,23 @@
 //! The simulated clients (operations, retries, the recorded history) and the faults the seed
-//! throws at the pair (cuts, partitions, crashes, restarts).
+//! throws at the pair (cuts, partitions, crashes, restarts; the others are in `faults.rs`).
+
+use quickv_core::store::sessions::Lookup;
+use quickv_server::replication::oneshot::via_oneshot;
 
 use super::*;
+
+/// What the primary will do with a retry, read before it is submitted.
+#[derive(Clone, Copy)]
+enum RetryPath {
+    /// Its original still waits for its ack: it queues behind it for the same answer.
+    InFlight,
+    /// No record and nothing in flight: decided against the store like a new write.
+    Afresh,
+    /// The table has its answer.
+    Answered,
+    /// Its record may be gone: `SessionExpired`.
+    Expired,
+}
 
 impl Sim {
     // ---- clients ----
@@ -26,6 +42,7 @@ impl Sim {
             4 => Kind::Delete,
             _ => Kind::Get,
         };
+        let at_backup = matches!(kind, Kind::Get) && self.rng.chance(30);
         let stamp = (!matches!(kind, Kind::Get)).then(|| {
             let seq = &mut self.write_seqs[client as usize];
             *seq += 1;
@@ -39,8 +56,72 @@ impl Sim {
             invoke: self.now,
             stamp,
             maybe_applied: false,
+            at_backup,
         }));
+        if at_backup {
+            return self.read_at_backup(slot, &key);
+        }
         self.attempt(slot);
+    }
+
+    /// A read sent to the backup: answered while it is current and not fenced, else refused.
+    fn read_at_backup(&mut self, slot: usize, key: &Bytes) {
+        let outcome = match self.backup.as_ref() {
+            None => Observed::Failed("backup down: not sent".into()),
+            Some(b) if !b.machine.reads_allowed() => {
+                self.cov.backup_reads_refused += 1;
+                Observed::Refused(b.machine.read_refusal().unwrap_or("refused").into())
+            }
+            Some(b) => {
+                self.cov.backup_reads += 1;
+                match b.store.get(key) {
+                    Some(v) => Observed::Value(v),
+                    None => Observed::NotFound,
+                }
+            }
+        };
+        self.finish(slot, outcome);
+    }
+
+    /// Which way the primary will take a retry of `slot` (see [`RetryPath`]).
+    fn retry_path(&mut self, slot: usize, write: &SessionWrite, key: &Bytes) -> Option<RetryPath> {
+        let p = self
+            .primary
+            .as_ref()
+            .filter(|p| p.machine.writes_allowed())?;
+        let proc = p.proc;
+        let store = p.store.clone();
+        let mut in_flight = false;
+        self.orphans.retain_mut(|(s, owner, rx)| {
+            let pending = matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            if *s == slot && *owner == proc && pending {
+                in_flight = true;
+            }
+            pending
+        });
+        if in_flight {
+            return Some(RetryPath::InFlight);
+        }
+        Some(
+            match store
+                .sessions()
+                .lookup(BucketId::of(key), write, self.clock())
+            {
+                Lookup::Fresh => RetryPath::Afresh,
+                Lookup::Answered(_) => RetryPath::Answered,
+                Lookup::Expired(_) => RetryPath::Expired,
+            },
+        )
+    }
+
+    fn count_retry(&mut self, path: Option<RetryPath>) {
+        match path {
+            Some(RetryPath::InFlight) => self.cov.retries_in_flight += 1,
+            Some(RetryPath::Afresh) => self.cov.retries_afresh += 1,
+            Some(RetryPath::Answered) => self.cov.retries_answered += 1,
+            Some(RetryPath::Expired) => self.cov.retries_expired += 1,
+            None => {}
+        }
     }
 
     /// Sends (or resends) the operation in `slot` to the primary.
@@ -53,6 +134,11 @@ impl Sim {
             stamp,
             age_ms: u32::try_from(self.now - op.invoke).unwrap_or(u32::MAX),
         });
+        let path = match (&session, maybe_applied) {
+            (Some(write), true) => self.retry_path(slot, write, &key),
+            _ => None,
+        };
+        let now = self.clock();
         let Some(p) = self.primary.as_mut() else {
             if maybe_applied {
                 return self.unknown(slot, "primary down");
@@ -71,17 +157,32 @@ impl Sim {
                 return self.unknown(slot, "not in sync")
             }
             _ if !p.machine.writes_allowed() => Observed::Refused("not in sync".into()),
-            _ => match p
-                .lanes
-                .submit_stamped(&p.store, kind.op(key), session, || "not in sync".into())
-            {
+            _ => match via_oneshot(|to| {
+                let refusal = || "not in sync".to_string();
+                p.lanes
+                    .submit(&p.store, kind.op(key), session, refusal, to, now)
+            }) {
                 Err(Reply::Indeterminate(why)) => return self.unknown(slot, &why),
                 Err(Reply::Unavailable(_)) if maybe_applied => {
                     return self.unknown(slot, "unavailable")
                 }
-                Err(reply) => Observed::from_call(&kind, Ok(reply)),
+                Err(reply) => {
+                    self.count_retry(path);
+                    Observed::from_call(&kind, Ok(reply))
+                }
                 Ok(rx) => {
-                    p.waiting.push((slot, rx));
+                    let proc = p.proc;
+                    self.count_retry(path);
+                    if session.is_some() && self.faults && self.rng.chance(4) {
+                        // The client's connection drops with the write in flight: it reconnects
+                        // and resends at once, while the original still waits for its ack.
+                        self.cov.client_drops += 1;
+                        self.orphans.push((slot, proc, rx));
+                        return self.resend(slot, "client connection lost", 0, 10);
+                    }
+                    if let Some(p) = self.primary.as_mut() {
+                        p.waiting.push((slot, rx));
+                    }
                     return;
                 }
             },
@@ -92,13 +193,18 @@ impl Sim {
     /// The attempt in `slot` may have been applied: a write is retried with its stamp within
     /// its budget, then left indeterminate.
     pub(super) fn unknown(&mut self, slot: usize, why: &str) {
+        self.resend(slot, why, 20, 300)
+    }
+
+    /// [`Sim::unknown`], resent after a pause between `lo` and `hi` ms.
+    fn resend(&mut self, slot: usize, why: &str, lo: Ms, hi: Ms) {
         let Some(op) = self.pending.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         op.maybe_applied = true;
         if op.stamp.is_some() && self.now - op.invoke < RETRY_BUDGET_MS {
-            self.retries += 1;
-            let pause = self.rng.range(20, 300);
+            self.cov.retries += 1;
+            let pause = self.rng.range(lo, hi);
             self.at(pause, Event::Retry(slot));
         } else {
             self.finish(slot, Observed::Indeterminate(why.to_string()));
@@ -109,17 +215,30 @@ impl Sim {
         let Some(op) = self.pending.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        self.ops.push(Operation {
+        let done = Operation {
             client: op.client,
             key: op.key,
             kind: op.kind,
             invoke: Duration::from_millis(op.invoke),
             complete: Duration::from_millis(self.now),
             outcome,
-            server: None,
-        });
-        let think = self.rng.range(0, 30);
-        self.at(think, Event::Client(op.client));
+            server: Some(match op.at_backup {
+                true => quickv::history::Server::Backup,
+                false => quickv::history::Server::Primary,
+            }),
+        };
+        if op.client == LOADER {
+            self.loader_done(&done.key, &done.kind, &done.outcome);
+        }
+        if op.at_backup {
+            self.backup_ops.push(done);
+        } else {
+            self.ops.push(done);
+        }
+        if op.client != LOADER {
+            let think = self.rng.range(0, 30);
+            self.at(think, Event::Client(op.client));
+        }
     }
 
     /// Answers whatever the lanes decided.
@@ -162,23 +281,35 @@ impl Sim {
             (Some(p), Some(b)) => Some((p.proc, b.proc)),
             _ => None,
         };
-        let safe = pair.is_some_and(|pb| self.linked.contains(&pb));
+        // Either server may die once the pair linked, but not while the other one is going away.
+        let stopping = self.primary.as_ref().is_some_and(|p| p.stopping)
+            || self.backup.as_ref().is_some_and(|b| b.stopping);
+        let safe = !stopping && pair.is_some_and(|pb| self.linked.contains(&pb));
         let live_conn = self
             .primary
             .as_ref()
             .and_then(|p| p.link.as_ref())
             .map(|l| l.conn);
-        match self.rng.below(10) {
-            0..=2 if safe => {
+        self.freeze_snapshot_sometimes();
+        match self.rng.below(100) {
+            _ if self.now < self.quiet_until => {}
+            // The large bucket's first fault: a mismatch, so its resync outlasts the ack timeout.
+            _ if self.bandwidth.is_some() && self.cov.corruptions == 0 => self.corrupt_backup(),
+            0..=14 if safe => {
                 self.note("FAULT: primary crashes".into());
                 self.crash(Side::Primary);
             }
-            3..=5 if safe => {
+            15..=29 if safe => {
                 self.note("FAULT: backup crashes".into());
                 self.crash(Side::Backup);
             }
-            6 | 7 => {
+            30..=36 if safe => self.shutdown(Side::Primary),
+            37..=43 if safe => self.shutdown(Side::Backup),
+            44..=53 => self.start_zombie(),
+            54..=65 => self.corrupt_backup(),
+            66..=81 => {
                 self.note("FAULT: partition".into());
+                self.cov.partitions += 1;
                 self.partitioned = true;
                 let live: Vec<u64> = self
                     .conns
@@ -195,6 +326,7 @@ impl Sim {
             _ => {
                 if let Some(c) = live_conn {
                     self.note("FAULT: connection lost".into());
+                    self.cov.cuts += 1;
                     self.cut(c, "connection lost");
                 }
             }
@@ -203,7 +335,15 @@ impl Sim {
         self.at(next, Event::Fault);
     }
 
+    /// Now and then remembers the primary's state for a later stale process.
+    fn freeze_snapshot_sometimes(&mut self) {
+        if self.frozen.is_none() || self.rng.chance(20) {
+            self.freeze_snapshot();
+        }
+    }
+
     pub(super) fn crash(&mut self, side: Side) {
+        self.cov.crashes += 1;
         let live: Vec<u64> = self
             .conns
             .iter()

@@ -41,7 +41,7 @@ impl Sim {
             p.machine.current(),
             p.machine.epoch(),
             &p.store,
-            std::time::Instant::now(),
+            base() + Duration::from_millis(self.now),
         );
         p.link = Some(PLink {
             conn,
@@ -51,7 +51,6 @@ impl Sim {
             streams: 0,
             inbox: HashMap::new(),
             lane_rx: Vec::new(),
-            progress: vec![(0, 0); BUCKETS],
             next_check: 0,
         });
         self.note(format!("primary dials (connection {conn})"));
@@ -66,7 +65,8 @@ impl Sim {
             return;
         }
         p.link = None;
-        p.lanes.fail_all(cause, std::time::Instant::now());
+        p.lanes
+            .fail_all(cause, base() + Duration::from_millis(self.now));
         p.machine.handle_link_lost(cause.to_string());
         self.cut(conn, cause);
         let backoff = self.rng.range(50, 250);
@@ -75,6 +75,7 @@ impl Sim {
 
     pub(super) fn primary_ctl(&mut self, conn: u64, msg: PeerMsg) {
         let limits = self.limits;
+        let now = self.clock();
         let Some(p) = self.primary.as_mut() else {
             return;
         };
@@ -83,45 +84,51 @@ impl Sim {
         };
         let phase = std::mem::replace(&mut link.phase, PPhase::AwaitAck);
         match (phase, msg) {
-            (PPhase::Hello { ours }, PeerMsg::Hello(theirs)) => {
-                let epoch = match admit(&ours, &theirs) {
-                    Ok(e) => e,
-                    Err(e) => return self.primary_link_lost(conn, &e.to_string()),
-                };
-                let plan = p.machine.handle_hellos(&ours, &theirs, epoch);
-                if plan.buckets.is_empty() {
-                    self.open_lanes(conn);
-                } else if plan.source == Source::Primary {
-                    let (msgs, _, _) =
-                        snapshot_msgs(&p.store, &plan.buckets, &limits, std::time::Instant::now());
-                    link.phase = PPhase::AwaitAck;
-                    self.send(conn, Side::Primary, 0, &msgs);
-                } else {
-                    link.phase = PPhase::Receiving(TransferReceiver::default());
-                }
+            (PPhase::Lanes, PeerMsg::Goodbye(reason)) => {
+                // The backup shuts down: stop taking writes at once, let what is in flight
+                // finish (bounded), then end the link.
+                link.phase = PPhase::Lanes;
+                p.machine
+                    .handle_link_lost(format!("backup is shutting down: {reason}"));
+                let deadline = self.now + ACK_TIMEOUT_MS;
+                self.at(0, Event::PrimaryDrain { conn, deadline });
             }
-            (PPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => self.open_lanes(conn),
-            (PPhase::Receiving(mut rx), msg) => {
-                match rx.handle(msg, &p.store, std::time::Instant::now()) {
-                    None => link.phase = PPhase::Receiving(rx),
-                    Some(verdict) => {
-                        let ack = PeerMsg::TransferAck {
-                            ok: verdict.is_ok(),
-                            reason: verdict.clone().err().unwrap_or_default(),
-                        };
-                        self.send(conn, Side::Primary, 0, &[ack]);
-                        match verdict {
-                            Ok(()) => {
-                                if let Some(p) = self.primary.as_mut() {
-                                    p.machine.handle_transfer_verified();
-                                }
-                                self.open_lanes(conn);
-                            }
-                            Err(e) => self.primary_link_lost(conn, &e),
-                        }
+            (PPhase::Hello { ours }, answer) => {
+                let transfer = match primary_answered(&mut p.machine, &ours, answer) {
+                    Ok((_, _, transfer)) => transfer,
+                    Err(e) => return self.primary_link_lost(conn, &e),
+                };
+                match transfer {
+                    Transfer::Nothing => self.open_lanes(conn),
+                    Transfer::Send(buckets) => {
+                        let (msgs, _, _) = snapshot_msgs(&p.store, &buckets, &limits, now);
+                        link.phase = PPhase::AwaitAck;
+                        self.send(conn, Side::Primary, 0, &msgs);
+                    }
+                    Transfer::Receive(_) => {
+                        link.phase = PPhase::Receiving(TransferReceiver::default())
                     }
                 }
             }
+            (PPhase::AwaitAck, PeerMsg::TransferAck { ok: true, .. }) => {
+                transfer_ended(&mut p.machine, false);
+                self.open_lanes(conn)
+            }
+            (PPhase::Receiving(mut rx), msg) => match rx.handle(msg, &p.store, now) {
+                None => link.phase = PPhase::Receiving(rx),
+                Some(verdict) => {
+                    self.send(conn, Side::Primary, 0, &[transfer_ack(&verdict)]);
+                    match verdict {
+                        Ok(()) => {
+                            if let Some(p) = self.primary.as_mut() {
+                                transfer_ended(&mut p.machine, true);
+                            }
+                            self.open_lanes(conn);
+                        }
+                        Err(e) => self.primary_link_lost(conn, &e),
+                    }
+                }
+            },
             (_, other) => self.primary_link_lost(conn, &format!("unexpected {other:?}")),
         }
     }
@@ -144,7 +151,6 @@ impl Sim {
         link.lane_rx = rxs;
         link.streams = streams;
         link.phase = PPhase::Lanes;
-        link.progress = vec![(0, now); BUCKETS];
         link.next_check = now + CHECK_EVERY_MS;
         p.machine.handle_synced();
         let pair = self
@@ -179,6 +185,7 @@ impl Sim {
     }
 
     pub(super) fn primary_data(&mut self, conn: u64, msg: PeerMsg) {
+        let now = self.clock();
         let Some(p) = self.primary.as_mut() else {
             return;
         };
@@ -186,17 +193,15 @@ impl Sim {
             return;
         }
         let failed = match msg {
-            PeerMsg::Ack { bucket, offset } => p
-                .lanes
-                .handle_ack(&p.store, bucket, offset, std::time::Instant::now())
-                .err(),
+            PeerMsg::Ack { bucket, offset } => {
+                p.lanes.handle_ack(&p.store, bucket, offset, now).err()
+            }
             PeerMsg::Mismatch { bucket, .. } => {
                 self.note(format!("digest mismatch on lane {bucket}: resync"));
                 let Some(p) = self.primary.as_mut() else {
                     return;
                 };
-                p.lanes
-                    .handle_mismatch(&p.store, bucket, std::time::Instant::now());
+                p.lanes.handle_mismatch(&p.store, bucket, now);
                 None
             }
             other => Some(format!("unexpected {other:?} on a data stream")),
@@ -216,19 +221,16 @@ impl Sim {
             return;
         }
         let conn = link.conn;
-        let status = p.lanes.status();
-        let mut late = false;
-        for (lane, s) in status.iter().enumerate() {
-            let (acked, since) = &mut link.progress[lane];
-            if s.acked != *acked || s.pending == 0 {
-                *acked = s.acked;
-                *since = now;
-            } else if now - *since > ACK_TIMEOUT_MS {
-                late = true;
-            }
-        }
-        if late {
-            return self.primary_link_lost(conn, "no ack from the backup within the ack timeout");
+        // The server's rule, on virtual time: something outstanding and no ack progress for the
+        // ack timeout (the step timeout while a resync is outstanding).
+        let clock = base() + Duration::from_millis(now);
+        let (ack, step) = (
+            Duration::from_millis(ACK_TIMEOUT_MS),
+            Duration::from_millis(STEP_TIMEOUT_MS),
+        );
+        if let Some((lane, waited)) = p.lanes.stalled(clock, ack, step) {
+            let why = format!("no ack from the backup (lane {lane} waited {waited:?})");
+            return self.primary_link_lost(conn, &why);
         }
         if now >= link.next_check {
             link.next_check = now + CHECK_EVERY_MS;

@@ -22,6 +22,41 @@ pub struct StreamApplier {
     pub applied: [ReplOffset; BUCKETS],
     /// A single-bucket resync being received: its lane and the entries so far.
     replacing: Option<(BucketId, Vec<(bytes::Bytes, bytes::Bytes)>)>,
+    /// Highest offset acknowledged per lane ([`StreamApplier::acks`]).
+    acked: [ReplOffset; BUCKETS],
+}
+
+/// What one pass of [`StreamApplier::apply_buffered`] over a stream's buffered frames asks of
+/// the caller.
+#[derive(Debug)]
+pub enum Pass {
+    /// Every whole frame buffered was applied.
+    Done,
+    /// A resync's entries are complete: the caller checks and installs them
+    /// ([`ResyncJob::apply`]; a live backup does it off its runtime, under the store's fence),
+    /// then calls `apply_buffered` again for the frames after it.
+    Resync(ResyncJob),
+}
+
+/// A resynced bucket, received whole, to check and install.
+#[derive(Debug)]
+pub struct ResyncJob {
+    /// The bucket.
+    pub bucket: BucketId,
+    entries: Vec<(bytes::Bytes, bytes::Bytes)>,
+    digest: Digest,
+}
+
+impl ResyncJob {
+    /// Checks the entries against the primary's digest and, if they match, makes the bucket
+    /// hold exactly them ([`apply_resync`]); counts the resync.
+    pub fn apply(self, store: &Store, counters: &Counters) -> Result<(), LinkError> {
+        let bucket = self.bucket;
+        apply_resync(store, bucket, self.entries, self.digest)?;
+        counters.resyncs.fetch_add(1, Ordering::Relaxed);
+        info!(%bucket, "bucket resynced from the primary");
+        Ok(())
+    }
 }
 
 impl StreamApplier {
@@ -34,6 +69,62 @@ impl StreamApplier {
         }
         *applied = offset;
         Ok(())
+    }
+
+    /// Applies the whole frames buffered in `buf` (the one way both the server's data-stream
+    /// driver and the simulator apply a stream): each in lane order, checks verified, reports
+    /// (mismatches) appended to `out`. Stops at a resync's end, handing its job back
+    /// ([`Pass::Resync`]). `live()` is asked before each frame: once it says no (a newer link was
+    /// admitted), nothing more is applied and the link ends. `now` dates session records.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_buffered(
+        &mut self,
+        buf: &mut bytes::BytesMut,
+        limits: &quickv_proto::Limits,
+        store: &Store,
+        counters: &Counters,
+        now: Instant,
+        live: impl Fn() -> bool,
+        out: &mut Vec<PeerMsg>,
+    ) -> Result<Pass, LinkError> {
+        while let Some(msg) = PeerMsg::decode(buf, limits).map_err(LinkError::new)? {
+            if !live() {
+                return Err(LinkError(
+                    "link superseded; its writes are no longer applied".into(),
+                ));
+            }
+            if let PeerMsg::ReplaceEnd {
+                bucket,
+                offset,
+                digest,
+            } = msg
+            {
+                let entries = self.take_replace(bucket, offset)?;
+                return Ok(Pass::Resync(ResyncJob {
+                    bucket,
+                    entries,
+                    digest,
+                }));
+            }
+            out.extend(self.handle(msg, store, counters, now)?);
+        }
+        Ok(Pass::Done)
+    }
+
+    /// Appends an `Ack` for every lane applied further than last acknowledged (one ack per lane
+    /// per batch, cumulative), and returns the lanes' applied offsets.
+    pub fn acks(&mut self, out: &mut Vec<PeerMsg>) -> [ReplOffset; BUCKETS] {
+        for b in BucketId::all() {
+            let applied = self.applied[b.index()];
+            if applied > self.acked[b.index()] {
+                self.acked[b.index()] = applied;
+                out.push(PeerMsg::Ack {
+                    bucket: b,
+                    offset: applied,
+                });
+            }
+        }
+        self.applied
     }
 
     /// The entries of the resync that `ReplaceEnd { bucket, offset }` closes, with the lane moved
@@ -328,5 +419,53 @@ mod tests {
                 .is_err(),
             "foreign key in a resync"
         );
+    }
+
+    #[test]
+    fn a_pass_applies_what_is_buffered_hands_back_a_resync_and_stops_when_fenced() {
+        let backup = backup();
+        let b = BucketId::of(b"k");
+        let mut buf = BytesMut::new();
+        let put = |offset, value: &'static str| PeerMsg::Put {
+            offset,
+            key: Bytes::from("k"),
+            value: Bytes::from(value),
+            stamp: None,
+        };
+        put(1, "a").encode(&mut buf);
+        PeerMsg::ReplaceBegin(b).encode(&mut buf);
+        PeerMsg::BucketChunk(vec![(Bytes::from("k"), Bytes::from("r"))]).encode(&mut buf);
+        let digest = Digest::of_entries([(&Bytes::from("k"), &Bytes::from("r"))]);
+        PeerMsg::ReplaceEnd {
+            bucket: b,
+            offset: 2,
+            digest,
+        }
+        .encode(&mut buf);
+        put(3, "c").encode(&mut buf);
+        let (limits, mut applier, mut out) = (Default::default(), StreamApplier::default(), vec![]);
+        let (store, counters) = (&backup.store, &backup.counters);
+        let pass =
+            applier.apply_buffered(&mut buf, &limits, store, counters, t0(), || true, &mut out);
+        let Ok(Pass::Resync(job)) = pass else {
+            panic!("stops at the resync's end: {pass:?}");
+        };
+        job.apply(store, counters).expect("verified");
+        assert_eq!(store.get(b"k"), Some(Bytes::from("r")));
+        let pass =
+            applier.apply_buffered(&mut buf, &limits, store, counters, t0(), || true, &mut out);
+        assert!(matches!(pass, Ok(Pass::Done)), "{pass:?}");
+        assert_eq!(store.get(b"k"), Some(Bytes::from("c")));
+        applier.acks(&mut out);
+        assert!(
+            matches!(out.as_slice(), [PeerMsg::Ack { offset: 3, .. }]),
+            "one cumulative ack: {out:?}"
+        );
+        // Fenced: a newer link was admitted; nothing more is applied.
+        put(4, "d").encode(&mut buf);
+        let pass =
+            applier.apply_buffered(&mut buf, &limits, store, counters, t0(), || false, &mut out);
+        assert!(pass.is_err());
+        assert_eq!(store.get(b"k"), Some(Bytes::from("c")));
     }
 }

@@ -35,6 +35,7 @@ use crate::reply::{ReplyTo, Waiter};
 use crate::resync::{AckClock, ResyncPlan};
 use crate::store::sessions::Lookup;
 use crate::store::{BucketId, Digest, Store, BUCKETS};
+use crate::write::{decide, Effect};
 use quickv_proto::peer::{LaneMark, PeerMsg, ReplOffset};
 use quickv_proto::status::LaneStatus;
 use quickv_proto::{Limits, Op, Reply, SessionWrite, WriteStamp};
@@ -144,14 +145,6 @@ struct Queued {
     /// A read waiting behind a write in flight ([`Lanes::read`]): if the link is lost first it
     /// is refused (`unavailable`), since a read that took no effect is never indeterminate.
     read: bool,
-}
-
-#[derive(Debug)]
-enum Effect {
-    Put(Bytes, Bytes),
-    Remove(Bytes),
-    /// A refusal or a resync: nothing to apply.
-    Nothing,
 }
 
 impl Default for Lanes {
@@ -349,15 +342,7 @@ impl Lanes {
             Some((v, _)) => v.clone(),
             None => store.get(&key),
         };
-        let (effect, answer) = match (op, current) {
-            (Op::Insert { .. }, Some(_)) => (Effect::Nothing, Reply::Exists),
-            (Op::Insert { key, value }, None) => (Effect::Put(key, value), Reply::Ok),
-            (Op::Update { .. }, None) => (Effect::Nothing, Reply::NotFound),
-            (Op::Update { key, value }, Some(_)) => (Effect::Put(key, value), Reply::Ok),
-            (Op::Delete { .. }, None) => (Effect::Nothing, Reply::NotFound),
-            (Op::Delete { key }, Some(old)) => (Effect::Remove(key), Reply::Value(old)),
-            _ => (Effect::Nothing, Reply::Unavailable("not a write".into())),
-        };
+        let (effect, answer) = decide(op, current.as_ref());
         let frame_for = |offset| match &effect {
             Effect::Put(key, value) => Some(PeerMsg::Put {
                 offset,

@@ -10,7 +10,7 @@
 //! # Rules
 //!
 //! - No tokio, quinn or rustls: `cargo tree -p quickv-core -e normal` lists only the codec
-//!   (`quickv-proto`), `bytes`, `flurry`, `serde`, `thiserror`, `tracing` and `xxhash-rust`.
+//!   (`quickv-proto`), `bytes`, `flurry`, `thiserror`, `tracing` and `xxhash-rust`.
 //! - No clock: every function that needs the time takes `now: Instant`, and the caller reads
 //!   its clock (the server once per batch, the simulator its virtual time). The only clock
 //!   read in this crate is the unit tests' time origin (`testing::origin`, `cfg(test)`).
@@ -28,11 +28,14 @@
 //! | [`store`] | 32 flurry buckets with counts and order-independent digests; session records |
 //! | [`state`] | the replication state machine: admission, epochs, the warm-start plan |
 //! | [`hello`] | a server's hello (and the discard of a partial copy) |
+//! | [`opening`] | a link's opening steps: the hello answered, the plan, the transfer's direction and end |
 //! | [`lanes`] | the primary's 32 lanes: decide, send, apply on ack, checks, resyncs |
 //! | [`resync`] | a lane resync's plan and image; the ack clock |
 //! | [`reply`] | where a replicated write's answer goes |
 //! | [`apply`] | the backup's applier of a data stream |
+//! | [`timers`] | the primary's link timers: the ack timeout and the digest-check schedule |
 //! | [`transfer`] | the bootstrap transfer: encoding buckets, receiving and verifying them |
+//! | [`write`](mod@write) | the outcome table of a client write ([`write::decide`]), for standalone and primary |
 //! | [`counters`], [`error`] | status counters; why a link failed |
 
 pub mod apply;
@@ -40,14 +43,20 @@ pub mod counters;
 pub mod error;
 pub mod hello;
 pub mod lanes;
+pub mod opening;
 pub mod reply;
 pub mod resync;
 pub mod state;
 pub mod store;
+pub mod timers;
 pub mod transfer;
+pub mod write;
 
 pub use counters::Counters;
 pub use error::LinkError;
+
+#[cfg(test)]
+mod golden;
 
 #[cfg(test)]
 pub(crate) mod testing {

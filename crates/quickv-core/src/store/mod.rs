@@ -53,6 +53,8 @@ use bytes::Bytes;
 pub use self::digest::Digest;
 use self::digest::DigestCell;
 use self::sessions::{SessionLimits, Sessions};
+use crate::write::{decide, Effect};
+use quickv_proto::{Op, Reply};
 
 /// Bucket identity is part of the wire protocol; it lives in `quickv-proto`.
 pub use quickv_proto::{BucketId, BUCKETS};
@@ -121,6 +123,64 @@ impl Store {
             let more = per_bucket.saturating_sub(map.len());
             if more > 0 {
                 map.reserve(more);
+            }
+        }
+    }
+
+    /// Applies a client write at once (a standalone server): its effect and answer are those of
+    /// [`decide`], decided against the key's value at the moment it is
+    /// applied. Atomic per key: a present key is decided and changed under flurry's bin lock; a
+    /// write that stores into an absent key is an insert-if-absent, retried if the key appeared.
+    pub fn apply(&self, op: Op) -> Reply {
+        let Some(key) = op.key().cloned() else {
+            return decide(op, None).1;
+        };
+        let bucket = self.bucket(&key);
+        loop {
+            // As if absent: an effect that stores is tried as an insert-if-absent.
+            let (absent, absent_reply) = decide(op.clone(), None);
+            if let Effect::Put(k, v) = &absent {
+                let footprint = Footprint::of(k, v);
+                if bucket.map.pin().try_insert(compact(k), compact(v)).is_ok() {
+                    bucket.add(footprint);
+                    return absent_reply;
+                }
+            }
+            // Present: decided and applied under the key's bin lock.
+            let mut done = None;
+            let guard = bucket.map.guard();
+            let changed = |_: &Bytes, old: &Bytes| {
+                let (effect, reply) = decide(op.clone(), Some(old));
+                let next = match &effect {
+                    Effect::Put(_, v) => Some(compact(v)),
+                    Effect::Remove(_) => None,
+                    // Unchanged (flurry's closure cannot say "leave it": the same bytes again).
+                    Effect::Nothing => Some(old.clone()),
+                };
+                done = Some((old.clone(), effect, reply));
+                next
+            };
+            bucket.map.compute_if_present(&key, changed, &guard);
+            match done {
+                Some((old, effect, reply)) => {
+                    match effect {
+                        Effect::Put(_, v) => {
+                            bucket.sub(Footprint::of(&key, &old));
+                            bucket.add(Footprint::of(&key, &v));
+                            reclaim_soon(&guard, &old);
+                        }
+                        Effect::Remove(_) => {
+                            bucket.sub(Footprint::of(&key, &old));
+                            reclaim_soon(&guard, &old);
+                        }
+                        Effect::Nothing => {}
+                    }
+                    return reply;
+                }
+                // Absent now: the answer for an absent key holds, unless it had to store
+                // (the key appeared, then went: try again).
+                None if !matches!(absent, Effect::Put(..)) => return absent_reply,
+                None => {}
             }
         }
     }
@@ -481,3 +541,7 @@ fn non_negative(total: &AtomicI64) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod apply_tests;

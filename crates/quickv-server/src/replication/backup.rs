@@ -12,10 +12,11 @@ use crate::replication::link::{
     bounded, receive_buckets, send_buckets, send_msgs, step_timeout, LinkError, PeerReader,
 };
 use crate::replication::Replication;
-use quickv_core::apply::{apply_resync, StreamApplier};
-use quickv_core::state::{admit, may_supersede, Refusal, Source};
+use quickv_core::apply::{Pass, StreamApplier};
+use quickv_core::opening::{backup_plan, transfer_ended, Transfer};
+use quickv_core::state::{admit, may_supersede, Refusal};
 use quickv_core::store::{BucketId, Digest, BUCKETS};
-use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg, ReplOffset};
+use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 
 /// Serves one link from the primary until it ends. The primary's hello is read and verified
 /// ([`admit`]: same pair, not a stale epoch) before the connection touches anything; only then
@@ -163,25 +164,28 @@ async fn run_link(
         PeerMsg::Applied(Box::new(applied)),
     ];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
-    let plan = repl
-        .with_link_machine(g, |v| v.machine.handle_hellos(theirs, &ours, link.epoch))
+    let (plan, transfer) = repl
+        .with_link_machine(g, |v| {
+            backup_plan(&mut v.machine, theirs, &ours, link.epoch)
+        })
         .ok_or_else(superseded)?;
-    if !plan.buckets.is_empty() {
-        match plan.source {
-            Source::Primary => {
-                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
-                // The copy is verified: this store is the pair's data from here on, whether or
-                // not `Synced` ever arrives.
-                repl.with_link_machine(g, |v| v.machine.handle_transfer_verified())
-                    .ok_or_else(superseded)?;
-            }
-            Source::Backup => {
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
-                // The primary acknowledged our snapshot: it has our hello and the epoch.
-                repl.with_link_machine(g, |v| v.machine.handle_epoch_confirmed())
-                    .ok_or_else(superseded)?;
-            }
+    let received = match &transfer {
+        Transfer::Nothing => None,
+        Transfer::Receive(_) => {
+            receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
+            // The copy is verified: this store is the pair's data from here on, whether or not
+            // `Synced` ever arrives.
+            Some(true)
         }
+        Transfer::Send(buckets) => {
+            send_buckets(&mut ctl_send, &mut ctl, &repl.store, buckets, step).await?;
+            // The primary acknowledged our snapshot: it has our hello and the epoch.
+            Some(false)
+        }
+    };
+    if let Some(received) = received {
+        repl.with_link_machine(g, |v| transfer_ended(&mut v.machine, received))
+            .ok_or_else(superseded)?;
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
         repl.counters
             .buckets_transferred
@@ -276,86 +280,65 @@ async fn accept_lanes(
 /// (`link`: the primary's run id and the link's epoch) recorded there: a newer link's report of
 /// the marks, taken after its admission, sees every write an older applier got in.
 async fn apply_stream(
-    repl: &Replication,
+    repl: &Arc<Replication>,
     mut send: quinn::SendStream,
     mut reader: PeerReader,
     (generation, mark): (u64, LaneMark),
 ) -> Result<(), LinkError> {
     let mut lanes = StreamApplier::default();
-    let mut acked = [0 as ReplOffset; BUCKETS];
     let step = step_timeout(&repl.config);
+    let limits = reader.limits;
+    // Fenced: once a newer link is admitted, this one applies nothing more.
+    let live = || repl.applying_link.load(Ordering::Acquire) == generation;
     loop {
         let mut out = Vec::new();
-        let mut heard = false;
+        let before = reader.buffer().len();
         // One clock read per batch read: it dates the session records the batch's writes make.
         let now = Instant::now();
-        while let Some(msg) = reader.buffered()? {
-            heard = true;
-            // Fenced: once a newer link is admitted, this one applies nothing more.
-            let superseded = || {
-                LinkError(format!(
-                    "link {generation} superseded; its writes are no longer applied"
-                ))
+        loop {
+            // Under the marks' lock: a newer link's report of the marks (taken after its
+            // admission) waits for this batch, and sees every write it applied.
+            let pass = {
+                let mut marks = repl.backup_marks.lock().unwrap_or_else(|p| p.into_inner());
+                let prior = lanes.applied;
+                let pass = lanes.apply_buffered(
+                    reader.buffer(),
+                    &limits,
+                    &repl.store,
+                    &repl.counters,
+                    now,
+                    live,
+                    &mut out,
+                );
+                // Only lanes this pass advanced: a fenced applier changes no mark.
+                for b in BucketId::all() {
+                    let offset = lanes.applied[b.index()];
+                    if offset != prior[b.index()] {
+                        marks[b.index()] = LaneMark { offset, ..mark };
+                    }
+                }
+                pass
             };
-            if repl.applying_link.load(Ordering::Acquire) != generation {
-                return Err(superseded());
-            }
-            if let PeerMsg::ReplaceEnd {
-                bucket,
-                offset,
-                digest,
-            } = msg
-            {
-                // A whole bucket is checked and installed off the runtime (keep-alives and the
-                // other streams go on), holding the store's transfer fence so that the job,
-                // owned by this stream and awaited here, is never overtaken by a newer link's
-                // warm start even if this future is dropped.
-                let entries = lanes.take_replace(bucket, offset)?;
-                let fence = repl.fence.hold().await;
-                let store = repl.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    let applied = apply_resync(&store, bucket, entries, digest);
-                    drop(fence);
-                    applied
-                })
-                .await
-                .map_err(|e| LinkError(format!("applying a resync failed: {e}")))??;
-                repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
-                info!(%bucket, "bucket resynced from the primary");
-                continue;
-            }
-            let lane = match &msg {
-                PeerMsg::Put { key, .. } | PeerMsg::Remove { key, .. } => Some(BucketId::of(key)),
-                _ => None,
-            };
-            let mut marks = repl.backup_marks.lock().unwrap_or_else(|p| p.into_inner());
-            if repl.applying_link.load(Ordering::Acquire) != generation {
-                return Err(superseded());
-            }
-            let report = lanes.handle(msg, &repl.store, &repl.counters, now)?;
-            if let Some(b) = lane {
-                marks[b.index()] = LaneMark {
-                    offset: lanes.applied[b.index()],
-                    ..mark
-                };
-            }
-            drop(marks);
-            if let Some(report) = report {
-                out.push(report);
-            }
+            let Pass::Resync(job) = pass? else { break };
+            // A whole bucket is checked and installed off the runtime (keep-alives and the other
+            // streams go on), holding the store's transfer fence so that the job, owned by this
+            // stream and awaited here, is never overtaken by a newer link's warm start even if
+            // this future is dropped.
+            let fence = repl.fence.hold().await;
+            let repl = repl.clone();
+            tokio::task::spawn_blocking(move || {
+                let applied = job.apply(&repl.store, &repl.counters);
+                drop(fence);
+                applied
+            })
+            .await
+            .map_err(|e| LinkError(format!("applying a resync failed: {e}")))??;
         }
+        let applied = lanes.acks(&mut out);
         for b in BucketId::all() {
-            let applied = lanes.applied[b.index()];
-            if applied > acked[b.index()] {
-                acked[b.index()] = applied;
-                out.push(PeerMsg::Ack {
-                    bucket: b,
-                    offset: applied,
-                });
-                repl.backup_applied[b.index()].store(applied, Ordering::Relaxed);
-            }
+            repl.backup_applied[b.index()].store(applied[b.index()], Ordering::Relaxed);
         }
-        if heard {
+        if reader.buffer().len() != before {
             repl.heard(generation);
         }
         if !out.is_empty() {

@@ -10,6 +10,7 @@ use quickv_net::FramedReader;
 use tracing::info;
 
 use crate::config::ServerConfig;
+use quickv_core::opening::transfer_ack;
 use quickv_core::store::{BucketId, Store};
 use quickv_core::transfer::{encode_bucket, Received, TransferReceiver, CHUNK_BYTES};
 pub use quickv_core::LinkError;
@@ -32,6 +33,12 @@ impl PeerReader {
             reader: FramedReader::new(recv),
             limits,
         }
+    }
+
+    /// The bytes read and not yet decoded (a decoder that takes several frames at once reads
+    /// them here).
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        self.reader.buffer()
     }
 
     /// A message already buffered, without waiting.
@@ -199,10 +206,7 @@ pub async fn receive_buckets(
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
     };
     drop(held);
-    let ack = PeerMsg::TransferAck {
-        ok: verdict.is_ok(),
-        reason: verdict.clone().err().unwrap_or_default(),
-    };
+    let ack = transfer_ack(&verdict);
     bounded(step, "sending the transfer ack", send_msgs(send, &[ack])).await?;
     verdict.map_err(LinkError)?;
     info!(

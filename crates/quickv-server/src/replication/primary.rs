@@ -16,10 +16,11 @@ use crate::replication::link::{
 };
 use crate::replication::Replication;
 use crate::tls;
-use quickv_core::lanes::{CheckOutcome, FrameSink};
+use quickv_core::lanes::FrameSink;
+use quickv_core::opening::{primary_answered, transfer_ended, Transfer};
 use quickv_core::resync::ResyncPlan;
-use quickv_core::state::{admit, Refusal, Source};
 use quickv_core::store::{BucketId, BUCKETS};
+use quickv_core::timers::LinkTimers;
 use quickv_net::tls::{CertPaths, Identity};
 use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 
@@ -89,28 +90,10 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
-    let theirs = match bounded(step, "waiting for the backup's hello", ctl.next()).await? {
-        PeerMsg::Hello(h) => h,
-        PeerMsg::Goodbye(reason) => {
-            if Refusal::is_stale(&reason) {
-                warn!(%reason, "refused by the backup as a stale primary; reads stop until this server has taken the pair's data from the backup");
-                repl.with_machine(|v| v.machine.handle_refused_as_stale(reason.clone()));
-            }
-            return Err(LinkError(format!("the backup refused the link: {reason}")));
-        }
-        other => {
-            return Err(LinkError(format!(
-                "expected the backup's hello, got {other:?}"
-            )))
-        }
-    };
-    let epoch = admit(&ours, &theirs).map_err(|e| {
-        warn!(reason = %e, "peer link refused");
-        if matches!(e, Refusal::StaleEpoch { .. }) {
-            repl.with_machine(|v| v.machine.handle_refused_as_stale(e.to_string()));
-        }
-        LinkError(e.to_string())
-    })?;
+    let answer = bounded(step, "waiting for the backup's hello", ctl.next()).await?;
+    let (theirs, epoch, transfer) = repl
+        .with_machine(|v| primary_answered(&mut v.machine, &ours, answer))
+        .map_err(LinkError)?;
     let applied = match bounded(step, "waiting for the backup's applied marks", ctl.next()).await? {
         PeerMsg::Applied(marks) => marks,
         other => {
@@ -121,28 +104,29 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     };
     resolve_lost_writes(repl, &ours, &theirs, &applied).await;
     info!(peer_run_id = %format!("{:016x}", theirs.run_id), peer_keys = theirs.keys, peer_current = theirs.synced, epoch, "warm start");
-    let plan = repl.with_machine(|v| {
-        v.peer_run_id = Some(theirs.run_id);
-        v.machine.handle_hellos(&ours, &theirs, epoch)
-    });
-    if !plan.buckets.is_empty() {
-        match plan.source {
-            Source::Primary => {
-                // A backup that is not current gets the pair's only full copy: a graceful stop
-                // waits for it (F7).
-                repl.set_backup_catching_up(!theirs.synced);
-                send_buckets(&mut ctl_send, &mut ctl, &repl.store, &plan.buckets, step).await?;
-                repl.set_backup_catching_up(false);
-            }
-            Source::Backup => {
-                receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
-                repl.with_machine(|v| v.machine.handle_transfer_verified());
-            }
+    repl.with_machine(|v| v.peer_run_id = Some(theirs.run_id));
+    let buckets = match &transfer {
+        Transfer::Nothing => 0,
+        Transfer::Send(buckets) => {
+            // A backup that is not current gets the pair's only full copy: a graceful stop
+            // waits for it (F7).
+            repl.set_backup_catching_up(!theirs.synced);
+            send_buckets(&mut ctl_send, &mut ctl, &repl.store, buckets, step).await?;
+            repl.set_backup_catching_up(false);
+            repl.with_machine(|v| transfer_ended(&mut v.machine, false));
+            buckets.len()
         }
+        Transfer::Receive(buckets) => {
+            receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
+            repl.with_machine(|v| transfer_ended(&mut v.machine, true));
+            *buckets
+        }
+    };
+    if buckets > 0 {
         repl.counters.bootstraps.fetch_add(1, Ordering::Relaxed);
         repl.counters
             .buckets_transferred
-            .fetch_add(plan.buckets.len() as u64, Ordering::Relaxed);
+            .fetch_add(buckets as u64, Ordering::Relaxed);
     }
 
     // Open the data streams, then enter sync: the machine admits writes from then on (and only
@@ -183,8 +167,13 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     )
     .await?;
 
-    let mut tick = tokio::time::interval(repl.config.ack_timeout / 4);
-    let mut check = tokio::time::interval(CHECK_INTERVAL);
+    // The ack timeout and the digest checks: the core's rules, on one timer.
+    let mut timers = LinkTimers::new(
+        std::time::Instant::now(),
+        repl.config.ack_timeout,
+        step,
+        CHECK_INTERVAL,
+    );
     loop {
         tokio::select! {
             msg = ctl.next() => match msg {
@@ -197,24 +186,13 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
                 Ok(other) => return Err(LinkError(format!("unexpected {other:?} on the control stream"))),
                 Err(e) => return Err(e),
             },
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(timers.poll_timeout().into()) => {
                 // Dead link: something outstanding and no ack progress for the ack timeout (a
                 // resync, which the backup checks and installs whole, gets the step timeout).
-                if let Some((bucket, waited)) =
-                    repl.lanes.stalled(std::time::Instant::now(), repl.config.ack_timeout, step)
-                {
-                    return Err(LinkError(format!(
-                        "no ack from the backup within {:?} (lane {bucket} waited {waited:?} without progress)",
-                        repl.config.ack_timeout
-                    )));
-                }
-            }
-            _ = check.tick() => {
-                for b in BucketId::all() {
-                    if let CheckOutcome::Sent = repl.lanes.check(&repl.store, b) {
-                        repl.counters.digest_checks.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let checks = timers
+                    .handle_timeout(std::time::Instant::now(), &repl.lanes, &repl.store)
+                    .map_err(LinkError)?;
+                repl.counters.digest_checks.fetch_add(checks, Ordering::Relaxed);
             }
             _ = lane_failed.cancelled() => {
                 return Err(LinkError("a lane of the peer link failed".into()));

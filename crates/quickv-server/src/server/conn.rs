@@ -258,13 +258,13 @@ impl RequestStream {
             let ticket = Ticket { id, kind, started };
             ReplyTo::Stream(self.answers.clone(), ticket)
         };
-        match router::handle_request_to(node, req, reply_to) {
+        match router::handle(node, req, reply_to) {
             Handled::Now(reply) => {
                 node.metrics.count_answer(kind, &reply);
                 self.batch.answer(kind, id, reply);
             }
             // Answered by the task that applies the backup's ack, straight into the outbox.
-            Handled::Later(()) => {}
+            Handled::Later => {}
             Handled::Dump => {
                 node.metrics
                     .record_outcome(kind, Outcome::Ok, started.elapsed());

@@ -1,8 +1,6 @@
 //! Request routing: one decoded request in, one answer out. No I/O here beyond handing replicated
 //! writes to the replicator; connections own the streams.
 
-use tokio::sync::oneshot;
-
 use crate::config::Role;
 use crate::server::node::Node;
 use quickv_core::reply::ReplyTo;
@@ -11,64 +9,26 @@ use quickv_proto::{
     ErrorCode, Op, Reply, Request, SessionWrite, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
-/// How a request is answered. `W` is what a caller holds for an answer that comes later: the
-/// receiver of a oneshot by default ([`handle`]), nothing when the answer goes to a stream's sink
-/// ([`handle_request_to`]).
+/// How a request is answered.
 #[derive(Debug)]
-pub enum Handled<W = oneshot::Receiver<Reply>> {
+pub enum Handled {
     /// The answer is known now.
     Now(Reply),
-    /// The answer comes later (a replicated write waiting for the backup's ack). A dropped sender
-    /// means the write's fate is unknown, and the caller answers `indeterminate`.
-    Later(W),
+    /// The answer comes later (a replicated write waiting for the backup's ack), at the
+    /// `ReplyTo` the caller gave. A waiter dropped unanswered answers `indeterminate`.
+    Later,
     /// A dump is allowed: the caller streams the store as one or more chunks, a bucket at a time.
     Dump,
     /// Answer `Ok`, then start a graceful shutdown of the whole server.
     Shutdown,
 }
 
-/// Answers one request against the node's store, role and replication state.
-pub fn handle(node: &Node, op: Op) -> Handled {
-    handle_request(
-        node,
-        Request {
-            id: 0,
-            op,
-            session: None,
-        },
-    )
-}
-
-/// [`handle`] for a request that may carry a write's session stamp ([`Request::session`]).
-pub fn handle_request(node: &Node, req: Request) -> Handled {
-    let mut rx = None;
-    let waiting = || {
-        let (tx, receiver) = oneshot::channel();
-        rx = Some(receiver);
-        crate::replication::oneshot::reply_to(tx)
-    };
-    match handle_request_to(node, req, waiting) {
-        Handled::Later(()) => match rx {
-            Some(rx) => Handled::Later(rx),
-            // A write is queued only with the waiter it made: not reached.
-            None => Handled::Now(Reply::Indeterminate(
-                "the server lost track of this write".into(),
-            )),
-        },
-        Handled::Now(reply) => Handled::Now(reply),
-        Handled::Dump => Handled::Dump,
-        Handled::Shutdown => Handled::Shutdown,
-    }
-}
-
-/// [`handle_request`] for a caller that names where a replicated write's answer goes: `reply_to`
-/// is called once if the write waits for the backup's ack ([`Handled::Later`]), and the task that
-/// applies the ack answers there (a client stream's sink: no channel, no wake-up of the caller).
-pub fn handle_request_to(
-    node: &Node,
-    req: Request,
-    reply_to: impl FnOnce() -> ReplyTo,
-) -> Handled<()> {
+/// Answers one request against the node's store, role and replication state: the one way in.
+/// `reply_to` names where a replicated write's answer goes; it is called once if the write waits
+/// for the backup's ack ([`Handled::Later`]), and the task that applies the ack answers there (a
+/// client stream's sink: no channel, no wake-up of the caller; the HTTP gateway's oneshot, see
+/// `replication::oneshot::reply_to`).
+pub fn handle(node: &Node, req: Request, reply_to: impl FnOnce() -> ReplyTo) -> Handled {
     let Request { op, session, .. } = req;
     match op {
         Op::Hello { version } if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) => {
@@ -106,7 +66,7 @@ pub fn handle_request_to(
                     // that write's ack (the commit point is the backup).
                     Some(repl) => match repl.read(&key, reply_to) {
                         Some(reply) => Handled::Now(reply),
-                        None => Handled::Later(()),
+                        None => Handled::Later,
                     },
                     None => Handled::Now(match node.store.get(&key) {
                         Some(value) => Reply::Value(value),
@@ -126,7 +86,7 @@ pub fn handle_request_to(
                     "this server is the backup; send writes to the primary".into(),
                 )),
                 (Role::Primary, Some(repl)) => match repl.submit(write, session, reply_to) {
-                    None => Handled::Later(()),
+                    None => Handled::Later,
                     Some(now) => Handled::Now(now),
                 },
                 (Role::Primary, None) => Handled::Now(not_a(&write)),
@@ -155,7 +115,7 @@ fn over_memory(node: &Node, op: &Op) -> Option<Reply> {
 /// retry gets the recorded answer, as on a pair (see `store::sessions`).
 fn apply_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Reply {
     let Some(write) = session else {
-        return apply_write(node, op);
+        return node.store.apply(op);
     };
     let Some(bucket) = op.key().map(|k| quickv_core::store::BucketId::of(k)) else {
         return not_a(&op);
@@ -166,32 +126,13 @@ fn apply_stamped(node: &Node, op: Op, session: Option<SessionWrite>) -> Reply {
         Lookup::Fresh => {}
         Lookup::Answered(reply) | Lookup::Expired(reply) => return reply,
     }
-    let reply = apply_write(node, op);
+    let reply = node.store.apply(op);
     match &reply {
         Reply::Ok => sessions.record(bucket, write.stamp, None, now),
         Reply::Value(old) => sessions.record(bucket, write.stamp, Some(old.clone()), now),
         _ => {}
     }
     reply
-}
-
-/// Applies a write directly to the store (standalone servers, no replication).
-fn apply_write(node: &Node, op: Op) -> Reply {
-    match op {
-        Op::Insert { key, value } => match node.store.insert(key, value) {
-            true => Reply::Ok,
-            false => Reply::Exists,
-        },
-        Op::Update { key, value } => match node.store.update(key, value) {
-            Some(_) => Reply::Ok,
-            None => Reply::NotFound,
-        },
-        Op::Delete { key } => match node.store.delete(&key) {
-            Some(old) => Reply::Value(old),
-            None => Reply::NotFound,
-        },
-        other => not_a(&other),
-    }
 }
 
 /// The answer to a request routed to the wrong arm: a bug, reported rather than panicking.

@@ -475,11 +475,19 @@ async fn call(node: &Node, op: Op) -> Routed {
     Stats::bump(&node.stats.requests);
     let kind = OpKind::of(&op);
     let started = Instant::now();
-    let routed = match router::handle(node, op) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let req = quickv_proto::Request {
+        id: 0,
+        op,
+        session: None,
+    };
+    let to = || crate::replication::oneshot::reply_to(tx);
+    let routed = match router::handle(node, req, to) {
         Handled::Now(reply) => Routed::Reply(reply),
-        Handled::Later(rx) => Routed::Reply(rx.await.unwrap_or_else(|_| {
-            Reply::Indeterminate("the server lost track of this write".into())
-        })),
+        Handled::Later => Routed::Reply(
+            rx.await
+                .unwrap_or_else(|_| Reply::Indeterminate(quickv_core::reply::LOST.into())),
+        ),
         Handled::Dump => Routed::Dump,
         Handled::Shutdown => Routed::Shutdown,
     };
