@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use quickv::history::{
     check, History, HistoryReport, Operation, Recorder, Workload, WorkloadFigures,
 };
-use quickv_client::ClientConfig;
+use quickv_client::{ClientConfig, ReadFrom};
 use tokio_util::sync::CancellationToken;
 
 use super::{connect, wait_state};
@@ -240,6 +240,8 @@ pub struct LabRun {
     pub load: Option<tokio::task::JoinHandle<WorkloadFigures>>,
     /// The load's figures once it stopped.
     pub figures: WorkloadFigures,
+    /// Whether the load reads at both servers (judged in one history) or at the primary only.
+    pub reads_at_both: bool,
     pub started: Instant,
 }
 
@@ -251,6 +253,11 @@ impl LabRun {
     /// Certificates with the hosts' addresses as SANs, both servers, sync, then the load:
     /// 4 clients on 2 hot keys (moving every 40 operations of a client).
     pub async fn start(inside: Inside, name: &'static str, seed: u64) -> LabRun {
+        LabRun::start_with(inside, name, seed, reads_at_both()).await
+    }
+
+    /// [`LabRun::start`], with reads at both servers (`both`) or at the primary only.
+    pub async fn start_with(inside: Inside, name: &'static str, seed: u64, both: bool) -> LabRun {
         let started = Instant::now();
         let certs = tempfile::tempdir().expect("tempdir");
         let made = Command::new(env!("CARGO_BIN_EXE_quickv"))
@@ -274,7 +281,13 @@ impl LabRun {
         // backup applied them, dropped if not); session retries would hold each client on one write for its whole deadline.
         // tests/exactly_once.rs covers the retries.
         cfg.retry_writes = false;
+        // Reads go to both servers and are judged in one history with the writes (issue 22),
+        // unless `QUICKV_NETLAB_READS=primary`.
+        if both {
+            cfg.read_from = ReadFrom::Any;
+        }
         let mut w = Workload::new(PRIMARY, cfg);
+        w.backup_addr = both.then(|| BACKUP.to_string());
         w.clients = 4;
         w.hot_keys = 2;
         w.ops_per_round = 40;
@@ -298,6 +311,7 @@ impl LabRun {
             stop,
             load: Some(load),
             figures: WorkloadFigures::default(),
+            reads_at_both: both,
             started,
         }
     }
@@ -387,8 +401,18 @@ impl LabRun {
             let _ = std::fs::write(path, history.to_json());
         }
         assert!(report.is_clean(), "{}: {report}", self.name);
+        assert!(
+            !self.reads_at_both || report.reads_at_backup > 0,
+            "{}: no read was answered by the backup",
+            self.name
+        );
         (report, history)
     }
+}
+
+/// The load reads from both servers of the pair, unless `QUICKV_NETLAB_READS=primary`.
+fn reads_at_both() -> bool {
+    std::env::var("QUICKV_NETLAB_READS").map_or(true, |v| v != "primary")
 }
 
 pub fn median_write_ms(ops: &[Operation]) -> f64 {
