@@ -55,6 +55,8 @@ use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
 use quickv_server::config::{Role, ServerConfig};
 use quickv_server::replication::Replication;
 
+use primary::PLink;
+
 #[path = "sim/backup.rs"]
 mod backup;
 #[path = "sim/clients.rs"]
@@ -195,36 +197,6 @@ struct Conn {
     backup_proc: u64,
     /// Per (direction, stream): the time of the last delivery, so a stream stays ordered.
     last: HashMap<(Side, usize), Ms>,
-}
-
-enum PPhase {
-    /// Hello sent, waiting for the backup's.
-    Hello { ours: Box<PeerHello> },
-    /// The backup's hello admitted: waiting for its applied marks (then the transfer).
-    Applied {
-        ours: Box<PeerHello>,
-        theirs: Box<PeerHello>,
-        transfer: Transfer,
-    },
-    /// Snapshot sent, waiting for the verdict.
-    AwaitAck,
-    /// Receiving the backup's snapshot.
-    Receiving(TransferReceiver),
-    /// Lanes open.
-    Lanes,
-}
-
-struct PLink {
-    conn: u64,
-    /// The link's epoch, once the hellos agreed on it (the lanes' mark).
-    epoch: u64,
-    phase: PPhase,
-    streams: usize,
-    /// Bytes received per stream, not yet decoded.
-    inbox: HashMap<usize, BytesMut>,
-    /// The lane writers' queues, one per data stream.
-    lane_rx: Vec<mpsc::Receiver<Bytes>>,
-    next_check: Ms,
 }
 
 struct Primary {

@@ -3,6 +3,38 @@
 
 use super::*;
 
+/// Where the primary's side of a link stands.
+pub(super) enum PPhase {
+    /// Hello sent, waiting for the backup's.
+    Hello { ours: Box<PeerHello> },
+    /// The backup's hello admitted: waiting for its applied marks (then the transfer).
+    Applied {
+        ours: Box<PeerHello>,
+        theirs: Box<PeerHello>,
+        transfer: Transfer,
+    },
+    /// Snapshot sent, waiting for the verdict.
+    AwaitAck,
+    /// Receiving the backup's snapshot.
+    Receiving(TransferReceiver),
+    /// Lanes open.
+    Lanes,
+}
+
+/// The primary's side of a link.
+pub(super) struct PLink {
+    pub(super) conn: u64,
+    /// The link's epoch, once the hellos agreed on it (the lanes' mark).
+    pub(super) epoch: u64,
+    pub(super) phase: PPhase,
+    pub(super) streams: usize,
+    /// Bytes received per stream, not yet decoded.
+    pub(super) inbox: HashMap<usize, BytesMut>,
+    /// The lane writers' queues, one per data stream.
+    pub(super) lane_rx: Vec<mpsc::Receiver<Bytes>>,
+    pub(super) next_check: Ms,
+}
+
 impl Sim {
     // ---- the primary's driver ----
 
