@@ -105,6 +105,7 @@ mod tests {
     use bytes::{Bytes, BytesMut};
 
     use super::*;
+    use crate::store::sessions::Lookup;
     use crate::store::Digest;
     use crate::testing::{submit, t0};
     use quickv_proto::{Op, Reply};
@@ -220,6 +221,94 @@ mod tests {
         assert_eq!(primary.get(b"k"), Some(Bytes::from("v1")));
         let read = lanes.read(&primary, &Bytes::from("k"), || unreachable!(), t0);
         assert_eq!(read, Some(Reply::Value(Bytes::from("v1"))));
+    }
+
+    /// The simulator's failing seeds of round 6 (477, 4896, …; docs/replication.md): a stamped
+    /// insert and a stamped delete of one key in flight at a link loss, both applied and recorded
+    /// by the backup, neither by the primary. The bucket's digests agree (the two cancel), so no
+    /// transfer would carry the backup's session records. Settled from the backup's marks, the
+    /// primary applies both with their answers: the two session tables are equal, and a retry of
+    /// either gets its original answer.
+    #[test]
+    fn a_cancelling_insert_and_delete_leave_equal_session_tables() {
+        let (primary, backup) = (Store::new(), Store::new());
+        let lanes = Lanes::default();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| std::sync::mpsc::channel()).unzip();
+        let link = LaneMark {
+            primary_run: 7,
+            epoch: 1,
+            offset: 0,
+        };
+        lanes.enable_marked(txs, link);
+        let b = BucketId::of(b"k");
+        let write = |session| quickv_proto::SessionWrite {
+            stamp: quickv_proto::WriteStamp {
+                owner: 1,
+                session,
+                seq: 1,
+            },
+            age_ms: 0,
+        };
+        let insert = Op::Insert {
+            key: Bytes::from("k"),
+            value: Bytes::from("v"),
+        };
+        let delete = Op::Delete {
+            key: Bytes::from("k"),
+        };
+        let (i, d) = (
+            submit(&lanes, &primary, insert, Some(write(1)), ""),
+            submit(&lanes, &primary, delete, Some(write(2)), ""),
+        );
+        assert!(i.is_ok() && d.is_ok(), "both in flight");
+        let mut buf = BytesMut::new();
+        for frame in rxs[b.index()].try_iter() {
+            buf.extend_from_slice(&frame);
+        }
+        let mut marks: Marks = [LaneMark::default(); BUCKETS];
+        let (limits, counters) = (Default::default(), Counters::default());
+        let mut applier = StreamApplier::default();
+        apply_marked(
+            &mut applier,
+            &mut marks,
+            link,
+            &mut buf,
+            &limits,
+            &backup,
+            &counters,
+            t0(),
+            || true,
+            &mut Vec::new(),
+        )
+        .expect("applied");
+        lanes.fail_all("link lost", t0());
+        assert_eq!(primary.digest(b), backup.digest(b), "the two writes cancel");
+        let settled = settle_lost_writes(
+            &lanes,
+            &primary,
+            &hello(true, true),
+            &hello(false, true),
+            &marks,
+            t0(),
+        );
+        assert_eq!(
+            settled,
+            Settled::Resolved(Resolved {
+                kept: 2,
+                dropped: 0
+            })
+        );
+        assert_eq!(
+            primary.sessions().image(b, t0()),
+            backup.sessions().image(b, t0()),
+            "equal session tables"
+        );
+        // The insert's answer, and the delete's (the value it removed).
+        for (session, answer) in [(1, Reply::Ok), (2, Reply::Value(Bytes::from("v")))] {
+            let retry = primary.sessions().lookup(b, &write(session), t0());
+            assert_eq!(retry, backup.sessions().lookup(b, &write(session), t0()));
+            assert_eq!(retry, Lookup::Answered(answer));
+        }
     }
 
     #[test]
