@@ -20,7 +20,8 @@
 //! operation and its outcome is recorded and judged by the project's history checker
 //! ([`quickv::history::check`]): no acknowledged write lost, no refused write taking effect,
 //! linearizable per key, and both stores equal after healing. Reads at the backup are judged in a
-//! second pass and only counted (issue 22), unless `QUICKV_SIM_STRICT_BACKUP_READS` is set.
+//! second pass, with the same rigour (issue 22's commit point), unless
+//! `QUICKV_SIM_LENIENT_BACKUP_READS` is set (then a violation is only counted).
 //!
 //! `QUICKV_SIM_SEEDS=N` runs N seeds (default [`DEFAULT_SEEDS`]) from `QUICKV_SIM_FIRST_SEED`
 //! (default 1); `QUICKV_SIM_SEED=S` replays one seed exactly (`QUICKV_SIM_TRACE=1` prints its
@@ -39,6 +40,9 @@ use tokio::sync::oneshot;
 
 use quickv::history::{self, History, Kind, Observed, Operation};
 use quickv_core::apply::{Pass, StreamApplier};
+use quickv_core::commit_point::{
+    applied_marks, apply_marked, backup_opening, settle_lost_writes, Marks, Settled,
+};
 use quickv_core::hello::hello_of;
 use quickv_core::lanes::Lanes;
 use quickv_core::opening::{backup_plan, primary_answered, transfer_ack, transfer_ended, Transfer};
@@ -46,10 +50,12 @@ use quickv_core::state::{admit, Machine, Refusal};
 use quickv_core::store::sessions::SessionLimits;
 use quickv_core::store::{BucketId, Store};
 use quickv_core::transfer::{snapshot_msgs, TransferReceiver};
-use quickv_proto::peer::{PeerHello, PeerMsg};
+use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
 use quickv_server::config::{Role, ServerConfig};
 use quickv_server::replication::Replication;
+
+use primary::PLink;
 
 #[path = "sim/backup.rs"]
 mod backup;
@@ -193,28 +199,6 @@ struct Conn {
     last: HashMap<(Side, usize), Ms>,
 }
 
-enum PPhase {
-    /// Hello sent, waiting for the backup's.
-    Hello { ours: Box<PeerHello> },
-    /// Snapshot sent, waiting for the verdict.
-    AwaitAck,
-    /// Receiving the backup's snapshot.
-    Receiving(TransferReceiver),
-    /// Lanes open.
-    Lanes,
-}
-
-struct PLink {
-    conn: u64,
-    phase: PPhase,
-    streams: usize,
-    /// Bytes received per stream, not yet decoded.
-    inbox: HashMap<usize, BytesMut>,
-    /// The lane writers' queues, one per data stream.
-    lane_rx: Vec<mpsc::Receiver<Bytes>>,
-    next_check: Ms,
-}
-
 struct Primary {
     proc: u64,
     machine: Machine,
@@ -241,6 +225,9 @@ struct BLink {
     phase: BPhase,
     inbox: HashMap<usize, BytesMut>,
     appliers: HashMap<usize, StreamApplier>,
+    /// What the backup records for each write it applies on this link (the primary's run id and
+    /// the link's epoch).
+    mark: LaneMark,
 }
 
 struct Backup {
@@ -251,6 +238,9 @@ struct Backup {
     repl: Arc<Replication>,
     link: Option<BLink>,
     applying_link: u64,
+    /// Per lane, the last write applied and its link: reported after the hello (memory only, as
+    /// in the server).
+    marks: Marks,
     /// A graceful stop is under way: no new link is admitted.
     stopping: bool,
 }
@@ -478,6 +468,7 @@ impl Sim {
                     repl,
                     link: None,
                     applying_link: 0,
+                    marks: Default::default(),
                     stopping: false,
                 });
             }

@@ -62,7 +62,8 @@ impl Sim {
                 Transfer::Receive(_) => BPhase::Receiving(TransferReceiver::default()),
                 Transfer::Send(_) => BPhase::AwaitAck,
             };
-            let mut msgs = vec![PeerMsg::Hello(Box::new(ours))];
+            // The marks are read after the admission fenced the older links' appliers.
+            let mut msgs = Vec::from(backup_opening(ours, b.marks));
             if matches!(phase, BPhase::AwaitAck) {
                 msgs.extend(snapshot_msgs(&b.store, &plan.buckets, &self.limits, now).0);
             }
@@ -72,6 +73,11 @@ impl Sim {
                 phase,
                 inbox: HashMap::new(),
                 appliers: HashMap::new(),
+                mark: LaneMark {
+                    primary_run: theirs.run_id,
+                    epoch,
+                    offset: 0,
+                },
             });
             self.note(format!("backup admits connection {conn} at epoch {epoch}"));
             self.send(conn, Side::Backup, 0, &msgs);
@@ -128,7 +134,10 @@ impl Sim {
             let live = || b.applying_link == link.generation;
             let mut out = Vec::new();
             loop {
-                let pass = applier.apply_buffered(
+                let pass = apply_marked(
+                    applier,
+                    &mut b.marks,
+                    link.mark,
                     buf,
                     &limits,
                     &b.store,

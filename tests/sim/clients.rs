@@ -147,9 +147,15 @@ impl Sim {
         };
         let outcome = match &kind {
             Kind::Get if !p.machine.reads_allowed() => Observed::Refused("not yet synced".into()),
-            Kind::Get => match p.store.get(&key) {
-                Some(v) => Observed::Value(v),
-                None => Observed::NotFound,
+            // The server's read at the primary (`Replication::read`): the dirty check waits for
+            // the write in flight on the key; an unresolved write's key is refused.
+            Kind::Get => match via_oneshot(|to| p.lanes.read(&p.store, &key, to, || now)) {
+                Err(reply) => Observed::from_call(&kind, Ok(reply)),
+                Ok(rx) => {
+                    p.waiting.push((slot, rx));
+                    self.cov.primary_reads_waited += 1;
+                    return;
+                }
             },
             // The one door for writes: the state machine's `writes_allowed`, as in
             // `Replication::submit`. A refusal says nothing about an earlier attempt.
@@ -188,6 +194,20 @@ impl Sim {
             },
         };
         self.finish(slot, outcome);
+    }
+
+    /// The primary went away with the operation in `slot` waiting: a write may have been applied
+    /// ([`Sim::unknown`]); a read waiting for its key's ack simply failed.
+    pub(super) fn lost_answer(&mut self, slot: usize, why: &str) {
+        let write = self
+            .pending
+            .get(slot)
+            .and_then(Option::as_ref)
+            .is_some_and(|op| op.kind.is_write());
+        match write {
+            true => self.unknown(slot, why),
+            false => self.finish(slot, Observed::Failed(why.into())),
+        }
     }
 
     /// The attempt in `slot` may have been applied: a write is retried with its stamp within
@@ -266,7 +286,7 @@ impl Sim {
             match reply {
                 Some(Reply::Indeterminate(why)) => self.unknown(slot, &why),
                 Some(r) => self.finish(slot, Observed::from_call(&kind, Ok(r))),
-                None => self.unknown(slot, "answer dropped"),
+                None => self.lost_answer(slot, "answer dropped"),
             }
         }
     }
@@ -357,7 +377,7 @@ impl Sim {
             Side::Primary => {
                 if let Some(p) = self.primary.take() {
                     for (slot, _) in p.waiting {
-                        self.unknown(slot, "primary crashed");
+                        self.lost_answer(slot, "primary crashed");
                     }
                 }
             }

@@ -48,6 +48,10 @@ coverage! {
     backup_reads: "reads answered by the backup", true;
     backup_reads_refused: "reads refused by the backup (not current, or fenced)", true;
     backup_read_violations: "seeds whose history with backup reads is not linearizable (issue 22)", false;
+    primary_reads_waited: "reads at the primary that waited for the ack of their key's write", true;
+    lost_writes_kept: "unresolved writes of a lost link applied at the warm start (the backup applied them)", true;
+    lost_writes_dropped: "unresolved writes of a lost link dropped at the warm start (the backup never did)", true;
+    lost_writes_discarded: "unresolved writes forgotten by a primary that took the backup's data", false;
 }
 
 impl Coverage {

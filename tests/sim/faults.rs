@@ -297,7 +297,7 @@ impl Sim {
             Side::Primary => {
                 if let Some(p) = self.primary.take() {
                     for (slot, _) in p.waiting {
-                        self.unknown(slot, "primary exited");
+                        self.lost_answer(slot, "primary exited");
                     }
                 }
             }

@@ -3,6 +3,38 @@
 
 use super::*;
 
+/// Where the primary's side of a link stands.
+pub(super) enum PPhase {
+    /// Hello sent, waiting for the backup's.
+    Hello { ours: Box<PeerHello> },
+    /// The backup's hello admitted: waiting for its applied marks (then the transfer).
+    Applied {
+        ours: Box<PeerHello>,
+        theirs: Box<PeerHello>,
+        transfer: Transfer,
+    },
+    /// Snapshot sent, waiting for the verdict.
+    AwaitAck,
+    /// Receiving the backup's snapshot.
+    Receiving(TransferReceiver),
+    /// Lanes open.
+    Lanes,
+}
+
+/// The primary's side of a link.
+pub(super) struct PLink {
+    pub(super) conn: u64,
+    /// The link's epoch, once the hellos agreed on it (the lanes' mark).
+    pub(super) epoch: u64,
+    pub(super) phase: PPhase,
+    pub(super) streams: usize,
+    /// Bytes received per stream, not yet decoded.
+    pub(super) inbox: HashMap<usize, BytesMut>,
+    /// The lane writers' queues, one per data stream.
+    pub(super) lane_rx: Vec<mpsc::Receiver<Bytes>>,
+    pub(super) next_check: Ms,
+}
+
 impl Sim {
     // ---- the primary's driver ----
 
@@ -45,6 +77,7 @@ impl Sim {
         );
         p.link = Some(PLink {
             conn,
+            epoch: 0,
             phase: PPhase::Hello {
                 ours: Box::new(ours.clone()),
             },
@@ -94,10 +127,47 @@ impl Sim {
                 self.at(0, Event::PrimaryDrain { conn, deadline });
             }
             (PPhase::Hello { ours }, answer) => {
-                let transfer = match primary_answered(&mut p.machine, &ours, answer) {
-                    Ok((_, _, transfer)) => transfer,
+                match primary_answered(&mut p.machine, &ours, answer) {
+                    Ok((theirs, epoch, transfer)) => {
+                        link.epoch = epoch;
+                        link.phase = PPhase::Applied {
+                            ours,
+                            theirs,
+                            transfer,
+                        };
+                    }
+                    Err(e) => self.primary_link_lost(conn, &e),
+                }
+            }
+            (
+                PPhase::Applied {
+                    ours,
+                    theirs,
+                    transfer,
+                },
+                msg,
+            ) => {
+                let applied = match applied_marks(msg) {
+                    Ok(marks) => marks,
                     Err(e) => return self.primary_link_lost(conn, &e),
                 };
+                // Before anything of the warm start touches the store (the server holds the
+                // store's fence here).
+                let settled = settle_lost_writes(&p.lanes, &p.store, &ours, &theirs, &applied, now);
+                self.note(format!(
+                    "primary settles the lost link's writes: {settled:?}"
+                ));
+                match settled {
+                    Settled::Discarded(n) => self.cov.lost_writes_discarded += n as u64,
+                    Settled::Resolved(done) => {
+                        self.cov.lost_writes_kept += done.kept as u64;
+                        self.cov.lost_writes_dropped += done.dropped as u64;
+                    }
+                }
+                let Some(p) = self.primary.as_mut() else {
+                    return;
+                };
+                let Some(link) = p.link.as_mut() else { return };
                 match transfer {
                     Transfer::Nothing => self.open_lanes(conn),
                     Transfer::Send(buckets) => {
@@ -143,10 +213,16 @@ impl Sim {
             return;
         };
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..streams).map(|_| mpsc::channel()).unzip();
-        p.lanes.enable(
+        let mark = LaneMark {
+            primary_run: p.proc,
+            epoch: link.epoch,
+            offset: 0,
+        };
+        p.lanes.enable_marked(
             BucketId::all()
                 .map(|b| txs[b.index() % streams].clone())
                 .collect(),
+            mark,
         );
         link.lane_rx = rxs;
         link.streams = streams;

@@ -230,7 +230,7 @@ impl Lanes {
             let mut l = self.lane(b);
             if !l.unresolved.is_empty() {
                 // A driver resolves (or discards) a lost link's writes before it opens the lanes
-                // again; one that did not (the simulator) keeps the older rule: dropped.
+                // again; one that did not keeps the older rule: dropped.
                 tracing::warn!(lane = %b, writes = l.unresolved.len(), "dropping unresolved writes of a lost link");
             }
             *l = Lane {

@@ -39,6 +39,7 @@
 //! | [`counters`], [`error`] | status counters; why a link failed |
 
 pub mod apply;
+pub mod commit_point;
 pub mod counters;
 pub mod error;
 pub mod hello;

@@ -13,6 +13,7 @@ use crate::replication::link::{
 };
 use crate::replication::Replication;
 use quickv_core::apply::{Pass, StreamApplier};
+use quickv_core::commit_point::{apply_marked, backup_opening};
 use quickv_core::opening::{backup_plan, transfer_ended, Transfer};
 use quickv_core::state::{admit, may_supersede, Refusal};
 use quickv_core::store::{BucketId, Digest, BUCKETS};
@@ -159,10 +160,7 @@ async fn run_link(
     // What this store applied, per lane, taken after the admission fenced the older links'
     // appliers (under the lock they apply under): the primary keeps exactly those writes.
     let applied = *repl.backup_marks.lock().unwrap_or_else(|p| p.into_inner());
-    let hello = [
-        PeerMsg::Hello(Box::new(ours.clone())),
-        PeerMsg::Applied(Box::new(applied)),
-    ];
+    let hello = backup_opening(ours.clone(), applied);
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
     let (plan, transfer) = repl
         .with_link_machine(g, |v| {
@@ -300,8 +298,11 @@ async fn apply_stream(
             // admission) waits for this batch, and sees every write it applied.
             let pass = {
                 let mut marks = repl.backup_marks.lock().unwrap_or_else(|p| p.into_inner());
-                let prior = lanes.applied;
-                let pass = lanes.apply_buffered(
+                // Only lanes this pass advanced get the mark: a fenced applier changes none.
+                apply_marked(
+                    &mut lanes,
+                    &mut marks,
+                    mark,
                     reader.buffer(),
                     &limits,
                     &repl.store,
@@ -309,15 +310,7 @@ async fn apply_stream(
                     now,
                     live,
                     &mut out,
-                );
-                // Only lanes this pass advanced: a fenced applier changes no mark.
-                for b in BucketId::all() {
-                    let offset = lanes.applied[b.index()];
-                    if offset != prior[b.index()] {
-                        marks[b.index()] = LaneMark { offset, ..mark };
-                    }
-                }
-                pass
+                )
             };
             let Pass::Resync(job) = pass? else { break };
             // A whole bucket is checked and installed off the runtime (keep-alives and the other

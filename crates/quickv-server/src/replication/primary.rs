@@ -16,6 +16,7 @@ use crate::replication::link::{
 };
 use crate::replication::Replication;
 use crate::tls;
+use quickv_core::commit_point::{applied_marks, settle_lost_writes, Marks, Settled};
 use quickv_core::lanes::FrameSink;
 use quickv_core::opening::{primary_answered, transfer_ended, Transfer};
 use quickv_core::resync::ResyncPlan;
@@ -94,14 +95,9 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     let (theirs, epoch, transfer) = repl
         .with_machine(|v| primary_answered(&mut v.machine, &ours, answer))
         .map_err(LinkError)?;
-    let applied = match bounded(step, "waiting for the backup's applied marks", ctl.next()).await? {
-        PeerMsg::Applied(marks) => marks,
-        other => {
-            return Err(LinkError(format!(
-                "expected the backup's applied marks, got {other:?}"
-            )))
-        }
-    };
+    let applied =
+        applied_marks(bounded(step, "waiting for the backup's applied marks", ctl.next()).await?)
+            .map_err(LinkError)?;
     resolve_lost_writes(repl, &ours, &theirs, &applied).await;
     info!(peer_run_id = %format!("{:016x}", theirs.run_id), peer_keys = theirs.keys, peer_current = theirs.synced, epoch, "warm start");
     repl.with_machine(|v| v.peer_run_id = Some(theirs.run_id));
@@ -219,27 +215,22 @@ async fn resolve_lost_writes(
     repl: &Replication,
     ours: &PeerHello,
     theirs: &PeerHello,
-    applied: &[LaneMark; BUCKETS],
+    applied: &Marks,
 ) {
     let _fence = repl.fence.hold().await;
-    if !ours.synced {
-        let dropped = repl.lanes.discard_unresolved();
-        if dropped > 0 {
-            info!(dropped, "writes of the lost link left to the backup's data");
+    let now = std::time::Instant::now();
+    match settle_lost_writes(&repl.lanes, &repl.store, ours, theirs, applied, now) {
+        Settled::Discarded(0) => {}
+        Settled::Discarded(dropped) => {
+            info!(dropped, "writes of the lost link left to the backup's data")
         }
-        return;
-    }
-    let backup = theirs.synced.then_some(applied);
-    let done = repl
-        .lanes
-        .resolve(&repl.store, backup, std::time::Instant::now());
-    if done.kept + done.dropped > 0 {
-        info!(
+        Settled::Resolved(done) if done.kept + done.dropped == 0 => {}
+        Settled::Resolved(done) => info!(
             kept = done.kept,
             dropped = done.dropped,
             backup_current = theirs.synced,
             "writes of the lost link resolved: kept those the backup applied"
-        );
+        ),
     }
 }
 
