@@ -122,6 +122,26 @@ mod tests {
         }
     }
 
+    /// Two empty stores and the primary's lanes open on link 1 of primary run 7; the lanes'
+    /// frames come out of the receivers, one per lane.
+    fn linked() -> (
+        Store,
+        Store,
+        Lanes,
+        Vec<std::sync::mpsc::Receiver<Bytes>>,
+        LaneMark,
+    ) {
+        let lanes = Lanes::default();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| std::sync::mpsc::channel()).unzip();
+        let link = LaneMark {
+            primary_run: 7,
+            epoch: 1,
+            offset: 0,
+        };
+        lanes.enable_marked(txs, link);
+        (Store::new(), Store::new(), lanes, rxs, link)
+    }
+
     fn put(k: &'static str, v: &'static str) -> Op {
         Op::Update {
             key: Bytes::from(k),
@@ -134,15 +154,7 @@ mod tests {
     /// primary apply exactly the first; a fenced applier records nothing.
     #[test]
     fn the_backups_marks_settle_what_the_primary_lost() {
-        let (primary, backup) = (Store::new(), Store::new());
-        let lanes = Lanes::default();
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| std::sync::mpsc::channel()).unzip();
-        let link = LaneMark {
-            primary_run: 7,
-            epoch: 1,
-            offset: 0,
-        };
-        lanes.enable_marked(txs, link);
+        let (primary, backup, lanes, rxs, link) = linked();
         let b = BucketId::of(b"k");
         for store in [&primary, &backup] {
             store.put(Bytes::from("k"), Bytes::from("v0"));
@@ -231,15 +243,7 @@ mod tests {
     /// either gets its original answer.
     #[test]
     fn a_cancelling_insert_and_delete_leave_equal_session_tables() {
-        let (primary, backup) = (Store::new(), Store::new());
-        let lanes = Lanes::default();
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..BUCKETS).map(|_| std::sync::mpsc::channel()).unzip();
-        let link = LaneMark {
-            primary_run: 7,
-            epoch: 1,
-            offset: 0,
-        };
-        lanes.enable_marked(txs, link);
+        let (primary, backup, lanes, rxs, link) = linked();
         let b = BucketId::of(b"k");
         let write = |session| quickv_proto::SessionWrite {
             stamp: quickv_proto::WriteStamp {
