@@ -87,8 +87,8 @@ impl Client {
                     Err(err) => results[i] = Some(Err(err)),
                 }
             }
-            for (i, mut p) in pending {
-                let answer = p.answer().await;
+            for (i, p) in pending {
+                let answer = p.await;
                 results[i] = Some(answer);
             }
         };

@@ -257,10 +257,10 @@ impl Client {
         // No timer per call: the deadline travels with the call, and the pipe's sweeper
         // completes it once past (see `owed`).
         let due = self.timeout.and_then(Deadline::after);
-        let mut pending = link
+        let pending = link
             .start(op, None, &self.inner.config, &self.inner.closed, due)
             .await?;
-        pending.answer().await
+        pending.await
     }
 
     /// Write attempts this client resent with their session stamp because the first attempt's

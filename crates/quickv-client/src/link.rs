@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::owed::{Deadline, ReplyTx};
+use crate::owed::Deadline;
 use crate::pipe::{open_pipe, within, Call, Pending, Pipe, Sent, Unsent};
 use quickv_net::tls;
 use quickv_proto::{Op, Reply, WriteStamp, PROTOCOL_VERSION};
@@ -85,18 +84,11 @@ impl Connection {
 
     /// Queues a call on pipe `i` (from [`Connection::pick`]), with its deadline (if any). Gives
     /// the call back if the pipe is gone (never sent), and says `Late` if the deadline passed
-    /// while waiting for room in the pipe's queue. Returns the pipe and the request id, for
-    /// cancelling. A call waits on the pipe it was given, never on another: a session-stamped
+    /// while waiting for room in the pipe's queue. A call waits on the pipe it was given, never on another: a session-stamped
     /// write must not overtake, or be overtaken by, many later writes of its caller.
-    pub(crate) async fn send_on(
-        &self,
-        i: usize,
-        call: Call,
-        reply: ReplyTx,
-        due: Option<Deadline>,
-    ) -> Sent {
+    pub(crate) async fn send_on(&self, i: usize, call: Call, due: Option<Deadline>) -> Sent {
         let shared = &self.pipes[i % self.pipes.len()].shared;
-        let (mut call, mut reply) = match shared.try_queue(call, reply, due) {
+        let mut call = match shared.try_queue(call, due) {
             Ok(queued) => return queued,
             Err(full) => full,
         };
@@ -106,7 +98,7 @@ impl Connection {
             let room = shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            (call, reply) = match shared.try_queue(call, reply, due) {
+            call = match shared.try_queue(call, due) {
                 Ok(queued) => return queued,
                 Err(full) => full,
             };
@@ -258,7 +250,6 @@ impl Link {
             let connection = Connection::open(conn, config).await?;
             // The hello: a refused certificate (which TLS 1.3 reports only on first use) shows
             // up here, in plain words, rather than on the application's first call.
-            let (tx, rx) = oneshot::channel();
             let hello = Call {
                 op: Op::Hello {
                     version: PROTOCOL_VERSION,
@@ -266,17 +257,10 @@ impl Link {
                 session: None,
             };
             // Bounded by the connect timeout around this whole attempt.
-            if connection
-                .send_on(connection.pick(), hello, tx, None)
-                .await
-                .is_err()
-            {
+            let Ok(answer) = connection.send_on(connection.pick(), hello, None).await else {
                 return Err(ClientError::Connection("the connection is closed".into()));
-            }
-            match rx
-                .await
-                .map_err(|_| ClientError::Connection("the connection is closed".into()))??
-            {
+            };
+            match answer.await? {
                 Reply::Hello { server, .. } => {
                     *self.server.lock().unwrap_or_else(|p| p.into_inner()) = server;
                     Ok(connection)
@@ -304,7 +288,6 @@ impl Link {
         closed: &AtomicBool,
         due: Option<Deadline>,
     ) -> Result<Pending, ClientError> {
-        let (tx, rx) = oneshot::channel();
         let is_write = op.is_write();
         let call = Call { op, session };
         let current = match self.current() {
@@ -313,31 +296,24 @@ impl Link {
             }
             Some(c) => {
                 let i = c.pick();
-                match c.pipes[i].shared.try_queue(call, tx, due) {
-                    Ok(Ok((pipe, id))) => {
-                        return Ok(Pending {
-                            rx: Some(rx),
-                            slot: Some((pipe, id)),
-                            settled: None,
-                        })
-                    }
+                match c.pipes[i].shared.try_queue(call, due) {
+                    Ok(Ok(pending)) => return Ok(pending),
                     Ok(Err(Unsent::Late)) => return Ok(late(due, is_write)),
                     // Full: wait on this same pipe. Gone: redial.
-                    Err((call, tx)) => (call, tx, Some((c, i))),
-                    Ok(Err(Unsent::Gone(call, tx))) => (call, tx, None),
+                    Err(call) => (call, Some((c, i))),
+                    Ok(Err(Unsent::Gone(call))) => (call, None),
                 }
             }
-            None => (call, tx, None),
+            None => (call, None),
         };
-        Box::pin(self.start_slow(current, rx, is_write, config, closed, due)).await
+        Box::pin(self.start_slow(current, is_write, config, closed, due)).await
     }
 
     /// [`Link::start`]'s slow path: wait for room on the pipe already chosen, or dial (or redial
     /// a dead connection) first.
     async fn start_slow(
         &self,
-        (mut call, mut reply, chosen): (Call, ReplyTx, Option<(Arc<Connection>, usize)>),
-        rx: oneshot::Receiver<Result<Reply, ClientError>>,
+        (mut call, chosen): (Call, Option<(Arc<Connection>, usize)>),
         is_write: bool,
         config: &ClientConfig,
         closed: &AtomicBool,
@@ -360,17 +336,11 @@ impl Link {
         };
         // At most one retry, and only of a call that never left this process.
         for attempt in 0..2 {
-            match connection.send_on(pipe, call, reply, due).await {
-                Ok((slot, id)) => {
-                    return Ok(Pending {
-                        rx: Some(rx),
-                        slot: Some((slot, id)),
-                        settled: None,
-                    });
-                }
+            match connection.send_on(pipe, call, due).await {
+                Ok(pending) => return Ok(pending),
                 Err(Unsent::Late) => return Ok(late(due, is_write)),
-                Err(Unsent::Gone(unsent, back)) if attempt == 0 => {
-                    (call, reply) = (unsent, back);
+                Err(Unsent::Gone(unsent)) if attempt == 0 => {
+                    call = unsent;
                     let redial = self.redial(Some(&connection), config, closed);
                     connection = match within(due, redial).await {
                         Some(s) => s?,
@@ -397,11 +367,11 @@ impl Link {
 
 /// A call settled without being queued: its deadline passed while it waited.
 fn late(due: Option<Deadline>, is_write: bool) -> Pending {
-    Pending {
-        rx: None,
-        slot: None,
-        settled: due.map(|d| d.outcome(is_write)),
-    }
+    Pending::settled(match due {
+        Some(d) => d.outcome(is_write),
+        // `Late` comes only from waiting on a deadline.
+        None => Err(ClientError::Timeout("no answer within the deadline".into())),
+    })
 }
 
 /// Resolves `host:port`; the host part is the TLS server name (IP literals work as IP SANs).

@@ -1,4 +1,5 @@
-//! The calls a client stream owes answers to: a slab of slots that request ids index directly.
+//! The calls a client stream owes answers to: a slab of slots that request ids index directly,
+//! and in which each caller finds its outcome.
 //!
 //! Each stream keeps its calls in a `Vec` of slots with a free list. A request id names its slot:
 //!
@@ -15,26 +16,38 @@
 //! id is 0, the id of stream-level complaints), so an answer to an id that is not — or no
 //! longer — in flight is a protocol error, never the completion of someone else's call.
 //!
-//! A slot is taken when its call is queued and freed when its answer arrives or the stream dies.
-//! A call whose caller stopped waiting (future dropped, deadline passed) keeps a tombstone until
-//! then: its late answer is recognised and discarded, and its id is not reused while the server
-//! may still answer it. A call cancelled before it was written is freed by the writer, which
-//! skips it.
+//! The slot is also where the caller's outcome waits: the stream's reader stores the answer in
+//! it and wakes the caller's task with the waker the caller left there ([`Owed::poll_outcome`]),
+//! so an answer costs no channel and no allocation, and the reader wakes all the callers of one
+//! read at once, after it let go of the lock. A slot has two sides, each with its own state:
+//!
+//! ```text
+//!  caller: Waiting(waker) ──answer, deadline, stream died──► Settled(outcome) ──taken──► Gone
+//!     └──────────────────────── caller stopped waiting ─────────────────────────────────► Gone
+//!  wire:   Queued ──written──► Written ──answered, stream died──► Done
+//!     └──── skipped by the writer (its caller settled or gone) ──► Done
+//! ```
+//!
+//! and it is freed when both are finished: the caller `Gone` and the wire not `Written`. A call
+//! whose caller stopped waiting (future dropped, deadline passed) after it was written keeps a
+//! tombstone until the server answers: its late answer is recognised and discarded, and its id is
+//! not reused while the server may still answer it. A call freed before it was written is skipped
+//! by the writer (its id no longer names a slot).
 //!
 //! Deadlines: a slot carries its call's deadline, and one sweeper task per stream sleeps until
 //! the earliest one ([`Owed::expire`]), instead of a timer per call.
 
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::ClientError;
 use quickv_proto::Reply;
 
-/// Where a call's outcome goes.
-pub(crate) type ReplyTx = oneshot::Sender<Result<Reply, ClientError>>;
+/// A call's outcome: the server's reply, or why there is none.
+pub(crate) type Outcome = Result<Reply, ClientError>;
 
 /// Bits of a request id that name the slot.
 const SLOT_BITS: u32 = 32;
@@ -60,13 +73,13 @@ impl Deadline {
     }
 
     /// What the call becomes once past this deadline.
-    pub(crate) fn outcome(&self, is_write: bool) -> Result<Reply, ClientError> {
+    pub(crate) fn outcome(&self, is_write: bool) -> Outcome {
         past_deadline(is_write, self.budget)
     }
 }
 
 /// What a call past its deadline becomes: a write may have been applied.
-pub(crate) fn past_deadline(is_write: bool, deadline: Duration) -> Result<Reply, ClientError> {
+pub(crate) fn past_deadline(is_write: bool, deadline: Duration) -> Outcome {
     if is_write {
         Ok(Reply::Indeterminate(format!(
             "no answer within the deadline of {deadline:?}; the write may have been applied"
@@ -103,23 +116,66 @@ struct Slot {
     call: Option<Waiting>,
 }
 
-/// One call queued or written on a stream and not yet answered.
+/// Where the caller of a call stands.
+#[derive(Debug)]
+enum Caller {
+    /// Waiting for the outcome, with the waker of its last poll (`None` before the first).
+    Waiting(Option<Waker>),
+    /// The outcome is here and the caller has not taken it yet.
+    Settled(Outcome),
+    /// The caller took its outcome or stopped waiting: nothing more is delivered.
+    Gone,
+}
+
+/// Where the request of a call stands on the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    /// In the pipe's queue, not yet written.
+    Queued,
+    /// Encoded into a batch: from then on the server may answer it, so the slot stays until it
+    /// does.
+    Written,
+    /// Nothing more will come for it: answered, skipped by the writer, or the stream died.
+    Done,
+}
+
+/// One call queued or written on a stream whose slot is still in use.
 #[derive(Debug)]
 struct Waiting {
-    /// Where the answer goes; `None` once the caller stopped waiting (the answer is discarded).
-    reply: Option<ReplyTx>,
+    /// The caller's side.
+    caller: Caller,
+    /// The request's side.
+    wire: Wire,
     /// Writes become indeterminate, not failed, if the connection dies after they were sent.
     is_write: bool,
-    /// Set by the writer when the request is encoded into a batch: from then on the server may
-    /// answer it, so the slot stays until it does.
-    written: bool,
     /// When the caller stops waiting, if ever.
     due: Option<Deadline>,
     /// Dump entries from chunks received so far.
     gathered: Vec<(Bytes, Bytes)>,
 }
 
-/// Requests queued or written on one stream and not yet answered.
+impl Waiting {
+    /// Settles a waiting caller with `outcome` and returns its waker; an outcome for a caller
+    /// already settled or gone is dropped.
+    fn settle(&mut self, outcome: Outcome) -> Option<Waker> {
+        match &mut self.caller {
+            Caller::Waiting(waker) => {
+                let waker = waker.take();
+                self.caller = Caller::Settled(outcome);
+                self.gathered = Vec::new();
+                waker
+            }
+            Caller::Settled(_) | Caller::Gone => None,
+        }
+    }
+
+    /// True once neither side needs the slot any more.
+    fn finished(&self) -> bool {
+        matches!(self.caller, Caller::Gone) && self.wire != Wire::Written
+    }
+}
+
+/// Requests queued or written on one stream and not yet answered, and outcomes not yet taken.
 #[derive(Debug)]
 pub(crate) struct Owed {
     /// This stream's index on its connection, part of every id.
@@ -147,24 +203,21 @@ impl Owed {
     }
 
     /// Takes a slot for a call about to be queued and returns its request id, and whether the
-    /// sweeper must be woken (the call's deadline comes before any it is armed for). Gives the
-    /// answer channel back if the stream is broken (the call should go to a new connection) or,
-    /// in theory, out of ids (2³² calls in flight on one stream).
+    /// sweeper must be woken (the call's deadline comes before any it is armed for). `None` if
+    /// the stream is broken (the call should go to a new connection) or, in theory, out of ids
+    /// (2³² calls in flight on one stream).
     pub(crate) fn register(
         &mut self,
-        reply: ReplyTx,
         is_write: bool,
         due: Option<Deadline>,
-    ) -> Result<(u64, bool), ReplyTx> {
+    ) -> Option<(u64, bool)> {
         if self.broken.is_some() {
-            return Err(reply);
+            return None;
         }
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                let Ok(i) = u32::try_from(self.slots.len()) else {
-                    return Err(reply);
-                };
+                let i = u32::try_from(self.slots.len()).ok()?;
                 self.slots.push(Slot {
                     generation: 1,
                     call: None,
@@ -174,9 +227,9 @@ impl Owed {
         };
         let slot = &mut self.slots[index as usize];
         slot.call = Some(Waiting {
-            reply: Some(reply),
+            caller: Caller::Waiting(None),
+            wire: Wire::Queued,
             is_write,
-            written: false,
             due,
             gathered: Vec::new(),
         });
@@ -187,29 +240,67 @@ impl Owed {
             }
             _ => false,
         };
-        Ok((request_id(slot.generation, self.stream, index), wake))
+        Some((request_id(slot.generation, self.stream, index), wake))
     }
 
     /// The writer is about to encode call `id`: true if it is to be sent (it is marked written),
-    /// false if its caller stopped waiting before it was written (its slot is freed: nothing
-    /// will answer it) or the stream failed meanwhile.
+    /// false if it is not in the slab any more (its caller stopped waiting before it was
+    /// written), its caller was settled meanwhile (deadline), or the stream failed.
     pub(crate) fn writing(&mut self, id: u64) -> bool {
-        let Some((index, call)) = self.lookup(id) else {
+        let Some((_, call)) = self.lookup(id) else {
             return false;
         };
-        if call.reply.is_none() {
-            self.release(index);
+        if call.wire != Wire::Queued {
             return false;
         }
-        call.written = true;
-        true
+        match call.caller {
+            Caller::Waiting(_) => {
+                call.wire = Wire::Written;
+                true
+            }
+            // Settled past its deadline before it left: nothing will answer it.
+            Caller::Settled(_) | Caller::Gone => {
+                call.wire = Wire::Done;
+                false
+            }
+        }
     }
 
-    /// The caller of `id` stopped waiting: keep a tombstone so the late answer is discarded.
+    /// The caller of `id` looks for its outcome: takes it (and frees the slot if the server owes
+    /// nothing more), or leaves `waker` to be woken when it comes. An id not in the slab is an
+    /// outcome taken already.
+    pub(crate) fn poll_outcome(&mut self, id: u64, waker: &Waker) -> Poll<Outcome> {
+        let Some((index, call)) = self.lookup(id) else {
+            return Poll::Ready(Err(ClientError::Protocol("outcome taken twice".into())));
+        };
+        match std::mem::replace(&mut call.caller, Caller::Gone) {
+            Caller::Settled(outcome) => {
+                if call.finished() {
+                    self.release(index);
+                }
+                Poll::Ready(outcome)
+            }
+            Caller::Waiting(left) => {
+                let left = match left {
+                    Some(w) if w.will_wake(waker) => w,
+                    _ => waker.clone(),
+                };
+                call.caller = Caller::Waiting(Some(left));
+                Poll::Pending
+            }
+            Caller::Gone => Poll::Ready(Err(ClientError::Protocol("outcome taken twice".into()))),
+        }
+    }
+
+    /// The caller of `id` stopped waiting: its slot is freed, or keeps a tombstone if the server
+    /// may still answer it, so the late answer is discarded.
     pub(crate) fn cancel(&mut self, id: u64) {
-        if let Some((_, call)) = self.lookup(id) {
-            call.reply = None;
+        if let Some((index, call)) = self.lookup(id) {
+            call.caller = Caller::Gone;
             call.gathered = Vec::new();
+            if call.finished() {
+                self.release(index);
+            }
         }
     }
 
@@ -219,27 +310,26 @@ impl Owed {
         id: u64,
         entries: Vec<(Bytes, Bytes)>,
     ) -> Result<(), ClientError> {
-        let Some((_, call)) = self.lookup(id).filter(|(_, c)| c.written) else {
+        let Some((_, call)) = self.lookup(id).filter(|(_, c)| c.wire == Wire::Written) else {
             return Err(unknown(id));
         };
-        if call.reply.is_some() {
+        if matches!(call.caller, Caller::Waiting(_)) {
             call.gathered.extend(entries);
         }
         Ok(())
     }
 
-    /// The final answer to `id`: completes the call (if its caller still waits) and frees the
-    /// slot. An id that is not in flight is a protocol error.
-    pub(crate) fn complete(&mut self, id: u64, reply: Reply) -> Result<(), ClientError> {
-        let Some((index, call)) = self.lookup(id).filter(|(_, c)| c.written) else {
+    /// The final answer to `id`: settles the call (if its caller still waits) and returns the
+    /// caller's waker, to be woken once the lock is released; frees the slot if the caller is
+    /// gone. An id that is not in flight is a protocol error.
+    pub(crate) fn complete(&mut self, id: u64, reply: Reply) -> Result<Option<Waker>, ClientError> {
+        let Some((index, call)) = self.lookup(id).filter(|(_, c)| c.wire == Wire::Written) else {
             return Err(unknown(id));
         };
-        let tx = call.reply.take();
-        let gathered = std::mem::take(&mut call.gathered);
-        self.release(index);
+        call.wire = Wire::Done;
         let reply = match reply {
-            Reply::DumpChunk { entries, .. } if !gathered.is_empty() => {
-                let mut all = gathered;
+            Reply::DumpChunk { entries, .. } if !call.gathered.is_empty() => {
+                let mut all = std::mem::take(&mut call.gathered);
                 all.extend(entries);
                 Reply::DumpChunk {
                     entries: all,
@@ -248,30 +338,28 @@ impl Owed {
             }
             other => other,
         };
-        if let Some(tx) = tx {
-            let _ = tx.send(Ok(reply));
+        let waker = call.settle(Ok(reply));
+        if call.finished() {
+            self.release(index);
         }
-        Ok(())
+        Ok(waker)
     }
 
-    /// Completes every call whose deadline is at or before `now` with its past-deadline outcome
-    /// (the slot stays as a tombstone until the answer comes), and returns the earliest deadline
-    /// still ahead, which the sweeper is now armed for.
-    pub(crate) fn expire(&mut self, now: Instant) -> Option<Instant> {
+    /// Settles every call whose deadline is at or before `now` with its past-deadline outcome
+    /// (the slot stays as a tombstone until the answer comes), pushes their wakers onto `wake`,
+    /// and returns the earliest deadline still ahead, which the sweeper is now armed for.
+    pub(crate) fn expire(&mut self, now: Instant, wake: &mut Vec<Waker>) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         for slot in &mut self.slots {
             let Some(call) = slot.call.as_mut() else {
                 continue;
             };
             let Some(due) = call.due else { continue };
-            if call.reply.is_none() {
+            if !matches!(call.caller, Caller::Waiting(_)) {
                 call.due = None;
             } else if due.at <= now {
                 call.due = None;
-                call.gathered = Vec::new();
-                if let Some(tx) = call.reply.take() {
-                    let _ = tx.send(due.outcome(call.is_write));
-                }
+                wake.extend(call.settle(due.outcome(call.is_write)));
             } else if next.is_none_or(|n| due.at < n) {
                 next = Some(due.at);
             }
@@ -280,29 +368,28 @@ impl Owed {
         next
     }
 
-    /// Fails every call: a write that was sent may have been applied, so it is indeterminate;
-    /// anything else (and a write never sent) failed with `err`. The stream takes no more calls.
-    pub(crate) fn fail_all(&mut self, err: ClientError) {
-        for slot in self.slots.drain(..) {
-            let Some(Waiting {
-                reply: Some(reply),
-                is_write,
-                written,
-                ..
-            }) = slot.call
-            else {
+    /// Fails every call, pushing the wakers of their callers onto `wake`: a write that was sent
+    /// may have been applied, so it is indeterminate; anything else (and a write never sent)
+    /// failed with `err`. The stream takes no more calls; outcomes not yet taken stay until their
+    /// callers take them.
+    pub(crate) fn fail_all(&mut self, err: ClientError, wake: &mut Vec<Waker>) {
+        for index in 0..self.slots.len() {
+            let Some(call) = self.slots[index].call.as_mut() else {
                 continue;
             };
-            let outcome = if is_write && written {
+            let outcome = if call.is_write && call.wire == Wire::Written {
                 Ok(Reply::Indeterminate(format!(
                     "the write was sent but no answer came: {err}"
                 )))
             } else {
                 Err(err.clone())
             };
-            let _ = reply.send(outcome);
+            call.wire = Wire::Done;
+            wake.extend(call.settle(outcome));
+            if call.finished() {
+                self.release(index);
+            }
         }
-        self.free.clear();
         self.armed = None;
         self.broken.get_or_insert(err);
     }
@@ -311,7 +398,11 @@ impl Owed {
     pub(crate) fn awaited(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.call.as_ref().is_some_and(|c| c.reply.is_some()))
+            .filter(|s| {
+                s.call
+                    .as_ref()
+                    .is_some_and(|c| matches!(c.caller, Caller::Waiting(_)))
+            })
             .count()
     }
 
@@ -349,219 +440,5 @@ fn unknown(id: u64) -> ClientError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn call(
-        owed: &mut Owed,
-        due: Option<Deadline>,
-    ) -> (u64, oneshot::Receiver<Result<Reply, ClientError>>) {
-        let (tx, rx) = oneshot::channel();
-        let (id, _) = owed.register(tx, false, due).expect("registered");
-        (id, rx)
-    }
-
-    #[test]
-    fn ids_are_never_zero_and_name_their_stream() {
-        let mut a = Owed::new(0);
-        let mut b = Owed::new(1);
-        let (ia, _ra) = call(&mut a, None);
-        let (ib, _rb) = call(&mut b, None);
-        assert_ne!(ia, 0);
-        assert_ne!(ia, ib);
-        assert!(a.writing(ia));
-        // An answer to the other stream's id is unknown here.
-        assert!(matches!(
-            a.complete(ib, Reply::Ok),
-            Err(ClientError::Protocol(_))
-        ));
-    }
-
-    #[test]
-    fn an_answer_completes_its_call_and_frees_the_slot_for_reuse_under_a_new_id() {
-        let mut owed = Owed::new(3);
-        let (id, mut rx) = call(&mut owed, None);
-        assert!(owed.writing(id));
-        owed.complete(id, Reply::Value(Bytes::from_static(b"v")))
-            .expect("known");
-        assert_eq!(
-            rx.try_recv().expect("answered"),
-            Ok(Reply::Value(Bytes::from_static(b"v")))
-        );
-        assert_eq!(owed.awaited(), 0);
-
-        let (again, _rx) = call(&mut owed, None);
-        assert_eq!(
-            again & 0xffff_ffff,
-            id & 0xffff_ffff,
-            "the freed slot is reused"
-        );
-        assert_ne!(again, id, "under a new id");
-        assert!(owed.writing(again));
-        // The old id is stale: a second answer to it is a protocol error, and does not
-        // complete the call now using the slot.
-        match owed.complete(id, Reply::Ok) {
-            Err(ClientError::Protocol(msg)) => assert!(msg.contains("unknown request"), "{msg}"),
-            other => panic!("stale id accepted: {other:?}"),
-        }
-        assert_eq!(owed.awaited(), 1);
-    }
-
-    #[test]
-    fn an_answer_to_an_id_never_issued_or_not_yet_written_is_a_protocol_error() {
-        let mut owed = Owed::new(0);
-        assert!(matches!(
-            owed.complete(12345, Reply::Ok),
-            Err(ClientError::Protocol(_))
-        ));
-        let (id, _rx) = call(&mut owed, None);
-        assert!(matches!(
-            owed.complete(id, Reply::Ok),
-            Err(ClientError::Protocol(_))
-        ));
-        assert!(matches!(
-            owed.gather(id, Vec::new()),
-            Err(ClientError::Protocol(_))
-        ));
-    }
-
-    #[test]
-    fn a_cancelled_written_call_keeps_its_slot_until_the_late_answer() {
-        let mut owed = Owed::new(0);
-        let (id, rx) = call(&mut owed, None);
-        assert!(owed.writing(id));
-        drop(rx);
-        owed.cancel(id);
-        assert_eq!(owed.awaited(), 0);
-        // The slot is not reused while the server may still answer.
-        let (other, _rx2) = call(&mut owed, None);
-        assert_ne!(other & 0xffff_ffff, id & 0xffff_ffff);
-        // The late answer is recognised and discarded; then the slot is free.
-        owed.complete(id, Reply::Ok).expect("late answer accepted");
-        let (reused, _rx3) = call(&mut owed, None);
-        assert_eq!(reused & 0xffff_ffff, id & 0xffff_ffff);
-    }
-
-    #[test]
-    fn a_call_cancelled_before_it_was_written_is_skipped_and_freed() {
-        let mut owed = Owed::new(0);
-        let (id, rx) = call(&mut owed, None);
-        drop(rx);
-        owed.cancel(id);
-        assert!(!owed.writing(id), "a cancelled call is not sent");
-        let (reused, _rx) = call(&mut owed, None);
-        assert_eq!(reused & 0xffff_ffff, id & 0xffff_ffff);
-        assert!(matches!(
-            owed.complete(id, Reply::Ok),
-            Err(ClientError::Protocol(_))
-        ));
-    }
-
-    #[test]
-    fn dump_chunks_are_gathered_and_merged_into_the_last() {
-        let mut owed = Owed::new(0);
-        let (id, mut rx) = call(&mut owed, None);
-        assert!(owed.writing(id));
-        let kv = |k: &'static [u8]| (Bytes::from_static(k), Bytes::from_static(b"v"));
-        owed.gather(id, vec![kv(b"a")]).expect("chunk");
-        owed.gather(id, vec![kv(b"b")]).expect("chunk");
-        owed.complete(
-            id,
-            Reply::DumpChunk {
-                entries: vec![kv(b"c")],
-                last: true,
-            },
-        )
-        .expect("last chunk");
-        assert_eq!(
-            rx.try_recv().expect("answered"),
-            Ok(Reply::DumpChunk {
-                entries: vec![kv(b"a"), kv(b"b"), kv(b"c")],
-                last: true
-            })
-        );
-    }
-
-    #[test]
-    fn expiry_answers_reads_with_timeout_and_writes_with_indeterminate_and_rearms() {
-        // Time is a parameter here: deadlines are built from a base instant, `expire` is told
-        // what time it is.
-        let t0 = Instant::now();
-        let due = |ms: u64| {
-            Some(Deadline {
-                at: t0 + Duration::from_millis(ms),
-                budget: Duration::from_millis(ms),
-            })
-        };
-        let mut owed = Owed::new(0);
-        let (tx, mut read) = oneshot::channel();
-        let (r, wake) = owed.register(tx, false, due(5000)).expect("registered");
-        assert!(wake, "the first deadline arms the sweeper");
-        let (tx, mut write) = oneshot::channel();
-        let (w, wake) = owed.register(tx, true, due(100)).expect("registered");
-        assert!(wake, "an earlier deadline re-arms the sweeper");
-        let (tx, _later) = oneshot::channel();
-        let (_, wake) = owed.register(tx, false, due(5000)).expect("registered");
-        assert!(!wake, "a later deadline needs no wake-up");
-        let (tx, mut forever) = oneshot::channel();
-        let (f, wake) = owed.register(tx, false, None).expect("registered");
-        assert!(!wake, "no deadline, no wake-up");
-        assert!(owed.writing(r) && owed.writing(w) && owed.writing(f));
-
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        assert_eq!(owed.expire(at(99)), Some(at(100)), "nothing overdue yet");
-        assert!(write.try_recv().is_err());
-        assert_eq!(owed.expire(at(100)), Some(at(5000)));
-        match write.try_recv().expect("expired") {
-            Ok(Reply::Indeterminate(msg)) => assert!(msg.contains("deadline"), "{msg}"),
-            other => panic!("write past its deadline: {other:?}"),
-        }
-        assert!(read.try_recv().is_err(), "the long call still waits");
-        assert_eq!(owed.expire(at(6000)), None);
-        match read.try_recv() {
-            Ok(Err(ClientError::Timeout(msg))) => assert!(msg.contains("5s"), "{msg}"),
-            other => panic!("read past its deadline: {other:?}"),
-        }
-        assert!(
-            forever.try_recv().is_err(),
-            "a call without deadline never expires"
-        );
-        assert_eq!(owed.awaited(), 1);
-        // Expired calls keep their tombstones: the late answers are accepted and dropped.
-        owed.complete(w, Reply::Ok).expect("late answer");
-        owed.complete(r, Reply::Ok).expect("late answer");
-    }
-
-    #[test]
-    fn failing_the_stream_makes_sent_writes_indeterminate_and_refuses_new_calls() {
-        let mut owed = Owed::new(0);
-        let (tx, mut sent_write) = oneshot::channel();
-        let (id, _) = owed.register(tx, true, None).expect("registered");
-        assert!(owed.writing(id));
-        let (tx, mut queued_write) = oneshot::channel();
-        owed.register(tx, true, None).expect("registered");
-        let (tx, mut read) = oneshot::channel();
-        let (id, _) = owed.register(tx, false, None).expect("registered");
-        assert!(owed.writing(id));
-
-        owed.fail_all(ClientError::Connection("gone".into()));
-        assert!(matches!(
-            sent_write.try_recv(),
-            Ok(Ok(Reply::Indeterminate(_)))
-        ));
-        assert!(matches!(
-            queued_write.try_recv(),
-            Ok(Err(ClientError::Connection(_)))
-        ));
-        assert!(matches!(
-            read.try_recv(),
-            Ok(Err(ClientError::Connection(_)))
-        ));
-        let (tx, _rx) = oneshot::channel();
-        assert!(
-            owed.register(tx, false, None).is_err(),
-            "a broken stream takes no calls"
-        );
-        assert!(!owed.writing(id));
-    }
-}
+#[path = "owed_tests.rs"]
+mod tests;

@@ -2,16 +2,19 @@
 //! writer, reader and deadline-sweeper tasks, which pipeline requests and hand answers back by
 //! request id through the stream's slab of pending calls (`owed.rs`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use quickv_net::{tls, BatchWriter, FramedReader};
 
 use crate::error::{unexpected, ClientError};
-use crate::owed::{Deadline, Owed, ReplyTx};
+use crate::owed::{Deadline, Outcome, Owed};
 use quickv_proto::{
     decode_response, encode_request, Limits, Op, Reply, Request, SessionWrite, WriteStamp,
 };
@@ -65,10 +68,12 @@ pub(crate) struct PipeState {
 impl PipeShared {
     /// Fails every call in flight or queued, and stops the writer and the sweeper.
     pub(crate) fn fail_all(&self, err: ClientError) {
+        let mut wake = Vec::new();
         if let Ok(mut state) = self.state.lock() {
-            state.owed.fail_all(err);
+            state.owed.fail_all(err, &mut wake);
             state.queue.clear();
         }
+        wake.into_iter().for_each(Waker::wake);
         self.ready.notify_one();
         self.room.notify_waiters();
         self.sweep.notify_one();
@@ -78,21 +83,19 @@ impl PipeShared {
     pub(crate) fn try_queue(
         self: &Arc<Self>,
         call: Call,
-        reply: ReplyTx,
         due: Option<Deadline>,
-    ) -> Result<Sent, (Call, ReplyTx)> {
+    ) -> Result<Sent, Call> {
         let Ok(mut state) = self.state.lock() else {
-            return Ok(Err(Unsent::Gone(call, reply)));
+            return Ok(Err(Unsent::Gone(call)));
         };
         if state.closed {
-            return Ok(Err(Unsent::Gone(call, reply)));
+            return Ok(Err(Unsent::Gone(call)));
         }
         if state.queue.len() >= PIPE_QUEUE && state.owed.broken.is_none() {
-            return Err((call, reply));
+            return Err(call);
         }
-        let (id, wake_sweeper) = match state.owed.register(reply, call.op.is_write(), due) {
-            Ok(registered) => registered,
-            Err(reply) => return Ok(Err(Unsent::Gone(call, reply))),
+        let Some((id, wake_sweeper)) = state.owed.register(call.op.is_write(), due) else {
+            return Ok(Err(Unsent::Gone(call)));
         };
         let wake_writer = state.queue.is_empty();
         state.queue.push(QueuedCall { id, call });
@@ -103,7 +106,7 @@ impl PipeShared {
         if wake_sweeper {
             self.sweep.notify_one();
         }
-        Ok(Ok((self.clone(), id)))
+        Ok(Ok(Pending::queued(self.clone(), id)))
     }
 }
 
@@ -124,13 +127,13 @@ pub(crate) struct QueuedCall {
     pub(crate) call: Call,
 }
 
-/// What [`Connection::send`] did: the call's pipe and request id (to cancel it), or why not.
-pub(crate) type Sent = Result<(Arc<PipeShared>, u64), Unsent>;
+/// What queueing a call did: the call in flight, or why not.
+pub(crate) type Sent = Result<Pending, Unsent>;
 
-/// Why [`Connection::send`] did not queue a call.
+/// Why a call was not queued.
 pub(crate) enum Unsent {
-    /// The pipe is gone: the call (and its answer channel) can go to a new connection.
-    Gone(Call, ReplyTx),
+    /// The pipe is gone: the call can go to a new connection.
+    Gone(Call),
     /// The deadline passed while waiting for room in the pipe's queue.
     Late,
 }
@@ -147,40 +150,64 @@ pub(crate) async fn within<F: std::future::Future>(
     }
 }
 
-/// A call that was queued: where its answer comes, and how to cancel it if its caller goes away.
+/// A call that was queued, as a future of its outcome: polling it looks in the call's slot of
+/// the pipe's slab (`owed.rs`), where the pipe's reader leaves the answer and wakes the caller —
+/// no channel per call. Dropping it before the outcome came cancels the call.
 pub(crate) struct Pending {
-    /// `None` once the answer came (or the call never went out).
-    pub(crate) rx: Option<oneshot::Receiver<Result<Reply, ClientError>>>,
-    /// The pipe and request id, to cancel; `None` for a call settled without being queued.
-    pub(crate) slot: Option<(Arc<PipeShared>, u64)>,
+    /// The pipe and request id whose slot holds the outcome; `None` once it was taken, or for a
+    /// call settled without being queued.
+    slot: Option<(Arc<PipeShared>, u64)>,
     /// The outcome of a call that was never queued (its deadline passed while it waited).
-    pub(crate) settled: Option<Result<Reply, ClientError>>,
+    settled: Option<Outcome>,
 }
 
 impl Pending {
-    /// Waits for the answer.
-    pub(crate) async fn answer(&mut self) -> Result<Reply, ClientError> {
-        if let Some(outcome) = self.settled.take() {
-            return outcome;
+    /// A call queued on `pipe` under request id `id`.
+    pub(crate) fn queued(pipe: Arc<PipeShared>, id: u64) -> Pending {
+        Pending {
+            slot: Some((pipe, id)),
+            settled: None,
         }
-        let Some(rx) = self.rx.as_mut() else {
-            return Err(ClientError::Protocol("answer awaited twice".into()));
+    }
+
+    /// A call settled without being queued.
+    pub(crate) fn settled(outcome: Outcome) -> Pending {
+        Pending {
+            slot: None,
+            settled: Some(outcome),
+        }
+    }
+}
+
+impl Future for Pending {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        if let Some(outcome) = self.settled.take() {
+            return Poll::Ready(outcome);
+        }
+        let Some((pipe, id)) = self.slot.as_ref() else {
+            return Poll::Ready(Err(ClientError::Protocol("answer awaited twice".into())));
         };
-        let outcome = rx.await;
-        self.rx = None;
-        outcome.map_err(|_| ClientError::Connection("the connection is closed".into()))?
+        let polled = match pipe.state.lock() {
+            Ok(mut state) => state.owed.poll_outcome(*id, cx.waker()),
+            Err(_) => Poll::Ready(Err(ClientError::Protocol("pipe state poisoned".into()))),
+        };
+        if polled.is_ready() {
+            self.slot = None;
+        }
+        polled
     }
 }
 
 impl Drop for Pending {
-    /// A caller that stops waiting (future dropped) cancels its call: a writer that has not
-    /// written it yet skips it; a call already written keeps only a tombstone so its late answer
-    /// is recognised and discarded.
+    /// A caller that stops waiting (future dropped) cancels its call: a call not written yet is
+    /// freed (the writer skips it); a call already written keeps only a tombstone so its late
+    /// answer is recognised and discarded.
     fn drop(&mut self) {
-        if let (Some(rx), Some((pipe, id))) = (self.rx.take(), self.slot.as_ref()) {
-            drop(rx);
+        if let Some((pipe, id)) = self.slot.take() {
             if let Ok(mut state) = pipe.state.lock() {
-                state.owed.cancel(*id);
+                state.owed.cancel(id);
             }
         }
     }
@@ -287,6 +314,8 @@ pub(crate) async fn read_pipe(
     conn: quinn::Connection,
 ) {
     let mut reader = FramedReader::new(recv);
+    // The callers answered by one read, woken together once the slab's lock is released.
+    let mut wake = Vec::new();
     let err = loop {
         match reader.fill().await {
             Ok(false) => {
@@ -302,7 +331,8 @@ pub(crate) async fn read_pipe(
                 }
             }
         }
-        let decoded = deliver(reader.buffer(), &shared.state, &limits);
+        let decoded = deliver(reader.buffer(), &shared.state, &limits, &mut wake);
+        wake.drain(..).for_each(Waker::wake);
         if let Err(e) = decoded {
             break e;
         }
@@ -313,6 +343,7 @@ pub(crate) async fn read_pipe(
 /// Completes the calls of a pipe that are past their deadline: sleeps until the earliest
 /// deadline in flight (one timer per pipe, not one per call), and ends when the pipe dies.
 pub(crate) async fn sweep_pipe(shared: Arc<PipeShared>) {
+    let mut wake = Vec::new();
     loop {
         let next = {
             let Ok(mut state) = shared.state.lock() else {
@@ -321,8 +352,9 @@ pub(crate) async fn sweep_pipe(shared: Arc<PipeShared>) {
             if state.owed.broken.is_some() {
                 return;
             }
-            state.owed.expire(Instant::now())
+            state.owed.expire(Instant::now(), &mut wake)
         };
+        wake.drain(..).for_each(Waker::wake);
         match next {
             Some(at) => {
                 tokio::select! {
@@ -335,11 +367,13 @@ pub(crate) async fn sweep_pipe(shared: Arc<PipeShared>) {
     }
 }
 
-/// Decodes every complete answer in `inbuf` and completes its call.
+/// Decodes every complete answer in `inbuf` and settles its call, pushing the callers to wake
+/// onto `wake` (the caller of this wakes them, after the lock is released).
 pub(crate) fn deliver(
     inbuf: &mut BytesMut,
     state: &Mutex<PipeState>,
     limits: &Limits,
+    wake: &mut Vec<Waker>,
 ) -> Result<(), ClientError> {
     let Ok(mut state) = state.lock() else {
         return Err(ClientError::Protocol("pipe state poisoned".into()));
@@ -363,7 +397,7 @@ pub(crate) fn deliver(
                 entries,
                 last: false,
             } => owed.gather(resp.id, entries)?,
-            reply => owed.complete(resp.id, reply)?,
+            reply => wake.extend(owed.complete(resp.id, reply)?),
         }
     }
 }

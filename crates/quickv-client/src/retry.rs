@@ -64,7 +64,7 @@ impl Client {
                 .start(op.clone(), session, &inner.config, &inner.closed, Some(due))
                 .await
             {
-                Ok(mut pending) => pending.answer().await,
+                Ok(pending) => pending.await,
                 Err(err) => Err(err),
             };
             match outcome {
