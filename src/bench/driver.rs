@@ -31,7 +31,7 @@ use super::recorder::{Recorder, Tally};
 use super::report::{self, BenchReport, PreloadReport};
 use super::schedule::OpenLoop;
 use super::target::{ConnectOptions, Handle, QuickvTarget, Target, TargetSpec};
-use super::workload::{insert_key, preload_key, value_of_size, LoadOp, Mix};
+use super::workload::{insert_key, preload_key, value_of_size, Keyspace, LoadOp, Mix};
 use super::BenchConfig;
 use quickv_proto::Outcome;
 
@@ -52,6 +52,8 @@ struct Shared {
     dist: KeyDist,
     /// Keyspace size (for delete's sequential walk).
     keys: u64,
+    /// The keys of gets, updates and deletes, laid out once (`None`: too many to hold).
+    keyspace: Option<Keyspace>,
     /// The payload of every write and ping.
     value: Bytes,
     /// Tags this run's insert keys, so reruns against the same server never collide.
@@ -82,10 +84,14 @@ struct Shared {
 impl Shared {
     /// The key for the next request of `kind`.
     fn key_for(&self, kind: LoadOp, rng: &mut SplitMix64) -> Bytes {
+        let preloaded = |i: u64| match &self.keyspace {
+            Some(keys) => keys.key(i),
+            None => preload_key(i),
+        };
         match kind {
-            LoadOp::Get | LoadOp::Update => preload_key(self.dist.sample(rng)),
+            LoadOp::Get | LoadOp::Update => preloaded(self.dist.sample(rng)),
             LoadOp::Delete => {
-                preload_key(self.delete_seq.fetch_add(1, Ordering::Relaxed) % self.keys.max(1))
+                preloaded(self.delete_seq.fetch_add(1, Ordering::Relaxed) % self.keys.max(1))
             }
             LoadOp::Insert => insert_key(
                 self.run_tag,
@@ -96,14 +102,15 @@ impl Shared {
     }
 
     /// Sends one request and records it. `due` is when it should have started (closed loop: when
-    /// it did start).
+    /// it did start). Returns when it ended (a closed loop's next start: one clock read per
+    /// request, not two).
     async fn one_request(
         &self,
         worker: usize,
         handle: &mut impl Handle,
         rng: &mut SplitMix64,
         due: Instant,
-    ) {
+    ) -> Instant {
         let kind = self.mix.pick(rng);
         let key = self.key_for(kind, rng);
         // A quickv handle keeps the deadline itself (no timer per request); others get one here.
@@ -133,6 +140,7 @@ impl Shared {
                 message.as_deref(),
             );
         }
+        done
     }
 }
 
@@ -198,6 +206,7 @@ async fn drive<T: Target>(
         mix: cfg.mix.clone(),
         dist: KeyDist::new(cfg.dist, cfg.keys, cfg.zipf_theta),
         keys: cfg.keys,
+        keyspace: Keyspace::new(cfg.keys),
         value,
         run_tag: run_tag(),
         insert_seq: AtomicU64::new(0),
@@ -352,14 +361,15 @@ async fn drive<T: Target>(
 /// A closed-loop worker: send, wait for the answer, repeat, until `end`.
 async fn closed_loop(shared: Arc<Shared>, worker: usize, mut handle: impl Handle) {
     let mut rng = SplitMix64::new(shared.seed.wrapping_add(worker as u64));
+    // The previous request's end is this one's start: nothing happens in between.
+    let mut start = Instant::now();
     loop {
-        let start = Instant::now();
         if start >= shared.end
             || shared.started.fetch_add(1, Ordering::Relaxed) >= shared.max_requests
         {
             break;
         }
-        shared
+        start = shared
             .one_request(worker, &mut handle, &mut rng, start)
             .await;
     }

@@ -256,7 +256,9 @@ impl Handle for QuickvHandle {
         value: Bytes,
     ) -> (Outcome, Option<String>) {
         if kind == LoadOp::Get && self.spread_reads {
-            return match self.client.read(key).await {
+            // Boxed: a pair read's state (two servers, the backup check) is several times a
+            // plain call's, and every request's future would carry it.
+            return match Box::pin(self.client.read(key)).await {
                 Ok(Read { value: Some(_), .. }) => (Outcome::Ok, None),
                 Ok(Read { value: None, .. }) => (Outcome::NotFound, None),
                 Err(e) => (Outcome::from(&e), Some(e.to_string())),

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use crate::config::{ClientConfig, ReadFrom, Source};
 use crate::error::{client_tls, expect_ok, get_answer, parse_status, refusal, ClientError};
 use crate::link::{jitter_seed, Link};
 use crate::owed::Deadline;
+use crate::pipe::Call;
 use quickv_proto::status::Status;
 
 /// Longest [`Client::close`] waits for the close to reach the server.
@@ -252,14 +254,24 @@ impl Client {
     async fn call_on(&self, link: &Link, op: Op) -> Result<Reply, ClientError> {
         let is_write = op.is_write();
         if is_write && self.inner.config.retry_writes && std::ptr::eq(link, &self.inner.primary) {
-            return self.write_with_retries(op).await;
+            // Boxed: the retry loop's state (its backoff timer among it) is far larger than a
+            // plain call's, and every call's future would carry it.
+            return Box::pin(self.write_with_retries(op)).await;
         }
         // No timer per call: the deadline travels with the call, and the pipe's sweeper
         // completes it once past (see `owed`).
         let due = self.timeout.and_then(Deadline::after);
-        let pending = link
-            .start(op, None, &self.inner.config, &self.inner.closed, due)
-            .await?;
+        let (config, closed) = (&self.inner.config, &self.inner.closed);
+        // This task's waker goes into the call's slot as it is queued, and the `Pending` is
+        // awaited within the same poll (nothing below suspends before it), so its first poll
+        // needs no look at the slot (`Pending`'s `primed`).
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        // The usual case queues synchronously; waiting for room or a connection is boxed, so
+        // that a call's future holds little more than its `Pending`.
+        let pending = match link.try_start(Call { op, session: None }, closed, due, Some(waker)) {
+            Ok(started) => started?,
+            Err(stalled) => Box::pin(link.start_slow(stalled, config, closed, due)).await?,
+        };
         pending.await
     }
 

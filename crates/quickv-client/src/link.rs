@@ -6,12 +6,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::owed::Deadline;
-use crate::pipe::{open_pipe, within, Call, Pending, Pipe, Sent, Unsent};
+use crate::pipe::{open_pipe, within, Call, Pending, Pipe, Queued, Sent, Unsent};
 use quickv_net::tls;
 use quickv_proto::{Op, Reply, WriteStamp, PROTOCOL_VERSION};
 
@@ -88,9 +89,10 @@ impl Connection {
     /// write must not overtake, or be overtaken by, many later writes of its caller.
     pub(crate) async fn send_on(&self, i: usize, call: Call, due: Option<Deadline>) -> Sent {
         let shared = &self.pipes[i % self.pipes.len()].shared;
-        let mut call = match shared.try_queue(call, due) {
-            Ok(queued) => return queued,
-            Err(full) => full,
+        let mut call = match shared.try_queue(call, due, None) {
+            Queued::Yes(pending) => return Ok(pending),
+            Queued::Gone(call) => return Err(Unsent::Gone(call)),
+            Queued::Full(call) => call,
         };
         // The queue is full: wait for the writer to take it (registered before looking again,
         // so the wake-up cannot be missed), at most until the deadline.
@@ -98,9 +100,10 @@ impl Connection {
             let room = shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            call = match shared.try_queue(call, due) {
-                Ok(queued) => return queued,
-                Err(full) => full,
+            call = match shared.try_queue(call, due, None) {
+                Queued::Yes(pending) => return Ok(pending),
+                Queued::Gone(call) => return Err(Unsent::Gone(call)),
+                Queued::Full(call) => call,
             };
             if within(due, room).await.is_none() {
                 return Err(Unsent::Late);
@@ -288,37 +291,50 @@ impl Link {
         closed: &AtomicBool,
         due: Option<Deadline>,
     ) -> Result<Pending, ClientError> {
-        let is_write = op.is_write();
-        let call = Call { op, session };
-        let current = match self.current() {
-            Some(_) if closed.load(Ordering::Relaxed) => {
-                return Err(ClientError::Connection("the client was closed".into()))
-            }
-            Some(c) => {
-                let i = c.pick();
-                match c.pipes[i].shared.try_queue(call, due) {
-                    Ok(Ok(pending)) => return Ok(pending),
-                    Ok(Err(Unsent::Late)) => return Ok(late(due, is_write)),
-                    // Full: wait on this same pipe. Gone: redial.
-                    Err(call) => (call, Some((c, i))),
-                    Ok(Err(Unsent::Gone(call))) => (call, None),
-                }
-            }
-            None => (call, None),
+        match self.try_start(Call { op, session }, closed, due, None) {
+            Ok(started) => started,
+            Err(stalled) => Box::pin(self.start_slow(stalled, config, closed, due)).await,
+        }
+    }
+
+    /// [`Link::start`]'s synchronous part: queues the call on the current connection's next pipe
+    /// if that pipe has room; otherwise says what the call must wait for ([`Stalled`]). With
+    /// `waker` (the caller's), the `Pending` is primed (see `PipeShared::try_queue`).
+    pub(crate) fn try_start(
+        &self,
+        call: Call,
+        closed: &AtomicBool,
+        due: Option<Deadline>,
+        waker: Option<Waker>,
+    ) -> Result<Result<Pending, ClientError>, Stalled> {
+        let Some(c) = self.current() else {
+            return Err(Stalled { call, chosen: None });
         };
-        Box::pin(self.start_slow(current, is_write, config, closed, due)).await
+        if closed.load(Ordering::Relaxed) {
+            return Ok(Err(ClientError::Connection("the client was closed".into())));
+        }
+        let i = c.pick();
+        match c.pipes[i].shared.try_queue(call, due, waker) {
+            Queued::Yes(pending) => Ok(Ok(pending)),
+            // Wait on this same pipe.
+            Queued::Full(call) => Err(Stalled {
+                call,
+                chosen: Some((c, i)),
+            }),
+            Queued::Gone(call) => Err(Stalled { call, chosen: None }),
+        }
     }
 
     /// [`Link::start`]'s slow path: wait for room on the pipe already chosen, or dial (or redial
     /// a dead connection) first.
-    async fn start_slow(
+    pub(crate) async fn start_slow(
         &self,
-        (mut call, chosen): (Call, Option<(Arc<Connection>, usize)>),
-        is_write: bool,
+        Stalled { mut call, chosen }: Stalled,
         config: &ClientConfig,
         closed: &AtomicBool,
         due: Option<Deadline>,
     ) -> Result<Pending, ClientError> {
+        let is_write = call.op.is_write();
         let (mut connection, mut pipe) = match chosen {
             Some(chosen) => chosen,
             None => {
@@ -363,6 +379,16 @@ impl Link {
             .unwrap_or_default()
             .to_string()
     }
+}
+
+/// A call [`Link::try_start`] could not queue at once, and what it waits for.
+pub(crate) struct Stalled {
+    /// The call, never sent.
+    call: Call,
+    /// The pipe whose queue was full, to wait on that same pipe (a session-stamped write must
+    /// not overtake, or be overtaken by, many later writes of its caller); `None`: the call needs
+    /// a (new) connection first.
+    chosen: Option<(Arc<Connection>, usize)>,
 }
 
 /// A call settled without being queued: its deadline passed while it waited.

@@ -203,13 +203,16 @@ impl Owed {
     }
 
     /// Takes a slot for a call about to be queued and returns its request id, and whether the
-    /// sweeper must be woken (the call's deadline comes before any it is armed for). `None` if
+    /// sweeper must be woken (the call's deadline comes before any it is armed for). `waker`, if
+    /// given, is the caller's, woken when the outcome comes (saving the caller a first poll).
+    /// `None` if
     /// the stream is broken (the call should go to a new connection) or, in theory, out of ids
     /// (2³² calls in flight on one stream).
     pub(crate) fn register(
         &mut self,
         is_write: bool,
         due: Option<Deadline>,
+        waker: Option<Waker>,
     ) -> Option<(u64, bool)> {
         if self.broken.is_some() {
             return None;
@@ -227,7 +230,7 @@ impl Owed {
         };
         let slot = &mut self.slots[index as usize];
         slot.call = Some(Waiting {
-            caller: Caller::Waiting(None),
+            caller: Caller::Waiting(waker),
             wire: Wire::Queued,
             is_write,
             due,

@@ -22,7 +22,7 @@ fn counting() -> (Arc<Count>, Waker) {
 }
 
 fn call(owed: &mut Owed, due: Option<Deadline>) -> u64 {
-    owed.register(false, due).expect("registered").0
+    owed.register(false, due, None).expect("registered").0
 }
 
 /// The caller's look at its slot: `None` while it waits.
@@ -188,13 +188,13 @@ fn expiry_answers_reads_with_timeout_and_writes_with_indeterminate_and_rearms() 
         })
     };
     let mut owed = Owed::new(0);
-    let (r, wake) = owed.register(false, due(5000)).expect("registered");
+    let (r, wake) = owed.register(false, due(5000), None).expect("registered");
     assert!(wake, "the first deadline arms the sweeper");
-    let (w, wake) = owed.register(true, due(100)).expect("registered");
+    let (w, wake) = owed.register(true, due(100), None).expect("registered");
     assert!(wake, "an earlier deadline re-arms the sweeper");
-    let (_, wake) = owed.register(false, due(5000)).expect("registered");
+    let (_, wake) = owed.register(false, due(5000), None).expect("registered");
     assert!(!wake, "a later deadline needs no wake-up");
-    let (f, wake) = owed.register(false, None).expect("registered");
+    let (f, wake) = owed.register(false, None, None).expect("registered");
     assert!(!wake, "no deadline, no wake-up");
     let (count, waker) = counting();
     assert!(owed.poll_outcome(w, &waker).is_pending());
@@ -258,10 +258,10 @@ fn a_call_past_its_deadline_before_it_was_written_is_not_sent() {
 #[test]
 fn failing_the_stream_makes_sent_writes_indeterminate_and_refuses_new_calls() {
     let mut owed = Owed::new(0);
-    let (sent_write, _) = owed.register(true, None).expect("registered");
+    let (sent_write, _) = owed.register(true, None, None).expect("registered");
     assert!(owed.writing(sent_write));
-    let (queued_write, _) = owed.register(true, None).expect("registered");
-    let (read, _) = owed.register(false, None).expect("registered");
+    let (queued_write, _) = owed.register(true, None, None).expect("registered");
+    let (read, _) = owed.register(false, None, None).expect("registered");
     assert!(owed.writing(read));
     let (count, waker) = counting();
     assert!(owed.poll_outcome(read, &waker).is_pending());
@@ -288,7 +288,7 @@ fn failing_the_stream_makes_sent_writes_indeterminate_and_refuses_new_calls() {
         Some(Err(ClientError::Connection(_)))
     ));
     assert!(
-        owed.register(false, None).is_none(),
+        owed.register(false, None, None).is_none(),
         "a broken stream takes no calls"
     );
     assert!(!owed.writing(read));

@@ -79,23 +79,27 @@ impl PipeShared {
         self.sweep.notify_one();
     }
 
-    /// Registers and queues a call if there is room; gives it back if the queue is full.
+    /// Registers and queues a call if there is room; gives it back if the queue is full or the
+    /// pipe is gone. With `waker` (the caller's, put in the call's slot) the `Pending` is primed: see
+    /// its `primed` field.
     pub(crate) fn try_queue(
         self: &Arc<Self>,
         call: Call,
         due: Option<Deadline>,
-    ) -> Result<Sent, Call> {
+        waker: Option<Waker>,
+    ) -> Queued {
         let Ok(mut state) = self.state.lock() else {
-            return Ok(Err(Unsent::Gone(call)));
+            return Queued::Gone(call);
         };
         if state.closed {
-            return Ok(Err(Unsent::Gone(call)));
+            return Queued::Gone(call);
         }
         if state.queue.len() >= PIPE_QUEUE && state.owed.broken.is_none() {
-            return Err(call);
+            return Queued::Full(call);
         }
-        let Some((id, wake_sweeper)) = state.owed.register(call.op.is_write(), due) else {
-            return Ok(Err(Unsent::Gone(call)));
+        let primed = waker.is_some();
+        let Some((id, wake_sweeper)) = state.owed.register(call.op.is_write(), due, waker) else {
+            return Queued::Gone(call);
         };
         let wake_writer = state.queue.is_empty();
         state.queue.push(QueuedCall { id, call });
@@ -106,7 +110,11 @@ impl PipeShared {
         if wake_sweeper {
             self.sweep.notify_one();
         }
-        Ok(Ok(Pending::queued(self.clone(), id)))
+        Queued::Yes(Pending {
+            slot: Some((self.clone(), id)),
+            settled: None,
+            primed,
+        })
     }
 }
 
@@ -127,7 +135,17 @@ pub(crate) struct QueuedCall {
     pub(crate) call: Call,
 }
 
-/// What queueing a call did: the call in flight, or why not.
+/// What [`PipeShared::try_queue`] did.
+pub(crate) enum Queued {
+    /// The call is in flight.
+    Yes(Pending),
+    /// The queue is full: the call, to wait for room on this same pipe.
+    Full(Call),
+    /// The pipe is gone: the call can go to a new connection.
+    Gone(Call),
+}
+
+/// What waiting to queue a call did: the call in flight, or why not.
 pub(crate) type Sent = Result<Pending, Unsent>;
 
 /// Why a call was not queued.
@@ -159,22 +177,21 @@ pub(crate) struct Pending {
     slot: Option<(Arc<PipeShared>, u64)>,
     /// The outcome of a call that was never queued (its deadline passed while it waited).
     settled: Option<Outcome>,
+    /// The call was queued with its caller's waker already in its slot ([`PipeShared::try_queue`]
+    /// given a waker). Such a `Pending` must be polled first by the task whose waker that is, in
+    /// the same poll in which it was queued (as `Client::call` does: it takes the waker, queues,
+    /// and awaits at once): its first poll returns `Pending` without taking the lock, because no
+    /// wake-up can have been missed — an answer that came meanwhile woke that very task already.
+    primed: bool,
 }
 
 impl Pending {
-    /// A call queued on `pipe` under request id `id`.
-    pub(crate) fn queued(pipe: Arc<PipeShared>, id: u64) -> Pending {
-        Pending {
-            slot: Some((pipe, id)),
-            settled: None,
-        }
-    }
-
     /// A call settled without being queued.
     pub(crate) fn settled(outcome: Outcome) -> Pending {
         Pending {
             slot: None,
             settled: Some(outcome),
+            primed: false,
         }
     }
 }
@@ -185,6 +202,9 @@ impl Future for Pending {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         if let Some(outcome) = self.settled.take() {
             return Poll::Ready(outcome);
+        }
+        if std::mem::take(&mut self.primed) {
+            return Poll::Pending;
         }
         let Some((pipe, id)) = self.slot.as_ref() else {
             return Poll::Ready(Err(ClientError::Protocol("answer awaited twice".into())));
