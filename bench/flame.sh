@@ -12,7 +12,8 @@
 # inferno (inferno-collapse-perf, inferno-flamegraph) is installed on first use with
 # `cargo install inferno --root target/tools`, never into the system. perf is /usr/bin/perf;
 # call graphs are DWARF-unwound (release builds carry no frame pointers), 8 KiB of stack per
-# sample at 499 Hz to keep the data small. Loopback only; the server is killed by PID on exit.
+# sample at 499 Hz to keep the data small; frames under 0.1 % of a process are left out of the SVG
+# (not of the .folded file). Loopback only; the server is killed by PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/quickv
@@ -71,7 +72,7 @@ python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('flame.sh: %s
 for side in server client; do
   base="$OUT/$LABEL-$side"
   "$PERF" script -i "$WORK/$side.data" 2>/dev/null | "$TOOLS/bin/inferno-collapse-perf" >"$base.folded"
-  "$TOOLS/bin/inferno-flamegraph" --title "quickv $LABEL: $side (16 x 16)" <"$base.folded" >"$base.svg"
+  "$TOOLS/bin/inferno-flamegraph" --minwidth 0.1 --title "quickv $LABEL: $side (16 x 16)" <"$base.folded" >"$base.svg"
   python3 - "$base.folded" >"$base.top.txt" <<'PY'
 import collections, re, sys
 selfs, total = collections.Counter(), 0

@@ -110,7 +110,8 @@ impl BatchWriter {
     }
 
     /// Moves everything `pending` holds into the batch (when the batch is empty the buffers are
-    /// swapped, so neither side allocates in steady state).
+    /// swapped, so nothing is copied; the buffers are refilled by one allocation per ~48 KiB
+    /// written, see [`BatchWriter::flush`]).
     pub fn take_from(&mut self, pending: &mut BytesMut) {
         if self.out.is_empty() {
             std::mem::swap(&mut self.out, pending);
@@ -125,10 +126,19 @@ impl BatchWriter {
         self.out.is_empty()
     }
 
-    /// Writes the batch and starts a new one.
+    /// Writes the batch and starts a new one. The batch's bytes are handed to quinn as they are
+    /// (a `Bytes` split off the buffer), not copied into its send buffer; the next batch is built
+    /// in the rest of the same allocation until less than a quarter of [`READ_CHUNK_BYTES`] is
+    /// left, then in a fresh one (quinn frees the old one once the peer acknowledged it).
+    ///
+    /// Not cancel-safe: dropped before it completes, the batch is lost — every caller treats
+    /// that as the end of the stream.
     pub async fn flush(&mut self) -> Result<(), quinn::WriteError> {
-        self.send.write_all(&self.out).await?;
-        self.out.clear();
+        let batch = self.out.split().freeze();
+        self.send.write_chunk(batch).await?;
+        if self.out.capacity() < READ_CHUNK_BYTES / 4 {
+            self.out.reserve(READ_CHUNK_BYTES);
+        }
         Ok(())
     }
 
