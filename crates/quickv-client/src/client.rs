@@ -12,7 +12,7 @@ use quickv_proto::{Op, Reply};
 
 use crate::config::{ClientConfig, ReadFrom, Source};
 use crate::error::{client_tls, expect_ok, get_answer, parse_status, refusal, ClientError};
-use crate::link::{jitter_seed, Link};
+use crate::link::{jitter_seed, Link, Started};
 use crate::owed::Deadline;
 use crate::pipe::Call;
 use quickv_proto::status::Status;
@@ -269,8 +269,10 @@ impl Client {
         // The usual case queues synchronously; waiting for room or a connection is boxed, so
         // that a call's future holds little more than its `Pending`.
         let pending = match link.try_start(Call { op, session: None }, closed, due, Some(waker)) {
-            Ok(started) => started?,
-            Err(stalled) => Box::pin(link.start_slow(stalled, config, closed, due)).await?,
+            Started::Now(started) => started?,
+            Started::Stalled(stalled) => {
+                Box::pin(link.start_slow(stalled, config, closed, due)).await?
+            }
         };
         pending.await
     }

@@ -292,8 +292,10 @@ impl Link {
         due: Option<Deadline>,
     ) -> Result<Pending, ClientError> {
         match self.try_start(Call { op, session }, closed, due, None) {
-            Ok(started) => started,
-            Err(stalled) => Box::pin(self.start_slow(stalled, config, closed, due)).await,
+            Started::Now(started) => started,
+            Started::Stalled(stalled) => {
+                Box::pin(self.start_slow(stalled, config, closed, due)).await
+            }
         }
     }
 
@@ -306,22 +308,22 @@ impl Link {
         closed: &AtomicBool,
         due: Option<Deadline>,
         waker: Option<Waker>,
-    ) -> Result<Result<Pending, ClientError>, Stalled> {
+    ) -> Started {
         let Some(c) = self.current() else {
-            return Err(Stalled { call, chosen: None });
+            return Started::Stalled(Stalled { call, chosen: None });
         };
         if closed.load(Ordering::Relaxed) {
-            return Ok(Err(ClientError::Connection("the client was closed".into())));
+            return Started::Now(Err(ClientError::Connection("the client was closed".into())));
         }
         let i = c.pick();
         match c.pipes[i].shared.try_queue(call, due, waker) {
-            Queued::Yes(pending) => Ok(Ok(pending)),
+            Queued::Yes(pending) => Started::Now(Ok(pending)),
             // Wait on this same pipe.
-            Queued::Full(call) => Err(Stalled {
+            Queued::Full(call) => Started::Stalled(Stalled {
                 call,
                 chosen: Some((c, i)),
             }),
-            Queued::Gone(call) => Err(Stalled { call, chosen: None }),
+            Queued::Gone(call) => Started::Stalled(Stalled { call, chosen: None }),
         }
     }
 
@@ -379,6 +381,14 @@ impl Link {
             .unwrap_or_default()
             .to_string()
     }
+}
+
+/// What [`Link::try_start`] did.
+pub(crate) enum Started {
+    /// The call is queued (or failed at once: the client was closed).
+    Now(Result<Pending, ClientError>),
+    /// The call must wait, for room or a connection.
+    Stalled(Stalled),
 }
 
 /// A call [`Link::try_start`] could not queue at once, and what it waits for.
