@@ -31,7 +31,7 @@ use super::recorder::{Recorder, Tally};
 use super::report::{self, BenchReport, PreloadReport};
 use super::schedule::OpenLoop;
 use super::target::{ConnectOptions, Handle, QuickvTarget, Target, TargetSpec};
-use super::workload::{insert_key, preload_key, value_of_size, Keyspace, LoadOp, Mix};
+use super::workload::{insert_key, preload_key, value_of_size, LoadOp, Mix};
 use super::BenchConfig;
 use quickv_proto::Outcome;
 
@@ -52,8 +52,6 @@ struct Shared {
     dist: KeyDist,
     /// Keyspace size (for delete's sequential walk).
     keys: u64,
-    /// The keys of gets, updates and deletes, laid out once (`None`: too many to hold).
-    keyspace: Option<Keyspace>,
     /// The payload of every write and ping.
     value: Bytes,
     /// Tags this run's insert keys, so reruns against the same server never collide.
@@ -84,14 +82,10 @@ struct Shared {
 impl Shared {
     /// The key for the next request of `kind`.
     fn key_for(&self, kind: LoadOp, rng: &mut SplitMix64) -> Bytes {
-        let preloaded = |i: u64| match &self.keyspace {
-            Some(keys) => keys.key(i),
-            None => preload_key(i),
-        };
         match kind {
-            LoadOp::Get | LoadOp::Update => preloaded(self.dist.sample(rng)),
+            LoadOp::Get | LoadOp::Update => preload_key(self.dist.sample(rng)),
             LoadOp::Delete => {
-                preloaded(self.delete_seq.fetch_add(1, Ordering::Relaxed) % self.keys.max(1))
+                preload_key(self.delete_seq.fetch_add(1, Ordering::Relaxed) % self.keys.max(1))
             }
             LoadOp::Insert => insert_key(
                 self.run_tag,
@@ -206,7 +200,6 @@ async fn drive<T: Target>(
         mix: cfg.mix.clone(),
         dist: KeyDist::new(cfg.dist, cfg.keys, cfg.zipf_theta),
         keys: cfg.keys,
-        keyspace: Keyspace::new(cfg.keys),
         value,
         run_tag: run_tag(),
         insert_seq: AtomicU64::new(0),

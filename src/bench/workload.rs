@@ -210,55 +210,10 @@ impl FromStr for Mix {
 /// The key of preloaded entry `index`: `k` and 15 decimal digits (indices ≥ 10^15 wrap, far beyond
 /// any keyspace that fits in memory).
 pub fn preload_key(index: u64) -> Bytes {
-    Bytes::copy_from_slice(&preload_key_bytes(index))
-}
-
-/// [`preload_key`]'s bytes.
-fn preload_key_bytes(index: u64) -> [u8; KEY_BYTES] {
     let mut key = [b'0'; KEY_BYTES];
     key[0] = b'k';
     write_digits(&mut key[1..], index);
-    key
-}
-
-/// Largest keyspace [`Keyspace`] lays out in memory, in bytes (4 M keys).
-pub const KEYSPACE_MAX_BYTES: usize = 64 << 20;
-
-/// Every preload key of a run, encoded once into one buffer, so that a request's key is a slice
-/// of it (a reference count) rather than an allocation and a formatting per request: the
-/// generator should not pay per request what the system under test is being measured for.
-#[derive(Clone, Debug)]
-pub struct Keyspace {
-    /// Key `i` is `all[i * KEY_BYTES..][..KEY_BYTES]`.
-    all: Bytes,
-}
-
-impl Keyspace {
-    /// The keys `0..keys`, or `None` if they would take more than [`KEYSPACE_MAX_BYTES`] (then
-    /// each key is made when needed, with [`preload_key`]).
-    pub fn new(keys: u64) -> Option<Keyspace> {
-        let n = usize::try_from(keys).ok()?;
-        let bytes = n
-            .checked_mul(KEY_BYTES)
-            .filter(|&b| b <= KEYSPACE_MAX_BYTES)?;
-        let mut all = Vec::with_capacity(bytes);
-        for i in 0..keys {
-            all.extend_from_slice(&preload_key_bytes(i));
-        }
-        Some(Keyspace { all: all.into() })
-    }
-
-    /// Key `index` (equal to `preload_key(index)`); `index` must be below the size given to
-    /// [`Keyspace::new`], else it is made afresh.
-    pub fn key(&self, index: u64) -> Bytes {
-        match usize::try_from(index)
-            .ok()
-            .and_then(|i| i.checked_mul(KEY_BYTES))
-        {
-            Some(at) if at + KEY_BYTES <= self.all.len() => self.all.slice(at..at + KEY_BYTES),
-            _ => preload_key(index),
-        }
-    }
+    Bytes::copy_from_slice(&key)
 }
 
 /// The key of the `seq`th fresh insert of the run tagged `run_tag`: `i`, five hex digits of the
@@ -296,20 +251,6 @@ pub fn value_of_size(size: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keyspace_keys_are_the_preload_keys() {
-        let keys = Keyspace::new(1000).expect("small keyspaces are laid out");
-        for i in [0, 1, 9, 10, 999] {
-            assert_eq!(keys.key(i), preload_key(i));
-        }
-        assert_eq!(
-            keys.key(1000),
-            preload_key(1000),
-            "beyond the layout: made afresh"
-        );
-        assert!(Keyspace::new(u64::MAX).is_none(), "too large to lay out");
-    }
 
     #[test]
     fn mix_parses_and_draws_in_proportion() {
