@@ -175,6 +175,11 @@ pub struct BucketJob {
 }
 
 impl BucketJob {
+    /// The bucket it installs.
+    pub fn bucket(&self) -> BucketId {
+        self.bucket
+    }
+
     /// Checks the bucket's count and digest and, only if they match, replaces the bucket and
     /// installs its session table. Returns the keys installed.
     /// `now` is when it is installed: the session records' ages are counted from it.
