@@ -30,214 +30,20 @@
 //!   marks under one small lock; no data-stream write takes this value's lock.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
-use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg, ReplOffset};
-use quickv_proto::Limits;
+use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 
-use crate::apply::{Pass, StreamApplier};
-use crate::commit_point::{apply_marked, backup_opening, Marks};
-use crate::counters::Counters;
-use crate::error::LinkError;
+use crate::commit_point::backup_opening;
 use crate::hello::hello_of;
 use crate::opening::{backup_plan, transfer_ack, transfer_ended, Transfer};
 use crate::state::{admit, may_supersede, Machine, Transition};
-use crate::store::{BucketId, Digest, Store, BUCKETS};
+use crate::store::{Digest, Store, BUCKETS};
 use crate::transfer::{BucketJob, Received, TransferReceiver};
 
-/// A peer connection, numbered by the driver (never reused within a process).
-pub type ConnId = u64;
-
-/// A job that writes the store outside the lanes, tagged with the link generation it belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct JobId {
-    /// The link generation that started it.
-    pub generation: u64,
-    /// Its number, unique in this value's life.
-    pub seq: u64,
-}
-
-/// The backup's settings for its link.
-#[derive(Debug, Clone)]
-pub struct BackupConfig {
-    /// This process's run id (sent in the hello).
-    pub run_id: u64,
-    /// The pair's identity (sent in the hello).
-    pub pair: u64,
-    /// How long a live link must have been silent before a primary that is not current may
-    /// replace it ([`may_supersede`]).
-    pub live_grace: Duration,
-    /// How long without a link before reads are fenced (the ack timeout).
-    pub silence: Duration,
-    /// How long one step of the opening may wait for the primary (a transfer message, the ack
-    /// of our snapshot) before the link is declared stalled.
-    pub step: Duration,
-    /// How long a stopping backup keeps applying after its goodbye.
-    pub drain: Duration,
-    /// How long a refused connection stays open so that its goodbye can reach the primary.
-    pub close_grace: Duration,
-}
-
-/// What the driver must do, besides transmitting.
-#[derive(Debug)]
-pub enum LinkEvent {
-    /// Close this connection, saying why.
-    Close {
-        /// The connection.
-        conn: ConnId,
-        /// Why, for the close frame and the log.
-        reason: String,
-    },
-    /// Check and install a received bucket off the runtime ([`BucketJob::apply`]), then report
-    /// [`BackupLink::handle_job_done`] with `id`, whatever happens to the connection meanwhile.
-    Apply {
-        /// The job's id.
-        id: JobId,
-        /// The bucket.
-        job: BucketJob,
-    },
-    /// Our data wins (the primary restarted): send these buckets on the connection's control
-    /// stream, `TransferDone` last, then report [`BackupLink::handle_snapshot_sent`].
-    SendSnapshot {
-        /// The connection.
-        conn: ConnId,
-        /// The buckets, in order.
-        buckets: Vec<BucketId>,
-    },
-    /// A connection was admitted as the live link.
-    Admitted {
-        /// The connection.
-        conn: ConnId,
-        /// Its generation (fences the older links' appliers).
-        generation: u64,
-        /// The link's epoch.
-        epoch: u64,
-        /// The primary's run id.
-        peer_run_id: u64,
-    },
-    /// The transfer (if any) is over: accept the connection's data streams, applying with this
-    /// generation and marking writes with `mark`.
-    Running {
-        /// The connection.
-        conn: ConnId,
-        /// Its generation.
-        generation: u64,
-        /// What each applied write is marked with (primary run id, epoch).
-        mark: LaneMark,
-    },
-    /// A transfer of this many buckets ended verified (for the counters).
-    TransferVerified {
-        /// Buckets in the transfer.
-        buckets: usize,
-    },
-    /// The live link ended (for the log).
-    Lost {
-        /// The connection.
-        conn: ConnId,
-        /// Why.
-        cause: String,
-    },
-}
-
-/// What the backup shares with its data-stream appliers, lock-light: the link generation they
-/// check before every write, when the live link was last heard from, and the lane marks and
-/// applied offsets they record.
-#[derive(Debug)]
-pub struct BackupShared {
-    /// The generation of the link whose writes may be applied; advanced only by an admission.
-    generation: AtomicU64,
-    /// The origin of `heard_at`.
-    origin: Instant,
-    /// When the live link was last heard from, in milliseconds since `origin`, plus one; 0 when
-    /// there is no live link.
-    heard_at: AtomicU64,
-    /// Per lane, the last write applied and the link it came on (reported after the hello).
-    /// Locked by each pass around its fence check and its writes, and by the report.
-    marks: Mutex<Marks>,
-    /// Per lane, the offset applied on the live link (for status).
-    applied: [AtomicU64; BUCKETS],
-}
-
-impl BackupShared {
-    fn new(origin: Instant) -> BackupShared {
-        BackupShared {
-            generation: AtomicU64::new(0),
-            origin,
-            heard_at: AtomicU64::new(0),
-            marks: Mutex::new([LaneMark::default(); BUCKETS]),
-            applied: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-
-    /// Whether link `generation` is still the one whose writes are applied.
-    pub fn live(&self, generation: u64) -> bool {
-        self.generation.load(Ordering::Acquire) == generation
-    }
-
-    /// Link `generation` was heard from at `now` (a data batch): a fresh primary process does not
-    /// replace a link heard from recently.
-    pub fn heard(&self, generation: u64, now: Instant) {
-        if self.live(generation) {
-            let ms = now.saturating_duration_since(self.origin).as_millis() as u64;
-            self.heard_at.store(ms + 1, Ordering::Relaxed);
-        }
-    }
-
-    fn heard_ago(&self, now: Instant) -> Option<Duration> {
-        match self.heard_at.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some(
-                now.saturating_duration_since(self.origin)
-                    .saturating_sub(Duration::from_millis(at - 1)),
-            ),
-        }
-    }
-
-    /// One pass of a data stream's applier over its buffered frames, for link `generation`
-    /// (marking each write with `mark`): [`apply_marked`] under the marks' lock, so a newer
-    /// link's report of the marks (taken after its admission) sees every write this pass got in.
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply_pass(
-        &self,
-        applier: &mut StreamApplier,
-        generation: u64,
-        mark: LaneMark,
-        buf: &mut bytes::BytesMut,
-        limits: &Limits,
-        store: &Store,
-        counters: &Counters,
-        now: Instant,
-        out: &mut Vec<PeerMsg>,
-    ) -> Result<Pass, LinkError> {
-        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
-        let live = || self.live(generation);
-        apply_marked(
-            applier, &mut marks, mark, buf, limits, store, counters, now, live, out,
-        )
-    }
-
-    /// Records a stream's applied offsets (status), if its link is still live.
-    pub fn record_applied(&self, generation: u64, applied: &[ReplOffset; BUCKETS]) {
-        if self.live(generation) {
-            for (slot, &a) in self.applied.iter().zip(applied) {
-                if a > 0 {
-                    slot.store(a, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    /// The offsets applied per lane on the live link.
-    pub fn applied(&self) -> [ReplOffset; BUCKETS] {
-        std::array::from_fn(|i| self.applied[i].load(Ordering::Relaxed))
-    }
-
-    fn marks(&self) -> Marks {
-        *self.marks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub use crate::backup_events::{BackupConfig, ConnId, JobId, LinkEvent};
+pub use crate::backup_shared::BackupShared;
 
 /// Where the live link stands.
 #[derive(Debug)]
@@ -431,8 +237,7 @@ impl BackupLink {
             }
         };
         // Fence the older links' appliers first: from here on none applies anything more.
-        let generation = self.shared.generation.load(Ordering::Acquire) + 1;
-        self.shared.generation.store(generation, Ordering::Release);
+        let generation = self.shared.advance();
         if let Some(old) = self.live.take() {
             let cause = "superseded by a newer link from the primary".to_string();
             self.close(old.conn, cause.clone());
@@ -644,7 +449,7 @@ impl BackupLink {
     }
 
     fn lost(&mut self, conn: ConnId, cause: String) {
-        self.shared.heard_at.store(0, Ordering::Relaxed);
+        self.shared.not_heard();
         self.machine.handle_link_lost(cause.clone());
         self.events.push_back(LinkEvent::Lost { conn, cause });
     }
@@ -769,9 +574,7 @@ impl BackupLink {
             return;
         };
         live.phase = Phase::Running;
-        for a in &self.shared.applied {
-            a.store(0, Ordering::Relaxed);
-        }
+        self.shared.reset_applied();
         let mark = LaneMark {
             primary_run: live.theirs.run_id,
             epoch: live.epoch,

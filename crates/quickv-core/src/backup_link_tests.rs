@@ -6,8 +6,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::*;
+use crate::apply::{Pass, StreamApplier};
+use crate::store::BucketId;
 use crate::testing::t0;
 use crate::transfer::bucket_msgs;
+use crate::Counters;
 
 fn config() -> BackupConfig {
     BackupConfig {

@@ -40,7 +40,9 @@
 //! | [`counters`], [`error`] | status counters; why a link failed |
 
 pub mod apply;
+pub mod backup_events;
 pub mod backup_link;
+pub mod backup_shared;
 pub mod commit_point;
 pub mod counters;
 pub mod error;
