@@ -83,17 +83,20 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     })
     .await?;
     let mut ctl = PeerReader::new(ctl_recv, repl.config.limits);
+    let not_primary = || LinkError("the primary's driver runs only on a primary".into());
     repl.with_machine(|v| {
         v.link_up = true;
-        v.machine.handle_link_up();
-    });
+        v.primary().map(|m| m.handle_link_up())
+    })
+    .ok_or_else(not_primary)?;
     repl.counters.links.fetch_add(1, Ordering::Relaxed);
     let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
     let answer = bounded(step, "waiting for the backup's hello", ctl.next()).await?;
     let (theirs, epoch, transfer) = repl
-        .with_machine(|v| primary_answered(&mut v.machine, &ours, answer))
+        .with_primary(|m| primary_answered(m, &ours, answer))
+        .ok_or_else(not_primary)?
         .map_err(LinkError)?;
     let applied =
         applied_marks(bounded(step, "waiting for the backup's applied marks", ctl.next()).await?)
@@ -109,12 +112,12 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             repl.set_backup_catching_up(!theirs.synced);
             send_buckets(&mut ctl_send, &mut ctl, &repl.store, buckets, step).await?;
             repl.set_backup_catching_up(false);
-            repl.with_machine(|v| transfer_ended(&mut v.machine, false));
+            repl.with_primary(|m| transfer_ended(m, false));
             buckets.len()
         }
         Transfer::Receive(buckets) => {
             receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
-            repl.with_machine(|v| transfer_ended(&mut v.machine, true));
+            repl.with_primary(|m| transfer_ended(m, true));
             *buckets
         }
     };
@@ -155,7 +158,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     for reader in readers {
         tokio::spawn(read_acks(repl.clone(), reader, link, lane_failed.clone()));
     }
-    repl.with_machine(|v| v.machine.handle_synced());
+    repl.with_primary(|m| m.handle_synced());
     bounded(
         step,
         "sending Synced",
@@ -175,7 +178,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             msg = ctl.next() => match msg {
                 Ok(PeerMsg::Goodbye(reason)) => {
                     // Stop taking writes at once; let what is in flight finish before closing.
-                    repl.with_machine(|v| v.machine.handle_link_lost(format!("backup is shutting down: {reason}")));
+                    repl.with_primary(|m| m.handle_link_lost(format!("backup is shutting down: {reason}")));
                     repl.wait_lanes_idle(repl.config.ack_timeout).await;
                     return Ok(format!("backup said goodbye: {reason}"));
                 }
