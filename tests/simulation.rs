@@ -8,13 +8,19 @@
 //! primary process, client connections lost with a write in flight, entries slipped into the
 //! backup's store, and a large bucket behind a slow link. The servers run the real replication
 //! logic without I/O, on virtual time (the `quickv-core` crate takes time as an argument; nothing reads the real clock):
+//! the backup's whole side of the link ([`BackupLink`]: admission, supersession, the opening, the
+//! transfer and its bucket jobs fenced by link generation, goodbye, the read fence, its timers),
 //! the state machine and the hello rules ([`state::Machine`], [`state::admit`], [`state::decide`],
-//! [`hello_of`]), the bootstrap transfer ([`snapshot_msgs`],
-//! [`TransferReceiver`]), the primary's lanes ([`Lanes`]: decide, send, apply on ack,
-//! digest checks, resyncs, the ack timeout), the backup's applier ([`StreamApplier`]), the store
-//! and its session tables, and every frame goes through the real peer codec with the real frame
-//! limit. What this file adds is what the tokio drivers (`replication/primary.rs`, `backup.rs`)
-//! do: moving frames, timers, and the order of the handshake steps, mirrored step for step.
+//! [`hello_of`]), the bootstrap transfer ([`snapshot_msgs`], [`TransferReceiver`]), the primary's
+//! lanes ([`Lanes`]: decide, send, apply on ack, digest checks, resyncs, the ack timeout), the
+//! backup's applier ([`StreamApplier`] through [`BackupShared::apply_pass`]), the store and its
+//! session tables, and every frame goes through the real peer codec with the real frame limit.
+//! The backup's side is pumped here as the server pumps it (`sim/backup.rs`): bucket jobs run as
+//! events that end after a virtual delay, so a link can drop and a newer one be admitted while a
+//! job of the old one still runs, and each connection's control messages reach the machine after
+//! a seeded lag, so a superseded link's late messages arrive after its successor's admission.
+//! What is still written out here is the primary's driver (`sim/primary.rs`: the order of its
+//! handshake steps and its timers; issue 20's primary link machine is not built yet).
 //!
 //! Clients run operations on a few keys against the primary (and reads at the backup); every
 //! operation and its outcome is recorded and judged by the project's history checker
@@ -40,20 +46,18 @@ use tokio::sync::oneshot;
 
 use quickv::history::{self, History, Kind, Observed, Operation};
 use quickv_core::apply::{Pass, StreamApplier};
-use quickv_core::commit_point::{
-    applied_marks, apply_marked, backup_opening, settle_lost_writes, Marks, Settled,
-};
+use quickv_core::backup_link::{BackupConfig, BackupLink, BackupShared, JobId, LinkEvent};
+use quickv_core::commit_point::{applied_marks, settle_lost_writes, Settled};
 use quickv_core::hello::hello_of;
 use quickv_core::lanes::Lanes;
-use quickv_core::opening::{backup_plan, primary_answered, transfer_ack, transfer_ended, Transfer};
-use quickv_core::state::{admit, Machine, Refusal};
+use quickv_core::opening::{primary_answered, transfer_ack, transfer_ended, Transfer};
+use quickv_core::state::{Machine, Refusal};
 use quickv_core::store::sessions::SessionLimits;
 use quickv_core::store::{BucketId, Store};
 use quickv_core::transfer::{snapshot_msgs, TransferReceiver};
+use quickv_core::Counters;
 use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
-use quickv_server::config::{Role, ServerConfig};
-use quickv_server::replication::Replication;
 
 use primary::PLink;
 
@@ -185,8 +189,12 @@ enum Event {
     /// The primary, told by the backup that it shuts down, lets its lanes drain, then ends the
     /// link at the latest at `deadline`.
     PrimaryDrain { conn: u64, deadline: Ms },
-    /// A backup whose link was lost checks whether it is still without one (the read fence).
-    BackupSilent { proc: u64, generation: u64 },
+    /// The backup's link machine's timer (`at` tells a stale one from the one armed).
+    BackupTimer { proc: u64, at: Ms },
+    /// Control messages of a connection reach the backup's machine (after the driver's lag).
+    BackupCtl { conn: u64, msgs: Vec<PeerMsg> },
+    /// A bucket job of the backup (a bootstrap's bucket or a lane resync) ends.
+    BackupJob { proc: u64, id: JobId },
 }
 
 /// One QUIC connection of the peer link.
@@ -211,20 +219,17 @@ struct Primary {
     stopping: bool,
 }
 
-enum BPhase {
-    Receiving(TransferReceiver),
-    /// Sent our snapshot, waiting for the primary's verdict.
-    AwaitAck,
-    Running,
-}
-
+/// The data-stream side of the backup's admitted link, as the server's driver keeps it.
 struct BLink {
     conn: u64,
-    /// This backup's generation of the link: what fences an older link's appliers.
+    /// The link's generation (what fences its appliers).
     generation: u64,
-    phase: BPhase,
+    /// Whether the machine said the transfer is over (data streams are accepted then).
+    running: bool,
     inbox: HashMap<usize, BytesMut>,
     appliers: HashMap<usize, StreamApplier>,
+    /// Streams waiting for a resync job to end before they apply more.
+    blocked: HashSet<usize>,
     /// What the backup records for each write it applies on this link (the primary's run id and
     /// the link's epoch).
     mark: LaneMark,
@@ -232,17 +237,33 @@ struct BLink {
 
 struct Backup {
     proc: u64,
-    machine: Machine,
+    /// The backup's side of the link: the core's machine, the one the server pumps.
+    core: BackupLink,
     store: Arc<Store>,
-    /// The applier's context (store and counters), as in the real server.
-    repl: Arc<Replication>,
+    counters: Counters,
+    /// The data streams of the admitted link.
     link: Option<BLink>,
-    applying_link: u64,
-    /// Per lane, the last write applied and its link: reported after the hello (memory only, as
-    /// in the server).
-    marks: Marks,
-    /// A graceful stop is under way: no new link is admitted.
+    /// Bucket jobs running: a bootstrap's bucket, or a resync with the stream it holds.
+    jobs: HashMap<JobId, BackupJob>,
+    /// When the machine's timer is armed.
+    timer_at: Option<Ms>,
+    /// Per connection, until when its control messages are still being handed over (its close
+    /// is noticed after them, as a reader drains its buffer before it sees the error).
+    ctl_busy: HashMap<u64, Ms>,
+    /// Connections whose first message the machine has had.
+    connected: HashSet<u64>,
+    /// A graceful stop is under way.
     stopping: bool,
+}
+
+/// A bucket job of the backup.
+enum BackupJob {
+    Bucket(quickv_core::transfer::BucketJob),
+    Resync {
+        conn: u64,
+        stream: usize,
+        job: quickv_core::apply::ResyncJob,
+    },
 }
 
 /// A client operation in flight or done.
@@ -414,15 +435,6 @@ impl Sim {
         self.log.push(format!("[{:>6} ms] {what}", self.now));
     }
 
-    fn config(&self, role: Role) -> ServerConfig {
-        let mut cfg = ServerConfig::new(role, "127.0.0.1:1".parse().expect("addr"));
-        cfg.peer = Some("127.0.0.1:2".parse().expect("addr"));
-        cfg.certs_dir = "/nonexistent/quickv-sim".into();
-        cfg.limits = self.limits;
-        cfg.peer_streams = self.peer_streams;
-        cfg
-    }
-
     /// Virtual time as the `Instant` the server code takes.
     fn clock(&self) -> Instant {
         base() + Duration::from_millis(self.now)
@@ -458,17 +470,27 @@ impl Sim {
                 self.schedule_dial(0);
             }
             Side::Backup => {
-                let repl = Replication::new(store.clone(), self.config(Role::Backup), proc);
-                let mut machine = Machine::new(false);
-                machine.restore_epoch(self.epoch_files[1]);
+                let config = BackupConfig {
+                    run_id: proc,
+                    pair: 0,
+                    live_grace: Duration::from_millis(ACK_TIMEOUT_MS + CHECK_EVERY_MS),
+                    silence: Duration::from_millis(ACK_TIMEOUT_MS),
+                    step: Duration::from_millis(STEP_TIMEOUT_MS),
+                    drain: Duration::from_millis(faults::DRAIN_MS),
+                    close_grace: Duration::from_millis(CLOSE_GRACE_MS),
+                };
+                let core =
+                    BackupLink::new(config, store.clone(), self.epoch_files[1], self.clock());
                 self.backup = Some(Backup {
                     proc,
-                    machine,
+                    core,
                     store,
-                    repl,
+                    counters: Counters::default(),
                     link: None,
-                    applying_link: 0,
-                    marks: Default::default(),
+                    jobs: HashMap::new(),
+                    timer_at: None,
+                    ctl_busy: HashMap::new(),
+                    connected: HashSet::new(),
                     stopping: false,
                 });
             }
@@ -516,10 +538,7 @@ impl Sim {
             }
             Event::LinkDown { conn, side, cause } => match side {
                 Side::Primary => self.primary_link_lost(conn, &cause),
-                Side::Backup => {
-                    self.backup_link_lost(conn, &cause);
-                    self.watch_silence();
-                }
+                Side::Backup => self.backup_conn_closed(conn, cause),
             },
             Event::Dial if self.primary.as_ref().is_some_and(|p| p.stopping) => {
                 self.dial_scheduled = false

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::replication::link::{bounded, send_msgs, send_snapshot, step_timeout, LinkError, PeerReader};
+use crate::replication::link::{
+    bounded, send_msgs, send_snapshot, step_timeout, LinkError, PeerReader,
+};
 use crate::replication::Replication;
 use quickv_core::apply::{Pass, StreamApplier};
 use quickv_core::backup_link::{BackupLink, BackupShared, ConnId, LinkEvent};
@@ -74,7 +76,10 @@ impl Pump {
 
     /// Per lane, the offset applied on the live link (status).
     pub fn applied(&self) -> [u64; BUCKETS] {
-        self.shared.get().map(|s| s.applied()).unwrap_or([0; BUCKETS])
+        self.shared
+            .get()
+            .map(|s| s.applied())
+            .unwrap_or([0; BUCKETS])
     }
 
     fn register(&self) -> (ConnId, mpsc::UnboundedReceiver<Mail>, Arc<Notify>) {
@@ -111,7 +116,12 @@ impl Pump {
     }
 
     fn wake_all(&self) {
-        for m in self.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for m in self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             m.wake.notify_one();
         }
         self.changed.notify_one();
