@@ -193,6 +193,8 @@ enum Event {
     BackupTimer { proc: u64, at: Ms },
     /// Control messages of a connection reach the backup's machine (after the driver's lag).
     BackupCtl { conn: u64, msgs: Vec<PeerMsg> },
+    /// The primary drops connection `conn` itself (and redials after its backoff).
+    PrimaryDrop { conn: u64 },
     /// A bucket job of the backup (a bootstrap's bucket or a lane resync) ends.
     BackupJob { proc: u64, id: JobId },
 }
@@ -252,6 +254,8 @@ struct Backup {
     ctl_busy: HashMap<u64, Ms>,
     /// Connections whose first message the machine has had.
     connected: HashSet<u64>,
+    /// Per connection, its reader's lag in ms (see `Sim::backup_ctl_bytes`).
+    slow_readers: HashMap<u64, Ms>,
     /// A graceful stop is under way.
     stopping: bool,
 }
@@ -491,6 +495,7 @@ impl Sim {
                     timer_at: None,
                     ctl_busy: HashMap::new(),
                     connected: HashSet::new(),
+                    slow_readers: HashMap::new(),
                     stopping: false,
                 });
             }

@@ -11,7 +11,11 @@ impl Sim {
     // ---- inputs ----
 
     /// Control bytes of `conn` reached the backup: decoded now, handed to the machine after the
-    /// driver's lag (in order per connection; now and then long, as a busy runtime would).
+    /// driver's lag (in order per connection). One connection in ten has a slow reader (its task
+    /// waits 50-1500 ms for the runtime before each batch, the same for the connection's life),
+    /// as on a busy multi-threaded runtime; the others hand each batch over at once. (No draw per
+    /// batch: how a bucket's entries fall into chunks depends on the map's order, and a seed must
+    /// replay exactly.)
     pub(super) fn backup_ctl_bytes(&mut self, conn: u64, mut buf: BytesMut) {
         let limits = self.limits;
         let mut msgs = Vec::new();
@@ -25,10 +29,23 @@ impl Sim {
         if msgs.is_empty() {
             return;
         }
-        let lag = if self.rng.chance(5) {
-            self.rng.range(50, 600)
-        } else {
-            self.rng.range(0, 3)
+        let lag = match self
+            .backup
+            .as_ref()
+            .map(|b| b.slow_readers.get(&conn).copied())
+        {
+            None => return,
+            Some(Some(lag)) => lag,
+            Some(None) => {
+                let lag = match self.rng.chance(10) {
+                    true => self.rng.range(50, 1500),
+                    false => 0,
+                };
+                if let Some(b) = self.backup.as_mut() {
+                    b.slow_readers.insert(conn, lag);
+                }
+                lag
+            }
         };
         let now = self.now;
         let Some(b) = self.backup.as_mut() else {

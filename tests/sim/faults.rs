@@ -55,6 +55,9 @@ impl Sim {
                 }
             }
             Event::BackupTimer { proc, at } => self.backup_timer(proc, at),
+            Event::PrimaryDrop { conn } => {
+                self.primary_link_lost(conn, "the primary dropped the link (reset)")
+            }
             Event::BackupCtl { conn, msgs } => self.backup_ctl(conn, msgs),
             Event::BackupJob { proc, id } => self.backup_job_done(proc, id),
             _ => {}
