@@ -339,6 +339,11 @@ struct Sim {
     quiet_until: Ms,
     /// Entries the bulk loader has still to write.
     load: Vec<(Bytes, Bytes)>,
+    /// When the live primary process (not the stale one) was first refused as stale: only a
+    /// primary cut off while another primary linked with the backup may be; the live one never
+    /// is (review F6: a backup that adopted a newer link's epoch through a superseded link's late
+    /// message refuses its own primary).
+    live_refused_as_stale: Option<String>,
 }
 
 impl Sim {
@@ -399,6 +404,7 @@ impl Sim {
             resync_watch: HashMap::new(),
             quiet_until: 0,
             load: Vec::new(),
+            live_refused_as_stale: None,
         };
         sim.start(Side::Primary);
         sim.start(Side::Backup);
@@ -571,6 +577,13 @@ impl Sim {
         self.flush_lanes();
         self.collect_answers();
         self.persist_epochs();
+        if self.live_refused_as_stale.is_none() {
+            let refusal = self.primary.as_ref().and_then(|p| p.machine.read_refusal());
+            if let Some(r) = refusal.filter(|r| Refusal::is_stale(r)) {
+                self.note(format!("the live primary was refused as stale: {r}"));
+                self.live_refused_as_stale = Some(format!("at {} ms", self.now));
+            }
+        }
         true
     }
 }

@@ -44,6 +44,12 @@ impl Sim {
                 self.backup.as_ref().map_or("down", |b| b.core.machine().state().name()),
             )));
         }
+        if let Some(at) = &self.live_refused_as_stale {
+            return Err(self.failure(format!(
+                "the live primary process was refused as stale ({at}): no other primary linked \
+                 with the backup since it did"
+            )));
+        }
         if let Err(e) = self.backup_totals_agree() {
             return Err(self.failure(e));
         }
