@@ -59,6 +59,7 @@ use quickv_core::Counters;
 use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
 
+use backup::Backup;
 use primary::PLink;
 
 #[path = "sim/backup.rs"]
@@ -219,55 +220,6 @@ struct Primary {
     waiting: Vec<(usize, oneshot::Receiver<Reply>)>,
     /// A graceful stop is under way.
     stopping: bool,
-}
-
-/// The data-stream side of the backup's admitted link, as the server's driver keeps it.
-struct BLink {
-    conn: u64,
-    /// The link's generation (what fences its appliers).
-    generation: u64,
-    /// Whether the machine said the transfer is over (data streams are accepted then).
-    running: bool,
-    inbox: HashMap<usize, BytesMut>,
-    appliers: HashMap<usize, StreamApplier>,
-    /// Streams waiting for a resync job to end before they apply more.
-    blocked: HashSet<usize>,
-    /// What the backup records for each write it applies on this link (the primary's run id and
-    /// the link's epoch).
-    mark: LaneMark,
-}
-
-struct Backup {
-    proc: u64,
-    /// The backup's side of the link: the core's machine, the one the server pumps.
-    core: BackupLink,
-    store: Arc<Store>,
-    counters: Counters,
-    /// The data streams of the admitted link.
-    link: Option<BLink>,
-    /// Bucket jobs running: a bootstrap's bucket, or a resync with the stream it holds.
-    jobs: HashMap<JobId, BackupJob>,
-    /// When the machine's timer is armed.
-    timer_at: Option<Ms>,
-    /// Per connection, until when its control messages are still being handed over (its close
-    /// is noticed after them, as a reader drains its buffer before it sees the error).
-    ctl_busy: HashMap<u64, Ms>,
-    /// Connections whose first message the machine has had.
-    connected: HashSet<u64>,
-    /// Per connection, its reader's lag in ms (see `Sim::backup_ctl_bytes`).
-    slow_readers: HashMap<u64, Ms>,
-    /// A graceful stop is under way.
-    stopping: bool,
-}
-
-/// A bucket job of the backup.
-enum BackupJob {
-    Bucket(quickv_core::transfer::BucketJob),
-    Resync {
-        conn: u64,
-        stream: usize,
-        job: quickv_core::apply::ResyncJob,
-    },
 }
 
 /// A client operation in flight or done.

@@ -7,6 +7,55 @@
 
 use super::*;
 
+/// The data-stream side of the backup's admitted link, as the server's driver keeps it.
+pub(super) struct BLink {
+    pub(super) conn: u64,
+    /// The link's generation (what fences its appliers).
+    pub(super) generation: u64,
+    /// Whether the machine said the transfer is over (data streams are accepted then).
+    pub(super) running: bool,
+    pub(super) inbox: HashMap<usize, BytesMut>,
+    pub(super) appliers: HashMap<usize, StreamApplier>,
+    /// Streams waiting for a resync job to end before they apply more.
+    pub(super) blocked: HashSet<usize>,
+    /// What the backup records for each write it applies on this link (the primary's run id and
+    /// the link's epoch).
+    pub(super) mark: LaneMark,
+}
+
+pub(super) struct Backup {
+    pub(super) proc: u64,
+    /// The backup's side of the link: the core's machine, the one the server pumps.
+    pub(super) core: BackupLink,
+    pub(super) store: Arc<Store>,
+    pub(super) counters: Counters,
+    /// The data streams of the admitted link.
+    pub(super) link: Option<BLink>,
+    /// Bucket jobs running: a bootstrap's bucket, or a resync with the stream it holds.
+    pub(super) jobs: HashMap<JobId, BackupJob>,
+    /// When the machine's timer is armed.
+    pub(super) timer_at: Option<Ms>,
+    /// Per connection, until when its control messages are still being handed over (its close
+    /// is noticed after them, as a reader drains its buffer before it sees the error).
+    pub(super) ctl_busy: HashMap<u64, Ms>,
+    /// Connections whose first message the machine has had.
+    pub(super) connected: HashSet<u64>,
+    /// Per connection, its reader's lag in ms (see `Sim::backup_ctl_bytes`).
+    pub(super) slow_readers: HashMap<u64, Ms>,
+    /// A graceful stop is under way.
+    pub(super) stopping: bool,
+}
+
+/// A bucket job of the backup.
+pub(super) enum BackupJob {
+    Bucket(quickv_core::transfer::BucketJob),
+    Resync {
+        conn: u64,
+        stream: usize,
+        job: quickv_core::apply::ResyncJob,
+    },
+}
+
 impl Sim {
     // ---- inputs ----
 

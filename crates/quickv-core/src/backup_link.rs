@@ -23,7 +23,7 @@
 //! - Every job that writes the store outside the lanes (a bootstrap's bucket, a lane resync) is
 //!   registered here with its link generation ([`JobId`]) and stays outstanding until its driver
 //!   reports it done. A newer link's opening, whose hello may clear the store and whose transfer
-//!   replaces buckets, waits in [`Phase::Draining`] until no job of an older generation is
+//!   replaces buckets, waits (its `Draining` phase) until no job of an older generation is
 //!   outstanding: what one link started ends before the next link touches the store.
 //! - The data streams stay on their own lock-light path ([`BackupShared::apply_pass`]): each
 //!   pass checks the link generation (an atomic the admission advances) and records its lane
