@@ -35,7 +35,7 @@ pub fn live_link_grace(config: &crate::config::ServerConfig) -> std::time::Durat
 }
 
 /// What the backup's driver keeps beside the link machine: the connections it pumps.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pump {
     /// Connection ids, never reused.
     next: AtomicU64,
@@ -43,8 +43,8 @@ pub struct Pump {
     conns: Mutex<HashMap<ConnId, Mailbox>>,
     /// Woken after every input: the timer re-arms.
     changed: Notify,
-    /// The machine's data-stream side (lock-light; see [`BackupShared`]); unset on a primary.
-    shared: std::sync::OnceLock<Arc<BackupShared>>,
+    /// The machine's data-stream side (lock-light; see [`BackupShared`]).
+    shared: Arc<BackupShared>,
 }
 
 /// A connection's share of the machine's output, in order.
@@ -66,20 +66,18 @@ enum Mail {
 
 impl Pump {
     /// The pump of a backup whose link machine shares `shared` with its data streams.
-    pub fn new(shared: Option<Arc<BackupShared>>) -> Pump {
-        let pump = Pump::default();
-        if let Some(shared) = shared {
-            let _ = pump.shared.set(shared);
+    pub fn new(shared: Arc<BackupShared>) -> Pump {
+        Pump {
+            next: AtomicU64::new(0),
+            conns: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            shared,
         }
-        pump
     }
 
     /// Per lane, the offset applied on the live link (status).
     pub fn applied(&self) -> [u64; BUCKETS] {
-        self.shared
-            .get()
-            .map(|s| s.applied())
-            .unwrap_or([0; BUCKETS])
+        self.shared.applied()
     }
 
     fn register(&self) -> (ConnId, mpsc::UnboundedReceiver<Mail>, Arc<Notify>) {
@@ -161,19 +159,20 @@ impl Replication {
             }
             Some(out)
         });
+        let pump = self.pump()?;
         for (conn, msg) in transmits {
-            self.pump.post(conn, Mail::Transmit(msg));
+            pump.post(conn, Mail::Transmit(msg));
         }
         for e in events {
-            self.dispatch(e);
+            self.dispatch(pump, e);
         }
-        self.pump.wake_all();
+        pump.wake_all();
         out
     }
 
-    fn dispatch(self: &Arc<Self>, event: LinkEvent) {
+    fn dispatch(self: &Arc<Self>, pump: &Pump, event: LinkEvent) {
         match event {
-            LinkEvent::Close { conn, reason } => self.pump.post(conn, Mail::Close(reason)),
+            LinkEvent::Close { conn, reason } => pump.post(conn, Mail::Close(reason)),
             LinkEvent::Apply { id, job } => {
                 // Owned by the machine, not by a connection: the job reports itself done when
                 // it ends, and no newer link touches the store before that.
@@ -184,13 +183,13 @@ impl Replication {
                 });
             }
             LinkEvent::SendSnapshot { conn, buckets } => {
-                self.pump.post(conn, Mail::SendSnapshot(buckets))
+                pump.post(conn, Mail::SendSnapshot(buckets))
             }
             LinkEvent::Running {
                 conn,
                 generation,
                 mark,
-            } => self.pump.post(conn, Mail::Running { generation, mark }),
+            } => pump.post(conn, Mail::Running { generation, mark }),
             LinkEvent::Admitted {
                 conn,
                 epoch,
@@ -213,8 +212,9 @@ impl Replication {
 
 /// Arms the backup's link machine's timer until the replication stops.
 pub async fn run_timer(repl: Arc<Replication>) {
+    let Some(pump) = repl.pump() else { return };
     loop {
-        let changed = repl.pump.changed.notified();
+        let changed = pump.changed.notified();
         let next = repl
             .with_machine(|v| v.backup().map(|l| l.poll_timeout()))
             .flatten();
@@ -239,12 +239,16 @@ pub async fn run_timer(repl: Arc<Replication>) {
 /// here. The primary's hello is awaited for at most the step timeout.
 pub async fn serve(repl: Arc<Replication>, conn: quinn::Connection, shutdown: CancellationToken) {
     let remote = conn.remote_address();
-    let (id, mut mail, wake) = repl.pump.register();
+    let Some(pump) = repl.pump() else {
+        conn.close(1u32.into(), b"not a backup");
+        return;
+    };
+    let (id, mut mail, wake) = pump.register();
     let cause = drive(&repl, &conn, id, &mut mail, &wake, shutdown).await;
     conn.close(1u32.into(), cause.as_bytes());
     debug!(%remote, conn = id, %cause, "peer connection ended");
     repl.backup_input(|l, now| l.handle_conn_closed(id, cause, now));
-    repl.pump.unregister(id);
+    pump.unregister(id);
 }
 
 async fn drive(
@@ -298,7 +302,7 @@ async fn drive(
                     repl.backup_input(|l, now| l.handle_snapshot_sent(id, sent.map(|_| ()).map_err(|e| e.0), now));
                 }
                 Some(Mail::Running { generation, mark }) => {
-                    let Some(shared) = repl.pump.shared.get().cloned() else {
+                    let Some(shared) = repl.pump().map(|p| p.shared.clone()) else {
                         return "the link machine's data-stream side is missing".into();
                     };
                     tokio::spawn(accept_lanes(repl.clone(), conn.clone(), shared, (generation, mark), lanes_failed.clone()));

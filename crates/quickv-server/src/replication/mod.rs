@@ -90,12 +90,8 @@ pub struct Replication {
     /// The state machine (the backup's inside its link machine); locked briefly, never across
     /// an await.
     machine: Mutex<MachineView>,
-    /// Backup: what its driver keeps beside the link machine (the connections it pumps).
-    pump: backup::Pump,
-    /// The primary's lanes (unused on the backup).
-    lanes: Lanes,
-    /// Woken whenever a lane's queue becomes empty (a graceful stop waits for it).
-    drained: Arc<oneshot::Notified>,
+    /// What only this server's role has: the primary's lanes, or the backup's pump.
+    side: Side,
     /// Counters for status.
     counters: Counters,
     /// Cancelled to end the peer link for good (graceful stop finished).
@@ -103,17 +99,57 @@ pub struct Replication {
     /// Where the epoch is persisted ([`epoch_file`]), once [`Replication::restore_epoch`] has
     /// read it; unset (nothing persisted) in the simulator and unit tests.
     epoch_file: std::sync::OnceLock<std::path::PathBuf>,
-    /// Primary: a bootstrap is under way to a backup that is not current (it restarted): until it
+    /// The role's driver task (the primary's dialer, the backup's timer), awaited at the end of
+    /// a graceful stop.
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What only one role has (review P3: no field "unused on the backup").
+#[derive(Debug)]
+enum Side {
+    /// The primary's lanes and what its graceful stop waits for.
+    Primary(PrimarySide),
+    /// The backup's pump: the connections its link machine's output goes to.
+    Backup(backup::Pump),
+}
+
+/// The primary's part of [`Replication`].
+#[derive(Debug)]
+struct PrimarySide {
+    /// The 32 lanes: the write path (decide, send, apply on ack).
+    lanes: Lanes,
+    /// Woken whenever a lane's queue becomes empty (a graceful stop waits for it).
+    drained: Arc<oneshot::Notified>,
+    /// A bootstrap is under way to a backup that is not current (it restarted): until it
     /// verifies, this server holds the pair's only full copy, and a graceful stop waits for it
     /// (bounded; see [`Replication::finish_shutdown`]). Cleared when the transfer is acknowledged
-    /// or the link is lost; `backup_caught_up` is signalled then.
-    backup_catching_up: std::sync::atomic::AtomicBool,
-    /// Signalled whenever `backup_catching_up` is cleared.
-    backup_caught_up: tokio::sync::Notify,
+    /// or the link is lost; `caught_up` is signalled then.
+    catching_up: std::sync::atomic::AtomicBool,
+    /// Signalled whenever `catching_up` is cleared.
+    caught_up: tokio::sync::Notify,
     /// Held by whoever replaces or clears the store outside the lanes (see [`link::StoreFence`]).
     fence: link::StoreFence,
-    /// Primary: the dialing driver's task, awaited at the end of a graceful stop.
-    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl PrimarySide {
+    fn new(config: &ServerConfig) -> PrimarySide {
+        let drained = Arc::new(oneshot::Notified::default());
+        PrimarySide {
+            lanes: Lanes::new(config.limits).waking(drained.clone()),
+            drained,
+            catching_up: std::sync::atomic::AtomicBool::new(false),
+            caught_up: tokio::sync::Notify::new(),
+            fence: link::StoreFence::default(),
+        }
+    }
+
+    /// Marks whether a bootstrap to a backup that is not current is under way.
+    fn set_catching_up(&self, catching_up: bool) {
+        self.catching_up.store(catching_up, Ordering::Release);
+        if !catching_up {
+            self.caught_up.notify_waiters();
+        }
+    }
 }
 
 /// The machine plus what status shows about it.
@@ -169,8 +205,6 @@ impl Replication {
     pub fn new(store: Arc<Store>, config: ServerConfig, run_id: u64) -> Arc<Replication> {
         let primary = config.role == Role::Primary;
         let pair_id = pair_id(&config.certs_dir);
-        let drained = Arc::new(oneshot::Notified::default());
-        let lanes = Lanes::new(config.limits).waking(drained.clone());
         let role = if primary {
             RoleMachine::Primary(Machine::new(true))
         } else {
@@ -190,10 +224,10 @@ impl Replication {
                 Instant::now(),
             )))
         };
-        let pump = backup::Pump::new(match &role {
-            RoleMachine::Backup(link) => Some(link.shared().clone()),
-            RoleMachine::Primary(_) => None,
-        });
+        let side = match &role {
+            RoleMachine::Backup(link) => Side::Backup(backup::Pump::new(link.shared().clone())),
+            RoleMachine::Primary(_) => Side::Primary(PrimarySide::new(&config)),
+        };
         let view = MachineView {
             role,
             peer_run_id: None,
@@ -208,15 +242,10 @@ impl Replication {
             writes_open: std::sync::atomic::AtomicBool::new(view.machine().writes_allowed()),
             reads_open: std::sync::atomic::AtomicBool::new(view.machine().reads_allowed()),
             machine: Mutex::new(view),
-            pump,
-            lanes,
-            drained,
+            side,
             counters: Counters::default(),
             stop: CancellationToken::new(),
             epoch_file: std::sync::OnceLock::new(),
-            backup_catching_up: std::sync::atomic::AtomicBool::new(false),
-            backup_caught_up: tokio::sync::Notify::new(),
-            fence: link::StoreFence::default(),
             driver: Mutex::new(None),
         })
     }
@@ -310,11 +339,13 @@ impl Replication {
                 "the backup is not in sync (state {state}); writes are refused, reads still work"
             )
         };
-        if !self.writes_open.load(Ordering::Acquire) {
-            return Some(quickv_proto::Reply::Unavailable(refusal()));
+        match &self.side {
+            Side::Primary(p) if self.writes_open.load(Ordering::Acquire) => {
+                p.lanes
+                    .submit(&self.store, op, session, refusal, reply_to, Instant::now())
+            }
+            _ => Some(quickv_proto::Reply::Unavailable(refusal())),
         }
-        self.lanes
-            .submit(&self.store, op, session, refusal, reply_to, Instant::now())
     }
 
     /// A client read on this server (the caller checked [`Replication::reads_allowed`]). On the
@@ -326,9 +357,9 @@ impl Replication {
         key: &bytes::Bytes,
         reply_to: impl FnOnce() -> ReplyTo,
     ) -> Option<quickv_proto::Reply> {
-        match self.config.role {
-            Role::Primary => self.lanes.read(&self.store, key, reply_to, Instant::now),
-            _ => Some(match self.store.get(key) {
+        match &self.side {
+            Side::Primary(p) => p.lanes.read(&self.store, key, reply_to, Instant::now),
+            Side::Backup(_) => Some(match self.store.get(key) {
                 Some(value) => quickv_proto::Reply::Value(value),
                 None => quickv_proto::Reply::NotFound,
             }),
@@ -339,7 +370,10 @@ impl Replication {
     /// earlier link holds the store ([`link::StoreFence`]): the discard of a partial copy must not
     /// race a job that is still installing a bucket.
     async fn hello(&self) -> PeerHello {
-        let _fence = self.fence.hold().await;
+        let _fence = match &self.side {
+            Side::Primary(p) => Some(p.fence.hold().await),
+            Side::Backup(_) => None,
+        };
         self.hello_now()
     }
 
@@ -359,8 +393,10 @@ impl Replication {
 
     /// Primary: the link went down (or never came up): leave sync, fail what was in flight.
     fn link_lost(&self, cause: &str) {
-        self.set_backup_catching_up(false);
-        self.lanes.fail_all(cause, Instant::now());
+        if let Some(p) = self.primary_side() {
+            p.set_catching_up(false);
+            p.lanes.fail_all(cause, Instant::now());
+        }
         self.with_machine(|v| {
             v.link_up = false;
             v.peer_run_id = None;
@@ -388,12 +424,19 @@ impl Replication {
         }
     }
 
-    /// Primary: marks whether a bootstrap to a backup that is not current is under way.
-    fn set_backup_catching_up(&self, catching_up: bool) {
-        self.backup_catching_up
-            .store(catching_up, Ordering::Release);
-        if !catching_up {
-            self.backup_caught_up.notify_waiters();
+    /// The primary's part (`None` on a backup).
+    fn primary_side(&self) -> Option<&PrimarySide> {
+        match &self.side {
+            Side::Primary(p) => Some(p),
+            Side::Backup(_) => None,
+        }
+    }
+
+    /// The backup's pump (`None` on a primary).
+    fn pump(&self) -> Option<&backup::Pump> {
+        match &self.side {
+            Side::Backup(pump) => Some(pump),
+            Side::Primary(_) => None,
         }
     }
 
@@ -418,7 +461,10 @@ impl Replication {
     /// Waits up to `limit` while a bootstrap to a backup that is not current is under way, and
     /// logs the outcome.
     async fn wait_backup_current(&self, limit: std::time::Duration) {
-        let catching_up = || self.backup_catching_up.load(Ordering::Acquire);
+        let Some(p) = self.primary_side() else {
+            return;
+        };
+        let catching_up = || p.catching_up.load(Ordering::Acquire);
         if !catching_up() {
             return;
         }
@@ -429,7 +475,7 @@ impl Replication {
         );
         let waited = tokio::time::timeout(limit, async {
             loop {
-                let caught_up = self.backup_caught_up.notified();
+                let caught_up = p.caught_up.notified();
                 tokio::pin!(caught_up);
                 caught_up.as_mut().enable();
                 if !catching_up() {
@@ -453,12 +499,15 @@ impl Replication {
 
     /// Waits until no lane has a write waiting for its ack, or `limit` passes.
     async fn wait_lanes_idle(&self, limit: std::time::Duration) {
+        let Some(p) = self.primary_side() else {
+            return;
+        };
         let _ = tokio::time::timeout(limit, async {
             loop {
-                let drained = self.drained.0.notified();
+                let drained = p.drained.0.notified();
                 tokio::pin!(drained);
                 drained.as_mut().enable();
-                if self.lanes.idle() {
+                if p.lanes.idle() {
                     return;
                 }
                 drained.await;
@@ -493,7 +542,9 @@ impl Replication {
         r.epoch = epoch;
         r.last_transition = last.map(|t| LastTransition::new(t.from.name(), t.to.name(), t.cause));
         r.lag = lanes.iter().map(|l| l.pending).sum();
-        r.unresolved = self.lanes.unresolved() as u64;
+        r.unresolved = self
+            .primary_side()
+            .map_or(0, |p| p.lanes.unresolved() as u64);
         r.lanes = lanes;
         r.links = get(&c.links);
         r.bootstraps = get(&c.bootstraps);
@@ -509,14 +560,13 @@ impl Replication {
 
     /// Per-lane offsets: sent/acked/pending on the primary, applied on the backup.
     fn lane_status(&self) -> Vec<LaneStatus> {
-        match self.config.role {
-            Role::Backup => self
-                .pump
+        match &self.side {
+            Side::Backup(pump) => pump
                 .applied()
                 .iter()
                 .map(|&applied| LaneStatus::new(applied, applied, 0))
                 .collect(),
-            _ => self.lanes.status(),
+            Side::Primary(p) => p.lanes.status(),
         }
     }
 }

@@ -58,7 +58,7 @@ fn writes_are_admitted_only_by_the_machine_in_sync() {
         .map(|_| std::sync::mpsc::channel::<Bytes>())
         .unzip();
     repl.with_primary(|m| m.handle_link_up());
-    repl.lanes.enable(txs);
+    repl.primary_side().expect("a primary").lanes.enable(txs);
     let insert = || Op::Insert {
         key: Bytes::from("k"),
         value: Bytes::from("v"),
