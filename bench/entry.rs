@@ -25,6 +25,8 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 const ENTRIES_FULL: usize = 100_000;
 /// Entries per layout with `--quick`.
 const ENTRIES_QUICK: usize = 10_000;
+/// Entries in the whole-store fill (what `bench/rss.sh` stores).
+const STORE_ENTRIES: usize = 1_000_000;
 /// Key length in bytes (what `quickv bench` and `bench/rss.sh` store).
 const KEY_BYTES: usize = 16;
 /// Value length in bytes.
@@ -36,6 +38,8 @@ const LINK_BYTES: usize = 8;
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let n = if quick { ENTRIES_QUICK } else { ENTRIES_FULL };
+    // First, while the heap is fresh: its resident growth is then the store's alone.
+    whole_store(if quick { ENTRIES_QUICK } else { STORE_ENTRIES });
     let keys: Vec<Vec<u8>> = (0..n)
         .map(|i| format!("{i:0KEY_BYTES$}").into_bytes())
         .collect();
@@ -206,6 +210,43 @@ fn tables(n: usize) {
         reserved(n),
         reserved(n.div_ceil(2)),
     );
+}
+
+/// Fills a whole [`quickv_core::store::Store`] the way a server without `--expected-keys` is
+/// filled (32 maps growing as they go) and prints the heap it holds per entry against the sum of
+/// the pieces, and the process's resident growth per entry (glibc here).
+fn whole_store(n: usize) {
+    let store = quickv_core::store::Store::new();
+    let value = Bytes::from(vec![b'v'; VALUE_BYTES]);
+    let rss_before = resident_bytes();
+    let region = Region::new(GLOBAL);
+    for i in 0..n {
+        store.insert(Bytes::from(format!("{i:0KEY_BYTES$}")), value.clone());
+    }
+    let fill = region.change();
+    let rss_after = resident_bytes();
+    let per = |b: usize| b as f64 / n as f64;
+    println!(
+        "\nA whole store of {n} entries grown from empty: per entry {:.2} allocations and {:.1} B \
+         asked during the fill, {:.1} B still held after it (freed: {:.1} B, the tables and nodes \
+         that growth copied), resident growth {:.1} B",
+        per(fill.allocations),
+        per(fill.bytes_allocated),
+        per(fill.bytes_allocated - fill.bytes_deallocated),
+        per(fill.bytes_deallocated),
+        (rss_after.saturating_sub(rss_before)) as f64 / n as f64,
+    );
+    black_box(store);
+}
+
+/// This process's resident set in bytes (`VmRSS`), 0 if unreadable.
+fn resident_bytes() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// glibc malloc's chunk for a request of `n` bytes (x86-64): an 8-byte size header, rounded up

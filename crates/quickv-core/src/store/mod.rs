@@ -503,11 +503,15 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// Accounts for an entry that was stored.
+    /// Accounts for an entry that was stored; hands the old table to reclamation at once if the
+    /// store just made flurry grow its table (see [`grew_at`]).
     fn add(&self, entry: Footprint) {
         self.digest.add(entry.digest);
-        self.len.fetch_add(1, Ordering::Relaxed);
+        let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
         self.bytes.fetch_add(entry.bytes, Ordering::Relaxed);
+        if grew_at(len) {
+            self.map.guard().flush();
+        }
     }
 
     /// Accounts for an entry that was replaced or removed.
@@ -525,6 +529,20 @@ impl Bucket {
         self.len.store(0, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
     }
+}
+
+/// Whether a map that reaches `len` entries by an insert has just doubled its table: flurry
+/// grows a table of `n` slots (a power of two, 16 at first) when an insert brings it to three
+/// quarters of `n`, so at 12, 24, 48, … entries.
+///
+/// The old table (8 bytes a slot) and the nodes the move copied are retired into the thread's
+/// batch of garbage, which is freed only once 120 more things are retired: after the last growth
+/// of a fill without updates, never. For a 1M-key store that is the 32 half-size tables, 8 MiB,
+/// held for good (docs/benchmarks.md, "What one entry costs"). At these entry counts the store
+/// flushes the batch. Under concurrent writers the count may step past a threshold on another
+/// thread than the one that moved the table; the old table then waits for the batch as before.
+fn grew_at(len: i64) -> bool {
+    len >= 12 && len % 12 == 0 && (len / 12).count_ones() == 1
 }
 
 /// What one entry contributes to its bucket's running totals, computed
