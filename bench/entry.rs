@@ -53,8 +53,8 @@ fn main() {
         "bytes",
         &keys,
         &value,
-        |k| Bytes::copy_from_slice(k),
-        |v| Bytes::copy_from_slice(v),
+        Bytes::copy_from_slice,
+        Bytes::copy_from_slice,
         |v| v.clone(),
     );
     let entry = measure::<Key, Value>("entry", &keys, &value, Key::new, Value::new, |v| {
