@@ -8,13 +8,19 @@
 //! primary process, client connections lost with a write in flight, entries slipped into the
 //! backup's store, and a large bucket behind a slow link. The servers run the real replication
 //! logic without I/O, on virtual time (the `quickv-core` crate takes time as an argument; nothing reads the real clock):
+//! the backup's whole side of the link ([`BackupLink`]: admission, supersession, the opening, the
+//! transfer and its bucket jobs fenced by link generation, goodbye, the read fence, its timers),
 //! the state machine and the hello rules ([`state::Machine`], [`state::admit`], [`state::decide`],
-//! [`hello_of`]), the bootstrap transfer ([`snapshot_msgs`],
-//! [`TransferReceiver`]), the primary's lanes ([`Lanes`]: decide, send, apply on ack,
-//! digest checks, resyncs, the ack timeout), the backup's applier ([`StreamApplier`]), the store
-//! and its session tables, and every frame goes through the real peer codec with the real frame
-//! limit. What this file adds is what the tokio drivers (`replication/primary.rs`, `backup.rs`)
-//! do: moving frames, timers, and the order of the handshake steps, mirrored step for step.
+//! [`hello_of`]), the bootstrap transfer ([`snapshot_msgs`], [`TransferReceiver`]), the primary's
+//! lanes ([`Lanes`]: decide, send, apply on ack, digest checks, resyncs, the ack timeout), the
+//! backup's applier ([`StreamApplier`] through [`BackupShared::apply_pass`]), the store and its
+//! session tables, and every frame goes through the real peer codec with the real frame limit.
+//! The backup's side is pumped here as the server pumps it (`sim/backup.rs`): bucket jobs run as
+//! events that end after a virtual delay, so a link can drop and a newer one be admitted while a
+//! job of the old one still runs, and each connection's control messages reach the machine after
+//! a seeded lag, so a superseded link's late messages arrive after its successor's admission.
+//! What is still written out here is the primary's driver (`sim/primary.rs`: the order of its
+//! handshake steps and its timers; issue 20's primary link machine is not built yet).
 //!
 //! Clients run operations on a few keys against the primary (and reads at the backup); every
 //! operation and its outcome is recorded and judged by the project's history checker
@@ -40,21 +46,20 @@ use tokio::sync::oneshot;
 
 use quickv::history::{self, History, Kind, Observed, Operation};
 use quickv_core::apply::{Pass, StreamApplier};
-use quickv_core::commit_point::{
-    applied_marks, apply_marked, backup_opening, settle_lost_writes, Marks, Settled,
-};
+use quickv_core::backup_link::{BackupConfig, BackupLink, BackupShared, JobId, LinkEvent};
+use quickv_core::commit_point::{applied_marks, settle_lost_writes, Settled};
 use quickv_core::hello::hello_of;
 use quickv_core::lanes::Lanes;
-use quickv_core::opening::{backup_plan, primary_answered, transfer_ack, transfer_ended, Transfer};
-use quickv_core::state::{admit, Machine, Refusal};
+use quickv_core::opening::{primary_answered, transfer_ack, transfer_ended, Transfer};
+use quickv_core::state::{Machine, Refusal};
 use quickv_core::store::sessions::SessionLimits;
 use quickv_core::store::{BucketId, Store};
 use quickv_core::transfer::{snapshot_msgs, TransferReceiver};
+use quickv_core::Counters;
 use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
-use quickv_server::config::{Role, ServerConfig};
-use quickv_server::replication::Replication;
 
+use backup::Backup;
 use primary::PLink;
 
 #[path = "sim/backup.rs"]
@@ -185,8 +190,14 @@ enum Event {
     /// The primary, told by the backup that it shuts down, lets its lanes drain, then ends the
     /// link at the latest at `deadline`.
     PrimaryDrain { conn: u64, deadline: Ms },
-    /// A backup whose link was lost checks whether it is still without one (the read fence).
-    BackupSilent { proc: u64, generation: u64 },
+    /// The backup's link machine's timer (`at` tells a stale one from the one armed).
+    BackupTimer { proc: u64, at: Ms },
+    /// Control messages of a connection reach the backup's machine (after the driver's lag).
+    BackupCtl { conn: u64, msgs: Vec<PeerMsg> },
+    /// The primary drops connection `conn` itself (and redials after its backoff).
+    PrimaryDrop { conn: u64 },
+    /// A bucket job of the backup (a bootstrap's bucket or a lane resync) ends.
+    BackupJob { proc: u64, id: JobId },
 }
 
 /// One QUIC connection of the peer link.
@@ -208,40 +219,6 @@ struct Primary {
     /// Client writes waiting for their answer.
     waiting: Vec<(usize, oneshot::Receiver<Reply>)>,
     /// A graceful stop is under way.
-    stopping: bool,
-}
-
-enum BPhase {
-    Receiving(TransferReceiver),
-    /// Sent our snapshot, waiting for the primary's verdict.
-    AwaitAck,
-    Running,
-}
-
-struct BLink {
-    conn: u64,
-    /// This backup's generation of the link: what fences an older link's appliers.
-    generation: u64,
-    phase: BPhase,
-    inbox: HashMap<usize, BytesMut>,
-    appliers: HashMap<usize, StreamApplier>,
-    /// What the backup records for each write it applies on this link (the primary's run id and
-    /// the link's epoch).
-    mark: LaneMark,
-}
-
-struct Backup {
-    proc: u64,
-    machine: Machine,
-    store: Arc<Store>,
-    /// The applier's context (store and counters), as in the real server.
-    repl: Arc<Replication>,
-    link: Option<BLink>,
-    applying_link: u64,
-    /// Per lane, the last write applied and its link: reported after the hello (memory only, as
-    /// in the server).
-    marks: Marks,
-    /// A graceful stop is under way: no new link is admitted.
     stopping: bool,
 }
 
@@ -314,6 +291,11 @@ struct Sim {
     quiet_until: Ms,
     /// Entries the bulk loader has still to write.
     load: Vec<(Bytes, Bytes)>,
+    /// When the live primary process (not the stale one) was first refused as stale: only a
+    /// primary cut off while another primary linked with the backup may be; the live one never
+    /// is (review F6: a backup that adopted a newer link's epoch through a superseded link's late
+    /// message refuses its own primary).
+    live_refused_as_stale: Option<String>,
 }
 
 impl Sim {
@@ -374,6 +356,7 @@ impl Sim {
             resync_watch: HashMap::new(),
             quiet_until: 0,
             load: Vec::new(),
+            live_refused_as_stale: None,
         };
         sim.start(Side::Primary);
         sim.start(Side::Backup);
@@ -414,15 +397,6 @@ impl Sim {
         self.log.push(format!("[{:>6} ms] {what}", self.now));
     }
 
-    fn config(&self, role: Role) -> ServerConfig {
-        let mut cfg = ServerConfig::new(role, "127.0.0.1:1".parse().expect("addr"));
-        cfg.peer = Some("127.0.0.1:2".parse().expect("addr"));
-        cfg.certs_dir = "/nonexistent/quickv-sim".into();
-        cfg.limits = self.limits;
-        cfg.peer_streams = self.peer_streams;
-        cfg
-    }
-
     /// Virtual time as the `Instant` the server code takes.
     fn clock(&self) -> Instant {
         base() + Duration::from_millis(self.now)
@@ -458,17 +432,28 @@ impl Sim {
                 self.schedule_dial(0);
             }
             Side::Backup => {
-                let repl = Replication::new(store.clone(), self.config(Role::Backup), proc);
-                let mut machine = Machine::new(false);
-                machine.restore_epoch(self.epoch_files[1]);
+                let config = BackupConfig {
+                    run_id: proc,
+                    pair: 0,
+                    live_grace: Duration::from_millis(ACK_TIMEOUT_MS + CHECK_EVERY_MS),
+                    silence: Duration::from_millis(ACK_TIMEOUT_MS),
+                    step: Duration::from_millis(STEP_TIMEOUT_MS),
+                    drain: Duration::from_millis(faults::DRAIN_MS),
+                    close_grace: Duration::from_millis(CLOSE_GRACE_MS),
+                };
+                let core =
+                    BackupLink::new(config, store.clone(), self.epoch_files[1], self.clock());
                 self.backup = Some(Backup {
                     proc,
-                    machine,
+                    core,
                     store,
-                    repl,
+                    counters: Counters::default(),
                     link: None,
-                    applying_link: 0,
-                    marks: Default::default(),
+                    jobs: HashMap::new(),
+                    timer_at: None,
+                    ctl_busy: HashMap::new(),
+                    connected: HashSet::new(),
+                    slow_readers: HashMap::new(),
                     stopping: false,
                 });
             }
@@ -516,10 +501,7 @@ impl Sim {
             }
             Event::LinkDown { conn, side, cause } => match side {
                 Side::Primary => self.primary_link_lost(conn, &cause),
-                Side::Backup => {
-                    self.backup_link_lost(conn, &cause);
-                    self.watch_silence();
-                }
+                Side::Backup => self.backup_conn_closed(conn, cause),
             },
             Event::Dial if self.primary.as_ref().is_some_and(|p| p.stopping) => {
                 self.dial_scheduled = false
@@ -547,6 +529,13 @@ impl Sim {
         self.flush_lanes();
         self.collect_answers();
         self.persist_epochs();
+        if self.live_refused_as_stale.is_none() {
+            let refusal = self.primary.as_ref().and_then(|p| p.machine.read_refusal());
+            if let Some(r) = refusal.filter(|r| Refusal::is_stale(r)) {
+                self.note(format!("the live primary was refused as stale: {r}"));
+                self.live_refused_as_stale = Some(format!("at {} ms", self.now));
+            }
+        }
         true
     }
 }

@@ -68,9 +68,9 @@ impl Sim {
     fn read_at_backup(&mut self, slot: usize, key: &Bytes) {
         let outcome = match self.backup.as_ref() {
             None => Observed::Failed("backup down: not sent".into()),
-            Some(b) if !b.machine.reads_allowed() => {
+            Some(b) if !b.core.machine().reads_allowed() => {
                 self.cov.backup_reads_refused += 1;
-                Observed::Refused(b.machine.read_refusal().unwrap_or("refused").into())
+                Observed::Refused(b.core.machine().read_refusal().unwrap_or("refused").into())
             }
             Some(b) => {
                 self.cov.backup_reads += 1;

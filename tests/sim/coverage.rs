@@ -51,6 +51,9 @@ coverage! {
     primary_reads_waited: "reads at the primary that waited for the ack of their key's write", true;
     lost_writes_kept: "unresolved writes of a lost link applied at the warm start (the backup applied them)", true;
     lost_writes_dropped: "unresolved writes of a lost link dropped at the warm start (the backup never did)", true;
+    jobs_outlived_link: "backup bucket jobs that ended after their link was lost or superseded", true;
+    openings_held: "links admitted while an older link's bucket job still ran (opening held)", true;
+    late_ctl_ignored: "control messages of a superseded link, dropped by the backup's machine", true;
     lost_writes_discarded: "unresolved writes forgotten by a primary that took the backup's data", false;
 }
 

@@ -7,7 +7,7 @@ use super::*;
 
 /// How long a stopping backup keeps applying before it exits (the server's drain timeout is 5 s;
 /// shorter here, so that a stop fits the fault phase).
-const DRAIN_MS: Ms = 2_000;
+pub(super) const DRAIN_MS: Ms = 2_000;
 
 impl Sim {
     /// The events of this file.
@@ -54,13 +54,12 @@ impl Sim {
                     self.at(5, Event::PrimaryDrain { conn, deadline });
                 }
             }
-            Event::BackupSilent { proc, generation } => {
-                if let Some(b) = self.backup.as_mut() {
-                    if b.proc == proc && b.link.is_none() && b.applying_link == generation {
-                        b.machine.handle_link_silent();
-                    }
-                }
+            Event::BackupTimer { proc, at } => self.backup_timer(proc, at),
+            Event::PrimaryDrop { conn } => {
+                self.primary_link_lost(conn, "the primary dropped the link (reset)")
             }
+            Event::BackupCtl { conn, msgs } => self.backup_ctl(conn, msgs),
+            Event::BackupJob { proc, id } => self.backup_job_done(proc, id),
             _ => {}
         }
     }
@@ -71,7 +70,7 @@ impl Sim {
             self.epoch_files[0] = self.epoch_files[0].max(p.machine.epoch());
         }
         if let Some(b) = &self.backup {
-            self.epoch_files[1] = self.epoch_files[1].max(b.machine.epoch());
+            self.epoch_files[1] = self.epoch_files[1].max(b.core.machine().epoch());
         }
     }
 
@@ -79,14 +78,6 @@ impl Sim {
         match side {
             Side::Primary => self.primary.as_ref().map(|p| p.proc),
             Side::Backup => self.backup.as_ref().map(|b| b.proc),
-        }
-    }
-
-    /// The backup lost its link: past the ack timeout without a new one, it fences its reads.
-    pub(super) fn watch_silence(&mut self) {
-        if let Some(b) = self.backup.as_ref().filter(|b| b.link.is_none()) {
-            let (proc, generation) = (b.proc, b.applying_link);
-            self.at(ACK_TIMEOUT_MS, Event::BackupSilent { proc, generation });
         }
     }
 
@@ -162,11 +153,7 @@ impl Sim {
         let Some(b) = self.backup.as_ref() else {
             return;
         };
-        if !b
-            .link
-            .as_ref()
-            .is_some_and(|l| matches!(l.phase, BPhase::Running))
-        {
+        if !b.link.as_ref().is_some_and(|l| l.running) {
             return;
         }
         let key = (0u32..)
@@ -214,20 +201,16 @@ impl Sim {
                 self.cov.primary_shutdowns += 1;
             }
             Side::Backup => {
-                let Some(b) = self.backup.as_mut().filter(|b| !b.stopping) else {
+                let Some(b) = self.backup.as_ref().filter(|b| !b.stopping) else {
                     return;
                 };
-                // Tell the primary first, so it refuses writes at once; keep applying what is
-                // in flight until it closes the link or the drain time is up.
-                b.stopping = true;
-                b.machine.handle_shutdown();
+                // The machine tells the primary first, so it refuses writes at once, and keeps
+                // applying what is in flight until the primary closes the link or the drain
+                // time is up.
                 proc = b.proc;
                 deadline = self.now + DRAIN_MS;
                 self.cov.backup_shutdowns += 1;
-                if let Some(conn) = b.link.as_ref().map(|l| l.conn) {
-                    let bye = PeerMsg::Goodbye("backup shutting down".into());
-                    self.send(conn, Side::Backup, 0, &[bye]);
-                }
+                self.backup_shutdown();
             }
         }
         self.note(format!("FAULT: {side:?} shuts down gracefully"));
@@ -247,7 +230,7 @@ impl Sim {
         }
         let done = match side {
             Side::Primary => self.primary.as_ref().is_none_or(|p| p.lanes.idle()),
-            Side::Backup => self.backup.as_ref().is_none_or(|b| b.link.is_none()),
+            Side::Backup => self.backup.as_ref().is_none_or(|b| b.core.stopped()),
         };
         if !done && self.now < deadline {
             return self.at(
@@ -321,7 +304,7 @@ impl Sim {
         let Some((epoch, data)) = self.frozen.clone() else {
             return;
         };
-        let backup_epoch = self.backup.as_ref().map(|b| b.machine.epoch());
+        let backup_epoch = self.backup.as_ref().map(|b| b.core.machine().epoch());
         if self.zombie.is_some() || backup_epoch.is_none_or(|e| epoch >= e) {
             return;
         }

@@ -141,44 +141,14 @@ impl Sim {
         let limits = self.limits;
         match to {
             Side::Backup => {
-                let Some(b) = self.backup.as_mut() else {
+                if self.backup.is_none() {
                     return;
-                };
-                if b.stopping && b.link.as_ref().map(|l| l.conn) != Some(conn) {
-                    // A server shutting down admits no new link.
-                    return self.cut(conn, "backup shutting down");
                 }
                 if stream == 0 {
-                    // The control stream of a connection not yet admitted has its own buffer.
-                    let mut buf = match b.link.as_mut().filter(|l| l.conn == conn) {
-                        Some(l) => std::mem::take(l.inbox.entry(0).or_default()),
-                        None => BytesMut::new(),
-                    };
-                    buf.extend_from_slice(&bytes);
-                    loop {
-                        match PeerMsg::decode(&mut buf, &limits) {
-                            Ok(Some(msg)) => self.backup_ctl(conn, msg),
-                            Ok(None) => break,
-                            Err(e) => return self.cut(conn, &e.to_string()),
-                        }
-                        if !self.conns.get(&conn).is_some_and(|c| c.alive) {
-                            return;
-                        }
-                    }
-                    if let Some(l) = self
-                        .backup
-                        .as_mut()
-                        .and_then(|b| b.link.as_mut())
-                        .filter(|l| l.conn == conn)
-                    {
-                        l.inbox.insert(0, buf);
-                    }
+                    // Each send is whole frames: decoded at once, handed over after the lag.
+                    self.backup_ctl_bytes(conn, BytesMut::from(&bytes[..]));
                 } else {
-                    let Some(l) = b.link.as_mut().filter(|l| l.conn == conn) else {
-                        return;
-                    };
-                    l.inbox.entry(stream).or_default().extend_from_slice(&bytes);
-                    self.backup_drain(conn);
+                    self.backup_data(conn, stream, &bytes);
                 }
             }
             Side::Primary => {

@@ -237,6 +237,14 @@ impl Sim {
         self.note(format!("primary opens the lanes on connection {conn}"));
         self.send(conn, Side::Primary, 0, &[PeerMsg::Synced]);
         self.at(50, Event::Tick);
+        // Now and then the primary drops the link just after `Synced` and redials at once (its
+        // ack timeout, a reset): the backup may still hold that `Synced` when the next link is
+        // admitted (the superseded link's late message, review F6).
+        if self.faults && self.now >= self.quiet_until && self.rng.chance(8) {
+            let after = self.rng.range(1, 30);
+            self.cov.cuts += 1;
+            self.at(after, Event::PrimaryDrop { conn });
+        }
     }
 
     /// Moves what the lanes queued onto their data streams.

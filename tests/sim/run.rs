@@ -9,7 +9,7 @@ impl Sim {
             return false;
         };
         p.machine.state().name() == "sync"
-            && b.machine.state().name() == "sync"
+            && b.core.machine().state().name() == "sync"
             && p.lanes.idle()
             && p.waiting.is_empty()
             // Entries slipped into the backup are found by the digest checks and resynced away.
@@ -41,8 +41,17 @@ impl Sim {
             return Err(self.failure(format!(
                 "the healed pair did not settle in sync within {HEAL_LIMIT_MS} ms: primary {}, backup {}",
                 self.primary.as_ref().map_or("down", |p| p.machine.state().name()),
-                self.backup.as_ref().map_or("down", |b| b.machine.state().name()),
+                self.backup.as_ref().map_or("down", |b| b.core.machine().state().name()),
             )));
+        }
+        if let Some(at) = &self.live_refused_as_stale {
+            return Err(self.failure(format!(
+                "the live primary process was refused as stale ({at}): no other primary linked \
+                 with the backup since it did"
+            )));
+        }
+        if let Err(e) = self.backup_totals_agree() {
+            return Err(self.failure(e));
         }
         let (Some(p), Some(b)) = (&self.primary, &self.backup) else {
             return Err(self.failure("a server is down after healing".into()));

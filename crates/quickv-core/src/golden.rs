@@ -23,6 +23,7 @@
 //! | `ack-stale GEN K OFFSET` | an ack of an older link generation arrives (`handle_ack_on`) |
 //! | `tick MS` | time passes; reports a lane stalled past the ack timeout (1000 ms) |
 //! | `status` | both stores and the lanes' offsets |
+//! | `connect C p:FIELDS`, `ctl C MSG`, `closed C`, `job-done`, `wait MS`, `link-status` | the backup's link machine ([`crate::backup_link`]): see `golden_backup.rs` |
 //! | `hellos p:FIELDS b:FIELDS` | admission (`admit`, `may_supersede`) and the plan (`decide`) of two hellos; FIELDS: `epoch=N`, `current`, `keys=K` (K keys in K buckets), `heard=MS` |
 
 use std::collections::{BTreeMap, VecDeque};
@@ -40,6 +41,9 @@ use crate::reply::ReplyTo;
 use crate::state::{admit, decide, may_supersede};
 use crate::store::{BucketId, Digest, Store, BUCKETS};
 use crate::Counters;
+
+#[path = "golden_backup.rs"]
+mod backup;
 
 /// The ack timeout of the scripts.
 const ACK_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -63,6 +67,8 @@ struct Pair {
     generation: u64,
     origin: Instant,
     now: Instant,
+    /// The backup's link machine, for the admission scripts.
+    backup_link: backup::World,
 }
 
 impl Pair {
@@ -82,6 +88,7 @@ impl Pair {
             generation: 0,
             origin,
             now: origin,
+            backup_link: backup::World::new(origin),
         };
         pair.link();
         pair
@@ -421,7 +428,11 @@ fn run(pair: &mut Pair, line: &str) -> String {
         }
         ["status"] => pair.status(&mut out),
         ["hellos", p, b] => hellos(p, b, &mut out),
-        _ => panic!("unknown command: {line}"),
+        words => {
+            if !pair.backup_link.run(words, &mut pair.now, &mut out) {
+                panic!("unknown command: {line}")
+            }
+        }
     }
     out
 }

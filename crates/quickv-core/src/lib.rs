@@ -33,12 +33,16 @@
 //! | [`resync`] | a lane resync's plan and image; the ack clock |
 //! | [`reply`] | where a replicated write's answer goes |
 //! | [`apply`] | the backup's applier of a data stream |
+//! | [`backup_link`] | the backup's side of the link: admission, opening, transfer jobs, goodbye, the read fence |
 //! | [`timers`] | the primary's link timers: the ack timeout and the digest-check schedule |
 //! | [`transfer`] | the bootstrap transfer: encoding buckets, receiving and verifying them |
 //! | [`write`](mod@write) | the outcome table of a client write ([`write::decide`]), for standalone and primary |
 //! | [`counters`], [`error`] | status counters; why a link failed |
 
 pub mod apply;
+pub mod backup_events;
+pub mod backup_link;
+pub mod backup_shared;
 pub mod commit_point;
 pub mod counters;
 pub mod error;

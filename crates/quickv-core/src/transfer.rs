@@ -175,6 +175,19 @@ pub struct BucketJob {
 }
 
 impl BucketJob {
+    /// The bucket it installs.
+    pub fn bucket(&self) -> BucketId {
+        self.bucket
+    }
+
+    /// The bytes of its entries (keys and values): what installing it costs, roughly.
+    pub fn bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum()
+    }
+
     /// Checks the bucket's count and digest and, only if they match, replaces the bucket and
     /// installs its session table. Returns the keys installed.
     /// `now` is when it is installed: the session records' ages are counted from it.

@@ -43,6 +43,7 @@
 //! the writes in flight; they are exact whenever no write is in progress.
 
 mod digest;
+pub mod entry;
 pub mod sessions;
 
 use std::fmt;
@@ -52,6 +53,7 @@ use bytes::Bytes;
 
 pub use self::digest::Digest;
 use self::digest::DigestCell;
+use self::entry::{Key, Value};
 use self::sessions::{SessionLimits, Sessions};
 use crate::write::{decide, Effect};
 use quickv_proto::{Op, Reply};
@@ -120,10 +122,7 @@ impl Store {
         }
         for bucket in &self.buckets {
             let map = bucket.map.pin();
-            let more = per_bucket.saturating_sub(map.len());
-            if more > 0 {
-                map.reserve(more);
-            }
+            reserve(&map, per_bucket.saturating_sub(map.len()));
         }
     }
 
@@ -141,7 +140,12 @@ impl Store {
             let (absent, absent_reply) = decide(op.clone(), None);
             if let Effect::Put(k, v) = &absent {
                 let footprint = Footprint::of(k, v);
-                if bucket.map.pin().try_insert(compact(k), compact(v)).is_ok() {
+                if bucket
+                    .map
+                    .pin()
+                    .try_insert(Key::new(k), Value::new(v))
+                    .is_ok()
+                {
                     bucket.add(footprint);
                     return absent_reply;
                 }
@@ -149,10 +153,10 @@ impl Store {
             // Present: decided and applied under the key's bin lock.
             let mut done = None;
             let guard = bucket.map.guard();
-            let changed = |_: &Bytes, old: &Bytes| {
-                let (effect, reply) = decide(op.clone(), Some(old));
+            let changed = |_: &Key, old: &Value| {
+                let (effect, reply) = decide(op.clone(), Some(&old.to_bytes()));
                 let next = match &effect {
-                    Effect::Put(_, v) => Some(compact(v)),
+                    Effect::Put(_, v) => Some(Value::new(v)),
                     Effect::Remove(_) => None,
                     // Unchanged (flurry's closure cannot say "leave it": the same bytes again).
                     Effect::Nothing => Some(old.clone()),
@@ -160,18 +164,18 @@ impl Store {
                 done = Some((old.clone(), effect, reply));
                 next
             };
-            bucket.map.compute_if_present(&key, changed, &guard);
+            bucket.map.compute_if_present(&key[..], changed, &guard);
             match done {
                 Some((old, effect, reply)) => {
                     match effect {
                         Effect::Put(_, v) => {
-                            bucket.sub(Footprint::of(&key, &old));
+                            bucket.sub(Footprint::of(&key, old.as_slice()));
                             bucket.add(Footprint::of(&key, &v));
-                            reclaim_soon(&guard, &old);
+                            reclaim_soon(&guard, old.as_slice());
                         }
                         Effect::Remove(_) => {
-                            bucket.sub(Footprint::of(&key, &old));
-                            reclaim_soon(&guard, &old);
+                            bucket.sub(Footprint::of(&key, old.as_slice()));
+                            reclaim_soon(&guard, old.as_slice());
                         }
                         Effect::Nothing => {}
                     }
@@ -193,7 +197,7 @@ impl Store {
         let inserted = bucket
             .map
             .pin()
-            .try_insert(compact(&key), compact(&value))
+            .try_insert(Key::new(&key), Value::new(&value))
             .is_ok();
         if inserted {
             bucket.add(footprint);
@@ -210,15 +214,15 @@ impl Store {
         let bucket = self.bucket(&key);
         let new = Footprint::of(&key, &value);
         let mut replaced = None;
-        let value = compact(&value);
-        bucket.map.pin().compute_if_present(&key, |_, old| {
+        let value = Value::new(&value);
+        bucket.map.pin().compute_if_present(&key[..], |_, old| {
             replaced = Some(old.clone());
             Some(value)
         });
         let old = replaced?;
-        bucket.sub(Footprint::of(&key, &old));
+        bucket.sub(Footprint::of(&key, old.as_slice()));
         bucket.add(new);
-        Some(old)
+        Some(old.into_bytes())
     }
 
     /// Removes `key` (the client's DELETE); returns the old value.
@@ -226,14 +230,15 @@ impl Store {
         let bucket = self.bucket(key);
         let guard = bucket.map.guard();
         let old = bucket.map.remove(key, &guard).cloned()?;
-        bucket.sub(Footprint::of(key, &old));
-        reclaim_soon(&guard, &old);
-        Some(old)
+        bucket.sub(Footprint::of(key, old.as_slice()));
+        reclaim_soon(&guard, old.as_slice());
+        Some(old.into_bytes())
     }
 
-    /// The value of `key`, if present.
+    /// The value of `key`, if present: a `Bytes` sharing the stored value (no copy; see
+    /// [`Value::to_bytes`]).
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.bucket(key).map.pin().get(key).cloned()
+        self.bucket(key).map.pin().get(key).map(Value::to_bytes)
     }
 
     /// Sets `key → value` whether or not `key` exists; returns the old value.
@@ -247,19 +252,19 @@ impl Store {
     /// [`Store::put`] of an entry whose footprint is already computed.
     fn put_accounted(&self, key: Bytes, value: Bytes, new: Footprint) -> Option<Bytes> {
         let bucket = self.bucket(&key);
-        // The map takes compact copies; the caller's `key` stays ours to hash
+        // The map takes its own copies (see `entry`); the caller's `key` stays ours to hash
         // the replaced entry with.
         let guard = bucket.map.guard();
         let old = bucket
             .map
-            .insert(compact(&key), compact(&value), &guard)
+            .insert(Key::new(&key), Value::new(&value), &guard)
             .cloned();
         if let Some(old) = &old {
-            bucket.sub(Footprint::of(&key, old));
-            reclaim_soon(&guard, old);
+            bucket.sub(Footprint::of(&key, old.as_slice()));
+            reclaim_soon(&guard, old.as_slice());
         }
         bucket.add(new);
-        old
+        old.map(Value::into_bytes)
     }
 
     /// Removes `key` whether or not it exists; returns the old value. Same
@@ -310,16 +315,18 @@ impl Store {
     /// scan) if an exact image is needed.
     pub fn bucket_snapshot(&self, b: BucketId) -> Vec<(Bytes, Bytes)> {
         let map = self.buckets[b.index()].map.pin();
-        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        map.iter()
+            .map(|(k, v)| (k.to_bytes(), v.to_bytes()))
+            .collect()
     }
 
     /// Calls `f` on every entry of bucket `b`, borrowed from the map: a snapshot that copies
-    /// nothing (cloning a stored `Bytes` allocates its shared header for good). Weakly consistent
-    /// like [`Store::bucket_snapshot`]; `f` runs under the map's epoch guard, so keep it short.
-    pub fn visit_bucket(&self, b: BucketId, mut f: impl FnMut(&Bytes, &Bytes)) {
+    /// and allocates nothing. Weakly consistent like [`Store::bucket_snapshot`]; `f` runs under
+    /// the map's epoch guard, so keep it short.
+    pub fn visit_bucket(&self, b: BucketId, mut f: impl FnMut(&[u8], &[u8])) {
         let map = self.buckets[b.index()].map.pin();
         for (k, v) in map.iter() {
-            f(k, v);
+            f(k.as_slice(), v.as_slice());
         }
     }
 
@@ -376,19 +383,23 @@ impl Store {
         let map = self.buckets[b.index()].map.pin();
         // A restarted server's buckets are empty: nothing to keep or remove, and the map is
         // sized once instead of growing (and copying itself) on the way.
-        let stale: Vec<Bytes> = if map.is_empty() {
-            map.reserve(entries.len());
+        let stale: Vec<Key> = if map.is_empty() {
+            reserve(&map, entries.len());
             Vec::new()
         } else {
-            let keep: std::collections::HashSet<&Bytes> = entries.iter().map(|(k, _)| k).collect();
-            map.keys().filter(|k| !keep.contains(k)).cloned().collect()
+            let keep: std::collections::HashSet<&[u8]> =
+                entries.iter().map(|(k, _)| &k[..]).collect();
+            map.keys()
+                .filter(|k| !keep.contains(k.as_slice()))
+                .cloned()
+                .collect()
         };
         drop(map);
         for ((key, value), print) in entries.into_iter().zip(prints) {
             self.put_accounted(key, value, print);
         }
         for key in stale {
-            self.remove(&key);
+            self.remove(key.as_slice());
         }
         // Defence in depth: whatever the totals were before (a clear that raced a writer, a bug),
         // a bucket replaced whole leaves with totals counted from what it holds.
@@ -402,7 +413,7 @@ impl Store {
         let bucket = &self.buckets[b.index()];
         let (mut digest, mut len, mut bytes) = (Digest::default(), 0i64, 0i64);
         for (k, v) in bucket.map.pin().iter() {
-            let print = Footprint::of(k, v);
+            let print = Footprint::of(k.as_slice(), v.as_slice());
             digest = digest.plus(print.digest);
             len += 1;
             bytes += print.bytes;
@@ -458,17 +469,30 @@ impl fmt::Debug for Store {
 const RECLAIM_AT_BYTES: usize = 64 * 1024;
 
 /// Starts reclaiming what this thread retired if `old` is large (see [`RECLAIM_AT_BYTES`]).
-fn reclaim_soon(guard: &flurry::Guard<'_>, old: &Bytes) {
+fn reclaim_soon(guard: &flurry::Guard<'_>, old: &[u8]) {
     if old.len() >= RECLAIM_AT_BYTES {
         guard.flush();
+    }
+}
+
+/// Sizes `map` for `more` entries beyond those it holds, the table flurry would have grown to.
+///
+/// flurry's `reserve(n)` leaves a table twice that size: it sizes the table for `n` (the next
+/// power of two above 1.5 n) and then keeps doubling until three quarters of the table, its
+/// load threshold, cover that *table size*, not `n`. So ask it for half (`cargo bench --bench
+/// entry` prints the table's bytes per entry both ways; for a 1M-key store, 33 B per key
+/// against 17).
+fn reserve(map: &flurry::HashMapRef<'_, Key, Value>, more: usize) {
+    if more > 0 {
+        map.reserve(more.div_ceil(2));
     }
 }
 
 /// One logical bucket: its entries and the running totals over them.
 #[derive(Default)]
 struct Bucket {
-    /// The entries.
-    map: flurry::HashMap<Bytes, Bytes>,
+    /// The entries, laid out as `entry` explains.
+    map: flurry::HashMap<Key, Value>,
     /// Running digest of `map`.
     digest: DigestCell,
     /// Number of entries. Signed because a remove may be accounted before
@@ -479,11 +503,15 @@ struct Bucket {
 }
 
 impl Bucket {
-    /// Accounts for an entry that was stored.
+    /// Accounts for an entry that was stored; hands the old table to reclamation at once if the
+    /// store just made flurry grow its table (see [`grew_at`]).
     fn add(&self, entry: Footprint) {
         self.digest.add(entry.digest);
-        self.len.fetch_add(1, Ordering::Relaxed);
+        let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
         self.bytes.fetch_add(entry.bytes, Ordering::Relaxed);
+        if grew_at(len) {
+            self.map.guard().flush();
+        }
     }
 
     /// Accounts for an entry that was replaced or removed.
@@ -501,6 +529,20 @@ impl Bucket {
         self.len.store(0, Ordering::Relaxed);
         self.bytes.store(0, Ordering::Relaxed);
     }
+}
+
+/// Whether a map that reaches `len` entries by an insert has just doubled its table: flurry
+/// grows a table of `n` slots (a power of two, 16 at first) when an insert brings it to three
+/// quarters of `n`, so at 12, 24, 48, … entries.
+///
+/// The old table (8 bytes a slot) and the nodes the move copied are retired into the thread's
+/// batch of garbage, which is freed only once 120 more things are retired: after the last growth
+/// of a fill without updates, never. For a 1M-key store that is the 32 half-size tables, 8 MiB,
+/// held for good (docs/benchmarks.md, "What one entry costs"). At these entry counts the store
+/// flushes the batch. Under concurrent writers the count may step past a threshold on another
+/// thread than the one that moved the table; the old table then waits for the batch as before.
+fn grew_at(len: i64) -> bool {
+    len >= 12 && len % 12 == 0 && (len / 12).count_ones() == 1
 }
 
 /// What one entry contributes to its bucket's running totals, computed
@@ -521,17 +563,6 @@ impl Footprint {
             bytes: (key.len() + value.len()) as i64,
         }
     }
-}
-
-/// A copy of `bytes` in an allocation of its own, for the map to keep.
-///
-/// Keys and values arrive as slices of a connection's 64 KiB receive buffer
-/// (`FramedReader`, the peer link, resync transfers); stored as they are, one
-/// surviving 100-byte value would pin its whole buffer. Copying on the way in
-/// makes the store's memory proportional to what it holds (docs/benchmarks.md,
-/// "compact copies").
-fn compact(bytes: &Bytes) -> Bytes {
-    Bytes::copy_from_slice(bytes)
 }
 
 /// Reads a running total that may dip below zero while writes race.

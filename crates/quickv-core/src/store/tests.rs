@@ -20,9 +20,18 @@ enum Op {
     Get(Vec<u8>),
 }
 
-/// 21 keys: every byte string of length 0..=2 over a 4-letter alphabet.
+/// 42 keys: every byte string of length 0..=2 over a 4-letter alphabet (stored inside flurry's
+/// node), and each of them behind a prefix that makes it one byte too long for that (stored on the
+/// heap: see `entry::Key`).
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(b'a'..=b'd', 0..=2)
+    let short = prop::collection::vec(b'a'..=b'd', 0..=2);
+    (short, any::<bool>()).prop_map(|(key, long)| {
+        if long {
+            [vec![b'z'; entry::INLINE_KEY_BYTES + 1], key].concat()
+        } else {
+            key
+        }
+    })
 }
 
 /// 3 values (`""`, `"x"`, `"y"`), so two histories often agree.
@@ -277,6 +286,14 @@ fn stored_entries_do_not_pin_the_callers_buffer() {
     }
     assert_eq!(store.count(), 3);
     assert_eq!(store.get(&k1), Some(buffer.slice(200..300)));
+}
+
+#[test]
+fn the_old_table_is_flushed_exactly_at_flurrys_growth_points() {
+    // flurry doubles a table of n slots (16 at first) when an insert brings it to 3n/4 entries.
+    let grew: Vec<i64> = (0..2000).filter(|&len| grew_at(len)).collect();
+    assert_eq!(grew, [12, 24, 48, 96, 192, 384, 768, 1536]);
+    assert!(grew_at(12 << 20) && !grew_at((12 << 20) + 12) && !grew_at(36) && !grew_at(-12));
 }
 
 #[test]

@@ -99,10 +99,6 @@ pub async fn bounded<T>(
 
 /// Sends a snapshot of `buckets` and waits for the receiver's verdict; each write and the wait
 /// are bounded by `step`.
-///
-/// Buckets are encoded one at a time on a blocking thread, the next while the current one is
-/// being sent: the runtime (QUIC, keep-alives) never waits for a walk of the store, and the two
-/// cores each get one half of the work.
 pub async fn send_buckets(
     send: &mut quinn::SendStream,
     reader: &mut PeerReader,
@@ -111,9 +107,43 @@ pub async fn send_buckets(
     step: Duration,
 ) -> Result<(), LinkError> {
     let started = Instant::now();
+    let (keys, bytes) = send_snapshot(send, store, buckets, reader.limits, step).await?;
+    match bounded(step, "waiting for the transfer ack", reader.next()).await? {
+        PeerMsg::TransferAck { ok: true, .. } => {
+            let secs = started.elapsed().as_secs_f64();
+            info!(
+                buckets = buckets.len(),
+                keys,
+                mb = bytes as f64 / 1e6,
+                secs,
+                mb_per_s = bytes as f64 / 1e6 / secs.max(1e-9),
+                "bootstrap: snapshot sent and verified"
+            );
+            Ok(())
+        }
+        PeerMsg::TransferAck { ok: false, reason } => Err(LinkError(format!(
+            "the peer rejected the snapshot: {reason}"
+        ))),
+        other => Err(LinkError(format!("expected a transfer ack, got {other:?}"))),
+    }
+}
+
+/// Writes a snapshot of `buckets`, `TransferDone` last; each write bounded by `step`. Returns the
+/// keys and bytes sent.
+///
+/// Buckets are encoded one at a time on a blocking thread, the next while the current one is
+/// being sent: the runtime (QUIC, keep-alives) never waits for a walk of the store, and the two
+/// cores each get one half of the work.
+pub async fn send_snapshot(
+    send: &mut quinn::SendStream,
+    store: &Arc<Store>,
+    buckets: &[BucketId],
+    limits: Limits,
+    step: Duration,
+) -> Result<(u64, u64), LinkError> {
     let (mut keys, mut bytes) = (0u64, 0u64);
     let encode = |bucket: BucketId| {
-        let (store, limits) = (store.clone(), reader.limits);
+        let store = store.clone();
         tokio::task::spawn_blocking(move || encode_bucket(&store, bucket, &limits, Instant::now()))
     };
     let mut next = buckets.first().map(|&b| encode(b));
@@ -153,24 +183,7 @@ pub async fn send_buckets(
         send_msgs(send, &[PeerMsg::TransferDone]),
     )
     .await?;
-    match bounded(step, "waiting for the transfer ack", reader.next()).await? {
-        PeerMsg::TransferAck { ok: true, .. } => {
-            let secs = started.elapsed().as_secs_f64();
-            info!(
-                buckets = buckets.len(),
-                keys,
-                mb = bytes as f64 / 1e6,
-                secs,
-                mb_per_s = bytes as f64 / 1e6 / secs.max(1e-9),
-                "bootstrap: snapshot sent and verified"
-            );
-            Ok(())
-        }
-        PeerMsg::TransferAck { ok: false, reason } => Err(LinkError(format!(
-            "the peer rejected the snapshot: {reason}"
-        ))),
-        other => Err(LinkError(format!("expected a transfer ack, got {other:?}"))),
-    }
+    Ok((keys, bytes))
 }
 
 /// Receives a snapshot, replacing each bucket it carries after checking its count and digest, and

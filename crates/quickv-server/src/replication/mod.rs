@@ -58,13 +58,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{Role, ServerConfig};
+use quickv_core::backup_link::{BackupConfig, BackupLink};
 use quickv_core::hello::hello_of;
 use quickv_core::lanes::Lanes;
 use quickv_core::reply::ReplyTo;
 use quickv_core::state::{Machine, State, Transition};
-use quickv_core::store::{Store, BUCKETS};
+use quickv_core::store::Store;
 use quickv_core::Counters;
-use quickv_proto::peer::{LaneMark, PeerHello};
+use quickv_proto::peer::PeerHello;
 use quickv_proto::status::{LaneStatus, LastTransition, ReplicationStatus, Status};
 use quickv_proto::Op;
 
@@ -86,55 +87,76 @@ pub struct Replication {
     /// The machine's `reads_allowed`, mirrored the same way: every GET checks it, so it must not
     /// take the machine's process-wide lock (issue 13).
     reads_open: std::sync::atomic::AtomicBool,
-    /// The state machine; locked briefly, never across an await.
+    /// The state machine (the backup's inside its link machine); locked briefly, never across
+    /// an await.
     machine: Mutex<MachineView>,
-    /// The primary's lanes (unused on the backup).
-    lanes: Lanes,
-    /// Woken whenever a lane's queue becomes empty (a graceful stop waits for it).
-    drained: Arc<oneshot::Notified>,
+    /// What only this server's role has: the primary's lanes, or the backup's pump.
+    side: Side,
     /// Counters for status.
     counters: Counters,
     /// Cancelled to end the peer link for good (graceful stop finished).
     stop: CancellationToken,
-    /// Backup: the current link from the primary and its generation (a newer verified link
-    /// replaces it).
-    backup_link: Mutex<Option<(u64, quinn::Connection)>>,
-    /// Backup: the generation of the link whose writes may be applied. An older link's appliers
-    /// see a different value and stop before applying anything more (fenced).
-    applying_link: AtomicU64,
-    /// Backup: last offset applied per lane on the current link.
-    backup_applied: [AtomicU64; BUCKETS],
-    /// Backup: per lane, the last write applied and the link it came on, reported to the next
-    /// primary after the hello (`PeerMsg::Applied`: the commit point is the backup). Locked by
-    /// each applier around its fence check and the write it applies, and by the report after a
-    /// newer link's admission, so the report misses no write a superseded applier got in.
-    backup_marks: Mutex<[LaneMark; BUCKETS]>,
     /// Where the epoch is persisted ([`epoch_file`]), once [`Replication::restore_epoch`] has
     /// read it; unset (nothing persisted) in the simulator and unit tests.
     epoch_file: std::sync::OnceLock<std::path::PathBuf>,
-    /// When this replication was created: the origin of `heard_at`.
-    started: std::time::Instant,
-    /// Backup: when the live link was last heard from (a lane batch, `Synced`, its admission), in
-    /// milliseconds since `started`, plus one; 0 when there is no live link. A primary that is
-    /// not current does not replace a link heard from recently ([`quickv_core::state::may_supersede`]).
-    heard_at: AtomicU64,
-    /// Primary: a bootstrap is under way to a backup that is not current (it restarted): until it
+    /// The role's driver task (the primary's dialer, the backup's timer), awaited at the end of
+    /// a graceful stop.
+    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What only one role has (review P3: no field "unused on the backup").
+#[derive(Debug)]
+enum Side {
+    /// The primary's lanes and what its graceful stop waits for.
+    Primary(PrimarySide),
+    /// The backup's pump: the connections its link machine's output goes to.
+    Backup(backup::Pump),
+}
+
+/// The primary's part of [`Replication`].
+#[derive(Debug)]
+struct PrimarySide {
+    /// The 32 lanes: the write path (decide, send, apply on ack).
+    lanes: Lanes,
+    /// Woken whenever a lane's queue becomes empty (a graceful stop waits for it).
+    drained: Arc<oneshot::Notified>,
+    /// A bootstrap is under way to a backup that is not current (it restarted): until it
     /// verifies, this server holds the pair's only full copy, and a graceful stop waits for it
     /// (bounded; see [`Replication::finish_shutdown`]). Cleared when the transfer is acknowledged
-    /// or the link is lost; `backup_caught_up` is signalled then.
-    backup_catching_up: std::sync::atomic::AtomicBool,
-    /// Signalled whenever `backup_catching_up` is cleared.
-    backup_caught_up: tokio::sync::Notify,
+    /// or the link is lost; `caught_up` is signalled then.
+    catching_up: std::sync::atomic::AtomicBool,
+    /// Signalled whenever `catching_up` is cleared.
+    caught_up: tokio::sync::Notify,
     /// Held by whoever replaces or clears the store outside the lanes (see [`link::StoreFence`]).
     fence: link::StoreFence,
-    /// Primary: the dialing driver's task, awaited at the end of a graceful stop.
-    driver: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl PrimarySide {
+    fn new(config: &ServerConfig) -> PrimarySide {
+        let drained = Arc::new(oneshot::Notified::default());
+        PrimarySide {
+            lanes: Lanes::new(config.limits).waking(drained.clone()),
+            drained,
+            catching_up: std::sync::atomic::AtomicBool::new(false),
+            caught_up: tokio::sync::Notify::new(),
+            fence: link::StoreFence::default(),
+        }
+    }
+
+    /// Marks whether a bootstrap to a backup that is not current is under way.
+    fn set_catching_up(&self, catching_up: bool) {
+        self.catching_up.store(catching_up, Ordering::Release);
+        if !catching_up {
+            self.caught_up.notify_waiters();
+        }
+    }
 }
 
 /// The machine plus what status shows about it.
 #[derive(Debug)]
 struct MachineView {
-    machine: Machine,
+    /// The role's machine.
+    role: RoleMachine,
     /// The peer's run id while linked.
     peer_run_id: Option<u64>,
     /// Whether a peer connection is up.
@@ -143,41 +165,87 @@ struct MachineView {
     last: Option<Transition>,
 }
 
+/// Each role's machine: the primary's state machine, or the backup's link machine (which owns
+/// its state machine and changes it only through its inputs).
+#[derive(Debug)]
+enum RoleMachine {
+    Primary(Machine),
+    Backup(Box<BackupLink>),
+}
+
+impl MachineView {
+    /// The state machine, whatever the role.
+    fn machine(&self) -> &Machine {
+        match &self.role {
+            RoleMachine::Primary(m) => m,
+            RoleMachine::Backup(b) => b.machine(),
+        }
+    }
+
+    /// The primary's machine (`None` on a backup, whose machine changes only through its link
+    /// machine's inputs).
+    fn primary(&mut self) -> Option<&mut Machine> {
+        match &mut self.role {
+            RoleMachine::Primary(m) => Some(m),
+            RoleMachine::Backup(_) => None,
+        }
+    }
+
+    /// The backup's link machine (`None` on a primary).
+    fn backup(&mut self) -> Option<&mut BackupLink> {
+        match &mut self.role {
+            RoleMachine::Backup(b) => Some(b),
+            RoleMachine::Primary(_) => None,
+        }
+    }
+}
+
 impl Replication {
     /// Replication for a primary or backup node.
     pub fn new(store: Arc<Store>, config: ServerConfig, run_id: u64) -> Arc<Replication> {
         let primary = config.role == Role::Primary;
         let pair_id = pair_id(&config.certs_dir);
-        let drained = Arc::new(oneshot::Notified::default());
-        let lanes = Lanes::new(config.limits).waking(drained.clone());
-        let machine = Machine::new(primary);
+        let role = if primary {
+            RoleMachine::Primary(Machine::new(true))
+        } else {
+            let link = BackupConfig {
+                run_id,
+                pair: pair_id,
+                live_grace: backup::live_link_grace(&config),
+                silence: config.ack_timeout,
+                step: link::step_timeout(&config),
+                drain: config.drain_timeout,
+                close_grace: backup::CLOSE_GRACE,
+            };
+            RoleMachine::Backup(Box::new(BackupLink::new(
+                link,
+                store.clone(),
+                0,
+                Instant::now(),
+            )))
+        };
+        let side = match &role {
+            RoleMachine::Backup(link) => Side::Backup(backup::Pump::new(link.shared().clone())),
+            RoleMachine::Primary(_) => Side::Primary(PrimarySide::new(&config)),
+        };
+        let view = MachineView {
+            role,
+            peer_run_id: None,
+            link_up: false,
+            last: None,
+        };
         Arc::new(Replication {
             store,
             config,
             run_id,
             pair_id,
-            writes_open: std::sync::atomic::AtomicBool::new(machine.writes_allowed()),
-            reads_open: std::sync::atomic::AtomicBool::new(machine.reads_allowed()),
-            machine: Mutex::new(MachineView {
-                machine,
-                peer_run_id: None,
-                link_up: false,
-                last: None,
-            }),
-            lanes,
-            drained,
+            writes_open: std::sync::atomic::AtomicBool::new(view.machine().writes_allowed()),
+            reads_open: std::sync::atomic::AtomicBool::new(view.machine().reads_allowed()),
+            machine: Mutex::new(view),
+            side,
             counters: Counters::default(),
             stop: CancellationToken::new(),
-            backup_link: Mutex::new(None),
-            applying_link: AtomicU64::new(0),
-            backup_applied: std::array::from_fn(|_| AtomicU64::new(0)),
-            backup_marks: Mutex::new([LaneMark::default(); BUCKETS]),
             epoch_file: std::sync::OnceLock::new(),
-            started: std::time::Instant::now(),
-            heard_at: AtomicU64::new(0),
-            backup_catching_up: std::sync::atomic::AtomicBool::new(false),
-            backup_caught_up: tokio::sync::Notify::new(),
-            fence: link::StoreFence::default(),
             driver: Mutex::new(None),
         })
     }
@@ -188,29 +256,12 @@ impl Replication {
     pub fn restore_epoch(&self) -> crate::error::Result<()> {
         let path = self.config.epoch_file();
         let epoch = epoch_file::load(&path)?;
-        self.with_machine(|v| v.machine.restore_epoch(epoch));
+        self.with_machine(|v| match &mut v.role {
+            RoleMachine::Primary(m) => m.restore_epoch(epoch),
+            RoleMachine::Backup(b) => b.restore_epoch(epoch),
+        });
         let _ = self.epoch_file.set(path);
         Ok(())
-    }
-
-    /// Backup: the live link (generation `generation`) was heard from just now.
-    fn heard(&self, generation: u64) {
-        if self.applying_link.load(Ordering::Acquire) == generation {
-            let ms = self.started.elapsed().as_millis() as u64;
-            self.heard_at.store(ms + 1, Ordering::Relaxed);
-        }
-    }
-
-    /// Backup: how long ago the live link was last heard from; `None` without a live link.
-    fn heard_ago(&self) -> Option<std::time::Duration> {
-        match self.heard_at.load(Ordering::Relaxed) {
-            0 => None,
-            at => Some(
-                self.started
-                    .elapsed()
-                    .saturating_sub(std::time::Duration::from_millis(at - 1)),
-            ),
-        }
     }
 
     /// Runs `f` on the machine and logs every transition it made. An epoch it changed is
@@ -218,9 +269,9 @@ impl Replication {
     /// link, a few milliseconds at most).
     fn with_machine<T>(&self, f: impl FnOnce(&mut MachineView) -> T) -> T {
         let mut view = self.machine.lock().unwrap_or_else(|p| p.into_inner());
-        let before = view.machine.epoch();
+        let before = view.machine().epoch();
         let out = f(&mut view);
-        let after = view.machine.epoch();
+        let after = view.machine().epoch();
         if after != before {
             if let Some(path) = self.epoch_file.get() {
                 if let Err(e) = epoch_file::store(path, after) {
@@ -229,34 +280,27 @@ impl Replication {
             }
         }
         self.writes_open
-            .store(view.machine.writes_allowed(), Ordering::Release);
+            .store(view.machine().writes_allowed(), Ordering::Release);
         self.reads_open
-            .store(view.machine.reads_allowed(), Ordering::Release);
-        while let Some(t) = view.machine.poll_transition() {
+            .store(view.machine().reads_allowed(), Ordering::Release);
+        while let Some(t) = match &mut view.role {
+            RoleMachine::Primary(m) => m.poll_transition(),
+            RoleMachine::Backup(b) => b.poll_transition(),
+        } {
             info!(role = %self.config.role, from = %t.from, to = %t.to, cause = %t.cause, "replication state");
             view.last = Some(t);
         }
         out
     }
 
-    /// Runs `f` on the machine only if link `generation` is still the live one (backup; checked
-    /// under the machine's lock, where a newer link's admission also takes its generation):
-    /// every machine mutation a link's driver makes goes through here, so a superseded driver
-    /// cannot adopt the newer link's epoch, nor mark the store current under the newer link's
-    /// bootstrap. `None` when superseded: the driver then ends.
-    fn with_link_machine<T>(
-        &self,
-        generation: u64,
-        f: impl FnOnce(&mut MachineView) -> T,
-    ) -> Option<T> {
-        self.with_machine(|v| {
-            (self.applying_link.load(Ordering::Acquire) == generation).then(|| f(v))
-        })
+    /// Runs `f` on the primary's machine (`None` on a backup).
+    fn with_primary<T>(&self, f: impl FnOnce(&mut Machine) -> T) -> Option<T> {
+        self.with_machine(|v| v.primary().map(f))
     }
 
     /// The current state.
     pub fn state(&self) -> State {
-        self.with_machine(|v| v.machine.state().clone())
+        self.with_machine(|v| v.machine().state().clone())
     }
 
     /// Whether reads may be answered from the local store.
@@ -268,7 +312,7 @@ impl Replication {
 
     /// Why reads are refused (taken under the machine's lock: only on the refusal path).
     pub fn read_refusal(&self) -> &'static str {
-        self.with_machine(|v| v.machine.read_refusal())
+        self.with_machine(|v| v.machine().read_refusal())
             .unwrap_or("reads are refused while the replication state changes; retry")
     }
 
@@ -295,11 +339,13 @@ impl Replication {
                 "the backup is not in sync (state {state}); writes are refused, reads still work"
             )
         };
-        if !self.writes_open.load(Ordering::Acquire) {
-            return Some(quickv_proto::Reply::Unavailable(refusal()));
+        match &self.side {
+            Side::Primary(p) if self.writes_open.load(Ordering::Acquire) => {
+                p.lanes
+                    .submit(&self.store, op, session, refusal, reply_to, Instant::now())
+            }
+            _ => Some(quickv_proto::Reply::Unavailable(refusal())),
         }
-        self.lanes
-            .submit(&self.store, op, session, refusal, reply_to, Instant::now())
     }
 
     /// A client read on this server (the caller checked [`Replication::reads_allowed`]). On the
@@ -311,9 +357,9 @@ impl Replication {
         key: &bytes::Bytes,
         reply_to: impl FnOnce() -> ReplyTo,
     ) -> Option<quickv_proto::Reply> {
-        match self.config.role {
-            Role::Primary => self.lanes.read(&self.store, key, reply_to, Instant::now),
-            _ => Some(match self.store.get(key) {
+        match &self.side {
+            Side::Primary(p) => p.lanes.read(&self.store, key, reply_to, Instant::now),
+            Side::Backup(_) => Some(match self.store.get(key) {
                 Some(value) => quickv_proto::Reply::Value(value),
                 None => quickv_proto::Reply::NotFound,
             }),
@@ -324,13 +370,16 @@ impl Replication {
     /// earlier link holds the store ([`link::StoreFence`]): the discard of a partial copy must not
     /// race a job that is still installing a bucket.
     async fn hello(&self) -> PeerHello {
-        let _fence = self.fence.hold().await;
+        let _fence = match &self.side {
+            Side::Primary(p) => Some(p.fence.hold().await),
+            Side::Backup(_) => None,
+        };
         self.hello_now()
     }
 
     /// [`Replication::hello`] without waiting for the fence (unit tests, which run no transfer).
     fn hello_now(&self) -> PeerHello {
-        let (current, epoch) = self.with_machine(|v| (v.machine.current(), v.machine.epoch()));
+        let (current, epoch) = self.with_machine(|v| (v.machine().current(), v.machine().epoch()));
         hello_of(
             self.config.role == Role::Primary,
             self.run_id,
@@ -342,51 +391,52 @@ impl Replication {
         )
     }
 
-    /// The link went down (or never came up): leave sync, fail what was in flight.
-    fn link_lost(self: &Arc<Self>, cause: &str) {
-        self.set_backup_catching_up(false);
-        self.lanes.fail_all(cause, Instant::now());
+    /// Primary: the link went down (or never came up): leave sync, fail what was in flight.
+    fn link_lost(&self, cause: &str) {
+        if let Some(p) = self.primary_side() {
+            p.set_catching_up(false);
+            p.lanes.fail_all(cause, Instant::now());
+        }
         self.with_machine(|v| {
             v.link_up = false;
             v.peer_run_id = None;
-            v.machine.handle_link_lost(cause.to_string());
+            if let Some(m) = v.primary() {
+                m.handle_link_lost(cause.to_string());
+            }
         });
-        if self.config.role == Role::Backup {
-            // Past the ack timeout without a new link, the primary has certainly stopped counting
-            // on us: stop answering reads until the next warm start.
-            let links = self.counters.links.load(Ordering::Relaxed);
-            let repl = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(repl.config.ack_timeout).await;
-                repl.with_machine(|v| {
-                    if !v.link_up && repl.counters.links.load(Ordering::Relaxed) == links {
-                        v.machine.handle_link_silent();
-                    }
-                });
-            });
-        }
     }
 
-    /// Starts the role's driver: the primary dials the backup (the backup is dialed; see
-    /// [`backup::serve`]).
+    /// Starts the role's driver: the primary dials the backup; the backup is dialed (see
+    /// [`backup::serve`]) and runs its link machine's timer.
     pub fn start(self: &Arc<Self>, endpoint: quinn::Endpoint) {
-        if self.config.role == Role::Primary {
-            let driver = tokio::spawn(primary::run(self.clone(), endpoint));
-            *self.driver.lock().unwrap_or_else(|p| p.into_inner()) = Some(driver);
+        let driver = match self.config.role {
+            Role::Primary => tokio::spawn(primary::run(self.clone(), endpoint)),
+            _ => tokio::spawn(backup::run_timer(self.clone())),
+        };
+        *self.driver.lock().unwrap_or_else(|p| p.into_inner()) = Some(driver);
+    }
+
+    /// Marks the start of a graceful stop (status shows `shutting_down`); a backup tells its
+    /// primary at once.
+    pub fn begin_shutdown(self: &Arc<Self>) {
+        if self.with_primary(|m| m.handle_shutdown()).is_none() {
+            self.backup_input(|l, now| l.handle_shutdown(now));
         }
     }
 
-    /// Marks the start of a graceful stop (status shows `shutting_down`).
-    pub fn begin_shutdown(&self) {
-        self.with_machine(|v| v.machine.handle_shutdown());
+    /// The primary's part (`None` on a backup).
+    fn primary_side(&self) -> Option<&PrimarySide> {
+        match &self.side {
+            Side::Primary(p) => Some(p),
+            Side::Backup(_) => None,
+        }
     }
 
-    /// Primary: marks whether a bootstrap to a backup that is not current is under way.
-    fn set_backup_catching_up(&self, catching_up: bool) {
-        self.backup_catching_up
-            .store(catching_up, Ordering::Release);
-        if !catching_up {
-            self.backup_caught_up.notify_waiters();
+    /// The backup's pump (`None` on a primary).
+    fn pump(&self) -> Option<&backup::Pump> {
+        match &self.side {
+            Side::Backup(pump) => Some(pump),
+            Side::Primary(_) => None,
         }
     }
 
@@ -411,7 +461,10 @@ impl Replication {
     /// Waits up to `limit` while a bootstrap to a backup that is not current is under way, and
     /// logs the outcome.
     async fn wait_backup_current(&self, limit: std::time::Duration) {
-        let catching_up = || self.backup_catching_up.load(Ordering::Acquire);
+        let Some(p) = self.primary_side() else {
+            return;
+        };
+        let catching_up = || p.catching_up.load(Ordering::Acquire);
         if !catching_up() {
             return;
         }
@@ -422,7 +475,7 @@ impl Replication {
         );
         let waited = tokio::time::timeout(limit, async {
             loop {
-                let caught_up = self.backup_caught_up.notified();
+                let caught_up = p.caught_up.notified();
                 tokio::pin!(caught_up);
                 caught_up.as_mut().enable();
                 if !catching_up() {
@@ -446,12 +499,15 @@ impl Replication {
 
     /// Waits until no lane has a write waiting for its ack, or `limit` passes.
     async fn wait_lanes_idle(&self, limit: std::time::Duration) {
+        let Some(p) = self.primary_side() else {
+            return;
+        };
         let _ = tokio::time::timeout(limit, async {
             loop {
-                let drained = self.drained.0.notified();
+                let drained = p.drained.0.notified();
                 tokio::pin!(drained);
                 drained.as_mut().enable();
-                if self.lanes.idle() {
+                if p.lanes.idle() {
                     return;
                 }
                 drained.await;
@@ -466,13 +522,13 @@ impl Replication {
         let (state, link_up, peer_run, current, epoch, last, read_refusal) =
             self.with_machine(|v| {
                 (
-                    v.machine.state().name(),
+                    v.machine().state().name(),
                     v.link_up,
                     v.peer_run_id,
-                    v.machine.current(),
-                    v.machine.epoch(),
+                    v.machine().current(),
+                    v.machine().epoch(),
                     v.last.clone(),
-                    v.machine.read_refusal(),
+                    v.machine().read_refusal(),
                 )
             });
         let c = &self.counters;
@@ -486,7 +542,9 @@ impl Replication {
         r.epoch = epoch;
         r.last_transition = last.map(|t| LastTransition::new(t.from.name(), t.to.name(), t.cause));
         r.lag = lanes.iter().map(|l| l.pending).sum();
-        r.unresolved = self.lanes.unresolved() as u64;
+        r.unresolved = self
+            .primary_side()
+            .map_or(0, |p| p.lanes.unresolved() as u64);
         r.lanes = lanes;
         r.links = get(&c.links);
         r.bootstraps = get(&c.bootstraps);
@@ -502,16 +560,13 @@ impl Replication {
 
     /// Per-lane offsets: sent/acked/pending on the primary, applied on the backup.
     fn lane_status(&self) -> Vec<LaneStatus> {
-        match self.config.role {
-            Role::Backup => self
-                .backup_applied
+        match &self.side {
+            Side::Backup(pump) => pump
+                .applied()
                 .iter()
-                .map(|a| {
-                    let applied = a.load(Ordering::Relaxed);
-                    LaneStatus::new(applied, applied, 0)
-                })
+                .map(|&applied| LaneStatus::new(applied, applied, 0))
                 .collect(),
-            _ => self.lanes.status(),
+            Side::Primary(p) => p.lanes.status(),
         }
     }
 }

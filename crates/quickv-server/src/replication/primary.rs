@@ -83,17 +83,21 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
     })
     .await?;
     let mut ctl = PeerReader::new(ctl_recv, repl.config.limits);
+    let not_primary = || LinkError("the primary's driver runs only on a primary".into());
+    let side = repl.primary_side().ok_or_else(not_primary)?;
     repl.with_machine(|v| {
         v.link_up = true;
-        v.machine.handle_link_up();
-    });
+        v.primary().map(|m| m.handle_link_up())
+    })
+    .ok_or_else(not_primary)?;
     repl.counters.links.fetch_add(1, Ordering::Relaxed);
     let ours = repl.hello().await;
     let hello = [PeerMsg::Hello(Box::new(ours.clone()))];
     bounded(step, "sending the hello", send_msgs(&mut ctl_send, &hello)).await?;
     let answer = bounded(step, "waiting for the backup's hello", ctl.next()).await?;
     let (theirs, epoch, transfer) = repl
-        .with_machine(|v| primary_answered(&mut v.machine, &ours, answer))
+        .with_primary(|m| primary_answered(m, &ours, answer))
+        .ok_or_else(not_primary)?
         .map_err(LinkError)?;
     let applied =
         applied_marks(bounded(step, "waiting for the backup's applied marks", ctl.next()).await?)
@@ -106,15 +110,15 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         Transfer::Send(buckets) => {
             // A backup that is not current gets the pair's only full copy: a graceful stop
             // waits for it (F7).
-            repl.set_backup_catching_up(!theirs.synced);
+            side.set_catching_up(!theirs.synced);
             send_buckets(&mut ctl_send, &mut ctl, &repl.store, buckets, step).await?;
-            repl.set_backup_catching_up(false);
-            repl.with_machine(|v| transfer_ended(&mut v.machine, false));
+            side.set_catching_up(false);
+            repl.with_primary(|m| transfer_ended(m, false));
             buckets.len()
         }
         Transfer::Receive(buckets) => {
-            receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &repl.fence, step).await?;
-            repl.with_machine(|v| transfer_ended(&mut v.machine, true));
+            receive_buckets(&mut ctl_send, &mut ctl, &repl.store, &side.fence, step).await?;
+            repl.with_primary(|m| transfer_ended(m, true));
             *buckets
         }
     };
@@ -151,11 +155,11 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
         epoch,
         offset: 0,
     };
-    let link = repl.lanes.enable_marked(senders, mark);
+    let link = side.lanes.enable_marked(senders, mark);
     for reader in readers {
         tokio::spawn(read_acks(repl.clone(), reader, link, lane_failed.clone()));
     }
-    repl.with_machine(|v| v.machine.handle_synced());
+    repl.with_primary(|m| m.handle_synced());
     bounded(
         step,
         "sending Synced",
@@ -175,7 +179,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
             msg = ctl.next() => match msg {
                 Ok(PeerMsg::Goodbye(reason)) => {
                     // Stop taking writes at once; let what is in flight finish before closing.
-                    repl.with_machine(|v| v.machine.handle_link_lost(format!("backup is shutting down: {reason}")));
+                    repl.with_primary(|m| m.handle_link_lost(format!("backup is shutting down: {reason}")));
                     repl.wait_lanes_idle(repl.config.ack_timeout).await;
                     return Ok(format!("backup said goodbye: {reason}"));
                 }
@@ -186,7 +190,7 @@ async fn run_link(repl: &Arc<Replication>, conn: &quinn::Connection) -> Result<S
                 // Dead link: something outstanding and no ack progress for the ack timeout (a
                 // resync, which the backup checks and installs whole, gets the step timeout).
                 let checks = timers
-                    .handle_timeout(std::time::Instant::now(), &repl.lanes, &repl.store)
+                    .handle_timeout(std::time::Instant::now(), &side.lanes, &repl.store)
                     .map_err(LinkError)?;
                 repl.counters.digest_checks.fetch_add(checks, Ordering::Relaxed);
             }
@@ -217,9 +221,12 @@ async fn resolve_lost_writes(
     theirs: &PeerHello,
     applied: &Marks,
 ) {
-    let _fence = repl.fence.hold().await;
+    let Some(side) = repl.primary_side() else {
+        return;
+    };
+    let _fence = side.fence.hold().await;
     let now = std::time::Instant::now();
-    match settle_lost_writes(&repl.lanes, &repl.store, ours, theirs, applied, now) {
+    match settle_lost_writes(&side.lanes, &repl.store, ours, theirs, applied, now) {
         Settled::Discarded(0) => {}
         Settled::Discarded(dropped) => {
             info!(dropped, "writes of the lost link left to the backup's data")
@@ -276,6 +283,9 @@ async fn read_acks(
     link: u64,
     link_failed: tokio_util::sync::CancellationToken,
 ) {
+    let Some(lanes) = repl.primary_side().map(|p| &p.lanes) else {
+        return;
+    };
     let mut resyncs: JoinSet<(ResyncPlan, Bytes)> = JoinSet::new();
     let outcome = loop {
         let next = tokio::select! {
@@ -283,7 +293,7 @@ async fn read_acks(
             Some(built) = resyncs.join_next() => {
                 match built {
                     Ok((plan, frames)) => {
-                        if repl.lanes.finish_resync(&plan, frames, std::time::Instant::now()) {
+                        if lanes.finish_resync(&plan, frames, std::time::Instant::now()) {
                             repl.counters.resyncs.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -299,7 +309,7 @@ async fn read_acks(
         };
         match msg {
             PeerMsg::Ack { bucket, offset } => {
-                match repl.lanes.handle_ack_on(
+                match lanes.handle_ack_on(
                     link,
                     &repl.store,
                     bucket,
@@ -320,7 +330,7 @@ async fn read_acks(
                 repl.counters
                     .digest_mismatches
                     .fetch_add(1, Ordering::Relaxed);
-                if let Some(plan) = repl.lanes.begin_resync(link, bucket) {
+                if let Some(plan) = lanes.begin_resync(link, bucket) {
                     let (store, limits) = (repl.store.clone(), repl.config.limits);
                     resyncs.spawn_blocking(move || {
                         let frames = plan.build(&store, &limits);

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 
 use super::*;
+use quickv_core::store::BUCKETS;
 
 fn replication(role: Role) -> Arc<Replication> {
     let addr = "127.0.0.1:1".parse().expect("addr");
@@ -56,8 +57,8 @@ fn writes_are_admitted_only_by_the_machine_in_sync() {
     let (txs, _rxs): (Vec<_>, Vec<_>) = (0..BUCKETS)
         .map(|_| std::sync::mpsc::channel::<Bytes>())
         .unzip();
-    repl.with_machine(|v| v.machine.handle_link_up());
-    repl.lanes.enable(txs);
+    repl.with_primary(|m| m.handle_link_up());
+    repl.primary_side().expect("a primary").lanes.enable(txs);
     let insert = || Op::Insert {
         key: Bytes::from("k"),
         value: Bytes::from("v"),
@@ -69,10 +70,10 @@ fn writes_are_admitted_only_by_the_machine_in_sync() {
         ),
         "lanes open, machine in warm_start: refused"
     );
-    repl.with_machine(|v| {
+    repl.with_primary(|m| {
         let empty = hello_of(true, 1, 0, false, 0, &Store::new(), Instant::now());
-        v.machine.handle_hellos(&empty, &empty, 1);
-        v.machine.handle_synced();
+        m.handle_hellos(&empty, &empty, 1);
+        m.handle_synced();
     });
     assert!(oneshot::via_oneshot(|to| repl.submit(insert(), None, to)).is_ok());
     repl.begin_shutdown();
@@ -86,34 +87,13 @@ fn writes_are_admitted_only_by_the_machine_in_sync() {
 }
 
 #[test]
-fn a_superseded_links_driver_cannot_change_the_machine() {
-    // F6: link 1's driver still holds a `Synced` when link 2 is admitted (generation 2).
-    let repl = replication(Role::Backup);
-    repl.applying_link.store(1, Ordering::Release);
-    repl.with_machine(|v| v.machine.handle_link_up());
-    let empty = repl.hello_now();
-    let stale_hello = PeerHello {
-        primary: true,
-        ..empty.clone()
-    };
-    repl.with_link_machine(1, |v| v.machine.handle_hellos(&stale_hello, &empty, 3));
-    repl.applying_link.store(2, Ordering::Release);
-    assert!(repl
-        .with_link_machine(1, |v| v.machine.handle_synced())
-        .is_none());
-    assert_eq!(repl.state(), State::WarmStart);
-    let epoch = status_of(&repl).replication.map(|r| r.epoch);
-    assert_eq!(epoch, Some(0), "the old link adopted no epoch");
-}
-
-#[test]
 fn a_current_store_is_offered_as_it_is() {
-    let repl = replication(Role::Backup);
+    let repl = replication(Role::Primary);
     let empty = repl.hello_now();
-    repl.with_machine(|v| {
-        v.machine.handle_link_up();
-        v.machine.handle_hellos(&empty, &empty, 1);
-        v.machine.handle_synced();
+    repl.with_primary(|m| {
+        m.handle_link_up();
+        m.handle_hellos(&empty, &empty, 1);
+        m.handle_synced();
     });
     repl.store.put(Bytes::from("k"), Bytes::from("v"));
     let hello = repl.hello_now();
