@@ -40,6 +40,10 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the pair until Ctrl-C or SIGTERM.
 pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
+    // Registered before anything is spawned or announced: a SIGTERM sent as soon as we say
+    // "pair in sync" (or earlier) stops both servers in order instead of killing `up` alone.
+    let stop = stop_signal();
+    tokio::pin!(stop);
     let exe = std::env::current_exe().context("cannot find the quickv binary")?;
     let command = |role: &str| -> ServerCommand {
         let (listen, peer, http) = match role {
@@ -68,8 +72,13 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
     if let Some([primary, backup]) = pair.http {
         say!("HTTP gateways: primary http://{primary}, backup http://{backup}");
     }
-    match wait_for_sync(&pair, &servers).await {
-        Ok(statuses) => {
+    let synced = tokio::select! {
+        synced = wait_for_sync(&pair, &servers) => Some(synced),
+        _ = &mut stop => None,
+    };
+    match synced {
+        None => return stop_both(&servers).await,
+        Some(Ok(statuses)) => {
             for status in &statuses {
                 say!(
                     "  {} {}: {}, {} keys",
@@ -90,14 +99,14 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
             say!("  {cli} insert hello world && {cli} get hello && {cli} status");
             say!("Ctrl-C stops both servers.");
         }
-        Err(e) => say!("the pair is not in sync yet ({e}); see the servers' logs above"),
+        Some(Err(e)) => say!("the pair is not in sync yet ({e}); see the servers' logs above"),
     }
     loop {
         let [primary, backup] = &servers;
         let died = tokio::select! {
             status = primary.exited() => (0, status),
             status = backup.exited() => (1, status),
-            _ = stop_signal() => break,
+            _ = &mut stop => break,
         };
         let (i, status) = died;
         let (role, peer) = if i == 0 {
@@ -111,8 +120,13 @@ pub async fn run_pair(pair: Pair) -> anyhow::Result<()> {
         );
         servers[i] = commands[i].spawn()?;
     }
+    stop_both(&servers).await
+}
+
+/// The graceful stop of the pair: SIGTERM to both at once, each killed if it outlasts STOP_WAIT.
+async fn stop_both(servers: &[ServerProcess; 2]) -> anyhow::Result<()> {
     say!("stopping both servers");
-    let [primary, backup] = &servers;
+    let [primary, backup] = servers;
     // SIGTERM to both at once (the graceful stop), each killed if it outlasts STOP_WAIT.
     let (p, b) = tokio::join!(primary.stop(STOP_WAIT), backup.stop(STOP_WAIT));
     for (role, stopped) in [("primary", p), ("backup", b)] {

@@ -294,6 +294,8 @@ fn server_config(args: ServerArgs, certs: PathBuf) -> anyhow::Result<ServerConfi
 async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     let server = Server::bind(cfg)?;
     let addr = server.local_addr()?;
+    // The stop signals are caught from here on, before "listening on" tells tools to go ahead.
+    let stop = crate::supervisor::stop_signal();
     // Printed before "listening on", which tools wait for: by then the gateway's socket is bound.
     if let Some(http) = server.http_addr() {
         let scheme = if server.node().config.http_tls {
@@ -304,7 +306,7 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
         say!("quickv: http gateway on {scheme}://{http}");
     }
     say!("quickv: listening on {addr}");
-    server.run(crate::supervisor::stop_signal()).await?;
+    server.run(stop).await?;
     Ok(())
 }
 

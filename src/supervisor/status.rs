@@ -68,17 +68,28 @@ pub fn in_sync(status: &Status) -> bool {
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: what a server and `quickv up` stop on.
-pub async fn stop_signal() {
+///
+/// The handlers are registered when this is *called*, not when the future is first polled: a
+/// signal that arrives between the call and the first poll (a test's SIGTERM right after the
+/// process said it is ready) is kept, instead of meeting the default action and killing the
+/// process uncleanly. Call it before announcing readiness. Must be called inside a tokio runtime.
+pub fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            // No handler could be installed: the default actions apply, and nothing else stops us.
+            (Err(_), Err(_)) => std::future::pending().await,
         }
     }
 }
