@@ -43,7 +43,7 @@ use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 use crate::commit_point::{applied_marks, settle_lost_writes};
 use crate::hello::hello_of;
 use crate::lanes::Lanes;
-use crate::opening::{primary_answered, transfer_ack, transfer_ended, Transfer};
+use crate::opening::{primary_answered, transfer_ended, Transfer};
 use crate::state::{Machine, Transition};
 use crate::store::Store;
 use crate::timers::LinkTimers;
@@ -429,54 +429,6 @@ impl PrimaryLink {
         }
     }
 
-    /// The driver finished writing our snapshot on `conn` (or failed to).
-    pub fn handle_snapshot_sent(
-        &mut self,
-        conn: ConnId,
-        result: Result<(), String>,
-        now: Instant,
-        lanes: &Lanes,
-    ) {
-        let Some(live) = self.live.as_mut().filter(|l| l.conn == conn) else {
-            return;
-        };
-        match (&mut live.phase, result) {
-            (Phase::Sending { sent, .. }, Ok(())) => {
-                *sent = true;
-                live.progress = now;
-            }
-            (_, Err(e)) => self.end(e, now, lanes),
-            _ => {}
-        }
-    }
-
-    /// A bucket job reported done (the keys it installed, or why it was refused).
-    pub fn handle_job_done(
-        &mut self,
-        id: JobId,
-        result: Result<u64, String>,
-        now: Instant,
-        lanes: &Lanes,
-        store: &Store,
-    ) {
-        if !self.jobs.remove(&id) {
-            return;
-        }
-        if let Some(live) = self.live.as_mut().filter(|l| l.generation == id.generation) {
-            if let Phase::Receiving { running, .. } = &mut live.phase {
-                if *running == Some(id) {
-                    *running = None;
-                    live.progress = now;
-                    return match result {
-                        Ok(_) => self.receive(now, lanes),
-                        Err(e) => self.refuse_transfer(e, now, lanes),
-                    };
-                }
-            }
-        }
-        self.open(now, store);
-    }
-
     /// The driver opened the data streams of `conn` and the lanes on them: the pair is in sync;
     /// the backup is told, and the ack timeout and digest checks start.
     pub fn handle_lanes_open(&mut self, conn: ConnId, now: Instant) {
@@ -499,49 +451,6 @@ impl PrimaryLink {
         if self.live.as_ref().is_some_and(|l| l.conn == conn) {
             self.live = None;
             self.lost(conn, cause, now, lanes);
-        }
-    }
-
-    /// The lanes may have drained (the driver's wake-up when a lane's queue empties, asked for
-    /// by [`PrimaryLink::wants_drained`]).
-    pub fn handle_drained(&mut self, now: Instant, lanes: &Lanes) {
-        if !lanes.idle() {
-            return;
-        }
-        if let Some(Phase::Leaving { cause, .. }) = self.live.as_ref().map(|l| &l.phase) {
-            let cause = cause.clone();
-            self.end(cause, now, lanes);
-        }
-        if matches!(self.ending, Some(Ending::WaitIdle { .. })) {
-            self.goodbye(now);
-        }
-    }
-
-    /// A graceful stop begins: writes are refused from now on; no new link is dialed.
-    pub fn handle_shutdown(&mut self) {
-        if !self.stopping {
-            self.stopping = true;
-            self.machine.handle_shutdown();
-            self.redial_at = None;
-        }
-    }
-
-    /// The graceful stop ends the link, in order (module doc: F7).
-    pub fn handle_stop(&mut self, now: Instant, lanes: &Lanes) {
-        self.handle_shutdown();
-        if self.ending.is_some() {
-            return;
-        }
-        if self.catching_up() {
-            let limit = self.config.drain;
-            tracing::warn!(
-                ?limit,
-                "graceful stop: the backup is not current yet (its bootstrap is under way) and \
-                 this server holds the pair's only full copy; waiting for the bootstrap to verify"
-            );
-            self.ending = Some(Ending::WaitCurrent { until: now + limit });
-        } else {
-            self.wait_idle(now, lanes);
         }
     }
 
@@ -581,44 +490,29 @@ impl PrimaryLink {
                 self.end(cause, now, lanes);
             }
         }
-        match self.ending {
-            Some(Ending::WaitCurrent { until }) if until <= now => {
-                tracing::error!(
-                    limit = ?self.config.drain,
-                    "graceful stop: the backup did not become current (bootstrap unfinished or \
-                     link lost); stopping anyway: the pair's data may be lost with this server"
-                );
-                self.wait_idle(now, lanes);
-            }
-            Some(Ending::WaitIdle { until }) if until <= now => self.goodbye(now),
-            Some(Ending::Goodbye { until }) if until <= now => {
-                self.end("primary shutting down".into(), now, lanes);
-                self.ending = Some(Ending::Done);
-            }
-            _ => {}
-        }
+        self.ending_due(now, lanes);
     }
 
     // ---- inside ----
 
-    fn wants_dial(&self) -> bool {
+    pub(super) fn wants_dial(&self) -> bool {
         self.live.is_none() && !self.dialing && !self.stopping
     }
 
-    fn schedule_redial(&mut self, now: Instant) {
+    pub(super) fn schedule_redial(&mut self, now: Instant) {
         if !self.stopping {
             self.redial_at = Some(now + self.backoff);
             self.backoff = (self.backoff * 2).min(self.config.backoff_max);
         }
     }
 
-    fn close(&mut self, conn: ConnId, reason: String) {
+    pub(super) fn close(&mut self, conn: ConnId, reason: String) {
         self.events.push_back(PrimaryEvent::Close { conn, reason });
     }
 
     /// The live link is gone: writes in flight are indeterminate, the machine leaves sync, a
     /// redial is due after the backoff (or a graceful stop moves on).
-    fn lost(&mut self, conn: ConnId, cause: String, now: Instant, lanes: &Lanes) {
+    pub(super) fn lost(&mut self, conn: ConnId, cause: String, now: Instant, lanes: &Lanes) {
         lanes.fail_all(&cause, now);
         self.machine.handle_link_lost(cause.clone());
         tracing::warn!(conn, %cause, "peer link lost");
@@ -640,41 +534,15 @@ impl PrimaryLink {
     }
 
     /// Ends the live link: closes it and leaves sync.
-    fn end(&mut self, cause: String, now: Instant, lanes: &Lanes) {
+    pub(super) fn end(&mut self, cause: String, now: Instant, lanes: &Lanes) {
         if let Some(l) = self.live.take() {
             self.close(l.conn, cause.clone());
             self.lost(l.conn, cause, now, lanes);
         }
     }
 
-    fn wait_idle(&mut self, now: Instant, lanes: &Lanes) {
-        match lanes.idle() {
-            true => self.goodbye(now),
-            false => {
-                self.ending = Some(Ending::WaitIdle {
-                    until: now + self.config.ack_timeout,
-                })
-            }
-        }
-    }
-
-    /// Tells the backup we stop; it closes the link once it has read this (closing first could
-    /// discard the goodbye in flight).
-    fn goodbye(&mut self, now: Instant) {
-        self.ending = Some(match self.live_conn() {
-            Some(conn) => {
-                let bye = PeerMsg::Goodbye("primary shutting down".into());
-                self.transmits.push_back((conn, bye));
-                Ending::Goodbye {
-                    until: now + self.config.ack_timeout,
-                }
-            }
-            None => Ending::Done,
-        });
-    }
-
     /// Our hello, once no job of an older link is outstanding (it may discard a partial copy).
-    fn open(&mut self, now: Instant, store: &Store) {
+    pub(super) fn open(&mut self, now: Instant, store: &Store) {
         let Some(live) = self.live.as_mut() else {
             return;
         };
@@ -699,92 +567,8 @@ impl PrimaryLink {
         };
     }
 
-    /// The transfer the plan asked for (`catching_up`: the backup is not current).
-    fn transfer(&mut self, transfer: Transfer, catching_up: bool) {
-        let Some(live) = self.live.as_mut() else {
-            return;
-        };
-        match transfer {
-            Transfer::Nothing => self.open_lanes(),
-            Transfer::Send(buckets) => {
-                live.phase = Phase::Sending {
-                    sent: false,
-                    buckets: buckets.len(),
-                    catching_up,
-                };
-                let conn = live.conn;
-                self.events
-                    .push_back(PrimaryEvent::SendSnapshot { conn, buckets });
-            }
-            Transfer::Receive(buckets) => {
-                live.phase = Phase::Receiving {
-                    receiver: TransferReceiver::default(),
-                    running: None,
-                    queued: VecDeque::new(),
-                    verdict: None,
-                    buckets,
-                }
-            }
-        }
-    }
-
-    /// Starts the next bucket job of a received transfer, or ends the transfer once the backup
-    /// said `TransferDone` and every job is done.
-    fn receive(&mut self, now: Instant, lanes: &Lanes) {
-        let Some(live) = self.live.as_mut() else {
-            return;
-        };
-        let generation = live.generation;
-        let Phase::Receiving {
-            running,
-            queued,
-            verdict,
-            buckets,
-            ..
-        } = &mut live.phase
-        else {
-            return;
-        };
-        if let Some(Err(e)) = verdict.clone() {
-            return self.refuse_transfer(e, now, lanes);
-        }
-        if running.is_some() {
-            return;
-        }
-        if let Some(job) = queued.pop_front() {
-            self.next_job += 1;
-            let id = JobId {
-                generation,
-                seq: self.next_job,
-            };
-            *running = Some(id);
-            self.jobs.insert(id);
-            return self.events.push_back(PrimaryEvent::Apply { id, job });
-        }
-        if verdict.is_some() {
-            let buckets = *buckets;
-            self.transmits.push_back((live.conn, transfer_ack(&Ok(()))));
-            transfer_ended(&mut self.machine, true);
-            self.events.push_back(PrimaryEvent::TransferVerified {
-                buckets,
-                received: true,
-            });
-            self.open_lanes();
-        }
-    }
-
-    /// A received transfer failed: tell the backup and end the link (a job in flight stays
-    /// outstanding: the next link waits for it).
-    fn refuse_transfer(&mut self, reason: String, now: Instant, lanes: &Lanes) {
-        if let Some(conn) = self.live_conn() {
-            self.transmits
-                .push_back((conn, transfer_ack(&Err(reason.clone()))));
-        }
-        self.end(reason, now, lanes);
-    }
-
     /// The transfer is over: the driver opens the data streams and the lanes.
-    fn open_lanes(&mut self) {
+    pub(super) fn open_lanes(&mut self) {
         let Some(live) = self.live.as_mut() else {
             return;
         };
@@ -800,6 +584,11 @@ impl PrimaryLink {
         });
     }
 }
+
+#[path = "primary_stop.rs"]
+mod stop;
+#[path = "primary_transfer.rs"]
+mod transfer_steps;
 
 #[cfg(test)]
 #[path = "primary_link_tests.rs"]
