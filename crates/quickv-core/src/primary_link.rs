@@ -189,6 +189,11 @@ impl PrimaryLink {
         self.live.as_ref().map(|l| l.conn)
     }
 
+    /// The live link's generation (what its bucket jobs' [`JobId`]s carry), if any.
+    pub fn live_generation(&self) -> Option<u64> {
+        self.live.as_ref().map(|l| l.generation)
+    }
+
     /// Whether the live link has its lanes open (the pair linked).
     pub fn lanes_open(&self) -> bool {
         matches!(
@@ -451,6 +456,14 @@ impl PrimaryLink {
         if self.live.as_ref().is_some_and(|l| l.conn == conn) {
             self.live = None;
             self.lost(conn, cause, now, lanes);
+        }
+    }
+
+    /// A stream of `conn` failed (a data stream's writer or reader, a bad message): the link
+    /// ends and the connection is closed.
+    pub fn handle_link_failed(&mut self, conn: ConnId, cause: String, now: Instant, lanes: &Lanes) {
+        if self.live.as_ref().is_some_and(|l| l.conn == conn) {
+            self.end(cause, now, lanes);
         }
     }
 
