@@ -255,6 +255,11 @@ impl PrimaryLink {
         self.transmits.pop_front()
     }
 
+    /// Whether output waits to be polled (transmits or events).
+    pub fn has_output(&self) -> bool {
+        !self.transmits.is_empty() || !self.events.is_empty()
+    }
+
     /// The next thing the driver must do.
     pub fn poll_event(&mut self) -> Option<PrimaryEvent> {
         self.events.pop_front()
