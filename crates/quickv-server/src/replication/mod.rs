@@ -2,7 +2,7 @@
 //!
 //! A primary and a backup run the same binary. The primary dials the backup over QUIC with mutual
 //! TLS (ALPN `quickv-peer/4`, and the peer must present the pair's own server certificate). On the
-//! first bidirectional stream, the *control stream*, the two exchange a [`PeerHello`]: role, run
+//! first bidirectional stream, the *control stream*, the two exchange a [`PeerHello`](quickv_proto::peer::PeerHello): role, run
 //! id, the pair's identity, the epoch of the latest link, whether their store is known current,
 //! key count and the 32 bucket digests. The backup verifies the primary's hello
 //! ([`quickv_core::state::admit`]: same pair, not a stale primary from an older epoch) before the connection
