@@ -19,8 +19,11 @@
 //! events that end after a virtual delay, so a link can drop and a newer one be admitted while a
 //! job of the old one still runs, and each connection's control messages reach the machine after
 //! a seeded lag, so a superseded link's late messages arrive after its successor's admission.
-//! What is still written out here is the primary's driver (`sim/primary.rs`: the order of its
-//! handshake steps and its timers; issue 20's primary link machine is not built yet).
+//! The primary's side is pumped the same way (`sim/primary.rs`): its whole side of the link is
+//! [`PrimaryLink`] (when to dial, the opening, settling the lost link's writes, the transfer and
+//! its bucket jobs fenced by link generation, the lanes' opening, the ack timeout and the digest
+//! checks, a backup's goodbye, the graceful stop), and the data streams' acks take the lanes' own
+//! path ([`on_data`]). What is left here is moving bytes, virtual time, faults and the checker.
 //!
 //! Clients run operations on a few keys against the primary (and reads at the backup); every
 //! operation and its outcome is recorded and judged by the project's history checker
@@ -47,16 +50,16 @@ use tokio::sync::oneshot;
 use quickv::history::{self, History, Kind, Observed, Operation};
 use quickv_core::apply::{Pass, StreamApplier};
 use quickv_core::backup_link::{BackupConfig, BackupLink, BackupShared, JobId, LinkEvent};
-use quickv_core::commit_point::{applied_marks, settle_lost_writes, Settled};
+use quickv_core::commit_point::Settled;
 use quickv_core::hello::hello_of;
 use quickv_core::lanes::Lanes;
-use quickv_core::opening::{primary_answered, transfer_ack, transfer_ended, Transfer};
+use quickv_core::primary_link::{on_data, DataStep, PrimaryConfig, PrimaryEvent, PrimaryLink};
 use quickv_core::state::{Machine, Refusal};
 use quickv_core::store::sessions::SessionLimits;
 use quickv_core::store::{BucketId, Store};
-use quickv_core::transfer::{snapshot_msgs, TransferReceiver};
+use quickv_core::transfer::{snapshot_msgs, BucketJob};
 use quickv_core::Counters;
-use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
+use quickv_proto::peer::{LaneMark, PeerMsg};
 use quickv_proto::{Limits, Reply, SessionWrite, WriteStamp};
 
 use backup::Backup;
@@ -159,10 +162,11 @@ enum Event {
         side: Side,
         cause: String,
     },
-    /// The primary tries to dial the backup.
-    Dial,
-    /// The primary's periodic timers (ack timeout, digest checks).
-    Tick,
+    /// The primary's link machine's timer (`proc`: whose, the live or the stale process; `at`
+    /// tells a stale one from the one armed).
+    PrimaryTimer { proc: u64, at: Ms },
+    /// A bucket job of the primary (a bucket of the backup's snapshot) ends.
+    PrimaryJob { proc: u64, id: JobId },
     /// Client `i` starts its next operation.
     Client(u32),
     /// The write in this pending slot is sent again with the same session stamp.
@@ -179,17 +183,12 @@ enum Event {
     Cut { conn: u64, cause: String },
     /// A bulk loader fills one bucket through the primary, once it takes writes.
     Preload,
-    /// The stale primary process dials the backup.
-    ZombieDial,
     /// The stale primary process ends.
     ZombieExit,
     /// A graceful stop of `side` (process `proc`) goes on: done once drained or at `deadline`.
     Stopping { side: Side, proc: u64, deadline: Ms },
     /// A stopped server's process ends (its goodbye had time to leave).
     Exit { side: Side, proc: u64 },
-    /// The primary, told by the backup that it shuts down, lets its lanes drain, then ends the
-    /// link at the latest at `deadline`.
-    PrimaryDrain { conn: u64, deadline: Ms },
     /// The backup's link machine's timer (`at` tells a stale one from the one armed).
     BackupTimer { proc: u64, at: Ms },
     /// Control messages of a connection reach the backup's machine (after the driver's lag).
@@ -212,14 +211,23 @@ struct Conn {
 
 struct Primary {
     proc: u64,
-    machine: Machine,
+    /// The primary's side of the link: the code the server runs.
+    core: PrimaryLink,
     store: Arc<Store>,
     lanes: Lanes,
+    /// The live connection as the driver holds it.
     link: Option<PLink>,
+    /// When the machine's timer is armed.
+    timer_at: Option<Ms>,
+    /// Bucket jobs running (virtually), by id.
+    jobs: HashMap<JobId, BucketJob>,
     /// Client writes waiting for their answer.
     waiting: Vec<(usize, oneshot::Receiver<Reply>)>,
     /// A graceful stop is under way.
     stopping: bool,
+    /// The stale process: it dials once and exits when that link ends (a frozen process that
+    /// woke up; its redials are not modelled, see docs/replication.md).
+    dials_once: bool,
 }
 
 /// A client operation in flight or done.
@@ -251,7 +259,6 @@ struct Sim {
     conns: BTreeMap<u64, Conn>,
     next_id: u64,
     partitioned: bool,
-    dial_scheduled: bool,
     faults: bool,
     clients_on: bool,
     /// (primary process, backup process) pairs whose link reached the lanes: after that, either
@@ -330,7 +337,6 @@ impl Sim {
             conns: BTreeMap::new(),
             next_id: 1,
             partitioned: false,
-            dial_scheduled: false,
             faults: true,
             clients_on: true,
             linked: HashSet::new(),
@@ -418,18 +424,24 @@ impl Sim {
         let store = self.new_store();
         match side {
             Side::Primary => {
-                let mut machine = Machine::new(true);
-                machine.restore_epoch(self.epoch_files[0]);
+                let core = PrimaryLink::new(
+                    primary::primary_config(proc),
+                    self.epoch_files[0],
+                    self.clock(),
+                );
                 self.primary = Some(Primary {
                     proc,
-                    machine,
+                    core,
                     store,
                     lanes: Lanes::new(self.limits),
                     link: None,
+                    timer_at: None,
+                    jobs: HashMap::new(),
                     waiting: Vec::new(),
                     stopping: false,
+                    dials_once: false,
                 });
-                self.schedule_dial(0);
+                self.primary_outputs();
             }
             Side::Backup => {
                 let config = BackupConfig {
@@ -457,13 +469,6 @@ impl Sim {
                     stopping: false,
                 });
             }
-        }
-    }
-
-    fn schedule_dial(&mut self, delay: Ms) {
-        if !self.dial_scheduled {
-            self.dial_scheduled = true;
-            self.at(delay, Event::Dial);
         }
     }
 
@@ -503,11 +508,18 @@ impl Sim {
                 Side::Primary => self.primary_link_lost(conn, &cause),
                 Side::Backup => self.backup_conn_closed(conn, cause),
             },
-            Event::Dial if self.primary.as_ref().is_some_and(|p| p.stopping) => {
-                self.dial_scheduled = false
+            Event::PrimaryTimer { proc, at }
+                if self.zombie.as_ref().is_some_and(|z| z.proc == proc) =>
+            {
+                self.as_zombie(|sim| sim.primary_timer(proc, at))
             }
-            Event::Dial => self.dial(),
-            Event::Tick => self.tick(),
+            Event::PrimaryTimer { proc, at } => self.primary_timer(proc, at),
+            Event::PrimaryJob { proc, id }
+                if self.zombie.as_ref().is_some_and(|z| z.proc == proc) =>
+            {
+                self.as_zombie(|sim| sim.primary_job_done(proc, id))
+            }
+            Event::PrimaryJob { proc, id } => self.primary_job_done(proc, id),
             Event::Client(c) => self.client_op(c),
             Event::Retry(slot) => self.attempt(slot),
             Event::Fault => self.fault(),
@@ -527,10 +539,14 @@ impl Sim {
             other => self.fault_event(other),
         }
         self.flush_lanes();
+        self.primary_drained();
         self.collect_answers();
         self.persist_epochs();
         if self.live_refused_as_stale.is_none() {
-            let refusal = self.primary.as_ref().and_then(|p| p.machine.read_refusal());
+            let refusal = self
+                .primary
+                .as_ref()
+                .and_then(|p| p.core.machine().read_refusal());
             if let Some(r) = refusal.filter(|r| Refusal::is_stale(r)) {
                 self.note(format!("the live primary was refused as stale: {r}"));
                 self.live_refused_as_stale = Some(format!("at {} ms", self.now));

@@ -88,7 +88,7 @@ impl Sim {
         let p = self
             .primary
             .as_ref()
-            .filter(|p| p.machine.writes_allowed())?;
+            .filter(|p| p.core.machine().writes_allowed())?;
         let proc = p.proc;
         let store = p.store.clone();
         let mut in_flight = false;
@@ -146,7 +146,9 @@ impl Sim {
             return self.finish(slot, Observed::Failed("primary down: not sent".into()));
         };
         let outcome = match &kind {
-            Kind::Get if !p.machine.reads_allowed() => Observed::Refused("not yet synced".into()),
+            Kind::Get if !p.core.machine().reads_allowed() => {
+                Observed::Refused("not yet synced".into())
+            }
             // The server's read at the primary (`Replication::read`): the dirty check waits for
             // the write in flight on the key; an unresolved write's key is refused.
             Kind::Get => match via_oneshot(|to| p.lanes.read(&p.store, &key, to, || now)) {
@@ -159,10 +161,10 @@ impl Sim {
             },
             // The one door for writes: the state machine's `writes_allowed`, as in
             // `Replication::submit`. A refusal says nothing about an earlier attempt.
-            _ if !p.machine.writes_allowed() && maybe_applied => {
+            _ if !p.core.machine().writes_allowed() && maybe_applied => {
                 return self.unknown(slot, "not in sync")
             }
-            _ if !p.machine.writes_allowed() => Observed::Refused("not in sync".into()),
+            _ if !p.core.machine().writes_allowed() => Observed::Refused("not in sync".into()),
             _ => match via_oneshot(|to| {
                 let refusal = || "not in sync".to_string();
                 p.lanes
@@ -305,11 +307,7 @@ impl Sim {
         let stopping = self.primary.as_ref().is_some_and(|p| p.stopping)
             || self.backup.as_ref().is_some_and(|b| b.stopping);
         let safe = !stopping && pair.is_some_and(|pb| self.linked.contains(&pb));
-        let live_conn = self
-            .primary
-            .as_ref()
-            .and_then(|p| p.link.as_ref())
-            .map(|l| l.conn);
+        let live_conn = self.primary.as_ref().and_then(|p| p.core.live_conn());
         self.freeze_snapshot_sometimes();
         match self.rng.below(100) {
             _ if self.now < self.quiet_until => {}

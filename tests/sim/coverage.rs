@@ -54,6 +54,8 @@ coverage! {
     jobs_outlived_link: "backup bucket jobs that ended after their link was lost or superseded", true;
     openings_held: "links admitted while an older link's bucket job still ran (opening held)", true;
     late_ctl_ignored: "control messages of a superseded link, dropped by the backup's machine", true;
+    primary_jobs_outlived_link: "primary bucket jobs (the backup's data) that ended after their link was lost", true;
+    primary_openings_held: "primary links whose hello waited for an older link's bucket job", true;
     lost_writes_discarded: "unresolved writes forgotten by a primary that took the backup's data", false;
 }
 

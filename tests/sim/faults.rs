@@ -29,7 +29,6 @@ impl Sim {
             }
             Event::Preload => self.preload(),
             Event::Cut { conn, cause } => self.cut(conn, &cause),
-            Event::ZombieDial => self.as_zombie(|sim| sim.dial()),
             Event::ZombieExit => self.zombie_exit(),
             Event::Stopping {
                 side,
@@ -41,22 +40,9 @@ impl Sim {
                 let back = self.rng.range(50, 1000);
                 self.at(back, Event::Restart(side));
             }
-            Event::PrimaryDrain { conn, deadline } => {
-                let Some(p) = self.primary.as_ref() else {
-                    return;
-                };
-                if p.link.as_ref().map(|l| l.conn) != Some(conn) {
-                    return;
-                }
-                if p.lanes.idle() || self.now >= deadline {
-                    self.primary_link_lost(conn, "backup said goodbye");
-                } else {
-                    self.at(5, Event::PrimaryDrain { conn, deadline });
-                }
-            }
             Event::BackupTimer { proc, at } => self.backup_timer(proc, at),
             Event::PrimaryDrop { conn } => {
-                self.primary_link_lost(conn, "the primary dropped the link (reset)")
+                self.primary_link_failed(conn, "the primary dropped the link (reset)")
             }
             Event::BackupCtl { conn, msgs } => self.backup_ctl(conn, msgs),
             Event::BackupJob { proc, id } => self.backup_job_done(proc, id),
@@ -67,7 +53,7 @@ impl Sim {
     /// Copies each server's epoch to its state file, as the server does before anything else.
     pub(super) fn persist_epochs(&mut self) {
         if let Some(p) = &self.primary {
-            self.epoch_files[0] = self.epoch_files[0].max(p.machine.epoch());
+            self.epoch_files[0] = self.epoch_files[0].max(p.core.machine().epoch());
         }
         if let Some(b) = &self.backup {
             self.epoch_files[1] = self.epoch_files[1].max(b.core.machine().epoch());
@@ -113,7 +99,7 @@ impl Sim {
         if !self
             .primary
             .as_ref()
-            .is_some_and(|p| p.machine.writes_allowed())
+            .is_some_and(|p| p.core.machine().writes_allowed())
         {
             return self.at(20, Event::Preload);
         }
@@ -190,15 +176,16 @@ impl Sim {
         let proc;
         match side {
             Side::Primary => {
-                let Some(p) = self.primary.as_mut().filter(|p| !p.stopping) else {
+                let Some(p) = self.primary.as_ref().filter(|p| !p.stopping) else {
                     return;
                 };
-                // Writes are refused from now on; queued ones may finish (bounded).
-                p.stopping = true;
-                p.machine.handle_shutdown();
+                // The machine's ordered stop: writes refused at once, a bootstrap to a backup
+                // that is not current waited for, writes in flight finished, goodbye (each
+                // bounded). The deadline here only catches a machine that never stops.
                 proc = p.proc;
-                deadline = self.now + ACK_TIMEOUT_MS;
+                deadline = self.now + DRAIN_MS + 3 * ACK_TIMEOUT_MS;
                 self.cov.primary_shutdowns += 1;
+                self.primary_shutdown();
             }
             Side::Backup => {
                 let Some(b) = self.backup.as_ref().filter(|b| !b.stopping) else {
@@ -229,7 +216,7 @@ impl Sim {
             return;
         }
         let done = match side {
-            Side::Primary => self.primary.as_ref().is_none_or(|p| p.lanes.idle()),
+            Side::Primary => self.primary.as_ref().is_none_or(|p| p.core.stopped()),
             Side::Backup => self.backup.as_ref().is_none_or(|b| b.core.stopped()),
         };
         if !done && self.now < deadline {
@@ -241,17 +228,6 @@ impl Sim {
                     deadline,
                 },
             );
-        }
-        if side == Side::Primary {
-            if let Some(conn) = self
-                .primary
-                .as_ref()
-                .and_then(|p| p.link.as_ref())
-                .map(|l| l.conn)
-            {
-                let bye = PeerMsg::Goodbye("primary shutting down".into());
-                self.send(conn, Side::Primary, 0, &[bye]);
-            }
         }
         self.at(CLOSE_GRACE_MS, Event::Exit { side, proc });
     }
@@ -293,8 +269,12 @@ impl Sim {
     /// Remembers the primary's data and epoch now: what a primary process frozen at this point
     /// (SIGSTOP, a VM pause) would still hold later.
     pub(super) fn freeze_snapshot(&mut self) {
-        if let Some(p) = self.primary.as_ref().filter(|p| p.machine.writes_allowed()) {
-            self.frozen = Some((p.machine.epoch(), p.store.dump()));
+        if let Some(p) = self
+            .primary
+            .as_ref()
+            .filter(|p| p.core.machine().writes_allowed())
+        {
+            self.frozen = Some((p.core.machine().epoch(), p.store.dump()));
         }
     }
 
@@ -323,17 +303,21 @@ impl Sim {
         self.note(format!(
             "FAULT: a stale primary process {proc} (epoch {epoch}, backup at {backup_epoch:?}) dials"
         ));
+        let core = PrimaryLink::with_machine(primary::primary_config(proc), machine, self.clock());
         self.zombie = Some(Primary {
             proc,
-            machine,
+            core,
             store,
             lanes: Lanes::new(self.limits),
             link: None,
+            timer_at: None,
+            jobs: HashMap::new(),
             waiting: Vec::new(),
             stopping: false,
+            dials_once: true,
         });
         self.cov.stale_primaries += 1;
-        self.at(0, Event::ZombieDial);
+        self.as_zombie(|sim| sim.primary_outputs());
         let life = self.rng.range(300, 2500);
         self.at(life, Event::ZombieExit);
     }
@@ -349,10 +333,7 @@ impl Sim {
             return;
         };
         let real = self.primary.replace(zombie);
-        let dial_scheduled = self.dial_scheduled;
-        self.dial_scheduled = true; // its redials are not modelled: it dials once
         f(self);
-        self.dial_scheduled = dial_scheduled;
         self.zombie = std::mem::replace(&mut self.primary, real);
     }
 

@@ -8,7 +8,7 @@ impl Sim {
         let (Some(p), Some(b)) = (&self.primary, &self.backup) else {
             return false;
         };
-        p.machine.state().name() == "sync"
+        p.core.machine().state().name() == "sync"
             && b.core.machine().state().name() == "sync"
             && p.lanes.idle()
             && p.waiting.is_empty()
@@ -34,13 +34,12 @@ impl Sim {
                 self.start(side);
             }
         }
-        self.schedule_dial(0);
         let limit = self.now + HEAL_LIMIT_MS;
         while !self.settled() && self.now < limit && self.step() {}
         if !self.settled() {
             return Err(self.failure(format!(
                 "the healed pair did not settle in sync within {HEAL_LIMIT_MS} ms: primary {}, backup {}",
-                self.primary.as_ref().map_or("down", |p| p.machine.state().name()),
+                self.primary.as_ref().map_or("down", |p| p.core.machine().state().name()),
                 self.backup.as_ref().map_or("down", |b| b.core.machine().state().name()),
             )));
         }

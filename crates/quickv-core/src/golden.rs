@@ -24,6 +24,7 @@
 //! | `tick MS` | time passes; reports a lane stalled past the ack timeout (1000 ms) |
 //! | `status` | both stores and the lanes' offsets |
 //! | `connect C p:FIELDS`, `ctl C MSG`, `closed C`, `job-done`, `wait MS`, `link-status` | the backup's link machine ([`crate::backup_link`]): see `golden_backup.rs` |
+//! | `primary connected C`, `primary answer C b:FIELDS`, `primary ctl C MSG`, `primary lanes-open C`, `primary write K V`, `primary ack K`, `primary stop`, … | the primary's link machine ([`crate::primary_link`]): see `golden_primary.rs` |
 //! | `hellos p:FIELDS b:FIELDS` | admission (`admit`, `may_supersede`) and the plan (`decide`) of two hellos; FIELDS: `epoch=N`, `current`, `keys=K` (K keys in K buckets), `heard=MS` |
 
 use std::collections::{BTreeMap, VecDeque};
@@ -44,6 +45,8 @@ use crate::Counters;
 
 #[path = "golden_backup.rs"]
 mod backup;
+#[path = "golden_primary.rs"]
+mod primary;
 
 /// The ack timeout of the scripts.
 const ACK_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -69,6 +72,8 @@ struct Pair {
     now: Instant,
     /// The backup's link machine, for the admission scripts.
     backup_link: backup::World,
+    /// The primary's link machine, for the primary's scripts.
+    primary_link: primary::World,
 }
 
 impl Pair {
@@ -89,6 +94,7 @@ impl Pair {
             origin,
             now: origin,
             backup_link: backup::World::new(origin),
+            primary_link: primary::World::new(origin),
         };
         pair.link();
         pair
@@ -429,7 +435,9 @@ fn run(pair: &mut Pair, line: &str) -> String {
         ["status"] => pair.status(&mut out),
         ["hellos", p, b] => hellos(p, b, &mut out),
         words => {
-            if !pair.backup_link.run(words, &mut pair.now, &mut out) {
+            if !pair.backup_link.run(words, &mut pair.now, &mut out)
+                && !pair.primary_link.run(words, &mut pair.now, &mut out)
+            {
                 panic!("unknown command: {line}")
             }
         }

@@ -34,6 +34,8 @@
 //! | [`reply`] | where a replicated write's answer goes |
 //! | [`apply`] | the backup's applier of a data stream |
 //! | [`backup_link`] | the backup's side of the link: admission, opening, transfer jobs, goodbye, the read fence |
+//! | [`primary_link`] | the primary's side of the link: dialing, opening, transfer jobs, lanes opened, ack timeout and checks, goodbye, graceful stop (F7) |
+//! | [`primary_events`] | what the primary's link asks of its driver; the data streams' lock-free path ([`primary_events::on_data`]) |
 //! | [`timers`] | the primary's link timers: the ack timeout and the digest-check schedule |
 //! | [`transfer`] | the bootstrap transfer: encoding buckets, receiving and verifying them |
 //! | [`write`](mod@write) | the outcome table of a client write ([`write::decide`]), for standalone and primary |
@@ -49,6 +51,8 @@ pub mod error;
 pub mod hello;
 pub mod lanes;
 pub mod opening;
+pub mod primary_events;
+pub mod primary_link;
 pub mod reply;
 pub mod resync;
 pub mod state;

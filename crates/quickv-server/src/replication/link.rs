@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quickv_net::FramedReader;
-use tracing::info;
 
 use crate::config::ServerConfig;
-use quickv_core::opening::transfer_ack;
 use quickv_core::store::{BucketId, Store};
-use quickv_core::transfer::{encode_bucket, Received, TransferReceiver, CHUNK_BYTES};
+use quickv_core::transfer::{encode_bucket, CHUNK_BYTES};
 pub use quickv_core::LinkError;
 use quickv_proto::peer::PeerMsg;
 use quickv_proto::Limits;
@@ -97,37 +95,6 @@ pub async fn bounded<T>(
         .map_err(|_| LinkError(format!("peer link stalled: {what} took over {limit:?}")))?
 }
 
-/// Sends a snapshot of `buckets` and waits for the receiver's verdict; each write and the wait
-/// are bounded by `step`.
-pub async fn send_buckets(
-    send: &mut quinn::SendStream,
-    reader: &mut PeerReader,
-    store: &Arc<Store>,
-    buckets: &[BucketId],
-    step: Duration,
-) -> Result<(), LinkError> {
-    let started = Instant::now();
-    let (keys, bytes) = send_snapshot(send, store, buckets, reader.limits, step).await?;
-    match bounded(step, "waiting for the transfer ack", reader.next()).await? {
-        PeerMsg::TransferAck { ok: true, .. } => {
-            let secs = started.elapsed().as_secs_f64();
-            info!(
-                buckets = buckets.len(),
-                keys,
-                mb = bytes as f64 / 1e6,
-                secs,
-                mb_per_s = bytes as f64 / 1e6 / secs.max(1e-9),
-                "bootstrap: snapshot sent and verified"
-            );
-            Ok(())
-        }
-        PeerMsg::TransferAck { ok: false, reason } => Err(LinkError(format!(
-            "the peer rejected the snapshot: {reason}"
-        ))),
-        other => Err(LinkError(format!("expected a transfer ack, got {other:?}"))),
-    }
-}
-
 /// Writes a snapshot of `buckets`, `TransferDone` last; each write bounded by `step`. Returns the
 /// keys and bytes sent.
 ///
@@ -184,108 +151,4 @@ pub async fn send_snapshot(
     )
     .await?;
     Ok((keys, bytes))
-}
-
-/// Receives a snapshot, replacing each bucket it carries after checking its count and digest, and
-/// answers the sender.
-///
-/// Each bucket received whole is applied on a blocking thread while the next one is read: the
-/// stream keeps flowing (its flow-control window would otherwise hold the sender while a bucket
-/// is installed). One bucket is applied at a time, in order.
-///
-/// The apply jobs belong to this call: on every way out (verdict, link error) the job in flight
-/// is awaited before returning, and each job also holds `fence` (the store's transfer fence, see
-/// [`StoreFence`]) until it ends, so even if this future is dropped mid-transfer, nothing else
-/// clears or replaces the store until the job has finished.
-pub async fn receive_buckets(
-    send: &mut quinn::SendStream,
-    reader: &mut PeerReader,
-    store: &Arc<Store>,
-    fence: &StoreFence,
-    step: Duration,
-) -> Result<(), LinkError> {
-    let started = Instant::now();
-    let held = Arc::new(fence.hold().await);
-    let mut applying: Option<ApplyJob> = None;
-    let mut keys = 0u64;
-    let received = receive_loop(reader, store, &held, &mut applying, &mut keys, step).await;
-    // Whatever ended the loop, the job in flight ends before we return.
-    let last = finish(applying.take()).await;
-    let verdict = match (received?, last) {
-        (Ok(()), Ok(k)) => {
-            keys += k;
-            Ok(())
-        }
-        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
-    };
-    drop(held);
-    let ack = transfer_ack(&verdict);
-    bounded(step, "sending the transfer ack", send_msgs(send, &[ack])).await?;
-    verdict.map_err(LinkError)?;
-    info!(
-        keys,
-        secs = started.elapsed().as_secs_f64(),
-        "bootstrap: snapshot received and verified"
-    );
-    Ok(())
-}
-
-/// A bucket being applied on a blocking thread: the keys it installed, or why it was refused.
-type ApplyJob = tokio::task::JoinHandle<Result<u64, String>>;
-
-/// Awaits an apply job, if any.
-async fn finish(job: Option<ApplyJob>) -> Result<u64, String> {
-    match job {
-        None => Ok(0),
-        Some(job) => job
-            .await
-            .map_err(|e| format!("applying a bucket failed: {e}"))?,
-    }
-}
-
-/// The reading part of [`receive_buckets`]: feeds messages to a [`TransferReceiver`] and starts
-/// each bucket's apply job once the previous one has finished. Leaves the last job in `applying`
-/// for the caller to await. `Err` for a link failure, `Ok(verdict)` at the end of the transfer.
-async fn receive_loop(
-    reader: &mut PeerReader,
-    store: &Arc<Store>,
-    held: &Arc<tokio::sync::OwnedMutexGuard<()>>,
-    applying: &mut Option<ApplyJob>,
-    keys: &mut u64,
-    step: Duration,
-) -> Result<Result<(), String>, LinkError> {
-    let mut receiver = TransferReceiver::default();
-    loop {
-        let msg = bounded(step, "receiving a snapshot", reader.next()).await?;
-        match receiver.feed(msg) {
-            Received::More => {}
-            Received::Bucket(job) => {
-                match finish(applying.take()).await {
-                    Ok(k) => *keys += k,
-                    Err(e) => return Ok(Err(e)),
-                }
-                let (store, held) = (store.clone(), held.clone());
-                *applying = Some(tokio::task::spawn_blocking(move || {
-                    let applied = job.apply(&store, Instant::now());
-                    drop(held);
-                    applied
-                }));
-            }
-            Received::Done(verdict) => return Ok(verdict),
-        }
-    }
-}
-
-/// The store's transfer fence: held by whoever replaces or clears the store outside the lanes (a
-/// bootstrap's receiver and each of its apply jobs, the warm start's discard of a partial copy).
-/// An apply job holds it until it ends, so a newer link cannot clear the store under a job its
-/// predecessor left running.
-#[derive(Debug, Clone, Default)]
-pub struct StoreFence(Arc<tokio::sync::Mutex<()>>);
-
-impl StoreFence {
-    /// Waits until no transfer or apply job holds the store, then holds it.
-    pub async fn hold(&self) -> tokio::sync::OwnedMutexGuard<()> {
-        self.0.clone().lock_owned().await
-    }
 }

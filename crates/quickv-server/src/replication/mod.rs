@@ -2,7 +2,7 @@
 //!
 //! A primary and a backup run the same binary. The primary dials the backup over QUIC with mutual
 //! TLS (ALPN `quickv-peer/4`, and the peer must present the pair's own server certificate). On the
-//! first bidirectional stream, the *control stream*, the two exchange a [`PeerHello`]: role, run
+//! first bidirectional stream, the *control stream*, the two exchange a [`PeerHello`](quickv_proto::peer::PeerHello): role, run
 //! id, the pair's identity, the epoch of the latest link, whether their store is known current,
 //! key count and the 32 bucket digests. The backup verifies the primary's hello
 //! ([`quickv_core::state::admit`]: same pair, not a stale primary from an older epoch) before the connection
@@ -34,12 +34,13 @@
 //! primary's, once it has kept the writes of the lost link the backup applied (the commit point is
 //! the backup: `quickv_core::lanes`, docs/replication.md "The commit point").
 //!
-//! The same logic runs without I/O in `tests/simulation.rs`, a deterministic simulator of the pair
-//! under crashes, partitions and reordering, judged by the history checker.
+//! The same link machines run without I/O in `tests/simulation.rs`, a deterministic simulator of
+//! the pair under crashes, partitions and reordering, judged by the history checker.
 //!
 //! The protocol without I/O (the state machine, the lanes, the backup's applier, the transfer,
-//! the store and its session records) is the `quickv_core` crate; [`primary`] and [`backup`] are
-//! the tokio drivers that run it over QUIC, [`link`] their shared plumbing.
+//! the store and its session records, and each side's link machine: `primary_link`,
+//! `backup_link`) is the `quickv_core` crate; [`primary`] and [`backup`] are the tokio pumps that
+//! run those machines over QUIC, [`link`] their shared plumbing.
 
 pub mod backup;
 pub mod dial;
@@ -59,13 +60,12 @@ use tracing::info;
 
 use crate::config::{Role, ServerConfig};
 use quickv_core::backup_link::{BackupConfig, BackupLink};
-use quickv_core::hello::hello_of;
 use quickv_core::lanes::Lanes;
+use quickv_core::primary_link::PrimaryLink;
 use quickv_core::reply::ReplyTo;
 use quickv_core::state::{Machine, State, Transition};
 use quickv_core::store::Store;
 use quickv_core::Counters;
-use quickv_proto::peer::PeerHello;
 use quickv_proto::status::{LaneStatus, LastTransition, ReplicationStatus, Status};
 use quickv_proto::Op;
 
@@ -76,10 +76,6 @@ pub struct Replication {
     store: Arc<Store>,
     /// The node's config (role, peer, timeouts).
     config: ServerConfig,
-    /// This process's run id.
-    run_id: u64,
-    /// The pair's identity, sent in the hello (a hash of the pair's server certificate).
-    pair_id: u64,
     /// The machine's `writes_allowed`, mirrored after every machine call so the hot path reads an
     /// atomic instead of taking the machine's lock. Written only by [`Replication::with_machine`]:
     /// the machine stays the one source of truth for write admission.
@@ -113,22 +109,15 @@ enum Side {
     Backup(backup::Pump),
 }
 
-/// The primary's part of [`Replication`].
+/// The primary's part of [`Replication`]: what its write path uses without the machine's lock.
 #[derive(Debug)]
 struct PrimarySide {
-    /// The 32 lanes: the write path (decide, send, apply on ack).
+    /// The 32 lanes: the write path (decide, send, apply on ack). The link machine gets them
+    /// with each input; it does not own them, so a write takes only its lane's lock.
     lanes: Lanes,
-    /// Woken whenever a lane's queue becomes empty (a graceful stop waits for it).
+    /// Woken whenever a lane's queue becomes empty (the pump tells the machine, which waits for
+    /// it after a backup's goodbye and in a graceful stop).
     drained: Arc<oneshot::Notified>,
-    /// A bootstrap is under way to a backup that is not current (it restarted): until it
-    /// verifies, this server holds the pair's only full copy, and a graceful stop waits for it
-    /// (bounded; see [`Replication::finish_shutdown`]). Cleared when the transfer is acknowledged
-    /// or the link is lost; `caught_up` is signalled then.
-    catching_up: std::sync::atomic::AtomicBool,
-    /// Signalled whenever `catching_up` is cleared.
-    caught_up: tokio::sync::Notify,
-    /// Held by whoever replaces or clears the store outside the lanes (see [`link::StoreFence`]).
-    fence: link::StoreFence,
 }
 
 impl PrimarySide {
@@ -137,17 +126,6 @@ impl PrimarySide {
         PrimarySide {
             lanes: Lanes::new(config.limits).waking(drained.clone()),
             drained,
-            catching_up: std::sync::atomic::AtomicBool::new(false),
-            caught_up: tokio::sync::Notify::new(),
-            fence: link::StoreFence::default(),
-        }
-    }
-
-    /// Marks whether a bootstrap to a backup that is not current is under way.
-    fn set_catching_up(&self, catching_up: bool) {
-        self.catching_up.store(catching_up, Ordering::Release);
-        if !catching_up {
-            self.caught_up.notify_waiters();
         }
     }
 }
@@ -165,11 +143,11 @@ struct MachineView {
     last: Option<Transition>,
 }
 
-/// Each role's machine: the primary's state machine, or the backup's link machine (which owns
-/// its state machine and changes it only through its inputs).
+/// Each role's link machine (each owns its state machine and changes it only through its
+/// inputs).
 #[derive(Debug)]
 enum RoleMachine {
-    Primary(Machine),
+    Primary(Box<PrimaryLink>),
     Backup(Box<BackupLink>),
 }
 
@@ -177,14 +155,13 @@ impl MachineView {
     /// The state machine, whatever the role.
     fn machine(&self) -> &Machine {
         match &self.role {
-            RoleMachine::Primary(m) => m,
+            RoleMachine::Primary(p) => p.machine(),
             RoleMachine::Backup(b) => b.machine(),
         }
     }
 
-    /// The primary's machine (`None` on a backup, whose machine changes only through its link
-    /// machine's inputs).
-    fn primary(&mut self) -> Option<&mut Machine> {
+    /// The primary's link machine (`None` on a backup).
+    fn primary(&mut self) -> Option<&mut PrimaryLink> {
         match &mut self.role {
             RoleMachine::Primary(m) => Some(m),
             RoleMachine::Backup(_) => None,
@@ -206,7 +183,8 @@ impl Replication {
         let primary = config.role == Role::Primary;
         let pair_id = pair_id(&config.certs_dir);
         let role = if primary {
-            RoleMachine::Primary(Machine::new(true))
+            let link = primary::link_config(&config, run_id, pair_id);
+            RoleMachine::Primary(Box::new(PrimaryLink::new(link, 0, Instant::now())))
         } else {
             let link = BackupConfig {
                 run_id,
@@ -237,8 +215,6 @@ impl Replication {
         Arc::new(Replication {
             store,
             config,
-            run_id,
-            pair_id,
             writes_open: std::sync::atomic::AtomicBool::new(view.machine().writes_allowed()),
             reads_open: std::sync::atomic::AtomicBool::new(view.machine().reads_allowed()),
             machine: Mutex::new(view),
@@ -257,7 +233,7 @@ impl Replication {
         let path = self.config.epoch_file();
         let epoch = epoch_file::load(&path)?;
         self.with_machine(|v| match &mut v.role {
-            RoleMachine::Primary(m) => m.restore_epoch(epoch),
+            RoleMachine::Primary(p) => p.restore_epoch(epoch),
             RoleMachine::Backup(b) => b.restore_epoch(epoch),
         });
         let _ = self.epoch_file.set(path);
@@ -284,18 +260,13 @@ impl Replication {
         self.reads_open
             .store(view.machine().reads_allowed(), Ordering::Release);
         while let Some(t) = match &mut view.role {
-            RoleMachine::Primary(m) => m.poll_transition(),
+            RoleMachine::Primary(p) => p.poll_transition(),
             RoleMachine::Backup(b) => b.poll_transition(),
         } {
             info!(role = %self.config.role, from = %t.from, to = %t.to, cause = %t.cause, "replication state");
             view.last = Some(t);
         }
         out
-    }
-
-    /// Runs `f` on the primary's machine (`None` on a backup).
-    fn with_primary<T>(&self, f: impl FnOnce(&mut Machine) -> T) -> Option<T> {
-        self.with_machine(|v| v.primary().map(f))
     }
 
     /// The current state.
@@ -366,46 +337,6 @@ impl Replication {
         }
     }
 
-    /// Our hello for a warm start (see [`hello_of`]), taken once no transfer or apply job of an
-    /// earlier link holds the store ([`link::StoreFence`]): the discard of a partial copy must not
-    /// race a job that is still installing a bucket.
-    async fn hello(&self) -> PeerHello {
-        let _fence = match &self.side {
-            Side::Primary(p) => Some(p.fence.hold().await),
-            Side::Backup(_) => None,
-        };
-        self.hello_now()
-    }
-
-    /// [`Replication::hello`] without waiting for the fence (unit tests, which run no transfer).
-    fn hello_now(&self) -> PeerHello {
-        let (current, epoch) = self.with_machine(|v| (v.machine().current(), v.machine().epoch()));
-        hello_of(
-            self.config.role == Role::Primary,
-            self.run_id,
-            self.pair_id,
-            current,
-            epoch,
-            &self.store,
-            Instant::now(),
-        )
-    }
-
-    /// Primary: the link went down (or never came up): leave sync, fail what was in flight.
-    fn link_lost(&self, cause: &str) {
-        if let Some(p) = self.primary_side() {
-            p.set_catching_up(false);
-            p.lanes.fail_all(cause, Instant::now());
-        }
-        self.with_machine(|v| {
-            v.link_up = false;
-            v.peer_run_id = None;
-            if let Some(m) = v.primary() {
-                m.handle_link_lost(cause.to_string());
-            }
-        });
-    }
-
     /// Starts the role's driver: the primary dials the backup; the backup is dialed (see
     /// [`backup::serve`]) and runs its link machine's timer.
     pub fn start(self: &Arc<Self>, endpoint: quinn::Endpoint) {
@@ -419,7 +350,10 @@ impl Replication {
     /// Marks the start of a graceful stop (status shows `shutting_down`); a backup tells its
     /// primary at once.
     pub fn begin_shutdown(self: &Arc<Self>) {
-        if self.with_primary(|m| m.handle_shutdown()).is_none() {
+        if self
+            .primary_input(|p, _, _, _| p.handle_shutdown())
+            .is_none()
+        {
             self.backup_input(|l, now| l.handle_shutdown(now));
         }
     }
@@ -440,80 +374,24 @@ impl Replication {
         }
     }
 
-    /// Finishes a graceful stop: waits (bounded by the drain timeout) for a backup that is being
-    /// bootstrapped to become current, lets queued writes complete (bounded), tells the peer,
-    /// ends the link.
-    ///
-    /// A primary stopped while its restarted backup's bootstrap is under way would stop the only
-    /// full copy of the pair's data (review F7: a quick rolling restart emptied the pair). It
-    /// says in the log which way it went.
+    /// Finishes a graceful stop: the primary's link machine ends the link in order (it waits,
+    /// bounded by the drain timeout, for a backup that is being bootstrapped to become current,
+    /// then for the writes in flight, then says goodbye; review F7: a primary stopped during its
+    /// restarted backup's bootstrap would stop the only full copy; it logs which way it went).
+    /// The backup's driver ends with the stop token.
     pub async fn finish_shutdown(&self) {
-        self.wait_backup_current(self.config.drain_timeout).await;
-        self.wait_lanes_idle(self.config.ack_timeout).await;
         self.stop.cancel();
-        // Let the primary's driver send its goodbye and close the link before the endpoint goes.
+        // Each of the machine's steps is bounded; this bounds the whole, should a write to the
+        // peer hang.
+        let limit = self.config.drain_timeout
+            + 3 * self.config.ack_timeout
+            + link::step_timeout(&self.config);
         let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(driver) = driver {
-            let _ = tokio::time::timeout(self.config.ack_timeout, driver).await;
-        }
-    }
-
-    /// Waits up to `limit` while a bootstrap to a backup that is not current is under way, and
-    /// logs the outcome.
-    async fn wait_backup_current(&self, limit: std::time::Duration) {
-        let Some(p) = self.primary_side() else {
-            return;
-        };
-        let catching_up = || p.catching_up.load(Ordering::Acquire);
-        if !catching_up() {
-            return;
-        }
-        tracing::warn!(
-            ?limit,
-            "graceful stop: the backup is not current yet (its bootstrap is under way) and this \
-             server holds the pair's only full copy; waiting for the bootstrap to verify"
-        );
-        let waited = tokio::time::timeout(limit, async {
-            loop {
-                let caught_up = p.caught_up.notified();
-                tokio::pin!(caught_up);
-                caught_up.as_mut().enable();
-                if !catching_up() {
-                    return;
-                }
-                caught_up.await;
+            if tokio::time::timeout(limit, driver).await.is_err() {
+                tracing::error!(?limit, "graceful stop: the peer link did not end in time");
             }
-        })
-        .await;
-        let current = self.with_machine(|v| v.link_up) && waited.is_ok();
-        if current {
-            info!("graceful stop: the backup verified its bootstrap and is current; stopping");
-        } else {
-            tracing::error!(
-                ?limit,
-                "graceful stop: the backup did not become current (bootstrap unfinished or link \
-                 lost); stopping anyway: the pair's data may be lost with this server"
-            );
         }
-    }
-
-    /// Waits until no lane has a write waiting for its ack, or `limit` passes.
-    async fn wait_lanes_idle(&self, limit: std::time::Duration) {
-        let Some(p) = self.primary_side() else {
-            return;
-        };
-        let _ = tokio::time::timeout(limit, async {
-            loop {
-                let drained = p.drained.0.notified();
-                tokio::pin!(drained);
-                drained.as_mut().enable();
-                if p.lanes.idle() {
-                    return;
-                }
-                drained.await;
-            }
-        })
-        .await;
     }
 
     /// Fills the replication part of `status`: the document's `state`, and its replication

@@ -1,0 +1,147 @@
+//! The primary's bootstrap transfer, as steps of [`PrimaryLink`]: our snapshot sent and its
+//! verdict, or the backup's snapshot received, each bucket installed by a job registered with
+//! its link generation.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::{Phase, PrimaryEvent, PrimaryLink};
+use crate::backup_events::{ConnId, JobId};
+use crate::lanes::Lanes;
+use crate::opening::{transfer_ack, transfer_ended, Transfer};
+use crate::store::Store;
+use crate::transfer::TransferReceiver;
+
+impl PrimaryLink {
+    /// The driver finished writing our snapshot on `conn` (or failed to).
+    pub fn handle_snapshot_sent(
+        &mut self,
+        conn: ConnId,
+        result: Result<(), String>,
+        now: Instant,
+        lanes: &Lanes,
+    ) {
+        let Some(live) = self.live.as_mut().filter(|l| l.conn == conn) else {
+            return;
+        };
+        match (&mut live.phase, result) {
+            (Phase::Sending { sent, .. }, Ok(())) => {
+                *sent = true;
+                live.progress = now;
+            }
+            (_, Err(e)) => self.end(e, now, lanes),
+            _ => {}
+        }
+    }
+
+    /// A bucket job reported done (the keys it installed, or why it was refused).
+    pub fn handle_job_done(
+        &mut self,
+        id: JobId,
+        result: Result<u64, String>,
+        now: Instant,
+        lanes: &Lanes,
+        store: &Store,
+    ) {
+        if !self.jobs.remove(&id) {
+            return;
+        }
+        if let Some(live) = self.live.as_mut().filter(|l| l.generation == id.generation) {
+            if let Phase::Receiving { running, .. } = &mut live.phase {
+                if *running == Some(id) {
+                    *running = None;
+                    live.progress = now;
+                    return match result {
+                        Ok(_) => self.receive(now, lanes),
+                        Err(e) => self.refuse_transfer(e, now, lanes),
+                    };
+                }
+            }
+        }
+        self.open(now, store);
+    }
+
+    /// The transfer the plan asked for (`catching_up`: the backup is not current).
+    pub(super) fn transfer(&mut self, transfer: Transfer, catching_up: bool) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        match transfer {
+            Transfer::Nothing => self.open_lanes(),
+            Transfer::Send(buckets) => {
+                live.phase = Phase::Sending {
+                    sent: false,
+                    buckets: buckets.len(),
+                    catching_up,
+                };
+                let conn = live.conn;
+                self.events
+                    .push_back(PrimaryEvent::SendSnapshot { conn, buckets });
+            }
+            Transfer::Receive(buckets) => {
+                live.phase = Phase::Receiving {
+                    receiver: TransferReceiver::default(),
+                    running: None,
+                    queued: VecDeque::new(),
+                    verdict: None,
+                    buckets,
+                }
+            }
+        }
+    }
+
+    /// Starts the next bucket job of a received transfer, or ends the transfer once the backup
+    /// said `TransferDone` and every job is done.
+    pub(super) fn receive(&mut self, now: Instant, lanes: &Lanes) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let generation = live.generation;
+        let Phase::Receiving {
+            running,
+            queued,
+            verdict,
+            buckets,
+            ..
+        } = &mut live.phase
+        else {
+            return;
+        };
+        if let Some(Err(e)) = verdict.clone() {
+            return self.refuse_transfer(e, now, lanes);
+        }
+        if running.is_some() {
+            return;
+        }
+        if let Some(job) = queued.pop_front() {
+            self.next_job += 1;
+            let id = JobId {
+                generation,
+                seq: self.next_job,
+            };
+            *running = Some(id);
+            self.jobs.insert(id);
+            return self.events.push_back(PrimaryEvent::Apply { id, job });
+        }
+        if verdict.is_some() {
+            let buckets = *buckets;
+            self.transmits.push_back((live.conn, transfer_ack(&Ok(()))));
+            transfer_ended(&mut self.machine, true);
+            self.events.push_back(PrimaryEvent::TransferVerified {
+                buckets,
+                received: true,
+            });
+            self.open_lanes();
+        }
+    }
+
+    /// A received transfer failed: tell the backup and end the link (a job in flight stays
+    /// outstanding: the next link waits for it).
+    pub(super) fn refuse_transfer(&mut self, reason: String, now: Instant, lanes: &Lanes) {
+        if let Some(conn) = self.live_conn() {
+            self.transmits
+                .push_back((conn, transfer_ack(&Err(reason.clone()))));
+        }
+        self.end(reason, now, lanes);
+    }
+}
