@@ -225,9 +225,6 @@ struct Primary {
     waiting: Vec<(usize, oneshot::Receiver<Reply>)>,
     /// A graceful stop is under way.
     stopping: bool,
-    /// The stale process: it dials once and exits when that link ends (a frozen process that
-    /// woke up; its redials are not modelled, see docs/replication.md).
-    dials_once: bool,
 }
 
 /// A client operation in flight or done.
@@ -439,7 +436,6 @@ impl Sim {
                     jobs: HashMap::new(),
                     waiting: Vec::new(),
                     stopping: false,
-                    dials_once: false,
                 });
                 self.primary_outputs();
             }

@@ -314,7 +314,6 @@ impl Sim {
             jobs: HashMap::new(),
             waiting: Vec::new(),
             stopping: false,
-            dials_once: true,
         });
         self.cov.stale_primaries += 1;
         self.as_zombie(|sim| sim.primary_outputs());

@@ -252,9 +252,6 @@ impl Sim {
                     if p.link.as_ref().is_some_and(|l| l.conn == conn) {
                         p.link = None;
                     }
-                    if p.dials_once {
-                        self.at(0, Event::ZombieExit);
-                    }
                     self.note(format!("primary: link {conn} lost: {cause}"));
                 }
             }

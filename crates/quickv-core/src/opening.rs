@@ -42,8 +42,8 @@ impl Transfer {
 
 /// The primary's side: the backup answered our hello (`ours`) with `answer`. Returns the backup's
 /// hello, the link's epoch and the transfer; or why the link ends. A refusal as a stale primary
-/// (the backup's goodbye says so, or our own check of its hello) fences this server's reads
-/// until it has taken the pair's data from the backup.
+/// (the backup's goodbye says so, or our own check of its hello) fences this server until
+/// it is restarted (it dials no more: [`Machine::fenced`]).
 pub fn primary_answered(
     machine: &mut Machine,
     ours: &PeerHello,
@@ -53,7 +53,7 @@ pub fn primary_answered(
         PeerMsg::Hello(theirs) => theirs,
         PeerMsg::Goodbye(reason) => {
             if Refusal::is_stale(&reason) {
-                tracing::warn!(%reason, "refused by the backup as a stale primary; reads stop until this server has taken the pair's data from the backup");
+                tracing::warn!(%reason, "refused by the backup as a stale primary; this server dials no more and serves no reads until it is restarted");
                 machine.handle_refused_as_stale(reason.clone());
             }
             return Err(format!("the backup refused the link: {reason}"));

@@ -513,8 +513,10 @@ impl PrimaryLink {
 
     // ---- inside ----
 
+    /// No link, none being dialed, not stopping, and not fenced: a primary refused as stale
+    /// never dials again ([`Machine::fenced`]).
     pub(super) fn wants_dial(&self) -> bool {
-        self.live.is_none() && !self.dialing && !self.stopping
+        self.live.is_none() && !self.dialing && !self.stopping && !self.machine.fenced()
     }
 
     pub(super) fn schedule_redial(&mut self, now: Instant) {

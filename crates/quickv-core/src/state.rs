@@ -262,7 +262,10 @@ impl Machine {
 
     /// The backup refused this primary as stale: another primary linked with it since. This
     /// store is no longer the pair's data: it stops being current (reads are refused, saying
-    /// why), and its next hello asks for the backup's data like a restarted primary's.
+    /// why), and the process is fenced for good: it dials no more ([`Machine::fenced`]). Were it
+    /// to redial, it would claim no data, and a backup that is itself not current (restarted,
+    /// its bootstrap cut) would admit it and start the pair afresh from two empty stores while
+    /// the live primary holds the data. A restarted process rejoins by taking the backup's data.
     pub fn handle_refused_as_stale(&mut self, reason: String) {
         if self.primary && !self.refused_as_stale {
             self.current = false;
@@ -270,6 +273,12 @@ impl Machine {
             let state = self.state.clone();
             self.go(state, format!("refused as a stale primary: {reason}"));
         }
+    }
+
+    /// Whether this primary was refused as stale: another primary owns the pair, and this
+    /// process must not dial the backup again.
+    pub fn fenced(&self) -> bool {
+        self.refused_as_stale
     }
 
     /// The current state.
@@ -298,7 +307,7 @@ impl Machine {
         if self.refused_as_stale {
             Some(
                 "stale primary: the backup has linked with another primary since; this server \
-                 serves no reads until it has taken the pair's data from the backup",
+                 no longer dials the backup and serves no reads until it is restarted",
             )
         } else if !self.current {
             Some("not yet synced: this server restarted and has not caught up with its peer")
