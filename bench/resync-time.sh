@@ -2,7 +2,7 @@
 # bench/resync-time.sh — full resync of 1M × 116 B between a release pair on 127.0.0.1 (ports 47421/47422).
 # usage: bench/resync-time.sh BINARY LABEL   (work files in /tmp/p-rp-LABEL; every wait bounded to 60 s)
 # Preloads 1M keys (16 B keys, 100 B values), SIGKILLs the backup, restarts it empty and prints the
-# primary's "bootstrap: snapshot sent and verified" line (secs, MB/s), the time from the backup's
+# primary's "bootstrap: snapshot sent" line (secs, MB/s), the time from the backup's
 # restart to `sync` on it, and how often the link was lost.
 # A/B: run it for two binaries alternately, e.g. for r in 1 2 3; do for b in OLD NEW; do ...; done; done
 set -u

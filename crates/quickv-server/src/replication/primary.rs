@@ -151,6 +151,7 @@ pub async fn run(repl: Arc<Replication>, endpoint: quinn::Endpoint) {
                                 keys,
                                 mb = *bytes as f64 / 1e6,
                                 secs,
+                                mb_per_s = *bytes as f64 / 1e6 / secs.max(1e-9),
                                 "bootstrap: snapshot sent"
                             );
                         }
