@@ -37,10 +37,10 @@ use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 
 use crate::commit_point::backup_opening;
 use crate::hello::hello_of;
+use crate::intake::{Intake, IntakeStep};
 use crate::opening::{backup_plan, transfer_ack, transfer_ended, Transfer};
 use crate::state::{admit, may_supersede, Machine, Transition};
 use crate::store::{Digest, Store, BUCKETS};
-use crate::transfer::{BucketJob, Received, TransferReceiver};
 
 pub use crate::backup_events::{BackupConfig, ConnId, JobId, LinkEvent};
 pub use crate::backup_shared::BackupShared;
@@ -51,16 +51,8 @@ enum Phase {
     /// Admitted; waiting until no job of an older link is outstanding before the hello (which may
     /// clear the store) and the transfer.
     Draining,
-    /// Receiving the primary's snapshot. Buckets received whole are applied one at a time, in
-    /// order: `running` is the job in flight, `queued` the buckets behind it; `verdict` is set
-    /// once the primary said `TransferDone`.
-    Receiving {
-        receiver: TransferReceiver,
-        running: Option<JobId>,
-        queued: VecDeque<BucketJob>,
-        verdict: Option<Result<(), String>>,
-        buckets: usize,
-    },
+    /// Receiving the primary's snapshot, one bucket job at a time ([`Intake`]).
+    Receiving(Intake),
     /// Our snapshot is being sent (`sent` once the driver wrote it); waiting for the ack.
     AwaitAck { sent: bool, buckets: usize },
     /// The transfer is over (or there was none): data streams are accepted; `Synced` may come.
@@ -169,7 +161,7 @@ impl BackupLink {
     pub fn wants_ctl(&self, conn: ConnId) -> bool {
         match &self.live {
             Some(l) if l.conn == conn => {
-                !matches!(&l.phase, Phase::Receiving { queued, .. } if !queued.is_empty())
+                !matches!(&l.phase, Phase::Receiving(intake) if intake.backlogged())
             }
             _ => true,
         }
@@ -189,7 +181,7 @@ impl BackupLink {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let opening = self.live.as_ref().and_then(|l| {
             let waiting = match &l.phase {
-                Phase::Receiving { verdict, .. } => verdict.is_none(),
+                Phase::Receiving(intake) => intake.receiving(),
                 Phase::AwaitAck { sent, .. } => *sent,
                 Phase::Draining | Phase::Running => false,
             };
@@ -280,31 +272,9 @@ impl BackupLink {
         }
         let phase = std::mem::replace(&mut live.phase, Phase::Running);
         match (phase, msg) {
-            (
-                Phase::Receiving {
-                    mut receiver,
-                    running,
-                    mut queued,
-                    verdict: None,
-                    buckets,
-                },
-                msg,
-            ) => {
-                let verdict = match receiver.feed(msg) {
-                    Received::More => None,
-                    Received::Bucket(job) => {
-                        queued.push_back(job);
-                        None
-                    }
-                    Received::Done(verdict) => Some(verdict),
-                };
-                live.phase = Phase::Receiving {
-                    receiver,
-                    running,
-                    queued,
-                    verdict,
-                    buckets,
-                };
+            (Phase::Receiving(mut intake), msg) if intake.receiving() => {
+                intake.feed(msg);
+                live.phase = Phase::Receiving(intake);
                 self.receive(now);
             }
             (Phase::AwaitAck { buckets, .. }, PeerMsg::TransferAck { ok: true, .. }) => {
@@ -347,9 +317,8 @@ impl BackupLink {
             return;
         }
         if let Some(live) = self.live.as_mut().filter(|l| l.generation == id.generation) {
-            if let Phase::Receiving { running, .. } = &mut live.phase {
-                if *running == Some(id) {
-                    *running = None;
+            if let Phase::Receiving(intake) = &mut live.phase {
+                if intake.finished(id) {
                     live.progress = now;
                     match result {
                         Ok(_) => self.receive(now),
@@ -421,7 +390,7 @@ impl BackupLink {
         }
         if let Some(l) = &self.live {
             let what = match &l.phase {
-                Phase::Receiving { verdict: None, .. } => Some("receiving a snapshot"),
+                Phase::Receiving(intake) if intake.receiving() => Some("receiving a snapshot"),
                 Phase::AwaitAck { sent: true, .. } => Some("waiting for the transfer ack"),
                 _ => None,
             };
@@ -491,15 +460,7 @@ impl BackupLink {
         live.progress = now;
         match transfer {
             Transfer::Nothing => self.running(),
-            Transfer::Receive(buckets) => {
-                live.phase = Phase::Receiving {
-                    receiver: TransferReceiver::default(),
-                    running: None,
-                    queued: VecDeque::new(),
-                    verdict: None,
-                    buckets,
-                }
-            }
+            Transfer::Receive(buckets) => live.phase = Phase::Receiving(Intake::new(buckets)),
             Transfer::Send(buckets) => {
                 live.phase = Phase::AwaitAck {
                     sent: false,
@@ -518,43 +479,32 @@ impl BackupLink {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        let generation = live.generation;
-        let Phase::Receiving {
-            running,
-            queued,
-            verdict,
-            buckets,
-            ..
-        } = &mut live.phase
-        else {
+        let Phase::Receiving(intake) = &mut live.phase else {
             return;
         };
-        if let Some(Err(e)) = verdict.clone() {
-            return self.refuse_transfer(e, now);
-        }
-        if running.is_some() {
-            return;
-        }
-        if let Some(job) = queued.pop_front() {
-            self.next_job += 1;
-            let id = JobId {
-                generation,
-                seq: self.next_job,
-            };
-            *running = Some(id);
-            self.jobs.insert(id);
-            return self.events.push_back(LinkEvent::Apply { id, job });
-        }
-        if verdict.is_some() {
-            let buckets = *buckets;
-            let conn = live.conn;
-            self.transmits.push_back((conn, transfer_ack(&Ok(()))));
-            // The copy is verified: this store is the pair's data from here on, whether or not
-            // `Synced` ever arrives.
-            transfer_ended(&mut self.machine, true);
-            self.events
-                .push_back(LinkEvent::TransferVerified { buckets });
-            self.running();
+        match intake.next() {
+            IntakeStep::Refused(e) => self.refuse_transfer(e, now),
+            IntakeStep::Wait => {}
+            IntakeStep::Apply(job) => {
+                self.next_job += 1;
+                let id = JobId {
+                    generation: live.generation,
+                    seq: self.next_job,
+                };
+                intake.started(id);
+                self.jobs.insert(id);
+                self.events.push_back(LinkEvent::Apply { id, job });
+            }
+            IntakeStep::Verified => {
+                let buckets = intake.buckets;
+                self.transmits.push_back((live.conn, transfer_ack(&Ok(()))));
+                // The copy is verified: this store is the pair's data from here on, whether or
+                // not `Synced` ever arrives.
+                transfer_ended(&mut self.machine, true);
+                self.events
+                    .push_back(LinkEvent::TransferVerified { buckets });
+                self.running();
+            }
         }
     }
 

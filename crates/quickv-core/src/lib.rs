@@ -49,6 +49,7 @@ pub mod commit_point;
 pub mod counters;
 pub mod error;
 pub mod hello;
+mod intake;
 pub mod lanes;
 pub mod opening;
 pub mod primary_events;

@@ -42,12 +42,12 @@ use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
 
 use crate::commit_point::{applied_marks, settle_lost_writes};
 use crate::hello::hello_of;
+use crate::intake::Intake;
 use crate::lanes::Lanes;
 use crate::opening::{primary_answered, transfer_ended, Transfer};
 use crate::state::{Machine, Transition};
 use crate::store::Store;
 use crate::timers::LinkTimers;
-use crate::transfer::{BucketJob, Received, TransferReceiver};
 
 pub use crate::backup_events::{ConnId, JobId};
 pub use crate::primary_events::{on_data, DataStep, PrimaryConfig, PrimaryEvent};
@@ -73,13 +73,7 @@ enum Phase {
         catching_up: bool,
     },
     /// Receiving the backup's snapshot, one bucket job at a time (as the backup does).
-    Receiving {
-        receiver: TransferReceiver,
-        running: Option<JobId>,
-        queued: VecDeque<BucketJob>,
-        verdict: Option<Result<(), String>>,
-        buckets: usize,
-    },
+    Receiving(Intake),
     /// The driver is opening the data streams and the lanes.
     Opening,
     /// Lanes open, `Synced` sent: the ack timeout and the digest checks run.
@@ -244,7 +238,7 @@ impl PrimaryLink {
     pub fn wants_ctl(&self, conn: ConnId) -> bool {
         match &self.live {
             Some(l) if l.conn == conn => {
-                !matches!(&l.phase, Phase::Receiving { queued, .. } if !queued.is_empty())
+                !matches!(&l.phase, Phase::Receiving(intake) if intake.backlogged())
             }
             _ => true,
         }
@@ -270,7 +264,7 @@ impl PrimaryLink {
         let link = self.live.as_ref().and_then(|l| match &l.phase {
             Phase::Hello { .. } | Phase::Applied { .. } => Some(l.progress + self.config.step),
             Phase::Sending { sent: true, .. } => Some(l.progress + self.config.step),
-            Phase::Receiving { verdict: None, .. } => Some(l.progress + self.config.step),
+            Phase::Receiving(intake) if intake.receiving() => Some(l.progress + self.config.step),
             Phase::Lanes { timers } => Some(timers.poll_timeout()),
             Phase::Leaving { until, .. } => Some(*until),
             _ => None,
@@ -404,31 +398,9 @@ impl PrimaryLink {
                 now,
                 lanes,
             ),
-            (
-                Phase::Receiving {
-                    mut receiver,
-                    running,
-                    mut queued,
-                    verdict: None,
-                    buckets,
-                },
-                msg,
-            ) => {
-                let verdict = match receiver.feed(msg) {
-                    Received::More => None,
-                    Received::Bucket(job) => {
-                        queued.push_back(job);
-                        None
-                    }
-                    Received::Done(verdict) => Some(verdict),
-                };
-                live.phase = Phase::Receiving {
-                    receiver,
-                    running,
-                    queued,
-                    verdict,
-                    buckets,
-                };
+            (Phase::Receiving(mut intake), msg) if intake.receiving() => {
+                intake.feed(msg);
+                live.phase = Phase::Receiving(intake);
                 self.receive(now, lanes);
             }
             (_, other) => self.end(
@@ -496,7 +468,9 @@ impl PrimaryLink {
                         Phase::Hello { .. } => Some("waiting for the backup's hello"),
                         Phase::Applied { .. } => Some("waiting for the backup's applied marks"),
                         Phase::Sending { sent: true, .. } => Some("waiting for the transfer ack"),
-                        Phase::Receiving { verdict: None, .. } => Some("receiving a snapshot"),
+                        Phase::Receiving(intake) if intake.receiving() => {
+                            Some("receiving a snapshot")
+                        }
                         _ => None,
                     };
                     let step = self.config.step;

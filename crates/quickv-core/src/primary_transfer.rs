@@ -2,15 +2,14 @@
 //! verdict, or the backup's snapshot received, each bucket installed by a job registered with
 //! its link generation.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{Phase, PrimaryEvent, PrimaryLink};
 use crate::backup_events::{ConnId, JobId};
+use crate::intake::{Intake, IntakeStep};
 use crate::lanes::Lanes;
 use crate::opening::{transfer_ack, transfer_ended, Transfer};
 use crate::store::Store;
-use crate::transfer::TransferReceiver;
 
 impl PrimaryLink {
     /// The driver finished writing our snapshot on `conn` (or failed to).
@@ -47,9 +46,8 @@ impl PrimaryLink {
             return;
         }
         if let Some(live) = self.live.as_mut().filter(|l| l.generation == id.generation) {
-            if let Phase::Receiving { running, .. } = &mut live.phase {
-                if *running == Some(id) {
-                    *running = None;
+            if let Phase::Receiving(intake) = &mut live.phase {
+                if intake.finished(id) {
                     live.progress = now;
                     return match result {
                         Ok(_) => self.receive(now, lanes),
@@ -78,15 +76,7 @@ impl PrimaryLink {
                 self.events
                     .push_back(PrimaryEvent::SendSnapshot { conn, buckets });
             }
-            Transfer::Receive(buckets) => {
-                live.phase = Phase::Receiving {
-                    receiver: TransferReceiver::default(),
-                    running: None,
-                    queued: VecDeque::new(),
-                    verdict: None,
-                    buckets,
-                }
-            }
+            Transfer::Receive(buckets) => live.phase = Phase::Receiving(Intake::new(buckets)),
         }
     }
 
@@ -96,42 +86,32 @@ impl PrimaryLink {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        let generation = live.generation;
-        let Phase::Receiving {
-            running,
-            queued,
-            verdict,
-            buckets,
-            ..
-        } = &mut live.phase
-        else {
+        let Phase::Receiving(intake) = &mut live.phase else {
             return;
         };
-        if let Some(Err(e)) = verdict.clone() {
-            return self.refuse_transfer(e, now, lanes);
-        }
-        if running.is_some() {
-            return;
-        }
-        if let Some(job) = queued.pop_front() {
-            self.next_job += 1;
-            let id = JobId {
-                generation,
-                seq: self.next_job,
-            };
-            *running = Some(id);
-            self.jobs.insert(id);
-            return self.events.push_back(PrimaryEvent::Apply { id, job });
-        }
-        if verdict.is_some() {
-            let buckets = *buckets;
-            self.transmits.push_back((live.conn, transfer_ack(&Ok(()))));
-            transfer_ended(&mut self.machine, true);
-            self.events.push_back(PrimaryEvent::TransferVerified {
-                buckets,
-                received: true,
-            });
-            self.open_lanes();
+        match intake.next() {
+            IntakeStep::Refused(e) => self.refuse_transfer(e, now, lanes),
+            IntakeStep::Wait => {}
+            IntakeStep::Apply(job) => {
+                self.next_job += 1;
+                let id = JobId {
+                    generation: live.generation,
+                    seq: self.next_job,
+                };
+                intake.started(id);
+                self.jobs.insert(id);
+                self.events.push_back(PrimaryEvent::Apply { id, job });
+            }
+            IntakeStep::Verified => {
+                let buckets = intake.buckets;
+                self.transmits.push_back((live.conn, transfer_ack(&Ok(()))));
+                transfer_ended(&mut self.machine, true);
+                self.events.push_back(PrimaryEvent::TransferVerified {
+                    buckets,
+                    received: true,
+                });
+                self.open_lanes();
+            }
         }
     }
 
