@@ -32,16 +32,31 @@ pub fn fresh_certs() -> tempfile::TempDir {
     dir
 }
 
-/// A loopback UDP address that was free a moment ago.
+/// A loopback UDP address that was free a moment ago and that no earlier call in this test
+/// process returned. The kernel may hand a just-released port out again, so two calls in a row
+/// (a pair's listen and peer addresses) could otherwise name the same port.
 pub fn free_addr() -> SocketAddr {
-    let [addr] = supervisor::free_udp_addrs().expect("bind udp");
-    addr
+    unused_before(|| supervisor::free_udp_addrs().map(|[addr]| addr))
 }
 
-/// A loopback TCP address that was free a moment ago (for `--http`).
+/// A loopback TCP address that was free a moment ago (for `--http`), never returned before by
+/// this test process.
 pub fn free_tcp_addr() -> SocketAddr {
-    let [addr] = supervisor::free_tcp_addrs().expect("bind tcp");
-    addr
+    unused_before(|| supervisor::free_tcp_addrs().map(|[addr]| addr))
+}
+
+/// Calls `pick` until it names a port this process has not handed out yet, and records it.
+fn unused_before(pick: impl Fn() -> std::io::Result<SocketAddr>) -> SocketAddr {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let addr = pick().expect("bind a loopback port");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
+    panic!("1000 loopback ports in a row had been handed out before")
 }
 
 /// How long a server may take to say it listens.
