@@ -61,6 +61,7 @@ pub mod outcome;
 mod owed;
 mod pipe;
 mod retry;
+mod send;
 
 pub use batch::Pipeline;
 pub use client::{Client, Read};
