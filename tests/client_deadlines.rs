@@ -194,3 +194,46 @@ async fn callers_beyond_a_full_stream_wait_within_their_deadline_and_all_complet
     }
     assert_eq!(client.in_flight(), 0);
 }
+
+#[tokio::test]
+async fn a_frame_held_back_by_flow_control_goes_out_whole_before_the_calls_queued_behind_it() {
+    // One stream. The insert finds it idle, so its caller writes the frame itself; 4 MiB is
+    // more than QUIC's stream flow control lets into quinn at once, so part of it stays behind
+    // for the stream's writer, which must send it before the gets queued meanwhile (any
+    // reordering garbles the stream and the server refuses it).
+    let (_certs, _server, client, _) = common::standalone_with_client(|certs| {
+        ClientConfig::builder(certs)
+            .streams(1)
+            .no_timeout()
+            .idle_timeout(Duration::from_secs(30))
+            .build()
+    })
+    .await;
+    let big = bytes::Bytes::from(vec![7u8; 4 * 1024 * 1024]);
+    let insert = {
+        let (c, big) = (client.clone(), big.clone());
+        tokio::spawn(async move { c.insert("big", big).await })
+    };
+    until_in_flight(&client, 1).await;
+    let gets: Vec<_> = (0..8)
+        .map(|_| {
+            let c = client.clone();
+            tokio::spawn(async move { c.get("big").await })
+        })
+        .collect();
+    tokio::time::timeout(HANG_GUARD, insert)
+        .await
+        .expect("the held-back insert never completed")
+        .expect("task")
+        .expect("insert");
+    for get in gets {
+        let got = tokio::time::timeout(HANG_GUARD, get)
+            .await
+            .expect("a get queued behind the held-back frame never completed")
+            .expect("task")
+            .expect("get");
+        // Written after the insert on the same stream, so the server read them after it.
+        assert_eq!(got.as_deref().map(<[u8]>::len), Some(big.len()));
+    }
+    assert_eq!(client.in_flight(), 0);
+}

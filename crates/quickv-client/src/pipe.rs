@@ -414,7 +414,9 @@ pub(crate) async fn write_pipe(shared: Arc<PipeShared>, conn: quinn::Connection)
                 }
             }
             let sent = std::future::poll_fn(|cx| match shared.send.lock() {
-                Ok(mut side) => side.as_mut().map_or(Poll::Ready(Ok(())), |s| s.poll_send(cx)),
+                Ok(mut side) => side
+                    .as_mut()
+                    .map_or(Poll::Ready(Ok(())), |s| s.poll_send(cx)),
                 Err(_) => Poll::Ready(Ok(())),
             })
             .await;

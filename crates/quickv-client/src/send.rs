@@ -36,7 +36,10 @@ impl SendSide {
     /// holds some of it back (kept, in order, for the next call; `cx`'s waker is woken when the
     /// stream can take more). The batch is handed over as a `Bytes` split off the buffer, not
     /// copied into quinn's send buffer.
-    pub(crate) fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), quinn::WriteError>> {
+    pub(crate) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), quinn::WriteError>> {
         loop {
             if self.carry.is_empty() {
                 if self.out.is_empty() {
