@@ -1,10 +1,11 @@
 //! One long-lived stream of a client connection ("pipe"): the queue its callers fill, and its
 //! writer, reader and deadline-sweeper tasks, which pipeline requests and hand answers back by
-//! request id through the stream's slab of pending calls (`owed.rs`).
+//! request id through the stream's slab of pending calls (`owed.rs`). A caller alone on the pipe
+//! writes its own frame ([`PipeShared::try_queue`], `send.rs`) instead of waking the writer.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
@@ -110,8 +111,13 @@ impl PipeShared {
             return Queued::Full(call);
         }
         let primed = waker.is_some();
+        // Nobody is writing and nothing waits: a new call need not wait for the writer task.
         let idle = !state.writing && !state.held && state.queue.is_empty();
-        let direct = idle && direct_policy().allows(state.owed.idle());
+        // The caller writes its own frame only when nothing else is in flight on the stream
+        // (depth 1), where the hand-off to the writer task is a task wake per call. Behind other
+        // calls it queues, so that the callers one read woke are written as one batch rather
+        // than a frame each.
+        let direct = idle && state.owed.idle();
         let Some((id, wake_sweeper)) = state.owed.register(call.op.is_write(), due, waker) else {
             return Queued::Gone(call);
         };
@@ -178,37 +184,6 @@ impl PipeShared {
             self.ready.notify_one();
         }
     }
-}
-
-/// When a caller writes its own frame instead of queueing it for the writer task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Direct {
-    /// Only when nothing else is in flight on the stream (depth 1).
-    Alone,
-    /// Whenever nobody is writing and nothing is queued.
-    Idle,
-    /// Never.
-    Off,
-}
-
-impl Direct {
-    fn allows(self, alone: bool) -> bool {
-        match self {
-            Direct::Alone => alone,
-            Direct::Idle => true,
-            Direct::Off => false,
-        }
-    }
-}
-
-/// EXPERIMENT (r8): `QUICKV_CLIENT_DIRECT=alone|idle|off`, read once.
-fn direct_policy() -> Direct {
-    static POLICY: OnceLock<Direct> = OnceLock::new();
-    *POLICY.get_or_init(|| match std::env::var("QUICKV_CLIENT_DIRECT").as_deref() {
-        Ok("idle") => Direct::Idle,
-        Ok("off") => Direct::Off,
-        _ => Direct::Alone,
-    })
 }
 
 /// A request to be written.
