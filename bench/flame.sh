@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # bench/flame.sh — flame graphs of one quickv request path (issue 23): a standalone server and the
 # load generator (`quickv bench`, i.e. the client library), each recorded with `perf record` over
-# the same few seconds at 16 streams x 16 pipelined, folded and drawn with inferno.
+# the same few seconds at 16 streams x 16 pipelined (or --streams x --pipeline, e.g. 1 x 1 for the
+# depth-1 path), folded and drawn with inferno.
 #
 # Usage: bench/flame.sh [--bin target/release/quickv] [--workload ping|get] [--duration 4s]
-#                       [--label NAME] [--out docs/flame]
+#                       [--label NAME] [--out docs/flame] [--streams 16] [--pipeline 16]
 # Writes, per process (server, client): NAME-PROCESS.svg (the flame graph), NAME-PROCESS.folded
 # (the folded stacks) and NAME-PROCESS.top.txt (the 40 hottest frames by self samples, and the
 # share of the process's samples under a few frames of interest). Prints the top lines.
@@ -21,6 +22,8 @@ WORKLOAD=ping
 DURATION=4s
 LABEL=""
 OUT=docs/flame
+STREAMS=16
+PIPELINE=16
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN=$2; shift ;;
@@ -28,7 +31,9 @@ while [ $# -gt 0 ]; do
     --duration) DURATION=$2; shift ;;
     --label) LABEL=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --streams) STREAMS=$2; shift ;;
+    --pipeline) PIPELINE=$2; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "flame.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -63,7 +68,7 @@ secs=${DURATION%s}
 REC=$!
 timeout $((secs + 60)) "$PERF" record -q -F 499 --call-graph dwarf,8192 -o "$WORK/client.data" -- \
   "$BIN" --certs "$WORK/certs" --server "$ADDR" bench --workload "$WORKLOAD" --keys 100000 \
-  --no-preload --streams 16 --pipeline 16 --warmup 1s --duration "$DURATION" --progress off \
+  --no-preload --streams "$STREAMS" --pipeline "$PIPELINE" --warmup 1s --duration "$DURATION" --progress off \
   --json >"$WORK/bench.json" 2>/dev/null
 wait "$REC" || true
 python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('flame.sh: %s %.0f ops/s' % (sys.argv[2], d['total']['ops_per_sec']))" \
@@ -72,7 +77,7 @@ python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('flame.sh: %s
 for side in server client; do
   base="$OUT/$LABEL-$side"
   "$PERF" script -i "$WORK/$side.data" 2>/dev/null | "$TOOLS/bin/inferno-collapse-perf" >"$base.folded"
-  "$TOOLS/bin/inferno-flamegraph" --minwidth 0.1 --title "quickv $LABEL: $side (16 x 16)" <"$base.folded" >"$base.svg"
+  "$TOOLS/bin/inferno-flamegraph" --minwidth 0.1 --title "quickv $LABEL: $side ($STREAMS x $PIPELINE)" <"$base.folded" >"$base.svg"
   python3 - "$base.folded" >"$base.top.txt" <<'PY'
 import collections, re, sys
 selfs, total = collections.Counter(), 0
