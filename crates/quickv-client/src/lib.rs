@@ -6,8 +6,7 @@
 //!
 //! A [`Client`] holds one QUIC connection with a few long-lived bidirectional streams ("pipes").
 //! Calls from any number of tasks are spread over the pipes round-robin and pipelined: each pipe
-//! has a writer task that batches queued requests into one write (a call alone on its pipe is
-//! written by its caller, with no hand-off) and a reader task that matches
+//! has a writer task that batches queued requests into one write and a reader task that matches
 //! answers to callers by request id, so answers may arrive in any order. `Client` is cheap to clone
 //! and every clone shares the connection.
 //!
@@ -46,7 +45,6 @@
 //! | `retry` | writes retried with their session stamp after a lost connection |
 //! | `link` | one server: its connection (redialled with backoff) and the pipes on it |
 //! | `pipe` | one long-lived stream: its queue, writer, reader and deadline sweeper |
-//! | `send` | a pipe's send half, shared by its writer task and a caller alone on the pipe |
 //! | `owed` | the answers a pipe owes, by request id, with their deadlines |
 //! | `config` | [`ClientConfig`] and its builder, [`ReadFrom`], [`Source`] |
 //! | `error` | [`ClientError`] and the mapping of refusals |
@@ -63,7 +61,6 @@ pub mod outcome;
 mod owed;
 mod pipe;
 mod retry;
-mod send;
 
 pub use batch::Pipeline;
 pub use client::{Client, Read};

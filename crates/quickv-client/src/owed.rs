@@ -397,11 +397,6 @@ impl Owed {
         self.broken.get_or_insert(err);
     }
 
-    /// True when no slot is in use: nothing queued, in flight, or waiting to be taken.
-    pub(crate) fn idle(&self) -> bool {
-        self.free.len() == self.slots.len()
-    }
-
     /// Calls whose callers still wait for an answer.
     pub(crate) fn awaited(&self) -> usize {
         self.slots

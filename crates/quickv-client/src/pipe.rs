@@ -1,7 +1,6 @@
 //! One long-lived stream of a client connection ("pipe"): the queue its callers fill, and its
 //! writer, reader and deadline-sweeper tasks, which pipeline requests and hand answers back by
-//! request id through the stream's slab of pending calls (`owed.rs`). A caller alone on the pipe
-//! writes its own frame ([`PipeShared::try_queue`], `send.rs`) instead of waking the writer.
+//! request id through the stream's slab of pending calls (`owed.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,11 +11,10 @@ use bytes::BytesMut;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use quickv_net::{tls, FramedReader, READ_CHUNK_BYTES};
+use quickv_net::{tls, BatchWriter, FramedReader};
 
 use crate::error::{unexpected, ClientError};
 use crate::owed::{Deadline, Outcome, Owed};
-use crate::send::SendSide;
 use quickv_proto::{
     decode_response, encode_request, Limits, Op, Reply, Request, SessionWrite, WriteStamp,
 };
@@ -46,12 +44,7 @@ pub(crate) struct PipeShared {
     /// The calls in flight and the requests waiting to be written, under one lock: a caller
     /// takes it once to register and queue its call.
     pub(crate) state: Mutex<PipeState>,
-    /// The stream's send half: used by the writer task, or by a caller that found the stream
-    /// idle and writes its own frame; who may is decided under `state` ([`PipeState::writing`]).
-    /// `None` once the writer ended.
-    pub(crate) send: Mutex<Option<SendSide>>,
-    /// Wakes the writer: the queue went from empty to not empty while nobody was writing, a
-    /// caller's frame is held back by flow control, the pipe closed or died.
+    /// Wakes the writer: the queue went from empty to not empty, the pipe closed or died.
     pub(crate) ready: Notify,
     /// Wakes callers waiting for room in a full queue (backpressure), or for the pipe's death.
     pub(crate) room: Notify,
@@ -70,12 +63,6 @@ pub(crate) struct PipeState {
     /// Set when the connection let go of the pipe: the writer finishes the stream once the queue
     /// is written.
     pub(crate) closed: bool,
-    /// Someone (the writer task, or a caller writing its own frame) is using the send half; later
-    /// calls queue behind it, and whoever holds it looks at the queue again when done (a caller
-    /// wakes the writer for it), so frames leave in the order they were queued.
-    pub(crate) writing: bool,
-    /// A caller's frame was held back by flow control and waits in the send half for the writer.
-    pub(crate) held: bool,
 }
 
 impl PipeShared {
@@ -111,26 +98,14 @@ impl PipeShared {
             return Queued::Full(call);
         }
         let primed = waker.is_some();
-        // Nobody is writing and nothing waits: a new call need not wait for the writer task.
-        let idle = !state.writing && !state.held && state.queue.is_empty();
-        // The caller writes its own frame only when nothing else is in flight on the stream
-        // (depth 1), where the hand-off to the writer task is a task wake per call. Behind other
-        // calls it queues, so that the callers one read woke are written as one batch rather
-        // than a frame each.
-        let direct = idle && state.owed.idle();
         let Some((id, wake_sweeper)) = state.owed.register(call.op.is_write(), due, waker) else {
             return Queued::Gone(call);
         };
-        if direct && state.owed.writing(id) {
-            state.writing = true;
-            drop(state);
-            self.write_now(QueuedCall { id, call });
-        } else {
-            state.queue.push(QueuedCall { id, call });
-            drop(state);
-            if idle {
-                self.ready.notify_one();
-            }
+        let wake_writer = state.queue.is_empty();
+        state.queue.push(QueuedCall { id, call });
+        drop(state);
+        if wake_writer {
+            self.ready.notify_one();
         }
         if wake_sweeper {
             self.sweep.notify_one();
@@ -140,49 +115,6 @@ impl PipeShared {
             settled: None,
             primed,
         })
-    }
-}
-
-impl PipeShared {
-    /// Writes one call's frame from the caller's own task (the caller holds
-    /// [`PipeState::writing`], taken when the stream was idle), then lets go of the send half:
-    /// the writer is woken if calls queued meanwhile, the pipe closed, or flow control held the
-    /// frame back (it stays in the send half, first in line, and the writer sends it).
-    fn write_now(&self, queued: QueuedCall) {
-        let sent = match self.send.lock() {
-            Ok(mut side) => match side.as_mut() {
-                Some(side) => {
-                    encode_queued(queued, &mut side.out);
-                    // The waker is not the caller's business: if the stream is blocked, the
-                    // writer is woken below and waits for room with its own.
-                    side.poll_send(&mut Context::from_waker(Waker::noop()))
-                }
-                // The writer ended: the stream died, and this call was failed with it.
-                None => Poll::Ready(Ok(())),
-            },
-            Err(_) => Poll::Ready(Ok(())),
-        };
-        let wake_writer = match self.state.lock() {
-            Ok(mut state) => {
-                state.writing = false;
-                if sent.is_pending() {
-                    state.held = true;
-                }
-                state.held || state.closed || !state.queue.is_empty()
-            }
-            Err(_) => true,
-        };
-        if let Poll::Ready(Err(e)) = sent {
-            let err = match e {
-                quinn::WriteError::ConnectionLost(reason) => {
-                    ClientError::Connection(tls::explain_connection_error(&reason))
-                }
-                other => ClientError::Connection(format!("cannot send: {other}")),
-            };
-            self.fail_all(err);
-        } else if wake_writer {
-            self.ready.notify_one();
-        }
     }
 }
 
@@ -316,102 +248,66 @@ pub(crate) async fn open_pipe(
             owed: Owed::new(index),
             queue: Vec::new(),
             closed: false,
-            writing: false,
-            held: false,
         }),
-        send: Mutex::new(Some(SendSide::new(send))),
         ready: Notify::new(),
         room: Notify::new(),
         sweep: Notify::new(),
     });
-    tokio::spawn(write_pipe(shared.clone(), conn.clone()));
+    tokio::spawn(write_pipe(send, shared.clone(), conn.clone()));
     tokio::spawn(read_pipe(recv, shared.clone(), limits, conn.clone()));
     tokio::spawn(sweep_pipe(shared.clone()));
     Ok(Pipe { shared })
 }
 
 /// Writes queued calls in batches: takes the whole queue per wake-up, marks each call written
-/// (skipping those whose callers stopped waiting), encodes and writes them. Waits while a caller
-/// writes its own frame (that caller wakes it when done if there is more).
-pub(crate) async fn write_pipe(shared: Arc<PipeShared>, conn: quinn::Connection) {
+/// (skipping those whose callers stopped waiting), encodes and writes them.
+pub(crate) async fn write_pipe(
+    send: quinn::SendStream,
+    shared: Arc<PipeShared>,
+    conn: quinn::Connection,
+) {
+    let mut writer = BatchWriter::new(send);
     let mut taken: Vec<QueuedCall> = Vec::new();
-    // This task holds `PipeState::writing` (from one batch to the next look at the queue).
-    let mut holding = false;
     loop {
-        let (was_full, closed, work) = {
+        let (was_full, closed) = {
             let Ok(mut state) = shared.state.lock() else {
-                break;
+                return;
             };
             if state.owed.broken.is_some() {
                 // Every queued call was failed with the pipe; later calls see it broken and go
                 // to a new connection.
-                break;
+                return;
             }
-            if state.writing && !holding {
-                // A caller is writing its own frame; it wakes this task if there is more.
-                (false, false, false)
-            } else {
-                std::mem::swap(&mut state.queue, &mut taken);
-                let was_full = taken.len() >= PIPE_QUEUE;
-                let owed = &mut state.owed;
-                taken.retain(|q| owed.writing(q.id));
-                let work = !taken.is_empty() || std::mem::take(&mut state.held);
-                holding = work;
-                state.writing = work;
-                (was_full, state.closed && !work, work)
-            }
+            std::mem::swap(&mut state.queue, &mut taken);
+            let was_full = taken.len() >= PIPE_QUEUE;
+            let owed = &mut state.owed;
+            taken.retain(|q| owed.writing(q.id));
+            (was_full, state.closed)
         };
         if was_full {
             shared.room.notify_waiters();
         }
-        if !work {
+        if taken.is_empty() {
             if closed {
-                if let Ok(mut side) = shared.send.lock() {
-                    if let Some(side) = side.as_mut() {
-                        side.finish();
-                    }
-                }
+                writer.finish();
                 return;
             }
             shared.ready.notified().await;
             continue;
         }
-        // In batches of about READ_CHUNK_BYTES, so a long queue of large values is not encoded
-        // all at once (a held-back frame goes first: it is already in the send half).
-        let mut items = taken.drain(..).peekable();
-        let sent = loop {
-            if let Ok(mut side) = shared.send.lock() {
-                if let Some(side) = side.as_mut() {
-                    while side.out.len() < READ_CHUNK_BYTES {
-                        let Some(q) = items.next() else { break };
-                        encode_queued(q, &mut side.out);
-                    }
-                }
+        let mut items = taken.drain(..);
+        while let Some(first) = items.next() {
+            writer.batch(first, || items.next(), encode_queued);
+            if let Err(e) = writer.flush().await {
+                let err = match conn.close_reason() {
+                    Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
+                    None => ClientError::Connection(format!("cannot send: {e}")),
+                };
+                drop(items);
+                shared.fail_all(err);
+                return;
             }
-            let sent = std::future::poll_fn(|cx| match shared.send.lock() {
-                Ok(mut side) => side
-                    .as_mut()
-                    .map_or(Poll::Ready(Ok(())), |s| s.poll_send(cx)),
-                Err(_) => Poll::Ready(Ok(())),
-            })
-            .await;
-            if sent.is_err() || items.peek().is_none() {
-                break sent;
-            }
-        };
-        drop(items);
-        if let Err(e) = sent {
-            let err = match conn.close_reason() {
-                Some(reason) => ClientError::Connection(tls::explain_connection_error(&reason)),
-                None => ClientError::Connection(format!("cannot send: {e}")),
-            };
-            shared.fail_all(err);
-            break;
         }
-    }
-    // The stream is dead: let go of its send half.
-    if let Ok(mut side) = shared.send.lock() {
-        side.take();
     }
 }
 
