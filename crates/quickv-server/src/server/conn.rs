@@ -30,9 +30,9 @@ use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
+use quickv_core::lanes::ReadNow;
 use quickv_core::reply::{ReplyTo, StreamAnswers, Ticket};
 use quickv_core::store::BucketId;
-use quickv_core::lanes::ReadNow;
 use quickv_proto::{
     decode_request, encode_response, encode_value_response, DecodeError, Op, Reply, Request,
     Response, WriteStamp, DUMP_CHUNK_HEADER,
