@@ -420,7 +420,7 @@ fn a_whole_bucket_replace_leaves_totals_counted_from_the_contents() {
 #[test]
 fn a_borrowed_read_sees_the_stored_value_or_nothing() {
     let store = Store::new();
-    let long = vec![7u8; entry::INLINE_KEY_BYTES + 9];
+    let long = [7u8; entry::INLINE_KEY_BYTES + 9];
     for (key, value) in [(&b"k"[..], &b"v1"[..]), (&long[..], &b""[..])] {
         assert!(store.get_with(key, |v| v.is_none()), "absent at first");
         store.put(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
