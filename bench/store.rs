@@ -42,6 +42,8 @@ trait BenchStore: Sync {
     fn insert(&self, key: Bytes, value: Bytes) -> bool;
     /// Lookup returning an owned value, as a server reply needs.
     fn get(&self, key: &[u8]) -> Option<Bytes>;
+    /// Lookup copying the value into an answer buffer, as the server's get does (r8-get).
+    fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> bool;
 }
 
 impl BenchStore for Store {
@@ -51,6 +53,11 @@ impl BenchStore for Store {
 
     fn get(&self, key: &[u8]) -> Option<Bytes> {
         Store::get(self, key)
+    }
+
+    fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> bool {
+        self.get_with(key, |v| v.map(|v| out.extend_from_slice(v.as_slice())))
+            .is_some()
     }
 }
 
@@ -108,6 +115,11 @@ impl BenchStore for PapayaStore {
     fn get(&self, key: &[u8]) -> Option<Bytes> {
         self.bucket(key).map.pin().get(key).cloned()
     }
+
+    fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> bool {
+        let map = self.bucket(key).map.pin();
+        map.get(key).map(|v| out.extend_from_slice(v)).is_some()
+    }
 }
 
 /// One store's figures, as a child reports them to the parent.
@@ -116,6 +128,8 @@ struct Figures {
     insert_mops: f64,
     /// Best get throughput over [`ROUNDS`] with [`THREADS`] threads, M ops/s.
     get_mops: f64,
+    /// The same with [`BenchStore::get_into`], M ops/s.
+    get_into_mops: f64,
     /// Resident set growth per entry while filling, bytes.
     rss_per_entry: f64,
 }
@@ -123,8 +137,8 @@ struct Figures {
 impl Figures {
     fn to_line(&self) -> String {
         format!(
-            "{} {} {}",
-            self.insert_mops, self.get_mops, self.rss_per_entry
+            "{} {} {} {}",
+            self.insert_mops, self.get_mops, self.get_into_mops, self.rss_per_entry
         )
     }
 
@@ -134,12 +148,13 @@ impl Figures {
             .map(str::parse)
             .collect::<Result<_, _>>()
             .with_context(|| format!("bad child output {line:?}"))?;
-        let [insert_mops, get_mops, rss_per_entry] = numbers[..] else {
-            bail!("child output {line:?} is not three numbers");
+        let [insert_mops, get_mops, get_into_mops, rss_per_entry] = numbers[..] else {
+            bail!("child output {line:?} is not four numbers");
         };
         Ok(Figures {
             insert_mops,
             get_mops,
+            get_into_mops,
             rss_per_entry,
         })
     }
@@ -179,6 +194,11 @@ fn parent(entries: usize, quick: bool) -> anyhow::Result<()> {
         ("insert, M ops/s", flurry.insert_mops, papaya.insert_mops),
         ("get, M ops/s", flurry.get_mops, papaya.get_mops),
         (
+            "get copied into a buffer, M ops/s",
+            flurry.get_into_mops,
+            papaya.get_into_mops,
+        ),
+        (
             "RSS per entry, B",
             flurry.rss_per_entry,
             papaya.rss_per_entry,
@@ -212,12 +232,14 @@ fn child<S: BenchStore>(entries: usize, new_store: fn() -> S) -> anyhow::Result<
     let mut figures = Figures {
         insert_mops: 0.0,
         get_mops: 0.0,
+        get_into_mops: 0.0,
         rss_per_entry,
     };
     for _ in 0..ROUNDS {
-        let (insert_mops, get_mops) = throughput(entries, new_store)?;
+        let (insert_mops, get_mops, get_into_mops) = throughput(entries, new_store)?;
         figures.insert_mops = figures.insert_mops.max(insert_mops);
         figures.get_mops = figures.get_mops.max(get_mops);
+        figures.get_into_mops = figures.get_into_mops.max(get_into_mops);
     }
     println!("{}", figures.to_line());
     Ok(())
@@ -236,8 +258,11 @@ fn rss_per_entry<S: BenchStore>(entries: usize, new_store: fn() -> S) -> anyhow:
     Ok(rss_bytes()?.saturating_sub(before) as f64 / entries as f64)
 }
 
-/// One round of insert then get throughput on a fresh store, M ops/s each.
-fn throughput<S: BenchStore>(entries: usize, new_store: fn() -> S) -> anyhow::Result<(f64, f64)> {
+/// One round of insert, get and get-into throughput on a fresh store, M ops/s each.
+fn throughput<S: BenchStore>(
+    entries: usize,
+    new_store: fn() -> S,
+) -> anyhow::Result<(f64, f64, f64)> {
     // Each thread owns its share of pre-generated entries, so the timed loop
     // only moves them into the store.
     let chunk = entries.div_ceil(THREADS);
@@ -286,9 +311,37 @@ fn throughput<S: BenchStore>(entries: usize, new_store: fn() -> S) -> anyhow::Re
     if hits != gets / THREADS * THREADS {
         bail!("only {hits} of {gets} gets found their key");
     }
+    let mut copied = 0;
+    let into_secs = timed(|| {
+        copied = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (store, keys) = (&store, &keys);
+                    s.spawn(move || {
+                        // An answer buffer, emptied as a stream's batch is once written.
+                        let mut out = Vec::with_capacity(64 * 1024);
+                        (0..gets / THREADS)
+                            .filter(|j| {
+                                if out.len() > 60 * 1024 {
+                                    out.clear();
+                                }
+                                let key = &keys[(t * chunk + j) % keys.len()];
+                                black_box(store.get_into(key, &mut out))
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+        });
+    });
+    if copied != hits {
+        bail!("only {copied} of {hits} copied gets found their key");
+    }
     Ok((
         entries as f64 / insert_secs / 1e6,
         hits as f64 / get_secs / 1e6,
+        copied as f64 / into_secs / 1e6,
     ))
 }
 

@@ -622,7 +622,7 @@ impl Lanes {
 
 #[path = "lanes_commit.rs"]
 mod commit;
-pub use commit::Resolved;
+pub use commit::{ReadNow, Resolved};
 
 #[cfg(test)]
 #[path = "lanes_tests.rs"]

@@ -30,6 +30,7 @@ use bytes::Bytes;
 
 use super::{Effect, FrameSink, Lane, Lanes, Queued};
 use crate::reply::{ReplyTo, Waiter};
+use crate::store::entry::Value;
 use crate::store::{BucketId, Store, BUCKETS};
 use quickv_proto::peer::{LaneMark, ReplOffset};
 use quickv_proto::{Reply, WriteStamp};
@@ -83,6 +84,26 @@ pub struct Resolved {
     pub dropped: usize,
 }
 
+/// A read's answer known at once ([`Lanes::read_with`], and the backup's reads likewise).
+#[derive(Debug)]
+pub enum ReadNow<'v> {
+    /// The key's value in the store (`None`: absent), borrowed under the map's guard.
+    Stored(Option<&'v Value>),
+    /// A refusal (a write to the key of unknown fate).
+    Refused(Reply),
+}
+
+impl ReadNow<'_> {
+    /// The answer as a [`Reply`]; a stored value is shared, not copied ([`Value::to_bytes`]).
+    pub fn into_reply(self) -> Reply {
+        match self {
+            ReadNow::Stored(Some(value)) => Reply::Value(value.to_bytes()),
+            ReadNow::Stored(None) => Reply::NotFound,
+            ReadNow::Refused(reply) => reply,
+        }
+    }
+}
+
 impl Lanes {
     /// [`Lanes::enable`] for a link the backup can name: `mark` holds this primary's run id and
     /// the link's epoch (its offset is unused), what the backup reports per lane in
@@ -112,27 +133,41 @@ impl Lanes {
         reply_to: impl FnOnce() -> ReplyTo,
         now: impl FnOnce() -> Instant,
     ) -> Option<Reply> {
+        self.read_with(store, key, reply_to, now, |read| read.into_reply())
+    }
+
+    /// [`Lanes::read`] whose immediate answer is handed to `answer` instead of returned as a
+    /// [`Reply`]: a value from the store is borrowed under the map's guard
+    /// ([`Store::get_with`]), so a caller that encodes it at once copies it once and touches no
+    /// reference count. The checks, and the moments the store is read, are those of
+    /// [`Lanes::read`]: `Some(answer(..))` now, `None` when the read waits (answered at
+    /// `reply_to()`, and `answer` is not called).
+    pub fn read_with<R>(
+        &self,
+        store: &Store,
+        key: &Bytes,
+        reply_to: impl FnOnce() -> ReplyTo,
+        now: impl FnOnce() -> Instant,
+        answer: impl FnOnce(ReadNow<'_>) -> R,
+    ) -> Option<R> {
         let b = BucketId::of(key);
-        let from_store = || match store.get(key) {
-            Some(value) => Reply::Value(value),
-            None => Reply::NotFound,
-        };
         if self.dirty[b.index()].load(Ordering::Acquire) == 0 {
-            return Some(from_store());
+            return Some(store.get_with(key, |value| answer(ReadNow::Stored(value))));
         }
         let mut guard = self.lane(b);
         let l = &mut *guard;
         if l.unresolved.keys.contains_key(key) {
-            return Some(Reply::Unavailable(
+            return Some(answer(ReadNow::Refused(Reply::Unavailable(
                 "a write to this key lost its ack with the link to the backup; its fate is \
                  settled when the backup is back"
                     .into(),
-            ));
+            ))));
         }
         let Some((after, _)) = l.overlay.get(key) else {
-            return Some(from_store());
+            // Read under the lane's lock, as the dirty check found it.
+            return Some(store.get_with(key, |value| answer(ReadNow::Stored(value))));
         };
-        let answer = match after {
+        let waited = match after {
             Some(value) => Reply::Value(value.clone()),
             None => Reply::NotFound,
         };
@@ -143,7 +178,7 @@ impl Lanes {
         l.queue.push_back(Queued {
             offset,
             effect: Effect::Nothing,
-            reply: Some((Waiter::new(reply_to()), answer)),
+            reply: Some((Waiter::new(reply_to()), waited)),
             resync: false,
             stamp: None,
             read: true,

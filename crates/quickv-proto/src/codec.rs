@@ -165,6 +165,18 @@ pub fn encode_response(resp: &Response, dst: &mut BytesMut) {
     end_frame(dst, start);
 }
 
+/// Appends the frame of `Reply::Value(value)` answering request `id`: byte for byte what
+/// [`encode_response`] writes for it, from a borrowed slice (the server copies a stored value
+/// straight into the answer, with no `Bytes` handle to make and drop).
+///
+/// # Panics
+/// If `value` is longer than `u32::MAX` bytes, as [`encode_response`].
+pub fn encode_value_response(id: RequestId, value: &[u8], dst: &mut BytesMut) {
+    let start = begin_frame(dst, tag::R_VALUE, id, STR_LEN + value.len());
+    put_bytes(dst, value);
+    end_frame(dst, start);
+}
+
 /// Takes one request frame off the front of `src`.
 ///
 /// `Ok(None)`: incomplete, read more bytes; nothing was consumed. `Ok(Some)`: exactly one frame was

@@ -72,8 +72,8 @@ pub use bucket::{BucketId, Digest, BUCKETS};
 pub use outcome::{OpKind, Outcome};
 
 pub use codec::{
-    decode_request, decode_response, encode_request, encode_response, encoded_len_entry,
-    DecodeError, DUMP_CHUNK_HEADER, FRAME_HEADER,
+    decode_request, decode_response, encode_request, encode_response, encode_value_response,
+    encoded_len_entry, DecodeError, DUMP_CHUNK_HEADER, FRAME_HEADER,
 };
 pub use frame::{
     ErrorCode, Limits, Op, Reply, Request, RequestId, Response, SessionWrite, WriteStamp, ALPN,

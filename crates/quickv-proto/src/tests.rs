@@ -139,6 +139,17 @@ proptest! {
     }
 
     #[test]
+    fn a_value_answer_from_a_slice_is_the_value_reply_byte_for_byte(
+        id in any::<u64>(), value in arb_bytes(256), before in arb_bytes(8)
+    ) {
+        let mut wire = BytesMut::from(&before[..]);
+        encode_value_response(id, &value, &mut wire);
+        let mut want = BytesMut::from(&before[..]);
+        encode_response(&Response { id, reply: Reply::Value(value) }, &mut want);
+        prop_assert_eq!(wire, want);
+    }
+
+    #[test]
     fn back_to_back_requests_decode_in_order_whole_or_byte_by_byte(
         reqs in prop::collection::vec(arb_request(), 1..6)
     ) {

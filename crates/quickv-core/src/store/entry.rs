@@ -11,10 +11,12 @@
 //!   `Bytes`), so a typical key costs no allocation of its own; a longer key is one exact-size
 //!   boxed slice.
 //! - [`Value`] is a reference-counted slice with no weak count (`triomphe::Arc<[u8]>`): one
-//!   allocation of 8 bytes plus the value, behind a 16-byte handle. A read hands out a `Bytes`
-//!   that shares it ([`Value::to_bytes`]): no copy of the value, one small handle allocation that
-//!   lives as long as the answer. (A stored `Bytes`, as before, is a 32-byte handle whose first
-//!   clone allocated a shared header that then stayed for the entry's life.)
+//!   allocation of 8 bytes plus the value, behind a 16-byte handle. The server's get borrows it
+//!   under the map's guard and copies it straight into the answer it encodes
+//!   (`Store::get_with`): no reference count touched, nothing allocated. Other readers take a
+//!   `Bytes` that shares it ([`Value::to_bytes`]): no copy of the value, one small handle
+//!   allocation that lives as long as the `Bytes`. (A stored `Bytes`, as before, is a 32-byte
+//!   handle whose first clone allocated a shared header that then stayed for the entry's life.)
 //!
 //! Both are copies made on the way in. Keys and values arrive as slices of a connection's 64 KiB
 //! receive buffer (`FramedReader`, the peer link, resync transfers); kept as they are, one

@@ -238,7 +238,19 @@ impl Store {
     /// The value of `key`, if present: a `Bytes` sharing the stored value (no copy; see
     /// [`Value::to_bytes`]).
     pub fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.bucket(key).map.pin().get(key).map(Value::to_bytes)
+        self.get_with(key, |value| value.map(Value::to_bytes))
+    }
+
+    /// Calls `f` with the value of `key` (`None` if absent), borrowed from the map while the
+    /// map's epoch guard is held, and returns what `f` returns: a read that touches no reference
+    /// count and allocates nothing (the server copies the bytes straight into the answer it
+    /// encodes). Values are immutable once stored and a replaced one is freed only after every
+    /// guard that could see it is gone, so a concurrent overwrite never shows `f` torn bytes.
+    /// `f` runs under the guard: keep it short.
+    pub fn get_with<R>(&self, key: &[u8], f: impl FnOnce(Option<&Value>) -> R) -> R {
+        let map = &self.bucket(key).map;
+        let guard = map.guard();
+        f(map.get(key, &guard))
     }
 
     /// Sets `key → value` whether or not `key` exists; returns the old value.

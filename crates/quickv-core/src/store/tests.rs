@@ -80,7 +80,11 @@ fn apply(store: &Store, model: &mut Model, op: Op) {
             assert_eq!(store.put(k.into(), v.into()), bytes(old));
         }
         Op::Remove(k) => assert_eq!(store.remove(&k), bytes(model.remove(&k))),
-        Op::Get(k) => assert_eq!(store.get(&k), bytes(model.get(&k).cloned())),
+        Op::Get(k) => {
+            assert_eq!(store.get(&k), bytes(model.get(&k).cloned()));
+            let borrowed = store.get_with(&k, |v| v.map(|v| v.as_slice().to_vec()));
+            assert_eq!(borrowed.as_ref(), model.get(&k), "get_with");
+        }
     }
 }
 
@@ -411,4 +415,56 @@ fn a_whole_bucket_replace_leaves_totals_counted_from_the_contents() {
         "a wrong total is found and repaired"
     );
     assert_eq!(store.digest(b), store.recompute_digest(b));
+}
+
+#[test]
+fn a_borrowed_read_sees_the_stored_value_or_nothing() {
+    let store = Store::new();
+    let long = [7u8; entry::INLINE_KEY_BYTES + 9];
+    for (key, value) in [(&b"k"[..], &b"v1"[..]), (&long[..], &b""[..])] {
+        assert!(store.get_with(key, |v| v.is_none()), "absent at first");
+        store.put(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+        let read = store.get_with(key, |v| v.map(|v| v.as_slice().to_vec()));
+        assert_eq!(read.as_deref(), Some(value));
+        store.delete(key);
+        assert_eq!(store.get_with(key, |v| v.map(|v| v.as_slice().len())), None);
+    }
+    assert!(!store.get_with(b"never", |v| v.is_some()));
+}
+
+#[test]
+fn a_borrowed_read_racing_overwrites_never_sees_torn_or_freed_bytes() {
+    // Values at the eager-reclamation size (`RECLAIM_AT_BYTES`): every replace hands the old
+    // value to reclamation at once, so a read not protected by its guard would see freed memory,
+    // soon reused by the next value of another byte.
+    const LEN: usize = RECLAIM_AT_BYTES;
+    let store = Arc::new(Store::new());
+    store.put(Bytes::from_static(b"k"), Bytes::from(vec![0u8; LEN]));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, done) = (store.clone(), done.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut torn) = (0u32, 0u32);
+            while !done.load(Ordering::Acquire) || reads < 200 {
+                let whole = store.get_with(b"k", |v| {
+                    v.map(|v| {
+                        let bytes = v.as_slice();
+                        bytes.len() == LEN && bytes.iter().all(|b| *b == bytes[0])
+                    })
+                });
+                torn += u32::from(whole == Some(false));
+                reads += 1;
+            }
+            torn
+        })
+    };
+    for i in 0..2_000u32 {
+        let fill = (i % 251) as u8 + 1;
+        if i % 7 == 0 {
+            store.delete(b"k");
+        }
+        store.put(Bytes::from_static(b"k"), Bytes::from(vec![fill; LEN]));
+    }
+    done.store(true, Ordering::Release);
+    assert_eq!(reader.join().expect("reader"), 0, "a read saw torn bytes");
 }

@@ -60,7 +60,7 @@ use tracing::info;
 
 use crate::config::{Role, ServerConfig};
 use quickv_core::backup_link::{BackupConfig, BackupLink};
-use quickv_core::lanes::Lanes;
+use quickv_core::lanes::{Lanes, ReadNow};
 use quickv_core::primary_link::PrimaryLink;
 use quickv_core::reply::ReplyTo;
 use quickv_core::state::{Machine, State, Transition};
@@ -328,12 +328,25 @@ impl Replication {
         key: &bytes::Bytes,
         reply_to: impl FnOnce() -> ReplyTo,
     ) -> Option<quickv_proto::Reply> {
+        self.read_with(key, reply_to, |read| read.into_reply())
+    }
+
+    /// [`Replication::read`] whose immediate answer goes to `answer`, a stored value borrowed
+    /// under the map's guard (see [`Lanes::read_with`](quickv_core::lanes::Lanes::read_with)).
+    pub fn read_with<R>(
+        &self,
+        key: &bytes::Bytes,
+        reply_to: impl FnOnce() -> ReplyTo,
+        answer: impl FnOnce(ReadNow<'_>) -> R,
+    ) -> Option<R> {
         match &self.side {
-            Side::Primary(p) => p.lanes.read(&self.store, key, reply_to, Instant::now),
-            Side::Backup(_) => Some(match self.store.get(key) {
-                Some(value) => quickv_proto::Reply::Value(value),
-                None => quickv_proto::Reply::NotFound,
-            }),
+            Side::Primary(p) => p
+                .lanes
+                .read_with(&self.store, key, reply_to, Instant::now, answer),
+            Side::Backup(_) => Some(
+                self.store
+                    .get_with(key, |value| answer(ReadNow::Stored(value))),
+            ),
         }
     }
 

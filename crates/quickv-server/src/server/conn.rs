@@ -30,11 +30,12 @@ use crate::server::auth;
 use crate::server::metrics::{OpKind, Outcome};
 use crate::server::node::{Node, Stats};
 use crate::server::router::{self, Handled};
+use quickv_core::lanes::ReadNow;
 use quickv_core::reply::{ReplyTo, StreamAnswers, Ticket};
 use quickv_core::store::BucketId;
 use quickv_proto::{
-    decode_request, encode_response, DecodeError, Reply, Request, Response, WriteStamp,
-    DUMP_CHUNK_HEADER,
+    decode_request, encode_response, encode_value_response, DecodeError, Op, Reply, Request,
+    Response, WriteStamp, DUMP_CHUNK_HEADER,
 };
 
 /// Target size of one dump chunk frame, in bytes (a single larger entry gets a chunk of its own).
@@ -258,6 +259,15 @@ impl RequestStream {
             let ticket = Ticket { id, kind, started };
             ReplyTo::Stream(self.answers.clone(), ticket)
         };
+        if let Op::Get { key } = &req.op {
+            // Encoded from the store straight into the batch (`None`: it waits for a write).
+            let batch = &mut self.batch;
+            let _ = router::get(node, key, reply_to, |read| {
+                node.metrics
+                    .count_outcome(kind, batch.answer_read(kind, id, read))
+            });
+            return;
+        }
         match router::handle(node, req, reply_to) {
             Handled::Now(reply) => {
                 node.metrics.count_answer(kind, &reply);
@@ -430,6 +440,29 @@ impl Batch {
     fn answer(&mut self, kind: OpKind, id: u64, reply: Reply) {
         self.immediate[kind.index()] += 1;
         self.push(id, reply);
+    }
+
+    /// [`Batch::answer`] of a get answered at once, a stored value copied from the store into
+    /// the frame; returns its outcome.
+    fn answer_read(&mut self, kind: OpKind, id: u64, read: ReadNow<'_>) -> Outcome {
+        let outcome = match read {
+            ReadNow::Stored(Some(value)) => {
+                encode_value_response(id, value.as_slice(), &mut self.frames);
+                self.settles += 1;
+                Outcome::Ok
+            }
+            ReadNow::Stored(None) => self.encode(id, Reply::NotFound),
+            ReadNow::Refused(reply) => self.encode(id, reply),
+        };
+        self.immediate[kind.index()] += 1;
+        outcome
+    }
+
+    /// [`Batch::push`], returning the answer's outcome.
+    fn encode(&mut self, id: u64, reply: Reply) -> Outcome {
+        let outcome = Outcome::of(&reply);
+        self.push(id, reply);
+        outcome
     }
 
     /// Encodes one answer (its metrics, if any, are the caller's).

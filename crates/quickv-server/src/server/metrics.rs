@@ -83,6 +83,12 @@ impl OpMetrics {
         self.count(kind, Outcome::of(reply).index());
     }
 
+    /// [`OpMetrics::count_answer`] of an answer whose outcome is known without a [`Reply`] (a
+    /// get encoded straight from the store).
+    pub fn count_outcome(&self, kind: OpKind, outcome: Outcome) {
+        self.count(kind, outcome.index());
+    }
+
     /// Observes `n` answers of `kind` that each took `elapsed`.
     pub fn observe_many(&self, kind: OpKind, n: u64, elapsed: Duration) {
         self.latency[kind.index()].observe_n(elapsed, n);

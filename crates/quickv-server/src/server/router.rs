@@ -3,6 +3,8 @@
 
 use crate::config::Role;
 use crate::server::node::Node;
+use bytes::Bytes;
+use quickv_core::lanes::ReadNow;
 use quickv_core::reply::ReplyTo;
 use quickv_core::store::sessions::Lookup;
 use quickv_proto::{
@@ -54,25 +56,17 @@ pub fn handle(node: &Node, req: Request, reply_to: impl FnOnce() -> ReplyTo) -> 
             serde_json::to_string(&node.status()).expect("the status serialises"),
         )),
         Op::Shutdown => Handled::Shutdown,
-        read @ (Op::Count | Op::Dump | Op::Get { .. }) => {
+        Op::Get { key } => match get(node, &key, reply_to, |read| read.into_reply()) {
+            Some(reply) => Handled::Now(reply),
+            None => Handled::Later,
+        },
+        read @ (Op::Count | Op::Dump) => {
             if let Some(r) = node.repl.as_ref().filter(|r| !r.reads_allowed()) {
                 return Handled::Now(Reply::Unavailable(r.read_refusal().into()));
             }
             match read {
                 Op::Count => Handled::Now(Reply::Count(node.store.count())),
                 Op::Dump => Handled::Dump,
-                Op::Get { key } => match &node.repl {
-                    // The primary's dirty check: a key with a write in flight is answered after
-                    // that write's ack (the commit point is the backup).
-                    Some(repl) => match repl.read(&key, reply_to) {
-                        Some(reply) => Handled::Now(reply),
-                        None => Handled::Later,
-                    },
-                    None => Handled::Now(match node.store.get(&key) {
-                        Some(value) => Reply::Value(value),
-                        None => Reply::NotFound,
-                    }),
-                },
                 other => Handled::Now(not_a(&other)),
             }
         }
@@ -92,6 +86,30 @@ pub fn handle(node: &Node, req: Request, reply_to: impl FnOnce() -> ReplyTo) -> 
                 (Role::Primary, None) => Handled::Now(not_a(&write)),
             }
         }
+    }
+}
+
+/// A get of `key`, as [`handle`] routes it, whose immediate answer goes to `answer` with a stored
+/// value borrowed under the map's guard (the stream encodes it straight into its answers: no
+/// reference count, no allocation). `None`: the read waits for a write in flight on the key and
+/// is answered at `reply_to()`.
+pub fn get<R>(
+    node: &Node,
+    key: &Bytes,
+    reply_to: impl FnOnce() -> ReplyTo,
+    answer: impl FnOnce(ReadNow<'_>) -> R,
+) -> Option<R> {
+    match &node.repl {
+        Some(r) if !r.reads_allowed() => Some(answer(ReadNow::Refused(Reply::Unavailable(
+            r.read_refusal().into(),
+        )))),
+        // The primary's dirty check: a key with a write in flight is answered after that
+        // write's ack (the commit point is the backup).
+        Some(repl) => repl.read_with(key, reply_to, answer),
+        None => Some(
+            node.store
+                .get_with(key, |value| answer(ReadNow::Stored(value))),
+        ),
     }
 }
 
