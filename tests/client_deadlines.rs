@@ -197,10 +197,10 @@ async fn callers_beyond_a_full_stream_wait_within_their_deadline_and_all_complet
 
 #[tokio::test]
 async fn a_frame_held_back_by_flow_control_goes_out_whole_before_the_calls_queued_behind_it() {
-    // One stream. The insert finds it idle, so its caller writes the frame itself; 4 MiB is
-    // more than QUIC's stream flow control lets into quinn at once, so part of it stays behind
-    // for the stream's writer, which must send it before the gets queued meanwhile (any
-    // reordering garbles the stream and the server refuses it).
+    // One stream. 4 MiB is more than QUIC's stream flow control lets into quinn at once, so
+    // part of the insert's frame waits for room; it must go out whole before the gets queued
+    // meanwhile (any reordering garbles the stream and the server refuses it), whoever writes
+    // it (the pipe's writer task; in round 8's tried variant, the caller itself).
     let (_certs, _server, client, _) = common::standalone_with_client(|certs| {
         ClientConfig::builder(certs)
             .streams(1)
