@@ -156,6 +156,36 @@ print("hottest frames by self samples:")
 for f, n in selfs.most_common(40):
     print(f"  {100 * n / max(total, 1):5.1f} %  {f[:150]}")
 PY
+  # Each sample in the first category it matches (innermost first: a store frame under the lanes
+  # counts as store), in shares and in µs of this process's CPU per request.
+  us=$(awk -v s="$side" '$1 == s {print $(NF - 3)}' "$OUT/$LABEL-cpu.txt")
+  python3 - "$base.folded" "${us:-0}" >>"$base.top.txt" <<'PY'
+import collections, sys
+cats = [
+    ("store: Store::put (flurry insert, growth)", ["Store::put", "Store::insert", "store::Store::apply"]),
+    ("store: Store::get (decide's lookup)", ["Store::get"]),
+    ("session tables (lookup, record)", ["sessions::"]),
+    ("std HashMaps (SipHash; the lanes' overlay and stamped maps on the primary)", ["std::collections::hash::map::HashMap"]),
+    ("answer delivery (Waiter::send, AnswerSink, outbox push)", ["Waiter::send", "AnswerSink", "send_reply"]),
+    ("peer frame encode/decode (PeerMsg)", ["PeerMsg::encode", "PeerMsg::decode", "peer::"]),
+    ("rest of the lanes / apply_pass", ["quickv_core::lanes", "apply_pass", "quickv_core::apply"]),
+    ("client frames, router, stream session (server::conn), quickv_proto", ["quickv_server::server", "quickv_proto"]),
+    ("client library + bench driver", ["quickv_client", "quickv::bench"]),
+    ("quinn + rustls + UDP syscalls", ["quinn", "ring::", "rustls", "entry_SYSCALL", "sendmsg", "recvmsg"]),
+    ("tokio scheduling, wakes, park", ["tokio::", "epoll", "futex", "finish_task_switch"]),
+]
+us, total, got = float(sys.argv[2]), 0, collections.Counter()
+for line in open(sys.argv[1]):
+    stack, n = line.rsplit(" ", 1)
+    n = int(n)
+    total += n
+    frames = stack.split(";")
+    got[next((c for c, pats in cats if any(p in f for f in frames for p in pats)), "other")] += n
+print(f"categories (µs of {us} µs CPU per request):")
+for c in [c for c, _ in cats] + ["other"]:
+    share = got[c] / max(total, 1)
+    print(f"  {100 * share:5.1f} %  {us * share:5.2f} µs  {c}")
+PY
   echo "== $base ($(du -k "$base.svg" | cut -f1) KiB svg)"
-  head -n 45 "$base.top.txt"
+  sed -n '/^categories/,$p' "$base.top.txt"
 done
