@@ -156,7 +156,7 @@ print("hottest frames by self samples:")
 for f, n in selfs.most_common(40):
     print(f"  {100 * n / max(total, 1):5.1f} %  {f[:150]}")
 PY
-  # Each sample in the first category it matches (innermost first: a store frame under the lanes
+  # Each sample in the first category of the list with a frame on its stack (a store frame under the lanes
   # counts as store), in shares and in µs of this process's CPU per request.
   us=$(awk -v s="$side" '$1 == s {print $(NF - 3)}' "$OUT/$LABEL-cpu.txt")
   python3 - "$base.folded" "${us:-0}" >>"$base.top.txt" <<'PY'
