@@ -25,6 +25,7 @@
 //! may be gone a `SessionExpired` error). Only a fresh write is decided and sent; its stamp travels
 //! in the `Put`/`Remove`, and the ack that applies it to the store also records its answer.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,10 +116,10 @@ struct Lane {
     queue: VecDeque<Queued>,
     /// Per key with writes in flight: its value after the last of them (`None` = deleted) and that
     /// write's offset.
-    overlay: HashMap<Bytes, (Option<Bytes>, ReplOffset)>,
+    overlay: HashMap<Bytes, (Option<Bytes>, ReplOffset), LaneHash>,
     /// Stamped writes sent and not yet acknowledged: their offset and answer, so that a retry
     /// arriving meanwhile waits for the same ack and gets the same answer.
-    stamped: HashMap<WriteStamp, (ReplOffset, Reply)>,
+    stamped: HashMap<WriteStamp, (ReplOffset, Reply), LaneHash>,
     /// Since when the lane waits for ack progress (the ack timeout's measure; see [`AckClock`]).
     clock: AckClock,
     /// A resync of this lane's bucket is being built ([`Lanes::begin_resync`]): writes to the
@@ -467,8 +468,11 @@ impl Lanes {
                 store.sessions().record(b, stamp, removed, now);
             }
             if let Some(key) = key {
-                if l.overlay.get(&key).is_some_and(|(_, o)| *o == q.offset) {
-                    l.overlay.remove(&key);
+                // One hash of the key: the overlay names this write unless a later one replaced it.
+                if let Entry::Occupied(e) = l.overlay.entry(key) {
+                    if e.get().1 == q.offset {
+                        e.remove();
+                    }
                 }
             }
             if let Some((waiter, answer)) = q.reply {
@@ -622,7 +626,10 @@ impl Lanes {
 
 #[path = "lanes_commit.rs"]
 mod commit;
+#[path = "lanes_hash.rs"]
+mod hash;
 pub use commit::{ReadNow, Resolved};
+use hash::LaneHash;
 
 #[cfg(test)]
 #[path = "lanes_tests.rs"]
