@@ -95,7 +95,7 @@ done
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 RESULTS="$OUT/results.tsv"
-# record ROUND SERIES OPS_PER_SEC P50_US CPU_US_PER_REQ(server-side, or -)
+# record ROUND SERIES OPS_PER_SEC P50_US CPU_US_PER_REQ(server-side, or -) P99_US
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
 
 ceiling() { # round streams pipeline suffix
@@ -104,7 +104,7 @@ ceiling() { # round streams pipeline suffix
   python3 - "$json" "$1" "$4" >>"$RESULTS" <<'PY'
 import json, sys
 for r in json.load(open(sys.argv[1])):
-    print(f"{sys.argv[2]}\t{r['mode']}{sys.argv[3]}\t{r['ops_per_sec']:.0f}\t{r['p50_us']:.1f}\t-")
+    print(f"{sys.argv[2]}\t{r['mode']}{sys.argv[3]}\t{r['ops_per_sec']:.0f}\t{r['p50_us']:.1f}\t-\t{r['p99_us']:.1f}")
 PY
 }
 
@@ -120,12 +120,12 @@ quickv() { # round workload streams pipeline suffix [extra]
 import json, sys
 doc = json.load(open(sys.argv[1]))
 total = doc["total"]
-ops, p50 = total["ops_per_sec"], total["latency_us"]["p50"]
+ops, p50, p99 = total["ops_per_sec"], total["latency_us"]["p50"], total["latency_us"]["p99"]
 # Server CPU covers the warm-up (1 s) too: requests over the whole run at the measured rate.
 answered = ops * (doc["measured_seconds"] + 1.0)
 ticks, hz = int(sys.argv[4]), int(sys.argv[5])
 cpu = f"{ticks / hz * 1e6 / answered:.2f}" if answered else "-"
-print(f"{sys.argv[2]}\tquickv-{sys.argv[3]}\t{ops:.0f}\t{p50:.1f}\t{cpu}")
+print(f"{sys.argv[2]}\tquickv-{sys.argv[3]}\t{ops:.0f}\t{p50:.1f}\t{cpu}\t{p99:.1f}")
 PY
 }
 
@@ -139,8 +139,11 @@ redis_bench() { # round test
 import sys
 round_, test, line, ticks, hz, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 cells = [c.strip('"') for c in line.split(",")]
-ops, p50 = float(cells[1]), float(cells[4]) * 1000 if len(cells) > 4 else 0.0
-print(f"{round_}\tredis-benchmark-{test.lower()}\t{ops:.0f}\t{p50:.1f}\t{ticks / hz * 1e6 / n:.2f}")
+# CSV columns: test, rps, avg, min, p50, p95, p99, max (latencies in ms)
+ops = float(cells[1])
+p50 = float(cells[4]) * 1000 if len(cells) > 4 else 0.0
+p99 = float(cells[6]) * 1000 if len(cells) > 6 else 0.0
+print(f"{round_}\tredis-benchmark-{test.lower()}\t{ops:.0f}\t{p50:.1f}\t{ticks / hz * 1e6 / n:.2f}\t{p99:.1f}")
 PY
 }
 
@@ -164,7 +167,8 @@ for round in $(seq "$ROUNDS"); do
   python3 - "$OUT/redis-wait-$round.json" "$round" >>"$RESULTS" <<'PY' || true
 import json, sys
 total = json.load(open(sys.argv[1]))["total"]
-print(f"{sys.argv[2]}\tredis-set-wait1-64\t{total['ops_per_sec']:.0f}\t{total['latency_us']['p50']:.1f}\t-")
+lat = total["latency_us"]
+print(f"{sys.argv[2]}\tredis-set-wait1-64\t{total['ops_per_sec']:.0f}\t{lat['p50']:.1f}\t-\t{lat['p99']:.1f}")
 PY
   ceiling "$round" 1 1 "-d1"
   quickv "$round" get 1 1 "-d1" --no-preload
@@ -174,13 +178,13 @@ python3 - "$RESULTS" <<'PY'
 import sys, collections
 rows = collections.defaultdict(dict)
 for line in open(sys.argv[1]):
-    r, series, ops, p50, cpu = line.rstrip("\n").split("\t")
-    rows[r][series] = (float(ops), float(p50), cpu)
-print("| round | series | ops/s | p50 µs | server CPU µs/req |")
-print("|---|---|---|---|---|")
+    r, series, ops, p50, cpu, p99 = line.rstrip("\n").split("\t")
+    rows[r][series] = (float(ops), float(p50), cpu, float(p99))
+print("| round | series | ops/s | p50 µs | p99 µs | server CPU µs/req |")
+print("|---|---|---|---|---|---|")
 for r in sorted(rows):
-    for s, (ops, p50, cpu) in sorted(rows[r].items()):
-        print(f"| {r} | {s} | {ops:,.0f} | {p50:.1f} | {cpu} |")
+    for s, (ops, p50, cpu, p99) in sorted(rows[r].items()):
+        print(f"| {r} | {s} | {ops:,.0f} | {p50:.1f} | {p99:.1f} | {cpu} |")
 goals = [
     ("ping ≥ 0.8 × echo", "quickv-ping", "echo", 0.8, "ops"),
     ("get ≥ 0.6 × echo", "quickv-get", "echo", 0.6, "ops"),
@@ -188,6 +192,7 @@ goals = [
     ("get ≥ 1.0 × redis-benchmark GET", "quickv-get", "redis-benchmark-get", 1.0, "ops"),
     ("insert@64 ≥ 5 × Redis SET+WAIT 1@64", "quickv-insert-64", "redis-set-wait1-64", 5.0, "ops"),
     ("depth-1 get p50 ≤ 1.10 × echo p50", "quickv-get-d1", "echo-d1", 1.10, "p50"),
+    ("insert@64 p99 < Redis SET+WAIT 1@64 p99", "quickv-insert-64", "redis-set-wait1-64", 1.0, "p99"),
 ]
 print()
 print("| goal | ratio per round | met? |")
@@ -196,12 +201,13 @@ for name, a, b, goal, kind in goals:
     ratios = []
     for r in sorted(rows):
         if a in rows[r] and b in rows[r] and rows[r][b][0] > 0:
-            x = rows[r][a][0] / rows[r][b][0] if kind == "ops" else rows[r][a][1] / rows[r][b][1]
+            column = {"ops": 0, "p50": 1, "p99": 3}[kind]
+            x = rows[r][a][column] / rows[r][b][column] if rows[r][b][column] > 0 else float("inf")
             ratios.append(x)
     if not ratios:
         print(f"| {name} | (missing) | ? |"); continue
     med = sorted(ratios)[len(ratios) // 2]
-    met = med >= goal if kind == "ops" else med <= goal
+    met = med >= goal if kind == "ops" else (med < goal if kind == "p99" else med <= goal)
     print(f"| {name} | {', '.join(f'{x:.2f}' for x in ratios)} (median {med:.2f}) | {'met' if met else 'missed'} |")
 PY
 say "raw figures: $RESULTS"
