@@ -131,31 +131,8 @@ for side in primary backup client; do
   base="$OUT/$LABEL-$side"
   "$PERF" script -i "$WORK/$side.data" 2>/dev/null | "$TOOLS/bin/inferno-collapse-perf" >"$base.folded"
   "$TOOLS/bin/inferno-flamegraph" --minwidth 0.25 --title "quickv $LABEL: $side ($STREAMS x $PIPELINE)" <"$base.folded" >"$base.svg"
-  python3 - "$base.folded" >"$base.top.txt" <<'PY'
-import collections, re, sys
-selfs, total = collections.Counter(), 0
-under = collections.Counter()
-marks = ["quickv_client", "quickv_server", "quickv_core", "quickv_proto", "quickv_net", "quickv::bench",
-         "Lanes::submit", "Lanes::handle_ack", "apply_pass", "Store::put", "Store::get", "sessions",
-         "quinn_proto", "quinn::", "ring::", "aws_lc", "tokio::", "[unknown]", "entry_SYSCALL",
-         "sendmsg", "recvmsg", "malloc", "free", "memcpy", "memmove", "_raw_spin", "futex"]
-for line in open(sys.argv[1]):
-    stack, n = line.rsplit(" ", 1)
-    n = int(n)
-    total += n
-    frames = stack.split(";")
-    selfs[re.sub(r"::h[0-9a-f]{16}$", "", frames[-1])] += n
-    for m in marks:
-        if any(m in f for f in frames):
-            under[m] += n
-print(f"{total} sample weight (perf periods)")
-print("share of samples with the frame on the stack:")
-for m in marks:
-    print(f"  {100 * under[m] / max(total, 1):5.1f} %  {m}")
-print("hottest frames by self samples:")
-for f, n in selfs.most_common(40):
-    print(f"  {100 * n / max(total, 1):5.1f} %  {f[:150]}")
-PY
+  python3 bench/flame-summary.py "$base.folded" \
+    'quickv_client' 'quickv_server' 'quickv_core' 'quickv_proto' 'quickv_net' 'quickv::bench' 'Lanes::submit' 'Lanes::handle_ack' 'apply_pass' 'Store::put' 'Store::get' 'sessions' 'quinn_proto' 'quinn::' 'ring::' 'aws_lc' 'tokio::' '[unknown]' 'entry_SYSCALL' 'sendmsg' 'recvmsg' 'malloc' 'free' 'memcpy' 'memmove' '_raw_spin' 'futex' >"$base.top.txt"
   # Each sample in the first category of the list with a frame on its stack (a store frame under the lanes
   # counts as store), in shares and in µs of this process's CPU per request.
   us=$(awk -v s="$side" '$1 == s {print $(NF - 3)}' "$OUT/$LABEL-cpu.txt")

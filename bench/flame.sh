@@ -78,29 +78,8 @@ for side in server client; do
   base="$OUT/$LABEL-$side"
   "$PERF" script -i "$WORK/$side.data" 2>/dev/null | "$TOOLS/bin/inferno-collapse-perf" >"$base.folded"
   "$TOOLS/bin/inferno-flamegraph" --minwidth 0.1 --title "quickv $LABEL: $side ($STREAMS x $PIPELINE)" <"$base.folded" >"$base.svg"
-  python3 - "$base.folded" >"$base.top.txt" <<'PY'
-import collections, re, sys
-selfs, total = collections.Counter(), 0
-under = collections.Counter()
-marks = ["quickv_client", "quickv_server", "quickv_proto", "quickv::bench", "quinn_proto", "quinn::",
-         "ring::", "tokio::", "[unknown]", "entry_SYSCALL", "malloc", "free", "memcpy", "memmove"]
-for line in open(sys.argv[1]):
-    stack, n = line.rsplit(" ", 1)
-    n = int(n)
-    total += n
-    frames = stack.split(";")
-    selfs[re.sub(r"::h[0-9a-f]{16}$", "", frames[-1])] += n
-    for m in marks:
-        if any(m in f for f in frames):
-            under[m] += n
-print(f"{total} samples")
-print("share of samples with the frame on the stack:")
-for m in marks:
-    print(f"  {100 * under[m] / max(total, 1):5.1f} %  {m}")
-print("hottest frames by self samples:")
-for f, n in selfs.most_common(40):
-    print(f"  {100 * n / max(total, 1):5.1f} %  {f[:150]}")
-PY
+  python3 bench/flame-summary.py "$base.folded" \
+    'quickv_client' 'quickv_server' 'quickv_proto' 'quickv::bench' 'quinn_proto' 'quinn::' 'ring::' 'tokio::' '[unknown]' 'entry_SYSCALL' 'malloc' 'free' 'memcpy' 'memmove' >"$base.top.txt"
   echo "== $base ($(du -k "$base.svg" | cut -f1) KiB svg)"
   head -n 28 "$base.top.txt"
 done
