@@ -1,6 +1,7 @@
 //! What the backup's link machine ([`crate::backup_link::BackupLink`]) is configured with and
 //! what it asks of its driver: its settings, the ids of the jobs it tracks, its events.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use quickv_proto::peer::LaneMark;
@@ -18,6 +19,42 @@ pub struct JobId {
     pub generation: u64,
     /// Its number, unique in this value's life.
     pub seq: u64,
+}
+
+/// The jobs a link machine started that have not reported done, each tagged with its link's
+/// generation (the fence both machines keep: a newer link opens only once no older job runs).
+#[derive(Debug, Default)]
+pub(crate) struct Jobs {
+    running: BTreeSet<JobId>,
+    last_seq: u64,
+}
+
+impl Jobs {
+    /// Starts a job of link `generation` and returns its id.
+    pub(crate) fn start(&mut self, generation: u64) -> JobId {
+        self.last_seq += 1;
+        let id = JobId {
+            generation,
+            seq: self.last_seq,
+        };
+        self.running.insert(id);
+        id
+    }
+
+    /// Records `id` as done; false if it was not running (a repeated or unknown report).
+    pub(crate) fn finish(&mut self, id: JobId) -> bool {
+        self.running.remove(&id)
+    }
+
+    /// Whether a job of a link older than `generation` still runs.
+    pub(crate) fn older_than(&self, generation: u64) -> bool {
+        self.running.iter().any(|j| j.generation < generation)
+    }
+
+    /// How many jobs run.
+    pub(crate) fn len(&self) -> usize {
+        self.running.len()
+    }
 }
 
 /// The backup's settings for its link.

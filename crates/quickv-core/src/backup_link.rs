@@ -29,7 +29,7 @@
 //!   pass checks the link generation (an atomic the admission advances) and records its lane
 //!   marks under one small lock; no data-stream write takes this value's lock.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +42,7 @@ use crate::opening::{backup_plan, transfer_ack, transfer_ended, Transfer};
 use crate::state::{admit, may_supersede, Machine, Transition};
 use crate::store::{Digest, Store, BUCKETS};
 
+use crate::backup_events::Jobs;
 pub use crate::backup_events::{BackupConfig, ConnId, JobId, LinkEvent};
 pub use crate::backup_shared::BackupShared;
 
@@ -80,8 +81,7 @@ pub struct BackupLink {
     shared: Arc<BackupShared>,
     live: Option<Live>,
     /// Jobs started and not yet reported done, by generation.
-    jobs: BTreeSet<JobId>,
-    next_job: u64,
+    jobs: Jobs,
     /// When reads are fenced if no link has come up by then.
     silent_at: Option<Instant>,
     /// A graceful stop: when the live link is ended at the latest.
@@ -107,8 +107,7 @@ impl BackupLink {
             store,
             shared: Arc::new(BackupShared::new(now)),
             live: None,
-            jobs: BTreeSet::new(),
-            next_job: 0,
+            jobs: Jobs::default(),
             silent_at: None,
             drain_until: None,
             stopping: false,
@@ -308,12 +307,14 @@ impl BackupLink {
     /// installs it (the caller runs it, then reports [`BackupLink::handle_job_done`]). `None`
     /// when that link is superseded: nothing more of it is applied.
     pub fn begin_job(&mut self, generation: u64) -> Option<JobId> {
-        self.shared.live(generation).then(|| self.job(generation))
+        self.shared
+            .live(generation)
+            .then(|| self.jobs.start(generation))
     }
 
     /// A job reported done (its result: keys installed, or why it was refused).
     pub fn handle_job_done(&mut self, id: JobId, result: Result<u64, String>, now: Instant) {
-        if !self.jobs.remove(&id) {
+        if !self.jobs.finish(id) {
             return;
         }
         if let Some(live) = self.live.as_mut().filter(|l| l.generation == id.generation) {
@@ -403,16 +404,6 @@ impl BackupLink {
 
     // ---- inside ----
 
-    fn job(&mut self, generation: u64) -> JobId {
-        self.next_job += 1;
-        let id = JobId {
-            generation,
-            seq: self.next_job,
-        };
-        self.jobs.insert(id);
-        id
-    }
-
     fn close(&mut self, conn: ConnId, reason: String) {
         self.events.push_back(LinkEvent::Close { conn, reason });
     }
@@ -438,8 +429,7 @@ impl BackupLink {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        let older = self.jobs.iter().any(|j| j.generation < live.generation);
-        if !matches!(live.phase, Phase::Draining) || older {
+        if !matches!(live.phase, Phase::Draining) || self.jobs.older_than(live.generation) {
             return;
         }
         let ours = hello_of(
@@ -486,13 +476,8 @@ impl BackupLink {
             IntakeStep::Refused(e) => self.refuse_transfer(e, now),
             IntakeStep::Wait => {}
             IntakeStep::Apply(job) => {
-                self.next_job += 1;
-                let id = JobId {
-                    generation: live.generation,
-                    seq: self.next_job,
-                };
+                let id = self.jobs.start(live.generation);
                 intake.started(id);
-                self.jobs.insert(id);
                 self.events.push_back(LinkEvent::Apply { id, job });
             }
             IntakeStep::Verified => {

@@ -35,7 +35,7 @@
 //! flight finish (at most the ack timeout), says goodbye, and waits (at most the ack timeout) for
 //! the backup to close the link. [`PrimaryLink::stopped`] says when it is done.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use quickv_proto::peer::{LaneMark, PeerHello, PeerMsg};
@@ -49,6 +49,7 @@ use crate::state::{Machine, Transition};
 use crate::store::Store;
 use crate::timers::LinkTimers;
 
+use crate::backup_events::Jobs;
 pub use crate::backup_events::{ConnId, JobId};
 pub use crate::primary_events::{on_data, DataStep, PrimaryConfig, PrimaryEvent};
 
@@ -116,8 +117,7 @@ pub struct PrimaryLink {
     /// Link generations handed out (the live one is the latest).
     generation: u64,
     /// Jobs started and not yet reported done.
-    jobs: BTreeSet<JobId>,
-    next_job: u64,
+    jobs: Jobs,
     /// When to dial next (no link, no dial under way).
     redial_at: Option<Instant>,
     /// A dial is under way (asked for, not yet reported).
@@ -151,8 +151,7 @@ impl PrimaryLink {
             machine,
             live: None,
             generation: 0,
-            jobs: BTreeSet::new(),
-            next_job: 0,
+            jobs: Jobs::default(),
             redial_at: Some(now),
             dialing: false,
             stopping: false,
@@ -540,8 +539,7 @@ impl PrimaryLink {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        let older = self.jobs.iter().any(|j| j.generation < live.generation);
-        if !matches!(live.phase, Phase::Draining) || older {
+        if !matches!(live.phase, Phase::Draining) || self.jobs.older_than(live.generation) {
             return;
         }
         let ours = hello_of(

@@ -42,7 +42,7 @@ impl PrimaryLink {
         lanes: &Lanes,
         store: &Store,
     ) {
-        if !self.jobs.remove(&id) {
+        if !self.jobs.finish(id) {
             return;
         }
         if let Some(live) = self.live.as_mut().filter(|l| l.generation == id.generation) {
@@ -93,13 +93,8 @@ impl PrimaryLink {
             IntakeStep::Refused(e) => self.refuse_transfer(e, now, lanes),
             IntakeStep::Wait => {}
             IntakeStep::Apply(job) => {
-                self.next_job += 1;
-                let id = JobId {
-                    generation: live.generation,
-                    seq: self.next_job,
-                };
+                let id = self.jobs.start(live.generation);
                 intake.started(id);
-                self.jobs.insert(id);
                 self.events.push_back(PrimaryEvent::Apply { id, job });
             }
             IntakeStep::Verified => {
